@@ -1,0 +1,1 @@
+"""Pure conversion from registry-neutral services to Istio resources; no I/O."""

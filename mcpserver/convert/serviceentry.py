@@ -1,0 +1,126 @@
+"""One registry Service to one ServiceEntry, with endpoints inline or via a workloadSelector.
+
+Inline endpoints are the default: one resource per service, and on current Istio an
+endpoint-only change becomes an endpoint-only (EDS) push. `workloadentry` mode emits one
+WorkloadEntry per instance instead, selected by a label only we set.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import datetime
+
+from google.protobuf.message import Message
+from mcpserver_protos.istio.networking.v1alpha3 import (
+    service_entry_pb2,
+    workload_entry_pb2,
+    workload_selector_pb2,
+)
+
+from mcpserver.convert.naming import sanitize_label
+from mcpserver.model import Instance, Service
+
+REGISTRY_LABEL = "registry"
+SELECTOR_LABEL = "mcpserver.io/service"
+
+
+@dataclass(frozen=True, slots=True)
+class IstioResource:
+    """A spec ready to validate and pack, with the metadata istiod stores beside it."""
+
+    kind: str
+    namespace: str
+    name: str
+    spec: Message
+    labels: tuple[tuple[str, str], ...]
+    annotations: tuple[tuple[str, str], ...]
+    create_time: datetime
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+def workload_entry(
+    instance: Instance, extra_labels: dict[str, str]
+) -> workload_entry_pb2.WorkloadEntry:
+    """An instance as Istio's WorkloadEntry message (inline endpoint or standalone)."""
+    labels = dict(instance.labels)
+    labels.update(extra_labels)
+    return workload_entry_pb2.WorkloadEntry(
+        address=instance.address,
+        ports=dict(instance.ports),
+        labels=labels,
+        network=instance.network,
+        locality=instance.locality,
+        weight=instance.weight,
+        service_account=instance.service_account,
+    )
+
+
+def service_entry(service: Service) -> service_entry_pb2.ServiceEntry:
+    """The ServiceEntry spec for one service."""
+    registry = {REGISTRY_LABEL: service.registry}
+    entry = service_entry_pb2.ServiceEntry(
+        hosts=list(service.hosts),
+        addresses=list(service.addresses),
+        ports=[
+            service_entry_pb2.ServicePort(
+                number=p.number, protocol=p.protocol, name=p.name, target_port=p.target_port
+            )
+            for p in service.ports
+        ],
+        location=service.location,  # enum names are accepted
+        resolution=service.resolution,
+        export_to=list(service.export_to),
+    )
+    if service.endpoints_mode == "workloadentry":
+        entry.workload_selector.CopyFrom(
+            workload_selector_pb2.WorkloadSelector(labels=selector_labels(service))
+        )
+    else:
+        entry.endpoints.extend(workload_entry(i, registry) for i in service.instances)
+    return entry
+
+
+def selector_labels(service: Service) -> dict[str, str]:
+    """Labels that tie a service's WorkloadEntries to its ServiceEntry and nothing else."""
+    return {SELECTOR_LABEL: sanitize_label(service.name), REGISTRY_LABEL: service.registry}
+
+
+def workload_entry_name(service: Service, instance: Instance) -> str:
+    """Stable per instance: the service name plus a hash of address and ports."""
+    identity = f"{instance.address}|{sorted(instance.ports)}"
+    return f"{service.name}-{hashlib.blake2b(identity.encode(), digest_size=5).hexdigest()}"
+
+
+def convert(service: Service) -> list[IstioResource]:
+    """Every Istio resource one service becomes."""
+    labels = tuple(sorted({**dict(service.labels), REGISTRY_LABEL: service.registry}.items()))
+    resources = [
+        IstioResource(
+            kind="ServiceEntry",
+            namespace=service.namespace,
+            name=service.name,
+            spec=service_entry(service),
+            labels=labels,
+            annotations=service.annotations,
+            create_time=service.create_time,
+        )
+    ]
+    if service.endpoints_mode == "workloadentry":
+        selector = selector_labels(service)
+        resources.extend(
+            IstioResource(
+                kind="WorkloadEntry",
+                namespace=service.namespace,
+                name=workload_entry_name(service, instance),
+                spec=workload_entry(instance, selector),
+                labels=labels,
+                annotations=(),
+                create_time=service.create_time,
+            )
+            for instance in service.instances
+        )
+    return resources

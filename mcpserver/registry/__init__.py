@@ -1,0 +1,1 @@
+"""Service registries behind one interface (base.py); one package per kind."""

@@ -1,0 +1,264 @@
+"""Settings: one YAML file plus MCPSERVER_* environment overrides, validated once at startup.
+
+Built once by the CLI and passed down; nothing imports a global settings object. A bad file
+must stop the process with exit code 2 and messages that name each bad field, so every model
+forbids unknown keys (a typo is an error, not a silently ignored option).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Mapping
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+ENV_PREFIX = "MCPSERVER_"
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+_DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+
+
+class ConfigError(Exception):
+    """A config file that cannot be used; `problems` name each bad field."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+
+def parse_duration(value: object) -> float:
+    """Accept 100ms / 1s / 2m / 1h or a bare number of seconds; return seconds."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as 100ms, 1s or 2m")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str) and (m := _DURATION.match(value)):
+        seconds = float(m.group(1)) * _UNITS[m.group(2)]
+    else:
+        raise ValueError("expected a duration such as 100ms, 1s or 2m")
+    if seconds < 0:
+        raise ValueError("a duration cannot be negative")
+    return seconds
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+def check_address(value: str) -> str:
+    """host:port with a numeric port; IPv6 hosts in brackets."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError("expected HOST:PORT, e.g. 127.0.0.1:15051")
+    return value
+
+
+Address = Annotated[str, BeforeValidator(lambda v: check_address(str(v)))]
+
+
+class Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class TLSSettings(Frozen):
+    cert_file: Path
+    key_file: Path
+
+    @field_validator("cert_file", "key_file")
+    @classmethod
+    def _exists(cls, value: Path) -> Path:
+        if not value.is_file():
+            raise ValueError(f"file not found: {value}")
+        return value
+
+
+class ServerSettings(Frozen):
+    listen: Address = "127.0.0.1:15051"
+    admin: Address = "127.0.0.1:15052"
+    tls: TLSSettings | None = None
+    # istiod accepts responses up to MaxInt32 bytes; 100k instances fit well under this.
+    max_message_bytes: int = Field(default=512 * 1024 * 1024, gt=0, lt=2**31)
+
+
+class DebounceSettings(Frozen):
+    after: Duration = 0.1
+    max: Duration = 1.0
+
+    @model_validator(mode="after")
+    def _order(self) -> DebounceSettings:
+        if self.max < self.after:
+            raise ValueError("debounce.max must be at least debounce.after")
+        return self
+
+
+class StartupSettings(Frozen):
+    wait_for_registries: Duration = 30.0
+
+
+class VIPSettings(Frozen):
+    cidr: str = "240.241.0.0/16"
+
+    @field_validator("cidr")
+    @classmethod
+    def _network(cls, value: str) -> str:
+        try:
+            ipaddress.ip_network(value, strict=True)
+        except ValueError as err:
+            raise ValueError(f"not a CIDR block: {err}") from None
+        return value
+
+
+class RegistrySettings(Frozen):
+    """Fields every registry kind has."""
+
+    name: str
+    namespace: str = "default"
+    endpoints: Literal["inline", "workloadentry"] = "inline"
+    keep_when_empty: bool = False
+
+    @field_validator("name", "namespace")
+    @classmethod
+    def _label(cls, value: str) -> str:
+        if len(value) > 63 or not _DNS1123_LABEL.match(value):
+            raise ValueError("must be a DNS-1123 label (lower case, digits, '-', at most 63)")
+        return value
+
+
+class StaticRegistrySettings(RegistrySettings):
+    kind: Literal["static"]
+    path: Path
+    host_template: str = "{name}.{namespace}.svc.mesh"
+    poll_interval: Duration = 1.0
+
+    @field_validator("path")
+    @classmethod
+    def _readable(cls, value: Path) -> Path:
+        if not value.is_file():
+            raise ValueError(f"file not found: {value}")
+        return value
+
+    @field_validator("host_template")
+    @classmethod
+    def _template(cls, value: str) -> str:
+        try:
+            value.format(name="n", namespace="ns", registry="r")
+        except (KeyError, IndexError, ValueError) as err:
+            raise ValueError(
+                f"unknown placeholder {err}; use {{name}} {{namespace}} {{registry}}"
+            ) from None
+        return value
+
+
+AnyRegistrySettings = Annotated[StaticRegistrySettings, Field(discriminator="kind")]
+
+
+def demo_registry_path() -> Path:
+    """The packaged demo static registry: the embedded default of `mcpserver serve`."""
+    return Path(str(resources.files("mcpserver") / "data" / "demo.yaml"))
+
+
+def default_registries() -> list[StaticRegistrySettings]:
+    return [StaticRegistrySettings(kind="static", name="demo", path=demo_registry_path())]
+
+
+class Settings(Frozen):
+    server: ServerSettings = ServerSettings()
+    debounce: DebounceSettings = DebounceSettings()
+    startup: StartupSettings = StartupSettings()
+    vip: VIPSettings = VIPSettings()
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    registries: list[AnyRegistrySettings] = Field(default_factory=default_registries)
+
+    @field_validator("registries")
+    @classmethod
+    def _unique(cls, value: list[StaticRegistrySettings]) -> list[StaticRegistrySettings]:
+        seen: set[str] = set()
+        for registry in value:
+            if registry.name in seen:
+                raise ValueError(f"registry name {registry.name!r} is used twice")
+            seen.add(registry.name)
+        return value
+
+
+def apply_env(data: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
+    """MCPSERVER_SERVER__LISTEN=0.0.0.0:15051 sets server.listen; values are read as YAML."""
+    for key in sorted(env):
+        if not key.startswith(ENV_PREFIX) or key == ENV_PREFIX + "CONFIG":
+            continue
+        path = [part.lower() for part in key[len(ENV_PREFIX) :].split("__") if part]
+        if not path:
+            continue
+        node = data
+        for part in path[:-1]:
+            child = node.get(part)
+            if not isinstance(child, dict):
+                child = {}
+                node[part] = child
+            node = child
+        node[path[-1]] = yaml.safe_load(env[key])
+    return data
+
+
+def _resolve_paths(data: dict[str, Any], base: Path) -> None:
+    """Relative file paths in a config file are relative to that file, not to the cwd."""
+    registries = data.get("registries")
+    if isinstance(registries, list):
+        for entry in registries:
+            if isinstance(entry, dict) and isinstance(entry.get("path"), str):
+                entry["path"] = str(base / entry["path"])
+    tls = (data.get("server") or {}).get("tls") if isinstance(data.get("server"), dict) else None
+    if isinstance(tls, dict):
+        for field in ("cert_file", "key_file"):
+            if isinstance(tls.get(field), str):
+                tls[field] = str(base / tls[field])
+
+
+def describe(error: ValidationError) -> list[str]:
+    """Turn pydantic's errors into `field.path: message` lines an operator can act on."""
+    lines = []
+    for item in error.errors():
+        parts: list[str] = []
+        for loc in item["loc"]:
+            if isinstance(loc, int):
+                parts[-1:] = [f"{parts[-1] if parts else ''}[{loc}]"]
+            elif loc != "static":  # the discriminator tag adds the kind to the path
+                parts.append(str(loc))
+        message = item["msg"].removeprefix("Value error, ")
+        lines.append(f"{'.'.join(parts) or '(top level)'}: {message}")
+    return lines
+
+
+def load_settings(path: Path | None, env: Mapping[str, str] | None = None) -> Settings:
+    """Read, override and validate; raise ConfigError naming every bad field."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except OSError as err:
+            raise ConfigError([f"{path}: cannot read: {err.strerror}"]) from None
+        except yaml.YAMLError as err:
+            raise ConfigError([f"{path}: not valid YAML: {err}"]) from None
+        if raw is None:
+            raw = {}
+        if not isinstance(raw, dict):
+            raise ConfigError([f"{path}: (top level): expected a mapping"])
+        data = raw
+        _resolve_paths(data, path.resolve().parent)
+    data = apply_env(data, env or {})
+    try:
+        return Settings.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(describe(err)) from None

@@ -1,0 +1,67 @@
+"""Immutable snapshots: the full resource set per kind, with per-type content versions.
+
+State of the world means every response carries the whole set for its type (absence deletes,
+pkg/adsc/adsc.go handleMCP), so the snapshot pre-joins each kind's framed resources once; all
+streams then send the same bytes with only version and nonce around them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+
+from mcpserver.xds.resources import PackedResource
+from mcpserver.xds.typeurls import SERVED_KINDS, served_kind
+
+
+def set_version(resources: Iterable[PackedResource]) -> str:
+    """Hash of the (name, version) list: changes exactly when the set's content changes."""
+    digest = hashlib.blake2b(digest_size=10)
+    for resource in resources:
+        digest.update(f"{resource.name}\0{resource.version}\n".encode())
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class TypeSet:
+    """All resources of one kind, sorted by name, and the bytes of their framed Anys."""
+
+    kind: str
+    version: str
+    resources: tuple[PackedResource, ...]
+    blob: bytes = field(repr=False)
+
+    @classmethod
+    def of(cls, kind: str, resources: Iterable[PackedResource]) -> TypeSet:
+        ordered = tuple(sorted(resources, key=lambda r: r.name))
+        return cls(kind, set_version(ordered), ordered, b"".join(r.framed for r in ordered))
+
+
+EMPTY = TypeSet.of("", ())
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """What every stream serves; replaced whole, never mutated."""
+
+    version: str
+    sets: Mapping[str, TypeSet]
+
+    def for_type_url(self, type_url: str) -> TypeSet:
+        """The set to send for a requested type; types we don't serve get the empty set."""
+        kind = served_kind(type_url)
+        return self.sets.get(kind, EMPTY) if kind else EMPTY
+
+
+def build_snapshot(resources: Iterable[PackedResource]) -> Snapshot:
+    """Group packed resources by kind into one immutable snapshot."""
+    grouped: dict[str, list[PackedResource]] = {kind: [] for kind in SERVED_KINDS}
+    for resource in resources:
+        grouped.setdefault(resource.kind, []).append(resource)
+    sets = {kind: TypeSet.of(kind, items) for kind, items in grouped.items()}
+    digest = hashlib.blake2b(digest_size=10)
+    for kind in sorted(sets):
+        digest.update(f"{kind}={sets[kind].version};".encode())
+    return Snapshot(version=digest.hexdigest(), sets=MappingProxyType(sets))
