@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 
 from mcpserver.admin import Admin
 from mcpserver.debounce import Debouncer
@@ -31,18 +31,28 @@ def build_registry(settings: StaticRegistrySettings, metrics: Metrics) -> Regist
     return StaticRegistry(settings, metrics)
 
 
-@dataclass
 class App:
-    """The running server; tests build it directly with ephemeral ports."""
+    """The running server; tests build it directly with ephemeral ports.
 
-    settings: Settings
-    metrics: Metrics = field(default_factory=Metrics)
+    `registries` replaces the ones the settings describe (tests inject registries whose
+    sync they control).
+    """
 
-    def __post_init__(self) -> None:
-        s = self.settings
+    def __init__(
+        self,
+        settings: Settings,
+        metrics: Metrics | None = None,
+        registries: Sequence[Registry] | None = None,
+    ) -> None:
+        self.settings = s = settings
+        self.metrics = metrics or Metrics()
         self.store = SnapshotStore()
         self.clients = Clients()
-        self.registries = [build_registry(r, self.metrics) for r in s.registries]
+        self.registries = (
+            list(registries)
+            if registries is not None
+            else [build_registry(r, self.metrics) for r in s.registries]
+        )
         self.xds = XdsServer(
             ServerOptions(
                 listen=s.server.listen,

@@ -61,7 +61,7 @@ Duration = Annotated[float, BeforeValidator(parse_duration)]
 def check_address(value: str) -> str:
     """host:port with a numeric port; IPv6 hosts in brackets."""
     host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
         raise ValueError("expected HOST:PORT, e.g. 127.0.0.1:15051")
     return value
 

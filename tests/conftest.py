@@ -1,0 +1,116 @@
+"""Shared fixtures: loopback servers on ephemeral ports, and istiod-faithful clients."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+import yaml
+
+from mcpserver.app import App
+from mcpserver.settings import Settings, load_settings
+from mcpserver.xds.client import IstiodLikeClient
+from mcpserver.xds.typeurls import ISTIO_1_29
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def eventually(check: Callable[[], Any], within: float = 10.0, every: float = 0.02) -> Any:
+    """Poll a condition until it is truthy or the deadline passes (no blind sleeps)."""
+    deadline = time.monotonic() + within
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {within}s: {check}")
+        await asyncio.sleep(every)
+
+
+def write_services(path: Path, services: list[dict[str, Any]]) -> None:
+    """Replace the static file atomically, as an editor would."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(yaml.safe_dump({"services": services}))
+    tmp.replace(path)
+
+
+def service(name: str, *addresses: str, namespace: str = "shop", **extra: Any) -> dict[str, Any]:
+    entry: dict[str, Any] = {
+        "name": name,
+        "namespace": namespace,
+        "ports": [{"name": "http", "number": 8080, "protocol": "HTTP"}],
+        "instances": [{"address": a} for a in addresses],
+    }
+    entry.update(extra)
+    return entry
+
+
+def make_settings(static_file: Path, **overrides: Any) -> Settings:
+    data: dict[str, Any] = {
+        "server": {"listen": "127.0.0.1:0", "admin": "127.0.0.1:0"},
+        "debounce": {"after": "20ms", "max": "200ms"},
+        "registries": [
+            {"kind": "static", "name": "files", "path": str(static_file), "poll_interval": "50ms"}
+        ],
+    }
+    data.update(overrides)
+    config = static_file.parent / "mcpserver.yaml"
+    config.write_text(yaml.safe_dump(data))
+    return load_settings(config, {})
+
+
+@pytest.fixture
+def static_file(tmp_path: Path) -> Path:
+    path = tmp_path / "services.yaml"
+    write_services(path, [service("cart", "10.1.0.1", "10.1.0.2"), service("pay", "10.1.0.9")])
+    return path
+
+
+AppFactory = Callable[..., Awaitable[App]]
+
+
+@pytest.fixture
+async def start_app() -> AsyncIterator[AppFactory]:
+    apps: list[App] = []
+
+    async def start(settings: Settings, registries: list[Any] | None = None) -> App:
+        app = App(settings, registries=registries)
+        await app.start()
+        apps.append(app)
+        return app
+
+    yield start
+    for app in reversed(apps):
+        await app.stop()
+
+
+ClientFactory = Callable[..., Awaitable[IstiodLikeClient]]
+
+
+@pytest.fixture
+async def connect() -> AsyncIterator[ClientFactory]:
+    opened: list[tuple[IstiodLikeClient, asyncio.Task[None], grpc.aio.Channel]] = []
+
+    async def open_client(port: int, type_urls: tuple[str, ...] = ISTIO_1_29) -> IstiodLikeClient:
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+        client = IstiodLikeClient(channel, type_urls)
+        task = asyncio.create_task(client.run())
+        opened.append((client, task, channel))
+        return client
+
+    yield open_client
+    for client, task, channel in opened:
+        client.close()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        await channel.close()

@@ -1,0 +1,87 @@
+"""The pure rebuild: merge, convert, validate, pack; work proportional to what changed."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from mcpserver.model import Instance, Port, Service
+from mcpserver.pipeline import build
+from mcpserver.registry.base import Status, View
+from mcpserver.xds.client import decode_resource
+
+pytestmark = pytest.mark.unit
+
+
+def svc(name: str, *addresses: str, registry: str = "r1", **extra: object) -> Service:
+    return Service(
+        registry=registry,
+        namespace="shop",
+        name=name,
+        hosts=(f"{name}.shop.mesh",),
+        ports=(Port("http", 80, "HTTP"),),
+        instances=tuple(Instance(a) for a in addresses),
+        **extra,  # type: ignore[arg-type]
+    )
+
+
+def view(*services: Service, registry: str = "r1") -> View:
+    return View(registry, tuple(services), synced=True, status=Status.READY)
+
+
+def test_only_changed_services_are_reencoded() -> None:
+    services = [svc(f"s{i}", f"10.0.0.{i}") for i in range(50)]
+    first = build([view(*services)], {}, {})
+    assert first.encoded == 50
+    changed = list(services)
+    changed[7] = svc("s7", "10.0.9.9")
+    # equal-but-new objects are recognised too (static files re-parse everything)
+    changed[8] = svc("s8", "10.0.0.8")
+    second = build([view(*changed)], first.cache, {})
+    assert second.encoded == 1
+    old = {r.name: r.version for r in first.snapshot.sets["ServiceEntry"].resources}
+    new = {r.name: r.version for r in second.snapshot.sets["ServiceEntry"].resources}
+    assert {n for n in old if old[n] != new[n]} == {"shop/s7"}
+
+
+def test_invalid_withheld_valid_flow() -> None:
+    result = build([view(svc("ok", "10.0.0.1"), svc("bad", "not-an-ip"))], {}, {})
+    names = [r.name for r in result.snapshot.sets["ServiceEntry"].resources]
+    assert names == ["shop/ok"]
+    (problem,) = result.problems
+    assert problem.subject == "ServiceEntry shop/bad"
+    assert "not a valid IP address" in problem.message
+
+
+def test_empty_services_are_removed_unless_kept() -> None:
+    empty = svc("empty")
+    assert build([view(empty)], {}, {}).snapshot.sets["ServiceEntry"].resources == ()
+    kept = build([view(empty)], {}, {"r1": True}).snapshot.sets["ServiceEntry"].resources
+    assert [r.name for r in kept] == ["shop/empty"]
+    dns = replace(empty, resolution="DNS")
+    assert build([view(dns)], {}, {}).snapshot.sets["ServiceEntry"].resources != ()
+
+
+def test_name_clash_first_registry_wins() -> None:
+    a = svc("cart", "10.0.0.1", registry="r1")
+    b = svc("cart", "10.0.0.2", registry="r2")
+    result = build([view(a), view(b, registry="r2")], {}, {})
+    (resource,) = result.snapshot.sets["ServiceEntry"].resources
+    assert resource.decode().body.value.find(b"10.0.0.1") >= 0
+    (problem,) = result.problems
+    assert problem.registry == "r2" and "already served by registry 'r1'" in problem.message
+
+
+def test_workloadentry_mode() -> None:
+    service = svc("cart", "10.0.0.1", "10.0.0.2", endpoints_mode="workloadentry")
+    result = build([view(service)], {}, {})
+    entries = result.snapshot.sets["WorkloadEntry"].resources
+    assert len(entries) == 2
+    assert all(e.name.startswith("shop/cart-") for e in entries)
+    spec = decode_resource(result.snapshot.sets["ServiceEntry"].resources[0].to_any()).spec
+    assert dict(spec.workload_selector.labels) == {  # type: ignore[union-attr]
+        "mcpserver.io/service": "cart",
+        "registry": "r1",
+    }
+    assert len(spec.endpoints) == 0  # type: ignore[union-attr]

@@ -1,0 +1,94 @@
+"""Packing: the exact wire shape istiod's adsc unpacks, and content-hash versions."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+from envoy.service.discovery.v3 import discovery_pb2
+from mcpserver_protos.istio.mcp.v1alpha1 import resource_pb2
+from mcpserver_protos.istio.networking.v1alpha3 import service_entry_pb2
+
+from mcpserver.xds.client import decode_resource
+from mcpserver.xds.resources import encode_response, encode_varint, pack
+from mcpserver.xds.snapshot import EMPTY, build_snapshot
+
+pytestmark = pytest.mark.unit
+
+WHEN = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
+
+
+def entry(*hosts: str) -> service_entry_pb2.ServiceEntry:
+    return service_entry_pb2.ServiceEntry(
+        hosts=list(hosts),
+        ports=[service_entry_pb2.ServicePort(number=80, name="http", protocol="HTTP")],
+        resolution=service_entry_pb2.ServiceEntry.STATIC,
+        endpoints=[{"address": "10.0.0.1", "labels": {"b": "2", "a": "1"}}],
+    )
+
+
+def test_wire_shape_matches_adsc_expectations() -> None:
+    packed = pack("ServiceEntry", "shop", "cart", entry("cart.shop"), WHEN, [("registry", "r")])
+    response = discovery_pb2.DiscoveryResponse.FromString(
+        encode_response("v1", "networking.istio.io/v1/ServiceEntry", "n1", packed.framed)
+    )
+    assert response.version_info == "v1"
+    assert response.nonce == "n1"
+    assert response.type_url == "networking.istio.io/v1/ServiceEntry"
+    (outer,) = response.resources
+    # not wrapped in envoy's discovery Resource: the Any names the MCP Resource directly
+    assert outer.type_url == "type.googleapis.com/istio.mcp.v1alpha1.Resource"
+    resource = resource_pb2.Resource()
+    assert outer.Unpack(resource)
+    assert resource.metadata.name == "shop/cart"
+    assert resource.metadata.version == packed.version
+    assert resource.metadata.create_time.ToDatetime(tzinfo=UTC) == WHEN
+    assert dict(resource.metadata.labels) == {"registry": "r"}
+    # the body is always v1alpha3, even for the v1 GVK
+    assert resource.body.type_url == "type.googleapis.com/istio.networking.v1alpha3.ServiceEntry"
+    decoded = decode_resource(outer)
+    assert list(decoded.spec.hosts) == ["cart.shop"]  # type: ignore[union-attr]
+    assert packed.decode() == resource
+
+
+def test_version_is_a_content_hash() -> None:
+    a = pack("ServiceEntry", "shop", "cart", entry("cart.shop"), WHEN)
+    again = pack(
+        "ServiceEntry", "shop", "cart", entry("cart.shop"), datetime(2030, 1, 1, tzinfo=UTC)
+    )
+    changed = pack("ServiceEntry", "shop", "cart", entry("cart.shop", "cart.alt"), WHEN)
+    relabelled = pack("ServiceEntry", "shop", "cart", entry("cart.shop"), WHEN, [("x", "y")])
+    assert a.version and a.version == again.version
+    assert len({a.version, changed.version, relabelled.version}) == 3
+
+
+def test_map_order_does_not_change_bytes() -> None:
+    one = entry("h.x")
+    two = entry("h.x")
+    two.endpoints[0].labels.clear()
+    two.endpoints[0].labels["a"] = "1"
+    two.endpoints[0].labels["b"] = "2"
+    assert (
+        pack("ServiceEntry", "n", "s", one, WHEN).framed
+        == pack("ServiceEntry", "n", "s", two, WHEN).framed
+    )
+
+
+@pytest.mark.parametrize("value", [0, 1, 127, 128, 300, 2**21, 2**35])
+def test_varint_matches_protobuf(value: int) -> None:
+    from google.protobuf.internal.encoder import _VarintBytes
+
+    assert encode_varint(value) == _VarintBytes(value)
+
+
+def test_snapshot_groups_sorts_and_versions() -> None:
+    b = pack("ServiceEntry", "shop", "b", entry("b.shop"), WHEN)
+    a = pack("ServiceEntry", "shop", "a", entry("a.shop"), WHEN)
+    snap = build_snapshot([b, a])
+    type_set = snap.for_type_url("networking.istio.io/v1alpha3/ServiceEntry")
+    assert [r.name for r in type_set.resources] == ["shop/a", "shop/b"]
+    assert type_set.blob == a.framed + b.framed
+    assert snap.for_type_url("networking.istio.io/v1/VirtualService") is EMPTY
+    assert snap.for_type_url("networking.istio.io/v1/WorkloadEntry").resources == ()
+    assert build_snapshot([a, b]).version == snap.version
+    assert build_snapshot([a]).version != snap.version
