@@ -194,12 +194,16 @@ class Settings(Frozen):
 
 
 def apply_env(data: dict[str, Any], env: Mapping[str, str]) -> dict[str, Any]:
-    """MCPSERVER_SERVER__LISTEN=0.0.0.0:15051 sets server.listen; values are read as YAML."""
+    """MCPSERVER_SERVER__LISTEN=0.0.0.0:15051 sets server.listen; values are read as YAML.
+
+    Only variables naming a settings section count: others with our prefix (MCPSERVER_CONFIG,
+    test switches such as MCPSERVER_REQUIRE_REAL) are not settings.
+    """
     for key in sorted(env):
-        if not key.startswith(ENV_PREFIX) or key == ENV_PREFIX + "CONFIG":
+        if not key.startswith(ENV_PREFIX):
             continue
         path = [part.lower() for part in key[len(ENV_PREFIX) :].split("__") if part]
-        if not path:
+        if not path or path[0] not in Settings.model_fields:
             continue
         node = data
         for part in path[:-1]:

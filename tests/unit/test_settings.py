@@ -28,7 +28,13 @@ def test_defaults_are_the_embedded_demo() -> None:
 
 def test_env_overrides(tmp_path: Path) -> None:
     settings = load_settings(
-        None, {"MCPSERVER_SERVER__LISTEN": "0.0.0.0:9000", "MCPSERVER_DEBOUNCE__AFTER": "5ms"}
+        None,
+        {
+            "MCPSERVER_SERVER__LISTEN": "0.0.0.0:9000",
+            "MCPSERVER_DEBOUNCE__AFTER": "5ms",
+            "MCPSERVER_REQUIRE_REAL": "1",
+            "MCPSERVER_CONFIG": "/elsewhere.yaml",
+        },
     )
     assert settings.server.listen == "0.0.0.0:9000"
     assert settings.debounce.after == pytest.approx(0.005)
