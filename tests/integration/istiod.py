@@ -1,0 +1,122 @@
+"""Running Istio's discovery server against mcpserver, and reading istiod's own surfaces."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tests.integration.real import accepts, free_port
+
+
+@dataclass
+class Istiod:
+    """One istiod process; its config sources are mcpserver (xds://) and optionally a dir."""
+
+    binary: Path
+    workdir: Path
+    mcpserver_port: int
+    config_dir: Path | None = None
+    grpc_port: int = field(default_factory=free_port)
+    http_port: int = field(default_factory=free_port)
+    monitoring_port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+    starts: int = 0
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / f"istiod-{self.starts}.log"
+
+    def mesh_config(self) -> Path:
+        sources: list[dict[str, str]] = [{"address": f"xds://127.0.0.1:{self.mcpserver_port}"}]
+        if self.config_dir is not None:
+            sources.append({"address": f"fs://{self.config_dir}"})
+        mesh = {
+            "rootNamespace": "istio-system",
+            "trustDomain": "cluster.local",
+            "configSources": sources,
+            # upstream Envoy lacks istio-proxy's stats/metadata-exchange extensions
+            "defaultProviders": {"metrics": []},
+            "enablePrometheusMerge": False,
+            "defaultConfig": {"discoveryAddress": f"127.0.0.1:{self.grpc_port}"},
+        }
+        path = self.workdir / "mesh.yaml"
+        path.write_text(yaml.safe_dump(mesh))
+        return path.resolve()
+
+    def start(self) -> None:
+        self.starts += 1
+        command = [
+            str(self.binary),
+            f"--meshConfig={self.mesh_config()}",
+            f"--grpcAddr=127.0.0.1:{self.grpc_port}",
+            f"--httpAddr=127.0.0.1:{self.http_port}",
+            f"--monitoringAddr=127.0.0.1:{self.monitoring_port}",
+            "--log_output_level=default:info,adsc:debug",
+        ]
+        env = {
+            **os.environ,
+            "ENABLE_CA_SERVER": "false",
+            "POD_NAMESPACE": "istio-system",
+            "PILOT_ENABLE_ANALYSIS": "false",
+        }
+        with self.log_path.open("wb") as log:
+            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+
+    def wait_ready(self, within: float = 120.0) -> None:
+        """istiod opens 15010 only after every config type is synced (adsc HasSynced)."""
+        deadline = time.monotonic() + within
+        while not accepts(self.grpc_port):
+            if self.process is None or self.process.poll() is not None:
+                raise AssertionError(f"istiod exited:\n{self.log()[-4000:]}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"istiod not ready in {within}s:\n{self.log()[-4000:]}")
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+        self.process = None
+
+    def kill(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait(10)
+        self.process = None
+
+    def log(self) -> str:
+        return "\n".join(
+            (self.workdir / f"istiod-{n}.log").read_text(errors="replace")
+            for n in range(1, self.starts + 1)
+            if (self.workdir / f"istiod-{n}.log").exists()
+        )
+
+    def debug(self, name: str) -> Any:
+        url = f"http://127.0.0.1:{self.monitoring_port}/debug/{name}"
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return json.loads(response.read())
+
+    def configs(self, kind: str = "ServiceEntry") -> dict[str, dict[str, Any]]:
+        """`namespace/name` -> config, from /debug/configz (what istiod's store holds)."""
+        return {
+            f"{c['metadata']['namespace']}/{c['metadata']['name']}": c
+            for c in self.debug("configz")
+            if c.get("kind") == kind
+        }
+
+    def hosts(self) -> set[str]:
+        """Service hostnames in istiod's registry (/debug/registryz)."""
+        return {s["hostname"] for s in self.debug("registryz")}
