@@ -46,6 +46,8 @@ class Istiod:
             # upstream Envoy lacks istio-proxy's stats/metadata-exchange extensions
             "defaultProviders": {"metrics": []},
             "enablePrometheusMerge": False,
+            # no pilot-agent, so no SDS: plain-text upstreams instead of auto mTLS
+            "enableAutoMtls": False,
             "defaultConfig": {"discoveryAddress": f"127.0.0.1:{self.grpc_port}"},
         }
         path = self.workdir / "mesh.yaml"
@@ -67,6 +69,9 @@ class Istiod:
             "ENABLE_CA_SERVER": "false",
             "POD_NAMESPACE": "istio-system",
             "PILOT_ENABLE_ANALYSIS": "false",
+            # upstream Envoy (the PyPI build) lacks istio-proxy's metadata-exchange filters
+            "PILOT_ENABLE_METADATA_EXCHANGE": "false",
+            "PILOT_ENABLE_ALPN_FILTER": "false",
         }
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)

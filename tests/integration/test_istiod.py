@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from mcpserver.xds.typeurls import ISTIO_1_30
 from tests.conftest import AppFactory, make_settings, service, write_services
 from tests.integration.conftest import IstiodFactory
 from tests.integration.xdsprobe import endpoints
@@ -43,6 +44,14 @@ async def test_istiod_stores_registers_and_serves_our_services(
     names, found = await endpoints(istiod.grpc_port, "outbound|8080||cart.shop.svc.mesh")
     assert "outbound|8080||pay.shop.svc.mesh" in names
     assert found == ["10.1.0.1:8080", "10.1.0.2:8080"]
+    # the real client asked for exactly the type set our client imitates (1.30+: 16 types)
+    requested = {
+        s.labels["type_url"]
+        for m in app.metrics.registry.collect()
+        for s in m.samples
+        if s.name == "mcpserver_xds_requests_total"
+    }
+    assert requested == set(ISTIO_1_30)
 
 
 async def test_istiod_follows_add_change_remove(
