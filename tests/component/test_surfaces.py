@@ -143,9 +143,14 @@ async def test_admin_endpoints(
         entries = snapshot["kinds"]["ServiceEntry"]["resources"]
         assert [e["name"] for e in entries] == ["shop/cart", "shop/pay"]
         assert entries[0]["resource"]["metadata"]["name"] == "shop/cart"
+        se = "networking.istio.io/v1/ServiceEntry"
+        # the client's ACK is in flight; wait until the server has taken it
+        await eventually(
+            lambda: app.clients.open and next(iter(app.clients.open.values())).types[se].acked
+        )
         clients = json.loads((await get("/debug/clients"))[1])
         assert clients[0]["node"].startswith("sidecar~")
-        assert clients[0]["types"]["networking.istio.io/v1/ServiceEntry"]["acked"]
+        assert clients[0]["types"][se]["acked"] == clients[0]["types"][se]["sent"]
         registries = json.loads((await get("/debug/registries"))[1])
         assert registries == [
             {"name": "files", "status": "ready", "synced": True, "services": 2, "detail": ""}
