@@ -7,6 +7,8 @@ import json
 import shutil
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import aiohttp
@@ -20,6 +22,14 @@ from tests.conftest import AppFactory, ClientFactory, eventually, make_settings
 pytestmark = pytest.mark.component
 
 ADS = "envoy.service.discovery.v3.AggregatedDiscoveryService"
+
+
+def ready(admin_port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/readyz", timeout=2) as r:
+            return bool(r.status == 200)
+    except OSError:
+        return False
 
 
 def grpcurl() -> str:
@@ -80,7 +90,8 @@ def test_grpcurl_lists_and_streams(static_file: Path, tmp_path: Path) -> None:
     )
     try:
         listed = ""
-        for _ in range(100):
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
             done = subprocess.run(
                 [grpcurl(), "-plaintext", f"127.0.0.1:{port}", "list"],
                 capture_output=True,
@@ -89,16 +100,16 @@ def test_grpcurl_lists_and_streams(static_file: Path, tmp_path: Path) -> None:
                 check=False,
             )
             listed = done.stdout
-            if done.returncode == 0:
+            if done.returncode == 0 and ready(admin):
                 break
-            subprocess.run(["sleep", "0.1"], check=True)
+            time.sleep(0.1)
         assert ADS in listed
         streamed = subprocess.run(
             [
                 grpcurl(),
                 "-plaintext",
                 "-max-time",
-                "3",
+                "10",
                 "-d",
                 '{"type_url": "networking.istio.io/v1/ServiceEntry"}',
                 f"127.0.0.1:{port}",
