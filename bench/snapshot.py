@@ -18,9 +18,12 @@ from dataclasses import replace
 from envoy.service.discovery.v3 import discovery_pb2
 
 from mcpserver.model import Instance, Port, Service
-from mcpserver.pipeline import build
+from mcpserver.pipeline import BuildInputs, build
 from mcpserver.registry.base import Status, View
 from mcpserver.xds.resources import encode_response
+
+
+INPUTS = BuildInputs({}, "240.240.0.0/12", {})
 
 
 def services(count: int, per: int) -> list[Service]:
@@ -57,13 +60,13 @@ def main() -> None:
     current = services(args.services, args.instances)
     view = View("bench", tuple(current), synced=True, status=Status.READY)
 
-    cold = timed(lambda: build([view], {}, {}), repeat=1)
-    first = build([view], {}, {})
+    cold = timed(lambda: build([view], {}, INPUTS), repeat=1)
+    first = build([view], {}, INPUTS)
     changed = list(current)
     changed[0] = replace(changed[0], instances=(Instance("10.255.255.1"),))
     view2 = View("bench", tuple(changed), synced=True, status=Status.READY)
-    incremental = timed(lambda: build([view2], first.cache, {}))
-    second = build([view2], first.cache, {})
+    incremental = timed(lambda: build([view2], first.cache, INPUTS))
+    second = build([view2], first.cache, INPUTS)
 
     type_set = second.snapshot.sets["ServiceEntry"]
     ours = timed(

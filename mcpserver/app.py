@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 from collections.abc import Sequence
 
@@ -18,7 +19,8 @@ from mcpserver.metrics import Metrics
 from mcpserver.pipeline import Pipeline
 from mcpserver.registry.base import Registry
 from mcpserver.registry.static.watcher import StaticRegistry
-from mcpserver.settings import Settings, StaticRegistrySettings
+from mcpserver.registry.zookeeper.watcher import ZooKeeperRegistry
+from mcpserver.settings import RegistryConfig, Settings, ZooKeeperRegistrySettings
 from mcpserver.xds.server import ServerOptions, XdsServer
 from mcpserver.xds.sotw import AdsHandler, Clients
 from mcpserver.xds.store import SnapshotStore
@@ -26,8 +28,10 @@ from mcpserver.xds.store import SnapshotStore
 log = logging.getLogger("mcpserver")
 
 
-def build_registry(settings: StaticRegistrySettings, metrics: Metrics) -> Registry:
+def build_registry(settings: RegistryConfig, metrics: Metrics) -> Registry:
     """One registry object per configured entry, by kind."""
+    if isinstance(settings, ZooKeeperRegistrySettings):
+        return ZooKeeperRegistry(settings, metrics, os.environ)
     return StaticRegistry(settings, metrics)
 
 
@@ -68,6 +72,7 @@ class App:
             self.metrics,
             startup_wait=s.startup.wait_for_registries,
             keep_when_empty={r.name: r.keep_when_empty for r in s.registries},
+            vip_cidr=s.vip.cidr,
             on_primed=self.xds.serving,
         )
         self.debouncer = Debouncer(self.pipeline.rebuild, s.debounce.after, s.debounce.max)

@@ -19,7 +19,7 @@ import yaml
 
 from mcpserver.app import serve
 from mcpserver.registry.static.watcher import file_problems
-from mcpserver.settings import ConfigError, Settings, load_settings
+from mcpserver.settings import ConfigError, Settings, StaticRegistrySettings, load_settings
 from mcpserver.xds.client import IstiodLikeClient
 from mcpserver.xds.typeurls import initial_requests
 
@@ -64,7 +64,12 @@ def check_config(path: Path) -> int:
         settings = load_settings(path, os.environ)
     except ConfigError as err:
         return _config_failure(err)
-    problems = [p for r in settings.registries for p in file_problems(r)]
+    problems = [
+        p
+        for r in settings.registries
+        if isinstance(r, StaticRegistrySettings)
+        for p in file_problems(r)
+    ]
     if problems:
         return _config_failure(ConfigError(problems))
     print(f"{path}: ok ({len(settings.registries)} registries)")

@@ -14,7 +14,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from mcpserver.convert.merge import merge
 from mcpserver.convert.serviceentry import IstioResource, convert
@@ -23,6 +23,7 @@ from mcpserver.convert.validate import (
     validate_service_entry,
     validate_workload_entry,
 )
+from mcpserver.convert.vip import allocate, needs_vip
 from mcpserver.metrics import Metrics
 from mcpserver.model import Problem, Service
 from mcpserver.registry.base import Registry, View
@@ -40,6 +41,7 @@ class Converted:
     service: Service
     packed: tuple[PackedResource, ...]
     problems: tuple[Problem, ...]
+    vip: str | None = None
 
 
 def check(resource: IstioResource) -> list[str]:
@@ -52,19 +54,20 @@ def check(resource: IstioResource) -> list[str]:
     return errors
 
 
-def convert_service(service: Service) -> Converted:
-    """Convert, validate and pack one service. A service whose ServiceEntry is invalid is
-    withheld whole (its WorkloadEntries would select nothing)."""
+def convert_service(service: Service, vip: str | None = None) -> Converted:
+    """Convert, validate and pack one service (with its allocated VIP, if any). A service whose
+    ServiceEntry is invalid is withheld whole (its WorkloadEntries would select nothing)."""
     packed: list[PackedResource] = []
     problems: list[Problem] = []
-    for resource in convert(service):
+    subject = replace(service, addresses=(vip,)) if vip else service
+    for resource in convert(subject):
         errors = check(resource)
         if errors:
             problems.append(
                 Problem(service.registry, f"{resource.kind} {resource.key}", "; ".join(errors))
             )
             if resource.kind == "ServiceEntry":
-                return Converted(service, (), tuple(problems))
+                return Converted(service, (), tuple(problems), vip)
             continue
         packed.append(
             pack(
@@ -77,7 +80,7 @@ def convert_service(service: Service) -> Converted:
                 resource.annotations,
             )
         )
-    return Converted(service, tuple(packed), tuple(problems))
+    return Converted(service, tuple(packed), tuple(problems), vip)
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,33 +89,52 @@ class BuildResult:
     cache: dict[str, Converted]
     problems: tuple[Problem, ...]
     encoded: int
+    vips: dict[str, str]
+
+
+@dataclass(frozen=True, slots=True)
+class BuildInputs:
+    """What a rebuild depends on besides the registry views."""
+
+    keep_when_empty: Mapping[str, bool]
+    vip_cidr: str
+    vips: Mapping[str, str]
 
 
 def build(
-    views: Sequence[View], cache: Mapping[str, Converted], keep_when_empty: Mapping[str, bool]
+    views: Sequence[View], cache: Mapping[str, Converted], inputs: BuildInputs
 ) -> BuildResult:
     """The pure part of a rebuild: runs in a worker thread, touches no shared state."""
     services, problems = merge([v.services for v in views])
     for view in views:
         problems.extend(view.problems)
+    services = [
+        s
+        for s in services
+        if s.instances or s.resolution != "STATIC" or inputs.keep_when_empty.get(s.registry, False)
+    ]
+    wanting = [s.key for s in services if needs_vip(s)]
+    vips = allocate(wanting, inputs.vips, inputs.vip_cidr)
+    for key in wanting:
+        if key not in vips:
+            problems.append(Problem("", key, f"no free address left in vip.cidr {inputs.vip_cidr}"))
     fresh: dict[str, Converted] = {}
     encoded = 0
     resources: list[PackedResource] = []
     for service in services:
-        if (
-            not service.instances
-            and service.resolution == "STATIC"
-            and not keep_when_empty.get(service.registry, False)
-        ):
-            continue
+        vip = vips.get(service.key)
         done = cache.get(service.key)
-        if done is None or (done.service is not service and done.service != service):
-            done = convert_service(service)
+        if (
+            done is None
+            or done.vip != vip
+            or (done.service is not service and done.service != service)
+        ):
+            done = convert_service(service, vip)
             encoded += len(done.packed)
         fresh[service.key] = done
         resources.extend(done.packed)
         problems.extend(done.problems)
-    return BuildResult(build_snapshot(resources), fresh, tuple(problems), encoded)
+    return BuildResult(build_snapshot(resources), fresh, tuple(problems), encoded, vips)
 
 
 class Pipeline:
@@ -125,6 +147,7 @@ class Pipeline:
         metrics: Metrics,
         startup_wait: float,
         keep_when_empty: Mapping[str, bool],
+        vip_cidr: str,
         on_primed: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self._registries = registries
@@ -132,6 +155,8 @@ class Pipeline:
         self._metrics = metrics
         self._deadline = time.monotonic() + startup_wait
         self._keep = dict(keep_when_empty)
+        self._vip_cidr = vip_cidr
+        self._vips: dict[str, str] = {}
         self._on_primed = on_primed
         self._cache: dict[str, Converted] = {}
         self._reported: set[Problem] = set()
@@ -155,8 +180,10 @@ class Pipeline:
                     "startup wait over; serving without complete registries=%s", ",".join(waiting)
                 )
         started = time.perf_counter()
-        result = await asyncio.to_thread(build, views, self._cache, self._keep)
+        inputs = BuildInputs(self._keep, self._vip_cidr, self._vips)
+        result = await asyncio.to_thread(build, views, self._cache, inputs)
         self._cache = result.cache
+        self._vips = result.vips
         self._report(result.problems)
         self._metrics.build_seconds.observe(time.perf_counter() - started)
         self._metrics.encoded.inc(result.encoded)

@@ -162,7 +162,85 @@ class StaticRegistrySettings(RegistrySettings):
         return value
 
 
-AnyRegistrySettings = Annotated[StaticRegistrySettings, Field(discriminator="kind")]
+class ZooKeeperAuthSettings(Frozen):
+    """ZooKeeper digest auth; the credential (`user:password`) is never logged."""
+
+    scheme: Literal["digest"] = "digest"
+    credential: str | None = Field(default=None, repr=False)
+    credential_file: Path | None = None
+    credential_env: str | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> ZooKeeperAuthSettings:
+        given = [x for x in (self.credential, self.credential_file, self.credential_env) if x]
+        if len(given) != 1:
+            raise ValueError("give exactly one of credential, credential_file, credential_env")
+        if self.credential_file is not None and not self.credential_file.is_file():
+            raise ValueError(f"credential_file not found: {self.credential_file}")
+        return self
+
+    def resolve(self, env: Mapping[str, str]) -> str:
+        if self.credential:
+            return self.credential
+        if self.credential_file is not None:
+            return self.credential_file.read_text(encoding="utf-8").strip()
+        return env.get(self.credential_env or "", "")
+
+
+class ZooKeeperRegistrySettings(RegistrySettings):
+    kind: Literal["zookeeper"]
+    hosts: str
+    roots: list[str] = Field(default_factory=lambda: ["/dubbo"])
+    services_roots: list[str] = Field(default_factory=lambda: ["/services"])
+    mapping: bool = True
+    host_template: str = "{interface}"
+    application_host_template: str = "{application}.dubbo"
+    label_params: list[str] = Field(
+        default_factory=lambda: ["version", "group", "application", "revision", "release"]
+    )
+    default_protocol: str = "http"
+    session_timeout: Duration = 30.0
+    connect_timeout: Duration = 15.0
+    auth: ZooKeeperAuthSettings | None = None
+
+    @field_validator("hosts")
+    @classmethod
+    def _hosts(cls, value: str) -> str:
+        servers = value.split("/", 1)[0]
+        for server in servers.split(","):
+            check_address(server.strip())
+        return value
+
+    @field_validator("roots", "services_roots")
+    @classmethod
+    def _roots(cls, value: list[str]) -> list[str]:
+        for root in value:
+            if not root.startswith("/") or (root != "/" and root.endswith("/")):
+                raise ValueError(f"{root!r}: a ZooKeeper path starts with / and has no trailing /")
+        return value
+
+    @field_validator("host_template")
+    @classmethod
+    def _interface_template(cls, value: str) -> str:
+        return _check_template(value, interface="i", group="g", version="v", application="a")
+
+    @field_validator("application_host_template")
+    @classmethod
+    def _app_template(cls, value: str) -> str:
+        return _check_template(value, application="a")
+
+
+def _check_template(value: str, **placeholders: str) -> str:
+    try:
+        value.format(**placeholders)
+    except (KeyError, IndexError, ValueError) as err:
+        names = " ".join("{" + p + "}" for p in placeholders)
+        raise ValueError(f"unknown placeholder {err}; use {names}") from None
+    return value
+
+
+RegistryConfig = StaticRegistrySettings | ZooKeeperRegistrySettings
+AnyRegistrySettings = Annotated[RegistryConfig, Field(discriminator="kind")]
 
 
 def demo_registry_path() -> Path:
@@ -170,7 +248,7 @@ def demo_registry_path() -> Path:
     return Path(str(resources.files("mcpserver") / "data" / "demo.yaml"))
 
 
-def default_registries() -> list[StaticRegistrySettings]:
+def default_registries() -> list[RegistryConfig]:
     return [StaticRegistrySettings(kind="static", name="demo", path=demo_registry_path())]
 
 
@@ -184,7 +262,7 @@ class Settings(Frozen):
 
     @field_validator("registries")
     @classmethod
-    def _unique(cls, value: list[StaticRegistrySettings]) -> list[StaticRegistrySettings]:
+    def _unique(cls, value: list[AnyRegistrySettings]) -> list[AnyRegistrySettings]:
         seen: set[str] = set()
         for registry in value:
             if registry.name in seen:
@@ -238,7 +316,7 @@ def describe(error: ValidationError) -> list[str]:
         for loc in item["loc"]:
             if isinstance(loc, int):
                 parts[-1:] = [f"{parts[-1] if parts else ''}[{loc}]"]
-            elif loc != "static":  # the discriminator tag adds the kind to the path
+            elif loc not in ("static", "zookeeper"):  # the discriminator tag adds the kind
                 parts.append(str(loc))
         message = item["msg"].removeprefix("Value error, ")
         lines.append(f"{'.'.join(parts) or '(top level)'}: {message}")

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Coroutine
+import contextlib
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from kazoo.client import KazooClient
+
 from tests.integration.istiod import Istiod
 from tests.integration.real import envoy_binary, istiod_binary
+from tests.integration.zookeeper import ZooKeeper
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -49,3 +53,22 @@ async def start_istiod(istiod_bin: Path, tmp_path: Path) -> AsyncIterator[Istiod
     yield start
     for istiod in started:
         await asyncio.to_thread(istiod.stop)
+
+
+@pytest.fixture
+def zookeeper(tmp_path: Path) -> Iterator[ZooKeeper]:
+    server = ZooKeeper(tmp_path / "zk")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def zk_writer(zookeeper: ZooKeeper) -> Iterator[KazooClient]:
+    """A separate client that plays the providers' part."""
+    client = KazooClient(hosts=zookeeper.address, timeout=10)
+    client.start(15)
+    yield client
+    with contextlib.suppress(Exception):
+        client.stop()
+        client.close()

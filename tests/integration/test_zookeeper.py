@@ -1,0 +1,327 @@
+"""The ZooKeeper registry against a real ZooKeeper: Dubbo providers, Curator instances."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+import yaml
+from kazoo.client import KazooClient
+from kazoo.security import make_digest_acl
+
+from mcpserver.app import App
+from mcpserver.registry.base import Status
+from mcpserver.settings import load_settings
+from mcpserver.xds.client import DecodedResource, IstiodLikeClient
+from tests.conftest import AppFactory, ClientFactory, eventually
+from tests.integration.zookeeper import ZooKeeper
+
+IFACE = "org.apache.dubbo.demo.DemoService"
+HOST = "org.apache.dubbo.demo.demoservice"
+
+
+def provider_url(
+    address: str = "10.0.0.5", port: int = 20880, protocol: str = "dubbo", **params: str
+) -> str:
+    query = {"application": "demo", "interface": IFACE, "side": "provider", "version": "1.0.0"}
+    query.update(params)
+    text = f"{protocol}://{address}:{port}/{IFACE}?" + "&".join(
+        f"{k}={v}" for k, v in query.items()
+    )
+    return quote(text, safe="")
+
+
+def add_provider(zk: KazooClient, url: str, root: str = "/dubbo", iface: str = IFACE) -> str:
+    path = f"{root}/{iface}/providers/{url}"
+    zk.create(path, b"", makepath=True, ephemeral=True)
+    return path
+
+
+def zk_settings(tmp_path: Path, zookeeper: ZooKeeper, **registry: Any) -> Any:
+    entry: dict[str, Any] = {
+        "kind": "zookeeper",
+        "name": "zk",
+        "hosts": zookeeper.address,
+        "namespace": "dubbo",
+        "session_timeout": "4s",
+    }
+    entry.update(registry)
+    config = tmp_path / "mcpserver.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "server": {"listen": "127.0.0.1:0", "admin": "127.0.0.1:0"},
+                "debounce": {"after": "50ms", "max": "500ms"},
+                "startup": {"wait_for_registries": "20s"},
+                "registries": [entry],
+            }
+        )
+    )
+    return load_settings(config, {})
+
+
+def entries(client: IstiodLikeClient) -> dict[str, DecodedResource]:
+    return {r.name: r for r in client.latest("ServiceEntry")}
+
+
+async def synced(
+    start_app: AppFactory, connect: ClientFactory, settings: Any
+) -> tuple[App, IstiodLikeClient]:
+    app = await start_app(settings)
+    client = await connect(app.port)
+    await client.wait_for(lambda c: c.synced(), 30)
+    return app, client
+
+
+async def test_provider_appears_changes_and_disappears(
+    tmp_path: Path,
+    zookeeper: ZooKeeper,
+    zk_writer: KazooClient,
+    start_app: AppFactory,
+    connect: ClientFactory,
+) -> None:
+    first = add_provider(zk_writer, provider_url("10.0.0.5"))
+    app, client = await synced(start_app, connect, zk_settings(tmp_path, zookeeper))
+    se = entries(client)[HOST]
+    spec: Any = se.spec
+    assert list(spec.hosts) == [HOST]
+    assert [(p.name, p.number, p.protocol) for p in spec.ports] == [("tcp-dubbo", 20880, "TCP")]
+    assert [e.address for e in spec.endpoints] == ["10.0.0.5"]
+    assert dict(spec.endpoints[0].labels) == {
+        "application": "demo",
+        "version": "1.0.0",
+        "registry": "zk",
+    }
+    # a TCP service sharing port 20880 gets a stable VIP from vip.cidr
+    (vip,) = spec.addresses
+    assert vip.startswith("240.241.")
+    # create_time is the interface node's ctime, so it survives restarts
+    ctime = zk_writer.exists(f"/dubbo/{IFACE}").ctime
+    assert int(se.create_time.timestamp() * 1000) == ctime
+
+    # weight and version change: Dubbo re-registers with a new URL
+    zk_writer.delete(first)
+    add_provider(zk_writer, provider_url("10.0.0.5", weight="7", version="2.0.0"))
+    add_provider(zk_writer, provider_url("10.0.0.6"))
+    await client.wait_for(lambda c: len(entries(c)[HOST].spec.endpoints) == 2, 20)  # type: ignore[union-attr]
+    endpoints = {e.address: e for e in entries(client)[HOST].spec.endpoints}  # type: ignore[union-attr]
+    assert endpoints["10.0.0.5"].weight == 7
+    assert endpoints["10.0.0.5"].labels["version"] == "2.0.0"
+    assert list(entries(client)[HOST].spec.addresses) == [vip]  # type: ignore[union-attr]
+
+    # disabled providers and consumers are not endpoints; all gone -> the service goes
+    for child in zk_writer.get_children(f"/dubbo/{IFACE}/providers"):
+        zk_writer.delete(f"/dubbo/{IFACE}/providers/{child}")
+    add_provider(zk_writer, provider_url("10.0.0.7", enabled="false"))
+    add_provider(zk_writer, provider_url("10.0.0.8", side="consumer"))
+    await client.wait_for(lambda c: HOST not in entries(c), 20)
+
+
+async def test_a_burst_of_200_providers_is_a_handful_of_rebuilds(
+    tmp_path: Path,
+    zookeeper: ZooKeeper,
+    zk_writer: KazooClient,
+    start_app: AppFactory,
+    connect: ClientFactory,
+) -> None:
+    add_provider(zk_writer, provider_url("10.1.0.1"))
+    app, client = await synced(start_app, connect, zk_settings(tmp_path, zookeeper))
+    runs_before = app.debouncer.runs
+    transaction = zk_writer.transaction()
+    for i in range(200):
+        transaction.create(
+            f"/dubbo/{IFACE}/providers/{provider_url(f'10.2.{i // 250}.{i % 250 + 1}')}",
+            b"",
+            ephemeral=True,
+        )
+    assert all(r is True or isinstance(r, str) for r in transaction.commit())
+    await client.wait_for(lambda c: len(entries(c)[HOST].spec.endpoints) == 201, 30)  # type: ignore[union-attr]
+    assert app.debouncer.runs - runs_before <= 5
+    assert (
+        len(client.responses[next(u for u in client.type_urls if u.endswith("/ServiceEntry"))]) <= 6
+    )
+
+
+async def test_zookeeper_outage_keeps_services_and_reconciles(
+    tmp_path: Path, zookeeper: ZooKeeper, start_app: AppFactory, connect: ClientFactory
+) -> None:
+    writer = KazooClient(hosts=zookeeper.address, timeout=30)
+    writer.start(15)
+    writer.create(f"/dubbo/{IFACE}/providers/{provider_url('10.3.0.1')}", b"", makepath=True)
+    writer.create(f"/dubbo/{IFACE}/providers/{provider_url('10.3.0.2')}", b"", makepath=True)
+    writer.stop()
+    app, client = await synced(start_app, connect, zk_settings(tmp_path, zookeeper))
+    registry = app.registries[0]
+    assert len(entries(client)[HOST].spec.endpoints) == 2  # type: ignore[union-attr]
+    responses = len(
+        client.responses[next(u for u in client.type_urls if u.endswith("/ServiceEntry"))]
+    )
+    await asyncio.to_thread(zookeeper.stop)
+    await eventually(lambda: registry.view().status is Status.DEGRADED, within=20)
+    loop = asyncio.get_running_loop()
+    down_until = loop.time() + 10
+    while loop.time() < down_until:  # 10 s of outage: nothing is withdrawn
+        assert len(entries(client)[HOST].spec.endpoints) == 2  # type: ignore[union-attr]
+        await asyncio.sleep(0.5)
+    assert (
+        len(client.responses[next(u for u in client.type_urls if u.endswith("/ServiceEntry"))])
+        == responses
+    )
+    await asyncio.to_thread(zookeeper.start)
+    await eventually(lambda: registry.view().status is Status.READY, within=60)
+    # while it was down, one provider went away and one came: after the restart we follow
+    writer = KazooClient(hosts=zookeeper.address, timeout=30)
+    writer.start(15)
+    writer.delete(f"/dubbo/{IFACE}/providers/{provider_url('10.3.0.1')}")
+    writer.create(f"/dubbo/{IFACE}/providers/{provider_url('10.3.0.3')}", b"")
+    writer.stop()
+    await client.wait_for(
+        lambda c: (
+            sorted(e.address for e in entries(c)[HOST].spec.endpoints) == ["10.3.0.2", "10.3.0.3"]
+        ),  # type: ignore[union-attr]
+        30,
+    )
+
+
+async def test_garbage_is_skipped_and_counted_while_the_rest_flows(
+    tmp_path: Path,
+    zookeeper: ZooKeeper,
+    zk_writer: KazooClient,
+    start_app: AppFactory,
+    connect: ClientFactory,
+) -> None:
+    add_provider(zk_writer, provider_url("10.4.0.1"))
+    for bad in [
+        "just-a-name",
+        quote("dubbo://not-an-ip:20880/x?side=provider", safe=""),
+        quote("dubbo://10.4.0.2:99999/x", safe=""),
+        "x" * 9000,
+    ]:
+        zk_writer.create(f"/dubbo/{IFACE}/providers/{bad}", b"", makepath=True)
+    zk_writer.create(
+        "/services/shop/good",
+        json.dumps(
+            {
+                "name": "shop",
+                "id": "good",
+                "address": "10.4.1.1",
+                "port": 8080,
+                "payload": {"metadata": {"zone": "a"}},
+            }
+        ).encode(),
+        makepath=True,
+    )
+    zk_writer.create("/services/shop/notjson", b"{nope", makepath=True)
+    zk_writer.create("/services/shop/binary", b"\xff\xfe\x00", makepath=True)
+    zk_writer.create("/services/shop/noaddress", b'{"name": "shop", "port": 1}', makepath=True)
+    app, client = await synced(start_app, connect, zk_settings(tmp_path, zookeeper))
+    current = entries(client)
+    assert [e.address for e in current[HOST].spec.endpoints] == ["10.4.0.1"]  # type: ignore[union-attr]
+    shop: Any = current["shop.dubbo"].spec
+    assert [e.address for e in shop.endpoints] == ["10.4.1.1"]
+    assert [(p.name, p.number, p.protocol) for p in shop.ports] == [("http", 8080, "HTTP")]
+    assert shop.endpoints[0].labels["zone"] == "a"
+    skipped = {
+        s.labels["reason"]: s.value
+        for m in app.metrics.registry.collect()
+        for s in m.samples
+        if s.name == "mcpserver_registry_skipped_records_total"
+    }
+    assert skipped == {
+        "not-a-url": 1,
+        "bad-address": 1,
+        "bad-port": 1,
+        "too-long": 1,
+        "bad-json": 2,
+        "not-utf8": 1,
+    }
+    assert len([p for p in app.pipeline.problems if p.registry == "zk"]) == 7
+
+
+async def test_curator_applications_and_dubbo3_mapping(
+    tmp_path: Path,
+    zookeeper: ZooKeeper,
+    zk_writer: KazooClient,
+    start_app: AppFactory,
+    connect: ClientFactory,
+) -> None:
+    endpoints = json.dumps(
+        [{"port": 50051, "protocol": "tri"}, {"port": 20880, "protocol": "dubbo"}]
+    )
+    for ident, address in (("a", "10.5.0.1"), ("b", "10.5.0.2")):
+        zk_writer.create(
+            f"/services/greeter/{ident}",
+            json.dumps(
+                {
+                    "name": "greeter",
+                    "id": ident,
+                    "address": address,
+                    "port": 20880,
+                    "payload": {"metadata": {"dubbo.endpoints": endpoints}},
+                }
+            ).encode(),
+            makepath=True,
+        )
+    zk_writer.create("/dubbo/mapping/com.example.Greeter", b"greeter", makepath=True)
+    app, client = await synced(start_app, connect, zk_settings(tmp_path, zookeeper))
+    current = entries(client)
+    app_se: Any = current["greeter.dubbo"].spec
+    assert [(p.name, p.number, p.protocol) for p in app_se.ports] == [
+        ("tcp-dubbo", 20880, "TCP"),
+        ("grpc-tri", 50051, "GRPC"),
+    ]
+    assert [e.address for e in app_se.endpoints] == ["10.5.0.1", "10.5.0.2"]
+    mapped: Any = current["com.example.greeter"].spec
+    assert list(mapped.hosts) == ["com.example.greeter"]
+    assert [e.address for e in mapped.endpoints] == ["10.5.0.1", "10.5.0.2"]
+    # an instance leaving the application leaves the interface host too
+    zk_writer.delete("/services/greeter/a")
+    await client.wait_for(
+        lambda c: (
+            [e.address for e in entries(c)["com.example.greeter"].spec.endpoints] == ["10.5.0.2"]
+        ),
+        20,
+    )  # type: ignore[union-attr]
+
+
+async def test_digest_auth(
+    tmp_path: Path, zookeeper: ZooKeeper, start_app: AppFactory, connect: ClientFactory
+) -> None:
+    writer = KazooClient(hosts=zookeeper.address, auth_data=[("digest", "mesh:s3cret")])
+    writer.start(15)
+    acl = [make_digest_acl("mesh", "s3cret", all=True)]
+    writer.create("/secure", b"", acl=acl)
+    writer.create(f"/secure/{IFACE}", b"", acl=acl)
+    writer.create(f"/secure/{IFACE}/providers", b"", acl=acl)
+    writer.create(f"/secure/{IFACE}/providers/{provider_url('10.6.0.1')}", b"", acl=acl)
+    writer.stop()
+    (tmp_path / "cred").write_text("mesh:s3cret\n")
+    settings = zk_settings(
+        tmp_path,
+        zookeeper,
+        roots=["/secure"],
+        services_roots=[],
+        auth={"credential_file": str(tmp_path / "cred")},
+    )
+    app, client = await synced(start_app, connect, settings)
+    assert [e.address for e in entries(client)[HOST].spec.endpoints] == ["10.6.0.1"]  # type: ignore[union-attr]
+    assert "s3cret" not in repr(settings)
+
+
+@pytest.mark.parametrize("root", ["/dubbo-gray"])
+async def test_registry_group_root(
+    root: str,
+    tmp_path: Path,
+    zookeeper: ZooKeeper,
+    zk_writer: KazooClient,
+    start_app: AppFactory,
+    connect: ClientFactory,
+) -> None:
+    add_provider(zk_writer, provider_url("10.7.0.1"), root=root)
+    add_provider(zk_writer, provider_url("10.7.0.2"), root="/dubbo")
+    app, client = await synced(start_app, connect, zk_settings(tmp_path, zookeeper, roots=[root]))
+    assert [e.address for e in entries(client)[HOST].spec.endpoints] == ["10.7.0.1"]  # type: ignore[union-attr]
