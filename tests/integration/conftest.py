@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from kazoo.client import KazooClient
 
 from tests.integration.istiod import Istiod

@@ -85,7 +85,7 @@ async def test_provider_appears_changes_and_disappears(
     connect: ClientFactory,
 ) -> None:
     first = add_provider(zk_writer, provider_url("10.0.0.5"))
-    app, client = await synced(start_app, connect, zk_settings(tmp_path, zookeeper))
+    _, client = await synced(start_app, connect, zk_settings(tmp_path, zookeeper))
     se = entries(client)[HOST]
     spec: Any = se.spec
     assert list(spec.hosts) == [HOST]
@@ -267,7 +267,7 @@ async def test_curator_applications_and_dubbo3_mapping(
             makepath=True,
         )
     zk_writer.create("/dubbo/mapping/com.example.Greeter", b"greeter", makepath=True)
-    app, client = await synced(start_app, connect, zk_settings(tmp_path, zookeeper))
+    _, client = await synced(start_app, connect, zk_settings(tmp_path, zookeeper))
     current = entries(client)
     app_se: Any = current["greeter.dubbo"].spec
     assert [(p.name, p.number, p.protocol) for p in app_se.ports] == [
@@ -307,7 +307,7 @@ async def test_digest_auth(
         services_roots=[],
         auth={"credential_file": str(tmp_path / "cred")},
     )
-    app, client = await synced(start_app, connect, settings)
+    _, client = await synced(start_app, connect, settings)
     assert [e.address for e in entries(client)[HOST].spec.endpoints] == ["10.6.0.1"]  # type: ignore[union-attr]
     assert "s3cret" not in repr(settings)
 
@@ -323,5 +323,5 @@ async def test_registry_group_root(
 ) -> None:
     add_provider(zk_writer, provider_url("10.7.0.1"), root=root)
     add_provider(zk_writer, provider_url("10.7.0.2"), root="/dubbo")
-    app, client = await synced(start_app, connect, zk_settings(tmp_path, zookeeper, roots=[root]))
+    _, client = await synced(start_app, connect, zk_settings(tmp_path, zookeeper, roots=[root]))
     assert [e.address for e in entries(client)[HOST].spec.endpoints] == ["10.7.0.1"]  # type: ignore[union-attr]
