@@ -121,3 +121,38 @@ def accepts(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket() as s:
         s.settimeout(0.5)
         return s.connect_ex((host, port)) == 0
+
+
+def dubbo_provider_classpath() -> str:
+    """Build the test Dubbo 3 provider (tests/integration/dubbo) with Maven, once per content
+    of its sources, in the cache; return the java classpath to run it."""
+    source = HERE / "dubbo"
+    files = sorted(p for p in source.rglob("*") if p.is_file() and "target" not in p.parts)
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(str(path.relative_to(source)).encode())
+        digest.update(path.read_bytes())
+    home = CACHE / f"dubbo-provider-{digest.hexdigest()[:16]}"
+    jar = home / "target" / "dubbo-provider-1.jar"
+    classpath = f"{jar}:{home / 'target' / 'lib'}/*"
+    if jar.exists():
+        return classpath
+    mvn = shutil.which("mvn")
+    if mvn is None or shutil.which("java") is None:
+        missing("Maven and a JDK (to build the test Dubbo provider)")
+    with locked("dubbo"):
+        if jar.exists():
+            return classpath
+        if home.exists():
+            shutil.rmtree(home)
+        shutil.copytree(source, home, ignore=shutil.ignore_patterns("target"))
+        done = subprocess.run(
+            [str(mvn), "-q", "-B", "-DskipTests", "package"],
+            cwd=home,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if done.returncode != 0 or not jar.exists():
+            missing(f"Dubbo provider build failed:\n{(done.stdout + done.stderr)[-4000:]}")
+    return classpath

@@ -84,7 +84,8 @@ def parse_instance(data: bytes, default_protocol: str) -> CuratorInstance:
     return CuratorInstance(
         name=name,
         id=str(ident or f"{address}"),
-        address=check_host(address),
+        # Dubbo writes IPv6 addresses in URL brackets ("[::1]")
+        address=check_host(address.removeprefix("[").removesuffix("]")),
         endpoints=endpoints,
         metadata=tuple(sorted(metadata.items())),
         dubbo=dubbo,

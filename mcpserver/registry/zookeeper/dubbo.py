@@ -101,6 +101,7 @@ PROTOCOLS = {
     "grpc": ("grpc", "GRPC"),
     "rest": ("http-rest", "HTTP"),
     "http": ("http", "HTTP"),
+    "https": ("https", "HTTPS"),
     "hessian": ("http-hessian", "HTTP"),
 }
 
