@@ -22,7 +22,6 @@ from mcpserver.pipeline import BuildInputs, build
 from mcpserver.registry.base import Status, View
 from mcpserver.xds.resources import encode_response
 
-
 INPUTS = BuildInputs({}, "240.240.0.0/12", {})
 
 
