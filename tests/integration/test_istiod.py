@@ -139,3 +139,43 @@ async def test_invalid_host_is_withheld_and_never_rejected_by_istiod(
     log = istiod.log()
     assert "Error adding a new resource to the store" not in log
     assert "bad_host" not in log
+
+
+async def test_workloadentry_mode_is_selected_by_istiod(
+    static_file: Path, start_app: AppFactory, start_istiod: IstiodFactory, tmp_path: Path
+) -> None:
+    """With endpoints: workloadentry, istiod itself must join our WorkloadEntries to the
+    ServiceEntry through its workloadSelector and serve them as endpoints."""
+    write_services(static_file, [service("cart", "10.1.0.1", "10.1.0.2")])
+    settings = make_settings(
+        static_file,
+        registries=[
+            {
+                "kind": "static",
+                "name": "files",
+                "path": str(static_file),
+                "poll_interval": "50ms",
+                "endpoints": "workloadentry",
+            }
+        ],
+    )
+    app = await start_app(settings)
+    istiod = await start_istiod(app.port)
+    await until(lambda: len(istiod.configs("WorkloadEntry")) == 2)
+    _, found = await endpoints(istiod.grpc_port, "outbound|8080||cart.shop.svc.mesh")
+    assert found == ["10.1.0.1:8080", "10.1.0.2:8080"]
+    write_services(static_file, [service("cart", "10.1.0.2", "10.1.0.3")])
+    await until(
+        lambda: (
+            {c["spec"]["address"] for c in istiod.configs("WorkloadEntry").values()}
+            == {"10.1.0.2", "10.1.0.3"}
+        )
+    )
+
+    async def current() -> list[str]:
+        return (await endpoints(istiod.grpc_port, "outbound|8080||cart.shop.svc.mesh"))[1]
+
+    deadline = asyncio.get_running_loop().time() + 30
+    while (found := await current()) != ["10.1.0.2:8080", "10.1.0.3:8080"]:
+        assert asyncio.get_running_loop().time() < deadline, found
+        await asyncio.sleep(0.2)

@@ -325,3 +325,54 @@ async def test_registry_group_root(
     add_provider(zk_writer, provider_url("10.7.0.2"), root="/dubbo")
     _, client = await synced(start_app, connect, zk_settings(tmp_path, zookeeper, roots=[root]))
     assert [e.address for e in entries(client)[HOST].spec.endpoints] == ["10.7.0.1"]  # type: ignore[union-attr]
+
+
+async def test_session_expiry_removes_what_truly_vanished(
+    tmp_path: Path, zookeeper: ZooKeeper, start_app: AppFactory, connect: ClientFactory
+) -> None:
+    """A provider whose ZooKeeper session dies during an outage is gone after it; one whose
+    node is persistent stays. Our own session survives (or is replaced) and reconciles."""
+    keeper = KazooClient(hosts=zookeeper.address, timeout=30)
+    keeper.start(15)
+    keeper.create(f"/dubbo/{IFACE}/providers/{provider_url('10.8.0.1')}", b"", makepath=True)
+    keeper.stop()
+    doomed = KazooClient(hosts=zookeeper.address, timeout=4)
+    doomed.start(15)
+    doomed.create(f"/dubbo/{IFACE}/providers/{provider_url('10.8.0.2')}", b"", ephemeral=True)
+    app, client = await synced(start_app, connect, zk_settings(tmp_path, zookeeper))
+    assert sorted(e.address for e in entries(client)[HOST].spec.endpoints) == [
+        "10.8.0.1",
+        "10.8.0.2",
+    ]  # type: ignore[union-attr]
+    await asyncio.to_thread(zookeeper.stop)
+    await asyncio.to_thread(doomed.stop)  # the provider dies with the outage
+    await asyncio.to_thread(zookeeper.start)
+    await client.wait_for(
+        lambda c: [e.address for e in entries(c)[HOST].spec.endpoints] == ["10.8.0.1"],
+        60,  # type: ignore[union-attr]
+    )
+    await eventually(lambda: app.registries[0].view().status is Status.READY, within=30)
+
+
+async def test_workloadentry_output(
+    tmp_path: Path,
+    zookeeper: ZooKeeper,
+    zk_writer: KazooClient,
+    start_app: AppFactory,
+    connect: ClientFactory,
+) -> None:
+    add_provider(zk_writer, provider_url("10.9.0.1"))
+    add_provider(zk_writer, provider_url("10.9.0.2", version="2.0.0"))
+    _, client = await synced(
+        start_app, connect, zk_settings(tmp_path, zookeeper, endpoints="workloadentry")
+    )
+    spec: Any = entries(client)[HOST].spec
+    assert len(spec.endpoints) == 0
+    selector = dict(spec.workload_selector.labels)
+    workloads = client.latest("WorkloadEntry")
+    assert sorted(w.spec.address for w in workloads) == ["10.9.0.1", "10.9.0.2"]  # type: ignore[union-attr]
+    for workload in workloads:
+        assert workload.namespace == "dubbo"
+        assert selector.items() <= dict(workload.spec.labels).items()  # type: ignore[union-attr]
+    versions = {w.spec.address: w.spec.labels["version"] for w in workloads}  # type: ignore[union-attr]
+    assert versions == {"10.9.0.1": "1.0.0", "10.9.0.2": "2.0.0"}
