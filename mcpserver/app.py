@@ -73,6 +73,7 @@ class App:
             startup_wait=s.startup.wait_for_registries,
             keep_when_empty={r.name: r.keep_when_empty for r in s.registries},
             vip_cidr=s.vip.cidr,
+            merge_policy=s.merge,
             on_primed=self.xds.serving,
         )
         self.debouncer = Debouncer(self.pipeline.rebuild, s.debounce.after, s.debounce.max)

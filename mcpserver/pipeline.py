@@ -99,13 +99,14 @@ class BuildInputs:
     keep_when_empty: Mapping[str, bool]
     vip_cidr: str
     vips: Mapping[str, str]
+    merge_policy: str = "first"
 
 
 def build(
     views: Sequence[View], cache: Mapping[str, Converted], inputs: BuildInputs
 ) -> BuildResult:
     """The pure part of a rebuild: runs in a worker thread, touches no shared state."""
-    services, problems = merge([v.services for v in views])
+    services, problems = merge([v.services for v in views], inputs.merge_policy)
     for view in views:
         problems.extend(view.problems)
     services = [
@@ -148,6 +149,7 @@ class Pipeline:
         startup_wait: float,
         keep_when_empty: Mapping[str, bool],
         vip_cidr: str,
+        merge_policy: str = "first",
         on_primed: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self._registries = registries
@@ -156,6 +158,7 @@ class Pipeline:
         self._deadline = time.monotonic() + startup_wait
         self._keep = dict(keep_when_empty)
         self._vip_cidr = vip_cidr
+        self._merge_policy = merge_policy
         self._vips: dict[str, str] = {}
         self._on_primed = on_primed
         self._cache: dict[str, Converted] = {}
@@ -180,7 +183,7 @@ class Pipeline:
                     "startup wait over; serving without complete registries=%s", ",".join(waiting)
                 )
         started = time.perf_counter()
-        inputs = BuildInputs(self._keep, self._vip_cidr, self._vips)
+        inputs = BuildInputs(self._keep, self._vip_cidr, self._vips, self._merge_policy)
         result = await asyncio.to_thread(build, views, self._cache, inputs)
         self._cache = result.cache
         self._vips = result.vips

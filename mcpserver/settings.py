@@ -258,6 +258,7 @@ class Settings(Frozen):
     startup: StartupSettings = StartupSettings()
     vip: VIPSettings = VIPSettings()
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    merge: Literal["first", "union"] = "first"
     registries: list[AnyRegistrySettings] = Field(default_factory=default_registries)
 
     @field_validator("registries")

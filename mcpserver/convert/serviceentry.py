@@ -43,11 +43,17 @@ class IstioResource:
 
 
 def workload_entry(
-    instance: Instance, extra_labels: dict[str, str]
+    instance: Instance, extra_labels: dict[str, str], override: bool = True
 ) -> workload_entry_pb2.WorkloadEntry:
-    """An instance as Istio's WorkloadEntry message (inline endpoint or standalone)."""
+    """An instance as Istio's WorkloadEntry message (inline endpoint or standalone).
+
+    `extra_labels` override the instance's own when they must match a selector; otherwise
+    (inline endpoints) they only fill in, so an endpoint merged from another registry keeps
+    its `registry` label."""
     labels = dict(instance.labels)
-    labels.update(extra_labels)
+    for key, value in extra_labels.items():
+        if override or key not in labels:
+            labels[key] = value
     return workload_entry_pb2.WorkloadEntry(
         address=instance.address,
         ports=dict(instance.ports),
@@ -80,7 +86,9 @@ def service_entry(service: Service) -> service_entry_pb2.ServiceEntry:
             workload_selector_pb2.WorkloadSelector(labels=selector_labels(service))
         )
     else:
-        entry.endpoints.extend(workload_entry(i, registry) for i in service.instances)
+        entry.endpoints.extend(
+            workload_entry(i, registry, override=False) for i in service.instances
+        )
     return entry
 
 

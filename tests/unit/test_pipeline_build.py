@@ -92,3 +92,31 @@ def test_workloadentry_mode() -> None:
         "registry": "r1",
     }
     assert len(spec.endpoints) == 0  # type: ignore[union-attr]
+
+
+def test_same_host_from_two_registries_first_policy() -> None:
+    static = replace(svc("cart", "10.0.0.1", registry="static"), hosts=("cart.mesh",))
+    zk = replace(svc("cart-zk", "10.0.0.2", registry="zk"), hosts=("cart.mesh",))
+    result = build([view(static, registry="static"), view(zk, registry="zk")], {}, NONE)
+    assert [r.name for r in result.snapshot.sets["ServiceEntry"].resources] == ["shop/cart"]
+    (problem,) = result.problems
+    assert problem.registry == "zk"
+    assert "host 'cart.mesh' already served by registry 'static'" in problem.message
+
+
+def test_same_host_from_two_registries_union_policy() -> None:
+    static = replace(svc("cart", "10.0.0.1", registry="static"), hosts=("cart.mesh",))
+    zk = replace(
+        svc("cart-zk", "10.0.0.2", "10.0.0.1", registry="zk"),
+        hosts=("cart.mesh",),
+        ports=(Port("http", 80, "HTTP"), Port("grpc", 90, "GRPC")),
+    )
+    union = BuildInputs({}, CIDR, {}, "union")
+    result = build([view(static, registry="static"), view(zk, registry="zk")], {}, union)
+    (resource,) = result.snapshot.sets["ServiceEntry"].resources
+    assert resource.name == "shop/cart"
+    spec = decode_resource(resource.to_any()).spec
+    assert [p.name for p in spec.ports] == ["http", "grpc"]  # type: ignore[union-attr]
+    endpoints = {e.address: e.labels["registry"] for e in spec.endpoints}  # type: ignore[union-attr]
+    assert endpoints == {"10.0.0.1": "static", "10.0.0.2": "zk"}
+    assert result.problems == ()
