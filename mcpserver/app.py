@@ -18,9 +18,15 @@ from mcpserver.debounce import Debouncer
 from mcpserver.metrics import Metrics
 from mcpserver.pipeline import Pipeline
 from mcpserver.registry.base import Registry
+from mcpserver.registry.consul.watcher import ConsulRegistry
 from mcpserver.registry.static.watcher import StaticRegistry
 from mcpserver.registry.zookeeper.watcher import ZooKeeperRegistry
-from mcpserver.settings import RegistryConfig, Settings, ZooKeeperRegistrySettings
+from mcpserver.settings import (
+    ConsulRegistrySettings,
+    RegistryConfig,
+    Settings,
+    ZooKeeperRegistrySettings,
+)
 from mcpserver.xds.server import ServerOptions, XdsServer
 from mcpserver.xds.sotw import AdsHandler, Clients
 from mcpserver.xds.store import SnapshotStore
@@ -32,6 +38,8 @@ def build_registry(settings: RegistryConfig, metrics: Metrics) -> Registry:
     """One registry object per configured entry, by kind."""
     if isinstance(settings, ZooKeeperRegistrySettings):
         return ZooKeeperRegistry(settings, metrics, os.environ)
+    if isinstance(settings, ConsulRegistrySettings):
+        return ConsulRegistry(settings, metrics, os.environ)
     return StaticRegistry(settings, metrics)
 
 

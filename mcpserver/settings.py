@@ -230,6 +230,81 @@ class ZooKeeperRegistrySettings(RegistrySettings):
         return _check_template(value, application="a")
 
 
+class SecretSettings(Frozen):
+    """A secret from exactly one source; its value is never logged."""
+
+    value: str | None = Field(default=None, repr=False)
+    file: Path | None = None
+    env: str | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> SecretSettings:
+        if len([x for x in (self.value, self.file, self.env) if x]) != 1:
+            raise ValueError("give exactly one of value, file, env")
+        if self.file is not None and not self.file.is_file():
+            raise ValueError(f"file not found: {self.file}")
+        return self
+
+    def resolve(self, env: Mapping[str, str]) -> str:
+        if self.value:
+            return self.value
+        if self.file is not None:
+            return self.file.read_text(encoding="utf-8").strip()
+        return env.get(self.env or "", "")
+
+
+class ConsulTLSSettings(Frozen):
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    verify: bool = True
+
+    @model_validator(mode="after")
+    def _files(self) -> ConsulTLSSettings:
+        for path in (self.ca_file, self.cert_file, self.key_file):
+            if path is not None and not path.is_file():
+                raise ValueError(f"file not found: {path}")
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together")
+        return self
+
+
+class ConsulRegistrySettings(RegistrySettings):
+    kind: Literal["consul"]
+    address: str = "http://127.0.0.1:8500"
+    datacenters: list[str] = Field(default_factory=list)  # empty: the agent's own
+    services: list[str] = Field(default_factory=lambda: ["*"])  # glob patterns of names
+    exclude: list[str] = Field(default_factory=lambda: ["consul"])
+    tags: list[str] = Field(default_factory=list)  # a service needs all of them
+    include_warning: bool = False
+    host_template: str = "{service}.service.consul"
+    default_protocol: str = "TCP"
+    wait: Duration = 30.0
+    token: SecretSettings | None = None
+    tls: ConsulTLSSettings | None = None
+
+    @field_validator("address")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        scheme, sep, rest = value.partition("://")
+        if not sep or scheme not in ("http", "https"):
+            raise ValueError("expected http://HOST:PORT or https://HOST:PORT")
+        check_address(rest.rstrip("/"))
+        return value.rstrip("/")
+
+    @field_validator("host_template")
+    @classmethod
+    def _consul_template(cls, value: str) -> str:
+        return _check_template(value, service="s", datacenter="d")
+
+    @field_validator("wait")
+    @classmethod
+    def _wait(cls, value: float) -> float:
+        if not 1 <= value <= 600:
+            raise ValueError("wait must be between 1s and 10m (Consul caps it at 10m)")
+        return value
+
+
 def _check_template(value: str, **placeholders: str) -> str:
     try:
         value.format(**placeholders)
@@ -239,7 +314,7 @@ def _check_template(value: str, **placeholders: str) -> str:
     return value
 
 
-RegistryConfig = StaticRegistrySettings | ZooKeeperRegistrySettings
+RegistryConfig = StaticRegistrySettings | ZooKeeperRegistrySettings | ConsulRegistrySettings
 AnyRegistrySettings = Annotated[RegistryConfig, Field(discriminator="kind")]
 
 
@@ -317,7 +392,7 @@ def describe(error: ValidationError) -> list[str]:
         for loc in item["loc"]:
             if isinstance(loc, int):
                 parts[-1:] = [f"{parts[-1] if parts else ''}[{loc}]"]
-            elif loc not in ("static", "zookeeper"):  # the discriminator tag adds the kind
+            elif loc not in ("static", "zookeeper", "consul"):  # discriminator adds the kind
                 parts.append(str(loc))
         message = item["msg"].removeprefix("Value error, ")
         lines.append(f"{'.'.join(parts) or '(top level)'}: {message}")

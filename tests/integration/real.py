@@ -51,31 +51,38 @@ def locked(name: str) -> Iterator[None]:
 
 def istiod_binary() -> Path:
     """Build the istiod harness (tests/integration/istiod) once per content of its sources."""
-    source = HERE / "istiod"
+    return go_tool("istiod", ".", {"GONOSUMDB": NO_SUMDB})
+
+
+def go_tool(name: str, package: str, extra_env: dict[str, str]) -> Path:
+    """Build `package` from the Go module in tests/integration/<name>, once per content of
+    its go.mod/go.sum (and main.go, if any), into the cache."""
+    source = HERE / name
     digest = hashlib.sha256()
-    for name in ("go.mod", "go.sum", "main.go"):
-        digest.update((source / name).read_bytes())
-    target = CACHE / f"istiod-harness-{digest.hexdigest()[:16]}" / "istiod-harness"
+    for file in ("go.mod", "go.sum", "main.go"):
+        if (source / file).exists():
+            digest.update((source / file).read_bytes())
+    target = CACHE / f"{name}-{digest.hexdigest()[:16]}" / name
     if target.exists():
         return target
     go = shutil.which("go")
     if go is None:
-        missing("the Go toolchain (needed to build Istio's discovery server)")
-    with locked("istiod"):
+        missing(f"the Go toolchain (needed to build {name})")
+    with locked(name):
         if target.exists():
             return target
         env = {
             **os.environ,
             "GOFLAGS": "-mod=mod",
-            "GONOSUMDB": NO_SUMDB,
             "GOTOOLCHAIN": os.environ.get("GOTOOLCHAIN", "auto"),
             "CGO_ENABLED": "0",
+            **extra_env,
         }
         started = time.monotonic()
         partial = target.with_suffix(".partial")
         partial.parent.mkdir(parents=True, exist_ok=True)
         done = subprocess.run(
-            [str(go), "build", "-o", str(partial), "."],
+            [str(go), "build", "-o", str(partial), package],
             cwd=source,
             env=env,
             capture_output=True,
@@ -83,10 +90,17 @@ def istiod_binary() -> Path:
             check=False,
         )
         if done.returncode != 0:
-            missing(f"istiod harness build failed:\n{done.stderr[-4000:]}")
+            missing(f"{name} build failed:\n{done.stderr[-4000:]}")
         partial.replace(target)
-        print(f"built istiod harness in {time.monotonic() - started:.0f}s", file=sys.stderr)
+        print(f"built {name} in {time.monotonic() - started:.0f}s", file=sys.stderr)
     return target
+
+
+def consul_binary() -> Path:
+    """A real Consul agent built from the module proxy (tests/integration/consul/go.mod)."""
+    return go_tool(
+        "consul", "github.com/hashicorp/consul", {"GONOSUMDB": "github.com/hashicorp/consul"}
+    )
 
 
 def envoy_binary() -> Path:

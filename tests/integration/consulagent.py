@@ -1,0 +1,112 @@
+"""A real Consul agent on loopback ports, and a tiny HTTP health endpoint the test controls."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tests.integration.real import free_port
+
+
+@dataclass
+class ConsulAgent:
+    binary: Path
+    workdir: Path
+    persistent: bool = False  # server with a data dir (survives restarts) instead of -dev
+    acl_token: str | None = None
+    http_port: int = field(default_factory=free_port)
+    serf_lan: int = field(default_factory=free_port)
+    serf_wan: int = field(default_factory=free_port)
+    server_port: int = field(default_factory=free_port)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def address(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    def command(self) -> list[str]:
+        command = [
+            str(self.binary),
+            "agent",
+            "-node",
+            "mcpserver-test",
+            "-datacenter",
+            "dc1",
+            "-bind",
+            "127.0.0.1",
+            "-client",
+            "127.0.0.1",
+            "-advertise",
+            "127.0.0.1",
+            f"-http-port={self.http_port}",
+            "-dns-port=-1",
+            "-grpc-port=-1",
+            "-grpc-tls-port=-1",
+            f"-serf-lan-port={self.serf_lan}",
+            f"-serf-wan-port={self.serf_wan}",
+            f"-server-port={self.server_port}",
+            "-log-level=warn",
+            "-disable-host-node-id",
+        ]
+        if self.persistent:
+            command += [
+                "-server",
+                "-bootstrap-expect=1",
+                f"-data-dir={self.workdir / 'data'}",
+                "-ui=false",
+            ]
+        else:
+            command.append("-dev")
+        if self.acl_token:
+            command.append(
+                '-hcl=acl { enabled = true default_policy = "deny" '
+                f'tokens {{ initial_management = "{self.acl_token}" }} }}'
+            )
+        return command
+
+    def start(self, within: float = 60.0) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        log = (self.workdir / "consul.log").open("ab")
+        self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + within
+        while True:
+            try:
+                if self.request("GET", "/v1/status/leader").strip('"'):
+                    return
+            except OSError:
+                pass
+            if self.process.poll() is not None:
+                raise AssertionError((self.workdir / "consul.log").read_text()[-3000:])
+            if time.monotonic() > deadline:
+                raise AssertionError("Consul has no leader")
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+        self.process = None
+
+    def request(self, method: str, path: str, body: Any = None) -> str:
+        data = None if body is None else json.dumps(body).encode()
+        request = urllib.request.Request(self.address + path, data=data, method=method)
+        if self.acl_token:
+            request.add_header("X-Consul-Token", self.acl_token)
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return response.read().decode()
+
+    def register(self, **service: Any) -> None:
+        self.request("PUT", "/v1/agent/service/register", service)
+
+    def deregister(self, service_id: str) -> None:
+        self.request("PUT", f"/v1/agent/service/deregister/{service_id}")

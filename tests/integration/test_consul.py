@@ -1,0 +1,319 @@
+"""The Consul registry against a real Consul agent with real HTTP health checks."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from aiohttp import web
+
+from mcpserver.app import App
+from mcpserver.registry.base import Status
+from mcpserver.settings import load_settings
+from mcpserver.xds.client import DecodedResource, IstiodLikeClient
+from tests.conftest import AppFactory, ClientFactory, eventually
+from tests.integration.consulagent import ConsulAgent
+from tests.integration.real import consul_binary, free_port
+
+HOST = "web.service.consul"
+
+
+@pytest.fixture(scope="session")
+def consul_bin() -> Path:
+    return consul_binary()
+
+
+@pytest.fixture
+def consul(consul_bin: Path, tmp_path: Path) -> Iterator[ConsulAgent]:
+    agent = ConsulAgent(consul_bin, tmp_path / "consul")
+    agent.start()
+    yield agent
+    agent.stop()
+
+
+class Health:
+    """An HTTP health endpoint per instance; the test decides who is healthy."""
+
+    def __init__(self) -> None:
+        self.healthy: dict[str, bool] = {}
+        self.port = free_port()
+        self._runner: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        app = web.Application()
+
+        async def check(request: web.Request) -> web.Response:
+            ok = self.healthy.get(request.match_info["name"], True)
+            return web.Response(status=200 if ok else 503)
+
+        app.router.add_get("/health/{name}", check)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+
+    def url(self, name: str) -> str:
+        return f"http://127.0.0.1:{self.port}/health/{name}"
+
+    async def stop(self) -> None:
+        if self._runner:
+            await self._runner.cleanup()
+
+
+@pytest.fixture
+async def health() -> AsyncIterator[Health]:
+    server = Health()
+    await server.start()
+    yield server
+    await server.stop()
+
+
+def register(agent: ConsulAgent, health: Health, ident: str, address: str, **extra: Any) -> None:
+    service: dict[str, Any] = {
+        "Name": "web",
+        "ID": ident,
+        "Address": address,
+        "Port": 8080,
+        "Tags": ["version=v1", "team|payments", "plain"],
+        "Meta": {"protocol": "http", "zone": "z1"},
+        "Weights": {"Passing": 3, "Warning": 1},
+        "Check": {"HTTP": health.url(ident), "Interval": "1s", "Timeout": "1s"},
+    }
+    service.update(extra)
+    agent.register(**service)
+
+
+def consul_settings(tmp_path: Path, agent: ConsulAgent, **registry: Any) -> Any:
+    entry: dict[str, Any] = {
+        "kind": "consul",
+        "name": "consul",
+        "address": agent.address,
+        "namespace": "consul",
+        "wait": "2s",
+    }
+    entry.update(registry)
+    config = tmp_path / "mcpserver.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "server": {"listen": "127.0.0.1:0", "admin": "127.0.0.1:0"},
+                "debounce": {"after": "50ms", "max": "500ms"},
+                "registries": [entry],
+            }
+        )
+    )
+    return load_settings(config, {})
+
+
+def web_entry(client: IstiodLikeClient) -> DecodedResource | None:
+    return next((r for r in client.latest("ServiceEntry") if r.name == HOST), None)
+
+
+def addresses(client: IstiodLikeClient) -> list[str]:
+    entry = web_entry(client)
+    return [] if entry is None else sorted(e.address for e in entry.spec.endpoints)  # type: ignore[union-attr]
+
+
+async def started(
+    start_app: AppFactory, connect: ClientFactory, settings: Any
+) -> tuple[App, IstiodLikeClient]:
+    app = await start_app(settings)
+    client = await connect(app.port)
+    await client.wait_for(lambda c: c.synced(), 30)
+    return app, client
+
+
+async def test_register_tags_health_and_deregister(
+    tmp_path: Path,
+    consul: ConsulAgent,
+    health: Health,
+    start_app: AppFactory,
+    connect: ClientFactory,
+) -> None:
+    register(consul, health, "web-1", "10.20.0.1")
+    register(consul, health, "web-2", "10.20.0.2", Port=8081)
+    app, client = await started(start_app, connect, consul_settings(tmp_path, consul))
+    await client.wait_for(lambda c: addresses(c) == ["10.20.0.1", "10.20.0.2"], 30)
+    entry = web_entry(client)
+    assert entry is not None
+    spec: Any = entry.spec
+    assert [(p.name, p.number, p.protocol) for p in spec.ports] == [("http", 8080, "HTTP")]
+    first, second = sorted(spec.endpoints, key=lambda e: e.address)
+    assert dict(first.labels) == {
+        "version": "v1",
+        "team": "payments",
+        "protocol": "http",
+        "zone": "z1",
+        "registry": "consul",
+    }
+    assert first.locality == "dc1/z1"
+    assert first.weight == 3
+    assert dict(second.ports) == {"http": 8081}
+    assert entry.namespace == "consul"
+
+    # tags change
+    register(consul, health, "web-1", "10.20.0.1", Tags=["version=v2"])
+    await client.wait_for(
+        lambda c: any(e.labels.get("version") == "v2" for e in web_entry(c).spec.endpoints), 30
+    )  # type: ignore[union-attr]
+
+    # a failing check takes the instance out; recovery brings it back
+    health.healthy["web-2"] = False
+    await client.wait_for(lambda c: addresses(c) == ["10.20.0.1"], 30)
+    health.healthy["web-2"] = True
+    await client.wait_for(lambda c: addresses(c) == ["10.20.0.1", "10.20.0.2"], 30)
+
+    # deregistration removes the service entry
+    consul.deregister("web-1")
+    consul.deregister("web-2")
+    await client.wait_for(lambda c: web_entry(c) is None, 30)
+    assert app.registries[0].view().status is Status.READY
+
+
+async def test_consul_restart_keeps_services_and_reconciles(
+    tmp_path: Path, consul_bin: Path, health: Health, start_app: AppFactory, connect: ClientFactory
+) -> None:
+    agent = ConsulAgent(consul_bin, tmp_path / "consul-server", persistent=True)
+    agent.start()
+    try:
+        register(agent, health, "web-1", "10.21.0.1")
+        register(agent, health, "web-2", "10.21.0.2")
+        app, client = await started(start_app, connect, consul_settings(tmp_path, agent))
+        await client.wait_for(lambda c: addresses(c) == ["10.21.0.1", "10.21.0.2"], 60)
+        responses = len(
+            client.responses[next(u for u in client.type_urls if u.endswith("/ServiceEntry"))]
+        )
+        registry = app.registries[0]
+        await asyncio.to_thread(agent.stop)
+        await eventually(lambda: registry.view().status is Status.DEGRADED, within=30)
+        assert addresses(client) == ["10.21.0.1", "10.21.0.2"]
+        assert (
+            len(client.responses[next(u for u in client.type_urls if u.endswith("/ServiceEntry"))])
+            == responses
+        )
+        await asyncio.to_thread(agent.start)
+        agent.deregister("web-1")
+        register(agent, health, "web-3", "10.21.0.3")
+        await client.wait_for(lambda c: addresses(c) == ["10.21.0.2", "10.21.0.3"], 60)
+        await eventually(lambda: registry.view().status is Status.READY, within=30)
+    finally:
+        await asyncio.to_thread(agent.stop)
+
+
+async def test_acl_token_from_environment(
+    tmp_path: Path,
+    consul_bin: Path,
+    health: Health,
+    start_app: AppFactory,
+    connect: ClientFactory,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    agent = ConsulAgent(consul_bin, tmp_path / "consul-acl", acl_token="root-secret-token")
+    agent.start()
+    try:
+        register(agent, health, "web-1", "10.22.0.1")
+        monkeypatch.setenv("TEST_CONSUL_TOKEN", "root-secret-token")
+        settings = consul_settings(tmp_path, agent, token={"env": "TEST_CONSUL_TOKEN"})
+        _, client = await started(start_app, connect, settings)
+        await client.wait_for(lambda c: addresses(c) == ["10.22.0.1"], 30)
+        assert "root-secret-token" not in repr(settings)
+        # without the token, the same agent lists nothing (default policy deny)
+        anonymous = consul_settings(tmp_path, agent)
+        _, blind = await started(start_app, connect, anonymous)
+        assert addresses(blind) == []
+    finally:
+        await asyncio.to_thread(agent.stop)
+
+
+class Proxy:
+    """A TCP proxy in front of Consul that the test can freeze: bytes stop flowing, and
+    connections neither close nor answer (a dead connection that looks alive)."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.port = free_port()
+        self.frozen = asyncio.Event()
+        self.thawed = asyncio.Event()
+        self.thawed.set()
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
+
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(ConnectionError, asyncio.CancelledError):
+            while data := await reader.read(65536):
+                await self.thawed.wait()
+                writer.write(data)
+                await writer.drain()
+        writer.close()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await self.thawed.wait()
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.upstream_port)
+        for task in (self._pipe(reader, up_writer), self._pipe(up_reader, writer)):
+            running = asyncio.create_task(task)
+            self._tasks.add(running)
+            running.add_done_callback(self._tasks.discard)
+
+    def freeze(self) -> None:
+        self.thawed.clear()
+
+    def thaw(self) -> None:
+        self.thawed.set()
+
+    async def stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        if self._server:
+            self._server.close()
+
+
+async def test_a_hanging_blocking_query_is_cut_and_retried(
+    tmp_path: Path,
+    consul: ConsulAgent,
+    health: Health,
+    start_app: AppFactory,
+    connect: ClientFactory,
+) -> None:
+    register(consul, health, "web-1", "10.23.0.1")
+    proxy = Proxy(consul.http_port)
+    await proxy.start()
+    try:
+        settings = consul_settings(tmp_path, consul, address=f"http://127.0.0.1:{proxy.port}")
+        app, client = await started(start_app, connect, settings)
+        await client.wait_for(lambda c: addresses(c) == ["10.23.0.1"], 30)
+        registry: Any = app.registries[0]
+        proxy.freeze()
+        register(consul, health, "web-2", "10.23.0.2")  # a change the frozen link hides
+        await eventually(lambda: registry.timeouts >= 1, within=30)
+        await eventually(lambda: registry.view().status is Status.DEGRADED, within=30)
+        assert addresses(client) == ["10.23.0.1"]  # nothing withdrawn meanwhile
+        proxy.thaw()
+        await client.wait_for(lambda c: addresses(c) == ["10.23.0.1", "10.23.0.2"], 60)
+        await eventually(lambda: registry.view().status is Status.READY, within=30)
+    finally:
+        await proxy.stop()
+
+
+async def test_filters_by_name_and_tag(
+    tmp_path: Path,
+    consul: ConsulAgent,
+    health: Health,
+    start_app: AppFactory,
+    connect: ClientFactory,
+) -> None:
+    register(consul, health, "web-1", "10.24.0.1", Tags=["mesh"])
+    register(consul, health, "api-1", "10.24.0.2", Name="api", Tags=["mesh"])
+    register(consul, health, "db-1", "10.24.0.3", Name="db", Tags=[])
+    settings = consul_settings(
+        tmp_path, consul, services=["web", "a*", "db"], exclude=["api"], tags=["mesh"]
+    )
+    _, client = await started(start_app, connect, settings)
+    await client.wait_for(lambda c: addresses(c) == ["10.24.0.1"], 30)
+    assert [r.name for r in client.latest("ServiceEntry")] == [HOST]
