@@ -17,8 +17,10 @@ from mcpserver.registry.base import Status
 from mcpserver.settings import load_settings
 from mcpserver.xds.client import DecodedResource, IstiodLikeClient
 from tests.conftest import AppFactory, ClientFactory, eventually
+from tests.integration.conftest import IstiodFactory
 from tests.integration.consulagent import ConsulAgent
 from tests.integration.real import consul_binary, free_port
+from tests.integration.xdsprobe import endpoints
 
 HOST = "web.service.consul"
 
@@ -221,10 +223,12 @@ async def test_acl_token_from_environment(
         _, client = await started(start_app, connect, settings)
         await client.wait_for(lambda c: addresses(c) == ["10.22.0.1"], 30)
         assert "root-secret-token" not in repr(settings)
-        # without the token, the same agent lists nothing (default policy deny)
-        anonymous = consul_settings(tmp_path, agent)
-        _, blind = await started(start_app, connect, anonymous)
-        assert addresses(blind) == []
+        # without the token the agent refuses us: the registry says so and serves nothing
+        blind = await start_app(consul_settings(tmp_path, agent))
+        registry = blind.registries[0]
+        await eventually(lambda: "Permission denied" in registry.view().detail, within=30)
+        assert registry.view().status is Status.DEGRADED
+        assert registry.view().services == ()
     finally:
         await asyncio.to_thread(agent.stop)
 
@@ -317,3 +321,31 @@ async def test_filters_by_name_and_tag(
     _, client = await started(start_app, connect, settings)
     await client.wait_for(lambda c: addresses(c) == ["10.24.0.1"], 30)
     assert [r.name for r in client.latest("ServiceEntry")] == [HOST]
+
+
+async def test_consul_services_and_health_reach_istiod(
+    tmp_path: Path,
+    consul: ConsulAgent,
+    health: Health,
+    start_app: AppFactory,
+    start_istiod: IstiodFactory,
+) -> None:
+    register(consul, health, "web-1", "10.25.0.1")
+    register(consul, health, "web-2", "10.25.0.2")
+    app = await start_app(consul_settings(tmp_path, consul))
+    istiod = await start_istiod(app.port)
+    cluster = f"outbound|8080||{HOST}"
+
+    async def istiod_endpoints() -> list[str]:
+        return (await endpoints(istiod.grpc_port, cluster))[1]
+
+    async def wait_for(expected: list[str]) -> None:
+        deadline = asyncio.get_running_loop().time() + 60
+        while (found := await istiod_endpoints()) != expected:
+            assert asyncio.get_running_loop().time() < deadline, found
+            await asyncio.sleep(0.2)
+
+    await wait_for(["10.25.0.1:8080", "10.25.0.2:8080"])
+    assert f"consul/{HOST}" in istiod.configs()
+    health.healthy["web-1"] = False
+    await wait_for(["10.25.0.2:8080"])

@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 import aiohttp
 import consul
 import consul.aio
+from consul.callback import CB
 
 from mcpserver.metrics import Metrics
 from mcpserver.model import Problem, Service
@@ -139,7 +140,14 @@ class ConsulRegistry(Registry):
                 if self._settings.datacenters:
                     self._datacenters = list(self._settings.datacenters)
                 else:
-                    info = await self._call(self._client.agent.self())
+                    # py-consul's agent.self() sends no ACL token; ask with our headers
+                    info = await self._call(
+                        self._client.http.get(
+                            CB.json(),
+                            "/v1/agent/self",
+                            headers=self._client.prepare_headers(),
+                        )
+                    )
                     self._datacenters = [info["Config"]["Datacenter"]]
             except ERRORS as err:
                 self._degrade(f"cannot reach Consul at {self._settings.address}: {err!r}")
