@@ -20,6 +20,9 @@ class ConsulAgent:
     workdir: Path
     persistent: bool = False  # server with a data dir (survives restarts) instead of -dev
     acl_token: str | None = None
+    datacenter: str = "dc1"
+    extra_hcl: tuple[str, ...] = ()
+    extra_args: tuple[str, ...] = ()
     http_port: int = field(default_factory=free_port)
     serf_lan: int = field(default_factory=free_port)
     serf_wan: int = field(default_factory=free_port)
@@ -35,9 +38,9 @@ class ConsulAgent:
             str(self.binary),
             "agent",
             "-node",
-            "mcpserver-test",
+            f"mcpserver-{self.datacenter}",
             "-datacenter",
-            "dc1",
+            self.datacenter,
             "-bind",
             "127.0.0.1",
             "-client",
@@ -68,6 +71,8 @@ class ConsulAgent:
                 '-hcl=acl { enabled = true default_policy = "deny" '
                 f'tokens {{ initial_management = "{self.acl_token}" }} }}'
             )
+        command += [f"-hcl={hcl}" for hcl in self.extra_hcl]
+        command += list(self.extra_args)
         return command
 
     def start(self, within: float = 60.0) -> None:

@@ -349,3 +349,140 @@ async def test_consul_services_and_health_reach_istiod(
     assert f"consul/{HOST}" in istiod.configs()
     health.healthy["web-1"] = False
     await wait_for(["10.25.0.2:8080"])
+
+
+def make_certs(directory: Path) -> dict[str, Path]:
+    """A CA, a server certificate for 127.0.0.1 and a client certificate, with openssl."""
+    import shutil
+    import subprocess
+
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.fail("openssl is needed for the TLS test")
+    directory.mkdir(parents=True, exist_ok=True)
+    files = {
+        name: directory / f"{name}.pem"
+        for name in ("ca", "ca-key", "server", "server-key", "client", "client-key")
+    }
+
+    def run(*args: str) -> None:
+        subprocess.run([openssl, *args], check=True, capture_output=True)
+
+    run(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=test-ca",
+        "-keyout",
+        str(files["ca-key"]),
+        "-out",
+        str(files["ca"]),
+    )
+    for name, ext in (
+        ("server", "subjectAltName=IP:127.0.0.1,DNS:server.dc1.consul,DNS:localhost"),
+        ("client", "extendedKeyUsage=clientAuth"),
+    ):
+        request = directory / f"{name}.csr"
+        extfile = directory / f"{name}.ext"
+        extfile.write_text(ext + "\n")
+        run(
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            f"/CN={name}",
+            "-keyout",
+            str(files[f"{name}-key"]),
+            "-out",
+            str(request),
+        )
+        run(
+            "x509",
+            "-req",
+            "-in",
+            str(request),
+            "-CA",
+            str(files["ca"]),
+            "-CAkey",
+            str(files["ca-key"]),
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-extfile",
+            str(extfile),
+            "-out",
+            str(files[name]),
+        )
+    return files
+
+
+async def test_tls_to_consul_with_client_certificate(
+    tmp_path: Path, consul_bin: Path, health: Health, start_app: AppFactory, connect: ClientFactory
+) -> None:
+    certs = make_certs(tmp_path / "certs")
+    https_port = free_port()
+    agent = ConsulAgent(
+        consul_bin,
+        tmp_path / "consul-tls",
+        extra_hcl=(
+            f"ports {{ https = {https_port} }}",
+            f'tls {{ defaults {{ ca_file = "{certs["ca"]}" cert_file = "{certs["server"]}" '
+            f'key_file = "{certs["server-key"]}" verify_incoming = true }} }}',
+        ),
+    )
+    agent.start()
+    try:
+        register(agent, health, "web-1", "10.26.0.1")
+        address = f"https://127.0.0.1:{https_port}"
+        tls = {
+            "ca_file": str(certs["ca"]),
+            "cert_file": str(certs["client"]),
+            "key_file": str(certs["client-key"]),
+        }
+        _, client = await started(
+            start_app, connect, consul_settings(tmp_path, agent, address=address, tls=tls)
+        )
+        await client.wait_for(lambda c: addresses(c) == ["10.26.0.1"], 30)
+        # without a client certificate the agent refuses the handshake
+        refused = await start_app(
+            consul_settings(tmp_path, agent, address=address, tls={"ca_file": str(certs["ca"])})
+        )
+        await eventually(lambda: refused.registries[0].view().status is Status.DEGRADED, within=30)
+        assert refused.registries[0].view().services == ()
+    finally:
+        await asyncio.to_thread(agent.stop)
+
+
+async def test_several_datacenters(
+    tmp_path: Path, consul_bin: Path, health: Health, start_app: AppFactory, connect: ClientFactory
+) -> None:
+    """Two federated datacenters; one registry serves both, with the datacenter as locality."""
+    dc1 = ConsulAgent(consul_bin, tmp_path / "dc1")
+    dc1.start()
+    dc2 = ConsulAgent(
+        consul_bin,
+        tmp_path / "dc2",
+        datacenter="dc2",
+        extra_args=(f"-retry-join-wan=127.0.0.1:{dc1.serf_wan}",),
+    )
+    dc2.start()
+    try:
+        register(dc1, health, "web-1", "10.27.0.1", Meta={"protocol": "http"})
+        register(dc2, health, "web-2", "10.27.1.1", Meta={"protocol": "http"})
+        await eventually(
+            lambda: '"dc2"' in dc1.request("GET", "/v1/catalog/datacenters"), within=60
+        )
+        settings = consul_settings(tmp_path, dc1, datacenters=["dc1", "dc2"])
+        _, client = await started(start_app, connect, settings)
+        await client.wait_for(lambda c: addresses(c) == ["10.27.0.1", "10.27.1.1"], 60)
+        localities = {e.address: e.locality for e in web_entry(client).spec.endpoints}  # type: ignore[union-attr]
+        assert localities == {"10.27.0.1": "dc1", "10.27.1.1": "dc2"}
+    finally:
+        await asyncio.to_thread(dc2.stop)
+        await asyncio.to_thread(dc1.stop)
