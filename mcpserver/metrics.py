@@ -56,6 +56,12 @@ class Metrics:
             ["registry", "status"],
             registry=r,
         )
+        self.registry_errors = Counter(
+            "mcpserver_registry_errors",
+            "Failed registry calls and lost connections, by kind (timeout, error, suspended, lost).",
+            ["registry", "kind"],
+            registry=r,
+        )
         self.registry_services = Gauge(
             "mcpserver_registry_services",
             "Services in a registry's view.",

@@ -296,6 +296,10 @@ async def test_a_hanging_blocking_query_is_cut_and_retried(
         proxy.freeze()
         register(consul, health, "web-2", "10.23.0.2")  # a change the frozen link hides
         await eventually(lambda: registry.timeouts >= 1, within=30)
+        timeouts = app.metrics.registry.get_sample_value(
+            "mcpserver_registry_errors_total", {"registry": "consul", "kind": "timeout"}
+        )
+        assert timeouts is not None and timeouts >= 1
         await eventually(lambda: registry.view().status is Status.DEGRADED, within=30)
         assert addresses(client) == ["10.23.0.1"]  # nothing withdrawn meanwhile
         proxy.thaw()

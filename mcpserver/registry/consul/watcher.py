@@ -130,6 +130,7 @@ class ConsulRegistry(Registry):
                 return await coroutine
         except TimeoutError:
             self.timeouts += 1
+            self._metrics.registry_errors.labels(self.name, "timeout").inc()
             raise
 
     async def _run(self) -> None:
@@ -249,6 +250,8 @@ class ConsulRegistry(Registry):
             self._services.pop(name, None)
 
     def _fail(self, dc: str, name: str, err: BaseException) -> None:
+        if not isinstance(err, TimeoutError):
+            self._metrics.registry_errors.labels(self.name, "error").inc()
         first = (dc, name) not in self._failing
         self._failing.add((dc, name))
         if first:

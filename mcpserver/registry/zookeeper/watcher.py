@@ -183,6 +183,8 @@ class ZooKeeperRegistry(Registry):
             KazooState.LOST: "session lost; serving the last known view until re-listed",
         }.get(state, "")
         status = Status.DEGRADED if detail else Status.READY
+        if detail:
+            self._metrics.registry_errors.labels(self.name, str(state).lower()).inc()
         self._loop.call_soon_threadsafe(self._set_status, status, detail)
 
     def _notify(self) -> None:
