@@ -58,7 +58,7 @@ class Metrics:
         )
         self.registry_errors = Counter(
             "mcpserver_registry_errors",
-            "Failed registry calls and lost connections, by kind (timeout, error, suspended, lost).",
+            "Failed registry calls and lost connections (timeout, error, suspended, lost).",
             ["registry", "kind"],
             registry=r,
         )
