@@ -26,7 +26,7 @@ from mcpserver.convert.validate import (
 from mcpserver.convert.vip import allocate, needs_vip
 from mcpserver.metrics import Metrics
 from mcpserver.model import Problem, Service
-from mcpserver.registry.base import Registry, View
+from mcpserver.registry.base import Registry, Status, View
 from mcpserver.xds.resources import PackedResource, pack
 from mcpserver.xds.snapshot import Snapshot, build_snapshot
 from mcpserver.xds.store import SnapshotStore
@@ -171,8 +171,17 @@ class Pipeline:
     def views(self) -> list[View]:
         return [r.view() for r in self._registries]
 
+    def _report_registries(self, views: Sequence[View]) -> None:
+        for view in views:
+            for status in Status:
+                self._metrics.registry_up.labels(view.registry, status.value).set(
+                    status is view.status
+                )
+            self._metrics.registry_services.labels(view.registry).set(len(view.services))
+
     async def rebuild(self) -> None:
         views = self.views()
+        self._report_registries(views)
         if self._store.snapshot is None:
             waiting = [v.registry for v in views if not v.synced]
             if waiting and self.startup_remaining() > 0:

@@ -162,29 +162,34 @@ class StaticRegistrySettings(RegistrySettings):
         return value
 
 
+class SecretSettings(Frozen):
+    """A secret from exactly one source; its value is never logged."""
+
+    value: str | None = Field(default=None, repr=False)
+    file: Path | None = None
+    env: str | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> SecretSettings:
+        if len([x for x in (self.value, self.file, self.env) if x]) != 1:
+            raise ValueError("give exactly one of value, file, env")
+        if self.file is not None and not self.file.is_file():
+            raise ValueError(f"file not found: {self.file}")
+        return self
+
+    def resolve(self, env: Mapping[str, str]) -> str:
+        if self.value:
+            return self.value
+        if self.file is not None:
+            return self.file.read_text(encoding="utf-8").strip()
+        return env.get(self.env or "", "")
+
+
 class ZooKeeperAuthSettings(Frozen):
     """ZooKeeper digest auth; the credential (`user:password`) is never logged."""
 
     scheme: Literal["digest"] = "digest"
-    credential: str | None = Field(default=None, repr=False)
-    credential_file: Path | None = None
-    credential_env: str | None = None
-
-    @model_validator(mode="after")
-    def _one_source(self) -> ZooKeeperAuthSettings:
-        given = [x for x in (self.credential, self.credential_file, self.credential_env) if x]
-        if len(given) != 1:
-            raise ValueError("give exactly one of credential, credential_file, credential_env")
-        if self.credential_file is not None and not self.credential_file.is_file():
-            raise ValueError(f"credential_file not found: {self.credential_file}")
-        return self
-
-    def resolve(self, env: Mapping[str, str]) -> str:
-        if self.credential:
-            return self.credential
-        if self.credential_file is not None:
-            return self.credential_file.read_text(encoding="utf-8").strip()
-        return env.get(self.credential_env or "", "")
+    credential: SecretSettings
 
 
 class ZooKeeperRegistrySettings(RegistrySettings):
@@ -228,29 +233,6 @@ class ZooKeeperRegistrySettings(RegistrySettings):
     @classmethod
     def _app_template(cls, value: str) -> str:
         return _check_template(value, application="a")
-
-
-class SecretSettings(Frozen):
-    """A secret from exactly one source; its value is never logged."""
-
-    value: str | None = Field(default=None, repr=False)
-    file: Path | None = None
-    env: str | None = None
-
-    @model_validator(mode="after")
-    def _one_source(self) -> SecretSettings:
-        if len([x for x in (self.value, self.file, self.env) if x]) != 1:
-            raise ValueError("give exactly one of value, file, env")
-        if self.file is not None and not self.file.is_file():
-            raise ValueError(f"file not found: {self.file}")
-        return self
-
-    def resolve(self, env: Mapping[str, str]) -> str:
-        if self.value:
-            return self.value
-        if self.file is not None:
-            return self.file.read_text(encoding="utf-8").strip()
-        return env.get(self.env or "", "")
 
 
 class ConsulTLSSettings(Frozen):

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.integration.real import free_port
+from tests.integration.real import free_port, terminate
 
 
 @dataclass
@@ -93,13 +93,7 @@ class ConsulAgent:
             time.sleep(0.1)
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
+        terminate(self.process, signal.SIGINT, 20)
         self.process = None
 
     def request(self, method: str, path: str, body: Any = None) -> str:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import yaml
 
-from tests.integration.real import free_port
+from tests.integration.real import free_port, terminate
 
 
 def bootstrap(node_id: str, istiod_port: int, admin_port: int) -> dict[str, object]:
@@ -125,13 +125,7 @@ class Envoy:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
+        terminate(self.process, signal.SIGTERM, 10)
         self.process = None
 
     def alive(self) -> bool:

@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from tests.integration.real import accepts, free_port
+from tests.integration.real import accepts, free_port, terminate
 
 
 @dataclass
@@ -87,13 +87,7 @@ class Istiod:
             time.sleep(0.1)
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
+        terminate(self.process, signal.SIGTERM, 15)
         self.process = None
 
     def kill(self) -> None:

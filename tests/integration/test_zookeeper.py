@@ -149,7 +149,7 @@ async def test_a_burst_of_200_providers_is_a_handful_of_rebuilds(
 async def test_zookeeper_outage_keeps_services_and_reconciles(
     tmp_path: Path, zookeeper: ZooKeeper, start_app: AppFactory, connect: ClientFactory
 ) -> None:
-    writer = KazooClient(hosts=zookeeper.address, timeout=30)
+    writer = KazooClient(hosts=zookeeper.address, timeout=10)
     writer.start(15)
     writer.create(f"/dubbo/{IFACE}/providers/{provider_url('10.3.0.1')}", b"", makepath=True)
     writer.create(f"/dubbo/{IFACE}/providers/{provider_url('10.3.0.2')}", b"", makepath=True)
@@ -174,7 +174,7 @@ async def test_zookeeper_outage_keeps_services_and_reconciles(
     await asyncio.to_thread(zookeeper.start)
     await eventually(lambda: registry.view().status is Status.READY, within=60)
     # while it was down, one provider went away and one came: after the restart we follow
-    writer = KazooClient(hosts=zookeeper.address, timeout=30)
+    writer = KazooClient(hosts=zookeeper.address, timeout=10)
     writer.start(15)
     writer.delete(f"/dubbo/{IFACE}/providers/{provider_url('10.3.0.1')}")
     writer.create(f"/dubbo/{IFACE}/providers/{provider_url('10.3.0.3')}", b"")
@@ -305,7 +305,7 @@ async def test_digest_auth(
         zookeeper,
         roots=["/secure"],
         services_roots=[],
-        auth={"credential_file": str(tmp_path / "cred")},
+        auth={"credential": {"file": str(tmp_path / "cred")}},
     )
     _, client = await synced(start_app, connect, settings)
     assert [e.address for e in entries(client)[HOST].spec.endpoints] == ["10.6.0.1"]  # type: ignore[union-attr]
@@ -332,7 +332,7 @@ async def test_session_expiry_removes_what_truly_vanished(
 ) -> None:
     """A provider whose ZooKeeper session dies during an outage is gone after it; one whose
     node is persistent stays. Our own session survives (or is replaced) and reconciles."""
-    keeper = KazooClient(hosts=zookeeper.address, timeout=30)
+    keeper = KazooClient(hosts=zookeeper.address, timeout=10)
     keeper.start(15)
     keeper.create(f"/dubbo/{IFACE}/providers/{provider_url('10.8.0.1')}", b"", makepath=True)
     keeper.stop()

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import shutil
 import signal
+import socket
 import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.integration.real import accepts, free_port, missing
+from tests.integration.real import accepts, free_port, missing, terminate
 
 ZOOKEEPER_JAR = Path("/usr/share/java/zookeeper.jar")
 ZOOKEEPER_CONF = Path("/etc/zookeeper/conf")
@@ -61,19 +62,26 @@ class ZooKeeper:
             stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + within
-        while not accepts(self.port):
+        while not self.serving():
             if self.process.poll() is not None:
                 raise AssertionError((self.workdir / "zookeeper.log").read_text()[-3000:])
             if time.monotonic() > deadline:
                 raise AssertionError("ZooKeeper did not start")
             time.sleep(0.05)
 
+    def serving(self) -> bool:
+        """ZooKeeper accepts TCP before it serves; `srvr` says whether it serves yet (a
+        client that connects too early waits a whole connect timeout before retrying)."""
+        if not accepts(self.port):
+            return False
+        try:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=2) as conn:
+                conn.sendall(b"srvr")
+                reply = conn.recv(4096)
+        except OSError:
+            return False
+        return reply.startswith(b"Zookeeper version")
+
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
+        terminate(self.process, signal.SIGTERM, 15)
         self.process = None

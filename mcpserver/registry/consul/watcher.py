@@ -271,8 +271,6 @@ class ConsulRegistry(Registry):
 
     def _set(self, status: Status, detail: str) -> None:
         self._status, self._detail = status, detail
-        for s in Status:
-            self._metrics.registry_up.labels(self.name, s.value).set(s is status)
         self._publish()
 
     def _synced(self) -> bool:
@@ -287,8 +285,6 @@ class ConsulRegistry(Registry):
         synced = self._view.synced or self._synced()
         if synced and self._status is Status.STARTING:
             self._status, self._detail = Status.READY, ""
-            for s in Status:
-                self._metrics.registry_up.labels(self.name, s.value).set(s is Status.READY)
         services = [s for group in self._services.values() for s in group]
         problems = [p for ps in self._problems.values() for p in ps]
         self._view = View(
@@ -299,5 +295,4 @@ class ConsulRegistry(Registry):
             detail=self._detail,
             problems=tuple(problems),
         )
-        self._metrics.registry_services.labels(self.name).set(len(services))
         self._on_change()

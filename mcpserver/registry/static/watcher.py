@@ -71,9 +71,6 @@ class StaticRegistry(Registry):
 
     def _set(self, view: View) -> None:
         self._view = view
-        for status in Status:
-            self._metrics.registry_up.labels(self.name, status.value).set(status is view.status)
-        self._metrics.registry_services.labels(self.name).set(len(view.services))
         self._on_change()
 
     async def _reload(self) -> None:

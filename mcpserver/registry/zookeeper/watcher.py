@@ -90,7 +90,11 @@ class ZooKeeperRegistry(Registry):
             label_params=tuple(settings.label_params),
             endpoints_mode=settings.endpoints,
         )
-        auth = [(settings.auth.scheme, settings.auth.resolve(env))] if settings.auth else None
+        auth = (
+            [(settings.auth.scheme, settings.auth.credential.resolve(env))]
+            if settings.auth
+            else None
+        )
         self._client = KazooClient(
             hosts=settings.hosts,
             timeout=settings.session_timeout,
@@ -391,8 +395,6 @@ class ZooKeeperRegistry(Registry):
         elif self._status is Status.DEGRADED:
             log.info("registry recovered registry=%s", self.name)
         self._status, self._detail = status, detail
-        for s in Status:
-            self._metrics.registry_up.labels(self.name, s.value).set(s is status)
         self._publish()
 
     def _skip(self, path: str, err: RecordError) -> Problem:
@@ -497,5 +499,4 @@ class ZooKeeperRegistry(Registry):
             detail=self._detail,
             problems=tuple(problems),
         )
-        self._metrics.registry_services.labels(self.name).set(len(services))
         self._on_change()
