@@ -82,9 +82,13 @@ class ConsulAgent:
         deadline = time.monotonic() + within
         while True:
             try:
-                if self.request("GET", "/v1/status/leader").strip('"'):
+                # a leader, and (with ACLs) the management token already accepted: Consul
+                # creates it a moment after winning the election
+                if self.request("GET", "/v1/status/leader").strip('"') and (
+                    not self.acl_token or self.request("GET", "/v1/acl/token/self")
+                ):
                     return
-            except OSError:
+            except OSError:  # urllib's HTTPError (403 until ACLs are ready) is an OSError
                 pass
             if self.process.poll() is not None:
                 raise AssertionError((self.workdir / "consul.log").read_text()[-3000:])
