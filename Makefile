@@ -44,8 +44,9 @@ unit: $(STAMP)
 component: $(STAMP)
 	$(BIN)/pytest -m component
 
-bench: $(STAMP)
+bench: $(STAMP)           ## benchmarks; figures are ratios to baselines measured in the same run
 	$(BIN)/python -m bench.snapshot
+	$(BIN)/python -m bench.zookeeper
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
