@@ -42,6 +42,8 @@ def _parser() -> argparse.ArgumentParser:
     dump.add_argument("--kind", choices=["ServiceEntry", "WorkloadEntry", "all"], default="all")
     dump.add_argument("-o", "--output", choices=["yaml", "json"], default="yaml")
     dump.add_argument("--timeout", type=float, default=15.0, help="seconds to wait for all types")
+    dump.add_argument("--ca", type=Path, default=None, help="CA file: connect with TLS")
+    dump.add_argument("--server-name", default=None, help="TLS name to verify (default: host)")
     check = sub.add_parser("check-config", help="validate a config file; exit 2 naming bad fields")
     check.add_argument("file", type=Path)
     return parser
@@ -76,11 +78,28 @@ def check_config(path: Path) -> int:
     return 0
 
 
-async def dump(server: str, istio_version: str, kind: str, output: str, within: float) -> int:
+def open_channel(server: str, ca: Path | None, server_name: str | None) -> grpc.aio.Channel:
+    """Plaintext like istiod before 1.26, or TLS SIMPLE (server verified by `ca`)."""
+    options: list[tuple[str, object]] = [("grpc.max_receive_message_length", 2**31 - 1)]
+    if ca is None:
+        return grpc.aio.insecure_channel(server, options=options)
+    if server_name:
+        options.append(("grpc.ssl_target_name_override", server_name))
+    credentials = grpc.ssl_channel_credentials(root_certificates=ca.read_bytes())
+    return grpc.aio.secure_channel(server, credentials, options=options)
+
+
+async def dump(
+    server: str,
+    istio_version: str,
+    kind: str,
+    output: str,
+    within: float,
+    ca: Path | None = None,
+    server_name: str | None = None,
+) -> int:
     type_urls = initial_requests(istio_version)
-    async with grpc.aio.insecure_channel(
-        server, options=[("grpc.max_receive_message_length", 2**31 - 1)]
-    ) as channel:
+    async with open_channel(server, ca, server_name) as channel:
         client = IstiodLikeClient(channel, type_urls)
         task = asyncio.create_task(client.run())
         try:
@@ -110,7 +129,15 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "dump":
         logging.basicConfig(level=logging.WARNING)
         return asyncio.run(
-            dump(args.server, args.istio_version, args.kind, args.output, args.timeout)
+            dump(
+                args.server,
+                args.istio_version,
+                args.kind,
+                args.output,
+                args.timeout,
+                args.ca,
+                args.server_name,
+            )
         )
     try:
         settings = _settings(args.config)

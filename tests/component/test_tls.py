@@ -40,6 +40,13 @@ async def test_tls_clients_sync_and_plaintext_is_refused(
         assert sorted(r.name for r in client.latest("ServiceEntry")) == ["cart", "pay"]
         client.close()
         task.cancel()
+    # the CLI's dump speaks the same TLS (run in a thread: it has its own event loop)
+    from mcpserver.cli import main
+
+    dump = ["dump", "--server", f"127.0.0.1:{app.port}", "-o", "json", "--timeout", "3"]
+    tls = ["--ca", str(certs["ca"]), "--server-name", "localhost"]
+    assert await asyncio.to_thread(main, [*dump, *tls]) == 0
+    assert await asyncio.to_thread(main, dump) == 1  # plaintext against TLS fails cleanly
     async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as plain:
         with pytest.raises(grpc.aio.AioRpcError):
             await plain.unary_unary("/grpc.health.v1.Health/Check")(b"", timeout=3)
