@@ -99,8 +99,8 @@ async def test_provider_appears_changes_and_disappears(
     # a TCP service sharing port 20880 gets a stable VIP from vip.cidr
     (vip,) = spec.addresses
     assert vip.startswith("240.241.")
-    # create_time is the interface node's ctime, so it survives restarts
-    ctime = zk_writer.exists(f"/dubbo/{IFACE}").ctime
+    # create_time is the providers node's ctime, so it survives restarts
+    ctime = zk_writer.exists(f"/dubbo/{IFACE}/providers").ctime
     assert int(se.create_time.timestamp() * 1000) == ctime
 
     # weight and version change: Dubbo re-registers with a new URL
@@ -376,3 +376,24 @@ async def test_workloadentry_output(
         assert selector.items() <= dict(workload.spec.labels).items()  # type: ignore[union-attr]
     versions = {w.spec.address: w.spec.labels["version"] for w in workloads}  # type: ignore[union-attr]
     assert versions == {"10.9.0.1": "1.0.0", "10.9.0.2": "2.0.0"}
+
+
+async def test_providers_node_removed_and_recreated(
+    tmp_path: Path,
+    zookeeper: ZooKeeper,
+    zk_writer: KazooClient,
+    start_app: AppFactory,
+    connect: ClientFactory,
+) -> None:
+    add_provider(zk_writer, provider_url("10.10.0.1"))
+    _, client = await synced(start_app, connect, zk_settings(tmp_path, zookeeper))
+    zk_writer.delete(f"/dubbo/{IFACE}/providers", recursive=True)
+    await client.wait_for(lambda c: HOST not in entries(c), 20)
+    add_provider(zk_writer, provider_url("10.10.0.2"))
+    await client.wait_for(
+        lambda c: (
+            HOST in entries(c)
+            and [e.address for e in entries(c)[HOST].spec.endpoints] == ["10.10.0.2"]
+        ),  # type: ignore[union-attr]
+        20,
+    )

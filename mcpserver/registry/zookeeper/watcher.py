@@ -54,7 +54,7 @@ DUBBO_INTERNAL = frozenset(["mapping", "metadata", "config"])
 class _Interface:
     ctime: int
     providers: tuple[str, ...] = ()
-    watching_providers: bool = False
+    generation: int = 0  # bumps when the providers node goes or is re-created
     active: bool = True
 
 
@@ -119,6 +119,7 @@ class ZooKeeperRegistry(Registry):
         self._mapped: list[Service] = []
         self._reported: set[str] = set()
         self._synced = False
+        self._walked = False  # the first walk of every root is done
         self._status = Status.STARTING
         self._detail = "connecting"
         self._view = View(settings.name)
@@ -165,7 +166,10 @@ class ZooKeeperRegistry(Registry):
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 10.0)
         await asyncio.to_thread(self._watch_roots)
+        with self._lock:
+            self._walked = True
         self._synced = True
+        self._refresh()
         self._set_status(Status.READY, "")
 
     def _watch_roots(self) -> None:
@@ -193,7 +197,8 @@ class ZooKeeperRegistry(Registry):
 
     def _notify(self) -> None:
         with self._lock:
-            if self._pending or self._loop is None:
+            # during the first walk, changes only accumulate: one refresh follows it
+            if self._pending or self._loop is None or not self._walked:
                 return
             self._pending = True
         self._loop.call_soon_threadsafe(self._refresh)
@@ -250,35 +255,43 @@ class ZooKeeperRegistry(Registry):
         self._notify()
 
     def _watch_interface(self, key: tuple[str, str]) -> None:
-        path = f"{key[0]}/{key[1]}"
-        ctime = self._ctime(path)
-        if ctime is None:
-            return
-        state = _Interface(ctime)
+        """Two round trips per interface, as a plain walk needs: a data watch on
+        `<interface>/providers` (its existence, and its ctime as create_time) and, while it
+        exists, a children watch on it."""
+        path = f"{key[0]}/{key[1]}/providers"
+        state = _Interface(ctime=0)
         with self._lock:
             self._interfaces[key] = state
 
-        def children(names: list[str]) -> bool:
+        def node(data: Any, stat: Any) -> bool:
             if not state.active:
                 return False
-            if "providers" in names and not state.watching_providers:
-                state.watching_providers = True
-                ChildrenWatch(self._client, f"{path}/providers", providers)
-            elif "providers" not in names and state.watching_providers:
-                state.watching_providers = False
-                providers([])
+            if stat is None:  # no providers node (yet, or any more)
+                state.generation += 1
+                with self._lock:
+                    state.providers = ()
+                    self._dirty_interfaces.add(key)
+                self._notify()
+                return True
+            if state.ctime != int(stat.ctime):  # new, or deleted and re-created
+                state.ctime = int(stat.ctime)
+                state.generation += 1
+                generation = state.generation
+
+                def providers(names: list[str]) -> bool:
+                    if not state.active or state.generation != generation:
+                        return False
+                    with self._lock:
+                        state.providers = tuple(sorted(names))
+                        self._dirty_interfaces.add(key)
+                    self._notify()
+                    return True
+
+                with contextlib.suppress(NoNodeError):
+                    ChildrenWatch(self._client, path, providers)
             return True
 
-        def providers(names: list[str]) -> bool:
-            if not state.active or not state.watching_providers:
-                return False
-            with self._lock:
-                state.providers = tuple(sorted(names))
-                self._dirty_interfaces.add(key)
-            self._notify()
-            return True
-
-        ChildrenWatch(self._client, path, children)
+        DataWatch(self._client, path, node)
 
     def _watch_mapping_root(self, root: str) -> None:
         with self._lock:
