@@ -420,3 +420,16 @@ async def test_several_datacenters(
     finally:
         await asyncio.to_thread(dc2.stop)
         await asyncio.to_thread(dc1.stop)
+
+
+async def test_more_services_than_a_default_connection_pool(
+    tmp_path: Path, consul: ConsulAgent, start_app: AppFactory, connect: ClientFactory
+) -> None:
+    """150 services: each holds a long-poll connection, so a 100-connection pool (aiohttp's
+    default) would starve the rest of their first answer."""
+    from bench.consul import register_all
+
+    await asyncio.to_thread(register_all, consul, [f"svc-{i}" for i in range(150)], 2)
+    _, client = await started(start_app, connect, consul_settings(tmp_path, consul, wait="30s"))
+    names = {r.name for r in client.latest("ServiceEntry")}
+    assert len([n for n in names if n.startswith("svc-")]) == 150

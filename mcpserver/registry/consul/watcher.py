@@ -37,6 +37,7 @@ from mcpserver.settings import ConsulRegistrySettings
 
 log = logging.getLogger("mcpserver.registry.consul")
 
+LISTING_BATCH = 0.1  # seconds between views while the first listing arrives
 TIMEOUT_MARGIN = 5.0  # beyond wait + wait/8: Consul adds up to wait/16 of jitter
 ERRORS = (consul.ConsulException, aiohttp.ClientError, OSError, TimeoutError, ValueError)
 
@@ -84,6 +85,8 @@ class ConsulRegistry(Registry):
         self._view = View(settings.name)
         self._on_change: OnChange = lambda: None
         self.timeouts = 0
+        self._batch: asyncio.TimerHandle | None = None
+        self._warned_limit = False
 
     def view(self) -> View:
         return self._view
@@ -99,6 +102,9 @@ class ConsulRegistry(Registry):
                 cert = (str(tls.cert_file), str(tls.key_file))
         token = self._settings.token.resolve(self._env) if self._settings.token else None
         return consul.aio.Consul(
+            # aiohttp's default pool (100) would park the 101st service's first query behind
+            # others' 30 s long polls
+            connections_limit=self._settings.max_connections,
             host=url.hostname or "127.0.0.1",
             port=url.port or (443 if url.scheme == "https" else 8500),
             scheme=url.scheme,
@@ -113,6 +119,8 @@ class ConsulRegistry(Registry):
         self._dc_tasks.append(asyncio.create_task(self._run(), name=f"consul-{self.name}"))
 
     async def stop(self) -> None:
+        if self._batch is not None:
+            self._batch.cancel()
         tasks = [*self._dc_tasks, *self._tasks.values()]
         for task in tasks:
             task.cancel()
@@ -194,6 +202,16 @@ class ConsulRegistry(Registry):
                 self._instances.pop(key, None)
                 self._problems.pop(key, None)
                 self._rebuild(key[1])
+            watched = len(self._tasks) + len([n for n in wanted if (dc, n) not in self._tasks])
+            if watched > self._settings.max_connections - 8 and not self._warned_limit:
+                self._warned_limit = True
+                log.warning(
+                    "registry=%s watches %d services but max_connections is %d; raise it (and "
+                    "Consul's limits.http_max_conns_per_client, default 200) or filter services",
+                    self.name,
+                    watched,
+                    self._settings.max_connections,
+                )
             for name in sorted(wanted):
                 if (dc, name) not in self._tasks:
                     self._tasks[(dc, name)] = asyncio.create_task(
@@ -282,6 +300,19 @@ class ConsulRegistry(Registry):
         )
 
     def _publish(self) -> None:
+        """Publish a new view. While the first listing is still arriving (one health answer
+        per service), views are coalesced to one per LISTING_BATCH seconds, so syncing N
+        services costs O(N) view builds at most N/batch times, not N times."""
+        if self._view.synced or self._synced():
+            self._publish_now()
+        elif self._batch is None:
+            loop = asyncio.get_running_loop()
+            self._batch = loop.call_later(LISTING_BATCH, self._publish_now)
+
+    def _publish_now(self) -> None:
+        if self._batch is not None:
+            self._batch.cancel()
+            self._batch = None
         synced = self._view.synced or self._synced()
         if synced and self._status is Status.STARTING:
             self._status, self._detail = Status.READY, ""
