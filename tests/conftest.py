@@ -69,6 +69,20 @@ def make_settings(static_file: Path, **overrides: Any) -> Settings:
     return load_settings(config, {})
 
 
+def settings_for(directory: Path, *registries: dict[str, Any], **top: Any) -> Settings:
+    """Settings for a test server: ephemeral ports, a short debounce, these registries."""
+    data: dict[str, Any] = {
+        "server": {"listen": "127.0.0.1:0", "admin": "127.0.0.1:0"},
+        "debounce": {"after": "50ms", "max": "500ms"},
+        "startup": {"wait_for_registries": "30s"},
+        "registries": list(registries),
+    }
+    data.update(top)
+    config = directory / "mcpserver.yaml"
+    config.write_text(yaml.safe_dump(data))
+    return load_settings(config, {})
+
+
 @pytest.fixture
 def static_file(tmp_path: Path) -> Path:
     path = tmp_path / "services.yaml"

@@ -9,15 +9,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from aiohttp import web
 
 from mcpserver.app import App
 from mcpserver.registry.base import Status
-from mcpserver.settings import load_settings
 from mcpserver.xds.client import DecodedResource, IstiodLikeClient
 from tests.certs import make_certs
-from tests.conftest import AppFactory, ClientFactory, eventually
+from tests.conftest import AppFactory, ClientFactory, eventually, settings_for
 from tests.integration.conftest import IstiodFactory
 from tests.integration.consulagent import ConsulAgent
 from tests.integration.real import consul_binary, free_port
@@ -99,17 +97,7 @@ def consul_settings(tmp_path: Path, agent: ConsulAgent, **registry: Any) -> Any:
         "wait": "2s",
     }
     entry.update(registry)
-    config = tmp_path / "mcpserver.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "server": {"listen": "127.0.0.1:0", "admin": "127.0.0.1:0"},
-                "debounce": {"after": "50ms", "max": "500ms"},
-                "registries": [entry],
-            }
-        )
-    )
-    return load_settings(config, {})
+    return settings_for(tmp_path, entry)
 
 
 def web_entry(client: IstiodLikeClient) -> DecodedResource | None:

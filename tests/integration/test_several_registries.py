@@ -6,11 +6,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from kazoo.client import KazooClient
 
-from mcpserver.settings import load_settings
-from tests.conftest import AppFactory, ClientFactory, write_services
+from tests.conftest import AppFactory, ClientFactory, settings_for, write_services
 from tests.integration.test_zookeeper import HOST, add_provider, provider_url
 from tests.integration.zookeeper import ZooKeeper
 
@@ -30,31 +28,12 @@ def settings(tmp_path: Path, zookeeper: ZooKeeper, policy: str) -> Any:
             }
         ],
     )
-    config = tmp_path / "mcpserver.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "server": {"listen": "127.0.0.1:0", "admin": "127.0.0.1:0"},
-                "debounce": {"after": "50ms", "max": "500ms"},
-                "merge": policy,
-                "registries": [
-                    {
-                        "kind": "static",
-                        "name": "files",
-                        "path": str(static),
-                        "poll_interval": "100ms",
-                    },
-                    {
-                        "kind": "zookeeper",
-                        "name": "zk",
-                        "hosts": zookeeper.address,
-                        "namespace": "dubbo",
-                    },
-                ],
-            }
-        )
+    return settings_for(
+        tmp_path,
+        {"kind": "static", "name": "files", "path": str(static), "poll_interval": "100ms"},
+        {"kind": "zookeeper", "name": "zk", "hosts": zookeeper.address, "namespace": "dubbo"},
+        merge=policy,
     )
-    return load_settings(config, {})
 
 
 @pytest.mark.parametrize("policy", ["first", "union"])

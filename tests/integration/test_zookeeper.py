@@ -9,15 +9,13 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
-import yaml
 from kazoo.client import KazooClient
 from kazoo.security import make_digest_acl
 
 from mcpserver.app import App
 from mcpserver.registry.base import Status
-from mcpserver.settings import load_settings
 from mcpserver.xds.client import DecodedResource, IstiodLikeClient
-from tests.conftest import AppFactory, ClientFactory, eventually
+from tests.conftest import AppFactory, ClientFactory, eventually, settings_for
 from tests.integration.zookeeper import ZooKeeper
 
 IFACE = "org.apache.dubbo.demo.DemoService"
@@ -50,18 +48,7 @@ def zk_settings(tmp_path: Path, zookeeper: ZooKeeper, **registry: Any) -> Any:
         "session_timeout": "4s",
     }
     entry.update(registry)
-    config = tmp_path / "mcpserver.yaml"
-    config.write_text(
-        yaml.safe_dump(
-            {
-                "server": {"listen": "127.0.0.1:0", "admin": "127.0.0.1:0"},
-                "debounce": {"after": "50ms", "max": "500ms"},
-                "startup": {"wait_for_registries": "20s"},
-                "registries": [entry],
-            }
-        )
-    )
-    return load_settings(config, {})
+    return settings_for(tmp_path, entry)
 
 
 def entries(client: IstiodLikeClient) -> dict[str, DecodedResource]:
