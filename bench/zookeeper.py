@@ -38,18 +38,37 @@ def populate(client: KazooClient, interfaces: int, providers: int) -> None:
         transaction.commit()
 
 
+def populate_curator(client: KazooClient, apps: int, instances: int) -> None:
+    """Curator/Spring Cloud layout: /services/<app>/<id> with JSON instance data."""
+    client.ensure_path("/services")
+    for i in range(apps):
+        transaction = client.transaction()
+        transaction.create(f"/services/app-{i}")
+        for j in range(instances):
+            address = f"10.{i // 250 % 250}.{i % 250}.{j + 1}"
+            data = (
+                f'{{"name": "app-{i}", "id": "{j}", "address": "{address}",'
+                f' "port": 8080, "payload": {{"metadata": {{"zone": "z1"}}}}}}'
+            )
+            transaction.create(f"/services/app-{i}/{j}", data.encode())
+        transaction.commit()
+
+
 def raw_walk(client: KazooClient) -> int:
     count = 0
     for iface in client.get_children("/dubbo"):
         if "providers" in client.get_children(f"/dubbo/{iface}"):
             count += len(client.get_children(f"/dubbo/{iface}/providers"))
+    if client.exists("/services"):
+        for app in client.get_children("/services"):
+            for ident in client.get_children(f"/services/{app}"):
+                client.get(f"/services/{app}/{ident}")
+                count += 1
     return count
 
 
 async def ours(address: str) -> tuple[float, float, int]:
-    settings = ZooKeeperRegistrySettings(
-        kind="zookeeper", name="bench", hosts=address, services_roots=[]
-    )
+    settings = ZooKeeperRegistrySettings(kind="zookeeper", name="bench", hosts=address)
     registry = ZooKeeperRegistry(settings, Metrics(), {})
     changed = asyncio.Event()
     started = time.perf_counter()
@@ -78,6 +97,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--interfaces", type=int, default=2000)
     parser.add_argument("--providers", type=int, default=10)
+    parser.add_argument("--apps", type=int, default=0, help="Curator applications")
+    parser.add_argument("--instances", type=int, default=10, help="instances per application")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         server = ZooKeeper(Path(tmp))
@@ -86,6 +107,7 @@ def main() -> None:
             client = KazooClient(hosts=server.address)
             client.start(10)
             populate(client, args.interfaces, args.providers)
+            populate_curator(client, args.apps, args.instances)
             started = time.perf_counter()
             providers = raw_walk(client)
             baseline = time.perf_counter() - started
@@ -93,7 +115,7 @@ def main() -> None:
             listing, change, services = asyncio.run(ours(server.address))
         finally:
             server.stop()
-    print(f"interfaces={args.interfaces} providers={providers}")
+    print(f"interfaces={args.interfaces} apps={args.apps} records={providers}")
     print(f"raw kazoo walk: {baseline:.2f}s (baseline)")
     print(
         f"registry first listing (watches set, services built): {listing:.2f}s = "
