@@ -16,8 +16,8 @@ from pathlib import Path
 import consul.aio
 
 from mcpserver.metrics import Metrics
+from mcpserver.registry.consul.config import ConsulRegistrySettings
 from mcpserver.registry.consul.watcher import ConsulRegistry
-from mcpserver.settings import ConsulRegistrySettings
 from tests.integration.consulagent import ConsulAgent
 from tests.integration.real import consul_binary
 
@@ -28,7 +28,7 @@ async def baseline(port: int, names: list[str]) -> float:
     await client.catalog.services()
     await asyncio.gather(*(client.health.service(name, passing=True) for name in names))
     elapsed = time.perf_counter() - started
-    await client.http._session.close()
+    await client.close()
     return elapsed
 
 

@@ -22,7 +22,7 @@ from mcpserver.pipeline import BuildInputs, build
 from mcpserver.registry.base import Status, View
 from mcpserver.xds.resources import encode_response
 
-INPUTS = BuildInputs({}, "240.240.0.0/12", {})
+INPUTS = BuildInputs({}, "240.0.0.0/8")
 
 
 def services(count: int, per: int) -> list[Service]:
@@ -81,7 +81,8 @@ def main() -> None:
             version_info=type_set.version, type_url="networking.istio.io/v1/ServiceEntry", nonce="n"
         )
         response.resources.extend(anys)
-        return response.SerializeToString()
+        serialized: bytes = response.SerializeToString()
+        return serialized
 
     baseline = timed(protobuf_way, repeat=5)
     print(f"services={args.services} instances={args.services * args.instances}")

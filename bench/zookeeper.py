@@ -19,8 +19,8 @@ from urllib.parse import quote
 from kazoo.client import KazooClient
 
 from mcpserver.metrics import Metrics
+from mcpserver.registry.zookeeper.config import ZooKeeperRegistrySettings
 from mcpserver.registry.zookeeper.watcher import ZooKeeperRegistry
-from mcpserver.settings import ZooKeeperRegistrySettings
 from tests.integration.zookeeper import ZooKeeper
 
 

@@ -1,23 +1,67 @@
-"""The admin HTTP server: health, readiness, Prometheus metrics and /debug pages.
+"""The admin HTTP server: health, readiness, Prometheus metrics, the status page and /debug.
 
 MCP over xDS is hard to debug (seed article 000); these pages show what we would send to
 istiod, who is connected and what was withheld, without needing an ADS client.
+
+The status page and /debug show registry contents and let an operator confirm a held mass
+removal, so an optional bearer token protects them (`server.admin_token`). Probes and
+scrapers keep working without it: /healthz, /readyz and /metrics stay open. Browsers cannot
+send a bearer token from a link, so HTTP Basic with the token as the password (any user
+name) is accepted too, and the 401 asks for it: the status page then works in a browser.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hmac
 import logging
-from collections.abc import Callable, Sequence
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Final, Protocol
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from mcpserver.metrics import Metrics
+from mcpserver.metrics import Metrics, build_labels
 from mcpserver.pipeline import Pipeline
+from mcpserver.status import Activity, HeldRemoval, Page, RegistryRow, instances_of, render
 from mcpserver.xds.sotw import Clients
 from mcpserver.xds.store import SnapshotStore
 
 log = logging.getLogger("mcpserver.admin")
+
+OPEN_PATHS: Final = frozenset(("/healthz", "/readyz", "/metrics"))
+"""Paths every prober and scraper may read without the admin token."""
+REFRESH_SECONDS: Final = 5
+"""The status page's default refresh; `?refresh=N` changes it (0 turns it off)."""
+MAX_REFRESH_SECONDS: Final = 3600
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def authorized(header: str, token: str) -> bool:
+    """`Bearer TOKEN`, or `Basic` with TOKEN as the password; compared in constant time."""
+    scheme, _, value = header.partition(" ")
+    value = value.strip()
+    if scheme.lower() == "basic":
+        try:
+            value = base64.b64decode(value, validate=True).decode().partition(":")[2]
+        except (binascii.Error, UnicodeDecodeError):
+            return False
+    elif scheme.lower() != "bearer":
+        return False
+    return hmac.compare_digest(value.encode(), token.encode())
+
+
+class RegistryKindName(Protocol):
+    """A configured registry entry: its name and kind (any registry settings model)."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def kind(self) -> str: ...
 
 
 class Admin:
@@ -30,7 +74,15 @@ class Admin:
         pipeline: Pipeline,
         clients: Clients,
         metrics: Metrics,
+        kinds: Sequence[RegistryKindName] = (),
+        *,
+        token: str | None = None,
+        activity: Activity | None = None,
     ) -> None:
+        self._kinds = kinds
+        self._token = token or None
+        self._activity = activity or Activity()
+        self._version = build_labels()["version"]
         self._host, _, port = listen.rpartition(":")
         self._host = self._host.strip("[]")
         self._port = int(port)
@@ -40,8 +92,10 @@ class Admin:
         self._metrics = metrics
         self._runner: web.AppRunner | None = None
         self.port = self._port
-        app = web.Application()
+        self.shutting_down = False
+        app = web.Application(middlewares=[self._guard])
         routes: Sequence[tuple[str, Callable[[web.Request], object]]] = (
+            ("/", self.page),
             ("/healthz", self.healthz),
             ("/readyz", self.readyz),
             ("/metrics", self.metrics),
@@ -51,8 +105,23 @@ class Admin:
             ("/debug/problems", self.problems),
         )
         for path, handler in routes:
-            app.router.add_get(path, handler)  # type: ignore[arg-type]
+            app.router.add_get(path, handler)  # type: ignore[arg-type]  # aiohttp's handler type is invariant in the return type
+        app.router.add_post("/debug/registries/{name}/confirm", self.confirm)
         self._app = app
+
+    @web.middleware
+    async def _guard(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """With a token configured, everything but the probes and /metrics needs it (every
+        state-changing endpoint is under /debug)."""
+        if self._token is None or request.path in OPEN_PATHS:
+            return await handler(request)
+        if authorized(request.headers.get("Authorization", ""), self._token):
+            return await handler(request)
+        return web.json_response(
+            {"error": "unauthorized: send Authorization: Bearer <server.admin_token>"},
+            status=401,
+            headers={"WWW-Authenticate": 'Basic realm="mcpserver admin", charset="UTF-8"'},
+        )
 
     async def start(self) -> None:
         self._runner = web.AppRunner(self._app, access_log=None)
@@ -71,12 +140,84 @@ class Admin:
     async def healthz(self, _: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
-    async def readyz(self, _: web.Request) -> web.Response:
+    def readiness(self) -> dict[str, object]:
+        """Ready = serving a snapshot that is current: not before the first one, not while
+        rebuilds fail, not once shutdown has begun (so load balancers stop sending)."""
         snapshot = self._store.snapshot
+        if self.shutting_down:
+            return {"ready": False, "reason": "shutting down"}
         if snapshot is None:
-            waiting = [v.registry for v in self._pipeline.views() if not v.synced]
-            return web.json_response({"ready": False, "waiting_for": waiting}, status=503)
-        return web.json_response({"ready": True, "version": snapshot.version})
+            waiting = self._pipeline.waiting_for()
+            reason = f"first snapshot waits for registries {', '.join(waiting)}"
+            return {"ready": False, "reason": reason, "waiting_for": waiting}
+        if self._pipeline.failure:
+            return {"ready": False, "reason": self._pipeline.failure, "version": snapshot.version}
+        return {"ready": True, "version": snapshot.version}
+
+    async def readyz(self, _: web.Request) -> web.Response:
+        body = self.readiness()
+        return web.json_response(body, status=200 if body["ready"] else 503)
+
+    def registry_rows(self) -> list[RegistryRow]:
+        """Each registry for the status page, a held removal included."""
+        kinds = {r.name: r.kind for r in self._kinds}
+        now_wall, now_mono = time.time(), time.monotonic()
+        rows = []
+        for state in self._pipeline.registry_states():
+            v, hold = state.view, state.hold
+            held = (
+                None
+                if hold is None
+                else HeldRemoval(
+                    reason=hold.reason,
+                    since=now_wall - (now_mono - hold.since),
+                    removed_services=hold.removed_services,
+                    removed_instances=hold.removed_instances,
+                    instances=hold.total_instances,
+                )
+            )
+            rows.append(
+                RegistryRow(
+                    name=v.registry,
+                    kind=kinds.get(v.registry, ""),
+                    status=v.status.value,
+                    synced=v.synced,
+                    services=len(v.services),
+                    instances=instances_of(v.services),
+                    detail=v.detail,
+                    last_change=self._activity.registry_changed.get(v.registry),
+                    held=held,
+                )
+            )
+        return rows
+
+    async def page(self, request: web.Request) -> web.Response:
+        """The status page: server-rendered HTML, refreshed by the browser itself."""
+        try:
+            refresh = int(request.query.get("refresh", REFRESH_SECONDS))
+        except ValueError:
+            refresh = REFRESH_SECONDS
+        readiness = self.readiness()
+        change = self._activity.last_change
+        page = Page(
+            version=self._version,
+            now=time.time(),
+            started_at=self._activity.started_at,
+            ready=bool(readiness["ready"]),
+            ready_reason=str(readiness.get("reason", "")),
+            registries=self.registry_rows(),
+            snapshot=self._store.snapshot,
+            published_at=self._activity.published_at,
+            last_change=change.summary() if change is not None else "",
+            clients=sorted(self._clients.open.values(), key=lambda c: c.stream_id),
+            problems=self._pipeline.problems,
+            refresh=max(0, min(refresh, MAX_REFRESH_SECONDS)),
+        )
+        return web.Response(
+            text=render(page),
+            content_type="text/html",
+            headers={"Cache-Control": "no-store"},
+        )
 
     async def metrics(self, _: web.Request) -> web.Response:
         body = generate_latest(self._metrics.registry)
@@ -104,18 +245,41 @@ class Admin:
         return web.json_response([c.describe() for c in self._clients.open.values()])
 
     async def registries(self, _: web.Request) -> web.Response:
-        return web.json_response(
-            [
-                {
-                    "name": v.registry,
-                    "status": v.status.value,
-                    "synced": v.synced,
-                    "services": len(v.services),
-                    "detail": v.detail,
-                }
-                for v in self._pipeline.views()
-            ]
-        )
+        """Each registry as it reports itself; a held mass removal shows it DEGRADED with
+        the reason (the registry's own status is kept under `source`)."""
+        kinds = {r.name: r.kind for r in self._kinds}
+        entries = []
+        for state in self._pipeline.registry_states():
+            v, hold = state.view, state.hold
+            entry: dict[str, object] = {
+                "name": v.registry,
+                "kind": kinds.get(v.registry, ""),
+                "status": v.status.value,
+                "synced": v.synced,
+                "services": len(v.services),
+                "detail": v.detail,
+            }
+            if hold is not None:
+                entry.update(
+                    status="degraded",
+                    detail=hold.reason,
+                    source={"status": v.status.value, "detail": v.detail},
+                    held={
+                        "removed_services": hold.removed_services,
+                        "removed_instances": hold.removed_instances,
+                        "instances": hold.total_instances,
+                        "confirm": f"POST /debug/registries/{v.registry}/confirm",
+                    },
+                )
+            entries.append(entry)
+        return web.json_response(entries)
+
+    async def confirm(self, request: web.Request) -> web.Response:
+        """An operator confirms a held mass removal of one registry."""
+        name = request.match_info["name"]
+        if not self._pipeline.confirm(name):
+            return web.json_response({"confirmed": False, "reason": "no held removal"}, status=404)
+        return web.json_response({"confirmed": True, "registry": name})
 
     async def problems(self, _: web.Request) -> web.Response:
         return web.json_response(

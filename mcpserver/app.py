@@ -1,46 +1,173 @@
 """Composition root: builds every part from Settings, starts them in order, stops them in reverse.
 
 Start order matters to istiod: the gRPC port opens first (istiod exits if it cannot open its
-stream), but streams get nothing until the first complete snapshot; registries start next,
-and the startup wait bounds how long a missing registry can hold that first snapshot.
+stream), but streams get nothing until the first complete snapshot; registries start next.
+Stop order is the reverse, and every step runs even when an earlier one fails: a registry
+that cannot stop must not keep the ports open.
+
+Shutdown (SIGTERM) is a sequence load balancers and istiod can follow: /readyz 503 and gRPC
+health NOT_SERVING at once; `shutdown.drain` seconds during which streams keep being served
+while probes steer new clients away; then every stream ends with UNAVAILABLE (istiod
+reconnects, to another replica behind the address) before registries stop, so nothing a
+stopping registry does can reach istiod; everything after the drain is bounded by
+`shutdown.grace`, and past drain + grace the process exits whatever still runs.
+
+The app also keeps what only it can see: when each registry reports a change (the start of
+the push latency histogram, and "last change" on the status page) and what each published
+snapshot changed (one INFO line per publish that names it).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import logging
+import math
 import os
 import signal
-from collections.abc import Sequence
+import threading
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Final
 
 from mcpserver.admin import Admin
 from mcpserver.debounce import Debouncer
 from mcpserver.metrics import Metrics
-from mcpserver.pipeline import Pipeline
-from mcpserver.registry.base import Registry
-from mcpserver.registry.consul.watcher import ConsulRegistry
-from mcpserver.registry.static.watcher import StaticRegistry
-from mcpserver.registry.zookeeper.watcher import ZooKeeperRegistry
-from mcpserver.settings import (
-    ConsulRegistrySettings,
-    RegistryConfig,
-    Settings,
-    ZooKeeperRegistrySettings,
-)
-from mcpserver.xds.server import ServerOptions, XdsServer
+from mcpserver.pipeline import Pipeline, PipelineOptions
+from mcpserver.protection import ProtectionPolicy
+from mcpserver.registry.base import Registry, RegistryContext, View
+from mcpserver.registry.kinds import kind_of
+from mcpserver.settings import Settings
+from mcpserver.status import Activity, describe_change
+from mcpserver.xds.callbacks import DefaultCallbacks
+from mcpserver.xds.resources import PackedResource
+from mcpserver.xds.server import ServerOptions, TLSError, XdsServer
+from mcpserver.xds.snapshot import Snapshot
 from mcpserver.xds.sotw import AdsHandler, Clients
 from mcpserver.xds.store import SnapshotStore
 
 log = logging.getLogger("mcpserver")
+changes_log = logging.getLogger("mcpserver.snapshot")
+
+DRAIN_DEFAULT: Final = 5.0
+GRACE_DEFAULT: Final = 10.0
+STREAM_GRACE: Final = 0.5
+"""Seconds unary calls in flight (health checks) get before open streams are cut."""
+ORIGINS_KEPT: Final = 16
 
 
-def build_registry(settings: RegistryConfig, metrics: Metrics) -> Registry:
-    """One registry object per configured entry, by kind."""
-    if isinstance(settings, ZooKeeperRegistrySettings):
-        return ZooKeeperRegistry(settings, metrics, os.environ)
-    if isinstance(settings, ConsulRegistrySettings):
-        return ConsulRegistry(settings, metrics, os.environ)
-    return StaticRegistry(settings, metrics)
+class StartError(Exception):
+    """The server cannot start (a port in use); the message says which and why."""
+
+
+def build_registries(settings: Settings, metrics: Metrics) -> list[Registry]:
+    """One registry object per configured entry, built by its kind (registry/kinds.py)."""
+    context = RegistryContext(metrics, dict(os.environ))
+    return [kind_of(entry).build(entry, context) for entry in settings.registries]
+
+
+def pipeline_options(settings: Settings) -> PipelineOptions:
+    p = settings.protection
+    return PipelineOptions(
+        keep_when_empty={r.name: r.keep_when_empty for r in settings.registries},
+        vip_cidr=settings.vip.cidr,
+        merge_policy=settings.merge,
+        protection=ProtectionPolicy(p.max_removed_share, p.min_instances, p.hold_empty, p.hold_for),
+        serve_partial_after=settings.startup.serve_partial_after,
+    )
+
+
+def shutdown_times(settings: Settings) -> tuple[float, float]:
+    """`shutdown.drain` and `shutdown.grace` in seconds (defaults until the setting exists)."""
+    shutdown = getattr(settings, "shutdown", None)
+    return (
+        float(getattr(shutdown, "drain", DRAIN_DEFAULT)),
+        float(getattr(shutdown, "grace", GRACE_DEFAULT)),
+    )
+
+
+def admin_token(settings: Settings) -> str | None:
+    """The admin bearer token, if `server.admin_token` is set; an empty one is refused (it
+    would silently leave the admin port open)."""
+    secret = getattr(settings.server, "admin_token", None)
+    if secret is None:
+        return None
+    token: str = secret.resolve(os.environ)
+    if not token:
+        raise StartError("server.admin_token is set but resolves to an empty value")
+    return token
+
+
+class Changes:
+    """Follows registry changes and published snapshots for the log, the status page and
+    the push latency histogram.
+
+    A registry change (its on_change call) starts a clock unless one runs; the rebuild that
+    the debouncer starts next takes it, and the snapshot that rebuild publishes carries it:
+    streams then measure from it to the response they write. A rebuild that fails hands its
+    clock back to the next one.
+    """
+
+    def __init__(self, store: SnapshotStore, views: Callable[[], Sequence[View]]) -> None:
+        self._store = store
+        self._views = views
+        self.activity = Activity()
+        self._previous: Snapshot | None = None
+        self._owners: dict[str, str] = {}
+        self._pending: float | None = None  # monotonic time of the oldest unbuilt change
+        self._building: float | None = None
+        self._origins: dict[str, float] = {}
+        store.subscribe(self._published)
+
+    def registry_changed(self, name: str) -> None:
+        self.activity.registry_changed[name] = time.time()
+        if self._pending is None:
+            self._pending = time.monotonic()
+
+    def rebuild_started(self) -> None:
+        self._building, self._pending = self._pending, None
+
+    def rebuild_ended(self, failed: bool) -> None:
+        if failed and self._building is not None:
+            self._pending = min(self._building, self._pending or math.inf)
+        self._building = None
+
+    def origin(self, snapshot: Snapshot) -> float | None:
+        """When the oldest registry change this snapshot carries was reported (monotonic)."""
+        return self._origins.get(snapshot.version)
+
+    def _owner_lookup(self) -> Callable[[PackedResource], str]:
+        """Which registry a ServiceEntry came from: the registries' current views, else the
+        previous publish's, else the resource's own `registry` label."""
+        current: dict[str, str] = {}
+        for view in self._views():
+            for service in view.services:
+                current.setdefault(service.key, view.registry)  # config order wins a clash
+        previous, self._owners = self._owners, current
+
+        def owner(resource: PackedResource) -> str:
+            found = current.get(resource.name) or previous.get(resource.name)
+            if found is None:
+                found = resource.decode().metadata.labels.get("registry", "")
+            return found
+
+        return owner
+
+    def _published(self) -> None:
+        """The store's listener: runs on the loop right after each publish."""
+        snapshot = self._store.snapshot
+        if snapshot is None or snapshot is self._previous:
+            return
+        if self._building is not None:
+            self._origins[snapshot.version] = self._building
+            while len(self._origins) > ORIGINS_KEPT:
+                del self._origins[next(iter(self._origins))]
+        change = describe_change(self._previous, snapshot, self._owner_lookup())
+        self._previous = snapshot
+        self.activity.published_at = time.time()
+        self.activity.last_change = change
+        changes_log.info(change.summary(), extra=change.fields())
 
 
 class App:
@@ -61,69 +188,204 @@ class App:
         self.store = SnapshotStore()
         self.clients = Clients()
         self.registries = (
-            list(registries)
-            if registries is not None
-            else [build_registry(r, self.metrics) for r in s.registries]
+            list(registries) if registries is not None else build_registries(s, self.metrics)
         )
-        self.xds = XdsServer(
-            ServerOptions(
-                listen=s.server.listen,
-                max_message_bytes=s.server.max_message_bytes,
-                cert_file=str(s.server.tls.cert_file) if s.server.tls else None,
-                key_file=str(s.server.tls.key_file) if s.server.tls else None,
-            ),
-            AdsHandler(self.store, self.metrics, self.clients),
-        )
+        self.changes = Changes(self.store, lambda: self.pipeline.views())  # noqa: PLW0108  # built after this
+        callbacks = DefaultCallbacks(self.metrics, self.clients, self.changes.origin)
+        try:
+            self.xds = XdsServer(
+                ServerOptions(
+                    listen=s.server.listen,
+                    max_message_bytes=s.server.max_message_bytes,
+                    cert_file=str(s.server.tls.cert_file) if s.server.tls else None,
+                    key_file=str(s.server.tls.key_file) if s.server.tls else None,
+                ),
+                AdsHandler(self.store, self.metrics, self.clients, callbacks=callbacks),
+                self.metrics,
+            )
+        except TLSError as err:
+            raise StartError(str(err)) from None
+        except (OSError, RuntimeError) as err:  # grpc raises RuntimeError when bind fails
+            raise StartError(f"cannot listen on server.listen {s.server.listen}: {err}") from None
+        self.debouncer: Debouncer
         self.pipeline = Pipeline(
             self.registries,
             self.store,
             self.metrics,
-            startup_wait=s.startup.wait_for_registries,
-            keep_when_empty={r.name: r.keep_when_empty for r in s.registries},
-            vip_cidr=s.vip.cidr,
-            merge_policy=s.merge,
-            on_primed=self.xds.serving,
+            pipeline_options(s),
+            trigger=lambda: self.debouncer.trigger(),  # noqa: PLW0108  # built after the pipeline
+            on_serving=self._serving,
         )
-        self.debouncer = Debouncer(self.pipeline.rebuild, s.debounce.after, s.debounce.max)
-        self.admin = Admin(s.server.admin, self.store, self.pipeline, self.clients, self.metrics)
-        self._startup_timer: asyncio.TimerHandle | None = None
+        self.debouncer = Debouncer(self._rebuild, s.debounce.after, s.debounce.max)
+        self.admin = Admin(
+            s.server.admin,
+            self.store,
+            self.pipeline,
+            self.clients,
+            self.metrics,
+            s.registries,
+            token=admin_token(s),
+            activity=self.changes.activity,
+        )
+        self._waiter: asyncio.Task[None] | None = None
 
     @property
     def port(self) -> int:
         return self.xds.port
 
+    async def _rebuild(self) -> None:
+        """The debouncer's action: one pipeline rebuild, timed from the registry changes it
+        carries."""
+        self.changes.rebuild_started()
+        try:
+            await self.pipeline.rebuild()
+        finally:
+            self.changes.rebuild_ended(failed=bool(self.pipeline.failure))
+
+    def _registry_changed(self, name: str) -> Callable[[], None]:
+        """The on_change callback of one registry: note when, then wake the debouncer."""
+
+        def changed() -> None:
+            self.changes.registry_changed(name)
+            self.debouncer.trigger()
+
+        return changed
+
+    async def _serving(self, serving: bool) -> None:
+        if serving:
+            await self.xds.serving()
+        else:
+            await self.xds.not_serving()
+
     async def start(self) -> None:
+        if not self.registries:
+            log.warning("no registries configured: istiod will receive empty sets")
         await self.xds.start()
-        await self.admin.start()
+        try:
+            await self.admin.start()
+        except OSError as err:
+            raise StartError(
+                f"cannot listen on server.admin {self.settings.server.admin}: {err.strerror}"
+            ) from None
         self.debouncer.start()
         for registry in self.registries:
-            await registry.start(self.debouncer.trigger)
-        # Fire one rebuild when the startup wait ends, in case a registry never syncs.
-        loop = asyncio.get_running_loop()
-        self._startup_timer = loop.call_later(
-            self.pipeline.startup_remaining() + 0.01, self.debouncer.trigger
-        )
+            await registry.start(self._registry_changed(registry.name))
+        self._waiter = asyncio.create_task(self._first_snapshot(), name="first-snapshot")
         self.debouncer.trigger()
 
-    async def stop(self) -> None:
-        if self._startup_timer:
-            self._startup_timer.cancel()
-        for registry in reversed(self.registries):
-            await registry.stop()
-        await self.debouncer.stop()
-        await self.xds.stop()
-        await self.admin.stop()
+    async def _first_snapshot(self) -> None:
+        """Until the first snapshot: say every 30 s who we wait for, and rebuild when the
+        opt-in partial-serving deadline passes."""
+        from mcpserver.pipeline import WAITING_LOG_EVERY
+
+        while self.store.snapshot is None:
+            remaining = self.pipeline.partial_remaining()
+            delay = WAITING_LOG_EVERY if remaining is None else min(WAITING_LOG_EVERY, remaining)
+            await asyncio.sleep(delay + 0.01)
+            if self.store.snapshot is None:
+                self.pipeline.note_waiting()
+                self.debouncer.trigger()
+
+    async def stop(
+        self,
+        drain: float = 0.0,
+        grace: float | None = None,
+        skip_drain: asyncio.Event | None = None,
+    ) -> bool:
+        """Stop: unready at once, serve streams `drain` more seconds (until `skip_drain` is
+        set), end them with UNAVAILABLE, then stop registries, the debouncer and the admin
+        port. Every step runs even if an earlier one failed; with `grace`, all of it after
+        the drain is bounded by that many seconds. True when everything stopped in time."""
+        loop = asyncio.get_running_loop()
+        self.admin.shutting_down = True
+        clean = True
+        try:
+            # final: a rebuild finishing while registries stop must not flip health back
+            await self.xds.not_serving(final=True)
+        except Exception:
+            clean = False
+            log.exception("setting gRPC health NOT_SERVING failed; stopping the rest")
+        if drain > 0:
+            log.info(
+                "shutting down: draining %gs with /readyz 503 and gRPC health NOT_SERVING; "
+                "%d istiod streams stay served until then (send the signal again to skip)",
+                drain,
+                len(self.clients.open),
+            )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for((skip_drain or asyncio.Event()).wait(), drain)
+        if self._waiter is not None:
+            self._waiter.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._waiter
+        streams = len(self.clients.open)
+        steps: list[tuple[str, Callable[[], Awaitable[None]]]] = [
+            # streams end first, so nothing a stopping registry does reaches istiod
+            ("xds", functools.partial(self.xds.stop, STREAM_GRACE)),
+            *((f"registry {r.name}", r.stop) for r in reversed(self.registries)),
+            ("debouncer", self.debouncer.stop),
+            ("admin", self.admin.stop),
+        ]
+        deadline = None if grace is None else loop.time() + grace
+        for what, step in steps:
+            # a step always gets a moment, so one slow step cannot skip the ones after it
+            budget = None if deadline is None else max(0.2, deadline - loop.time())
+            try:
+                async with asyncio.timeout(budget):
+                    await step()
+            except TimeoutError:
+                clean = False
+                log.error("stopping %s took longer than shutdown.grace; stopping the rest", what)
+            except Exception:
+                clean = False
+                log.exception("stopping %s failed; stopping the rest", what)
+            if what == "xds" and streams:
+                log.info("closed %d istiod streams with UNAVAILABLE", streams)
+        return clean
 
 
-async def serve(settings: Settings) -> None:
-    """Run until SIGINT/SIGTERM."""
+def _exit_now(limit: float) -> None:
+    """The last resort of a shutdown that outlives drain + grace (a thread that will not
+    end, a task that ignores cancellation): say so and leave."""
+    log.critical("shutdown still running after %gs (shutdown.drain + grace); exiting now", limit)
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    os._exit(1)
+
+
+async def serve(
+    settings: Settings, stop: asyncio.Event | None = None, *, hard_exit: bool = False
+) -> bool:
+    """Run until SIGINT/SIGTERM (or until `stop` is set), then shut down in order; a second
+    signal skips the drain. With `hard_exit` (the CLI), the process exits by drain + grace
+    whatever still runs. True when the shutdown was clean."""
     app = App(settings)
-    await app.start()
-    stop = asyncio.Event()
+    stop = stop or asyncio.Event()
+    skip_drain = asyncio.Event()
+    drain, grace = shutdown_times(settings)
+
+    def signalled() -> None:
+        if stop.is_set():
+            skip_drain.set()
+        stop.set()
+
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    log.info("mcpserver serving xds=%s admin=%s", settings.server.listen, settings.server.admin)
-    await stop.wait()
-    log.info("shutting down")
-    await app.stop()
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, signalled)
+    started = False
+    try:
+        await app.start()
+        started = True
+        log.info("mcpserver serving xds=%s admin=%s", settings.server.listen, settings.server.admin)
+        await stop.wait()
+    finally:
+        began = time.monotonic()
+        if hard_exit:
+            # a daemon thread: it ends with the process when the shutdown finishes in time
+            watchdog = threading.Timer(drain + grace, _exit_now, (drain + grace,))
+            watchdog.daemon = True
+            watchdog.start()
+        clean = await app.stop(drain if started else 0.0, grace, skip_drain)
+    log.info("stopped in %.1fs", time.monotonic() - began)
+    return clean

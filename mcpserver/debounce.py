@@ -33,7 +33,13 @@ class Debouncer:
         self._first: float | None = None
         self._last = 0.0
         self._task: asyncio.Task[None] | None = None
+        self._running = False
         self.runs = 0
+
+    @property
+    def busy(self) -> bool:
+        """A burst is pending or its action is running."""
+        return self._running or self._first is not None
 
     def trigger(self) -> None:
         """Note a change; cheap and non-blocking (call on the loop)."""
@@ -66,7 +72,10 @@ class Debouncer:
             self._event.clear()
             self._first = None
             self.runs += 1
+            self._running = True
             try:
                 await self._action()
             except Exception:
                 log.exception("rebuild failed; keeping the previous snapshot")
+            finally:
+                self._running = False

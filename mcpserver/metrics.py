@@ -1,12 +1,57 @@
 """Every Prometheus collector of the process, in one place, on a registry of our own.
 
 The registry is created by the composition root and passed down, so tests can build as many
-servers as they like in one process without collectors clashing.
+servers as they like in one process without collectors clashing. Names follow Prometheus'
+rules (tests/component/test_metrics_names.py checks them): base units (`_seconds`,
+`_bytes`), `_total` on counters only (prometheus_client appends it), snake case.
+
+prometheus_client also emits a `<name>_created` series next to every counter and histogram
+child by default; that doubled /metrics for nothing anyone graphs, so it is switched off (the
+switch is process-wide in prometheus_client, and this is the only place that sets it).
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import platform
+from importlib import metadata
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    disable_created_metrics,
+)
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
+
+disable_created_metrics()  # type: ignore[no-untyped-call]  # prometheus_client leaves it unannotated
+
+# Seconds from a registry change to a stream writing it: debounce (100 ms to 1 s by default)
+# plus a rebuild, so the interesting range is tens of milliseconds to tens of seconds.
+PUSH_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+# Seconds from a response to its ACK: istiod applies the set before it ACKs, so this is
+# istiod's processing time plus a round trip.
+ACK_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+def _version(distribution: str) -> str:
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def build_labels() -> dict[str, str]:
+    """What `mcpserver_build_info` says: our version and the versions that shape the wire."""
+    return {
+        "version": _version("mcpserver"),
+        "python": platform.python_version(),
+        "grpc": _version("grpcio"),
+        "protobuf": _version("protobuf"),
+    }
 
 
 class Metrics:
@@ -15,6 +60,13 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
+        # the process: CPU, memory, file descriptors, Python version and GC, on our registry
+        # (the default registry's collectors are not exposed: we serve our own registry)
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        GCCollector(registry=r)
+        self.build_info = Info("mcpserver_build", "Versions this process runs.", registry=r)
+        self.build_info.info(build_labels())
         # pipeline
         self.builds = Counter("mcpserver_snapshot_builds", "Snapshots published.", registry=r)
         self.build_seconds = Histogram(
@@ -43,6 +95,20 @@ class Metrics:
             ["registry"],
             registry=r,
         )
+        self.build_failures = Counter(
+            "mcpserver_snapshot_build_failures",
+            "Rebuilds that failed (the previous snapshot stays served; retried with backoff).",
+            registry=r,
+        )
+        self.vips = Gauge(
+            "mcpserver_vips_allocated", "Addresses allocated from vip.cidr.", registry=r
+        )
+        self.removal_held = Gauge(
+            "mcpserver_registry_removal_held",
+            "1 while a mass removal from the registry is held (protection); see /debug/problems.",
+            ["registry"],
+            registry=r,
+        )
         # registries
         self.skipped_records = Counter(
             "mcpserver_registry_skipped_records",
@@ -58,7 +124,8 @@ class Metrics:
         )
         self.registry_errors = Counter(
             "mcpserver_registry_errors",
-            "Failed registry calls and lost connections (timeout, error, suspended, lost).",
+            "Failed registry calls, lost connections and crashed watcher tasks (timeout, error, "
+            "suspended, lost, noauth, crash, acl-filtered).",
             ["registry", "kind"],
             registry=r,
         )
@@ -83,5 +150,32 @@ class Metrics:
             "mcpserver_xds_requests",
             "DiscoveryRequests received, by what the protocol made of them.",
             ["type_url", "outcome"],
+            registry=r,
+        )
+        self.push_latency = Histogram(
+            "mcpserver_push_latency_seconds",
+            "Seconds from a registry reporting a change to a stream writing the response that "
+            "carries it (debounce, rebuild and send).",
+            buckets=PUSH_BUCKETS,
+            registry=r,
+        )
+        self.ack_latency = Histogram(
+            "mcpserver_xds_ack_latency_seconds",
+            "Seconds from a response written to its ACK, per client node.",
+            ["node"],
+            buckets=ACK_BUCKETS,
+            registry=r,
+        )
+        self.tls_reloads = Counter(
+            "mcpserver_tls_reloads",
+            "Changed TLS certificate files read (ok), or refused and the previous pair kept "
+            "(error).",
+            ["result"],
+            registry=r,
+        )
+        # app
+        self.last_publish = Gauge(
+            "mcpserver_snapshot_publish_timestamp_seconds",
+            "Unix time of the last published snapshot change.",
             registry=r,
         )

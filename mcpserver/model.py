@@ -82,3 +82,4 @@ class Problem:
     registry: str
     subject: str
     message: str
+    reason: str = ""  # a few words for metric labels (bad-port, not-a-url, ...)

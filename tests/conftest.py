@@ -12,6 +12,7 @@ from typing import Any
 import grpc
 import pytest
 import yaml
+from grpc_health.v1 import health_pb2
 
 from mcpserver.app import App
 from mcpserver.settings import Settings, load_settings
@@ -35,6 +36,14 @@ async def eventually(check: Callable[[], Any], within: float = 10.0, every: floa
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {within}s: {check}")
         await asyncio.sleep(every)
+
+
+async def past_next_rebuild(app: App) -> None:
+    """Trigger a rebuild and wait until it (and any burst pending) has run: after this, a
+    withdrawal that was going to be sent has been sent."""
+    runs = app.debouncer.runs
+    app.debouncer.trigger()
+    await eventually(lambda: app.debouncer.runs > runs and not app.debouncer.busy)
 
 
 def write_services(path: Path, services: list[dict[str, Any]]) -> None:
@@ -74,7 +83,6 @@ def settings_for(directory: Path, *registries: dict[str, Any], **top: Any) -> Se
     data: dict[str, Any] = {
         "server": {"listen": "127.0.0.1:0", "admin": "127.0.0.1:0"},
         "debounce": {"after": "50ms", "max": "500ms"},
-        "startup": {"wait_for_registries": "30s"},
         "registries": list(registries),
     }
     data.update(top)
@@ -106,6 +114,19 @@ async def start_app() -> AsyncIterator[AppFactory]:
     yield start
     for app in reversed(apps):
         await app.stop()
+
+
+async def health_status(channel: grpc.aio.Channel, service: str) -> int:
+    """grpc.health.v1 Check through a plain call (the typed stubs list no methods)."""
+    check = channel.unary_unary(
+        "/grpc.health.v1.Health/Check",
+        request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
+        response_deserializer=health_pb2.HealthCheckResponse.FromString,
+    )
+    reply: health_pb2.HealthCheckResponse = await check(
+        health_pb2.HealthCheckRequest(service=service)
+    )
+    return int(reply.status)
 
 
 ClientFactory = Callable[..., Awaitable[IstiodLikeClient]]

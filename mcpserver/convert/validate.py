@@ -14,6 +14,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Mapping
+from functools import lru_cache
 
 from mcpserver_protos.istio.networking.v1alpha3 import service_entry_pb2, workload_entry_pb2
 
@@ -52,6 +53,7 @@ _DNS1123_ANY_CASE = re.compile(r"^[a-zA-Z0-9]([-a-zA-Z0-9]*[a-zA-Z0-9])?$")
 UNIX_PREFIX = "unix://"
 
 
+@lru_cache(maxsize=1 << 17)  # addresses repeat across rebuilds; ipaddress parsing is slow
 def is_ip(value: str) -> bool:
     try:
         ipaddress.ip_address(value)
@@ -101,14 +103,18 @@ def check_port(number: int) -> str | None:
     return None if 1 <= number <= 65535 else f"port number {number} must be in the range 1..65535"
 
 
-def check_labels(labels: Mapping[str, str], what: str) -> list[str]:
+@lru_cache(maxsize=1 << 16)  # the same few label pairs appear on every endpoint
+def _label_errors(key: str, value: str) -> tuple[str, ...]:
     errors = []
-    for key, value in labels.items():
-        if not is_label_key(key):
-            errors.append(f"{what}: invalid label key {key!r}")
-        if not is_label_value(value):
-            errors.append(f"{what}: invalid label value {value!r}")
-    return errors
+    if not is_label_key(key):
+        errors.append(f"invalid label key {key!r}")
+    if not is_label_value(value):
+        errors.append(f"invalid label value {value!r}")
+    return tuple(errors)
+
+
+def check_labels(labels: Mapping[str, str], what: str) -> list[str]:
+    return [f"{what}: {error}" for k, v in labels.items() for error in _label_errors(k, v)]
 
 
 def check_subnet(value: str) -> str | None:

@@ -1,18 +1,33 @@
-"""The interface every registry implements, and the immutable view it publishes.
+"""What every registry kind shares: the immutable View it publishes, its status, problems
+logged once, and a supervisor that keeps its watcher tasks alive.
 
 A registry watches its source and keeps a current View. Its change callback carries no data:
 it only tells the debouncer "something changed"; the pipeline then reads every registry's
 View. A View is replaced whole, never mutated, so the pipeline can read it from any task.
+
+No registry may die silently: every watcher task runs under `spawn()`, which logs an
+unexpected exception with its traceback, turns the registry DEGRADED with the error as its
+detail (so /debug/registries and mcpserver_registry_status show it), keeps the last good view
+served, and restarts the task with jittered exponential backoff. `stop()` never raises.
 """
 
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from enum import Enum
+from typing import Generic, TypeVar
 
+from mcpserver.config import RegistrySettings
+from mcpserver.metrics import Metrics
 from mcpserver.model import Problem, Service
+
+log = logging.getLogger("mcpserver.registry")
 
 
 class Status(Enum):
@@ -36,19 +51,216 @@ class View:
 OnChange = Callable[[], None]
 
 
+@dataclass(frozen=True, slots=True)
+class RegistryContext:
+    """What every registry is built with besides its own settings."""
+
+    metrics: Metrics
+    env: Mapping[str, str]
+
+
+def backoff(attempt: int, first: float = 0.5, cap: float = 30.0) -> float:
+    """Jittered exponential backoff: `first` doubling up to `cap`, +-25 %."""
+    return float(min(cap, first * 2.0**attempt) * random.uniform(0.75, 1.25))
+
+
+RESTART_RESET = 60.0
+"""A task that ran this long before failing starts its backoff over."""
+
+
 class Registry(abc.ABC):
-    """One configured registry."""
+    """One configured registry. Kinds implement `open()` (and `close()` if they hold
+    connections) and report through `publish()`, `set_status()` and `degrade()`."""
 
-    name: str
+    def __init__(self, name: str, metrics: Metrics) -> None:
+        self.name = name
+        self._metrics = metrics
+        self._view = View(name, detail="starting")
+        self._on_change: OnChange = lambda: None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._reported: set[tuple[str, str]] = set()
+        self._stopping = False
+        self.restarts = 0
 
-    @abc.abstractmethod
-    async def start(self, on_change: OnChange) -> None:
-        """Begin watching; call on_change (on the event loop) whenever view() changes."""
+    # ---------------------------------------------------------------- lifecycle
 
-    @abc.abstractmethod
-    async def stop(self) -> None:
-        """Stop watching and release connections."""
-
-    @abc.abstractmethod
     def view(self) -> View:
         """The current immutable view."""
+        return self._view
+
+    async def start(self, on_change: OnChange) -> None:
+        """Begin watching; on_change is called (on the event loop) whenever view() changes."""
+        self._on_change = on_change
+        self._count_status()
+        await self.open()
+
+    @abc.abstractmethod
+    async def open(self) -> None:
+        """Begin watching: read what is cheap, `spawn()` the long-running watchers."""
+
+    async def close(self) -> None:  # noqa: B027  # an optional hook, empty by design
+        """Release connections; called by stop() after every watcher task has ended."""
+
+    async def stop(self) -> None:
+        """Stop watching and release connections. Never raises: a registry that fails to
+        stop must not keep the server (or the other registries) from stopping."""
+        self._stopping = True
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                try:
+                    await task
+                except Exception:
+                    log.exception("registry task failed while stopping registry=%s", self.name)
+        try:
+            await self.close()
+        except Exception:
+            log.exception("registry failed to close registry=%s", self.name)
+
+    # -------------------------------------------------------------- supervision
+
+    def spawn(self, what: str, run: Callable[[], Awaitable[None]]) -> asyncio.Task[None]:
+        """Run `run()` as a supervised task: restarted with backoff if it raises."""
+        self._tasks = [t for t in self._tasks if not t.done()]
+        task = asyncio.create_task(self._supervise(what, run), name=f"{self.name}:{what}")
+        self._tasks.append(task)
+        return task
+
+    async def _supervise(self, what: str, run: Callable[[], Awaitable[None]]) -> None:
+        loop = asyncio.get_running_loop()
+        attempt = 0
+        while not self._stopping:
+            began = loop.time()
+            try:
+                await run()
+                return
+            except Exception as err:
+                if self._stopping:
+                    return
+                if loop.time() - began > RESTART_RESET:
+                    attempt = 0
+                delay = backoff(attempt)
+                attempt += 1
+                self.restarts += 1
+                log.error(
+                    "registry task crashed registry=%s task=%s; restarting in %.1fs",
+                    self.name,
+                    what,
+                    delay,
+                    exc_info=True,
+                )
+                self._metrics.registry_errors.labels(self.name, "crash").inc()
+                self.degrade(f"{what} failed: {err!r}; restarting; serving the last known view")
+                await asyncio.sleep(delay)
+
+    # ----------------------------------------------------------------- reporting
+
+    def publish(
+        self,
+        services: Iterable[Service],
+        problems: Iterable[Problem] = (),
+        *,
+        synced: bool | None = None,
+    ) -> None:
+        """Replace the view's services (and problems, which are logged and counted once
+        when first seen), keeping the current status."""
+        old = self._view
+        now_synced = old.synced if synced is None else synced
+        status = old.status
+        if status is Status.STARTING and now_synced:
+            status = Status.READY
+        problems = tuple(problems)
+        self._report(problems)
+        self._set_view(
+            View(
+                registry=self.name,
+                services=tuple(services),
+                synced=now_synced,
+                status=status,
+                detail=""
+                if status is Status.READY and old.status is Status.STARTING
+                else old.detail,
+                problems=problems,
+            )
+        )
+
+    def set_status(self, status: Status, detail: str = "") -> None:
+        """Change status and detail; a registry that has not listed everything yet stays
+        STARTING rather than READY."""
+        old = self._view
+        if status is Status.READY and not old.synced:
+            status, detail = Status.STARTING, detail or "listing"
+        if (status, detail) == (old.status, old.detail):
+            return
+        if status is Status.DEGRADED and old.status is not Status.DEGRADED:
+            log.warning("registry degraded registry=%s: %s", self.name, detail)
+        elif status is not Status.DEGRADED and old.status is Status.DEGRADED:
+            log.info("registry recovered registry=%s", self.name)
+        self._set_view(View(self.name, old.services, old.synced, status, detail, old.problems))
+
+    def degrade(self, detail: str) -> None:
+        """Source unreachable or unreadable: keep serving the last view, say why."""
+        self.set_status(Status.DEGRADED, detail)
+
+    def recover(self) -> None:
+        """The source answers again."""
+        if self._view.status is Status.DEGRADED:
+            self.set_status(Status.READY)
+
+    def _set_view(self, view: View) -> None:
+        changed_status = view.status is not self._view.status
+        self._view = view
+        if changed_status:
+            self._count_status()
+        self._metrics.registry_services.labels(self.name).set(len(view.services))
+        self._on_change()
+
+    def _count_status(self) -> None:
+        for status in Status:
+            self._metrics.registry_up.labels(self.name, status.value).set(
+                status is self._view.status
+            )
+
+    def _report(self, problems: tuple[Problem, ...]) -> None:
+        """Log and count each skipped record once, when first seen (again only if it went
+        away and came back)."""
+        now = {(p.subject, p.message) for p in problems}
+        for problem in problems:
+            if (problem.subject, problem.message) not in self._reported:
+                log.warning(
+                    "skipped record registry=%s subject=%s: %s",
+                    self.name,
+                    problem.subject,
+                    problem.message,
+                )
+                self._metrics.skipped_records.labels(self.name, problem.reason or "malformed").inc()
+        self._reported = now
+
+
+@dataclass(frozen=True, slots=True)
+class OfflineView:
+    """What `check-config` can learn about a registry without its live source: a view to
+    convert and validate exactly as `serve` would, where each service came from (for
+    messages), and problems that make the whole source unusable."""
+
+    view: View | None = None
+    locations: Mapping[str, str] | None = None  # service key -> where it is defined
+    origin: str = ""  # where the registry's records come from (a file), for other problems
+    errors: tuple[str, ...] = ()
+
+
+S = TypeVar("S", bound=RegistrySettings)
+
+
+@dataclass(frozen=True, slots=True)
+class Kind(Generic[S]):
+    """One registry kind, as registered in the kind table (registry/kinds.py): its settings
+    model (whose `kind` literal names it), how to build a running registry from them, and
+    optionally what check-config can learn about it without a live source."""
+
+    name: str
+    settings: type[S]
+    build: Callable[[S, RegistryContext], Registry]
+    offline: Callable[[S, RegistryContext], OfflineView] | None = None

@@ -73,6 +73,20 @@ class DecodedResource:
     annotations: dict[str, str]
     spec: service_entry_pb2.ServiceEntry | workload_entry_pb2.WorkloadEntry
 
+    @property
+    def service_entry(self) -> service_entry_pb2.ServiceEntry:
+        """The spec, for a resource known to be a ServiceEntry."""
+        if not isinstance(self.spec, service_entry_pb2.ServiceEntry):
+            raise TypeError(f"{self.namespace}/{self.name} is a {self.kind}, not a ServiceEntry")
+        return self.spec
+
+    @property
+    def workload_entry(self) -> workload_entry_pb2.WorkloadEntry:
+        """The spec, for a resource known to be a WorkloadEntry."""
+        if not isinstance(self.spec, workload_entry_pb2.WorkloadEntry):
+            raise TypeError(f"{self.namespace}/{self.name} is a {self.kind}, not a WorkloadEntry")
+        return self.spec
+
     def to_dict(self) -> dict[str, object]:
         """The Kubernetes-style object a user would recognise (what istiod stores)."""
         return {
@@ -130,7 +144,10 @@ class IstiodLikeClient:
     _outbox: asyncio.Queue[discovery_pb2.DiscoveryRequest | None] = field(
         default_factory=asyncio.Queue
     )
-    _call: object = None
+    _call: (
+        grpc.aio.StreamStreamCall[discovery_pb2.DiscoveryRequest, discovery_pb2.DiscoveryResponse]
+        | None
+    ) = None
     _changed: asyncio.Condition = field(default_factory=asyncio.Condition)
 
     async def _requests(self) -> AsyncIterator[discovery_pb2.DiscoveryRequest]:
@@ -159,7 +176,7 @@ class IstiodLikeClient:
     def close(self) -> None:
         self._outbox.put_nowait(None)
         if self._call is not None:
-            self._call.cancel()  # type: ignore[attr-defined]
+            self._call.cancel()
 
     def send(self, request: discovery_pb2.DiscoveryRequest) -> None:
         """Send an arbitrary request on the stream (tests of protocol edge cases)."""

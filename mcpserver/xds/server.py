@@ -4,12 +4,22 @@ Options matter here: istiod's client pings every 30 s (pkg/keepalive/options.go)
 grpcio's default policy answers frequent pings without data with GOAWAY too_many_pings,
 cutting the config stream; responses for 100k instances are large, and istiod accepts up to
 MaxInt32 bytes (pkg/adsc/adsc.go).
+
+TLS certificates are short-lived where cert-manager or a mesh CA issues them, and restarting
+to pick up a renewed one would cut every istiod stream. So the certificate and key files are
+polled and re-read when they change; gRPC's dynamic server credentials hand the new pair to
+the next handshake, and connections already open keep theirs.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
-from collections.abc import AsyncIterator
+import os
+import ssl
+import threading
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import grpc
@@ -22,6 +32,7 @@ from grpc_reflection.v1alpha import reflection
 from mcpserver_protos.istio.mcp.v1alpha1 import resource_pb2
 from mcpserver_protos.istio.networking.v1alpha3 import service_entry_pb2
 
+from mcpserver.metrics import Metrics
 from mcpserver.xds.sotw import AdsHandler
 
 log = logging.getLogger("mcpserver.xds")
@@ -39,6 +50,112 @@ class ServerOptions:
     max_message_bytes: int
     cert_file: str | None = None
     key_file: str | None = None
+    cert_poll_interval: float = 2.0  # seconds between checks of the TLS files
+
+
+class TLSError(Exception):
+    """The configured certificate and key cannot be used at start."""
+
+
+FileStamp = tuple[tuple[int, int, int], tuple[int, int, int]]
+
+
+def _stamp(cert_file: str, key_file: str) -> FileStamp:
+    """What changes when either file is replaced or rewritten (a Kubernetes secret volume
+    swaps a symlink, which stat follows)."""
+    c, k = os.stat(cert_file), os.stat(key_file)
+    return (c.st_ino, c.st_mtime_ns, c.st_size), (k.st_ino, k.st_mtime_ns, k.st_size)
+
+
+class CertificateFiles:
+    """The server's certificate and key, re-read when the files change.
+
+    A pair is only taken if the key matches the certificate (Python's ssl loads it) and both
+    files were unchanged while read: a rotation that writes one file, then the other, is seen
+    half-done at most once, refused, and taken at the next poll. A refused pair keeps the
+    previous one serving and is logged once.
+    """
+
+    def __init__(self, cert_file: str, key_file: str, metrics: Metrics | None = None) -> None:
+        self.cert_file, self.key_file = cert_file, key_file
+        self._metrics = metrics
+        self._lock = threading.Lock()  # the fetcher runs on a gRPC core thread
+        self._pending: grpc.ServerCertificateConfiguration | None = None
+        self._refused: FileStamp | None = None
+        self.generation = 0  # pairs loaded; the first is generation 1
+        try:
+            stamp, config = self._load()
+        except (OSError, ssl.SSLError) as err:
+            raise TLSError(f"server.tls: cannot use {cert_file} and {key_file}: {err}") from None
+        self._stamp = stamp
+        self.initial = config
+        self.generation = 1
+
+    def _load(self) -> tuple[FileStamp, grpc.ServerCertificateConfiguration]:
+        before = _stamp(self.cert_file, self.key_file)
+        with open(self.cert_file, "rb") as cert, open(self.key_file, "rb") as key:
+            cert_pem, key_pem = cert.read(), key.read()
+        ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER).load_cert_chain(self.cert_file, self.key_file)
+        if _stamp(self.cert_file, self.key_file) != before:
+            raise OSError("the files changed while being read")
+        return before, grpc.ssl_server_certificate_configuration([(key_pem, cert_pem)])
+
+    def check(self) -> bool:
+        """Re-read the files if they changed; True when a new pair was taken. Blocking
+        (stat and read): call it from a worker thread."""
+        seen: FileStamp | None = None
+        try:
+            seen = _stamp(self.cert_file, self.key_file)
+            if seen in (self._stamp, self._refused):
+                return False
+            stamp, config = self._load()
+        except (OSError, ssl.SSLError) as err:
+            if seen is None or seen != self._refused:
+                self._refused = seen
+                log.warning(
+                    "TLS certificate not reloaded, the previous one stays in use: cert=%s "
+                    "key=%s: %s",
+                    self.cert_file,
+                    self.key_file,
+                    err,
+                )
+                if self._metrics is not None:
+                    self._metrics.tls_reloads.labels("error").inc()
+            return False
+        with self._lock:
+            self._stamp, self._refused, self._pending = stamp, None, config
+            self.generation += 1
+        log.info(
+            "TLS certificate reloaded cert=%s key=%s; new connections use it, open streams "
+            "keep theirs",
+            self.cert_file,
+            self.key_file,
+        )
+        if self._metrics is not None:
+            self._metrics.tls_reloads.labels("ok").inc()
+        return True
+
+    def fetch(self) -> grpc.ServerCertificateConfiguration | None:
+        """gRPC's certificate fetcher, called before each handshake: the new pair once,
+        then None (keep using it)."""
+        with self._lock:
+            config, self._pending = self._pending, None
+        return config
+
+    def credentials(self) -> grpc.ServerCredentials:
+        # types-grpcio says the fetcher must return a configuration; gRPC documents None as
+        # "keep the current one", which is what every handshake without a change needs
+        fetch: Callable[[], grpc.ServerCertificateConfiguration] = self.fetch  # type: ignore[assignment]  # see above
+        return grpc.dynamic_ssl_server_credentials(self.initial, fetch)
+
+    async def watch(self, interval: float) -> None:
+        """Poll the files until cancelled."""
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await asyncio.to_thread(self.check)
+            except Exception:  # never let a surprise stop the reloads
+                log.exception("checking the TLS files failed")
 
 
 def channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
@@ -90,10 +207,15 @@ def ads_service(handler: AdsHandler) -> grpc.GenericRpcHandler:
 
 
 class XdsServer:
-    """Owns the grpc.aio server; `serving()` flips health once the store is primed."""
+    """Owns the grpc.aio server and its health: NOT_SERVING until `serving()` (the store is
+    primed), whenever `not_serving()` says so, and for good from shutdown on."""
 
-    def __init__(self, options: ServerOptions, handler: AdsHandler) -> None:
+    def __init__(
+        self, options: ServerOptions, handler: AdsHandler, metrics: Metrics | None = None
+    ) -> None:
         self._options = options
+        self.certificates: CertificateFiles | None = None
+        self._watcher: asyncio.Task[None] | None = None
         self._server = grpc.aio.server(options=channel_options(options.max_message_bytes))
         self._server.add_generic_rpc_handlers((ads_service(handler),))
         self._health = health.aio.HealthServicer()
@@ -103,24 +225,57 @@ class XdsServer:
             (ADS_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server
         )
         if options.cert_file and options.key_file:
-            with open(options.cert_file, "rb") as cert, open(options.key_file, "rb") as key:
-                credentials = grpc.ssl_server_credentials([(key.read(), cert.read())])
-            self.port = self._server.add_secure_port(options.listen, credentials)
+            self.certificates = CertificateFiles(options.cert_file, options.key_file, metrics)
+            self.port = self._server.add_secure_port(
+                options.listen, self.certificates.credentials()
+            )
         else:
             self.port = self._server.add_insecure_port(options.listen)
         if self.port == 0:
             raise OSError(f"cannot listen on {options.listen}")
 
     async def start(self) -> None:
-        await self._health.set("", health_pb2.HealthCheckResponse.SERVING)
-        await self._health.set(ADS_SERVICE, health_pb2.HealthCheckResponse.NOT_SERVING)
+        # NOT_SERVING until the first snapshot: until then every stream waits and answers
+        # nothing, so a load balancer or orchestrator must not count us ready yet. The overall
+        # service "" follows ADS because ADS is all this server is for.
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
         await self._server.start()
+        if self.certificates is not None:
+            self._watcher = asyncio.create_task(
+                self.certificates.watch(self._options.cert_poll_interval), name="tls-files"
+            )
         log.info("xds listening address=%s", self._options.listen)
 
     async def serving(self) -> None:
-        """Called when the first snapshot is published."""
-        await self._health.set(ADS_SERVICE, health_pb2.HealthCheckResponse.SERVING)
+        """The store holds a current snapshot (first publish, or recovery): "" and ADS report
+        SERVING. Ignored once shutdown has begun (`not_serving(final=True)` or `stop()`)."""
+        await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+
+    async def not_serving(self, *, final: bool = False) -> None:
+        """The overall service "" and ADS report NOT_SERVING, until the next `serving()`.
+
+        With `final=True` (the start of shutdown) it lasts: later `serving()` calls are
+        ignored, so a rebuild that completes while registries stop cannot make a server that
+        is going away look healthy, and health checkers steer new clients away while open
+        streams still drain.
+        """
+        if final:
+            # Sets every known service NOT_SERVING and makes later set() calls no-ops.
+            await self._health.enter_graceful_shutdown()
+        else:
+            await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
 
     async def stop(self, grace: float = 1.0) -> None:
-        await self._health.enter_graceful_shutdown()
+        """Health NOT_SERVING for good, no new RPCs, `grace` seconds for calls in flight,
+        then every ADS stream still open ends with UNAVAILABLE (istiod reconnects, to
+        another replica if the address has one)."""
+        await self.not_serving(final=True)
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
         await self._server.stop(grace)
+
+    async def _set_health(self, status: int) -> None:  # ServingStatus; typed int by the stubs
+        for service in ("", ADS_SERVICE):
+            await self._health.set(service, status)

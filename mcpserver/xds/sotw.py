@@ -1,188 +1,219 @@
 """The ADS stream handler: state of the world, one stream per istiod connection.
 
-Two sources drive a stream: requests from istiod and new snapshots from the store. A reader
-task turns requests into queue items and the store's wake-up adds one coalesced "snapshot
-changed" item; the handler takes items one at a time, asks protocol.decide_request() or
-should_push() what to do, and yields pre-serialized DiscoveryResponse bytes.
+Two sources drive a stream: requests from istiod and new snapshots from the store. This module
+only moves them: a reader task pulls requests from gRPC into a bounded intake, the store's
+wake-up sets one coalesced "snapshot changed" flag there, and the loop takes one item at a
+time, asks protocol.reduce() what it means and carries out the effects (yield a pre-serialized
+DiscoveryResponse, abort the stream, or tell the callbacks). Every decision is in reduce().
+
+The intake holds at most MAX_PENDING_REQUESTS requests: while one waits, the reader stops
+pulling from gRPC, so HTTP/2 flow control pushes back on a client that sends faster than we
+answer, instead of our memory growing (istiod's own server keeps one pending request per
+stream too, pkg/xds/server.go). Snapshot wake-ups never queue up: they are one flag.
 """
 
 from __future__ import annotations
 
 import asyncio
 import itertools
-import logging
-import time
+from collections import deque
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Final
 
 import grpc
 from envoy.service.discovery.v3 import discovery_pb2
 
 from mcpserver.metrics import Metrics
-from mcpserver.xds.protocol import Action, TypeState, decide_request, sent, should_push
+from mcpserver.xds.callbacks import ClientInfo, Clients, DefaultCallbacks, StreamCallbacks
+from mcpserver.xds.protocol import (
+    Abort,
+    Nacked,
+    NodeLearned,
+    Request,
+    Send,
+    SnapshotChanged,
+    StreamState,
+    reduce,
+)
 from mcpserver.xds.resources import encode_response
-from mcpserver.xds.snapshot import Snapshot
 from mcpserver.xds.store import SnapshotStore
 
-log = logging.getLogger("mcpserver.xds")
+# Clients and ClientInfo live in callbacks.py; app.py and admin.py import them from here.
+__all__ = [
+    "MAX_PENDING_REQUESTS",
+    "AdsHandler",
+    "ClientInfo",
+    "Clients",
+    "Intake",
+    "request_event",
+]
 
-_SNAPSHOT = object()
-_END = object()
-
-
-@dataclass
-class ClientInfo:
-    """What /debug/clients shows about one stream."""
-
-    stream_id: int
-    peer: str
-    connected_at: float
-    node_id: str = ""
-    types: dict[str, TypeState] = field(default_factory=dict)
-    responses: int = 0
-
-    def describe(self) -> dict[str, object]:
-        return {
-            "stream": self.stream_id,
-            "peer": self.peer,
-            "node": self.node_id,
-            "connected_seconds": round(time.time() - self.connected_at, 1),
-            "responses": self.responses,
-            "types": {
-                url: {"sent": s.version, "nonce": s.nonce, "acked": s.acked, "nacked": s.nacked}
-                for url, s in sorted(self.types.items())
-            },
-        }
+MAX_PENDING_REQUESTS: Final = 1
 
 
-class Clients:
-    """The open streams, for debugging and metrics."""
+class _Snapshot:
+    """The intake item for "the store published since the loop last looked"."""
 
-    def __init__(self) -> None:
-        self.open: dict[int, ClientInfo] = {}
-        self._ids = itertools.count(1)
 
-    def add(self, peer: str) -> ClientInfo:
-        info = ClientInfo(stream_id=next(self._ids), peer=peer, connected_at=time.time())
-        self.open[info.stream_id] = info
-        return info
+SNAPSHOT: Final = _Snapshot()
 
-    def remove(self, info: ClientInfo) -> None:
-        self.open.pop(info.stream_id, None)
+
+@dataclass(frozen=True, slots=True)
+class End:
+    """The intake item for "no more requests": `error` is None when the client closed."""
+
+    error: BaseException | None
+
+
+class Intake:
+    """Where the reader task and the stream loop meet: few requests, one snapshot flag.
+
+    The reader awaits put(), which returns only once fewer than `limit` requests wait; the
+    loop awaits take(). A snapshot flag is taken before requests, so a request is always
+    decided against the latest snapshot and never answered with an older one first.
+    """
+
+    def __init__(self, limit: int = MAX_PENDING_REQUESTS) -> None:
+        self._limit = limit
+        self._requests: deque[discovery_pb2.DiscoveryRequest] = deque()
+        self._snapshot = False
+        self._end: End | None = None
+        self._ready = asyncio.Event()  # the loop has something to take
+        self._room = asyncio.Event()  # the reader may put a request
+        self._room.set()
+
+    @property
+    def pending(self) -> int:
+        """Requests read from gRPC and not yet taken by the loop."""
+        return len(self._requests)
+
+    async def put(self, request: discovery_pb2.DiscoveryRequest) -> int:
+        """Hold a request for the loop, after waiting for room; returns the pending count."""
+        while len(self._requests) >= self._limit:
+            self._room.clear()
+            await self._room.wait()
+        self._requests.append(request)
+        self._ready.set()
+        return len(self._requests)
+
+    def snapshot_changed(self) -> None:
+        """The store's listener: coalesced, so any number of publishes is one item."""
+        self._snapshot = True
+        self._ready.set()
+
+    def close(self, error: BaseException | None) -> None:
+        """No more requests will come; taken after those still pending."""
+        self._end = End(error)
+        self._ready.set()
+
+    async def take(self) -> discovery_pb2.DiscoveryRequest | _Snapshot | End:
+        """The next item for the loop: a snapshot wake-up, a request, or the end."""
+        while True:
+            if self._snapshot:
+                self._snapshot = False
+                return SNAPSHOT
+            if self._requests:
+                request = self._requests.popleft()
+                self._room.set()
+                return request
+            if self._end is not None:
+                return self._end
+            self._ready.clear()
+            await self._ready.wait()
+
+
+def request_event(request: discovery_pb2.DiscoveryRequest) -> Request:
+    """The fields of a DiscoveryRequest that the protocol reads."""
+    has_error = request.HasField("error_detail")
+    return Request(
+        type_url=request.type_url,
+        response_nonce=request.response_nonce,
+        version_info=request.version_info,
+        has_error=has_error,
+        error_message=request.error_detail.message if has_error else "",
+        node_id=request.node.id if request.HasField("node") else "",
+    )
 
 
 class AdsHandler:
-    """StreamAggregatedResources: request iterator in, serialized DiscoveryResponses out."""
+    """StreamAggregatedResources: request iterator in, serialized DiscoveryResponses out.
 
-    def __init__(self, store: SnapshotStore, metrics: Metrics, clients: Clients) -> None:
+    `callbacks` replaces the default observers (metrics, logs and `clients`) when given.
+    """
+
+    def __init__(
+        self,
+        store: SnapshotStore,
+        metrics: Metrics,
+        clients: Clients,
+        *,
+        callbacks: StreamCallbacks | None = None,
+    ) -> None:
         self._store = store
-        self._metrics = metrics
-        self._clients = clients
+        self._callbacks: StreamCallbacks = callbacks or DefaultCallbacks(metrics, clients)
+        self._ids = itertools.count(1)
 
     async def stream(
         self,
         requests: AsyncIterator[discovery_pb2.DiscoveryRequest],
         context: grpc.aio.ServicerContext[discovery_pb2.DiscoveryRequest, bytes],
     ) -> AsyncIterator[bytes]:
-        info = self._clients.add(context.peer())
-        queue: asyncio.Queue[object] = asyncio.Queue()
-        pending = False
-
-        def wake() -> None:
-            nonlocal pending
-            if not pending:
-                pending = True
-                queue.put_nowait(_SNAPSHOT)
-
-        async def read() -> None:
-            try:
-                async for request in requests:
-                    queue.put_nowait(request)
-            except Exception as err:  # handed to the handler, which ends the stream
-                queue.put_nowait(err)
-            queue.put_nowait(_END)
-
-        unsubscribe = self._store.subscribe(wake)
-        reader = asyncio.create_task(read(), name=f"ads-read-{info.stream_id}")
-        self._metrics.streams.inc()
-        log.info("stream opened stream=%d peer=%s", info.stream_id, info.peer)
-        counter = itertools.count(1)
+        callbacks = self._callbacks
+        stream_id = next(self._ids)
+        intake = Intake()
+        # Seeded with the current snapshot; no await until subscribe(), so no publish is missed.
+        state = StreamState(stream_id, snapshot=self._store.snapshot)
+        callbacks.on_stream_open(stream_id, context.peer())
+        unsubscribe = self._store.subscribe(intake.snapshot_changed)
+        reader = asyncio.create_task(
+            self._read(stream_id, requests, intake), name=f"ads-read-{stream_id}"
+        )
+        reason: BaseException | None = None
         try:
             while True:
-                item = await queue.get()
-                if item is _END:
+                item = await intake.take()
+                if isinstance(item, End):
+                    reason = item.error
                     return
-                if isinstance(item, BaseException):
-                    log.info("stream ended stream=%d reason=%r", info.stream_id, item)
-                    return
-                snapshot = self._store.snapshot
-                if item is _SNAPSHOT:
-                    pending = False
-                    if snapshot is None:
-                        continue
-                    for type_url, state in list(info.types.items()):
-                        if should_push(state, snapshot.for_type_url(type_url).version):
-                            yield self._respond(info, type_url, snapshot, next(counter))
-                    continue
-                assert isinstance(item, discovery_pb2.DiscoveryRequest)
-                request = item
-                if not request.type_url:
-                    log.warning(
-                        "bad request stream=%d peer=%s: no type_url", info.stream_id, info.peer
-                    )
-                    await context.abort(
-                        grpc.StatusCode.INVALID_ARGUMENT,
-                        "DiscoveryRequest.type_url is required (mcpserver serves ADS, where "
-                        "every request names its type)",
-                    )
-                if request.HasField("node") and request.node.id and not info.node_id:
-                    info.node_id = request.node.id
-                decision = decide_request(
-                    info.types.get(request.type_url),
-                    request.response_nonce,
-                    request.version_info,
-                    request.HasField("error_detail"),
-                    snapshot is not None,
-                )
-                info.types[request.type_url] = decision.state
-                self._metrics.requests.labels(request.type_url, decision.action.value).inc()
-                if decision.action is Action.NACK:
-                    log.warning(
-                        "nack stream=%d type=%s version=%s error=%s",
-                        info.stream_id,
-                        request.type_url,
-                        request.version_info,
-                        request.error_detail.message,
-                    )
-                elif decision.action is Action.RESPOND and snapshot is not None:
-                    yield self._respond(info, request.type_url, snapshot, next(counter))
-                elif decision.action is Action.WAIT:
-                    log.info(
-                        "waiting for first snapshot stream=%d type=%s",
-                        info.stream_id,
-                        request.type_url,
-                    )
+                if isinstance(item, _Snapshot):
+                    event: Request | SnapshotChanged = SnapshotChanged(self._store.snapshot)
+                else:
+                    event = request_event(item)
+                state, effects = reduce(state, event)
+                for effect in effects:
+                    if isinstance(effect, Send):
+                        payload = encode_response(
+                            effect.version, effect.type_url, effect.nonce, effect.type_set.blob
+                        )
+                        callbacks.on_response(state, effect, len(payload))
+                        yield payload
+                    elif isinstance(effect, Abort):
+                        callbacks.on_bad_request(stream_id, effect.message)
+                        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, effect.message)
+                    elif isinstance(effect, NodeLearned):
+                        callbacks.on_node(state)
+                    else:
+                        callbacks.on_request(state, effect)
+                        if isinstance(effect, Nacked):
+                            callbacks.on_nack(state, effect)
         finally:
             unsubscribe()
             reader.cancel()
-            self._clients.remove(info)
-            self._metrics.streams.dec()
-            log.info("stream closed stream=%d peer=%s", info.stream_id, info.peer)
+            callbacks.on_stream_close(stream_id, reason)
 
-    def _respond(self, info: ClientInfo, type_url: str, snapshot: Snapshot, seq: int) -> bytes:
-        type_set = snapshot.for_type_url(type_url)
-        nonce = f"{info.stream_id}-{seq}-{type_set.version[:8]}"
-        info.types[type_url] = sent(info.types.get(type_url, TypeState()), type_set.version, nonce)
-        info.responses += 1
-        payload = encode_response(type_set.version, type_url, nonce, type_set.blob)
-        self._metrics.responses.labels(type_url).inc()
-        self._metrics.response_bytes.labels(type_url).inc(len(payload))
-        log.info(
-            "sent stream=%d type=%s version=%s resources=%d bytes=%d",
-            info.stream_id,
-            type_url,
-            type_set.version,
-            len(type_set.resources),
-            len(payload),
-        )
-        return payload
+    async def _read(
+        self,
+        stream_id: int,
+        requests: AsyncIterator[discovery_pb2.DiscoveryRequest],
+        intake: Intake,
+    ) -> None:
+        """Pull requests from gRPC, never more than the intake has room for."""
+        try:
+            async for request in requests:
+                pending = await intake.put(request)
+                self._callbacks.on_request_received(stream_id, pending)
+        except Exception as err:  # handed to the loop, which ends the stream
+            intake.close(err)
+            return
+        intake.close(None)

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import random
+import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import grpc
 import pytest
 from envoy.service.discovery.v3 import discovery_pb2
@@ -13,9 +17,13 @@ from envoy.service.discovery.v3 import discovery_pb2
 from mcpserver.app import App
 from mcpserver.metrics import Metrics
 from mcpserver.model import Instance, Port, Service
-from mcpserver.registry.base import OnChange, Registry, Status, View
+from mcpserver.registry.base import Registry, Status
+from mcpserver.registry.static.config import StaticRegistrySettings
 from mcpserver.registry.static.watcher import StaticRegistry
+from mcpserver.settings import Settings
+from mcpserver.xds.callbacks import KNOWN_TYPE_URLS, OTHER_TYPE_URL
 from mcpserver.xds.client import ADS_METHOD, IstiodLikeClient
+from mcpserver.xds.sotw import MAX_PENDING_REQUESTS
 from mcpserver.xds.typeurls import ISTIO_1_23, ISTIO_1_29, ISTIO_1_30, MESH_CONFIG
 from tests.conftest import (
     AppFactory,
@@ -67,8 +75,8 @@ async def test_one_response_per_type_and_acks_get_no_reply(
     entries = client.latest("ServiceEntry")
     assert sorted(f"{r.namespace}/{r.name}" for r in entries) == ["shop/cart", "shop/pay"]
     cart = next(r for r in entries if r.name == "cart")
-    assert [e.address for e in cart.spec.endpoints] == ["10.1.0.1", "10.1.0.2"]  # type: ignore[union-attr]
-    assert list(cart.spec.hosts) == ["cart.shop.svc.mesh"]  # type: ignore[union-attr]
+    assert [e.address for e in cart.service_entry.endpoints] == ["10.1.0.1", "10.1.0.2"]
+    assert list(cart.service_entry.hosts) == ["cart.shop.svc.mesh"]
     assert client.latest("WorkloadEntry") == []
     # the server has processed every ACK (MeshConfig is never ACKed, as in adsc) ...
     assert client.acks_sent == len(type_urls) - 1
@@ -125,26 +133,23 @@ async def test_removed_service_disappears_and_reconnect_gets_full_state(
     assert all(len(r) == 1 for r in second.responses.values())
 
 
+def static_registry(settings: Settings) -> StaticRegistry:
+    entry = settings.registries[0]
+    assert isinstance(entry, StaticRegistrySettings)
+    return StaticRegistry(entry, Metrics())
+
+
 class ControlledRegistry(Registry):
     """A registry whose sync the test decides (fakes are fine for the server's own tests)."""
 
     def __init__(self, name: str) -> None:
-        self.name = name
-        self._view = View(name)
-        self._on_change: OnChange = lambda: None
+        super().__init__(name, Metrics())
 
-    async def start(self, on_change: OnChange) -> None:
-        self._on_change = on_change
-
-    async def stop(self) -> None:
+    async def open(self) -> None:
         pass
 
-    def view(self) -> View:
-        return self._view
-
     def sync(self, *services: Service) -> None:
-        self._view = View(self.name, services, synced=True, status=Status.READY)
-        self._on_change()
+        self.publish(services, synced=True)
 
 
 def svc(name: str, address: str) -> Service:
@@ -162,8 +167,8 @@ async def test_nothing_is_sent_before_the_first_complete_snapshot(
     static_file: Path, start_app: AppFactory, connect: ClientFactory
 ) -> None:
     slow = ControlledRegistry("slow")
-    settings = make_settings(static_file, startup={"wait_for_registries": "60s"})
-    app = await start_app(settings, [StaticRegistry(settings.registries[0], Metrics()), slow])
+    settings = make_settings(static_file)
+    app = await start_app(settings, [static_registry(settings), slow])
     client = await connect(app.port)
     # the server has seen all 15 requests and decided to wait on each, and a rebuild has run
     await eventually(lambda: outcomes(app, "wait") == len(ISTIO_1_29))
@@ -179,9 +184,9 @@ async def test_nothing_is_sent_before_the_first_complete_snapshot(
 async def test_startup_wait_bounds_a_registry_that_never_syncs(
     static_file: Path, start_app: AppFactory, connect: ClientFactory
 ) -> None:
-    settings = make_settings(static_file, startup={"wait_for_registries": "300ms"})
+    settings = make_settings(static_file, startup={"serve_partial_after": "300ms"})
     never = ControlledRegistry("slow")
-    app = await start_app(settings, [StaticRegistry(settings.registries[0], Metrics()), never])
+    app = await start_app(settings, [static_registry(settings), never])
     client = await connect(app.port)
     await client.wait_for(lambda c: c.synced(), 10)
     assert sorted(versions(client)) == ["shop/cart", "shop/pay"]
@@ -310,3 +315,89 @@ async def test_many_concurrent_streams_all_follow_changes(
     await asyncio.gather(
         *(c.wait_for(lambda c: list(versions(c)) == ["shop/solo"], 10) for c in clients)
     )
+
+
+async def test_a_flooding_client_is_held_back_and_others_are_still_served(
+    static_file: Path, start_app: AppFactory, connect: ClientFactory
+) -> None:
+    """5,000 re-subscriptions on one stream whose responses are never read: the server holds
+    at most MAX_PENDING_REQUESTS of them (HTTP/2 flow control holds the rest in the client),
+    and other streams are answered as usual."""
+    # ~100 kB per response, so the flooder's unread responses soon fill the flow-control
+    # windows and the server's loop for that stream blocks on its write
+    many = [service(f"s{i}", *(f"10.2.{i}.{j}" for j in range(1, 21))) for i in range(200)]
+    write_services(static_file, many)
+    app = await start_app(make_settings(static_file))
+    watcher = await connect(app.port)
+    await watcher.wait_for(lambda c: c.synced(), 10)
+    se = se_url(watcher)
+
+    async def flood() -> AsyncIterator[discovery_pb2.DiscoveryRequest]:
+        for _ in range(5000):
+            yield discovery_pb2.DiscoveryRequest(type_url=se)  # empty nonce: answer in full
+
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+        call = channel.stream_stream(
+            ADS_METHOD,
+            request_serializer=discovery_pb2.DiscoveryRequest.SerializeToString,
+            response_deserializer=discovery_pb2.DiscoveryResponse.FromString,
+        )(flood())
+        flooder = await eventually(
+            lambda: next((c for c in app.clients.open.values() if not c.node_id), None)
+        )
+        await eventually(lambda: flooder.responses >= 1)
+        # while the flooder is held, a new client syncs and a change reaches the watcher
+        started = time.monotonic()
+        newcomer = await connect(app.port)
+        await newcomer.wait_for(lambda c: c.synced(), 5)
+        write_services(static_file, [*many, service("after-flood", "10.3.0.1")])
+        await watcher.wait_for(lambda c: "shop/after-flood" in versions(c), 5)
+        assert time.monotonic() - started < 5
+        assert flooder.stream_id in app.clients.open  # still open, still held
+        assert 1 <= flooder.pending_high_water <= MAX_PENDING_REQUESTS
+        assert flooder.responses < 5000  # back-pressure reached the client
+        call.cancel()
+    await eventually(lambda: flooder.stream_id not in app.clients.open)
+
+
+def type_url_labels(app: App) -> dict[str, set[str]]:
+    """Every type_url label value, per xds metric family."""
+    found: dict[str, set[str]] = {}
+    for metric in app.metrics.registry.collect():
+        for s in metric.samples:
+            if s.name.startswith("mcpserver_xds_") and "type_url" in s.labels:
+                found.setdefault(s.name, set()).add(s.labels["type_url"])
+    return found
+
+
+async def test_unknown_type_urls_cannot_inflate_metrics(
+    static_file: Path, start_app: AppFactory
+) -> None:
+    app = await start_app(make_settings(static_file))
+    await eventually(lambda: app.store.snapshot is not None)
+    rng = random.Random(20260822)
+    unknown = [
+        f"x{rng.getrandbits(64):x}.example/v{i}/Kind{rng.getrandbits(32):x}" for i in range(50)
+    ]
+    se = "networking.istio.io/v1/ServiceEntry"
+    requests = [discovery_pb2.DiscoveryRequest(type_url=url) for url in [*unknown, se]]
+    responses = await raw_stream(app.port, *requests)
+    # each one is still answered (with the empty set), echoing its type URL
+    assert [r.type_url for r in responses] == [*unknown, se]
+    labels = type_url_labels(app)
+    for name in (
+        "mcpserver_xds_requests_total",
+        "mcpserver_xds_responses_total",
+        "mcpserver_xds_response_bytes_total",
+    ):
+        assert labels[name] == {OTHER_TYPE_URL, se}, name
+    assert sample(app, "mcpserver_xds_requests_total", type_url="other", outcome="respond") == 50
+    assert sample(app, "mcpserver_xds_responses_total", type_url="other") == 50
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(f"http://127.0.0.1:{app.admin.port}/metrics") as reply,
+    ):
+        text = await reply.text()
+    assert not any(url in text for url in unknown)
+    assert f'type_url="{OTHER_TYPE_URL}"' in text
+    assert {se, *ISTIO_1_23, *ISTIO_1_30} <= KNOWN_TYPE_URLS

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import http.server
 import os
 import re
+import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -140,3 +143,170 @@ def test_dump_against_nothing_fails_cleanly() -> None:
     done = run("dump", "--server", f"127.0.0.1:{free_port()}", "--timeout", "2")
     assert done.returncode == 1
     assert "dump:" in done.stderr
+
+
+def test_check_config_reports_every_record_serve_would_withhold(tmp_path: Path) -> None:
+    """check-config parses, converts and validates exactly as serve does, every problem with
+    its field path: malformed fields (all of them) and Istio's rules."""
+    (tmp_path / "s.yaml").write_text(
+        """
+services:
+  - name: good
+    ports: [{name: http, number: 80}]
+    instances: [{address: 10.0.0.1}]
+  - name: huge
+    ports: [{name: tcp, number: 4294967296}]
+    instances: [{address: 10.0.0.2, weight: 99999999999}]
+  - name: badhost
+    host: bad_host.shop
+    ports: [{name: http, number: 80}]
+    instances: [{address: 10.0.0.3}]
+  - name: notip
+    ports: [{name: http_web, number: 80}]
+    instances: [{address: backend.example.com}]
+"""
+    )
+    config = tmp_path / "c.yaml"
+    config.write_text("registries: [{kind: static, name: s, path: s.yaml}]\n")
+    done = run("check-config", str(config))
+    assert done.returncode == 2, done.stdout
+    lines = done.stderr.splitlines()
+    where = f"{tmp_path / 's.yaml'}: services"
+    expected = [
+        f"{where}[1] (huge): ports[0].number: Input should be less than or equal to 65535",
+        f"{where}[1] (huge): instances[0].weight: Input should be less than or equal to 4294967295",
+        f"{where}[2] (badhost): ServiceEntry default/badhost: domain name 'bad_host.shop' invalid",
+        f"{where}[3] (notip): ServiceEntry default/notip: invalid port name: http_web",
+        f"{where}[3] (notip): ServiceEntry default/notip: endpoint address 'backend.example.com' is not a valid IP address",
+    ]
+    for line in expected:
+        assert any(line in got for got in lines), (line, lines)
+    assert not any("(good)" in got for got in lines)
+
+
+def test_check_config_from_another_directory(tmp_path: Path) -> None:
+    """Relative paths of every kind resolve against the config file, not the cwd."""
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    (etc / "s.yaml").write_text("services: []\n")
+    (etc / "token").write_text("secret\n")
+    (etc / "ca.pem").write_text("x\n")
+    (etc / "c.yaml").write_text(
+        "registries:\n"
+        "  - {kind: static, name: s, path: s.yaml}\n"
+        "  - {kind: consul, name: c, token: {file: token}, tls: {ca_file: ca.pem}}\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "mcpserver", "check-config", "etc/c.yaml"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=60,
+        check=False,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert done.returncode == 0, done.stderr
+    assert "ok (2 registries)" in done.stdout
+
+
+def test_a_config_without_registries_is_refused_not_the_demo(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text("server: {listen: '127.0.0.1:1'}\n")
+    done = run("check-config", str(config))
+    assert done.returncode == 2 and "registries: required" in done.stderr
+    config.write_text("registries: []\n")
+    done = run("check-config", str(config))
+    assert done.returncode == 0 and "warning: no registries" in done.stderr
+
+
+def no_traceback(done: subprocess.CompletedProcess[str]) -> None:
+    assert "Traceback" not in done.stderr, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
+def test_dump_fails_at_once_against_a_closed_or_non_grpc_port() -> None:
+    started = time.monotonic()
+    done = run("dump", "--server", f"127.0.0.1:{free_port()}", "--timeout", "30")
+    assert done.returncode == 1 and "dump: stream to" in done.stderr
+    no_traceback(done)
+    assert time.monotonic() - started < 15  # gRPC knows: no waiting for --timeout
+    # an HTTP/1.1 server (a wrong port, e.g. the admin one): no HTTP/2, gRPC fails at once
+    web = http.server.ThreadingHTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
+    threading.Thread(target=web.serve_forever, daemon=True).start()
+    try:
+        started = time.monotonic()
+        done = run("dump", "--server", f"127.0.0.1:{web.server_port}", "--timeout", "30")
+    finally:
+        web.shutdown()
+        web.server_close()
+    assert done.returncode == 1 and "dump: stream to" in done.stderr
+    no_traceback(done)
+    assert time.monotonic() - started < 15
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["dump", "--ca", "/nonexistent/ca.pem"], "dump: --ca /nonexistent/ca.pem: no such file"),
+        (["dump", "--istio-version", "banana"], "expected an Istio version"),
+    ],
+)
+def test_dump_usage_errors_are_one_line(args: list[str], message: str) -> None:
+    done = run(*args)
+    assert done.returncode == 2
+    assert message in done.stderr and "Traceback" not in done.stderr
+
+
+def test_serve_on_a_port_in_use_is_one_line(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        for field, other in (("listen", "admin"), ("admin", "listen")):
+            config = tmp_path / f"{field}.yaml"
+            config.write_text(
+                f"server: {{{field}: '127.0.0.1:{port}', {other}: '127.0.0.1:{free_port()}'}}\n"
+                "registries: []\n"
+            )
+            done = run("serve", "--config", str(config), timeout=30)
+            assert done.returncode == 1, done.stderr
+            assert f"cannot listen on server.{field} 127.0.0.1:{port}" in done.stderr
+            assert "Traceback" not in done.stderr
+
+
+def test_a_closed_stdout_pipe_is_one_line(tmp_path: Path) -> None:
+    port, admin = free_port(), free_port()
+    env = {
+        **os.environ,
+        "MCPSERVER_SERVER__LISTEN": f"127.0.0.1:{port}",
+        "MCPSERVER_SERVER__ADMIN": f"127.0.0.1:{admin}",
+    }
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mcpserver", "serve"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{admin}/readyz", timeout=2):
+                    break
+            except OSError:
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+        reader_gone = subprocess.run(
+            # `true` exits at once: the reader is gone long before dump has anything to print
+            f"{sys.executable} -m mcpserver dump --server 127.0.0.1:{port} | true",
+            shell=True,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert "Traceback" not in reader_gone.stderr, reader_gone.stderr
+        assert "mcpserver: output closed by the reader" in reader_gone.stderr
+    finally:
+        server.terminate()
+        server.wait(10)

@@ -14,14 +14,17 @@ from pathlib import Path
 import aiohttp
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from tests.component.test_ads import ControlledRegistry, svc
 from tests.conftest import AppFactory, ClientFactory, eventually, make_settings
 
 pytestmark = pytest.mark.component
 
 ADS = "envoy.service.discovery.v3.AggregatedDiscoveryService"
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 def ready(admin_port: int) -> bool:
@@ -39,25 +42,61 @@ def grpcurl() -> str:
     return found
 
 
-async def test_health_reports_ads_serving_once_primed(
+async def health(port: int) -> dict[str, int]:
+    """The status of the overall service "" and of ADS, by service name."""
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        # called by path: the grpc_health stubs declare no methods on HealthStub
+        check = channel.unary_unary(
+            "/grpc.health.v1.Health/Check",
+            request_serializer=health_pb2.HealthCheckRequest.SerializeToString,
+            response_deserializer=health_pb2.HealthCheckResponse.FromString,
+        )
+        return {
+            name: (await check(health_pb2.HealthCheckRequest(service=name))).status
+            for name in ("", ADS)
+        }
+
+
+async def wait_for_health(port: int, status: int) -> None:
+    """Poll until "" and ADS both report `status` (health changes after the publish)."""
+    for _ in range(250):
+        if set((await health(port)).values()) == {status}:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"health never became {status}: {await health(port)}")
+
+
+async def test_health_is_not_serving_until_the_first_snapshot(
+    static_file: Path, start_app: AppFactory
+) -> None:
+    never_yet = ControlledRegistry("slow")
+    app = await start_app(make_settings(static_file), [never_yet])
+    # the server is up and takes streams, but answers nothing: not a server to send traffic to
+    assert await health(app.port) == {"": NOT_SERVING, ADS: NOT_SERVING}
+    await eventually(lambda: app.debouncer.runs >= 1)
+    assert app.store.snapshot is None
+    assert await health(app.port) == {"": NOT_SERVING, ADS: NOT_SERVING}
+    never_yet.sync(svc("late", "10.9.0.1"))
+    await wait_for_health(app.port, SERVING)
+    assert app.store.snapshot is not None
+
+
+async def test_health_follows_serving_and_not_serving_and_shutdown_is_final(
     static_file: Path, start_app: AppFactory
 ) -> None:
     app = await start_app(make_settings(static_file))
     await eventually(lambda: app.store.snapshot is not None)
-    async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        overall = await stub.Check(health_pb2.HealthCheckRequest(service=""))
-        assert overall.status == health_pb2.HealthCheckResponse.SERVING
-
-        async def ads_serving() -> bool:
-            reply = await stub.Check(health_pb2.HealthCheckRequest(service=ADS))
-            return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
-
-        for _ in range(200):
-            if await ads_serving():
-                break
-            await asyncio.sleep(0.02)
-        assert await ads_serving()
+    await wait_for_health(app.port, SERVING)
+    # not serving for a while (e.g. rebuilds failing), then serving again
+    await app.xds.not_serving()
+    assert await health(app.port) == {"": NOT_SERVING, ADS: NOT_SERVING}
+    await app.xds.serving()
+    assert await health(app.port) == {"": SERVING, ADS: SERVING}
+    # shutdown: a late serving() does not make a server that is going away look healthy
+    await app.xds.not_serving(final=True)
+    assert await health(app.port) == {"": NOT_SERVING, ADS: NOT_SERVING}
+    await app.xds.serving()
+    assert await health(app.port) == {"": NOT_SERVING, ADS: NOT_SERVING}
 
 
 async def test_reflection_lists_ads(static_file: Path, start_app: AppFactory) -> None:
@@ -164,7 +203,14 @@ async def test_admin_endpoints(
         assert clients[0]["types"][se]["acked"] == clients[0]["types"][se]["sent"]
         registries = json.loads((await get("/debug/registries"))[1])
         assert registries == [
-            {"name": "files", "status": "ready", "synced": True, "services": 2, "detail": ""}
+            {
+                "name": "files",
+                "kind": "static",
+                "status": "ready",
+                "synced": True,
+                "services": 2,
+                "detail": "",
+            }
         ]
         assert json.loads((await get("/debug/problems"))[1]) == []
 

@@ -11,7 +11,7 @@ import pytest
 from mcpserver.xds.client import IstiodLikeClient
 from mcpserver.xds.typeurls import ISTIO_1_29
 from tests.certs import make_certs
-from tests.conftest import AppFactory, make_settings
+from tests.conftest import AppFactory, health_status, make_settings
 
 pytestmark = pytest.mark.component
 
@@ -49,4 +49,4 @@ async def test_tls_clients_sync_and_plaintext_is_refused(
     assert await asyncio.to_thread(main, dump) == 1  # plaintext against TLS fails cleanly
     async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as plain:
         with pytest.raises(grpc.aio.AioRpcError):
-            await plain.unary_unary("/grpc.health.v1.Health/Check")(b"", timeout=3)
+            await health_status(plain, "")

@@ -106,7 +106,8 @@ class ConsulAgent:
         if self.acl_token:
             request.add_header("X-Consul-Token", self.acl_token)
         with urllib.request.urlopen(request, timeout=10) as response:
-            return response.read().decode()
+            raw: bytes = response.read()
+            return raw.decode()
 
     def register(self, **service: Any) -> None:
         self.request("PUT", "/v1/agent/service/register", service)

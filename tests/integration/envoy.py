@@ -119,7 +119,8 @@ class Envoy:
     def config_dump(self) -> str:
         url = f"http://127.0.0.1:{self.admin_port}/config_dump"
         with urllib.request.urlopen(url, timeout=5) as response:
-            return response.read().decode()
+            body: bytes = response.read()
+            return body.decode()
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

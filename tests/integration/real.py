@@ -2,7 +2,7 @@
 
 Each is built or installed into a cache outside the repo (~/.cache/mcpserver/, keyed by what
 determines the build), reused when present. When a component cannot be had, tests skip with a
-message naming what is missing, except under MCPSERVER_REQUIRE_REAL=1 (CI), where that is a
+message naming what is missing, except under MCPTEST_REQUIRE_REAL=1 (CI), where that is a
 failure.
 """
 
@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 HERE = Path(__file__).resolve().parent
-CACHE = Path(os.environ.get("MCPSERVER_CACHE", Path.home() / ".cache" / "mcpserver"))
+CACHE = Path(os.environ.get("MCPTEST_CACHE", Path.home() / ".cache" / "mcpserver"))
 ENVOY_VERSION = "1.40.0"
 # Modules the module proxy serves but whose checksums the checksum database does not list;
 # the harness's go.sum pins their hashes.
@@ -33,7 +33,7 @@ NO_SUMDB = "github.com/agentgateway,github.com/envoyproxy/go-control-plane/contr
 
 def missing(what: str) -> None:
     """Skip locally, fail in CI: a real component that cannot be had."""
-    if os.environ.get("MCPSERVER_REQUIRE_REAL") == "1":
+    if os.environ.get("MCPTEST_REQUIRE_REAL") == "1":
         pytest.fail(f"required real component unavailable: {what}")
     pytest.skip(f"real component unavailable: {what}")
 

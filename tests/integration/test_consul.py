@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -88,7 +89,10 @@ def register(agent: ConsulAgent, health: Health, ident: str, address: str, **ext
     agent.register(**service)
 
 
-def consul_settings(tmp_path: Path, agent: ConsulAgent, **registry: Any) -> Any:
+def consul_settings(
+    tmp_path: Path, agent: ConsulAgent, top: dict[str, Any] | None = None, **registry: Any
+) -> Any:
+    """Settings with one Consul registry; `top` holds top-level settings (protection, ...)."""
     entry: dict[str, Any] = {
         "kind": "consul",
         "name": "consul",
@@ -97,16 +101,21 @@ def consul_settings(tmp_path: Path, agent: ConsulAgent, **registry: Any) -> Any:
         "wait": "2s",
     }
     entry.update(registry)
-    return settings_for(tmp_path, entry)
+    return settings_for(tmp_path, entry, **(top or {}))
 
 
 def web_entry(client: IstiodLikeClient) -> DecodedResource | None:
     return next((r for r in client.latest("ServiceEntry") if r.name == HOST), None)
 
 
+def require(entry: DecodedResource | None) -> DecodedResource:
+    assert entry is not None, "web is not served"
+    return entry
+
+
 def addresses(client: IstiodLikeClient) -> list[str]:
     entry = web_entry(client)
-    return [] if entry is None else sorted(e.address for e in entry.spec.endpoints)  # type: ignore[union-attr]
+    return [] if entry is None else sorted(e.address for e in entry.service_entry.endpoints)
 
 
 async def started(
@@ -127,7 +136,9 @@ async def test_register_tags_health_and_deregister(
 ) -> None:
     register(consul, health, "web-1", "10.20.0.1")
     register(consul, health, "web-2", "10.20.0.2", Port=8081)
-    app, client = await started(start_app, connect, consul_settings(tmp_path, consul))
+    # the end deregisters the registry's only service: protection would hold that removal
+    settings = consul_settings(tmp_path, consul, top={"protection": {"hold_empty": False}})
+    app, client = await started(start_app, connect, settings)
     await client.wait_for(lambda c: addresses(c) == ["10.20.0.1", "10.20.0.2"], 30)
     entry = web_entry(client)
     assert entry is not None
@@ -149,8 +160,11 @@ async def test_register_tags_health_and_deregister(
     # tags change
     register(consul, health, "web-1", "10.20.0.1", Tags=["version=v2"])
     await client.wait_for(
-        lambda c: any(e.labels.get("version") == "v2" for e in web_entry(c).spec.endpoints), 30
-    )  # type: ignore[union-attr]
+        lambda c: any(
+            e.labels.get("version") == "v2" for e in require(web_entry(c)).service_entry.endpoints
+        ),
+        30,
+    )
 
     # a failing check takes the instance out; recovery brings it back
     health.healthy["web-2"] = False
@@ -218,6 +232,69 @@ async def test_acl_token_from_environment(
         await eventually(lambda: "Permission denied" in registry.view().detail, within=30)
         assert registry.view().status is Status.DEGRADED
         assert registry.view().services == ()
+    finally:
+        await asyncio.to_thread(agent.stop)
+
+
+READ_ALL = (
+    'service_prefix "" { policy = "read" } node_prefix "" { policy = "read" } '
+    'agent_prefix "" { policy = "read" }'
+)
+
+
+async def test_results_filtered_by_acl_degrade_and_protection_holds_the_service(
+    tmp_path: Path, consul_bin: Path, health: Health, start_app: AppFactory, connect: ClientFactory
+) -> None:
+    """Consul answers a token that may not read a service by leaving it out, and says so
+    only in X-Consul-Results-Filtered-By-ACLs: the registry turns DEGRADED with that reason,
+    the (empty) data still flows, and protection keeps the service served to istiod."""
+    agent = ConsulAgent(consul_bin, tmp_path / "consul-acl", acl_token="root-secret-token")
+    agent.start()
+    try:
+        register(agent, health, "web-1", "10.28.0.1")
+        policy = json.loads(
+            agent.request("PUT", "/v1/acl/policy", {"Name": "mcpserver", "Rules": READ_ALL})
+        )
+        token = json.loads(
+            agent.request("PUT", "/v1/acl/token", {"Policies": [{"ID": policy["ID"]}]})
+        )
+        token_file = tmp_path / "consul-token"
+        token_file.write_text(token["SecretID"])
+        settings = consul_settings(tmp_path, agent, token={"file": str(token_file)})
+        app, client = await started(start_app, connect, settings)
+        await client.wait_for(lambda c: addresses(c) == ["10.28.0.1"], 30)
+        registry = app.registries[0]
+        assert registry.view().status is Status.READY
+
+        def set_rules(rules: str) -> None:
+            body = {"Name": "mcpserver", "Rules": rules}
+            agent.request("PUT", f"/v1/acl/policy/{policy['ID']}", body)
+
+        def metric(name: str, **labels: str) -> float:
+            value = app.metrics.registry.get_sample_value(name, {"registry": "consul", **labels})
+            return value or 0.0
+
+        # the token loses service read: Consul filters every service out of its answers
+        await asyncio.to_thread(
+            set_rules,
+            READ_ALL.replace(
+                'service_prefix "" { policy = "read" }', 'service_prefix "" { policy = "deny" }'
+            ),
+        )
+        await eventually(lambda: registry.view().status is Status.DEGRADED, within=30)
+        assert "X-Consul-Results-Filtered-By-ACLs" in registry.view().detail
+        assert "looks deleted" in registry.view().detail
+        assert metric("mcpserver_registry_errors_total", kind="acl-filtered") >= 1
+        # the filtered (empty) answer reached the pipeline, whose protection holds it
+        await eventually(lambda: registry.view().services == (), within=30)
+        await eventually(lambda: metric("mcpserver_registry_removal_held") == 1, within=30)
+        assert addresses(client) == ["10.28.0.1"]
+
+        # read access back: answers are no longer filtered, the registry recovers
+        await asyncio.to_thread(set_rules, READ_ALL)
+        await eventually(lambda: registry.view().status is Status.READY, within=30)
+        await eventually(lambda: metric("mcpserver_registry_removal_held") == 0, within=30)
+        assert addresses(client) == ["10.28.0.1"]
     finally:
         await asyncio.to_thread(agent.stop)
 
@@ -403,7 +480,9 @@ async def test_several_datacenters(
         settings = consul_settings(tmp_path, dc1, datacenters=["dc1", "dc2"])
         _, client = await started(start_app, connect, settings)
         await client.wait_for(lambda c: addresses(c) == ["10.27.0.1", "10.27.1.1"], 60)
-        localities = {e.address: e.locality for e in web_entry(client).spec.endpoints}  # type: ignore[union-attr]
+        localities = {
+            e.address: e.locality for e in require(web_entry(client)).service_entry.endpoints
+        }
         assert localities == {"10.27.0.1": "dc1", "10.27.1.1": "dc2"}
     finally:
         await asyncio.to_thread(dc2.stop)

@@ -65,7 +65,8 @@ async def backends() -> AsyncIterator[dict[str, int]]:
 
 def get(port: int) -> str:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/hello", timeout=3) as response:
-        return response.read().decode()
+        body: bytes = response.read()
+        return body.decode()
 
 
 async def test_request_through_envoy_follows_the_registry(

@@ -6,7 +6,7 @@ import asyncio
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from mcpserver.xds.typeurls import ISTIO_1_30
 from tests.conftest import AppFactory, make_settings, service, write_services
@@ -16,17 +16,17 @@ from tests.integration.xdsprobe import endpoints
 T = TypeVar("T")
 
 
-async def until(check: Callable[[], T], within: float = 30.0) -> T:
+async def until(check: Callable[[], T | None], within: float = 30.0) -> T:
     """Poll a blocking check (istiod's HTTP debug pages) off the loop until it is truthy."""
     deadline = time.monotonic() + within
-    last: Any = None
+    last: T | Exception | None = None
     while True:
         try:
             last = await asyncio.to_thread(check)
         except (OSError, ValueError) as err:
             last = err
-        if last and not isinstance(last, Exception):
-            return last  # type: ignore[no-any-return]
+        if last is not None and not isinstance(last, Exception) and last:
+            return last
         if time.monotonic() > deadline:
             raise AssertionError(f"not met within {within}s; last: {last!r}")
         await asyncio.sleep(0.1)
@@ -38,7 +38,8 @@ async def test_istiod_stores_registers_and_serves_our_services(
     app = await start_app(make_settings(static_file))
     istiod = await start_istiod(app.port)
     configs = await until(lambda: istiod.configs() if len(istiod.configs()) == 2 else None)
-    ours = {r.name: r.version for r in app.store.snapshot.sets["ServiceEntry"].resources}  # type: ignore[union-attr]
+    assert app.store.snapshot is not None
+    ours = {r.name: r.version for r in app.store.snapshot.sets["ServiceEntry"].resources}
     assert {k: c["metadata"]["resourceVersion"] for k, c in configs.items()} == ours
     assert {"cart.shop.svc.mesh", "pay.shop.svc.mesh"} <= istiod.hosts()
     names, found = await endpoints(istiod.grpc_port, "outbound|8080||cart.shop.svc.mesh")

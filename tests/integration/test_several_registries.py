@@ -49,7 +49,7 @@ async def test_same_host_from_static_and_zookeeper(
     app = await start_app(settings(tmp_path, zookeeper, policy))
     client = await connect(app.port)
     await client.wait_for(lambda c: c.synced(), 30)
-    entries = [r for r in client.latest("ServiceEntry") if HOST in r.spec.hosts]  # type: ignore[union-attr]
+    entries = [r for r in client.latest("ServiceEntry") if HOST in r.service_entry.hosts]
     assert len(entries) == 1  # never two ServiceEntries competing for one host
     (entry,) = entries
     assert f"{entry.namespace}/{entry.name}" == "dubbo/demo"  # the first registry's resource

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+import aiohttp
 import pytest
 from kazoo.client import KazooClient
-from kazoo.security import make_digest_acl
+from kazoo.security import OPEN_ACL_UNSAFE, make_digest_acl
 
 from mcpserver.app import App
 from mcpserver.registry.base import Status
+from mcpserver.registry.zookeeper import assembly, watcher
 from mcpserver.xds.client import DecodedResource, IstiodLikeClient
 from tests.conftest import AppFactory, ClientFactory, eventually, settings_for
 from tests.integration.zookeeper import ZooKeeper
@@ -39,7 +42,12 @@ def add_provider(zk: KazooClient, url: str, root: str = "/dubbo", iface: str = I
     return path
 
 
-def zk_settings(tmp_path: Path, zookeeper: ZooKeeper, **registry: Any) -> Any:
+def zk_settings(
+    tmp_path: Path,
+    zookeeper: ZooKeeper,
+    protection: dict[str, Any] | None = None,
+    **registry: Any,
+) -> Any:
     entry: dict[str, Any] = {
         "kind": "zookeeper",
         "name": "zk",
@@ -48,7 +56,13 @@ def zk_settings(tmp_path: Path, zookeeper: ZooKeeper, **registry: Any) -> Any:
         "session_timeout": "4s",
     }
     entry.update(registry)
-    return settings_for(tmp_path, entry)
+    top = {"protection": protection} if protection is not None else {}
+    return settings_for(tmp_path, entry, **top)
+
+
+# for tests that remove every service of the registry and expect them gone at once (by
+# default such a removal is held for a while: protection.hold_empty)
+REMOVE_ALL = {"hold_empty": False}
 
 
 def entries(client: IstiodLikeClient) -> dict[str, DecodedResource]:
@@ -72,7 +86,9 @@ async def test_provider_appears_changes_and_disappears(
     connect: ClientFactory,
 ) -> None:
     first = add_provider(zk_writer, provider_url("10.0.0.5"))
-    _, client = await synced(start_app, connect, zk_settings(tmp_path, zookeeper))
+    _, client = await synced(
+        start_app, connect, zk_settings(tmp_path, zookeeper, protection=REMOVE_ALL)
+    )
     se = entries(client)[HOST]
     spec: Any = se.spec
     assert list(spec.hosts) == [HOST]
@@ -83,9 +99,11 @@ async def test_provider_appears_changes_and_disappears(
         "version": "1.0.0",
         "registry": "zk",
     }
-    # a TCP service sharing port 20880 gets a stable VIP from vip.cidr
+    # a TCP service sharing port 20880 gets a stable VIP from vip.cidr (by default
+    # 240.0.0.0/8, never from istiod's own 240.240.0.0/16)
     (vip,) = spec.addresses
-    assert vip.startswith("240.241.")
+    assert ipaddress.ip_address(vip) in ipaddress.ip_network("240.0.0.0/8")
+    assert ipaddress.ip_address(vip) not in ipaddress.ip_network("240.240.0.0/16")
     # create_time is the providers node's ctime, so it survives restarts
     ctime = zk_writer.exists(f"/dubbo/{IFACE}/providers").ctime
     assert int(se.create_time.timestamp() * 1000) == ctime
@@ -94,11 +112,11 @@ async def test_provider_appears_changes_and_disappears(
     zk_writer.delete(first)
     add_provider(zk_writer, provider_url("10.0.0.5", weight="7", version="2.0.0"))
     add_provider(zk_writer, provider_url("10.0.0.6"))
-    await client.wait_for(lambda c: len(entries(c)[HOST].spec.endpoints) == 2, 20)  # type: ignore[union-attr]
-    endpoints = {e.address: e for e in entries(client)[HOST].spec.endpoints}  # type: ignore[union-attr]
+    await client.wait_for(lambda c: len(entries(c)[HOST].service_entry.endpoints) == 2, 20)
+    endpoints = {e.address: e for e in entries(client)[HOST].service_entry.endpoints}
     assert endpoints["10.0.0.5"].weight == 7
     assert endpoints["10.0.0.5"].labels["version"] == "2.0.0"
-    assert list(entries(client)[HOST].spec.addresses) == [vip]  # type: ignore[union-attr]
+    assert list(entries(client)[HOST].service_entry.addresses) == [vip]
 
     # disabled providers and consumers are not endpoints; all gone -> the service goes
     for child in zk_writer.get_children(f"/dubbo/{IFACE}/providers"):
@@ -126,7 +144,7 @@ async def test_a_burst_of_200_providers_is_a_handful_of_rebuilds(
             ephemeral=True,
         )
     assert all(r is True or isinstance(r, str) for r in transaction.commit())
-    await client.wait_for(lambda c: len(entries(c)[HOST].spec.endpoints) == 201, 30)  # type: ignore[union-attr]
+    await client.wait_for(lambda c: len(entries(c)[HOST].service_entry.endpoints) == 201, 30)
     assert app.debouncer.runs - runs_before <= 5
     assert (
         len(client.responses[next(u for u in client.type_urls if u.endswith("/ServiceEntry"))]) <= 6
@@ -143,7 +161,7 @@ async def test_zookeeper_outage_keeps_services_and_reconciles(
     writer.stop()
     app, client = await synced(start_app, connect, zk_settings(tmp_path, zookeeper))
     registry = app.registries[0]
-    assert len(entries(client)[HOST].spec.endpoints) == 2  # type: ignore[union-attr]
+    assert len(entries(client)[HOST].service_entry.endpoints) == 2
     responses = len(
         client.responses[next(u for u in client.type_urls if u.endswith("/ServiceEntry"))]
     )
@@ -152,7 +170,7 @@ async def test_zookeeper_outage_keeps_services_and_reconciles(
     loop = asyncio.get_running_loop()
     down_until = loop.time() + 10
     while loop.time() < down_until:  # 10 s of outage: nothing is withdrawn
-        assert len(entries(client)[HOST].spec.endpoints) == 2  # type: ignore[union-attr]
+        assert len(entries(client)[HOST].service_entry.endpoints) == 2
         await asyncio.sleep(0.5)
     assert (
         len(client.responses[next(u for u in client.type_urls if u.endswith("/ServiceEntry"))])
@@ -168,8 +186,9 @@ async def test_zookeeper_outage_keeps_services_and_reconciles(
     writer.stop()
     await client.wait_for(
         lambda c: (
-            sorted(e.address for e in entries(c)[HOST].spec.endpoints) == ["10.3.0.2", "10.3.0.3"]
-        ),  # type: ignore[union-attr]
+            sorted(e.address for e in entries(c)[HOST].service_entry.endpoints)
+            == ["10.3.0.2", "10.3.0.3"]
+        ),
         30,
     )
 
@@ -207,7 +226,7 @@ async def test_garbage_is_skipped_and_counted_while_the_rest_flows(
     zk_writer.create("/services/shop/noaddress", b'{"name": "shop", "port": 1}', makepath=True)
     app, client = await synced(start_app, connect, zk_settings(tmp_path, zookeeper))
     current = entries(client)
-    assert [e.address for e in current[HOST].spec.endpoints] == ["10.4.0.1"]  # type: ignore[union-attr]
+    assert [e.address for e in current[HOST].service_entry.endpoints] == ["10.4.0.1"]
     shop: Any = current["shop.dubbo"].spec
     assert [e.address for e in shop.endpoints] == ["10.4.1.1"]
     assert [(p.name, p.number, p.protocol) for p in shop.ports] == [("http", 8080, "HTTP")]
@@ -269,10 +288,11 @@ async def test_curator_applications_and_dubbo3_mapping(
     zk_writer.delete("/services/greeter/a")
     await client.wait_for(
         lambda c: (
-            [e.address for e in entries(c)["com.example.greeter"].spec.endpoints] == ["10.5.0.2"]
+            [e.address for e in entries(c)["com.example.greeter"].service_entry.endpoints]
+            == ["10.5.0.2"]
         ),
         20,
-    )  # type: ignore[union-attr]
+    )
 
 
 async def test_digest_auth(
@@ -295,7 +315,7 @@ async def test_digest_auth(
         auth={"credential": {"file": str(tmp_path / "cred")}},
     )
     _, client = await synced(start_app, connect, settings)
-    assert [e.address for e in entries(client)[HOST].spec.endpoints] == ["10.6.0.1"]  # type: ignore[union-attr]
+    assert [e.address for e in entries(client)[HOST].service_entry.endpoints] == ["10.6.0.1"]
     assert "s3cret" not in repr(settings)
 
 
@@ -311,7 +331,7 @@ async def test_registry_group_root(
     add_provider(zk_writer, provider_url("10.7.0.1"), root=root)
     add_provider(zk_writer, provider_url("10.7.0.2"), root="/dubbo")
     _, client = await synced(start_app, connect, zk_settings(tmp_path, zookeeper, roots=[root]))
-    assert [e.address for e in entries(client)[HOST].spec.endpoints] == ["10.7.0.1"]  # type: ignore[union-attr]
+    assert [e.address for e in entries(client)[HOST].service_entry.endpoints] == ["10.7.0.1"]
 
 
 async def test_session_expiry_removes_what_truly_vanished(
@@ -327,16 +347,16 @@ async def test_session_expiry_removes_what_truly_vanished(
     doomed.start(15)
     doomed.create(f"/dubbo/{IFACE}/providers/{provider_url('10.8.0.2')}", b"", ephemeral=True)
     app, client = await synced(start_app, connect, zk_settings(tmp_path, zookeeper))
-    assert sorted(e.address for e in entries(client)[HOST].spec.endpoints) == [
+    assert sorted(e.address for e in entries(client)[HOST].service_entry.endpoints) == [
         "10.8.0.1",
         "10.8.0.2",
-    ]  # type: ignore[union-attr]
+    ]
     await asyncio.to_thread(zookeeper.stop)
     await asyncio.to_thread(doomed.stop)  # the provider dies with the outage
     await asyncio.to_thread(zookeeper.start)
     await client.wait_for(
-        lambda c: [e.address for e in entries(c)[HOST].spec.endpoints] == ["10.8.0.1"],
-        60,  # type: ignore[union-attr]
+        lambda c: [e.address for e in entries(c)[HOST].service_entry.endpoints] == ["10.8.0.1"],
+        60,
     )
     await eventually(lambda: app.registries[0].view().status is Status.READY, within=30)
 
@@ -357,11 +377,11 @@ async def test_workloadentry_output(
     assert len(spec.endpoints) == 0
     selector = dict(spec.workload_selector.labels)
     workloads = client.latest("WorkloadEntry")
-    assert sorted(w.spec.address for w in workloads) == ["10.9.0.1", "10.9.0.2"]  # type: ignore[union-attr]
+    assert sorted(w.workload_entry.address for w in workloads) == ["10.9.0.1", "10.9.0.2"]
     for workload in workloads:
         assert workload.namespace == "dubbo"
-        assert selector.items() <= dict(workload.spec.labels).items()  # type: ignore[union-attr]
-    versions = {w.spec.address: w.spec.labels["version"] for w in workloads}  # type: ignore[union-attr]
+        assert selector.items() <= dict(workload.workload_entry.labels).items()
+    versions = {w.workload_entry.address: w.workload_entry.labels["version"] for w in workloads}
     assert versions == {"10.9.0.1": "1.0.0", "10.9.0.2": "2.0.0"}
 
 
@@ -373,14 +393,190 @@ async def test_providers_node_removed_and_recreated(
     connect: ClientFactory,
 ) -> None:
     add_provider(zk_writer, provider_url("10.10.0.1"))
-    _, client = await synced(start_app, connect, zk_settings(tmp_path, zookeeper))
+    _, client = await synced(
+        start_app, connect, zk_settings(tmp_path, zookeeper, protection=REMOVE_ALL)
+    )
     zk_writer.delete(f"/dubbo/{IFACE}/providers", recursive=True)
     await client.wait_for(lambda c: HOST not in entries(c), 20)
     add_provider(zk_writer, provider_url("10.10.0.2"))
     await client.wait_for(
         lambda c: (
             HOST in entries(c)
-            and [e.address for e in entries(c)[HOST].spec.endpoints] == ["10.10.0.2"]
-        ),  # type: ignore[union-attr]
+            and [e.address for e in entries(c)[HOST].service_entry.endpoints] == ["10.10.0.2"]
+        ),
         20,
     )
+
+
+def registry_errors(app: App, kind: str) -> float:
+    return sum(
+        s.value
+        for m in app.metrics.registry.collect()
+        for s in m.samples
+        if s.name == "mcpserver_registry_errors_total"
+        and s.labels == {"registry": "zk", "kind": kind}
+    )
+
+
+async def debug_registries(app: App) -> dict[str, Any]:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(f"http://127.0.0.1:{app.admin.port}/debug/registries") as response,
+    ):
+        body: list[dict[str, Any]] = await response.json()
+    return next(e for e in body if e["name"] == "zk")
+
+
+def acl_admin(zookeeper: ZooKeeper) -> KazooClient:
+    """A client holding the digest credential the protected nodes' ACL names."""
+    client = KazooClient(hosts=zookeeper.address, auth_data=[("digest", "mesh:s3cret")])
+    client.start(15)
+    return client
+
+
+MESH_ONLY = [make_digest_acl("mesh", "s3cret", all=True)]
+
+
+async def test_unreadable_root_is_degraded_retried_and_recovers(
+    tmp_path: Path,
+    zookeeper: ZooKeeper,
+    start_app: AppFactory,
+    connect: ClientFactory,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A root whose ACL we do not pass (no credentials): DEGRADED naming the path and
+    NoAuth, logged, counted, retried; serving it once the ACL is opened."""
+    admin = acl_admin(zookeeper)
+    admin.create("/dubbo", b"", acl=MESH_ONLY)
+    admin.create(f"/dubbo/{IFACE}/providers/{provider_url('10.11.0.1')}", b"", makepath=True)
+    app = await start_app(zk_settings(tmp_path, zookeeper))
+    registry = app.registries[0]
+    await eventually(lambda: registry.view().status is Status.DEGRADED, within=20)
+    view = registry.view()
+    assert "no permission to read /dubbo (NoAuthError)" in view.detail
+    assert not view.synced  # nothing was listed: no empty registry is served as complete
+    entry = await debug_registries(app)
+    assert entry["status"] == "degraded"
+    assert "no permission to read /dubbo (NoAuthError)" in entry["detail"]
+    assert any(
+        "cannot read" in r.getMessage() and "/dubbo" in r.getMessage() for r in caplog.records
+    )
+    # retried (with backoff), each attempt counted
+    await eventually(lambda: registry_errors(app, "noauth") >= 2, within=10)
+
+    admin.set_acls("/dubbo", OPEN_ACL_UNSAFE)
+    admin.stop()
+    client = await connect(app.port)
+    await client.wait_for(lambda c: c.synced() and HOST in entries(c), 40)
+    await eventually(lambda: registry.view().status is Status.READY, within=10)
+    assert registry.view().detail == ""
+    assert (await debug_registries(app))["status"] == "ready"
+    assert [e.address for e in entries(client)[HOST].service_entry.endpoints] == ["10.11.0.1"]
+
+
+async def test_unreadable_interface_is_degraded_while_the_rest_flows(
+    tmp_path: Path,
+    zookeeper: ZooKeeper,
+    zk_writer: KazooClient,
+    start_app: AppFactory,
+    connect: ClientFactory,
+) -> None:
+    """One interface's providers node we may not read: the others are served (the listing
+    is complete as far as it can be), the registry says which path it cannot read."""
+    add_provider(zk_writer, provider_url("10.12.0.1"))
+    secret = "com.example.Secret"
+    admin = acl_admin(zookeeper)
+    admin.create(f"/dubbo/{secret}", b"")
+    admin.create(f"/dubbo/{secret}/providers", b"", acl=MESH_ONLY)
+    url = quote(f"dubbo://10.12.0.2:20880/{secret}?side=provider", safe="")
+    admin.create(f"/dubbo/{secret}/providers/{url}", b"")
+    app, client = await synced(start_app, connect, zk_settings(tmp_path, zookeeper))
+    registry = app.registries[0]
+    assert [e.address for e in entries(client)[HOST].service_entry.endpoints] == ["10.12.0.1"]
+    assert "com.example.secret" not in entries(client)
+    await eventually(lambda: registry.view().status is Status.DEGRADED, within=10)
+    assert (
+        f"no permission to read /dubbo/{secret}/providers (NoAuthError)" in registry.view().detail
+    )
+
+    admin.set_acls(f"/dubbo/{secret}/providers", OPEN_ACL_UNSAFE)
+    admin.stop()
+    await client.wait_for(lambda c: "com.example.secret" in entries(c), 40)
+    await eventually(lambda: registry.view().status is Status.READY, within=10)
+
+
+async def test_acl_closed_under_a_watch_is_caught_at_the_next_re_read(
+    tmp_path: Path, zookeeper: ZooKeeper, start_app: AppFactory, connect: ClientFactory
+) -> None:
+    """The ACL of a watched node is closed under us. ZooKeeper fires no watch for an ACL
+    change and delivers none to a watcher without READ, so the change shows at the next
+    re-read: kazoo's, on its own thread, after a reconnect. That failure must not stop the
+    watch silently: DEGRADED, the last view kept, and once the node reads again the change
+    missed meanwhile is served."""
+    writer = KazooClient(hosts=zookeeper.address, timeout=10)
+    writer.start(15)
+    writer.create(f"/dubbo/{IFACE}/providers/{provider_url('10.13.0.1')}", b"", makepath=True)
+    writer.stop()
+    app, client = await synced(start_app, connect, zk_settings(tmp_path, zookeeper))
+    registry = app.registries[0]
+    providers = f"/dubbo/{IFACE}/providers"
+    admin = acl_admin(zookeeper)
+    admin.set_acls(providers, MESH_ONLY)
+    admin.create(f"{providers}/{provider_url('10.13.0.2')}", b"")  # we are not told
+    admin.stop()
+    await asyncio.to_thread(zookeeper.stop)
+    await asyncio.to_thread(zookeeper.start)
+    await eventually(
+        lambda: f"no permission to read {providers} (NoAuthError)" in registry.view().detail,
+        within=30,
+    )
+    assert registry.view().status is Status.DEGRADED
+    assert [e.address for e in entries(client)[HOST].service_entry.endpoints] == ["10.13.0.1"]
+
+    admin = acl_admin(zookeeper)
+    admin.set_acls(providers, OPEN_ACL_UNSAFE)
+    admin.stop()
+    await client.wait_for(
+        lambda c: (
+            sorted(e.address for e in entries(c)[HOST].service_entry.endpoints)
+            == ["10.13.0.1", "10.13.0.2"]
+        ),
+        40,
+    )
+    await eventually(lambda: registry.view().status is Status.READY, within=10)
+
+
+async def test_a_crash_on_the_loop_side_is_supervised_and_loses_nothing(
+    tmp_path: Path,
+    zookeeper: ZooKeeper,
+    zk_writer: KazooClient,
+    start_app: AppFactory,
+    connect: ClientFactory,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An unexpected exception while assembling: logged, counted, DEGRADED, the task
+    restarted; the change it was assembling is not lost."""
+    add_provider(zk_writer, provider_url("10.14.0.1"))
+    app, client = await synced(start_app, connect, zk_settings(tmp_path, zookeeper))
+    registry = app.registries[0]
+    real = assembly.assemble
+    crashes: list[str] = []
+
+    def crash_once(*args: Any) -> Any:
+        if not crashes:
+            crashes.append("boom")
+            raise RuntimeError("boom")
+        return real(*args)
+
+    monkeypatch.setattr(watcher, "assemble", crash_once)
+    add_provider(zk_writer, provider_url("10.14.0.2"))
+    await eventually(lambda: registry.restarts == 1, within=20)
+    assert registry_errors(app, "crash") == 1
+    await client.wait_for(
+        lambda c: (
+            sorted(e.address for e in entries(c)[HOST].service_entry.endpoints)
+            == ["10.14.0.1", "10.14.0.2"]
+        ),
+        20,
+    )
+    await eventually(lambda: registry.view().status is Status.READY, within=10)

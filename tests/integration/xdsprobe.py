@@ -7,6 +7,7 @@ tests can check that istiod turned our ServiceEntries into clusters and endpoint
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 
 import grpc
 from envoy.config.cluster.v3 import cluster_pb2
@@ -35,7 +36,7 @@ async def endpoints(port: int, cluster: str, within: float = 10.0) -> tuple[list
     """(cluster names from CDS, `address:port` of the cluster's endpoints from EDS)."""
     outbox: asyncio.Queue[discovery_pb2.DiscoveryRequest | None] = asyncio.Queue()
 
-    async def requests():  # type: ignore[no-untyped-def]
+    async def requests() -> AsyncIterator[discovery_pb2.DiscoveryRequest]:
         while (request := await outbox.get()) is not None:
             yield request
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from typing import Any
 
 import pytest
 
@@ -14,10 +15,10 @@ from mcpserver.xds.client import decode_resource
 pytestmark = pytest.mark.unit
 
 CIDR = "240.241.0.0/16"
-NONE = BuildInputs({}, CIDR, {})
+NONE = BuildInputs({}, CIDR)
 
 
-def svc(name: str, *addresses: str, registry: str = "r1", **extra: object) -> Service:
+def svc(name: str, *addresses: str, registry: str = "r1", **extra: Any) -> Service:
     return Service(
         registry=registry,
         namespace="shop",
@@ -25,7 +26,7 @@ def svc(name: str, *addresses: str, registry: str = "r1", **extra: object) -> Se
         hosts=(f"{name}.shop.mesh",),
         ports=(Port("http", 80, "HTTP"),),
         instances=tuple(Instance(a) for a in addresses),
-        **extra,  # type: ignore[arg-type]
+        **extra,
     )
 
 
@@ -61,7 +62,7 @@ def test_empty_services_are_removed_unless_kept() -> None:
     empty = svc("empty")
     assert build([view(empty)], {}, NONE).snapshot.sets["ServiceEntry"].resources == ()
     kept = (
-        build([view(empty)], {}, BuildInputs({"r1": True}, CIDR, {}))
+        build([view(empty)], {}, BuildInputs({"r1": True}, CIDR))
         .snapshot.sets["ServiceEntry"]
         .resources
     )
@@ -86,12 +87,12 @@ def test_workloadentry_mode() -> None:
     entries = result.snapshot.sets["WorkloadEntry"].resources
     assert len(entries) == 2
     assert all(e.name.startswith("shop/cart-") for e in entries)
-    spec = decode_resource(result.snapshot.sets["ServiceEntry"].resources[0].to_any()).spec
-    assert dict(spec.workload_selector.labels) == {  # type: ignore[union-attr]
+    spec = decode_resource(result.snapshot.sets["ServiceEntry"].resources[0].to_any()).service_entry
+    assert dict(spec.workload_selector.labels) == {
         "mcpserver.io/service": "cart",
         "registry": "r1",
     }
-    assert len(spec.endpoints) == 0  # type: ignore[union-attr]
+    assert len(spec.endpoints) == 0
 
 
 def test_same_host_from_two_registries_first_policy() -> None:
@@ -111,12 +112,12 @@ def test_same_host_from_two_registries_union_policy() -> None:
         hosts=("cart.mesh",),
         ports=(Port("http", 80, "HTTP"), Port("grpc", 90, "GRPC")),
     )
-    union = BuildInputs({}, CIDR, {}, "union")
+    union = BuildInputs({}, CIDR, "union")
     result = build([view(static, registry="static"), view(zk, registry="zk")], {}, union)
     (resource,) = result.snapshot.sets["ServiceEntry"].resources
     assert resource.name == "shop/cart"
-    spec = decode_resource(resource.to_any()).spec
-    assert [p.name for p in spec.ports] == ["http", "grpc"]  # type: ignore[union-attr]
-    endpoints = {e.address: e.labels["registry"] for e in spec.endpoints}  # type: ignore[union-attr]
+    spec = decode_resource(resource.to_any()).service_entry
+    assert [p.name for p in spec.ports] == ["http", "grpc"]
+    endpoints = {e.address: e.labels["registry"] for e in spec.endpoints}
     assert endpoints == {"10.0.0.1": "static", "10.0.0.2": "zk"}
     assert result.problems == ()

@@ -6,7 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from mcpserver.settings import ConfigError, load_settings, parse_duration
+from mcpserver.config import parse_duration
+from mcpserver.registry.consul.config import ConsulRegistrySettings
+from mcpserver.registry.static.config import StaticRegistrySettings
+from mcpserver.registry.zookeeper.config import ZooKeeperRegistrySettings
+from mcpserver.settings import ConfigError, load_settings
 
 pytestmark = pytest.mark.unit
 
@@ -23,7 +27,7 @@ def test_defaults_are_the_embedded_demo() -> None:
     assert settings.server.listen == "127.0.0.1:15051"
     assert settings.server.admin == "127.0.0.1:15052"
     (registry,) = settings.registries
-    assert registry.kind == "static" and registry.path.is_file()
+    assert isinstance(registry, StaticRegistrySettings) and registry.path.is_file()
 
 
 def test_env_overrides(tmp_path: Path) -> None:
@@ -32,12 +36,61 @@ def test_env_overrides(tmp_path: Path) -> None:
         {
             "MCPSERVER_SERVER__LISTEN": "0.0.0.0:9000",
             "MCPSERVER_DEBOUNCE__AFTER": "5ms",
-            "MCPSERVER_REQUIRE_REAL": "1",
             "MCPSERVER_CONFIG": "/elsewhere.yaml",
+            "MCPTEST_REQUIRE_REAL": "1",
         },
     )
     assert settings.server.listen == "0.0.0.0:9000"
     assert settings.debounce.after == pytest.approx(0.005)
+
+
+def test_env_overrides_reach_list_items(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text("registries: [{kind: zookeeper, name: zk, hosts: '127.0.0.1:2181'}]\n")
+    settings = load_settings(
+        config,
+        {
+            "MCPSERVER_REGISTRIES__0__HOSTS": "10.0.0.1:2181,10.0.0.2:2181",
+            "MCPSERVER_REGISTRIES__1__KIND": "consul",
+            "MCPSERVER_REGISTRIES__1__NAME": "c",
+        },
+    )
+    zk, consul = settings.registries
+    assert isinstance(zk, ZooKeeperRegistrySettings) and zk.hosts == "10.0.0.1:2181,10.0.0.2:2181"
+    assert isinstance(consul, ConsulRegistrySettings) and consul.name == "c"
+
+
+@pytest.mark.parametrize(
+    ("variable", "message"),
+    [
+        ("MCPSERVER_SERVR__LISTEN", "MCPSERVER_SERVR__LISTEN: names no setting"),
+        ("MCPSERVER_REQUIRE_REAL", "MCPSERVER_REQUIRE_REAL: names no setting"),
+        ("MCPSERVER_REGISTRIES__5__NAME", "is not an index from 0 to 1"),
+        ("MCPSERVER_REGISTRIES__X__NAME", "is not an index"),
+        ("MCPSERVER_SERVER__LISTN", "server.listn: Extra inputs are not permitted (from "),
+    ],
+)
+def test_env_variables_that_name_no_setting_are_errors(
+    tmp_path: Path, variable: str, message: str
+) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text("registries: [{kind: zookeeper, name: zk, hosts: '127.0.0.1:2181'}]\n")
+    with pytest.raises(ConfigError) as err:
+        load_settings(config, {variable: "1"})
+    assert any(message in p for p in err.value.problems), err.value.problems
+
+
+def test_a_config_file_must_list_its_registries(tmp_path: Path) -> None:
+    """No silent demo: only `serve` with no config file at all serves the demo data."""
+    problems = problems_of(tmp_path, "server: {listen: '127.0.0.1:1'}\n")
+    assert problems[0].startswith("registries: required")
+    (tmp_path / "c.yaml").write_text("registries: []\n")
+    assert load_settings(tmp_path / "c.yaml", {}).registries == []
+
+
+def test_renamed_startup_setting_says_what_replaced_it(tmp_path: Path) -> None:
+    problems = problems_of(tmp_path, "startup: {wait_for_registries: 30s}\nregistries: []\n")
+    assert any("replaced by serve_partial_after" in p for p in problems)
 
 
 def problems_of(tmp_path: Path, text: str) -> list[str]:
@@ -55,6 +108,7 @@ def test_errors_name_each_field(tmp_path: Path) -> None:
         """
 server: {listen: nowhere}
 debounce: {after: soon}
+protection: {max_removed_share: 2}
 registries:
   - {kind: static, name: ok, path: s.yaml}
   - {kind: static, name: Bad_Name, path: missing.yaml}
@@ -68,17 +122,48 @@ registries:
     assert "registries[1].name: must be a DNS-1123 label" in text
     assert "registries[1].path: file not found" in text
     assert "registries[2].name: Field required" in text
-    assert "registries[3]" in text and "etcd" in text
+    assert "protection.max_removed_share: Input should be less than or equal to 1" in text
+    assert "registries[3]" in text and "etcd" in text and "'static', 'zookeeper', 'consul'" in text
 
 
 def test_unknown_keys_and_bad_yaml(tmp_path: Path) -> None:
-    assert any("servr" in p for p in problems_of(tmp_path, "servr: {}\n"))
+    assert any("servr" in p for p in problems_of(tmp_path, "servr: {}\nregistries: []\n"))
     assert any("not valid YAML" in p for p in problems_of(tmp_path, "a: [\n"))
     assert any("expected a mapping" in p for p in problems_of(tmp_path, "- 1\n"))
 
 
-def test_relative_paths_follow_the_config_file(tmp_path: Path) -> None:
-    (tmp_path / "s.yaml").write_text("services: []\n")
-    config = tmp_path / "c.yaml"
-    config.write_text("registries: [{kind: static, name: s, path: s.yaml}]\n")
-    assert load_settings(config, {}).registries[0].path == tmp_path / "s.yaml"
+def test_relative_paths_of_every_kind_follow_the_config_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One mechanism for every file path of every kind, not a hand-kept list."""
+    etc = tmp_path / "etc"
+    etc.mkdir()
+    for name in ("s.yaml", "ca.pem", "c.pem", "k.pem", "token", "digest", "tls.pem", "tls.key"):
+        (etc / name).write_text("services: []\n" if name == "s.yaml" else "x\n")
+    config = etc / "c.yaml"
+    config.write_text(
+        """
+server: {tls: {cert_file: tls.pem, key_file: tls.key}}
+registries:
+  - {kind: static, name: s, path: s.yaml}
+  - kind: consul
+    name: c
+    token: {file: token}
+    tls: {ca_file: ca.pem, cert_file: c.pem, key_file: k.pem}
+  - {kind: zookeeper, name: z, hosts: "127.0.0.1:2181", auth: {credential: {file: digest}}}
+"""
+    )
+    monkeypatch.chdir(tmp_path)  # not the config's folder
+    settings = load_settings(Path("etc/c.yaml"), {})
+    static, consul, zk = settings.registries
+    assert isinstance(static, StaticRegistrySettings) and static.path == etc / "s.yaml"
+    assert isinstance(consul, ConsulRegistrySettings) and consul.tls and consul.token
+    assert (consul.tls.ca_file, consul.tls.cert_file, consul.tls.key_file) == (
+        etc / "ca.pem",
+        etc / "c.pem",
+        etc / "k.pem",
+    )
+    assert consul.token.file == etc / "token"
+    assert isinstance(zk, ZooKeeperRegistrySettings) and zk.auth
+    assert zk.auth.credential.file == etc / "digest"
+    assert settings.server.tls and settings.server.tls.cert_file == etc / "tls.pem"

@@ -15,7 +15,7 @@ OPTIONS = StaticOptions("files", "default", "{name}.{namespace}.svc.mesh", "inli
 
 
 def test_demo_shape_and_defaults() -> None:
-    services, problems = parse_static(
+    parsed = parse_static(
         """
 services:
   - name: reviews
@@ -31,8 +31,8 @@ services:
 """,
         OPTIONS,
     )
-    assert problems == []
-    reviews, ratings = services
+    assert parsed.problems == ()
+    reviews, ratings = parsed.services
     assert reviews.hosts == ("reviews.bookinfo.mesh",)
     assert reviews.instances[1].ports == (("http", 9081),)
     assert reviews.instances[1].weight == 3
@@ -44,7 +44,7 @@ services:
 
 
 def test_malformed_entries_are_skipped_with_their_field() -> None:
-    services, problems = parse_static(
+    parsed = parse_static(
         """
 services:
   - name: good
@@ -59,19 +59,71 @@ services:
 """,
         OPTIONS,
     )
-    assert [s.name for s in services] == ["good"]
-    messages = {p.subject: p.message for p in problems}
+    assert [s.name for s in parsed.services] == ["good"]
+    messages = {p.subject: p.message for p in parsed.problems}
     assert messages["services[1] (noports)"].startswith("ports: Field required")
-    assert messages["services[2] (badport)"].startswith("ports.0.number")
+    assert messages["services[2] (badport)"].startswith("ports[0].number")
     assert "services[3] (#3)" in messages
     assert messages["services[4] (extra)"].startswith("colour: Extra inputs")
+    assert parsed.locations == {"default/good": "services[0] (good)"}
 
 
-@pytest.mark.parametrize("text", ["services: [", "- a\n- b\n", "services: 3\n"])
-def test_unusable_files(text: str) -> None:
-    with pytest.raises(StaticFileError):
+def test_every_bad_field_of_an_entry_is_reported() -> None:
+    parsed = parse_static(
+        """
+services:
+  - name: huge
+    ports: [{name: tcp, number: 4294967296}, {name: t2, number: 0, target_port: 70000}]
+    instances: [{address: 10.0.0.1, weight: 99999999999, ports: {tcp: 65536}}]
+""",
+        OPTIONS,
+    )
+    assert parsed.services == ()
+    fields = sorted(p.message.split(":")[0] for p in parsed.problems)
+    assert fields == [
+        "instances[0].ports.tcp",
+        "instances[0].weight",
+        "ports[0].number",
+        "ports[1].number",
+        "ports[1].target_port",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        ("services: [", "not valid YAML"),
+        ("- a\n- b\n", "expected a mapping"),
+        ("services: 3\n", "must be a list"),
+        ("", "empty"),
+        ("# only a comment\n", "empty"),
+        ("service:\n  - name: a\n", "unknown top-level key 'service'"),
+        ("services: []\nextra: 1\n", "unknown top-level key 'extra'"),
+        ("{}\n", "no `services` key"),
+        ("services:\n", "must be a list"),
+    ],
+)
+def test_unusable_files(text: str, why: str) -> None:
+    """Never "zero services" for a file that lost its content or its key."""
+    with pytest.raises(StaticFileError, match=why):
         parse_static(text, OPTIONS)
 
 
-def test_empty_file_is_an_empty_registry() -> None:
-    assert parse_static("", OPTIONS) == ([], [])
+def test_explicit_empty_list_is_no_services() -> None:
+    assert parse_static("services: []\n", OPTIONS).services == ()
+
+
+def test_unchanged_entries_keep_their_service_objects_across_reloads() -> None:
+    """Work proportional to what changed: one edited entry is validated again, the others
+    keep their Service objects (so the pipeline's identity check skips them)."""
+    text = "services:\n" + "".join(
+        f"  - {{name: s{i}, ports: [{{name: http, number: 80}}], instances: [{{address: 10.0.0.{i}}}]}}\n"
+        for i in range(1, 6)
+    )
+    first = parse_static(text, OPTIONS)
+    edited = text.replace("10.0.0.3", "10.0.9.3")
+    second = parse_static(edited, OPTIONS, first.known)
+    same = [a is b for a, b in zip(first.services, second.services, strict=True)]
+    assert same == [True, True, False, True, True]
+    assert second.services[2].instances[0].address == "10.0.9.3"
+    assert second.known.keys() != first.known.keys()

@@ -144,7 +144,9 @@ def parse_health(
         except ValueError as err:
             body = entry.get("Service") if isinstance(entry, Mapping) else None
             ident = body.get("ID", "?") if isinstance(body, Mapping) else "?"
-            problems.append(Problem(options.registry, f"{datacenter}/{name}/{ident}", str(err)))
+            problems.append(
+                Problem(options.registry, f"{datacenter}/{name}/{ident}", str(err), "bad-entry")
+            )
             continue
         if instance is not None:
             instances.append(instance)

@@ -1,66 +1,120 @@
 """Keeps a Consul registry's view current with blocking queries, on the event loop.
 
-One task per datacenter long-polls the service list (`/v1/catalog/services`); one task per
-(datacenter, service) long-polls `/v1/health/service/<name>`. Every call is bounded by
-`wait` plus a margin, so a connection that silently dies is cut and retried (python-consul2's
-missing timeout is why we use py-consul). Errors back off with jitter; a Consul index that goes
-backwards (a restarted agent or server) resets to a full re-list. While Consul is unreachable
-the last view stays served (DEGRADED).
+One loop, `_follow()`, long-polls one Consul endpoint: per datacenter the service list
+(`/v1/catalog/services`), per (datacenter, service) `/v1/health/service/<name>`. Each runs
+as a supervised task (`Registry.spawn`), so a loop that dies of a bug is restarted (with a
+full re-list) instead of freezing its service. Every call is cut at `wait*1.125+5s`, so a
+connection that silently dies is retried (python-consul2's missing timeout is why we use
+py-consul); errors back off with jitter; a Consul index that goes backwards (a restarted agent
+or server) or is not positive resets to a full re-list. While Consul is unreachable the last
+view stays served (DEGRADED).
+
+Consul answers a list query with a token that cannot read everything by quietly leaving out
+what it may not see, and says so only in the `X-Consul-Results-Filtered-By-ACLs` header. Such
+an answer makes the registry DEGRADED (what the token cannot read looks deleted) but its data
+still flows: the pipeline's protection against mass removal holds a mass removal.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import fnmatch
+import functools
 import logging
-import random
-from collections.abc import Mapping
-from typing import Any
-from urllib.parse import urlsplit
+from collections.abc import Callable, Mapping, Sequence
+from typing import TypeVar
 
 import aiohttp
 import consul
-import consul.aio
-from consul.callback import CB
 
 from mcpserver.metrics import Metrics
 from mcpserver.model import Problem, Service
-from mcpserver.registry.base import OnChange, Registry, Status, View
+from mcpserver.registry.base import Registry, backoff
+from mcpserver.registry.consul.client import (
+    FILTERED,
+    ConsulClient,
+    ConsulHTTPError,
+    Params,
+    Reply,
+    connect,
+    cut_after,
+    decode,
+)
+from mcpserver.registry.consul.config import ConsulRegistrySettings
 from mcpserver.registry.consul.parser import (
     ConsulInstance,
     ConsulOptions,
     build_services,
     parse_health,
 )
-from mcpserver.settings import ConsulRegistrySettings
 
 log = logging.getLogger("mcpserver.registry.consul")
 
+T = TypeVar("T")
+
+Key = tuple[str, str]
+"""What one loop watches: (datacenter, service), service "" for the datacenter's service list;
+("", "") is the agent, asked once for its datacenter."""
+
+AGENT: Key = ("", "")
 LISTING_BATCH = 0.1  # seconds between views while the first listing arrives
-TIMEOUT_MARGIN = 5.0  # beyond wait + wait/8: Consul adds up to wait/16 of jitter
-ERRORS = (consul.ConsulException, aiohttp.ClientError, OSError, TimeoutError, ValueError)
+ERROR_BACKOFF_CAP = 10.0  # a Consul that comes back is noticed within ~10 s
+# What a failed call can raise; anything else is a bug, left to the supervisor.
+ERRORS = (
+    consul.ConsulException,
+    ConsulHTTPError,
+    aiohttp.ClientError,
+    OSError,
+    TimeoutError,
+    ValueError,
+)
 
 
 def next_index(old: int, new: int) -> int:
-    """Consul's rule: an index that goes backwards means start over (re-list)."""
+    """Consul's rule: an index that goes backwards, or is not positive, means start over
+    (a full re-list with index 0)."""
     return 0 if new < old or new <= 0 else new
 
 
-def backoff(attempt: int) -> float:
-    """Jittered exponential backoff: 0.5 s doubling to 10 s, +-25 %."""
-    return float(min(10.0, 0.5 * 2.0**attempt) * random.uniform(0.75, 1.25))
+def service_list(body: object) -> dict[str, list[str]]:
+    """`/v1/catalog/services`: {name: [tag, ...]}."""
+    if not isinstance(body, dict):
+        raise ValueError(f"service list is a {type(body).__name__}, not an object")
+    return {
+        str(name): [t for t in tags if isinstance(t, str)] if isinstance(tags, list) else []
+        for name, tags in body.items()
+    }
+
+
+def health_entries(body: object) -> Sequence[object]:
+    """`/v1/health/service/<name>`: a list of entries (parse_health checks each one)."""
+    if not isinstance(body, list):
+        raise ValueError(f"health answer is a {type(body).__name__}, not a list")
+    return body
+
+
+def agent_datacenter(body: object) -> str:
+    """`/v1/agent/self`: the agent's own datacenter."""
+    config = body.get("Config") if isinstance(body, dict) else None
+    datacenter = config.get("Datacenter") if isinstance(config, dict) else None
+    if not isinstance(datacenter, str) or not datacenter:
+        raise ValueError("agent/self answer without Config.Datacenter")
+    return datacenter
 
 
 class ConsulRegistry(Registry):
     """A Consul agent (or server) and the datacenters it can answer for."""
 
     def __init__(
-        self, settings: ConsulRegistrySettings, metrics: Metrics, env: Mapping[str, str]
+        self,
+        settings: ConsulRegistrySettings,
+        metrics: Metrics,
+        env: Mapping[str, str],
+        client: ConsulClient | None = None,
     ) -> None:
-        self.name = settings.name
+        """`client` replaces the py-consul client (tests); by default open() connects."""
+        super().__init__(settings.name, metrics)
         self._settings = settings
-        self._metrics = metrics
         self._env = env
         self._options = ConsulOptions(
             registry=settings.name,
@@ -70,101 +124,133 @@ class ConsulRegistry(Registry):
             include_warning=settings.include_warning,
             endpoints_mode=settings.endpoints,
         )
-        self._client: consul.aio.Consul | None = None
-        self._tasks: dict[tuple[str, str], asyncio.Task[None]] = {}
-        self._dc_tasks: list[asyncio.Task[None]] = []
-        self._instances: dict[tuple[str, str], list[ConsulInstance]] = {}
-        self._problems: dict[tuple[str, str], list[Problem]] = {}
+        self._client = client
+        self._wait = f"{int(settings.wait)}s"
+        self._datacenters: list[str] = []
+        self._watches: dict[Key, asyncio.Task[None]] = {}  # per-service loops
+        self._instances: dict[Key, list[ConsulInstance]] = {}
+        self._problems: dict[Key, list[Problem]] = {}
         self._services: dict[str, list[Service]] = {}
         self._listed: set[str] = set()  # datacenters whose service list arrived
-        self._failing: set[tuple[str, str]] = set()
-        self._reported: set[str] = set()
-        self._datacenters: list[str] = []
-        self._status = Status.STARTING
-        self._detail = "connecting"
-        self._view = View(settings.name)
-        self._on_change: OnChange = lambda: None
-        self.timeouts = 0
+        # what is wrong, per loop, newest last: (kind, detail); the registry is DEGRADED
+        # while any loop has trouble, and says the newest
+        self._troubles: dict[Key, tuple[str, str]] = {}
         self._batch: asyncio.TimerHandle | None = None
         self._warned_limit = False
+        self.timeouts = 0
 
-    def view(self) -> View:
-        return self._view
+    # ---------------------------------------------------------------- lifecycle
 
-    def _connect(self) -> consul.aio.Consul:
-        url = urlsplit(self._settings.address)
-        tls = self._settings.tls
-        verify: bool | str = True
-        cert: tuple[str, str] | None = None
-        if tls is not None:
-            verify = str(tls.ca_file) if tls.ca_file else tls.verify
-            if tls.cert_file and tls.key_file:
-                cert = (str(tls.cert_file), str(tls.key_file))
-        token = self._settings.token.resolve(self._env) if self._settings.token else None
-        return consul.aio.Consul(
-            # aiohttp's default pool (100) would park the 101st service's first query behind
-            # others' 30 s long polls
-            connections_limit=self._settings.max_connections,
-            host=url.hostname or "127.0.0.1",
-            port=url.port or (443 if url.scheme == "https" else 8500),
-            scheme=url.scheme,
-            token=token or None,
-            verify=verify,
-            cert=cert,
-        )
+    async def open(self) -> None:
+        if self._client is None:
+            self._client = connect(self._settings, self._env)
+        if self._settings.datacenters:
+            self._watch_datacenters(list(self._settings.datacenters))
+        else:
+            self.spawn("datacenter discovery", self._discover)
 
-    async def start(self, on_change: OnChange) -> None:
-        self._on_change = on_change
-        self._client = self._connect()
-        self._dc_tasks.append(asyncio.create_task(self._run(), name=f"consul-{self.name}"))
-
-    async def stop(self) -> None:
+    async def close(self) -> None:
         if self._batch is not None:
             self._batch.cancel()
-        tasks = [*self._dc_tasks, *self._tasks.values()]
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            self._batch = None
         if self._client is not None:
-            with contextlib.suppress(Exception):
-                await self._client.http._session.close()
+            await self._client.close()
 
-    async def _call(self, coroutine: Any) -> Any:
-        """One blocking query, cut if it outlives wait + margin."""
+    async def _discover(self) -> None:
+        """Ask the agent for its datacenter (py-consul's agent.self() sends no token: our
+        transport call does)."""
+        _, datacenter = await self._answer(AGENT, "/v1/agent/self", (), agent_datacenter)
+        self._clear(AGENT)
+        self._watch_datacenters([datacenter])
+
+    def _watch_datacenters(self, datacenters: list[str]) -> None:
+        self._datacenters = datacenters
+        for dc in datacenters:
+            self.spawn(f"service list in {dc}", functools.partial(self._watch_catalog, dc))
+
+    # -------------------------------------------------------------- the loop
+
+    async def _call(self, path: str, params: Params) -> Reply:
+        """One query, cut if it outlives wait + margin."""
+        assert self._client is not None, "open() connects first"
         try:
-            async with asyncio.timeout(self._settings.wait * 1.125 + TIMEOUT_MARGIN):
-                return await coroutine
+            async with asyncio.timeout(cut_after(self._settings.wait)):
+                return await self._client.http.get(
+                    decode, path, params=params, headers=self._client.prepare_headers()
+                )
         except TimeoutError:
             self.timeouts += 1
             self._metrics.registry_errors.labels(self.name, "timeout").inc()
             raise
 
-    async def _run(self) -> None:
-        assert self._client is not None
+    async def _answer(
+        self, key: Key, path: str, params: Params, shape: Callable[[object], T]
+    ) -> tuple[Reply, T]:
+        """Ask until Consul answers: each failed call (or malformed answer) marks `key`
+        failing and backs off with jitter."""
         attempt = 0
-        while not self._datacenters:
+        while True:
             try:
-                if self._settings.datacenters:
-                    self._datacenters = list(self._settings.datacenters)
-                else:
-                    # py-consul's agent.self() sends no ACL token; ask with our headers
-                    info = await self._call(
-                        self._client.http.get(
-                            CB.json(),
-                            "/v1/agent/self",
-                            headers=self._client.prepare_headers(),
-                        )
-                    )
-                    self._datacenters = [info["Config"]["Datacenter"]]
+                reply = await self._call(path, params)
+                return reply, shape(reply.body)
             except ERRORS as err:
-                self._degrade(f"cannot reach Consul at {self._settings.address}: {err!r}")
-                await asyncio.sleep(backoff(attempt))
+                self._fail(key, err)
+                await asyncio.sleep(backoff(attempt, cap=ERROR_BACKOFF_CAP))
                 attempt += 1
-        for dc in self._datacenters[1:]:
-            self._dc_tasks.append(asyncio.create_task(self._watch_catalog(dc)))
-        await self._watch_catalog(self._datacenters[0])
+
+    async def _follow(
+        self, key: Key, path: str, shape: Callable[[object], T], apply: Callable[[T], None]
+    ) -> None:
+        """Long-poll one endpoint forever, applying each answer that differs from the last.
+
+        Starts from index 0 (a full listing), so a restart by the supervisor re-lists."""
+        dc = key[0]
+        index, digest = 0, b""
+        try:
+            while True:
+                params = [("dc", dc), ("wait", self._wait)]
+                if index:
+                    params.append(("index", str(index)))
+                reply, value = await self._answer(key, path, params, shape)
+                self._answered(key, reply.filtered)
+                index = next_index(index, reply.index)
+                # Not the index alone: an ACL change alters what we may see without moving it.
+                if reply.digest != digest:
+                    digest = reply.digest
+                    apply(value)
+                if reply.index <= 0:
+                    # Consul always sends a positive index; if one did not, every query would
+                    # return at once: don't spin
+                    await asyncio.sleep(backoff(0))
+        except Exception as err:
+            # A bug: the supervisor logs it, degrades and restarts us. Until this loop answers
+            # again the registry is not healthy, even if other loops recover meanwhile.
+            self._trouble(key, "crash", f"{self._what(key)}: {err!r}; restarting")
+            raise
+
+    def _what(self, key: Key) -> str:
+        dc, name = key
+        if key == AGENT:
+            return f"Consul at {self._settings.address}"
+        return f"service {name!r} in {dc}" if name else f"service list in {dc}"
+
+    # ------------------------------------------------------- catalog and health
+
+    async def _watch_catalog(self, dc: str) -> None:
+        await self._follow(
+            (dc, ""),
+            "/v1/catalog/services",
+            service_list,
+            functools.partial(self._apply_catalog, dc),
+        )
+
+    async def _watch_service(self, dc: str, name: str) -> None:
+        await self._follow(
+            (dc, name),
+            f"/v1/health/service/{name}",
+            health_entries,
+            functools.partial(self._apply_health, dc, name),
+        )
 
     def _wanted(self, name: str, tags: list[str]) -> bool:
         s = self._settings
@@ -174,91 +260,38 @@ class ConsulRegistry(Registry):
             return False
         return all(t in tags for t in s.tags)
 
-    async def _watch_catalog(self, dc: str) -> None:
-        assert self._client is not None
-        index, attempt = 0, 0
-        while True:
-            try:
-                new, services = await self._call(
-                    self._client.catalog.services(
-                        index=str(index) if index else None,
-                        wait=f"{int(self._settings.wait)}s",
-                        dc=dc,
-                    )
-                )
-            except ERRORS as err:
-                self._fail(dc, "", err)
-                await asyncio.sleep(backoff(attempt))
-                attempt += 1
-                continue
-            attempt = 0
-            self._recover(dc, "")
-            index = next_index(index, int(new or 0))
-            wanted = {
-                n for n, tags in (services or {}).items() if self._wanted(n, list(tags or []))
-            }
-            for key in [k for k in self._tasks if k[0] == dc and k[1] not in wanted]:
-                self._tasks.pop(key).cancel()
-                self._instances.pop(key, None)
-                self._problems.pop(key, None)
-                self._rebuild(key[1])
-            watched = len(self._tasks) + len([n for n in wanted if (dc, n) not in self._tasks])
-            if watched > self._settings.max_connections - 8 and not self._warned_limit:
-                self._warned_limit = True
-                log.warning(
-                    "registry=%s watches %d services but max_connections is %d; raise it (and "
-                    "Consul's limits.http_max_conns_per_client, default 200) or filter services",
-                    self.name,
-                    watched,
-                    self._settings.max_connections,
-                )
-            for name in sorted(wanted):
-                if (dc, name) not in self._tasks:
-                    self._tasks[(dc, name)] = asyncio.create_task(
-                        self._watch_service(dc, name), name=f"consul-{dc}-{name}"
-                    )
-            self._listed.add(dc)
-            self._publish()
+    def _apply_catalog(self, dc: str, services: dict[str, list[str]]) -> None:
+        wanted = {name for name, tags in services.items() if self._wanted(name, tags)}
+        for key in [k for k in self._watches if k[0] == dc and k[1] not in wanted]:
+            self._watches.pop(key).cancel()
+            self._instances.pop(key, None)
+            self._problems.pop(key, None)
+            self._clear(key)  # a service that is gone has no trouble left
+            self._rebuild(key[1])
+        added = sorted(name for name in wanted if (dc, name) not in self._watches)
+        watched = len(self._watches) + len(added)
+        if watched > self._settings.max_connections - 8 and not self._warned_limit:
+            self._warned_limit = True
+            log.warning(
+                "registry=%s watches %d services but max_connections is %d; raise it (and "
+                "Consul's limits.http_max_conns_per_client, default 200) or filter services",
+                self.name,
+                watched,
+                self._settings.max_connections,
+            )
+        for name in added:
+            self._watches[(dc, name)] = self.spawn(
+                f"service {name!r} in {dc}", functools.partial(self._watch_service, dc, name)
+            )
+        self._listed.add(dc)
+        self._publish()
 
-    async def _watch_service(self, dc: str, name: str) -> None:
-        assert self._client is not None
-        index, attempt = 0, 0
-        while True:
-            try:
-                new, entries = await self._call(
-                    self._client.health.service(
-                        name,
-                        index=str(index) if index else None,
-                        wait=f"{int(self._settings.wait)}s",
-                        dc=dc,
-                    )
-                )
-            except ERRORS as err:
-                self._fail(dc, name, err)
-                await asyncio.sleep(backoff(attempt))
-                attempt += 1
-                continue
-            attempt = 0
-            self._recover(dc, name)
-            new_index = int(new or 0)
-            if new_index == index and (dc, name) in self._instances:
-                continue  # the wait ran out with no change
-            index = next_index(index, new_index)
-            instances, problems = parse_health(name, dc, entries or [], self._options)
-            for problem in problems:
-                if problem.subject not in self._reported:
-                    self._reported.add(problem.subject)
-                    log.warning(
-                        "skipped record registry=%s subject=%s: %s",
-                        self.name,
-                        problem.subject,
-                        problem.message,
-                    )
-                    self._metrics.skipped_records.labels(self.name, "bad-entry").inc()
-            self._instances[(dc, name)] = instances
-            self._problems[(dc, name)] = problems
-            self._rebuild(name)
-            self._publish()
+    def _apply_health(self, dc: str, name: str, entries: Sequence[object]) -> None:
+        instances, problems = parse_health(name, dc, entries, self._options)
+        self._instances[(dc, name)] = instances
+        self._problems[(dc, name)] = problems
+        self._rebuild(name)
+        self._publish()
 
     def _rebuild(self, name: str) -> None:
         per_dc = {dc: self._instances[(dc, n)] for dc, n in self._instances if n == name}
@@ -267,43 +300,64 @@ class ConsulRegistry(Registry):
         else:
             self._services.pop(name, None)
 
-    def _fail(self, dc: str, name: str, err: BaseException) -> None:
-        if not isinstance(err, TimeoutError):
+    # ------------------------------------------------------------------ status
+
+    def _fail(self, key: Key, err: BaseException) -> None:
+        if not isinstance(err, TimeoutError):  # timeouts are counted where they are cut
             self._metrics.registry_errors.labels(self.name, "error").inc()
-        first = (dc, name) not in self._failing
-        self._failing.add((dc, name))
-        if first:
-            what = f"service {name!r}" if name else "service list"
-            self._degrade(f"{what} in {dc}: {err!r}; serving the last known view")
+        if key == AGENT:
+            detail = f"cannot reach Consul at {self._settings.address}: {err!r}"
+        else:
+            detail = f"{self._what(key)}: {err!r}; serving the last known view"
+        self._trouble(key, "error", detail)
 
-    def _recover(self, dc: str, name: str) -> None:
-        self._failing.discard((dc, name))
-        if not self._failing and self._status is Status.DEGRADED:
-            log.info("registry recovered registry=%s", self.name)
-            self._set(Status.READY if self._synced() else Status.STARTING, "")
+    def _answered(self, key: Key, filtered: bool) -> None:
+        if not filtered:
+            self._clear(key)
+            return
+        self._metrics.registry_errors.labels(self.name, "acl-filtered").inc()
+        self._trouble(
+            key,
+            "acl-filtered",
+            f"Consul filtered results by ACL ({FILTERED}) for the {self._what(key)}: the "
+            "token cannot read every service or node; what it cannot read looks deleted",
+        )
 
-    def _degrade(self, detail: str) -> None:
-        if self._status is not Status.DEGRADED:
-            log.warning("registry degraded registry=%s: %s", self.name, detail)
-        self._set(Status.DEGRADED, detail)
+    def _trouble(self, key: Key, kind: str, detail: str) -> None:
+        """Mark one loop troubled; the registry degrades (once per loop and kind, so a
+        retry loop does not rebuild the pipeline on every failed call)."""
+        old = self._troubles.get(key)
+        if old is not None and old[0] == kind:
+            return
+        self._troubles.pop(key, None)
+        self._troubles[key] = (kind, detail)
+        self.degrade(detail)
 
-    def _set(self, status: Status, detail: str) -> None:
-        self._status, self._detail = status, detail
-        self._publish()
+    def _clear(self, key: Key) -> None:
+        """One loop is fine again: recover when none is left troubled (this also clears a
+        degradation the supervisor set after a crash), else show the newest remaining."""
+        if self._troubles.pop(key, None) is None and self._troubles:
+            return
+        if self._troubles:
+            self.degrade(next(reversed(self._troubles.values()))[1])
+        else:
+            self.recover()
+
+    # --------------------------------------------------------------- publishing
 
     def _synced(self) -> bool:
         """Every datacenter listed and every wanted service's health fetched once."""
         return (
             bool(self._datacenters)
             and self._listed >= set(self._datacenters)
-            and all(key in self._instances for key in self._tasks)
+            and all(key in self._instances for key in self._watches)
         )
 
     def _publish(self) -> None:
         """Publish a new view. While the first listing is still arriving (one health answer
         per service), views are coalesced to one per LISTING_BATCH seconds, so syncing N
         services costs O(N) view builds at most N/batch times, not N times."""
-        if self._view.synced or self._synced():
+        if self.view().synced or self._synced():
             self._publish_now()
         elif self._batch is None:
             loop = asyncio.get_running_loop()
@@ -313,17 +367,8 @@ class ConsulRegistry(Registry):
         if self._batch is not None:
             self._batch.cancel()
             self._batch = None
-        synced = self._view.synced or self._synced()
-        if synced and self._status is Status.STARTING:
-            self._status, self._detail = Status.READY, ""
-        services = [s for group in self._services.values() for s in group]
-        problems = [p for ps in self._problems.values() for p in ps]
-        self._view = View(
-            registry=self.name,
-            services=tuple(services),
-            synced=synced,
-            status=self._status,
-            detail=self._detail,
-            problems=tuple(problems),
+        self.publish(
+            [s for group in self._services.values() for s in group],
+            [p for ps in self._problems.values() for p in ps],
+            synced=self.view().synced or self._synced(),
         )
-        self._on_change()

@@ -1,1 +1,28 @@
 """The static registry: services listed in a YAML file, reloaded when the file changes."""
+
+from __future__ import annotations
+
+from mcpserver.registry.base import Kind, OfflineView, RegistryContext, View
+from mcpserver.registry.static.config import StaticRegistrySettings
+from mcpserver.registry.static.parser import StaticFileError
+from mcpserver.registry.static.watcher import StaticRegistry, options_of, read_static
+
+
+def _build(settings: StaticRegistrySettings, context: RegistryContext) -> StaticRegistry:
+    return StaticRegistry(settings, context.metrics)
+
+
+def _offline(settings: StaticRegistrySettings, context: RegistryContext) -> OfflineView:
+    """The file, parsed exactly as `serve` parses it."""
+    try:
+        _, parsed = read_static(settings.path, options_of(settings))
+    except OSError as err:
+        return OfflineView(errors=(f"{settings.path}: cannot read: {err.strerror}",))
+    except (StaticFileError, UnicodeDecodeError) as err:
+        return OfflineView(errors=(f"{settings.path}: {err}",))
+    view = View(settings.name, parsed.services, synced=True, problems=parsed.problems)
+    locations = {key: f"{settings.path}: {where}" for key, where in parsed.locations.items()}
+    return OfflineView(view, locations, str(settings.path))
+
+
+KIND = Kind("static", StaticRegistrySettings, _build, _offline)

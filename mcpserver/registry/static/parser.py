@@ -1,16 +1,23 @@
 """Pure parsing of the static registry file format (design.md section 1).
 
-Each service entry is checked on its own: a malformed entry is skipped with a problem naming
-its field, the others still flow. Entries that are well-formed but break Istio's rules (a bad
+Each service entry is checked on its own: a malformed entry is skipped with one problem per
+bad field, the others still flow. Entries that are well-formed but break Istio's rules (a bad
 host, a duplicate port name, a non-IP address) are passed on; validation withholds them later
-with Istio's own wording.
+with Istio's own wording. Every number is bounded as Istio's fields bound it (ports 1-65535,
+uint32 weights), so nothing that parses can make conversion fail.
+
+The file as a whole is strict: an empty file, a missing `services` key or an unknown top-level
+key (`service:`) is an error that keeps the last good set, never "zero services". Only an
+explicit `services: []` means "no services" (and protection against mass removal holds it).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -27,18 +34,22 @@ class _Entry(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+PortNumber = Annotated[int, Field(ge=1, le=65535)]
+UINT32_MAX = 2**32 - 1  # ServiceEntry endpoint weight is a uint32 (networking/v1alpha3)
+
+
 class StaticPort(_Entry):
     name: str
-    number: int
+    number: PortNumber
     protocol: str = "TCP"
-    target_port: int = 0
+    target_port: int = Field(default=0, ge=0, le=65535)
 
 
 class StaticInstance(_Entry):
     address: str
-    ports: dict[str, int] = Field(default_factory=dict)
+    ports: dict[str, PortNumber] = Field(default_factory=dict)
     labels: dict[str, str] = Field(default_factory=dict)
-    weight: int = Field(default=0, ge=0)
+    weight: int = Field(default=0, ge=0, le=UINT32_MAX)
     locality: str = ""
     network: str = ""
     service_account: str = ""
@@ -67,10 +78,17 @@ class StaticOptions:
     endpoints_mode: str
 
 
-def _field_path(error: ValidationError) -> str:
-    first = error.errors()[0]
-    path = ".".join(str(p) for p in first["loc"]) or "(entry)"
-    return f"{path}: {first['msg']}"
+def field_path(loc: tuple[int | str, ...]) -> str:
+    """pydantic's ('ports', 0, 'number') as ports[0].number."""
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
+    return text or "(entry)"
+
+
+def entry_errors(error: ValidationError) -> list[str]:
+    """Every bad field of one entry, with its path."""
+    return [f"{field_path(e['loc'])}: {e['msg']}" for e in error.errors()]
 
 
 def to_service(entry: StaticService, options: StaticOptions) -> Service:
@@ -109,25 +127,69 @@ def to_service(entry: StaticService, options: StaticOptions) -> Service:
     )
 
 
-def parse_static(text: str, options: StaticOptions) -> tuple[list[Service], list[Problem]]:
-    """Services and per-entry problems from the file's text; StaticFileError if unusable."""
+@dataclass(frozen=True, slots=True)
+class StaticFile:
+    """A parsed file: its services, the entries skipped, and where each service came from."""
+
+    services: tuple[Service, ...]
+    problems: tuple[Problem, ...]
+    locations: dict[str, str]  # service key -> "services[3] (name)"
+    known: Mapping[str, Service] = field(default_factory=dict)  # entry text -> its Service
+
+
+def _entry_key(raw: object) -> str:
+    """A canonical text of one raw entry: equal entries give equal keys."""
+    return json.dumps(raw, sort_keys=True, default=str, separators=(",", ":"))
+
+
+def parse_static(
+    text: str, options: StaticOptions, known: Mapping[str, Service] | None = None
+) -> StaticFile:
+    """Services and per-entry problems from the file's text; StaticFileError if unusable.
+
+    `known` is the previous parse's `known`: an entry whose text did not change is not
+    validated again and keeps its Service object, so an edit of one service in a file of
+    10k costs one validation, and the pipeline's identity check skips the rest."""
+    known = known or {}
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_LOADER)
     except yaml.YAMLError as err:
         raise StaticFileError(f"not valid YAML: {err}") from None
     if data is None:
-        data = {"services": []}
-    if not isinstance(data, dict) or not isinstance(data.get("services", []), list):
+        raise StaticFileError("the file is empty (write `services: []` to serve no services)")
+    if not isinstance(data, dict):
         raise StaticFileError("expected a mapping with a `services` list")
+    unknown = sorted(str(k) for k in data if k != "services")
+    if unknown:
+        raise StaticFileError(f"unknown top-level key {', '.join(map(repr, unknown))}")
+    if "services" not in data:
+        raise StaticFileError("no `services` key (write `services: []` to serve no services)")
+    if not isinstance(data["services"], list):
+        raise StaticFileError("`services` must be a list")
     services: list[Service] = []
     problems: list[Problem] = []
-    for index, raw in enumerate(data.get("services") or []):
+    locations: dict[str, str] = {}
+    now_known: dict[str, Service] = {}
+    for index, raw in enumerate(data["services"]):
         label = raw.get("name", f"#{index}") if isinstance(raw, dict) else f"#{index}"
         subject = f"services[{index}] ({label})"
-        try:
-            entry = StaticService.model_validate(raw)
-        except ValidationError as err:
-            problems.append(Problem(options.registry, subject, _field_path(err)))
-            continue
-        services.append(to_service(entry, options))
-    return services, problems
+        key = _entry_key(raw)
+        service = known.get(key) or now_known.get(key)
+        if service is None:
+            try:
+                entry = StaticService.model_validate(raw)
+            except ValidationError as err:
+                problems.extend(
+                    Problem(options.registry, subject, message, "malformed")
+                    for message in entry_errors(err)
+                )
+                continue
+            service = to_service(entry, options)
+        now_known[key] = service
+        services.append(service)
+        locations.setdefault(service.key, subject)
+    return StaticFile(tuple(services), tuple(problems), locations, now_known)
+
+
+# libyaml's C loader when PyYAML has it: several times faster than the pure-Python one.
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)

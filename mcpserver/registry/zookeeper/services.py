@@ -34,6 +34,7 @@ class ZkOptions:
     application_host_template: str
     label_params: tuple[str, ...]
     endpoints_mode: str
+    default_protocol: str = "http"  # Curator instances without dubbo.endpoints
 
 
 def from_millis(ctime_ms: int) -> datetime:

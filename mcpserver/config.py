@@ -1,0 +1,156 @@
+"""Building blocks of every config model: durations, addresses, file paths, secrets, and the
+fields every registry kind shares.
+
+Registry kinds own their config models (`registry/<kind>/config.py`); they build them from
+these pieces, so that one mechanism does each job for every kind: a relative file path is
+resolved against the config file (validation context `base`) wherever it appears, a secret
+comes from exactly one source and is never logged, and unknown keys are errors.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, None: 1.0}
+_DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+
+BASE_CONTEXT = "base"
+"""Validation-context key: the directory relative paths are resolved against."""
+
+
+def parse_duration(value: object) -> float:
+    """Accept 100ms / 1s / 2m / 1h or a bare number of seconds; return seconds."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as 100ms, 1s or 2m")
+    if isinstance(value, int | float):
+        seconds = float(value)
+    elif isinstance(value, str) and (m := _DURATION.match(value)):
+        seconds = float(m.group(1)) * _UNITS[m.group(2)]
+    else:
+        raise ValueError("expected a duration such as 100ms, 1s or 2m")
+    if seconds < 0:
+        raise ValueError("a duration cannot be negative")
+    return seconds
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+def format_duration(seconds: float) -> str:
+    """The inverse of parse_duration, for messages: 90 -> '1m30s'."""
+    if seconds < 1:
+        return f"{seconds * 1000:g}ms"
+    minutes, rest = divmod(round(seconds), 60)
+    return f"{minutes}m{rest}s" if minutes else f"{rest}s"
+
+
+def check_address(value: str) -> str:
+    """host:port with a numeric port; IPv6 hosts in brackets."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ValueError("expected HOST:PORT, e.g. 127.0.0.1:15051")
+    return value
+
+
+Address = Annotated[str, BeforeValidator(lambda v: check_address(str(v)))]
+
+
+def _resolve(value: Path, info: ValidationInfo) -> Path:
+    """Relative paths are relative to the config file's directory, never to the cwd."""
+    base = (info.context or {}).get(BASE_CONTEXT)
+    if isinstance(base, Path) and not value.is_absolute():
+        return base / value
+    return value
+
+
+def _existing_file(value: Path) -> Path:
+    if not value.is_file():
+        raise ValueError(f"file not found: {value}")
+    return value
+
+
+ConfigPath = Annotated[Path, AfterValidator(_resolve)]
+"""A path in a config file, resolved against that file's directory."""
+
+ExistingFile = Annotated[Path, AfterValidator(_resolve), AfterValidator(_existing_file)]
+"""A ConfigPath that must name a readable file when the config is loaded."""
+
+
+class Frozen(BaseModel):
+    """Immutable, and a typo is an error rather than a silently ignored option."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class SecretSettings(Frozen):
+    """A secret from exactly one source; its value is never logged or shown."""
+
+    value: str | None = Field(default=None, repr=False)
+    file: ExistingFile | None = None
+    env: str | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> SecretSettings:
+        if len([x for x in (self.value, self.file, self.env) if x]) != 1:
+            raise ValueError("give exactly one of value, file, env")
+        return self
+
+    def resolve(self, env: Mapping[str, str]) -> str:
+        if self.value:
+            return self.value
+        if self.file is not None:
+            return self.file.read_text(encoding="utf-8").strip()
+        return env.get(self.env or "", "")
+
+
+def check_template(value: str, **placeholders: str) -> str:
+    """A str.format template that uses only the given placeholders."""
+    try:
+        value.format(**placeholders)
+    except (KeyError, IndexError, ValueError) as err:
+        names = " ".join("{" + p + "}" for p in placeholders)
+        raise ValueError(f"unknown placeholder {err}; use {names}") from None
+    return value
+
+
+def check_label(value: str) -> str:
+    if len(value) > 63 or not _DNS1123_LABEL.match(value):
+        raise ValueError("must be a DNS-1123 label (lower case, digits, '-', at most 63)")
+    return value
+
+
+class RegistrySettings(Frozen):
+    """Fields every registry kind has; each kind adds `kind: Literal[...]` and its own."""
+
+    kind: str
+    name: str
+    namespace: str = "default"
+    endpoints: str = "inline"
+    keep_when_empty: bool = False
+
+    @field_validator("name", "namespace")
+    @classmethod
+    def _label(cls, value: str) -> str:
+        return check_label(value)
+
+    @field_validator("endpoints")
+    @classmethod
+    def _endpoints(cls, value: str) -> str:
+        if value not in ("inline", "workloadentry"):
+            raise ValueError("expected inline or workloadentry")
+        return value

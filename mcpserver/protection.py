@@ -1,0 +1,231 @@
+"""Protection against mass removal: istiod never loses a live service because of us.
+
+istiod replaces its whole copy of our resources with every response (absence deletes), so one
+bad registry listing would take services out of the mesh within a second: a ZooKeeper session
+expiry that drops every provider's ephemeral node at once, a Consul agent that sees every
+check fail when its own network does, a static file truncated while being written. Eureka
+calls its answer to this "self-preservation". Ours: an update that would remove every served
+service of a registry, or more than a set share of its instances at once, is held: the last
+accepted view stays served until the change persists for `hold_for` or an operator confirms
+it. A listing that recovers (the services come back) releases the hold by itself.
+
+The decision is a pure function (`guard`) of the accepted view, the incoming one, the current
+hold and the time, so it is tested as a decision table; the pipeline owns the state (accepted
+views, holds, confirmations, the timer from `next_deadline`).
+
+What counts as removed is the *net* loss of instances per service (each of a service's
+`instances` is one endpoint in istiod): max(0, instances before - instances after), and all of
+them for a service that is gone or no longer served. A service whose instances were replaced
+by as many new ones in one update (a blue/green switch, a redeploy onto new addresses) loses
+nothing live, and holding that update would serve only dead addresses; the failure modes above
+remove instances without replacing them, and count in full. New services do not offset
+removed ones.
+
+Cheap at 10k services / 100k instances (a few ms): a service object identical (`is`) to the
+accepted one is set aside without looking at it further, the few that changed are compared by
+key and instance count, and the total is summed only as far as the share rule needs, unless
+the update is held.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Generic, Protocol, TypeVar
+
+from mcpserver.model import Service
+
+
+class ViewLike(Protocol):
+    """What guard() reads of a registry's View (mcpserver.registry.base.View). Typed
+    structurally, so this pure module need not import the registry package, which runs
+    asyncio tasks."""
+
+    @property
+    def registry(self) -> str: ...
+    @property
+    def services(self) -> Sequence[Service]: ...
+    @property
+    def synced(self) -> bool: ...
+
+
+V = TypeVar("V", bound=ViewLike)
+
+
+@dataclass(frozen=True, slots=True)
+class ProtectionPolicy:
+    """When an update counts as a mass removal, and how it is released."""
+
+    max_removed_share: float = 0.5
+    """Hold an update removing more than this share of instances; 1.0 disables the rule."""
+    min_instances: int = 5
+    """The share rule applies to registries with at least this many instances."""
+    hold_empty: bool = True
+    """Hold an update that removes every served service, whatever the registry's size."""
+    hold_for: float | None = 180.0
+    """Seconds a held update must persist before it is applied; None: confirmation only."""
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.max_removed_share <= 1.0:
+            raise ValueError(f"max_removed_share {self.max_removed_share} not in 0..1")
+        if self.min_instances < 0:
+            raise ValueError(f"min_instances {self.min_instances} < 0")
+        if self.hold_for is not None and self.hold_for < 0:
+            raise ValueError(f"hold_for {self.hold_for} < 0")
+
+
+@dataclass(frozen=True, slots=True)
+class Hold:
+    """A held update: what it would remove, and since when it has been held."""
+
+    since: float
+    """Monotonic seconds when the update was first held; kept while it persists."""
+    reason: str
+    """For people: what the update removes and how it will be applied."""
+    removed_services: int
+    removed_instances: int
+    total_instances: int
+
+
+@dataclass(frozen=True, slots=True)
+class Guarded(Generic[V]):
+    """The outcome for one registry: the view to build from, and the hold if any."""
+
+    served: V
+    hold: Hold | None
+
+
+def is_served(service: Service, keep_when_empty: bool) -> bool:
+    """Whether a service really reaches istiod (the predicate pipeline.build applies)."""
+    return bool(service.instances) or service.resolution != "STATIC" or keep_when_empty
+
+
+def guard(
+    accepted: V | None,
+    incoming: V,
+    hold: Hold | None,
+    now: float,
+    policy: ProtectionPolicy,
+    confirmed: bool,
+    keep_when_empty: bool,
+) -> Guarded[V]:
+    """Decide what to serve for one registry.
+
+    - no accepted view yet: accept `incoming`;
+    - `incoming` is not a complete listing (not synced): keep serving `accepted` if it was
+      one, with the current hold unchanged; an unsynced `accepted` is no better than what
+      follows it, so `incoming` is accepted then;
+    - not a mass removal: accept `incoming`, dropping any hold;
+    - a mass removal: accept `incoming` if `confirmed`, or if it has been held for
+      `policy.hold_for` (measured from the first hold, however the update changed since);
+      otherwise serve `accepted` and return the hold.
+
+    While held, `served` is the accepted View object itself, unchanged: its services and
+    problems are what istiod keeps seeing, and its status is the one from when it was
+    accepted. The registry's live status and detail belong to its own view (shown beside the
+    hold), not to the view that is served in its place.
+    """
+    if accepted is None or incoming is accepted:
+        return Guarded(incoming, None)
+    if not incoming.synced:
+        if accepted.synced:
+            return Guarded(accepted, hold)
+        return Guarded(incoming, None)
+    found = _mass_removal(accepted, incoming, policy, keep_when_empty)
+    if found is None:
+        return Guarded(incoming, None)
+    since = hold.since if hold is not None else now
+    if confirmed or (policy.hold_for is not None and now - since >= policy.hold_for):
+        return Guarded(incoming, None)
+    removed_services, removed_instances, total_instances, what = found
+    if policy.hold_for is None:
+        release = "applied only when an operator confirms it"
+    else:
+        release = (
+            f"applied if it persists for {_duration(policy.hold_for)}, or when an operator "
+            "confirms it"
+        )
+    reason = (
+        f"update removes {what} of registry {incoming.registry}; the last accepted services "
+        f"stay served; {release}"
+    )
+    return Guarded(
+        accepted, Hold(since, reason, removed_services, removed_instances, total_instances)
+    )
+
+
+def _mass_removal(
+    accepted: ViewLike, incoming: ViewLike, policy: ProtectionPolicy, keep_when_empty: bool
+) -> tuple[int, int, int, str] | None:
+    """(removed services, removed instances, total instances, description) if the update
+    from `accepted` to `incoming` is a mass removal, else None."""
+    if incoming.services is accepted.services:
+        return None
+    # Services present in both views as the very same object lose nothing: set them aside by
+    # identity (both views are alive, so equal ids are the same object) and compare the few
+    # that changed by key.
+    incoming_ids = set(map(id, incoming.services))
+    accepted_ids = set(map(id, accepted.services))
+    changed = {
+        s.key: s
+        for s in incoming.services
+        if id(s) not in accepted_ids and is_served(s, keep_when_empty)
+    }
+    removed_services = 0
+    removed_instances = 0
+    for old in accepted.services:
+        if id(old) in incoming_ids or not is_served(old, keep_when_empty):
+            continue
+        new = changed.get(old.key)
+        if new is None:
+            removed_services += 1
+            removed_instances += len(old.instances)
+        else:
+            removed_instances += max(0, len(old.instances) - len(new.instances))
+    if removed_services == 0 and removed_instances == 0:
+        return None
+    if policy.hold_empty and not any(is_served(s, keep_when_empty) for s in incoming.services):
+        before = [s for s in accepted.services if is_served(s, keep_when_empty)]
+        total = sum(len(s.instances) for s in before)
+        what = f"all {len(before)} served services ({total} instances)"
+        return removed_services, removed_instances, total, what
+    # Held iff total >= min_instances and removed > share * total. Sum the total only until
+    # it clears the share: a small removal stops after a few services.
+    share = policy.max_removed_share
+    total = 0
+    served = 0
+    for old in accepted.services:
+        if is_served(old, keep_when_empty):
+            served += 1
+            total += len(old.instances)
+            if total * share >= removed_instances:
+                return None
+    if total < policy.min_instances:
+        return None
+    what = (
+        f"{removed_instances} of {total} instances ({removed_instances / total:.0%}, more than "
+        f"{share:.0%}; {removed_services} of {served} services gone)"
+    )
+    return removed_services, removed_instances, total, what
+
+
+def next_deadline(hold: Hold | None, policy: ProtectionPolicy) -> float | None:
+    """Monotonic time at which a held update is applied if it persists (for a timer that
+    triggers a rebuild), or None if only confirmation applies it."""
+    if hold is None or policy.hold_for is None:
+        return None
+    return hold.since + policy.hold_for
+
+
+def _duration(seconds: float) -> str:
+    """Go-style durations, as people read them in Istio's docs: 3m0s, 45s, 1h0m0s."""
+    whole = int(seconds)
+    if whole != seconds:
+        return f"{seconds:g}s"
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes}m{secs}s"
+    if minutes:
+        return f"{minutes}m{secs}s"
+    return f"{secs}s"

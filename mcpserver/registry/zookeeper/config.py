@@ -1,0 +1,66 @@
+"""The ZooKeeper registry's settings: ensemble, roots to watch, naming templates, auth."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from mcpserver.config import (
+    Duration,
+    Frozen,
+    RegistrySettings,
+    SecretSettings,
+    check_address,
+    check_template,
+)
+
+
+class ZooKeeperAuthSettings(Frozen):
+    """ZooKeeper digest auth; the credential (`user:password`) is never logged."""
+
+    scheme: Literal["digest"] = "digest"
+    credential: SecretSettings
+
+
+class ZooKeeperRegistrySettings(RegistrySettings):
+    kind: Literal["zookeeper"]
+    hosts: str
+    roots: list[str] = Field(default_factory=lambda: ["/dubbo"])
+    services_roots: list[str] = Field(default_factory=lambda: ["/services"])
+    mapping: bool = True
+    host_template: str = "{interface}"
+    application_host_template: str = "{application}.dubbo"
+    label_params: list[str] = Field(
+        default_factory=lambda: ["version", "group", "application", "revision", "release"]
+    )
+    default_protocol: str = "http"
+    session_timeout: Duration = 30.0
+    connect_timeout: Duration = 15.0
+    auth: ZooKeeperAuthSettings | None = None
+
+    @field_validator("hosts")
+    @classmethod
+    def _hosts(cls, value: str) -> str:
+        servers = value.split("/", 1)[0]
+        for server in servers.split(","):
+            check_address(server.strip())
+        return value
+
+    @field_validator("roots", "services_roots")
+    @classmethod
+    def _roots(cls, value: list[str]) -> list[str]:
+        for root in value:
+            if not root.startswith("/") or (root != "/" and root.endswith("/")):
+                raise ValueError(f"{root!r}: a ZooKeeper path starts with / and has no trailing /")
+        return value
+
+    @field_validator("host_template")
+    @classmethod
+    def _interface_template(cls, value: str) -> str:
+        return check_template(value, interface="i", group="g", version="v", application="a")
+
+    @field_validator("application_host_template")
+    @classmethod
+    def _app_template(cls, value: str) -> str:
+        return check_template(value, application="a")

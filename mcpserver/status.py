@@ -1,0 +1,454 @@
+"""What the server says about itself to people: the change line of each published snapshot,
+and the HTML status page on the admin port.
+
+Why: the complaint about serving Istio config over MCP is that nobody can see what flows. The
+JSON endpoints answer one question each; an operator paged at night wants one page that shows
+every registry, the snapshot, every connected istiod and every problem at once, that works
+in any browser without JavaScript or anything fetched from elsewhere (admin ports live on
+networks without Internet access), and that refreshes itself. A log line per published
+change that names what changed, by registry, answers "what did we just send istiod?".
+
+Everything here is pure: the admin server gathers the facts, these functions format them.
+Every string that comes from a registry or a client (names, details, node ids, NACK
+messages) is HTML-escaped where it is written.
+"""
+
+from __future__ import annotations
+
+import html
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Final
+
+from mcpserver.model import Problem, Service
+from mcpserver.xds.callbacks import ClientInfo
+from mcpserver.xds.resources import PackedResource
+from mcpserver.xds.snapshot import Snapshot, TypeSet
+
+SERVICE_KIND: Final = "ServiceEntry"
+NAMES_SHOWN: Final = 3
+"""Names a change line lists per registry and kind before `and N more`."""
+
+# ------------------------------------------------------------------ snapshot changes
+
+
+@dataclass(frozen=True, slots=True)
+class Delta:
+    """Resource names added, removed and changed (new content) between two snapshots."""
+
+    added: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
+    changed: tuple[str, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.added or self.removed or self.changed)
+
+    def describe(self, limit: int = NAMES_SHOWN) -> str:
+        """`added 1 (shop/new), changed 2 (shop/a, shop/b)`."""
+        parts = []
+        for verb, names in (
+            ("added", self.added),
+            ("removed", self.removed),
+            ("changed", self.changed),
+        ):
+            if names:
+                parts.append(f"{verb} {len(names)} ({listed(names, limit)})")
+        return ", ".join(parts)
+
+
+def listed(names: Sequence[str], limit: int = NAMES_SHOWN) -> str:
+    """`a, b, c` or `a, b, c and 117 more`."""
+    shown = ", ".join(names[:limit])
+    return shown if len(names) <= limit else f"{shown} and {len(names) - limit} more"
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotChange:
+    """What one publish changed: ServiceEntries by registry, other kinds in total."""
+
+    version: str
+    first: bool
+    counts: Mapping[str, int]
+    services: Mapping[str, Delta]  # registry -> ServiceEntry changes
+    others: Mapping[str, Delta]  # kind -> changes, for kinds other than ServiceEntry
+
+    def summary(self, limit: int = NAMES_SHOWN) -> str:
+        """One line for the log and the status page."""
+        counts = " ".join(f"{kind}={count}" for kind, count in self.counts.items())
+        head = "first snapshot" if self.first else "snapshot"
+        parts = [
+            f"registry {registry or '?'} {delta.describe(limit)}"
+            for registry, delta in self.services.items()
+        ]
+        parts += [f"{kind} {delta.describe(limit)}" for kind, delta in self.others.items()]
+        what = "; ".join(parts) if parts else "no resource changed"
+        return f"{head} {self.version} published: {what} (now {counts})"
+
+    def fields(self) -> dict[str, object]:
+        """The same, as structured fields for JSON logs (names in full)."""
+        return {
+            "snapshot_version": self.version,
+            "first": self.first,
+            "counts": dict(self.counts),
+            "services": {
+                registry or "?": {
+                    "added": list(d.added),
+                    "removed": list(d.removed),
+                    "changed": list(d.changed),
+                }
+                for registry, d in self.services.items()
+            },
+            "others": {
+                kind: {"added": len(d.added), "removed": len(d.removed), "changed": len(d.changed)}
+                for kind, d in self.others.items()
+            },
+        }
+
+
+def diff_sets(
+    old: TypeSet | None, new: TypeSet
+) -> tuple[list[PackedResource], list[PackedResource], list[PackedResource]]:
+    """Added, removed (from `old`) and changed resources of one kind, in name order."""
+    if old is None:
+        return list(new.resources), [], []
+    if old is new or old.version == new.version:
+        return [], [], []
+    before = {r.name: r for r in old.resources}
+    after = {r.name: r for r in new.resources}
+    added = [r for r in new.resources if r.name not in before]
+    removed = [r for r in old.resources if r.name not in after]
+    changed = [r for r in new.resources if r.name in before and before[r.name].version != r.version]
+    return added, removed, changed
+
+
+def describe_change(
+    old: Snapshot | None, new: Snapshot, owner: Callable[[PackedResource], str]
+) -> SnapshotChange:
+    """Compare two snapshots; `owner` names the registry a ServiceEntry came from."""
+    services: dict[str, dict[str, list[str]]] = {}
+    others: dict[str, Delta] = {}
+    for kind, type_set in new.sets.items():
+        before = old.sets.get(kind) if old is not None else None
+        if old is not None and before is None:
+            before = TypeSet.of(kind, ())
+        added, removed, changed = diff_sets(before, type_set)
+        if kind != SERVICE_KIND:
+            delta = Delta(
+                tuple(r.name for r in added),
+                tuple(r.name for r in removed),
+                tuple(r.name for r in changed),
+            )
+            if delta:
+                others[kind] = delta
+            continue
+        for what, resources in (("added", added), ("removed", removed), ("changed", changed)):
+            for resource in resources:
+                entry = services.setdefault(owner(resource), {})
+                entry.setdefault(what, []).append(resource.name)
+    return SnapshotChange(
+        version=new.version,
+        first=old is None,
+        counts={kind: len(s.resources) for kind, s in new.sets.items()},
+        services={
+            registry: Delta(
+                tuple(found.get("added", ())),
+                tuple(found.get("removed", ())),
+                tuple(found.get("changed", ())),
+            )
+            for registry, found in sorted(services.items())
+        },
+        others=others,
+    )
+
+
+@dataclass
+class Activity:
+    """What the status page shows that no other part keeps: when each registry last reported
+    a change, and when the snapshot last changed and how."""
+
+    started_at: float = field(default_factory=time.time)
+    registry_changed: dict[str, float] = field(default_factory=dict)  # name -> Unix time
+    published_at: float | None = None
+    last_change: SnapshotChange | None = None
+
+
+# ------------------------------------------------------------------------ the page
+
+
+@dataclass(frozen=True, slots=True)
+class HeldRemoval:
+    """A mass removal protection holds back (README "What mcpserver does when things go
+    wrong")."""
+
+    reason: str
+    since: float  # Unix time
+    removed_services: int
+    removed_instances: int
+    instances: int
+
+
+@dataclass(frozen=True, slots=True)
+class RegistryRow:
+    name: str
+    kind: str
+    status: str
+    synced: bool
+    services: int
+    instances: int
+    detail: str
+    last_change: float | None
+    held: HeldRemoval | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """Everything the status page shows, gathered by the admin server."""
+
+    version: str
+    now: float
+    started_at: float
+    ready: bool
+    ready_reason: str
+    registries: Sequence[RegistryRow]
+    snapshot: Snapshot | None
+    published_at: float | None
+    last_change: str
+    clients: Sequence[ClientInfo]
+    problems: Sequence[Problem]
+    refresh: int  # seconds; 0: no automatic refresh
+
+
+LINKS: Final = (
+    ("/debug/registries", "registries"),
+    ("/debug/snapshot", "snapshot"),
+    ("/debug/snapshot?full=1", "snapshot with bodies"),
+    ("/debug/clients", "clients"),
+    ("/debug/problems", "problems"),
+    ("/metrics", "metrics"),
+    ("/readyz", "readyz"),
+    ("/healthz", "healthz"),
+)
+
+STYLE: Final = """
+body{font:14px/1.4 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:1.2em 2em;
+color:#1d1d1f;background:#fafafa}
+h1{font-size:1.4em;margin:0 0 .2em}h2{font-size:1.1em;margin:1.4em 0 .4em}
+table{border-collapse:collapse;background:#fff;margin-bottom:.6em}
+th,td{border:1px solid #d8d8d8;padding:.25em .6em;text-align:left;vertical-align:top}
+th{background:#f0f0f0;font-weight:600}td.n{text-align:right}
+code,.v{font-family:ui-monospace,Menlo,Consolas,monospace;font-size:.92em}
+.muted{color:#6e6e73}.bar{margin:.2em 0 1em}
+.badge{display:inline-block;padding:0 .5em;border-radius:.7em;font-weight:600;font-size:.9em}
+.ready,.ok{background:#d9f2df;color:#13652b}.starting,.waiting{background:#ececec;color:#444}
+.degraded,.bad{background:#fadbd8;color:#9c1c12}.held{background:#fde9c8;color:#8a4b00}
+.client{background:#fff;border:1px solid #d8d8d8;padding:.5em .8em;margin-bottom:.8em}
+.client table{margin:.4em 0 0}.detail{max-width:60em;white-space:pre-wrap;word-break:break-word}
+"""
+
+
+def e(value: object) -> str:
+    """HTML-escape anything for text or a quoted attribute."""
+    return html.escape(str(value), quote=True)
+
+
+def when(ts: float | None, now: float) -> str:
+    """A <time> element: local ISO 8601 with offset, and how long ago."""
+    if ts is None:
+        return '<span class="muted">never</span>'
+    stamp = datetime.fromtimestamp(ts, UTC).astimezone().isoformat(timespec="seconds")
+    since = ago(now - ts)
+    return f'<time datetime="{e(stamp)}">{e(stamp)}</time> <span class="muted">({since})</span>'
+
+
+def ago(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds < 60:
+        return f"{seconds:.0f}s ago"
+    if seconds < 3600:
+        return f"{seconds / 60:.0f}m ago"
+    if seconds < 86400:
+        return f"{seconds / 3600:.1f}h ago"
+    return f"{seconds / 86400:.1f}d ago"
+
+
+def short(version: str) -> str:
+    """A version as shown: the first 10 characters, the whole one on hover."""
+    if not version:
+        return '<span class="muted">-</span>'
+    return f'<span class="v" title="{e(version)}">{e(version[:10])}</span>'
+
+
+def type_name(type_url: str) -> str:
+    """networking.istio.io/v1/ServiceEntry -> ServiceEntry."""
+    return type_url.rsplit("/", 1)[-1] or type_url
+
+
+def badge(text: str, css: str) -> str:
+    return f'<span class="badge {e(css)}">{e(text)}</span>'
+
+
+def render(page: Page) -> str:
+    """The whole status page as one HTML document."""
+    now = page.now
+    refresh = f'<meta http-equiv="refresh" content="{page.refresh}">' if page.refresh > 0 else ""
+    state = (
+        badge("ready", "ready")
+        if page.ready
+        else badge("not ready", "degraded") + f" <span>{e(page.ready_reason)}</span>"
+    )
+    auto = f"refreshes every {page.refresh} s" if page.refresh > 0 else "automatic refresh off"
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        refresh,
+        f"<title>mcpserver {'ready' if page.ready else 'NOT READY'}</title>",
+        f"<style>{STYLE}</style></head><body>",
+        f'<h1>mcpserver <span class="muted">{e(page.version)}</span> '
+        f'<span id="readiness">{state}</span></h1>',
+        f'<div class="bar muted">page at {when(now, now)} &middot; {e(auto)} &middot; up since '
+        f"{when(page.started_at, now)}</div>",
+        _registries(page),
+        _snapshot(page),
+        _clients(page),
+        _problems(page),
+        '<h2>JSON</h2><p id="links">',
+        " &middot; ".join(f'<a href="{e(href)}">{e(text)}</a>' for href, text in LINKS),
+        "</p></body></html>",
+    ]
+    return "\n".join(p for p in parts if p)
+
+
+def _registries(page: Page) -> str:
+    rows = []
+    for r in page.registries:
+        status = badge(r.status, r.status)
+        detail = e(r.detail)
+        if r.held is not None:
+            h = r.held
+            status = badge("degraded", "degraded") + " " + badge("removal held", "held")
+            detail = (
+                f"{e(h.reason)}<br><span class='muted'>held since {when(h.since, page.now)}: "
+                f"{h.removed_services} services and {h.removed_instances} of {h.instances} "
+                f"instances would go. Confirm with <code>curl -X POST "
+                f"ADMIN/debug/registries/{e(r.name)}/confirm</code></span>"
+                + (f"<br>source: {e(r.detail)}" if r.detail else "")
+            )
+        rows.append(
+            f'<tr id="registry-{e(r.name)}" data-status="{e("held" if r.held else r.status)}">'
+            f"<td><b>{e(r.name)}</b></td><td>{e(r.kind)}</td><td>{status}"
+            f"{'' if r.synced else ' <span class=muted>(listing)</span>'}</td>"
+            f'<td class="n">{r.services}</td><td class="n">{r.instances}</td>'
+            f"<td>{when(r.last_change, page.now)}</td>"
+            f'<td class="detail">{detail}</td></tr>'
+        )
+    body = "".join(rows) or '<tr><td colspan="7" class="muted">no registries</td></tr>'
+    return (
+        f'<h2>Registries ({len(page.registries)})</h2><table id="registries"><tr><th>name</th>'
+        "<th>kind</th><th>status</th><th>services</th><th>instances</th><th>last change</th>"
+        f"<th>detail / last error</th></tr>{body}</table>"
+    )
+
+
+def _snapshot(page: Page) -> str:
+    snapshot = page.snapshot
+    if snapshot is None:
+        return (
+            '<h2>Snapshot</h2><p id="snapshot">'
+            + badge("waiting", "waiting")
+            + " no snapshot yet: istiod is answered nothing until every registry has listed"
+            " (see readiness above)</p>"
+        )
+    rows = "".join(
+        f'<tr data-kind="{e(kind)}"><td>{e(kind)}</td><td>{short(s.version)}</td>'
+        f'<td class="n">{len(s.resources)}</td></tr>'
+        for kind, s in snapshot.sets.items()
+    )
+    change = (
+        f'<p class="detail">last change: <span id="last-change">{e(page.last_change)}</span></p>'
+        if page.last_change
+        else ""
+    )
+    return (
+        f'<h2>Snapshot</h2><div id="snapshot"><p>version {short(snapshot.version)}, '
+        f"published {when(page.published_at, page.now)}</p>"
+        f"<table><tr><th>kind</th><th>version</th><th>resources</th></tr>{rows}</table>"
+        f"{change}</div>"
+    )
+
+
+def _client_types(client: ClientInfo, now: float, served: set[str]) -> str:
+    rows = []
+    quiet = 0
+    for url, s in client.types.items():
+        nack = client.nacks.get(url)
+        in_sync = bool(s.version) and s.acked == s.version
+        if type_name(url) not in served and in_sync and nack is None:
+            quiet += 1  # an empty type ACKed: nothing to look at
+            continue
+        if not s.version:
+            acked = badge("waiting", "waiting")
+        elif in_sync:
+            acked = f"{short(s.acked)} {badge('ACKed', 'ok')}"
+        else:
+            acked = f"{short(s.acked)} {badge('pending', 'waiting')}"
+        lag = client.lag(url, now)
+        nack_text = (
+            f"{badge('NACK', 'bad')} {short(nack.version)} {when(nack.at, now)}: "
+            f"<span class='detail'>{e(nack.message)}</span>"
+            if nack is not None
+            else '<span class="muted">-</span>'
+        )
+        rows.append(
+            f'<tr data-type="{e(url)}" data-sent="{e(s.version)}" data-acked="{e(s.acked)}">'
+            f'<td title="{e(url)}">{e(type_name(url))}</td><td>{short(s.version)} '
+            f"{when(client.sent_at.get(url), now) if url in client.sent_at else ''}</td>"
+            f"<td>{acked}</td><td class='n'>{f'{lag:.1f}s' if lag else '0'}</td>"
+            f"<td>{nack_text}</td></tr>"
+        )
+    if quiet:
+        rows.append(
+            f'<tr><td colspan="5" class="muted">{quiet} other types: empty sets, all ACKed'
+            "</td></tr>"
+        )
+    return (
+        "<table><tr><th>type</th><th>version sent</th><th>version ACKed</th><th>lag</th>"
+        f"<th>last NACK</th></tr>{''.join(rows)}</table>"
+    )
+
+
+def _clients(page: Page) -> str:
+    served = set(page.snapshot.sets) if page.snapshot is not None else {SERVICE_KIND}
+    blocks = [
+        f'<div class="client" id="client-{c.stream_id}"><b>node</b> '
+        f'<code class="node">{e(c.node_id or "(not sent yet)")}</code> &middot; <b>peer</b> '
+        f"<code>{e(c.peer)}</code> &middot; stream {c.stream_id} &middot; connected "
+        f"{when(c.connected_at, page.now)} &middot; {c.responses} responses"
+        f"{_client_types(c, page.now, served)}</div>"
+        for c in page.clients
+    ]
+    body = "".join(blocks) or (
+        '<p class="muted">no istiod connected (istiod dials us: check meshConfig.configSources)</p>'
+    )
+    return f'<h2>Connected istiods ({len(page.clients)})</h2><div id="clients">{body}</div>'
+
+
+def _problems(page: Page) -> str:
+    rows = "".join(
+        f"<tr><td>{e(p.registry or '-')}</td><td>{e(p.subject)}</td>"
+        f'<td class="detail">{e(p.message)}</td></tr>'
+        for p in page.problems
+    )
+    if not rows:
+        return '<h2>Problems (0)</h2><p id="problems" class="muted">none</p>'
+    return (
+        f'<h2>Problems ({len(page.problems)})</h2><table id="problems"><tr><th>registry</th>'
+        f"<th>subject</th><th>problem</th></tr>{rows}</table>"
+    )
+
+
+def instances_of(services: Iterable[Service]) -> int:
+    """Instances across a registry's services."""
+    return sum(len(s.instances) for s in services)

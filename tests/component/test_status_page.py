@@ -1,0 +1,253 @@
+"""The status page on the admin port, read by a real headless Chromium (Debian's `chromium`
+and `chromium-driver`, driven by Selenium): what an operator sees when a registry breaks, a
+removal is held and an istiod ACKs or NACKs.
+
+Set MCPTEST_SCREENSHOT=1 to refresh docs/status-page.png (the README shows it) from the
+scenario of the main test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from envoy.service.discovery.v3 import discovery_pb2
+from google.rpc import status_pb2
+from selenium import webdriver
+from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+from selenium.webdriver.chrome.service import Service as ChromeService
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support.ui import WebDriverWait
+
+from mcpserver.model import Problem
+from mcpserver.status import Page, RegistryRow, render
+from mcpserver.xds.callbacks import ClientInfo, NackRecord
+from mcpserver.xds.client import IstiodLikeClient
+from mcpserver.xds.protocol import TypeState
+from tests.conftest import AppFactory, ClientFactory, eventually, service, settings_for
+
+pytestmark = pytest.mark.component
+
+ROOT = Path(__file__).resolve().parents[2]
+SE = "networking.istio.io/v1/ServiceEntry"
+HOSTILE = "<img src=x onerror=alert(1)>"
+
+
+def chromium_paths() -> tuple[str, str]:
+    """The browser and its driver, from Debian's packages (no download at test time)."""
+    browser = shutil.which("chromium") or "/usr/bin/chromium"
+    driver = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+    if not (Path(browser).exists() and Path(driver).exists()):
+        message = "chromium and chromium-driver (apt-get install chromium chromium-driver)"
+        if os.environ.get("MCPTEST_REQUIRE_REAL") == "1":
+            pytest.fail(f"required real component unavailable: {message}")
+        pytest.skip(f"real component unavailable: {message}")
+    return browser, driver
+
+
+@pytest.fixture
+def browser() -> Iterator[webdriver.Chrome]:
+    binary, driver = chromium_paths()
+    options = webdriver.ChromeOptions()
+    options.binary_location = binary
+    for argument in (
+        "--headless=new",
+        "--no-sandbox",  # tests run as root in containers
+        "--disable-dev-shm-usage",
+        "--disable-gpu",
+        "--window-size=1280,1500",
+        "--force-device-scale-factor=1",
+    ):
+        options.add_argument(argument)
+    chrome = webdriver.Chrome(options=options, service=ChromeService(executable_path=driver))
+    try:
+        yield chrome
+    finally:
+        chrome.quit()
+
+
+async def wait_in_browser(
+    chrome: webdriver.Chrome, condition: Callable[[webdriver.Chrome], Any], within: float = 20
+) -> Any:
+    """Selenium's own polling wait, in a thread so the server keeps running on the loop.
+    The page is never reloaded by the test: each new state arrives by the page's own
+    refresh."""
+
+    def check(driver: webdriver.Chrome) -> Any:
+        try:
+            return condition(driver)
+        except (NoSuchElementException, StaleElementReferenceException):
+            return False  # the page is being replaced by its refresh
+
+    return await asyncio.to_thread(WebDriverWait(chrome, within, poll_frequency=0.1).until, check)
+
+
+def row_status(name: str) -> Callable[[webdriver.Chrome], str]:
+    def read(driver: webdriver.Chrome) -> str:
+        return str(driver.find_element(By.ID, f"registry-{name}").get_attribute("data-status"))
+
+    return read
+
+
+def nack(client: IstiodLikeClient, message: str) -> None:
+    """Reject the last ServiceEntry response, as istiod would on a resource it cannot take."""
+    last = client.responses[SE][-1]
+    client.send(
+        discovery_pb2.DiscoveryRequest(
+            type_url=SE,
+            version_info="",
+            response_nonce=last.nonce,
+            error_detail=status_pb2.Status(code=3, message=message),
+        )
+    )
+
+
+async def test_the_page_shows_a_registry_going_degraded_a_held_removal_and_acks(
+    tmp_path: Path, start_app: AppFactory, connect: ClientFactory, browser: webdriver.Chrome
+) -> None:
+    files, legacy, catalog = (tmp_path / f"{n}.yaml" for n in ("files", "legacy", "catalog"))
+    from tests.conftest import write_services
+
+    write_services(
+        files,
+        [
+            service("cart", "10.1.0.1", "10.1.0.2"),
+            service("pay", "10.1.0.9"),
+            # a record that does not parse: a problem whose text comes from the file
+            {"name": HOSTILE, "namespace": "shop"},
+        ],
+    )
+    write_services(legacy, [service("billing", "10.2.0.1", namespace="legacy")])
+    write_services(
+        catalog, [service("catalog", *(f"10.3.0.{i}" for i in range(1, 7)), namespace="shop")]
+    )
+    settings = settings_for(
+        tmp_path,
+        *(
+            {"kind": "static", "name": f.stem, "path": str(f), "poll_interval": "50ms"}
+            for f in (files, legacy, catalog)
+        ),
+    )
+    app = await start_app(settings)
+    client = await connect(app.port)
+    await client.wait_for(lambda c: c.synced(), 10)
+    await eventually(
+        lambda: app.clients.open and next(iter(app.clients.open.values())).types[SE].acked
+    )
+    url = f"http://127.0.0.1:{app.admin.port}/?refresh=1"
+    await asyncio.to_thread(browser.get, url)
+
+    assert await wait_in_browser(browser, row_status("legacy")) == "ready"
+    registries = browser.find_element(By.ID, "registries").text
+    assert "files static ready 2 3" in registries  # kind, status, services, instances
+    # the client's ACK: the ServiceEntry version sent is the version ACKed
+    se_row = browser.find_element(By.CSS_SELECTOR, f'#clients tr[data-type="{SE}"]')
+    assert se_row.get_attribute("data-acked") == se_row.get_attribute("data-sent") != ""
+    assert "ACKed" in se_row.text
+    assert "sidecar~" in browser.find_element(By.CSS_SELECTOR, "#clients .node").text
+    # everything from a registry or a client is text, never markup
+    assert HOSTILE in browser.find_element(By.ID, "problems").text
+    assert not browser.find_elements(By.CSS_SELECTOR, "#problems img")
+    # the JSON endpoints are one click away
+    links = {a.get_attribute("href") for a in browser.find_elements(By.CSS_SELECTOR, "#links a")}
+    assert f"http://127.0.0.1:{app.admin.port}/debug/clients" in links
+
+    # the legacy file breaks: the registry goes DEGRADED and says why, its last set stays
+    legacy.write_text("services: [\n")
+    assert await wait_in_browser(browser, lambda d: row_status("legacy")(d) == "degraded")
+    detail = browser.find_element(By.ID, "registry-legacy").text
+    assert "degraded" in detail and "1 1" in detail  # still serving its service
+    # the catalog empties: protection holds the removal and the page says how to confirm
+    write_services(catalog, [])
+    assert await wait_in_browser(browser, lambda d: row_status("catalog")(d) == "held")
+    held = browser.find_element(By.ID, "registry-catalog").text
+    assert "removal held" in held and "/debug/registries/catalog/confirm" in held
+    # istiod rejects a response: the NACK and its message show under the client
+    nack(client, f"rejected by a test {HOSTILE}")
+    assert await wait_in_browser(
+        browser,
+        lambda d: "NACK" in d.find_element(By.CSS_SELECTOR, f'#clients tr[data-type="{SE}"]').text,
+    )
+    assert HOSTILE in browser.find_element(By.ID, "clients").text
+    assert not browser.find_elements(By.CSS_SELECTOR, "#clients img")
+    assert "last change" in browser.find_element(By.ID, "snapshot").text
+
+    shot = tmp_path / "status-page.png"
+    browser.save_screenshot(str(shot))
+    assert shot.read_bytes().startswith(b"\x89PNG") and shot.stat().st_size > 20_000
+    if os.environ.get("MCPTEST_SCREENSHOT") == "1":
+        (ROOT / "docs").mkdir(exist_ok=True)
+        height = browser.execute_script("return document.documentElement.scrollHeight")
+        browser.set_window_size(1280, int(height) + 20)
+        browser.save_screenshot(str(ROOT / "docs" / "status-page.png"))
+
+
+async def test_the_page_refreshes_itself_and_shows_the_wait_for_the_first_snapshot(
+    tmp_path: Path, start_app: AppFactory, browser: webdriver.Chrome
+) -> None:
+    from tests.component.test_ads import ControlledRegistry, svc
+
+    slow = ControlledRegistry("slow")
+    app = await start_app(settings_for(tmp_path), [slow])
+    await asyncio.to_thread(browser.get, f"http://127.0.0.1:{app.admin.port}/?refresh=1")
+    assert "not ready" in browser.find_element(By.ID, "readiness").text
+    assert "waits for registries slow" in browser.find_element(By.ID, "readiness").text
+    assert "no snapshot yet" in browser.find_element(By.ID, "snapshot").text
+    slow.sync(svc("late", "10.9.0.1"))
+    assert await wait_in_browser(
+        browser, lambda d: d.find_element(By.ID, "readiness").text == "ready"
+    )
+    assert await wait_in_browser(browser, lambda d: row_status("slow")(d) == "ready")
+
+
+def test_the_default_page_refreshes_every_few_seconds_with_no_external_assets() -> None:
+    html = render(page())
+    assert '<meta http-equiv="refresh" content="5">' in html
+    assert "<script" not in html  # no JavaScript at all
+    for external in ("http://", "https://", "//"):
+        assert f'src="{external}' not in html and f'href="{external}' not in html
+    assert 'http-equiv="refresh"' not in render(page(refresh=0))
+
+
+def page(**overrides: Any) -> Page:
+    now = time.time()
+    client = ClientInfo(stream_id=7, peer=f"ipv4:{HOSTILE}", connected_at=now - 5, node_id=HOSTILE)
+    client.types = {SE: TypeState(nonce="n", version="v2", acked="v1")}
+    client.sent_at[SE] = now - 2
+    client.nacks[SE] = NackRecord(now - 1, "v2", f"bad {HOSTILE}")
+    values: dict[str, Any] = {
+        "version": "0.1.0",
+        "now": now,
+        "started_at": now - 60,
+        "ready": False,
+        "ready_reason": f"waits for {HOSTILE}",
+        "registries": [
+            RegistryRow(HOSTILE, "static", "degraded", True, 1, 2, f"broken {HOSTILE}", now)
+        ],
+        "snapshot": None,
+        "published_at": None,
+        "last_change": f"added {HOSTILE}",
+        "clients": [client],
+        "problems": [Problem(HOSTILE, HOSTILE, HOSTILE)],
+        "refresh": 5,
+    }
+    values.update(overrides)
+    return Page(**values)
+
+
+def test_everything_from_registries_and_clients_is_escaped() -> None:
+    html = render(page())
+    assert "<img" not in html
+    assert html.count("&lt;img src=x onerror=alert(1)&gt;") >= 7
+    assert "lag" in html and "2.0s" in html  # sent 2 s ago, not ACKed
+
+
+def test_the_page_needs_no_asset_files(tmp_path: Path) -> None:
+    """Everything is inline: the package has no static files to ship or to forget."""
+    assert not (ROOT / "mcpserver" / "static").exists()

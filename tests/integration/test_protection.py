@@ -1,0 +1,121 @@
+"""Protection against mass removal, against a real ZooKeeper: many interfaces losing every
+provider in one transaction is held, then applied after the hold time or on an operator's
+confirmation; a normal removal flows at once."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from kazoo.client import KazooClient
+
+from mcpserver.app import App
+from mcpserver.xds.client import IstiodLikeClient
+from tests.conftest import AppFactory, ClientFactory, eventually, past_next_rebuild, settings_for
+from tests.integration.test_zookeeper import provider_url
+from tests.integration.zookeeper import ZooKeeper
+
+INTERFACES = [f"org.example.Service{i}" for i in range(10)]
+
+
+def host(interface: str) -> str:
+    return interface.lower()
+
+
+def populate(zk: KazooClient) -> None:
+    for i, interface in enumerate(INTERFACES):
+        url = provider_url(f"10.20.0.{i + 1}", interface=interface).replace(
+            "org.apache.dubbo.demo.DemoService", interface
+        )
+        zk.create(f"/dubbo/{interface}/providers/{url}", b"", makepath=True, ephemeral=True)
+
+
+def remove_in_one_transaction(zk: KazooClient, interfaces: list[str]) -> None:
+    transaction = zk.transaction()
+    for interface in interfaces:
+        for child in zk.get_children(f"/dubbo/{interface}/providers"):
+            transaction.delete(f"/dubbo/{interface}/providers/{child}")
+    assert all(r is True for r in transaction.commit())
+
+
+def served(client: IstiodLikeClient) -> set[str]:
+    return {r.name for r in client.latest("ServiceEntry")}
+
+
+async def started(
+    tmp_path: Path, zookeeper: ZooKeeper, start_app: AppFactory, connect: ClientFactory, **top: Any
+) -> tuple[App, IstiodLikeClient]:
+    entry = {"kind": "zookeeper", "name": "zk", "hosts": zookeeper.address, "namespace": "dubbo"}
+    app = await start_app(settings_for(tmp_path, entry, **top))
+    client = await connect(app.port)
+    await client.wait_for(lambda c: len(served(c)) == len(INTERFACES), 30)
+    return app, client
+
+
+def held(app: App) -> bool:
+    return any(state.hold is not None for state in app.pipeline.registry_states())
+
+
+async def test_mass_removal_is_held_until_confirmed_and_a_normal_removal_flows(
+    tmp_path: Path,
+    zookeeper: ZooKeeper,
+    zk_writer: KazooClient,
+    start_app: AppFactory,
+    connect: ClientFactory,
+) -> None:
+    populate(zk_writer)
+    app, client = await started(tmp_path, zookeeper, start_app, connect)
+    # one interface of ten: a normal removal, served at once
+    remove_in_one_transaction(zk_writer, INTERFACES[:1])
+    await client.wait_for(lambda c: host(INTERFACES[0]) not in served(c), 20)
+    # eight of the nine left, in one transaction: held
+    remove_in_one_transaction(zk_writer, INTERFACES[1:9])
+    await eventually(lambda: held(app), within=20)
+    await past_next_rebuild(app)
+    assert served(client) == {host(i) for i in INTERFACES[1:]}
+    base = f"http://127.0.0.1:{app.admin.port}"
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{base}/debug/registries") as response:
+            (entry,) = json.loads(await response.text())
+        assert entry["status"] == "degraded"
+        assert "8 of 9 instances" in entry["detail"]
+        assert entry["held"]["removed_services"] == 8
+        async with http.post(f"{base}/debug/registries/zk/confirm") as response:
+            assert response.status == 200
+    await client.wait_for(lambda c: served(c) == {host(INTERFACES[9])}, 20)
+    assert (
+        app.metrics.registry.get_sample_value("mcpserver_registry_removal_held", {"registry": "zk"})
+        == 0
+    )
+
+
+async def test_mass_removal_is_applied_after_the_hold_time(
+    tmp_path: Path,
+    zookeeper: ZooKeeper,
+    zk_writer: KazooClient,
+    start_app: AppFactory,
+    connect: ClientFactory,
+) -> None:
+    populate(zk_writer)
+    app, client = await started(
+        tmp_path, zookeeper, start_app, connect, protection={"hold_for": "2s"}
+    )
+    responses = len(client.responses[next(u for u in client.type_urls if "ServiceEntry" in u)])
+    remove_in_one_transaction(zk_writer, INTERFACES[:8])
+    await eventually(lambda: held(app), within=20)
+    loop_time = asyncio.get_running_loop().time
+    held_at = loop_time()
+    await client.wait_for(lambda c: served(c) == {host(i) for i in INTERFACES[8:]}, 20)
+    assert loop_time() - held_at >= 1.5  # not before the hold time
+    # exactly one response: the held state produced no intermediate push
+    se = next(u for u in client.type_urls if "ServiceEntry" in u)
+    assert len(client.responses[se]) == responses + 1
+
+
+@pytest.fixture(autouse=True)
+def _interfaces_are_distinct() -> None:
+    assert len({host(i) for i in INTERFACES}) == len(INTERFACES)

@@ -1,0 +1,234 @@
+"""Mass-removal protection as decision tables: what is served, and what is held."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import replace
+
+import pytest
+
+from mcpserver.model import Instance, Port, Service
+from mcpserver.protection import Guarded, Hold, ProtectionPolicy, guard, next_deadline
+from mcpserver.registry.base import Status, View
+
+pytestmark = pytest.mark.unit
+
+POLICY = ProtectionPolicy()  # share 0.5, min 5 instances, hold_empty, 180 s
+
+
+def address(n: int) -> str:
+    return f"10.{(n >> 16) & 255}.{(n >> 8) & 255}.{n & 255}"
+
+
+def service(name: str, instances: int, first: int = 1, resolution: str = "STATIC") -> Service:
+    return Service(
+        "zk",
+        "dubbo",
+        name,
+        (f"{name}.mesh",),
+        (Port("tcp", 20880),),
+        tuple(Instance(address(first + i)) for i in range(instances)),
+        resolution=resolution,
+    )
+
+
+def view(*services: Service, synced: bool = True, status: Status = Status.READY) -> View:
+    return View("zk", tuple(services), synced, status)
+
+
+def run(
+    accepted: View | None,
+    incoming: View,
+    hold: Hold | None = None,
+    now: float = 1000.0,
+    policy: ProtectionPolicy = POLICY,
+    confirmed: bool = False,
+    keep_when_empty: bool = False,
+) -> Guarded[View]:
+    return guard(accepted, incoming, hold, now, policy, confirmed, keep_when_empty)
+
+
+TEN = view(service("a", 5), service("b", 5, first=100))  # 10 instances in 2 services
+
+
+def fewer(removed: int) -> View:
+    """TEN with `removed` instances gone, taken from the end, service b first."""
+    a, b = TEN.services
+    keep_b = max(0, 5 - removed)
+    keep_a = 5 - max(0, removed - 5)
+    return view(
+        replace(a, instances=a.instances[:keep_a]), replace(b, instances=b.instances[:keep_b])
+    )
+
+
+def test_the_first_view_is_accepted_whatever_it_holds() -> None:
+    for incoming in (TEN, view(), view(synced=False)):
+        assert run(None, incoming) == Guarded(incoming, None)
+
+
+@pytest.mark.parametrize(
+    ("removed", "held"),
+    [(0, False), (1, False), (5, False), (6, True), (9, True)],
+)
+def test_the_share_rule(removed: int, held: bool) -> None:
+    """More than half of the instances gone is held; half is not."""
+    incoming = fewer(removed)
+    outcome = run(TEN, incoming)
+    assert (outcome.hold is not None) is held
+    assert outcome.served is (TEN if held else incoming)
+    if outcome.hold is not None:
+        assert outcome.hold.since == 1000.0
+        assert (outcome.hold.removed_instances, outcome.hold.total_instances) == (removed, 10)
+        assert "removes" in outcome.hold.reason and "zk" in outcome.hold.reason
+
+
+def test_a_removed_service_counts_all_its_instances() -> None:
+    a, b = TEN.services
+    outcome = run(TEN, view(a, replace(b, instances=b.instances[:1]), service("c", 9, first=200)))
+    assert outcome.hold is None  # 4 of 10 gone; new instances elsewhere do not offset them
+    outcome = run(TEN, view(replace(a, instances=a.instances[:4])))
+    assert outcome.hold is not None
+    assert (outcome.hold.removed_services, outcome.hold.removed_instances) == (1, 6)
+
+
+def test_instances_replaced_by_as_many_new_ones_are_not_a_removal() -> None:
+    """A redeploy onto new addresses in one update: holding it would serve dead addresses."""
+    moved = view(service("a", 5, first=50), service("b", 5, first=150))
+    assert run(TEN, moved) == Guarded(moved, None)
+
+
+def test_the_share_rule_ignores_registries_below_min_instances() -> None:
+    small = view(service("a", 1), service("b", 3, first=100))  # 4 instances < 5
+    incoming = view(service("a", 1))  # 3 of 4 gone
+    assert run(small, incoming).hold is None
+    assert run(small, incoming, policy=replace(POLICY, min_instances=4)).hold is not None
+
+
+def test_share_one_disables_the_share_rule() -> None:
+    assert run(TEN, fewer(9), policy=replace(POLICY, max_removed_share=1.0)).hold is None
+
+
+def test_removing_every_service_is_held_even_for_a_one_service_registry() -> None:
+    one = view(service("a", 1))
+    for empty in (view(), view(service("a", 0))):  # gone, or no instances left
+        outcome = run(one, empty)
+        assert outcome.served is one
+        assert outcome.hold is not None
+        assert outcome.hold.removed_services == 1
+        assert "all 1 served services" in outcome.hold.reason
+        assert run(one, empty, policy=replace(POLICY, hold_empty=False)) == Guarded(empty, None)
+
+
+def test_keep_when_empty_services_still_count_as_served() -> None:
+    one = view(service("a", 1))
+    emptied = view(service("a", 0))
+    assert run(one, emptied, keep_when_empty=True).hold is None
+    dns = view(service("a", 0, resolution="DNS"))
+    assert run(dns, view()).hold is not None
+
+
+def test_a_hold_keeps_its_start_while_the_update_keeps_changing() -> None:
+    first = run(TEN, fewer(6), now=1000.0)
+    assert first.hold is not None
+    later = run(TEN, fewer(8), hold=first.hold, now=1100.0)
+    assert later.served is TEN
+    assert later.hold is not None and later.hold.since == 1000.0
+    assert later.hold.removed_instances == 8
+
+
+@pytest.mark.parametrize(
+    ("elapsed", "applied"),
+    [(0.0, False), (179.9, False), (180.0, True), (500.0, True)],
+)
+def test_a_persisting_removal_is_applied_after_hold_for(elapsed: float, applied: bool) -> None:
+    hold = run(TEN, fewer(7), now=1000.0).hold
+    incoming = fewer(7)
+    outcome = run(TEN, incoming, hold=hold, now=1000.0 + elapsed)
+    assert outcome == (Guarded(incoming, None) if applied else Guarded(TEN, hold))
+
+
+def test_hold_for_zero_never_holds_and_none_never_applies_by_itself() -> None:
+    incoming = fewer(7)
+    assert run(TEN, incoming, policy=replace(POLICY, hold_for=0.0)) == Guarded(incoming, None)
+    forever = replace(POLICY, hold_for=None)
+    hold = run(TEN, incoming, policy=forever).hold
+    assert hold is not None and "only when an operator confirms" in hold.reason
+    assert next_deadline(hold, forever) is None
+    outcome = run(TEN, incoming, hold=hold, now=1000.0 + 10**9, policy=forever)
+    assert outcome.served is TEN and outcome.hold == hold
+    assert run(TEN, incoming, hold=hold, policy=forever, confirmed=True).hold is None
+
+
+def test_confirmation_applies_a_held_removal_at_once() -> None:
+    incoming = fewer(9)
+    hold = run(TEN, incoming).hold
+    assert run(TEN, incoming, hold=hold, now=1001.0, confirmed=True) == Guarded(incoming, None)
+    assert run(TEN, view(), confirmed=True) == Guarded(view(), None)  # no hold needed first
+
+
+def test_a_recovered_registry_releases_the_hold() -> None:
+    hold = run(TEN, fewer(8)).hold
+    assert hold is not None
+    recovered = fewer(1)
+    assert run(TEN, recovered, hold=hold, now=1010.0) == Guarded(recovered, None)
+
+
+def test_an_incomplete_listing_keeps_the_accepted_view() -> None:
+    partial = view(service("a", 1), synced=False, status=Status.STARTING)
+    assert run(TEN, partial) == Guarded(TEN, None)
+    hold = run(TEN, fewer(8)).hold
+    assert run(TEN, partial, hold=hold, now=5000.0) == Guarded(TEN, hold)  # hold kept as is
+    # Nothing complete accepted yet: the newer partial listing is at least as good.
+    earlier = view(service("a", 1), synced=False)
+    assert run(earlier, partial) == Guarded(partial, None)
+
+
+def test_a_degraded_registry_serving_its_last_view_flows() -> None:
+    degraded = replace(TEN, status=Status.DEGRADED, detail="connection lost")
+    assert run(TEN, degraded) == Guarded(degraded, None)
+
+
+def test_next_deadline() -> None:
+    hold = Hold(100.0, "r", 1, 1, 1)
+    assert next_deadline(hold, POLICY) == 280.0
+    assert next_deadline(None, POLICY) is None
+
+
+def test_the_reason_says_how_the_hold_ends() -> None:
+    hold = run(TEN, fewer(6)).hold
+    assert hold is not None
+    assert hold.reason == (
+        "update removes 6 of 10 instances (60%, more than 50%; 1 of 2 services gone) of "
+        "registry zk; the last accepted services stay served; applied if it persists for "
+        "3m0s, or when an operator confirms it"
+    )
+
+
+@pytest.mark.parametrize(
+    ("make", "field"),
+    [
+        (lambda: ProtectionPolicy(max_removed_share=1.5), "max_removed_share"),
+        (lambda: ProtectionPolicy(max_removed_share=-0.1), "max_removed_share"),
+        (lambda: ProtectionPolicy(min_instances=-1), "min_instances"),
+        (lambda: ProtectionPolicy(hold_for=-1.0), "hold_for"),
+    ],
+)
+def test_a_nonsensical_policy_is_refused(make: Callable[[], ProtectionPolicy], field: str) -> None:
+    with pytest.raises(ValueError, match=field):
+        make()
+
+
+def test_a_rebuild_over_10k_services_with_one_changed_is_cheap() -> None:
+    services = [service(f"s{i}", 10, first=i * 10) for i in range(10_000)]
+    accepted = View("zk", tuple(services), True, Status.READY)
+    changed = list(services)
+    changed[1234] = replace(services[1234], instances=services[1234].instances[:3])
+    incoming = View("zk", tuple(changed), True, Status.READY)
+    best = float("inf")
+    for _ in range(5):
+        started = time.perf_counter()
+        outcome = run(accepted, incoming)
+        best = min(best, time.perf_counter() - started)
+    assert outcome == Guarded(incoming, None)
+    assert best < 0.05, f"guard took {best * 1000:.1f} ms"
