@@ -68,11 +68,12 @@ class Service:
     resolution: str = "STATIC"
     endpoints_mode: str = "inline"
     create_time: datetime = field(default=EPOCH_2000)
+    key: str = field(init=False, repr=False, compare=False)
+    """The Istio resource name, `namespace/name`, unique across registries (computed once:
+    every rebuild reads it for every service)."""
 
-    @property
-    def key(self) -> str:
-        """The Istio resource name, `namespace/name`, unique across registries."""
-        return f"{self.namespace}/{self.name}"
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", f"{self.namespace}/{self.name}")
 
 
 @dataclass(frozen=True, slots=True)

@@ -54,6 +54,7 @@ class Converted:
     packed: tuple[PackedResource, ...]
     problems: tuple[Problem, ...]
     vip: str | None = None
+    needs_vip: bool = False
 
 
 def check(resource: IstioResource) -> list[str]:
@@ -69,17 +70,17 @@ def check(resource: IstioResource) -> list[str]:
     return errors
 
 
-def convert_service(service: Service, vip: str | None = None) -> Converted:
+def convert_service(service: Service, vip: str | None = None, wants_vip: bool = False) -> Converted:
     """Convert, validate and pack one service (with its allocated VIP, if any). A service whose
     ServiceEntry is invalid is withheld whole (its WorkloadEntries would select nothing).
     Nothing raises: a failure of any kind withholds this service alone."""
     try:
-        return _convert_service(service, vip)
+        return replace(_convert_service(service, vip), needs_vip=wants_vip)
     except Exception as err:  # one poisoned record must never fail every push
         log.exception("conversion failed registry=%s service=%s", service.registry, service.key)
         message = f"conversion failed: {err!r}"
         problem = Problem(service.registry, f"ServiceEntry {service.key}", message, "conversion")
-        return Converted(service, (), (problem,), vip)
+        return Converted(service, (), (problem,), vip, wants_vip)
 
 
 def _convert_service(service: Service, vip: str | None) -> Converted:
@@ -150,11 +151,17 @@ def build(
     for view in views:
         problems.extend(view.problems)
     # Claims come from every listed service, served or not: a service whose instances drop
-    # to zero for a moment keeps its address and moves nobody else's.
-    claims = [(s.key, s.create_time) for s in services if needs_vip(s)]
+    # to zero for a moment keeps its address and moves nobody else's. Whether a service
+    # needs one is remembered with its cached conversion (the same object needs the same).
+    wanting: set[str] = set()
+    for s in services:
+        done = cache.get(s.key)
+        if done.needs_vip if done is not None and done.service is s else needs_vip(s):
+            wanting.add(s.key)
+    claims = [(s.key, s.create_time) for s in services if s.key in wanting]
     vips = allocate(claims, inputs.vip_cidr, [a for s in services for a in s.addresses])
     services = [s for s in services if served(s, inputs.keep_when_empty)]
-    for key in (s.key for s in services if needs_vip(s)):
+    for key in (s.key for s in services if s.key in wanting):
         if key not in vips:
             problems.append(
                 Problem("", key, f"no free address left in vip.cidr {inputs.vip_cidr}", "vip")
@@ -166,7 +173,7 @@ def build(
         vip = vips.get(service.key)
         done = cache.get(service.key)
         if done is None or done.vip != vip:
-            done = convert_service(service, vip)
+            done = convert_service(service, vip, service.key in wanting)
             encoded += len(done.packed)
         elif done.service is not service:
             if done.service == service:
@@ -174,7 +181,7 @@ def build(
                 # rebuild's identity check hits instead of comparing deeply again
                 done = replace(done, service=service)
             else:
-                done = convert_service(service, vip)
+                done = convert_service(service, vip, service.key in wanting)
                 encoded += len(done.packed)
         fresh[service.key] = done
         resources.extend(done.packed)

@@ -51,6 +51,11 @@ class PackedResource:
     name: str
     version: str
     framed: bytes
+    ident: bytes = b""  # name and version as the set version hashes them (see snapshot.py)
+
+    def __post_init__(self) -> None:
+        if not self.ident:
+            object.__setattr__(self, "ident", f"{self.name}\0{self.version}\n".encode())
 
     def to_any(self) -> any_pb2.Any:
         """The Any as it travels in DiscoveryResponse.resources."""

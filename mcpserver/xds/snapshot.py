@@ -10,18 +10,19 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from operator import attrgetter
 from types import MappingProxyType
 
 from mcpserver.xds.resources import PackedResource
 from mcpserver.xds.typeurls import SERVED_KINDS, served_kind
 
+_NAME = attrgetter("name")
+
 
 def set_version(resources: Iterable[PackedResource]) -> str:
-    """Hash of the (name, version) list: changes exactly when the set's content changes."""
-    digest = hashlib.blake2b(digest_size=10)
-    for resource in resources:
-        digest.update(f"{resource.name}\0{resource.version}\n".encode())
-    return digest.hexdigest()
+    """Hash of the (name, version) list: changes exactly when the set's content changes.
+    One join and one hash call (not one update per resource): this runs per rebuild."""
+    return hashlib.blake2b(b"".join(r.ident for r in resources), digest_size=10).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -35,7 +36,7 @@ class TypeSet:
 
     @classmethod
     def of(cls, kind: str, resources: Iterable[PackedResource]) -> TypeSet:
-        ordered = tuple(sorted(resources, key=lambda r: r.name))
+        ordered = tuple(sorted(resources, key=_NAME))
         return cls(kind, set_version(ordered), ordered, b"".join(r.framed for r in ordered))
 
 
