@@ -127,3 +127,12 @@ def test_unchanged_entries_keep_their_service_objects_across_reloads() -> None:
     assert same == [True, True, False, True, True]
     assert second.services[2].instances[0].address == "10.0.9.3"
     assert second.known.keys() != first.known.keys()
+
+
+def test_json_content_is_read_with_the_same_schema() -> None:
+    text = '{"services": [{"name": "j", "ports": [{"name": "http", "number": 80}]}]}'
+    assert [s.name for s in parse_static(text, OPTIONS).services] == ["j"]
+    # YAML flow style that is not JSON still parses as YAML
+    assert [s.name for s in parse_static("{services: []}", OPTIONS).services] == []
+    with pytest.raises(StaticFileError, match="unknown top-level key 'extra'"):
+        parse_static('{"services": [], "extra": 1}', OPTIONS)
