@@ -13,10 +13,11 @@ from dataclasses import dataclass, field
 from operator import attrgetter
 from types import MappingProxyType
 
-from mcpserver.xds.resources import PackedResource
+from mcpserver.xds.resources import PackedResource, encode_response
 from mcpserver.xds.typeurls import SERVED_KINDS, served_kind
 
 _NAME = attrgetter("name")
+MAX_CACHED_RESPONSES = 32  # per set: the type URLs of a few Istio versions
 
 
 def set_version(resources: Iterable[PackedResource]) -> str:
@@ -33,6 +34,19 @@ class TypeSet:
     version: str
     resources: tuple[PackedResource, ...]
     blob: bytes = field(repr=False)
+    _responses: dict[str, bytes] = field(default_factory=dict, repr=False, compare=False)
+
+    def response(self, type_url: str) -> bytes:
+        """The serialized DiscoveryResponse for this set under `type_url`, with the set's
+        version as version_info and nonce; encoded once and shared by every stream (on
+        the event loop only). Type URLs past a few dozen (clients may ask for anything)
+        are encoded without being kept."""
+        payload = self._responses.get(type_url)
+        if payload is None:
+            payload = encode_response(self.version, type_url, self.version, self.blob)
+            if len(self._responses) < MAX_CACHED_RESPONSES:
+                self._responses[type_url] = payload
+        return payload
 
     @classmethod
     def of(cls, kind: str, resources: Iterable[PackedResource]) -> TypeSet:

@@ -36,7 +36,6 @@ from mcpserver.xds.protocol import (
     StreamState,
     reduce,
 )
-from mcpserver.xds.resources import encode_response
 from mcpserver.xds.store import SnapshotStore
 
 # Clients and ClientInfo live in callbacks.py; app.py and admin.py import them from here.
@@ -183,9 +182,7 @@ class AdsHandler:
                 state, effects = reduce(state, event)
                 for effect in effects:
                     if isinstance(effect, Send):
-                        payload = encode_response(
-                            effect.version, effect.type_url, effect.nonce, effect.type_set.blob
-                        )
+                        payload = effect.type_set.response(effect.type_url)
                         callbacks.on_response(state, effect, len(payload))
                         yield payload
                     elif isinstance(effect, Abort):

@@ -30,7 +30,7 @@ from mcpserver.xds.protocol import (
     Waiting,
     reduce,
 )
-from mcpserver.xds.resources import PackedResource
+from mcpserver.xds.resources import PackedResource, encode_response
 from mcpserver.xds.snapshot import Snapshot, build_snapshot
 from mcpserver.xds.typeurls import MESH_CONFIG
 
@@ -59,7 +59,9 @@ EMPTY_V = S1.for_type_url(MESH_CONFIG).version  # types we don't serve are answe
 
 
 def nonce(seq: int, version: str) -> str:
-    return f"7-{seq}-{version[:8]}"
+    """Our nonce for the `seq`-th response: the set's version (shared by every stream)."""
+    del seq  # the sequence still counts responses, but no longer names them
+    return version
 
 
 def stream(snapshot: Snapshot | None = S1, seq: int = 0, **types: TypeState) -> StreamState:
@@ -234,11 +236,20 @@ def test_sends_carry_the_set_the_type_maps_to_and_the_nonce_recorded() -> None:
     state, effects = reduce(WAITING, SnapshotChanged(S1))
     sends = [e for e in effects if isinstance(e, Send)]
     assert [(s.type_url, s.nonce, s.version) for s in sends] == [
-        (SE, "7-1-" + V1[:8], V1),
-        (MESH_CONFIG, "7-2-" + EMPTY_V[:8], EMPTY_V),
+        (SE, V1, V1),  # the nonce is the set version: the same on every stream
+        (MESH_CONFIG, EMPTY_V, EMPTY_V),
     ]
     assert sends[0].type_set is S1.for_type_url(SE)
     assert [state.types[s.type_url].nonce for s in sends] == [s.nonce for s in sends]
+    assert state.seq == 2  # responses are still counted per stream
+
+
+def test_every_stream_shares_one_encoded_response_per_set_and_type() -> None:
+    """Fan-out copies nothing: the bytes for a set are encoded once for all streams."""
+    type_set = S1.for_type_url(SE)
+    first = type_set.response(SE)
+    assert type_set.response(SE) is first
+    assert first == encode_response(V1, SE, V1, type_set.blob)  # version and nonce alike
 
 
 def test_observations_carry_what_callbacks_report() -> None:
