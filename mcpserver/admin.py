@@ -128,9 +128,11 @@ class Admin:
         await self._runner.setup()
         site = web.TCPSite(self._runner, self._host, self._port)
         await site.start()
-        server = site._server  # the only way to learn an ephemeral port
-        if server is not None and server.sockets:  # type: ignore[attr-defined]
-            self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+        # the only way to learn an ephemeral port; aiohttp types _server as an
+        # asyncio.AbstractServer, which declares no `sockets`
+        server = site._server
+        if server is not None and server.sockets:  # type: ignore[attr-defined]  # see above
+            self.port = server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]  # see above
         log.info("admin listening address=%s:%d", self._host, self.port)
 
     async def stop(self) -> None:

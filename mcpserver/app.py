@@ -109,9 +109,12 @@ class Changes:
     clock back to the next one.
     """
 
-    def __init__(self, store: SnapshotStore, views: Callable[[], Sequence[View]]) -> None:
+    def __init__(
+        self, store: SnapshotStore, views: Callable[[], Sequence[View]], metrics: Metrics
+    ) -> None:
         self._store = store
         self._views = views
+        self._metrics = metrics
         self.activity = Activity()
         self._previous: Snapshot | None = None
         self._owners: dict[str, str] = {}
@@ -166,6 +169,7 @@ class Changes:
         change = describe_change(self._previous, snapshot, self._owner_lookup())
         self._previous = snapshot
         self.activity.published_at = time.time()
+        self._metrics.last_publish.set(self.activity.published_at)
         self.activity.last_change = change
         changes_log.info(change.summary(), extra=change.fields())
 
@@ -184,13 +188,14 @@ class App:
         registries: Sequence[Registry] | None = None,
     ) -> None:
         self.settings = s = settings
+        token = admin_token(s)  # before any port is bound: a refused token binds nothing
         self.metrics = metrics or Metrics()
         self.store = SnapshotStore()
         self.clients = Clients()
         self.registries = (
             list(registries) if registries is not None else build_registries(s, self.metrics)
         )
-        self.changes = Changes(self.store, lambda: self.pipeline.views())  # noqa: PLW0108  # built after this
+        self.changes = Changes(self.store, lambda: self.pipeline.views(), self.metrics)  # noqa: PLW0108  # built after this
         callbacks = DefaultCallbacks(self.metrics, self.clients, self.changes.origin)
         try:
             self.xds = XdsServer(
@@ -224,7 +229,7 @@ class App:
             self.clients,
             self.metrics,
             s.registries,
-            token=admin_token(s),
+            token=token,
             activity=self.changes.activity,
         )
         self._waiter: asyncio.Task[None] | None = None

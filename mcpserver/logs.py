@@ -79,7 +79,8 @@ def formatter(log_format: LogFormat) -> logging.Formatter:
 
 def configure(level: str, log_format: LogFormat = "text", stream: TextIO | None = None) -> None:
     """Route every logger (ours, grpc's Python side, aiohttp, kazoo) to one handler on stderr
-    in the chosen format; replaces any handler configured before."""
+    in the chosen format. A no-op when the root logger has handlers already: the CLI called
+    in-process (tests) leaves its host's logging alone."""
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(formatter(log_format))
-    logging.basicConfig(level=level.upper(), handlers=[handler], force=True)
+    logging.basicConfig(level=level.upper(), handlers=[handler])

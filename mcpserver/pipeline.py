@@ -369,7 +369,7 @@ class Pipeline:
             return
         self._metrics.builds.inc()
         self._store.publish(result.snapshot)
-        log.info(
+        log.debug(  # the INFO line saying what changed comes from mcpserver.snapshot
             "snapshot published version=%s %s encoded=%d",
             result.snapshot.version,
             " ".join(f"{k}={len(s.resources)}" for k, s in result.snapshot.sets.items()),

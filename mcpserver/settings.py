@@ -31,6 +31,7 @@ from mcpserver.config import (
     ExistingFile,
     Frozen,
     RegistrySettings,
+    SecretSettings,
 )
 from mcpserver.registry.kinds import KINDS
 
@@ -56,6 +57,9 @@ class ServerSettings(Frozen):
     listen: Address = "127.0.0.1:15051"
     admin: Address = "127.0.0.1:15052"
     tls: TLSSettings | None = None
+    # Bearer token for the status page, /debug/* and state-changing endpoints (never logged);
+    # /healthz, /readyz and /metrics stay open for probes and Prometheus.
+    admin_token: SecretSettings | None = None
     # istiod accepts responses up to MaxInt32 bytes; 100k instances fit well under this.
     max_message_bytes: int = Field(default=512 * 1024 * 1024, gt=0, lt=2**31)
 
@@ -73,6 +77,14 @@ class DebounceSettings(Frozen):
 
 def _never(value: object) -> object:
     return None if value in ("never", "") else value
+
+
+class ShutdownSettings(Frozen):
+    """SIGTERM: unready at once, serve `drain` more (load balancers stop sending), then end
+    streams with UNAVAILABLE so istiod reconnects elsewhere; `grace` bounds the rest."""
+
+    drain: Duration = 5.0
+    grace: Duration = Field(default=10.0, gt=0)
 
 
 class StartupSettings(Frozen):
@@ -136,7 +148,9 @@ class Settings(Frozen):
     startup: StartupSettings = StartupSettings()
     vip: VIPSettings = VIPSettings()
     protection: ProtectionSettings = ProtectionSettings()
+    shutdown: ShutdownSettings = ShutdownSettings()
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["text", "json"] = "text"
     merge: Literal["first", "union"] = "first"
     registries: list[RegistrySettings]
 

@@ -30,6 +30,9 @@ from mcpserver.xds.snapshot import Snapshot, TypeSet
 SERVICE_KIND: Final = "ServiceEntry"
 NAMES_SHOWN: Final = 3
 """Names a change line lists per registry and kind before `and N more`."""
+NAMES_IN_FIELDS: Final = 100
+"""Names the structured (JSON) fields of a change carry per list: a first snapshot of 50k
+services must not become a megabyte log line; the counts are always whole."""
 
 # ------------------------------------------------------------------ snapshot changes
 
@@ -87,19 +90,20 @@ class SnapshotChange:
         return f"{head} {self.version} published: {what} (now {counts})"
 
     def fields(self) -> dict[str, object]:
-        """The same, as structured fields for JSON logs (names in full)."""
+        """The same, as structured fields for JSON logs: per registry the names added,
+        removed and changed (up to NAMES_IN_FIELDS each) and how many there were."""
+        services: dict[str, object] = {}
+        for registry, d in self.services.items():
+            entry: dict[str, object] = {}
+            for what, names in (("added", d.added), ("removed", d.removed), ("changed", d.changed)):
+                entry[what] = list(names[:NAMES_IN_FIELDS])
+                entry[f"{what}_count"] = len(names)
+            services[registry or "?"] = entry
         return {
             "snapshot_version": self.version,
             "first": self.first,
             "counts": dict(self.counts),
-            "services": {
-                registry or "?": {
-                    "added": list(d.added),
-                    "removed": list(d.removed),
-                    "changed": list(d.changed),
-                }
-                for registry, d in self.services.items()
-            },
+            "services": services,
             "others": {
                 kind: {"added": len(d.added), "removed": len(d.removed), "changed": len(d.changed)}
                 for kind, d in self.others.items()
@@ -384,13 +388,15 @@ def _client_types(client: ClientInfo, now: float, served: set[str]) -> str:
     quiet = 0
     for url, s in client.types.items():
         nack = client.nacks.get(url)
-        in_sync = bool(s.version) and s.acked == s.version
+        in_sync = bool(s.version) and (s.acked == s.version or not client.awaits_ack(url))
         if type_name(url) not in served and in_sync and nack is None:
-            quiet += 1  # an empty type ACKed: nothing to look at
+            quiet += 1  # an empty type ACKed (or MeshConfig, never ACKed): nothing to see
             continue
         if not s.version:
             acked = badge("waiting", "waiting")
-        elif in_sync:
+        elif not client.awaits_ack(url):
+            acked = '<span class="muted">not ACKed by istiod</span>'
+        elif s.acked == s.version:
             acked = f"{short(s.acked)} {badge('ACKed', 'ok')}"
         else:
             acked = f"{short(s.acked)} {badge('pending', 'waiting')}"
@@ -410,8 +416,7 @@ def _client_types(client: ClientInfo, now: float, served: set[str]) -> str:
         )
     if quiet:
         rows.append(
-            f'<tr><td colspan="5" class="muted">{quiet} other types: empty sets, all ACKed'
-            "</td></tr>"
+            f'<tr><td colspan="5" class="muted">{quiet} other types: empty sets, in sync</td></tr>'
         )
     return (
         "<table><tr><th>type</th><th>version sent</th><th>version ACKed</th><th>lag</th>"

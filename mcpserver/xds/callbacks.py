@@ -30,7 +30,7 @@ from mcpserver.xds.protocol import (
     Waiting,
 )
 from mcpserver.xds.snapshot import Snapshot
-from mcpserver.xds.typeurls import BODY_TYPE, ISTIO_1_23, ISTIO_1_29, ISTIO_1_30
+from mcpserver.xds.typeurls import BODY_TYPE, ISTIO_1_23, ISTIO_1_29, ISTIO_1_30, MESH_CONFIG
 
 log = logging.getLogger("mcpserver.xds")
 
@@ -105,11 +105,17 @@ class ClientInfo:
     answering: set[str] = field(default_factory=set, repr=False)
 
     def lag(self, type_url: str, now: float) -> float:
-        """Seconds the last response of a type has waited for its ACK (0 once ACKed)."""
+        """Seconds the last response of a type has waited for its ACK (0 once ACKed, and
+        always for MeshConfig, which istiod never ACKs: pkg/adsc/adsc.go)."""
         state = self.types.get(type_url)
-        if state is None or not state.version or state.acked == state.version:
+        if not self.awaits_ack(type_url) or state is None or state.acked == state.version:
             return 0.0
         return max(0.0, now - self.sent_at.get(type_url, now))
+
+    def awaits_ack(self, type_url: str) -> bool:
+        """A response of this type was sent and an ACK is expected for it."""
+        state = self.types.get(type_url)
+        return state is not None and bool(state.version) and type_url != MESH_CONFIG
 
     def describe(self) -> dict[str, object]:
         now = time.time()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.server
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import free_port
+from tests.conftest import AppFactory, eventually, free_port, make_settings
 
 pytestmark = pytest.mark.component
 
@@ -136,6 +137,7 @@ def test_embedded_default_serves_and_dump_prints_it() -> None:
         assert as_json.returncode == 0 and '"kind": "ServiceEntry"' in as_json.stdout
     finally:
         server.terminate()
+        server.send_signal(signal.SIGINT)  # a second signal skips the shutdown drain
         assert server.wait(10) == 0
 
 
@@ -309,4 +311,70 @@ def test_a_closed_stdout_pipe_is_one_line(tmp_path: Path) -> None:
         assert "mcpserver: output closed by the reader" in reader_gone.stderr
     finally:
         server.terminate()
+        server.send_signal(signal.SIGINT)  # a second signal skips the shutdown drain
         server.wait(10)
+
+
+def test_version_names_ours_and_the_versions_that_shape_the_wire() -> None:
+    done = run("--version")
+    assert done.returncode == 0, done.stderr
+    assert re.fullmatch(
+        r"mcpserver 0\.1\.0 \(python 3\.\d+\.\d+, grpcio \S+, protobuf \S+\)\n", done.stdout
+    ), done.stdout
+
+
+@pytest.mark.parametrize(
+    ("command", "expected"),
+    [
+        ([], ["MCPSERVER_CONFIG", "MCPSERVER_SERVER__LISTEN", "GRPC_VERBOSITY", "exit codes"]),
+        (
+            ["serve"],
+            ["(default: $MCPSERVER_CONFIG, else the embedded demo)", "--log-format {text,json}"],
+        ),
+        (
+            ["dump"],
+            [
+                "(default: $MCPSERVER_SERVER__LISTEN, else 127.0.0.1:15051)",
+                "(default: 1.29)",
+                "(default: 15.0)",
+                "(default: yaml)",
+                "MCPSERVER_<SECTION>__<FIELD>",
+            ],
+        ),
+    ],
+    ids=["top", "serve", "dump"],
+)
+def test_help_shows_defaults_and_the_environment(command: list[str], expected: list[str]) -> None:
+    done = run(*command, "--help")
+    assert done.returncode == 0, done.stderr
+    text = " ".join(done.stdout.split())  # argparse wraps to the terminal width
+    for phrase in expected:
+        assert " ".join(phrase.split()) in text, (phrase, done.stdout)
+    assert "(default: None)" not in text
+
+
+async def test_dump_without_server_dials_the_listen_address_from_the_environment(
+    static_file: Path, start_app: AppFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+
+    from mcpserver.cli import main
+
+    app = await start_app(make_settings(static_file))
+    await eventually(lambda: app.store.snapshot is not None)
+    dump = ["dump", "--kind", "ServiceEntry", "-o", "json", "--timeout", "5"]
+    for listen in (f"127.0.0.1:{app.port}", f"0.0.0.0:{app.port}"):  # a wildcard: loopback
+        monkeypatch.setenv("MCPSERVER_SERVER__LISTEN", listen)
+        assert await asyncio.to_thread(main, dump) == 0, listen
+    # without the variable, the documented default (nothing listens there in tests)
+    monkeypatch.delenv("MCPSERVER_SERVER__LISTEN")
+    from mcpserver.cli import DEFAULT_SERVER, default_server
+
+    assert default_server({}) == DEFAULT_SERVER
+    assert default_server({"MCPSERVER_SERVER__LISTEN": "[::]:15051"}) == "[::1]:15051"
+
+
+def test_an_unknown_log_format_is_a_usage_error() -> None:
+    done = run("serve", "--log-format", "xml")
+    assert done.returncode == 2
+    assert "invalid choice: 'xml'" in done.stderr

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import subprocess
 import sys
 import time
@@ -106,6 +107,7 @@ def test_a_new_kind_is_one_module_and_one_table_entry(tmp_path: Path) -> None:
         assert names == ["echo/alpha", "echo/beta"]
     finally:
         server.terminate()
+        server.send_signal(signal.SIGINT)  # a second signal skips the shutdown drain
         assert server.wait(15) == 0
 
 

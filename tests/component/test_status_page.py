@@ -18,7 +18,6 @@ from typing import Any
 
 import pytest
 from envoy.service.discovery.v3 import discovery_pb2
-from google.rpc import status_pb2
 from selenium import webdriver
 from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service as ChromeService
@@ -75,9 +74,13 @@ def browser() -> Iterator[webdriver.Chrome]:
 async def wait_in_browser(
     chrome: webdriver.Chrome, condition: Callable[[webdriver.Chrome], Any], within: float = 20
 ) -> Any:
-    """Selenium's own polling wait, in a thread so the server keeps running on the loop.
-    The page is never reloaded by the test: each new state arrives by the page's own
-    refresh."""
+    """The first truthy value of `condition`, by Selenium's own polling wait.
+
+    Every Selenium call runs in a worker thread, never on the event loop: chromedriver
+    answers a call only once the page it is loading has arrived, and the page comes from
+    the admin server on this loop (a call made on the loop while the page refreshes waits
+    for itself). The page is never reloaded by the test: each new state arrives by the
+    page's own refresh, so reads retry while an element is replaced."""
 
     def check(driver: webdriver.Chrome) -> Any:
         try:
@@ -97,15 +100,12 @@ def row_status(name: str) -> Callable[[webdriver.Chrome], str]:
 
 def nack(client: IstiodLikeClient, message: str) -> None:
     """Reject the last ServiceEntry response, as istiod would on a resource it cannot take."""
-    last = client.responses[SE][-1]
-    client.send(
-        discovery_pb2.DiscoveryRequest(
-            type_url=SE,
-            version_info="",
-            response_nonce=last.nonce,
-            error_detail=status_pb2.Status(code=3, message=message),
-        )
+    request = discovery_pb2.DiscoveryRequest(
+        type_url=SE, response_nonce=client.responses[SE][-1].nonce
     )
+    request.error_detail.code = 3  # INVALID_ARGUMENT, as istiod reports a bad resource
+    request.error_detail.message = message
+    client.send(request)
 
 
 async def test_the_page_shows_a_registry_going_degraded_a_held_removal_and_acks(
@@ -143,49 +143,63 @@ async def test_the_page_shows_a_registry_going_degraded_a_held_removal_and_acks(
     url = f"http://127.0.0.1:{app.admin.port}/?refresh=1"
     await asyncio.to_thread(browser.get, url)
 
+    def text(selector: str) -> Callable[[webdriver.Chrome], str]:
+        return lambda d: str(d.find_element(By.CSS_SELECTOR, selector).text)
+
+    se_row = f'#clients tr[data-type="{SE}"]'
+
+    def acked(driver: webdriver.Chrome) -> str:
+        """The ServiceEntry row once its ACKed version is the version sent."""
+        row = driver.find_element(By.CSS_SELECTOR, se_row)
+        sent, ack = row.get_attribute("data-sent"), row.get_attribute("data-acked")
+        return str(row.text) if sent and sent == ack else ""
+
     assert await wait_in_browser(browser, row_status("legacy")) == "ready"
-    registries = browser.find_element(By.ID, "registries").text
+    registries = await wait_in_browser(browser, text("#registries"))
     assert "files static ready 2 3" in registries  # kind, status, services, instances
-    # the client's ACK: the ServiceEntry version sent is the version ACKed
-    se_row = browser.find_element(By.CSS_SELECTOR, f'#clients tr[data-type="{SE}"]')
-    assert se_row.get_attribute("data-acked") == se_row.get_attribute("data-sent") != ""
-    assert "ACKed" in se_row.text
-    assert "sidecar~" in browser.find_element(By.CSS_SELECTOR, "#clients .node").text
+    assert "ACKed" in await wait_in_browser(browser, acked)  # the client's ACK
+    assert "sidecar~" in await wait_in_browser(browser, text("#clients .node"))
     # everything from a registry or a client is text, never markup
-    assert HOSTILE in browser.find_element(By.ID, "problems").text
-    assert not browser.find_elements(By.CSS_SELECTOR, "#problems img")
+    assert HOSTILE in await wait_in_browser(browser, text("#problems"))
+    assert not await asyncio.to_thread(browser.find_elements, By.CSS_SELECTOR, "#problems img")
     # the JSON endpoints are one click away
-    links = {a.get_attribute("href") for a in browser.find_elements(By.CSS_SELECTOR, "#links a")}
+    links = await wait_in_browser(
+        browser,
+        lambda d: {a.get_attribute("href") for a in d.find_elements(By.CSS_SELECTOR, "#links a")},
+    )
     assert f"http://127.0.0.1:{app.admin.port}/debug/clients" in links
 
     # the legacy file breaks: the registry goes DEGRADED and says why, its last set stays
     legacy.write_text("services: [\n")
     assert await wait_in_browser(browser, lambda d: row_status("legacy")(d) == "degraded")
-    detail = browser.find_element(By.ID, "registry-legacy").text
-    assert "degraded" in detail and "1 1" in detail  # still serving its service
+    detail = await wait_in_browser(browser, text("#registry-legacy"))
+    assert "degraded" in detail and "not valid YAML" in detail and "1 1" in detail  # kept
     # the catalog empties: protection holds the removal and the page says how to confirm
     write_services(catalog, [])
     assert await wait_in_browser(browser, lambda d: row_status("catalog")(d) == "held")
-    held = browser.find_element(By.ID, "registry-catalog").text
+    held = await wait_in_browser(browser, text("#registry-catalog"))
     assert "removal held" in held and "/debug/registries/catalog/confirm" in held
     # istiod rejects a response: the NACK and its message show under the client
     nack(client, f"rejected by a test {HOSTILE}")
-    assert await wait_in_browser(
-        browser,
-        lambda d: "NACK" in d.find_element(By.CSS_SELECTOR, f'#clients tr[data-type="{SE}"]').text,
-    )
-    assert HOSTILE in browser.find_element(By.ID, "clients").text
-    assert not browser.find_elements(By.CSS_SELECTOR, "#clients img")
-    assert "last change" in browser.find_element(By.ID, "snapshot").text
+    assert await wait_in_browser(browser, lambda d: "NACK" in text(se_row)(d))
+    assert HOSTILE in await wait_in_browser(browser, text("#clients"))
+    assert not await asyncio.to_thread(browser.find_elements, By.CSS_SELECTOR, "#clients img")
+    assert "last change" in await wait_in_browser(browser, text("#snapshot"))
 
     shot = tmp_path / "status-page.png"
-    browser.save_screenshot(str(shot))
+    await asyncio.to_thread(browser.save_screenshot, str(shot))
     assert shot.read_bytes().startswith(b"\x89PNG") and shot.stat().st_size > 20_000
     if os.environ.get("MCPTEST_SCREENSHOT") == "1":
-        (ROOT / "docs").mkdir(exist_ok=True)
-        height = browser.execute_script("return document.documentElement.scrollHeight")
-        browser.set_window_size(1280, int(height) + 20)
-        browser.save_screenshot(str(ROOT / "docs" / "status-page.png"))
+        await asyncio.to_thread(screenshot, browser, f"http://127.0.0.1:{app.admin.port}/")
+
+
+def screenshot(browser: webdriver.Chrome, url: str) -> None:
+    """docs/status-page.png: the whole page at the default refresh (runs in a thread)."""
+    (ROOT / "docs").mkdir(exist_ok=True)
+    browser.get(url)
+    height = browser.execute_script("return document.documentElement.scrollHeight")
+    browser.set_window_size(1280, int(height) + 20)
+    browser.save_screenshot(str(ROOT / "docs" / "status-page.png"))
 
 
 async def test_the_page_refreshes_itself_and_shows_the_wait_for_the_first_snapshot(
@@ -196,9 +210,10 @@ async def test_the_page_refreshes_itself_and_shows_the_wait_for_the_first_snapsh
     slow = ControlledRegistry("slow")
     app = await start_app(settings_for(tmp_path), [slow])
     await asyncio.to_thread(browser.get, f"http://127.0.0.1:{app.admin.port}/?refresh=1")
-    assert "not ready" in browser.find_element(By.ID, "readiness").text
-    assert "waits for registries slow" in browser.find_element(By.ID, "readiness").text
-    assert "no snapshot yet" in browser.find_element(By.ID, "snapshot").text
+    readiness = await wait_in_browser(browser, lambda d: d.find_element(By.ID, "readiness").text)
+    assert "not ready" in readiness and "waits for registries slow" in readiness
+    snapshot = await wait_in_browser(browser, lambda d: d.find_element(By.ID, "snapshot").text)
+    assert "no snapshot yet" in snapshot
     slow.sync(svc("late", "10.9.0.1"))
     assert await wait_in_browser(
         browser, lambda d: d.find_element(By.ID, "readiness").text == "ready"
@@ -251,3 +266,17 @@ def test_everything_from_registries_and_clients_is_escaped() -> None:
 def test_the_page_needs_no_asset_files(tmp_path: Path) -> None:
     """Everything is inline: the package has no static files to ship or to forget."""
     assert not (ROOT / "mcpserver" / "static").exists()
+
+
+def test_meshconfig_is_never_shown_waiting_for_an_ack() -> None:
+    """istiod's config-source client never ACKs MeshConfig (pkg/adsc/adsc.go): it must not
+    look like a client that lags."""
+    mesh = "core/v1alpha1/MeshConfig"
+    client = ClientInfo(stream_id=1, peer="ipv4:127.0.0.1:1", connected_at=time.time() - 60)
+    client.types = {mesh: TypeState(nonce="n", version="v1"), SE: TypeState("n2", "v2", "v1")}
+    client.sent_at.update({mesh: time.time() - 30, SE: time.time() - 30})
+    assert client.lag(mesh, time.time()) == 0
+    assert client.lag(SE, time.time()) >= 30  # a type istiod does ACK: lagging
+    html = render(page(clients=[client]))
+    assert "1 other types: empty sets, in sync" in html  # MeshConfig, folded away
+    assert html.count("pending") == 1  # the ServiceEntry only

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -15,7 +16,7 @@ import aiohttp
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2
-from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2
 
 from tests.component.test_ads import ControlledRegistry, svc
 from tests.conftest import AppFactory, ClientFactory, eventually, make_settings
@@ -102,12 +103,16 @@ async def test_health_follows_serving_and_not_serving_and_shutdown_is_final(
 async def test_reflection_lists_ads(static_file: Path, start_app: AppFactory) -> None:
     app = await start_app(make_settings(static_file))
     async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
-        stub = reflection_pb2_grpc.ServerReflectionStub(channel)
-        call = stub.ServerReflectionInfo(
-            iter([reflection_pb2.ServerReflectionRequest(list_services="")])
+        # called by path: the typed stubs are for synchronous channels
+        info = channel.stream_stream(
+            "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+            request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+            response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
         )
+        call = info(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
         reply = await call.read()
-        names = {s.name for s in reply.list_services_response.service}  # type: ignore[union-attr]
+        assert isinstance(reply, reflection_pb2.ServerReflectionResponse)
+        names = {s.name for s in reply.list_services_response.service}
         call.cancel()
     assert ADS in names
 
@@ -167,6 +172,7 @@ def test_grpcurl_lists_and_streams(static_file: Path, tmp_path: Path) -> None:
         assert body["@type"] == "type.googleapis.com/istio.networking.v1alpha3.ServiceEntry"
     finally:
         server.terminate()
+        server.send_signal(signal.SIGINT)  # a second signal skips the shutdown drain
         server.wait(10)
 
 
@@ -201,6 +207,9 @@ async def test_admin_endpoints(
         clients = json.loads((await get("/debug/clients"))[1])
         assert clients[0]["node"].startswith("sidecar~")
         assert clients[0]["types"][se]["acked"] == clients[0]["types"][se]["sent"]
+        assert clients[0]["types"][se]["lag_seconds"] == 0
+        assert clients[0]["types"][se]["sent_at"] <= clients[0]["types"][se]["acked_at"]
+        assert "last_nack" not in clients[0]["types"][se]
         registries = json.loads((await get("/debug/registries"))[1])
         assert registries == [
             {
