@@ -1,0 +1,170 @@
+"""Part (a), cold start, and part (e), peak memory: from `mcpserver serve` being spawned to
+an istiod-like client holding the full set, at each scale, for the static registry (the
+estate as YAML, and as JSON) and for ZooKeeper; beside the least work that gets the same
+set onto the wire (bench/bare.py) run the same way, in a fresh process from spawn to exit.
+
+Both sides are separate processes, so their peak RSS is their own (VmHWM, bench/process.py
+says why not ru_maxrss): the server's when the client holds the full set, the baseline's
+when it has serialized the set. That is part (e): the same runs, read for memory.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import sys
+from typing import Any
+
+from bench.context import Bench
+from bench.probe import EndpointView, Probe
+from bench.process import ServerProcess, bench_settings, run_measured
+from bench.workload import Estate, write_static, write_static_json
+
+STATIC_REGISTRY = "files"
+ZK_REGISTRY = "zk"
+SOURCES: dict[str, tuple[str, str]] = {
+    "static": ("static (YAML)", "yaml.CSafeLoader parse + bare build"),
+    "static-json": ("static (JSON)", "json.loads + bare build"),
+    "zookeeper": ("ZooKeeper", "async kazoo walk + bare build"),
+}
+"""Cold start sources: label, and what their baseline does."""
+
+
+async def serve_until_full(
+    bench: Bench, name: str, registry: dict[str, Any], estate: Estate
+) -> dict[str, Any]:
+    """Spawn the server, wait until a client holds every service and endpoint; its figures."""
+    directory = bench.scratch(name)
+    server = ServerProcess(directory, bench_settings(directory, [registry], debounce=None))
+    probe = Probe(0)
+    view = EndpointView()
+    try:
+        server.start()
+        probe = Probe(server.port)
+        probe.listeners.append(view.apply)
+        probe.start()
+
+        def full() -> bool:
+            return len(view.endpoints) == estate.services and view.count() == estate.endpoints
+
+        try:
+            held = await server.running(probe.until(full, bench.config.deadline))
+        except TimeoutError:
+            raise RuntimeError(
+                f"{name}: no full set within {bench.config.deadline}s; the client holds "
+                f"{len(view.endpoints)} services; server log:\n{server.log_tail()}"
+            ) from None
+        assert probe.latest is not None
+        figures: dict[str, Any] = {
+            "seconds": held - server.spawned_at,
+            "peak_rss_mib": server.peak_mib(),
+            "cpu_seconds": server.cpu(),
+            "response_bytes": len(probe.latest.raw),
+            "services": len(view.endpoints),
+            "endpoints": view.count(),
+        }
+    finally:
+        await probe.stop()
+        server.stop()
+    return figures
+
+
+def baseline(kind: str, source: str, root: str, registry: str, within: float) -> dict[str, Any]:
+    command = [sys.executable, "-m", "bench.bare", kind, source, "--root", root]
+    elapsed, out = run_measured([*command, "--registry", registry], within)
+    phases = json.loads(out)
+    return {"seconds": elapsed, "peak_rss_mib": phases.pop("peak_rss_mib"), "phases": phases}
+
+
+def compare(ours: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "measured_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "ours": ours,
+        "baseline": base,
+        "ratio": ours["seconds"] / base["seconds"],
+        "rss_ratio": ours["peak_rss_mib"] / base["peak_rss_mib"],
+    }
+
+
+async def run(bench: Bench) -> dict[str, Any]:
+    config = bench.config
+    result: dict[str, Any] = {
+        "what": "spawn of the server -> an istiod-like client holds every service and endpoint",
+        "baselines": {
+            "static": "spawn -> yaml.CSafeLoader parse of the same file + bare protobuf build "
+            "and serialization of the same ServiceEntries -> exit",
+            "static-json": "spawn -> json.loads of the same file (the estate as JSON) + the "
+            "same bare build -> exit",
+            "zookeeper": "spawn -> async kazoo walk of the same tree (all reads pipelined) + "
+            "the same bare build -> exit",
+        },
+        "debounce": "default (100ms/1s)",
+        "instances_per_service": config.instances,
+    }
+    for source in config.cold_sources:
+        per_scale: dict[str, Any] = {}
+        for services in config.cold_scales:
+            repeats = config.cold_repeats if services <= config.scale else 1
+            per_scale[str(services)] = await one_scale(bench, source, services, repeats)
+        result[source] = per_scale
+    return result
+
+
+async def one_scale(bench: Bench, source: str, services: int, repeats: int) -> dict[str, Any]:
+    """Ours and its baseline, alternately, `repeats` times; the fastest of each is the figure
+    (the machine is shared: the minimum is the run least disturbed), all are kept."""
+    config = bench.config
+    estate = Estate(services, config.instances)
+    if source in ("static", "static-json"):
+        path = bench.workdir / f"{source}-{services}.{source[7:] or 'yaml'}"
+        (write_static_json if source == "static-json" else write_static)(path, estate)
+        registry: dict[str, Any] = {
+            "kind": "static",
+            "name": STATIC_REGISTRY,
+            "path": str(path),
+            "namespace": "bench",
+        }
+        command: tuple[str, str, str, str] = (source, str(path), "", STATIC_REGISTRY)
+    elif source == "zookeeper":
+        root = await bench.zookeeper.estate(estate)
+        registry = bench.zookeeper.registry(root, ZK_REGISTRY)
+        command = ("zk", bench.zookeeper.address, root, ZK_REGISTRY)
+    else:
+        raise ValueError(f"unknown cold start source {source!r}; known: {list(SOURCES)}")
+    bases, ours = [], []
+    for n in range(repeats):
+        bases.append(baseline(*command, config.deadline))
+        name = f"cold-{source}-{services}-{n}"
+        ours.append(await serve_until_full(bench, name, registry, estate))
+        bench.log(
+            f"cold {source} {services}: ours {ours[-1]['seconds']:.2f}s "
+            f"(RSS {ours[-1]['peak_rss_mib']:.0f} MiB), baseline {bases[-1]['seconds']:.2f}s "
+            f"({bases[-1]['peak_rss_mib']:.0f} MiB)"
+        )
+    entry = compare(min(ours, key=lambda o: o["seconds"]), min(bases, key=lambda b: b["seconds"]))
+    entry["runs"] = {
+        "ours": [o["seconds"] for o in ours],
+        "baseline": [b["seconds"] for b in bases],
+    }
+    return entry
+
+
+def memory(cold: dict[str, Any]) -> dict[str, Any]:
+    """Part (e) from part (a)'s runs: peak RSS of the server vs the bare build, per scale."""
+    out: dict[str, Any] = {
+        "what": "peak RSS of the server process (VmHWM when the client holds the full set) "
+        "vs the bare build of the same resources in its own process (its VmHWM once the set "
+        "is serialized)",
+    }
+    for source in SOURCES:
+        if source not in cold:
+            continue
+        out[source] = {
+            scale: {
+                "ours_mib": entry["ours"]["peak_rss_mib"],
+                "baseline_mib": entry["baseline"]["peak_rss_mib"],
+                "ratio": entry["rss_ratio"],
+            }
+            for scale, entry in cold[source].items()
+        }
+    return out

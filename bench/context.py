@@ -1,0 +1,100 @@
+"""What every part of the suite is given: its configuration (scales, durations, deadlines),
+a scratch directory, the shared ZooKeeper, and a progress log.
+
+The full configuration and the smoke configuration differ only in numbers, so the smoke
+(tests/component/test_bench_smoke.py) runs the very code the full suite runs.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from bench.machine import zookeeper_version
+from bench.zk import BenchZooKeeper
+
+if TYPE_CHECKING:
+    from bench.serving import Serving
+
+
+@dataclass(frozen=True)
+class SuiteConfig:
+    """Scales and durations; the defaults are the full suite (issue 17's design scale)."""
+
+    instances: int = 10
+    cold_scales: tuple[int, ...] = (1_000, 10_000, 50_000)
+    cold_sources: tuple[str, ...] = ("static", "static-json", "zookeeper")
+    cold_repeats: int = 2  # at scales up to `scale`; the fastest run counts
+    scale: int = 10_000  # services for change latency, churn, fan-out and istiod
+    latency_samples: int = 40  # provider additions; as many removals
+    churn_seconds: float = 30.0
+    churn_rate: float = 1_000.0
+    churn_debounces: tuple[str, ...] = ("0", "default")  # "0" first: reuses part b's server
+    fanout_clients: tuple[int, ...] = (1, 8, 32)
+    fanout_rounds: int = 3
+    istiod_pushes: int = 3
+    istiod_required: bool = True  # False: skip part f unless the istiod harness is built
+    deadline: float = 900.0  # for any one wait on a condition
+
+    @classmethod
+    def smoke(cls) -> SuiteConfig:
+        """Tiny scales: every part runs in a few seconds."""
+        return cls(
+            instances=3,
+            cold_scales=(50, 200),
+            cold_repeats=1,
+            scale=200,
+            latency_samples=3,
+            churn_seconds=2.0,
+            churn_rate=100.0,
+            churn_debounces=("0",),
+            fanout_clients=(1, 4),
+            fanout_rounds=1,
+            istiod_pushes=1,
+            istiod_required=False,
+            deadline=60.0,
+        )
+
+    def as_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Bench:
+    config: SuiteConfig
+    workdir: Path
+    out: Path
+    started: float = field(default_factory=time.perf_counter)
+    servings: dict[tuple[int, str], Serving] = field(default_factory=dict)
+    """Servers under test kept for the run, by (services, debounce) (bench/serving.py)."""
+    zookeeper_version: str = ""  # what the shared ZooKeeper said it is, once started
+    _zk: BenchZooKeeper | None = None
+
+    @property
+    def zookeeper(self) -> BenchZooKeeper:
+        """The shared ZooKeeper, started on first use."""
+        if self._zk is None:
+            self._zk = BenchZooKeeper(self.workdir)
+            self._zk.start()
+            self.zookeeper_version = zookeeper_version(self._zk.address)
+        return self._zk
+
+    def log(self, message: str) -> None:
+        print(f"[{time.perf_counter() - self.started:7.1f}s] {message}", file=sys.stderr)
+
+    def scratch(self, name: str) -> Path:
+        """A fresh directory for one measurement."""
+        path = self.workdir / name
+        path.mkdir(parents=True, exist_ok=False)
+        return path
+
+    async def close(self) -> None:
+        for serving in self.servings.values():
+            await serving.close()
+        self.servings.clear()
+        if self._zk is not None:
+            self._zk.stop()
+            self._zk = None

@@ -1,0 +1,389 @@
+"""The benchmark suite of issue 17, in one command:
+
+    make bench            # = .venv/bin/python -m bench.suite --out docs/bench
+
+Parts (each alone with --parts; letters or names):
+  a cold_start     spawn -> client holds the full set, 1k/10k/50k services, static (YAML;
+                   JSON) and ZooKeeper, vs CSafeLoader parse / json.loads / async kazoo
+                   walk, each + a bare protobuf build of the same ServiceEntries
+  e memory         peak RSS of those same server runs vs the bare build's
+  b change_latency one provider added/removed, debounce 0, vs kazoo's own watch on the write
+  c churn          1,000 writes/s for N seconds: lag p50/p99 and exact final equality, vs a
+                   kazoo watcher on the same writes
+  d fanout         1/8/32 clients take a new 10k set, vs a bare grpc.aio server, same bytes
+  f istiod_cpu     real istiod's CPU for a push where one of 10k changed, our versions vs
+                   every version changed
+
+Writes results.json (every figure with its baseline, the machine, the configuration), the PNG
+plots and README.md (the table) into --out. A part given alone is merged into an existing
+results.json (each part carries its own timestamp) unless --fresh. `--smoke` runs every part
+at tiny scale (tests/component/test_bench_smoke.py). Exit status 1 if any part failed.
+
+The older single-purpose scripts stay runnable alone: `python -m bench.snapshot` (rebuild
+cost of one changed service), `bench.zookeeper` and `bench.consul` (first listing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import math
+import os
+import shutil
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from bench import churn, coldstart, fanout, istiodcpu, latency
+from bench.coldstart import SOURCES
+from bench.context import Bench, SuiteConfig
+from bench.machine import REPO, describe, pin_code
+from bench.plots import draw
+
+PARTS: dict[str, str] = {
+    "a": "cold_start",
+    "e": "memory",
+    "b": "change_latency",
+    "c": "churn",
+    "d": "fanout",
+    "f": "istiod_cpu",
+}
+ORDER = list(PARTS.values())
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in text.split(",") if x)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m bench.suite", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("--out", type=Path, default=Path("docs/bench"))
+    parser.add_argument("--parts", default="all", help="comma list of letters or names")
+    parser.add_argument("--smoke", action="store_true", help="tiny scales, seconds per part")
+    parser.add_argument("--fresh", action="store_true", help="do not merge into results.json")
+    parser.add_argument("--workdir", type=Path, help="scratch directory (default: a temp dir)")
+    parser.add_argument("--scales", type=_ints, help="cold start scales, e.g. 1000,10000,50000")
+    parser.add_argument("--sources", help="cold start sources: static,static-json,zookeeper")
+    parser.add_argument("--cold-repeats", type=int, help="runs per scale up to --scale")
+    parser.add_argument("--scale", type=int, help="services for parts b, c, d, f")
+    parser.add_argument("--instances", type=int, help="instances per service")
+    parser.add_argument("--latency-samples", type=int)
+    parser.add_argument("--churn-seconds", type=float)
+    parser.add_argument("--churn-rate", type=float)
+    parser.add_argument("--churn-debounces", help="comma list of default,0")
+    parser.add_argument("--clients", type=_ints, help="fan-out client counts, e.g. 1,8,32")
+    parser.add_argument("--fanout-rounds", type=int)
+    parser.add_argument("--istiod-pushes", type=int)
+    parser.add_argument("--deadline", type=float, help="seconds any one wait may take")
+    return parser.parse_args(argv)
+
+
+def configure(args: argparse.Namespace) -> SuiteConfig:
+    config = SuiteConfig.smoke() if args.smoke else SuiteConfig()
+    overrides: dict[str, Any] = {
+        "cold_scales": args.scales,
+        "cold_sources": tuple(args.sources.split(",")) if args.sources else None,
+        "cold_repeats": args.cold_repeats,
+        "scale": args.scale,
+        "instances": args.instances,
+        "latency_samples": args.latency_samples,
+        "churn_seconds": args.churn_seconds,
+        "churn_rate": args.churn_rate,
+        "churn_debounces": tuple(args.churn_debounces.split(",")) if args.churn_debounces else None,
+        "fanout_clients": args.clients,
+        "fanout_rounds": args.fanout_rounds,
+        "istiod_pushes": args.istiod_pushes,
+        "deadline": args.deadline,
+    }
+    return replace(config, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def selected(text: str) -> list[str]:
+    if text == "all":
+        return ORDER
+    names = {PARTS.get(p.strip(), p.strip()) for p in text.split(",") if p.strip()}
+    unknown = names - set(ORDER)
+    if unknown:
+        raise SystemExit(f"unknown parts: {', '.join(sorted(unknown))}; known: {PARTS}")
+    return [p for p in ORDER if p in names]
+
+
+async def run_parts(bench: Bench, parts: list[str]) -> dict[str, Any]:
+    """Each selected part in order; a failing part is recorded and the rest still run."""
+    results: dict[str, Any] = {}
+    runners: dict[str, Callable[[Bench], Awaitable[dict[str, Any]]]] = {
+        "cold_start": coldstart.run,
+        "change_latency": latency.run,
+        "churn": churn.run,
+        "fanout": fanout.run,
+        "istiod_cpu": istiodcpu.run,
+    }
+    try:
+        for part in parts:
+            started = time.perf_counter()
+            bench.log(f"part {part}")
+            try:
+                if part == "memory":
+                    cold = results.get("cold_start")
+                    if cold is None or "error" in cold:
+                        cold = await coldstart.run(bench)
+                    result = coldstart.memory(cold)
+                else:
+                    result = await runners[part](bench)
+            except Exception:
+                result = {"error": traceback.format_exc()}
+                bench.log(f"part {part} failed:\n{result['error']}")
+            result["measured_at"] = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+            result["part_seconds"] = time.perf_counter() - started
+            results[part] = result
+    finally:
+        await bench.close()
+    return results
+
+
+# ------------------------------------------------------------------------- summary
+
+
+def _row(target: str, measured: str, baseline: str, goal: str, met: bool | None) -> dict[str, Any]:
+    return {"target": target, "measured": measured, "baseline": baseline, "goal": goal, "met": met}
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1e3:.1f} ms"
+
+
+def summarize(parts: dict[str, Any]) -> list[dict[str, Any]]:
+    """The table of issue 17's targets: each with its figure, baseline and verdict."""
+    rows: list[dict[str, Any]] = []
+    cold = parts.get("cold_start", {})
+    for source, (label, base) in SOURCES.items():
+        for scale, entry in sorted(cold.get(source, {}).items(), key=lambda kv: int(kv[0])):
+            rows.append(
+                _row(
+                    f"(a) cold start, {label}, {int(scale):,} services",
+                    f"{entry['ours']['seconds']:.2f} s",
+                    f"{entry['baseline']['seconds']:.2f} s ({base})",
+                    "<= 1.5x baseline",
+                    entry["ratio"] <= 1.5,
+                )
+            )
+    memory = parts.get("memory", {})
+    for source, (label, _) in SOURCES.items():
+        for scale, entry in sorted(memory.get(source, {}).items(), key=lambda kv: int(kv[0])):
+            rows.append(
+                _row(
+                    f"(e) peak RSS, {label}, {int(scale):,} services",
+                    f"{entry['ours_mib']:.0f} MiB",
+                    f"{entry['baseline_mib']:.0f} MiB (bare build)",
+                    "<= 2x baseline",
+                    entry["ratio"] <= 2.0,
+                )
+            )
+    change = parts.get("change_latency", {})
+    if "all" in change:
+        ours, kazoo = change["all"]["ours"], change["all"]["kazoo_watch"]
+        rows.append(
+            _row(
+                f"(b) change latency, {change['services']:,} services, debounce 0",
+                f"p50 {_ms(ours['p50'])}, p99 {_ms(ours['p99'])} (from the ack; "
+                f"p99 {_ms(change['all']['ours_from_write']['p99'])} from the write call)",
+                f"kazoo watch p50 {_ms(kazoo['p50'])}, p99 {_ms(kazoo['p99'])} "
+                "(from the write call)",
+                "p99 <= 2x kazoo p99 + 10 ms",
+                change["target"]["met"],
+            )
+        )
+    for debounce, run in parts.get("churn", {}).get("runs", {}).items():
+        lag, kazoo = run["lag"]["ours"], run["lag"]["kazoo_watch"]
+        rate, seconds = run["rate_achieved"], run["seconds"]
+        rows.append(
+            _row(
+                f"(c) churn {rate:.0f}/s for {seconds:.0f} s, debounce {debounce}",
+                f"lag p50 {lag['p50']:.3f} s, p99 {lag['p99']:.3f} s; "
+                f"final equal: {run['final_equal']}",
+                f"kazoo watcher p50 {kazoo['p50']:.3f} s, p99 {kazoo['p99']:.3f} s",
+                "p99 < 1 s, final state exact"
+                + (" (target: default debounce)" if debounce != "default" else ""),
+                run["target"]["met"],
+            )
+        )
+    for clients, entry in sorted(
+        parts.get("fanout", {}).get("clients", {}).items(), key=lambda kv: int(kv[0])
+    ):
+        rows.append(
+            _row(
+                f"(d) fan-out of a new set to {clients} client(s)",
+                f"{entry['ours']['p50']:.3f} s",
+                f"{entry['bare']['p50']:.3f} s (bare grpc.aio, same bytes)",
+                "on par (<= 1.5x)",
+                entry["ratio"] <= 1.5,
+            )
+        )
+    istiod = parts.get("istiod_cpu", {})
+    if "versions" in istiod:
+        rows.append(
+            _row(
+                f"(f) istiod CPU per push, {istiod['services']:,} ServiceEntries, one changed",
+                f"{istiod['versions']['cpu_seconds']:.3f} s (our content versions)",
+                f"{istiod['salted']['cpu_seconds']:.3f} s (every version changed)",
+                "report",
+                None,
+            )
+        )
+    for source, (label, _) in SOURCES.items():
+        entry = cold.get(source, {}).get("50000")
+        if entry:
+            ours, base = entry["ours"], entry["baseline"]
+            rows.append(
+                _row(
+                    f"50k services x {ours['endpoints'] // 50000} served from {label}",
+                    f"{ours['seconds']:.1f} s to the full set, {ours['peak_rss_mib']:.0f} MiB",
+                    f"{base['seconds']:.1f} s, {base['peak_rss_mib']:.0f} MiB",
+                    "served; report",
+                    True,
+                )
+            )
+    return rows
+
+
+def markdown(results: dict[str, Any], images: list[Path]) -> str:
+    m = results["machine"]
+    lines = [
+        "# Benchmark results (issue 17)",
+        "",
+        "Generated by `make bench` (`python -m bench.suite`); every figure beside its baseline",
+        "measured in the same run. Numbers: `results.json`.",
+        "",
+        f"Machine: {m['cores']} cores ({m['cpu']}), {m['ram_mib'] / 1024:.0f} GiB RAM, kernel "
+        f"{m['kernel']}; Python {m['python']}, grpcio {m['grpcio']}, protobuf {m['protobuf']}, "
+        f"kazoo {m['kazoo']}, PyYAML {m['pyyaml']}, ZooKeeper {m.get('zookeeper', '?')}. Load "
+        f"average at start {[round(x, 1) for x in m['load_average_start']]}, at end "
+        f"{[round(x, 1) for x in m.get('load_average_end', [])]} (other work shares the machine). "
+        f"Commit {m['git_head'][:12]}{' with uncommitted changes' if m['git_dirty'] else ''}.",
+        "",
+        "Runs (a part measured again replaces the earlier figures; cold start and memory are",
+        "kept per scale):",
+        "",
+        *(
+            f"- `{r['command']}`: {', '.join(r['parts'])}; {r['suite_seconds']:.0f} s, "
+            f"finished {r['finished_at']}, mcpserver sources "
+            f"{r['machine'].get('mcpserver_digest', '?')}, load average "
+            f"{[round(x, 1) for x in r['machine']['load_average_start']]}"
+            for r in results["runs"]
+        ),
+        "",
+        "| target | measured | baseline (same run) | goal | met |",
+        "|---|---|---|---|---|",
+    ]
+    for row in results["summary"]:
+        verdict = {True: "yes", False: "**no**", None: "-"}[row["met"]]
+        cells = (row["target"], row["measured"], row["baseline"], row["goal"], verdict)
+        lines.append("| " + " | ".join(cells) + " |")
+    failed = [p for p, r in results["parts"].items() if "error" in r]
+    skipped = [f"{p}: {r['skipped']}" for p, r in results["parts"].items() if "skipped" in r]
+    if failed:
+        lines += ["", f"Failed parts (see results.json): {', '.join(failed)}."]
+    if skipped:
+        lines += ["", "Skipped: " + "; ".join(skipped) + "."]
+    lines.append("")
+    lines += [f"![{p.stem}]({p.name})" for p in images]
+    return "\n".join(lines) + "\n"
+
+
+def _clean(value: Any) -> Any:
+    """NaN/inf are not JSON: written as null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_clean(v) for v in value]
+    return value
+
+
+def merge(previous: dict[str, Any], measured: dict[str, Any]) -> dict[str, Any]:
+    """Parts measured now replace earlier ones; cold start and memory are merged per source
+    and scale, so one scale can be measured on its own (e.g. 50k, capped from the full run)."""
+    parts = dict(previous)
+    for name, part in measured.items():
+        old = previous.get(name)
+        if name in ("cold_start", "memory") and old and "error" not in old and "error" not in part:
+            merged = {**old, **part}
+            for source in SOURCES:
+                if source in old and source in part:
+                    merged[source] = {**old[source], **part[source]}
+            parts[name] = merged
+        else:
+            parts[name] = part
+    return parts
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    config = configure(args)
+    parts = selected(args.parts)
+    out: Path = args.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    workdir = (args.workdir or Path(tempfile.mkdtemp(prefix="mcpserver-bench-"))).resolve()
+    workdir.mkdir(parents=True, exist_ok=True)
+    machine = describe()
+    machine["mcpserver_digest"] = pin_code(workdir / "code")
+    # the processes the suite starts run in the scratch directory, so `python -m` puts no
+    # live checkout ahead of the pinned copy on their sys.path
+    home = Path.cwd()
+    sys.path.append(str(REPO))
+    os.chdir(workdir)
+    bench = Bench(config, workdir, out)
+    started = time.perf_counter()
+    bench.log(f"suite: parts {', '.join(parts)}; scratch {workdir}")
+    try:
+        measured = asyncio.run(run_parts(bench, parts))
+    finally:
+        os.chdir(home)
+        if args.workdir is None:
+            shutil.rmtree(workdir, ignore_errors=True)
+    if bench.zookeeper_version:
+        machine["zookeeper"] = bench.zookeeper_version
+    machine["load_average_end"] = list(os.getloadavg())
+    path = out / "results.json"
+    previous: dict[str, Any] = {}
+    if path.exists() and not args.fresh:
+        previous = json.loads(path.read_text())
+    run = {
+        "command": " ".join(
+            ["python -m bench.suite", *(argv if argv is not None else sys.argv[1:])]
+        ),
+        "finished_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "suite_seconds": time.perf_counter() - started,
+        "smoke": args.smoke,
+        "parts": list(measured),
+        "config": config.as_json(),
+        "machine": machine,
+    }
+    results: dict[str, Any] = {
+        "schema": 1,
+        **{k: run[k] for k in ("command", "finished_at", "suite_seconds", "smoke", "config")},
+        "machine": machine,
+        "runs": [*previous.get("runs", []), run],
+        "parts": merge(previous.get("parts", {}), measured),
+    }
+    results["summary"] = summarize(results["parts"])
+    results = _clean(results)
+    path.write_text(json.dumps(results, indent=1) + "\n")
+    images = draw(results, out)
+    (out / "README.md").write_text(markdown(results, images))
+    bench.log(f"wrote {path} and {len(images)} plots in {results['suite_seconds']:.0f}s")
+    return 1 if any("error" in measured[p] for p in measured) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

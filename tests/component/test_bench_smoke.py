@@ -1,0 +1,96 @@
+"""The benchmark suite (bench/suite.py, `make bench`) at tiny scale, so that it cannot rot.
+
+It runs the very command `make bench` runs, with `--smoke`: every part, a few seconds each,
+against a real ZooKeeper; part (f) runs only if the istiod harness is already built (the
+integration tier builds it and covers istiod). The numbers are only checked for sanity:
+a smoke on a busy CI machine says nothing about performance.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.integration.real import missing
+from tests.integration.zookeeper import ZOOKEEPER_JAR
+
+pytestmark = pytest.mark.component
+
+REPO = Path(__file__).resolve().parents[2]
+PARTS = ("cold_start", "memory", "change_latency", "churn", "fanout", "istiod_cpu")
+
+
+def finite(value: Any) -> bool:
+    return isinstance(value, int | float) and math.isfinite(value)
+
+
+def test_the_suite_runs_every_part_and_writes_sane_results(tmp_path: Path) -> None:
+    if shutil.which("java") is None or not ZOOKEEPER_JAR.exists():
+        missing("ZooKeeper 3.8 (Debian package `zookeeper`) and a Java runtime")
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "bench.suite", "--smoke", "--fresh", "--out", str(out)]
+    done = subprocess.run(
+        [*command, "--workdir", str(tmp_path / "work")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-6000:]
+    results = json.loads((out / "results.json").read_text())
+    parts = results["parts"]
+    for name in PARTS:
+        assert name in parts, name
+        assert "error" not in parts[name], parts[name].get("error")
+    config = results["config"]
+    per = config["instances"]
+
+    machine = results["machine"]
+    assert machine["cores"] >= 1 and machine["ram_mib"] > 0
+    assert machine["python"] and machine["grpcio"] and machine["protobuf"]
+
+    for source in config["cold_sources"]:
+        for scale, entry in parts["cold_start"][source].items():
+            assert entry["ours"]["endpoints"] == int(scale) * per
+            assert 0 < entry["ours"]["seconds"] < 60
+            assert 0 < entry["baseline"]["seconds"] < 60
+            assert entry["baseline"]["phases"]["endpoints"] == int(scale) * per
+            assert finite(entry["ratio"])
+            memory = parts["memory"][source][scale]
+            assert memory["ours_mib"] > 10 and memory["baseline_mib"] > 10
+
+    change = parts["change_latency"]
+    assert change["samples"] == 2 * config["latency_samples"]
+    assert 0 < change["all"]["ours"]["p50"] <= change["all"]["ours"]["p99"] < 10
+    assert 0 < change["all"]["kazoo_watch"]["p99"] < 1
+    assert change["cdf"]["ours"]
+
+    churn = parts["churn"]["runs"]["0"]
+    assert churn["writes"] == int(config["churn_seconds"] * config["churn_rate"])
+    assert churn["write_errors"] == 0
+    assert churn["final_equal"] is True
+    assert churn["lag"]["ours"]["censored"] == 0
+    assert 0 < churn["lag"]["ours"]["p99"] < 30
+
+    for clients in map(str, config["fanout_clients"]):
+        entry = parts["fanout"]["clients"][clients]
+        assert 0 < entry["ours"]["p50"] < 30 and 0 < entry["bare"]["p50"] < 30
+
+    istiod = parts["istiod_cpu"]
+    if "skipped" not in istiod:
+        assert istiod["istiod_holds_last_edit"] is True
+        assert finite(istiod["versions"]["cpu_seconds"])
+        assert finite(istiod["salted"]["cpu_seconds"])
+
+    assert results["summary"]
+    for png in ("cold_start", "memory", "change_latency_cdf", "churn_lag", "fanout"):
+        assert (out / f"{png}.png").stat().st_size > 1000
+    assert "| target |" in (out / "README.md").read_text()
