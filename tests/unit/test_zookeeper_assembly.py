@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import random
+from collections.abc import Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
@@ -371,3 +374,169 @@ def test_a_mapping_is_rebuilt_only_when_an_application_it_names_changes() -> Non
     assert second.mappings[GREETER_MAPPING] is first.mappings[GREETER_MAPPING]
     related = assemble(OPTIONS, greeter(instance("b", "10.5.0.2")), second)
     assert addresses(related, GREETER_HOST) == ["10.5.0.2"]
+
+
+def test_dirty_keys_whose_records_are_unchanged_make_no_new_assembly() -> None:
+    """Nothing new to publish: the watcher gets the previous object back."""
+    first = assemble(
+        OPTIONS,
+        Changes(
+            interfaces={DEMO_KEY: providers(provider("10.0.0.5"))},
+            apps={GREETER_KEY: AppRecord((instance("a", "10.5.0.1"),), CTIME)},
+            mappings={GREETER_MAPPING: MappingRecord(b"greeter", CTIME)},
+        ),
+    )
+    again = Changes(
+        interfaces={DEMO_KEY: providers(provider("10.0.0.5")), ("/dubbo", "gone"): None},
+        apps={GREETER_KEY: AppRecord((instance("a", "10.5.0.1"),), CTIME)},
+        mappings={GREETER_MAPPING: MappingRecord(b"greeter", CTIME)},
+    )
+    assert assemble(OPTIONS, again, first) is first
+
+
+def test_an_interface_host_made_by_two_interfaces_shadows_its_mapping_until_both_go() -> None:
+    """The mapped host yields to interface-level services of the same name, however many
+    interfaces make that name (here a template renders two interfaces to one host)."""
+    options = replace(OPTIONS, host_template="com.example.greeter")
+    one, two = ("/dubbo", "com.example.One"), ("/dubbo", "com.example.Two")
+    result = assemble(
+        options,
+        Changes(
+            interfaces={
+                one: providers(provider("10.7.0.1", interface="com.example.One")),
+                two: providers(provider("10.7.0.2", interface="com.example.Two")),
+            },
+            apps={GREETER_KEY: AppRecord((instance("a", "10.5.0.1"),), CTIME)},
+            mappings={GREETER_MAPPING: MappingRecord(b"greeter", CTIME)},
+        ),
+    )
+    shown = sorted(
+        i.address for s in result.services if s.name == GREETER_HOST for i in s.instances
+    )
+    assert shown == ["10.7.0.1", "10.7.0.2"]  # one service per interface; not the mapping
+    result = assemble(options, Changes(interfaces={one: None}), result)
+    assert addresses(result, GREETER_HOST) == ["10.7.0.2"]
+    result = assemble(options, Changes(interfaces={two: providers()}), result)
+    assert addresses(result, GREETER_HOST) == ["10.5.0.1"]  # the mapping serves it again
+
+
+def test_an_application_in_two_services_roots_maps_from_the_first_root() -> None:
+    """Deterministic whatever the order the tree was read in: the first root by path that
+    has instances of the application."""
+    later: Key = ("/services-b", "greeter")
+    earlier: Key = ("/services-a", "greeter")
+    mapping = {GREETER_MAPPING: MappingRecord(b"greeter", CTIME)}
+    for order in ([later, earlier], [earlier, later]):
+        apps = {key: AppRecord((instance("a", f"10.{n}.0.1"),), CTIME) for n, key in
+                enumerate(order)}  # fmt: skip
+        result = assemble(OPTIONS, Changes(apps=apps, mappings=mapping))
+        expected = apps[earlier].instances[0][1]
+        assert addresses(result, GREETER_HOST) == [json.loads(expected)["address"]]
+    # the first root's application loses its instances: the other one serves the mapping
+    result = assemble(OPTIONS, Changes(apps={earlier: AppRecord((), CTIME)}), result)
+    assert addresses(result, GREETER_HOST) == [json.loads(apps[later].instances[0][1])["address"]]
+
+
+def test_a_change_rebuilds_one_key_and_joins_the_rest_unchanged() -> None:
+    """The other keys' service tuples are carried over as they are (the full set is a
+    concatenation of them, not rebuilt service by service)."""
+    keys: list[Key] = [("/dubbo", f"com.example.S{i}") for i in range(50)]
+    first = assemble(
+        OPTIONS,
+        Changes(
+            interfaces={
+                key: providers(provider(f"10.1.0.{i + 1}", interface=key[1]))
+                for i, key in enumerate(keys)
+            }
+        ),
+    )
+    second = assemble(
+        OPTIONS,
+        Changes(interfaces={keys[7]: providers(provider("10.9.9.9", interface=keys[7][1]))}),
+        first,
+    )
+    assert len(second.services) == 50
+    for key in keys:
+        if key != keys[7]:
+            assert second.interface_services[key] is first.interface_services[key]
+    assert addresses(second, "com.example.s7") == ["10.9.9.9"]
+    assert [s for s in second.services if s.name != "com.example.s7"] == [
+        s for s in first.services if s.name != "com.example.s7"
+    ]
+
+
+def test_assembling_change_by_change_equals_assembling_the_end_state_at_once() -> None:
+    """Seeded random changes to interfaces, applications and mappings: after every step,
+    the incremental assembly (pure, and handed over as the watcher does) holds exactly what
+    an assembly of the whole tree as it stands would."""
+    rng = random.Random(7)
+    iface_keys: list[Key] = [("/dubbo", f"com.example.I{i}") for i in range(6)] + [GREETER_MAPPING]
+    app_keys: list[Key] = [("/services", n) for n in ("greeter", "other", "third")]
+    app_keys.append(("/services-b", "greeter"))
+    mapping_keys: list[Key] = [GREETER_MAPPING, ("/dubbo", "com.example.I1")]
+    state = Changes(interfaces={}, apps={}, mappings={})
+    pure = handed = EMPTY
+
+    def tables(result: Assembly) -> dict[str, dict[Any, Any]]:
+        return {
+            f.name: dict(value)
+            for f in dataclasses.fields(result)
+            if isinstance(value := getattr(result, f.name), Mapping)
+        }
+
+    def canonical(result: Assembly) -> list[tuple[object, ...]]:
+        return sorted(
+            (
+                (s.name, tuple(i.address for i in s.instances), s.annotations)
+                for s in result.services
+            ),
+            key=repr,
+        )
+
+    for _ in range(400):
+        changes: dict[str, dict[Key, Any]] = {"interfaces": {}, "apps": {}, "mappings": {}}
+        for _ in range(rng.randrange(1, 4)):
+            kind = rng.choice(["interfaces", "apps", "mappings"])
+            if kind == "interfaces":
+                key = rng.choice(iface_keys)
+                hosts = rng.sample(range(1, 6), rng.randrange(0, 4))
+                names = [provider(f"10.1.{h}.1", interface=key[1]) for h in hosts]
+                if rng.random() < 0.2:
+                    names.append("garbage")
+                changes[kind][key] = rng.choice([None, providers(*names)])
+            elif kind == "apps":
+                key = rng.choice(app_keys)
+                ids = rng.sample(range(1, 5), rng.randrange(0, 3))
+                record = AppRecord(
+                    tuple(
+                        sorted(instance(f"i{n}", f"10.2.{n}.{len(key[0])}", key[1]) for n in ids)
+                    ),
+                    CTIME,
+                )
+                changes[kind][key] = rng.choice([None, record])
+            else:
+                key = rng.choice(mapping_keys)
+                data = ",".join(rng.sample(["greeter", "other", "third", "nobody"], 2)).encode()
+                changes[kind][key] = rng.choice([None, MappingRecord(data, CTIME)])
+        step = Changes(**changes)
+        pure = assemble(OPTIONS, step, pure)
+        # a pure assembly made from one about to be handed over stays as it was
+        extra: Key = ("/dubbo", "com.example.Aside")
+        aside_change = providers(provider("10.9.9.9", interface=extra[1]))
+        aside = assemble(OPTIONS, Changes(interfaces={extra: aside_change}), handed)
+        aside_before = tables(aside)
+        handed = assemble(OPTIONS, step, handed, True)
+        assert tables(aside) == aside_before
+        state = Changes(
+            interfaces={
+                k: v for k, v in {**state.interfaces, **step.interfaces}.items() if v is not None
+            },
+            apps={k: v for k, v in {**state.apps, **step.apps}.items() if v is not None},
+            mappings={
+                k: v for k, v in {**state.mappings, **step.mappings}.items() if v is not None
+            },
+        )
+        whole = assemble(OPTIONS, state)
+        assert canonical(pure) == canonical(handed) == canonical(whole)
+        assert sorted(pure.problems, key=repr) == sorted(whole.problems, key=repr)
+        assert sorted(handed.problems, key=repr) == sorted(whole.problems, key=repr)

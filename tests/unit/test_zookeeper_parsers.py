@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
-from urllib.parse import quote
+import random
+from collections.abc import Callable
+from unittest import mock
+from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 import pytest
 
+from mcpserver.registry.zookeeper import dubbo
 from mcpserver.registry.zookeeper.curator import parse_instance
-from mcpserver.registry.zookeeper.dubbo import RecordError, istio_port, parse_provider
+from mcpserver.registry.zookeeper.dubbo import Provider, RecordError, istio_port, parse_provider
 from mcpserver.registry.zookeeper.services import (
     ZkOptions,
     application_service,
@@ -181,3 +186,117 @@ def test_bad_curator_instances(data: bytes, reason: str) -> None:
     with pytest.raises(RecordError) as err:
         parse_instance(data, "http")
     assert err.value.reason == reason
+
+
+# ------------------------------------ the fast path agrees with urllib, exactly
+
+
+def reference_parse(node_name: str) -> Provider:
+    """parse_provider as it was before its fast path: urllib's unquote, urlsplit and
+    parse_qsl, with the same checks in the same order."""
+    if len(node_name) > 8192:
+        raise RecordError("too-long", f"{len(node_name)} characters")
+    text = unquote(node_name)
+    if "://" not in text:
+        raise RecordError("not-a-url", repr(text[:80]))
+    try:
+        parts = urlsplit(text)
+        port = parts.port
+    except ValueError as err:
+        raise RecordError("bad-port", str(err)) from None
+    if not parts.scheme or not parts.hostname:
+        raise RecordError("not-a-url", repr(text[:80]))
+    if port is None or not 0 < port < 65536:
+        raise RecordError("bad-port", f"port {port!r}")
+    params = tuple(parse_qsl(parts.query, keep_blank_values=True))
+    interface = dict(params).get("interface") or parts.path.strip("/")
+    if not interface:
+        raise RecordError("no-interface", repr(text[:80]))
+    try:
+        host = str(ipaddress.ip_address(parts.hostname))
+    except ValueError:
+        raise RecordError("bad-address", f"{parts.hostname!r} is not an IP address") from None
+    return Provider(parts.scheme.lower(), host, port, interface, params)
+
+
+def scan(provider: Provider, key: str) -> str:
+    """Provider.param() as it was: the first parameter by that name."""
+    return next((v for k, v in provider.params if k == key), "-")
+
+
+def outcome(
+    parse: Callable[[str], Provider], param: Callable[[Provider, str], str], name: str
+) -> tuple[object, ...]:
+    try:
+        p = parse(name)
+    except RecordError as err:
+        return ("error", err.reason, str(err))
+    keys = {k for k, _ in p.params} | {"interface", "side", "weight", "absent"}
+    return ("ok", p, sorted((k, param(p, k)) for k in keys))
+
+
+SCHEMES = ["dubbo", "tri", "DUBBO", "x+y.z", "1x", ""]
+HOSTS = ["10.0.0.1", "1.2.3.4", "010.0.0.1", "10.0.0.256", "255.255.255.255", "0.0.0.0",
+         "[::1]", "[2001:db8::5]", "host.example", "1.2.3", ""]  # fmt: skip
+PORTS = [":20880", ":1", ":65535", ":0", ":65536", ":99999", ":0020880", ":", "", ":2o"]
+PATHS = ["/com.x.Api", "/", "", "/a/b", "/%41pi", "/a?b"]
+PARAMS = ["a=b", "a=b=c", "a", "=v", "", "interface=", "interface=a.B", "side=consumer",
+          "enabled=false", "disabled=true", "weight=7", "a=%41", "a=x+y", "a=%zz", "a=%C3%A9",
+          "version=1", "group=g", "a=1&a=2", "interface=x&interface="]  # fmt: skip
+NOISE = ["%", "%2", "%25", "%26", "%3D", "%3F", "%2F", "%3A", "%41", "%7e", "%C3%A9", "%E2%82",
+         "%0A", "%09", "%20", "%7F", "+", " ", "\t", "\x01", "\x7f", "\\", "\\x41", "é", "€",
+         "@", "#f", "?", "&", "=", ":", "/"]  # fmt: skip
+
+
+def random_url(rng: random.Random) -> str:
+    """scheme://host:port/path?query, each part drawn from values that decide a branch of
+    the parse, and now and then a piece of noise inserted anywhere."""
+    query = "&".join(rng.choice(PARAMS) for _ in range(rng.randrange(0, 5)))
+    text = f"{rng.choice(SCHEMES)}://{rng.choice(HOSTS)}{rng.choice(PORTS)}{rng.choice(PATHS)}" + (
+        f"?{query}" if query or rng.random() < 0.5 else ""
+    )
+    for _ in range(rng.choice([0, 0, 0, 1, 2])):
+        at = rng.randrange(len(text) + 1)
+        text = text[:at] + rng.choice(NOISE) + text[at:]
+    return text
+
+
+def test_the_fast_path_parses_exactly_as_urllib_does() -> None:
+    """Seeded random provider URLs (escapes of every kind, hosts valid and not, ports in
+    and out of range, repeated and empty parameters, control characters, fragments), as
+    stored (URL-encoded, as Dubbo writes them) and raw: the same Provider or the same
+    error, from the fast path and from urllib."""
+    rng = random.Random(17)
+    fast = 0
+    general = dubbo._parse_general
+    taken: list[str] = []
+
+    def counted(text: str) -> Provider:
+        taken.append(text)
+        return general(text)
+
+    with mock.patch.object(dubbo, "_parse_general", counted):
+        for _ in range(15_000):
+            text = random_url(rng)
+            for name in (quote(text, safe=""), text, quote(text, safe=":/?&=")):
+                before = len(taken)
+                ours = outcome(parse_provider, lambda p, k: p.param(k, "-"), name)
+                assert ours == outcome(reference_parse, scan, name), name
+                fast += len(taken) == before
+    assert fast > 2_000  # the fast path was exercised (its answers and its errors)
+
+
+def test_the_fast_path_is_taken_for_what_dubbo_writes() -> None:
+    """Guard the speed: the usual provider URL does not fall back to urllib."""
+    name = node(
+        "dubbo://10.0.0.5:20880/org.apache.dubbo.demo.DemoService?anyhost=true"
+        "&application=demo&interface=org.apache.dubbo.demo.DemoService&methods=a,b"
+        "&side=provider&version=1.0.0"
+    )
+    with (
+        mock.patch.object(dubbo, "_parse_general", side_effect=AssertionError("general path")),
+        mock.patch.object(dubbo, "unquote", side_effect=AssertionError("urllib unquote")),
+        mock.patch.object(dubbo, "parse_qsl", side_effect=AssertionError("urllib parse_qsl")),
+    ):
+        provider = parse_provider(name)
+    assert provider.host == "10.0.0.5" and provider.param("methods") == "a,b"

@@ -2,25 +2,35 @@
 
 kazoo ships no type information, so every value it returns is `Any` to mypy. The registry
 talks to kazoo only through the Protocols and functions here, so the rest of the package is
-checked: a `ZkClient` is what `new_client()` returns, a `ZnodeStat` is what `exists()` and the
-data watch hand back.
+checked: a `ZkClient` is what `new_client()` returns.
 
-The watch recipes are kazoo's `ChildrenWatch` and `DataWatch` with one change: kazoo runs
-their re-reads on its own threads and only logs an exception raised there (NoAuthError after
-an ACL change, an exhausted retry, a bug in our callback); the watch then stops for good and
-nobody notices. Ours stop themselves too, but report the exception to `on_error` first, so the
-mirror can show the path as unreadable and arm a fresh watch later.
+Only kazoo's asynchronous reads are here, on purpose: `get_children_async`, `get_async` and
+`exists_async`, each with a one-shot ZooKeeper watch. The synchronous `get_children`/`get`/
+`exists` (and kazoo's ChildrenWatch/DataWatch recipes built on them) are left out of the
+Protocol, so mypy rejects any use: each is a round trip that blocks the calling thread, and
+the recipes make them on kazoo's own event thread, one node after another, which bounded
+the first walk of 10k interfaces by per-node latency instead of ZooKeeper's throughput. An
+async call only queues the request for kazoo's connection thread and returns; its answer
+comes back on kazoo's completion thread (`Pending.rawlink`), a watch event on kazoo's event
+thread.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 from kazoo.client import KazooClient, KazooState
-from kazoo.exceptions import KazooException, NoAuthError
+from kazoo.exceptions import (
+    ConnectionClosedError,
+    ConnectionLoss,
+    KazooException,
+    NoAuthError,
+    NoNodeError,
+    SessionExpiredError,
+)
 from kazoo.handlers.threading import KazooTimeoutError
-from kazoo.recipe.watchers import ChildrenWatch, DataWatch
+from kazoo.protocol.states import EventType
 from kazoo.retry import KazooRetry
 
 CLIENT_ERRORS: tuple[type[Exception], ...] = (KazooTimeoutError, KazooException, OSError)
@@ -34,10 +44,33 @@ class ZnodeStat(Protocol):
     def ctime(self) -> int:
         """Creation time, milliseconds since the epoch."""
 
-    @property
-    def mzxid(self) -> int:
-        """The transaction that last modified the node."""
 
+class WatchedEvent(Protocol):
+    """What kazoo hands a watch callback (a namedtuple: type, state, path)."""
+
+    @property
+    def type(self) -> str:
+        """CREATED, DELETED, CHANGED, CHILD, or NONE (a connection state change: kazoo
+        drops every watch when the connection goes, and tells each with a NONE event)."""
+
+
+NONE_EVENT: str = EventType.NONE
+
+T_co = TypeVar("T_co", covariant=True)
+
+
+class Pending(Protocol[T_co]):
+    """kazoo's IAsyncResult: the answer to one asynchronous call, later."""
+
+    def rawlink(self, callback: Callable[[Pending[T_co]], object]) -> None:
+        """Call `callback(self)` once the answer is in (on kazoo's completion thread)."""
+
+    def get_nowait(self) -> T_co:
+        """The answer, or raise the call's error (do not call before it is in)."""
+
+
+Watch = Callable[[WatchedEvent], object]
+"""A one-shot ZooKeeper watch: called once (on kazoo's event thread), at the next change."""
 
 StateListener = Callable[[str], object]
 """Called on kazoo's connection thread with a KazooState: CONNECTED, SUSPENDED or LOST."""
@@ -60,15 +93,24 @@ class ZkClient(Protocol):
 
     def remove_listener(self, listener: StateListener) -> None: ...
 
-    def exists(self, path: str) -> ZnodeStat | None: ...
+    def get_children_async(
+        self, path: str, watch: Watch, include_data: bool
+    ) -> Pending[tuple[list[str], ZnodeStat]]:
+        """Children and stat (include_data=True, the only way the registry calls it); the
+        watch fires when the children change or the node goes."""
 
-    def get_children(self, path: str) -> list[str]: ...
+    def get_async(self, path: str, watch: Watch) -> Pending[tuple[bytes, ZnodeStat]]:
+        """Data and stat; the watch fires when the data changes or the node goes."""
 
-    def get(self, path: str) -> tuple[bytes, ZnodeStat]: ...
+    def exists_async(self, path: str, watch: Watch) -> Pending[ZnodeStat | None]:
+        """The stat, None for no such node; the watch fires when the node comes, changes
+        or goes (ZooKeeper keeps it for a node that does not exist yet)."""
 
 
 def new_client(hosts: str, session_timeout: float, auth: tuple[str, str] | None = None) -> ZkClient:
-    """A client that reconnects forever and retries a command a few times."""
+    """A client that reconnects forever. Its command retry is for synchronous calls, which
+    the registry does not make; an asynchronous read that fails is answered by the mirror
+    (re-read after the reconnect, or retried with backoff)."""
     client: ZkClient = KazooClient(
         hosts=hosts,
         timeout=session_timeout,
@@ -79,12 +121,9 @@ def new_client(hosts: str, session_timeout: float, auth: tuple[str, str] | None 
     return client
 
 
-OnChildren = Callable[[list[str]], bool]
-"""The node's children, now; return False to stop watching."""
-OnData = Callable[[bytes | None, ZnodeStat | None], bool]
-"""The node's data and stat, now (both None: no such node); return False to stop watching."""
-OnError = Callable[[Exception], None]
-"""The watch could not read its node and has stopped."""
+def is_no_node(err: BaseException) -> bool:
+    """The node does not exist (any more)."""
+    return isinstance(err, NoNodeError)
 
 
 def is_no_auth(err: BaseException) -> bool:
@@ -92,69 +131,13 @@ def is_no_auth(err: BaseException) -> bool:
     return isinstance(err, NoAuthError)
 
 
+def is_connection_error(err: BaseException) -> bool:
+    """The read was cut off with the connection (or the session, or the client closing):
+    not an answer about the node. kazoo fails every pending read this way when the
+    connection drops, and the re-read after the reconnect answers it."""
+    return isinstance(err, ConnectionLoss | SessionExpiredError | ConnectionClosedError)
+
+
 def is_zookeeper_error(err: BaseException) -> bool:
     """An error kazoo reports (from the server or the connection), as opposed to a bug."""
     return isinstance(err, KazooException)
-
-
-class _ReportingChildrenWatch(ChildrenWatch):  # type: ignore[misc]  # kazoo is untyped: ChildrenWatch is Any
-    """kazoo's ChildrenWatch, but an exception stops it and is reported, not just logged."""
-
-    def __init__(self, client: ZkClient, path: str, func: OnChildren, on_error: OnError) -> None:
-        self._on_error = on_error  # before super().__init__, which reads the children at once
-        super().__init__(client, path, func)
-
-    def _get_children(self, event: object = None) -> None:
-        try:
-            super()._get_children(event)
-        except Exception as err:
-            _stop(self)
-            self._on_error(err)
-
-
-class _ReportingDataWatch(DataWatch):  # type: ignore[misc]  # kazoo is untyped: DataWatch is Any
-    """kazoo's DataWatch, but an exception stops it and is reported, not just logged."""
-
-    def __init__(
-        self,
-        client: ZkClient,
-        path: str,
-        func: Callable[[bytes | None, ZnodeStat | None, object], bool],
-        on_error: OnError,
-    ) -> None:
-        self._on_error = on_error  # before super().__init__, which reads the data at once
-        super().__init__(client, path, func)
-
-    def _get_data(self, event: object = None) -> None:
-        try:
-            super()._get_data(event)
-        except Exception as err:
-            _stop(self)
-            self._on_error(err)
-
-
-def _stop(watch: _ReportingChildrenWatch | _ReportingDataWatch) -> None:
-    """Stop a failed watch the way kazoo stops one whose callback returned False: no more
-    calls, and no re-read on the next reconnect (the session listener goes)."""
-    watch._stopped = True
-    watch._func = None
-    watch._client.remove_listener(watch._session_watcher)
-
-
-def watch_children(client: ZkClient, path: str, func: OnChildren, on_error: OnError) -> None:
-    """Call `func` with the children of `path` now (in this thread) and after every change
-    (on kazoo's threads), also after a reconnect. A node that does not exist (or goes away)
-    ends the watch without a call."""
-    _ReportingChildrenWatch(client, path, func, on_error)
-
-
-def watch_data(client: ZkClient, path: str, func: OnData, on_error: OnError) -> None:
-    """Call `func` with the data and stat of `path` now (in this thread) and after every
-    change, creation or deletion (on kazoo's threads), also after a reconnect."""
-
-    # kazoo calls func(data, stat, event) and, on TypeError, again as func(data, stat): take
-    # the event, so a TypeError raised inside func is not answered with a second call
-    def with_event(data: bytes | None, stat: ZnodeStat | None, event: object) -> bool:
-        return func(data, stat)
-
-    _ReportingDataWatch(client, path, with_event, on_error)

@@ -1,49 +1,80 @@
-"""The thread side of the ZooKeeper registry: a raw copy of the watched tree.
+"""The thread side of the ZooKeeper registry: a raw copy of the watched tree, read with
+pipelined asynchronous requests and one-shot ZooKeeper watches.
 
-kazoo calls its watch callbacks on its own threads. They touch nothing but this mirror: they
-copy node names, data and ctimes as they find them (never parsing: a malformed record is the
-assembly's business, on the loop), mark the key that changed as dirty, and wake the loop
-through the `wake` callable (the watcher makes it `loop.call_soon_threadsafe`). The loop then
-`take()`s immutable records of the dirty keys and assembles Services from them
-(assembly.py).
+Why this shape: at 10k interfaces x 10 providers the tree has 110k nodes. kazoo's watch
+recipes (one ChildrenWatch or DataWatch object per node) read each node synchronously on
+kazoo's event thread, one round trip after another, and each registers a session listener:
+the first walk was bounded by per-node latency and every node cost a recipe object. Here a
+node is a small `_Node`, read with kazoo's `*_async` calls: the first walk issues the reads
+of every node it learns of without waiting for any (up to `WINDOW` in flight), so it is
+bounded by ZooKeeper's throughput, as a bare async walk is.
 
-Watched layout (one registry may have several roots of each kind):
-- `/ROOT` (data watch: does it exist) and its children: interfaces, `mapping`;
-- `/ROOT/<interface>/providers` (data watch: existence and ctime) and, for each incarnation
-  of that node, its children: the provider URLs;
-- `/ROOT/mapping` children, and a data watch on each `/ROOT/mapping/<interface>`;
-- `/SERVICES` (data watch) and its children: applications; `exists()` of each application
-  for its ctime, then its children (instance ids) and a data watch on each instance.
+Threads (all kazoo's but the caller of the public methods):
+- kazoo's completion thread calls `_on_*_done` with each answer: the node's copy is updated,
+  the keys whose records changed are marked dirty, reads of newly found children are
+  queued;
+- kazoo's event thread calls `_on_event` when a watch fires: a re-read of that node is
+  queued (nothing blocks: a read is only queued for kazoo's connection thread);
+- the loop's worker threads call `watch_roots()`, `relist()` and `retry()`; the loop calls
+  `take()`, `redo()`, `close()` (in-memory only, never blocking);
+- whoever queued reads sends them (`_pump`), kazoo's `*_async` returning at once.
+No thread here ever waits on ZooKeeper.
 
-Lock rule: ONE lock, `Mirror._lock`, guards every mutable thing here: the node tables
-(`_interfaces`, `_apps`, `_mapping_roots`, `_mappings`); the mutable fields of every node
-(`_Root.children/listed`, `_Interface.providers_slot/ctime/providers`,
-`_App.ctime/instances/watched`, `_Mapping.data/ctime`); every `_Slot`'s `wanted`,
-`generation` and `armed` (so `active` too); the dirty sets, `_failed`, `_new_failures`; the
-flags `_changed`, `_pending`, `_notifying`. Nothing mutable is read without it. What may be
-read without it is what never changes once made: `_client`, `_wake`, `_mapping_enabled`, the
-`_roots` table itself, and a node's identity (`path`, `dubbo`, `key`, `root`, its `slot`,
-a slot's `parent`). The lock is held only for in-memory work: never across a ZooKeeper call
-(kazoo may be waiting on the connection), never while calling `wake`, never while arming a
-watch (its first callback runs at once, in the same thread, and takes the lock). So a
-callback holds it for microseconds and never waits on another thread while holding it.
+What is read (one registry may have several roots of each kind):
+- a root (`/ROOT`, `/SERVICES`): its children and stat; if it does not exist, an exists
+  watch says when it comes;
+- `/ROOT/<interface>/providers`: its children (the provider URLs) and stat (the ctime, which
+  tells a deleted-and-created node from the old one); if missing, an exists watch;
+- `/ROOT/mapping`: its children; each `/ROOT/mapping/<interface>`: data and stat;
+- `/SERVICES/<application>`: its children (instance ids) and stat (ctime); each instance:
+  its data.
+A node found missing that its parent's listing brings back is read again then (an exists
+watch on every deleted instance would be a server-side watch per dead instance, forever).
 
-Every watch belongs to a `_Slot`: a path we want watched for as long as its parent slot is
-wanted (an interface's slot hangs off its root's children slot, so a root that goes away
-takes everything under it along). Callbacks of a watch that is no longer its slot's current
-one return False, which is how kazoo watches are stopped. A watch that fails (NoAuthError
-after an ACL change, a retry kazoo gave up on) stops and is recorded in `_failed`; the loop
-shows those paths (DEGRADED) and calls `retry()` with backoff, which arms fresh watches; the
-entry clears when a fresh watch delivers.
+Watches and re-reads: every read of a node carries the node's `seq` at the time; an answer
+or a watch event of any `seq` but the node's latest is stale and ignored. So a burst of
+events on one node re-reads it once (the first event queues a read with a new `seq`, the
+others carry the old one), and a read overtaken by a newer one (after a reconnect, a retry)
+changes nothing. This is safe because ZooKeeper orders a session's replies and events: an
+event of an older read's watch that arrives before a newer read's answer is already in
+that answer, and one that arrives after it was also delivered to the newer read's watch
+(kazoo hands an event to every callable registered on the path).
+
+Connection loss: kazoo drops every watch when the connection goes (and fails the reads in
+flight); the watcher calls `relist()` on the reconnect, which re-reads every node, so what
+changed meanwhile is reconciled and what is gone goes. A read that fails otherwise
+(NoAuthError after an ACL change, a server error, a bug) is recorded in `_failed`; the loop
+shows those paths (DEGRADED) and calls `retry()` with backoff; the entry clears when a read
+of the node answers.
+
+The first walk: every node found is "unsettled" until its first read answers (or fails for
+good); `take()` hands over nothing until the first walk has settled, and `listed` is true
+only while every root has been read and nothing is unsettled, so a view is never called
+complete with part of the tree unread (a connection lost mid-walk leaves nodes unsettled
+until the re-list reads them).
+
+Lock rule: ONE lock, `Mirror._lock`, guards every mutable thing here: every node's fields
+(`seq`, `reading`, `settled`, `missing`, `wanted`, and the copied data: `children`,
+`listed`, `providers`, `ctime`, `data`, `instances`), the read queue and `_in_flight`, the
+dirty sets, `_unsettled`, `_failed`, `_lost`, `_new_failures`, and the flags `_open`,
+`_walking`, `_changed`, `_pending`. Nothing mutable is read without it. What may be read
+without it is what never changes once made: `_client`, `_wake`, `_mapping_enabled`, the
+`_roots` table itself, a node's identity (`path`, `key`, `root`, `app`, `ident`), and
+`_local` (each thread's own). The lock is held only
+for in-memory work: never across a kazoo call (sending a read happens after it is
+released), never while calling `wake`. So a callback holds it for microseconds and never
+waits on another thread while holding it.
 """
 
 from __future__ import annotations
 
+import collections
 import functools
 import logging
 import threading
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import ClassVar, Literal
 
 from mcpserver.registry.zookeeper.assembly import (
     AppRecord,
@@ -53,13 +84,15 @@ from mcpserver.registry.zookeeper.assembly import (
     MappingRecord,
 )
 from mcpserver.registry.zookeeper.client import (
-    OnError,
+    NONE_EVENT,
+    Pending,
+    WatchedEvent,
     ZkClient,
     ZnodeStat,
+    is_connection_error,
     is_no_auth,
+    is_no_node,
     is_zookeeper_error,
-    watch_children,
-    watch_data,
 )
 
 log = logging.getLogger("mcpserver.registry.zookeeper")
@@ -67,76 +100,148 @@ log = logging.getLogger("mcpserver.registry.zookeeper")
 DUBBO_INTERNAL = frozenset(["mapping", "metadata", "config"])
 """Children of a Dubbo root that are Dubbo's own bookkeeping, not interfaces."""
 
+WINDOW = 1000
+"""Reads in flight at most. Enough to keep ZooKeeper busy (its own default limit of
+outstanding requests is 1,000), small enough that a walk of 100k nodes does not queue 100k
+requests in kazoo at once."""
 
-class _Slot:
-    """A path we want watched while this slot and all its parents are wanted. `generation`
-    numbers the kazoo watches armed on it; only the current one's callbacks count."""
-
-    __slots__ = ("armed", "generation", "parent", "wanted")
-
-    def __init__(self, parent: _Slot | None) -> None:
-        self.parent = parent
-        self.wanted = True
-        self.generation = 0
-        self.armed = False  # the current generation is a live watch (not failed, not unarmed)
-
-    @property
-    def active(self) -> bool:
-        slot: _Slot | None = self
-        while slot is not None:
-            if not slot.wanted:
-                return False
-            slot = slot.parent
-        return True
+Op = Literal["list", "get", "exists"]
 
 
-@dataclass(eq=False)
-class _Root:
-    path: str
-    dubbo: bool  # a Dubbo root (interfaces, mapping) or a services root (applications)
-    slot: _Slot  # data watch on the root: does it exist
-    children: _Slot | None = None  # children watch, while it exists
-    listed: bool = False  # its children were read once (or it does not exist)
+# ------------------------------------------------------------------------- nodes
 
 
-@dataclass(eq=False)
-class _Interface:
-    key: Key
-    slot: _Slot  # data watch on <interface>/providers
-    providers_slot: _Slot | None = None  # children watch on this incarnation of providers
-    ctime: int = 0  # of the providers node; 0: none
-    providers: tuple[str, ...] = ()
+class _Node:
+    """One watched path. `seq` numbers the reads issued for it; only the answer and the
+    watch of the latest count. All mutable fields are guarded by the mirror's lock."""
+
+    __slots__ = ("missing", "path", "reading", "seq", "settled", "wanted")
+
+    read: ClassVar[Op]  # how it is read
+    watch_absence: ClassVar[bool]  # when missing, an exists watch says when it comes back
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.wanted = True  # false once it left the tree (or the mirror closed)
+        self.seq = 0
+        self.reading = False  # the read numbered `seq` is queued or in flight
+        self.settled = False  # a read of it answered (or failed for good) once
+        self.missing = False  # the last answer was: no such node
+
+    def nodes(self) -> Iterator[_Node]:
+        """This node and every node under it."""
+        yield self
 
 
-@dataclass(eq=False)
-class _App:
-    key: Key
-    slot: _Slot  # exists() for the ctime, then a children watch
-    ctime: int = 0
-    instances: dict[str, bytes] = field(default_factory=dict)
-    watched: dict[str, _Slot] = field(default_factory=dict)  # instance id -> its data watch
+class _Root(_Node):
+    """A Dubbo root (`/dubbo`: interfaces and `mapping`) or a services root (`/services`:
+    Curator applications)."""
+
+    __slots__ = ("children", "dubbo", "listed", "mapping")
+    read = "list"
+    watch_absence = True
+
+    def __init__(self, path: str, dubbo: bool) -> None:
+        super().__init__(path)
+        self.dubbo = dubbo
+        self.listed = False  # its children were read once (or it does not exist)
+        self.children: dict[str, _Interface | _App] = {}
+        self.mapping: _MappingRoot | None = None
+
+    def nodes(self) -> Iterator[_Node]:
+        yield self
+        for child in self.children.values():
+            yield from child.nodes()
+        if self.mapping is not None:
+            yield from self.mapping.nodes()
 
 
-@dataclass(eq=False)
-class _MappingRoot:
-    root: str
-    slot: _Slot  # children watch on /ROOT/mapping
+class _Interface(_Node):
+    """`/ROOT/<interface>/providers`: the provider node names and the node's ctime."""
+
+    __slots__ = ("ctime", "key", "providers")
+    read = "list"
+    watch_absence = True  # the interface node exists: its providers node may come later
+
+    def __init__(self, key: Key) -> None:
+        super().__init__(f"{key[0]}/{key[1]}/providers")
+        self.key = key
+        self.providers: tuple[str, ...] = ()
+        self.ctime = 0  # 0: no providers node
 
 
-@dataclass(eq=False)
-class _Mapping:
-    key: Key
-    slot: _Slot  # data watch on /ROOT/mapping/<interface>
-    data: bytes = b""
-    ctime: int = 0
+class _App(_Node):
+    """`/SERVICES/<application>`: its ctime and instances."""
+
+    __slots__ = ("ctime", "instances", "key")
+    read = "list"
+    watch_absence = False
+
+    def __init__(self, key: Key) -> None:
+        super().__init__(f"{key[0]}/{key[1]}")
+        self.key = key
+        self.ctime = 0
+        self.instances: dict[str, _Instance] = {}
+
+    def nodes(self) -> Iterator[_Node]:
+        yield self
+        yield from self.instances.values()
+
+
+class _Instance(_Node):
+    """`/SERVICES/<application>/<id>`: one Curator instance's JSON."""
+
+    __slots__ = ("app", "data", "ident")
+    read = "get"
+    watch_absence = False
+
+    def __init__(self, app: _App, ident: str) -> None:
+        super().__init__(f"{app.path}/{ident}")
+        self.app = app
+        self.ident = ident
+        self.data: bytes | None = None  # None: not read, or gone
+
+
+class _MappingRoot(_Node):
+    """`/ROOT/mapping`: one child per interface Dubbo 3 maps to applications."""
+
+    __slots__ = ("children", "root")
+    read = "list"
+    watch_absence = False
+
+    def __init__(self, root: str) -> None:
+        super().__init__(f"{root}/mapping")
+        self.root = root
+        self.children: dict[str, _Mapping] = {}
+
+    def nodes(self) -> Iterator[_Node]:
+        yield self
+        yield from self.children.values()
+
+
+class _Mapping(_Node):
+    """`/ROOT/mapping/<interface>`: the application names, and the node's ctime."""
+
+    __slots__ = ("ctime", "data", "key")
+    read = "get"
+    watch_absence = False
+
+    def __init__(self, key: Key) -> None:
+        super().__init__(f"{key[0]}/mapping/{key[1]}")
+        self.key = key
+        self.data = b""
+        self.ctime = 0
+
+
+# -------------------------------------------------------------------- the loop's view
 
 
 @dataclass(frozen=True, slots=True, order=True)
 class ReadFailure:
-    """A node kazoo could not read: the watch on it has stopped until `retry()`."""
+    """A node kazoo could not read: no watch is on it until `retry()`."""
 
     path: str
-    error: str  # the exception's class name: NoAuthError, ConnectionLoss, ...
+    error: str  # the exception's class name: NoAuthError, ...
     no_auth: bool = False  # refused by the node's ACL
 
 
@@ -145,19 +250,10 @@ class Taken:
     """What the loop takes from the mirror: all immutable."""
 
     changes: Changes  # raw records of the dirty keys
-    listed: bool  # every root was read once (or found absent): a complete first listing
-    unreadable: tuple[ReadFailure, ...]  # paths whose watch failed, waiting for retry()
+    listed: bool  # every root and every node under them was read: a complete listing
+    unreadable: tuple[ReadFailure, ...]  # paths whose read failed, waiting for retry()
     failures: tuple[ReadFailure, ...]  # every failed read since the last take()
-
-
-@dataclass(frozen=True, slots=True)
-class _Failed:
-    failure: ReadFailure
-    rearm: Callable[[], None]
-
-
-Start = Callable[[int, OnError], None]
-"""Arms the kazoo watch of one slot generation; reports a failure through OnError."""
+    lost: bool = False  # reads cut off by a lost connection wait for a re-read
 
 
 class Mirror:
@@ -176,516 +272,462 @@ class Mirror:
         self._wake = wake
         self._mapping_enabled = mapping
         self._lock = threading.Lock()
-        # guarded by _lock (see the module docstring): everything below
-        self._open = _Slot(None)  # every slot descends from it; close() unwants it
-        self._roots = {path: _Root(path, True, _Slot(self._open)) for path in roots}
+        self._local = threading.local()  # per thread, so unguarded: `pumping`
+        self._roots = {path: _Root(path, True) for path in roots}  # the table never changes
         for path in services_roots:
-            self._roots.setdefault(path, _Root(path, False, _Slot(self._open)))
-        self._interfaces: dict[str, dict[str, _Interface]] = {}  # root -> interface -> node
-        self._apps: dict[str, dict[str, _App]] = {}  # services root -> application -> node
-        self._mapping_roots: dict[str, _MappingRoot] = {}
-        self._mappings: dict[str, dict[str, _Mapping]] = {}  # root -> interface -> node
+            self._roots.setdefault(path, _Root(path, False))
+        # guarded by _lock (see the module docstring): everything below, and every node's
+        # mutable fields
+        self._queue: collections.deque[tuple[_Node, int, Op]] = collections.deque()
+        self._in_flight = 0
         self._dirty_interfaces: set[Key] = set()
         self._dirty_apps: set[Key] = set()
         self._dirty_mappings: set[Key] = set()
-        self._failed: dict[_Slot, _Failed] = {}
+        self._unsettled: set[_Node] = set(self._roots.values())
+        self._failed: dict[_Node, ReadFailure] = {}
+        self._lost: set[_Node] = set()  # its read was cut off by a lost connection
         self._new_failures: list[ReadFailure] = []
+        self._open = True
+        self._walking = True  # the first walk has not settled: take() hands over nothing
         self._changed = False  # something for take() since the last one
         self._pending = False  # a wake is on its way to the loop
-        self._notifying = False  # the first walk is done: changes wake the loop
 
     # ------------------------------------------------------------- the loop's side
 
     def watch_roots(self) -> None:
-        """Arm the roots' watches (blocking: run it in a worker thread). kazoo's watches
-        read at once, in this thread, so when this returns the whole readable tree has been
-        listed once. Roots already watched are left alone: calling it again is harmless."""
-        for root in self._roots.values():
-            self._arm(root.slot, root.path, functools.partial(self._start_root, root))
-
-    def notify(self) -> None:
-        """From now on every change wakes the loop (during the first walk changes only
-        accumulate: one take() follows it)."""
+        """Start the first walk: read the roots; what they list is read as the answers
+        come, on kazoo's threads, and the loop is woken once everything found has been
+        read. Roots already read are left alone: calling it again is harmless."""
         with self._lock:
-            self._notifying = True
+            for root in self._roots.values():
+                if root.seq == 0:
+                    self._enqueue(root)
+            if self._walking and not self._unsettled:  # no roots at all: nothing to walk
+                self._walking = False
+                self._changed = True
+            wake = self._owe_wake()
+        self._pump()
+        if wake:
+            self._wake()
+
+    def relist(self) -> None:
+        """Read every node again (after a reconnect: kazoo dropped every watch with the
+        connection, and anything may have changed meanwhile)."""
+        with self._lock:
+            if not self._open:
+                return
+            for root in self._roots.values():
+                for node in root.nodes():
+                    if node.wanted:
+                        self._enqueue(node)
+            self._lost.clear()
+        self._pump()
+
+    def retry(self) -> None:
+        """Read again every node whose read failed, or was cut off by a lost connection.
+        One that fails again is recorded again."""
+        with self._lock:
+            if not self._open:
+                return
+            for node in [*self._failed, *self._lost]:
+                if node.wanted and not node.reading:
+                    self._enqueue(node)
+            self._lost.clear()
+        self._pump()
 
     def take(self) -> Taken:
-        """Immutable records of everything that changed since the last take()."""
+        """Immutable records of everything that changed since the last take() (nothing
+        while the first walk runs: the loop assembles the whole tree once, after it)."""
         with self._lock:
             self._pending = False
             self._changed = False
-            changes = Changes(
-                interfaces={k: self._interface_record(k) for k in self._dirty_interfaces},
-                apps={k: self._app_record(k) for k in self._dirty_apps},
-                mappings={k: self._mapping_record(k) for k in self._dirty_mappings},
-            )
-            self._dirty_interfaces.clear()
-            self._dirty_apps.clear()
-            self._dirty_mappings.clear()
-            for slot in [s for s in self._failed if not s.active]:
-                del self._failed[slot]  # its node left the tree: nothing to read any more
-            unreadable = tuple(sorted({f.failure for f in self._failed.values()}))
+            if self._walking:
+                changes = Changes()
+            else:
+                changes = Changes(
+                    interfaces={k: self._interface_record(k) for k in self._dirty_interfaces},
+                    apps={k: self._app_record(k) for k in self._dirty_apps},
+                    mappings={k: self._mapping_record(k) for k in self._dirty_mappings},
+                )
+                self._dirty_interfaces.clear()
+                self._dirty_apps.clear()
+                self._dirty_mappings.clear()
+            unreadable = tuple(sorted(set(self._failed.values())))
             failures = tuple(self._new_failures)
             self._new_failures.clear()
-            listed = all(root.listed for root in self._roots.values())
-        return Taken(changes, listed, unreadable, failures)
+            listed = not self._unsettled and all(r.listed for r in self._roots.values())
+            return Taken(changes, listed, unreadable, failures, bool(self._lost))
 
     def redo(self) -> None:
         """Mark every key dirty: the next take() hands over the whole tree. For the loop
         side starting over after a crash: what the take() it was assembling held is lost."""
         with self._lock:
-            for root, interfaces in self._interfaces.items():
-                self._dirty_interfaces.update((root, name) for name in interfaces)
-            for root, apps in self._apps.items():
-                self._dirty_apps.update((root, name) for name in apps)
-            for root, mappings in self._mappings.items():
-                self._dirty_mappings.update((root, name) for name in mappings)
+            for root in self._roots.values():
+                for node in root.nodes():
+                    if isinstance(node, _Interface):
+                        self._dirty_interfaces.add(node.key)
+                    elif isinstance(node, _App):
+                        self._dirty_apps.add(node.key)
+                    elif isinstance(node, _Mapping):
+                        self._dirty_mappings.add(node.key)
             self._changed = True
-
-    def retry(self) -> None:
-        """Arm a fresh watch on every path whose watch failed (blocking: run it in a worker
-        thread). One that fails again is recorded again."""
-        with self._lock:
-            rearms = [f.rearm for slot, f in self._failed.items() if slot.active]
-        for rearm in rearms:
-            rearm()
+            wake = self._owe_wake()
+        if wake:
+            self._wake()
 
     def close(self) -> None:
-        """Every callback from now on stops its watch and changes nothing."""
+        """Every callback from now on changes nothing and reads nothing."""
         with self._lock:
-            self._open.wanted = False
+            self._open = False
+            self._queue.clear()
 
     # ------------------------------------------------------- records (lock held)
 
     def _interface_record(self, key: Key) -> InterfaceRecord | None:
-        node = self._interfaces.get(key[0], {}).get(key[1])
-        return None if node is None else InterfaceRecord(node.providers, node.ctime)
+        root = self._roots.get(key[0])
+        node = root.children.get(key[1]) if root is not None and root.dubbo else None
+        if not isinstance(node, _Interface):
+            return None
+        return InterfaceRecord(node.providers, node.ctime)
 
     def _app_record(self, key: Key) -> AppRecord | None:
-        node = self._apps.get(key[0], {}).get(key[1])
-        if node is None:
+        root = self._roots.get(key[0])
+        node = root.children.get(key[1]) if root is not None and not root.dubbo else None
+        if not isinstance(node, _App):
             return None
-        return AppRecord(tuple(sorted(node.instances.items())), node.ctime)
+        instances = sorted(
+            (ident, instance.data)
+            for ident, instance in node.instances.items()
+            if instance.data is not None
+        )
+        return AppRecord(tuple(instances), node.ctime)
 
     def _mapping_record(self, key: Key) -> MappingRecord | None:
-        node = self._mappings.get(key[0], {}).get(key[1])
+        root = self._roots.get(key[0])
+        mapping_root = root.mapping if root is not None else None
+        node = mapping_root.children.get(key[1]) if mapping_root is not None else None
         return None if node is None else MappingRecord(node.data, node.ctime)
 
-    # ---------------------------------------------------- bookkeeping (lock held)
+    # ----------------------------------------------------------- reading (lock held)
 
-    def _current(self, slot: _Slot, generation: int) -> bool:
-        """The callback of this watch still counts."""
-        return slot.generation == generation and slot.armed and slot.active
+    def _enqueue(self, node: _Node, op: Op | None = None) -> None:
+        """Queue a read of `node` under a new `seq`: any read or watch of it before is
+        stale from now on. Lock held; the caller calls `_pump()` after releasing it."""
+        node.seq += 1
+        node.reading = True
+        self._queue.append((node, node.seq, op or node.read))
 
-    def _accept(self, slot: _Slot, generation: int) -> bool:
-        """`_current`, and since this watch just read its node, that node is readable."""
-        if not self._current(slot, generation):
-            return False
-        if self._failed.pop(slot, None) is not None:
-            self._changed = True
-        return True
-
-    def _owe_wake(self, force: bool = False) -> bool:
-        """Whether the caller must wake the loop once it has released the lock. `force`:
-        the caller is about to arm watches whose first reads will change things; waking
-        after them makes one take() of the lot rather than one per watch."""
-        if not (self._changed or force) or self._pending or not self._notifying:
-            return False
-        if not self._open.wanted:
-            return False
-        self._pending = True
-        return True
-
-    def _dirty_interface(self, key: Key) -> None:
-        self._dirty_interfaces.add(key)
-        self._changed = True
-
-    def _dirty_app(self, key: Key) -> None:
-        self._dirty_apps.add(key)
-        self._changed = True
-
-    def _dirty_mapping(self, key: Key) -> None:
-        self._dirty_mappings.add(key)
-        self._changed = True
-
-    def _drop_root_content(self, root: _Root) -> None:
-        """The root went away: so did everything under it."""
-        if root.children is not None:
-            root.children.wanted = False
-            root.children = None
-        for name, interface in self._interfaces.pop(root.path, {}).items():
-            interface.slot.wanted = False
-            self._dirty_interface((root.path, name))
-        for name, app in self._apps.pop(root.path, {}).items():
-            app.slot.wanted = False
-            self._dirty_app((root.path, name))
-        self._drop_mapping_root(root.path)
-
-    def _drop_mapping_root(self, path: str) -> None:
-        mapping_root = self._mapping_roots.pop(path, None)
-        if mapping_root is not None:
-            mapping_root.slot.wanted = False
-        for name in self._mappings.pop(path, {}):
-            self._dirty_mapping((path, name))
-
-    # ----------------------------------------------------------------- arming
-
-    def _arm(self, slot: _Slot, path: str, start: Start) -> None:
-        """Arm a new generation of watch on `slot`, unless one is live or nobody wants it.
-        Called without the lock: `start` talks to ZooKeeper."""
-        with self._lock:
-            if slot.armed or not slot.active:
-                return
-            slot.armed = True
-            slot.generation += 1
-            generation = slot.generation
-        rearm = functools.partial(self._arm, slot, path, start)
-        start(generation, functools.partial(self._read_failed, slot, generation, path, rearm))
-
-    def _read_failed(
-        self, slot: _Slot, generation: int, path: str, rearm: Callable[[], None], err: Exception
-    ) -> None:
-        """A watch could not read its node and has stopped (kazoo's thread, or ours)."""
-        if is_zookeeper_error(err):
-            log.debug("watch failed path=%s: %r", path, err)
-        else:  # a bug (ours or kazoo's): show where
-            log.error("watch callback failed path=%s", path, exc_info=err)
-        with self._lock:
-            if not self._current(slot, generation):
-                return
-            slot.armed = False
-            failure = ReadFailure(path, type(err).__name__, is_no_auth(err))
-            self._failed[slot] = _Failed(failure, rearm)
-            self._new_failures.append(failure)
-            self._changed = True
-            wake = self._owe_wake()
-        if wake:
-            self._wake()
-
-    # ------------------------------------------------------------------ roots
-
-    def _start_root(self, root: _Root, generation: int, on_error: OnError) -> None:
-        watch_data(
-            self._client,
-            root.path,
-            functools.partial(self._on_root, root, generation),
-            on_error,
-        )
-
-    def _on_root(
-        self, root: _Root, generation: int, data: bytes | None, stat: ZnodeStat | None
-    ) -> bool:
-        arm: _Slot | None = None
-        with self._lock:
-            if not self._accept(root.slot, generation):
-                return False
-            if stat is None:  # no such root (or it went away): nothing under it
-                self._drop_root_content(root)
-                if not root.listed:
-                    root.listed = True
-                    self._changed = True
-            elif root.children is None:
-                root.children = arm = _Slot(root.slot)
-            wake = self._owe_wake(force=arm is not None)
-        if arm is not None:
-            on_children = self._on_dubbo_root if root.dubbo else self._on_services_root
-            self._arm(
-                arm, root.path, functools.partial(self._start_root_children, root, arm, on_children)
-            )
-        if wake:
-            self._wake()
-        return True
-
-    def _start_root_children(
-        self,
-        root: _Root,
-        slot: _Slot,
-        on_children: Callable[[_Root, _Slot, int, list[str]], bool],
-        generation: int,
-        on_error: OnError,
-    ) -> None:
-        watch_children(
-            self._client,
-            root.path,
-            functools.partial(on_children, root, slot, generation),
-            on_error,
-        )
-
-    def _on_dubbo_root(self, root: _Root, slot: _Slot, generation: int, names: list[str]) -> bool:
-        new: list[_Interface] = []
-        mapping_root: _MappingRoot | None = None
-        with self._lock:
-            if not self._accept(slot, generation):
-                return False
-            if not root.listed:
-                root.listed = True
-                self._changed = True
-            present = set(names)
-            known = self._interfaces.setdefault(root.path, {})
-            for name in [n for n in known if n not in present]:
-                known.pop(name).slot.wanted = False
-                self._dirty_interface((root.path, name))
-            for name in names:
-                if name not in DUBBO_INTERNAL and name not in known:
-                    node = known[name] = _Interface((root.path, name), _Slot(slot))
-                    new.append(node)
-            if not self._mapping_enabled or "mapping" not in present:
-                self._drop_mapping_root(root.path)
-            elif root.path not in self._mapping_roots:
-                mapping_root = _MappingRoot(root.path, _Slot(slot))
-                self._mapping_roots[root.path] = mapping_root
-            wake = self._owe_wake(force=bool(new) or mapping_root is not None)
-        for node in new:
-            path = f"{node.key[0]}/{node.key[1]}/providers"
-            self._arm(node.slot, path, functools.partial(self._start_interface, node, path))
-        if mapping_root is not None:
-            self._arm(
-                mapping_root.slot,
-                f"{root.path}/mapping",
-                functools.partial(self._start_mapping_root, mapping_root),
-            )
-        if wake:
-            self._wake()
-        return True
-
-    # -------------------------------------------------------------- interfaces
-
-    def _start_interface(
-        self, node: _Interface, path: str, generation: int, on_error: OnError
-    ) -> None:
-        watch_data(
-            self._client,
-            path,
-            functools.partial(self._on_providers_node, node, path, generation),
-            on_error,
-        )
-
-    def _on_providers_node(
-        self,
-        node: _Interface,
-        path: str,
-        generation: int,
-        data: bytes | None,
-        stat: ZnodeStat | None,
-    ) -> bool:
-        """`<interface>/providers` exists or not; a new ctime is a new node (deleted and
-        created again), whose children need a watch of their own."""
-        arm: _Slot | None = None
-        with self._lock:
-            if not self._accept(node.slot, generation):
-                return False
-            if stat is None:
-                if node.providers_slot is not None:
-                    node.providers_slot.wanted = False
-                    node.providers_slot = None
-                if node.providers or node.ctime:
-                    node.providers, node.ctime = (), 0
-                    self._dirty_interface(node.key)
-            elif node.providers_slot is None or node.ctime != stat.ctime:
-                if node.providers_slot is not None:
-                    node.providers_slot.wanted = False
-                node.ctime = stat.ctime
-                node.providers_slot = arm = _Slot(node.slot)
-                self._dirty_interface(node.key)
-            wake = self._owe_wake(force=arm is not None)
-        if arm is not None:
-            self._arm(arm, path, functools.partial(self._start_providers, node, arm, path))
-        if wake:
-            self._wake()
-        return True
-
-    def _start_providers(
-        self, node: _Interface, slot: _Slot, path: str, generation: int, on_error: OnError
-    ) -> None:
-        watch_children(
-            self._client,
-            path,
-            functools.partial(self._on_providers, node, slot, generation),
-            on_error,
-        )
-
-    def _on_providers(
-        self, node: _Interface, slot: _Slot, generation: int, names: list[str]
-    ) -> bool:
-        with self._lock:
-            if not self._accept(slot, generation):
-                return False
-            providers = tuple(sorted(names))
-            if providers != node.providers:
-                node.providers = providers
-                self._dirty_interface(node.key)
-            wake = self._owe_wake()
-        if wake:
-            self._wake()
-        return True
-
-    # --------------------------------------------------------- Dubbo 3 mapping
-
-    def _start_mapping_root(
-        self, mapping_root: _MappingRoot, generation: int, on_error: OnError
-    ) -> None:
-        watch_children(
-            self._client,
-            f"{mapping_root.root}/mapping",
-            functools.partial(self._on_mapping_root, mapping_root, generation),
-            on_error,
-        )
-
-    def _on_mapping_root(
-        self, mapping_root: _MappingRoot, generation: int, names: list[str]
-    ) -> bool:
-        root = mapping_root.root
-        new: list[_Mapping] = []
-        with self._lock:
-            if not self._accept(mapping_root.slot, generation):
-                return False
-            present = set(names)
-            known = self._mappings.setdefault(root, {})
-            for name in [n for n in known if n not in present]:
-                known.pop(name).slot.wanted = False
-                self._dirty_mapping((root, name))
-            for name in names:
-                if name not in known:
-                    node = known[name] = _Mapping((root, name), _Slot(mapping_root.slot))
-                    new.append(node)
-            wake = self._owe_wake(force=bool(new))
-        for node in new:
-            path = f"{root}/mapping/{node.key[1]}"
-            self._arm(node.slot, path, functools.partial(self._start_mapping, node, path))
-        if wake:
-            self._wake()
-        return True
-
-    def _start_mapping(self, node: _Mapping, path: str, generation: int, on_error: OnError) -> None:
-        watch_data(
-            self._client, path, functools.partial(self._on_mapping, node, generation), on_error
-        )
-
-    def _on_mapping(
-        self, node: _Mapping, generation: int, data: bytes | None, stat: ZnodeStat | None
-    ) -> bool:
-        with self._lock:
-            if not self._accept(node.slot, generation):
-                return False
-            # a deleted mapping node maps to nothing; its parent's watch drops it soon
-            value = (data or b"", stat.ctime) if stat is not None else (b"", node.ctime)
-            if value != (node.data, node.ctime):
-                node.data, node.ctime = value
-                self._dirty_mapping(node.key)
-            wake = self._owe_wake()
-        if wake:
-            self._wake()
-        return True
-
-    # ------------------------------------------------------ Curator applications
-
-    def _on_services_root(
-        self, root: _Root, slot: _Slot, generation: int, names: list[str]
-    ) -> bool:
-        arm: list[_App] = []
-        with self._lock:
-            if not self._accept(slot, generation):
-                return False
-            if not root.listed:
-                root.listed = True
-                self._changed = True
-            present = set(names)
-            known = self._apps.setdefault(root.path, {})
-            for name in [n for n in known if n not in present]:
-                known.pop(name).slot.wanted = False
-                self._dirty_app((root.path, name))
-            for name in names:
-                node = known.get(name)
-                if node is None:
-                    node = known[name] = _App((root.path, name), _Slot(slot))
-                    arm.append(node)
-                elif not node.slot.armed and node.slot not in self._failed:
-                    # it was gone when we looked for its ctime (deleted, maybe created again
-                    # between two reads of this list): look again
-                    arm.append(node)
-            wake = self._owe_wake(force=bool(arm))
-        for node in arm:
-            path = f"{node.key[0]}/{node.key[1]}"
-            self._arm(node.slot, path, functools.partial(self._start_app, node, path))
-        if wake:
-            self._wake()
-        return True
-
-    def _start_app(self, node: _App, path: str, generation: int, on_error: OnError) -> None:
-        try:
-            stat = self._client.exists(path)
-        except Exception as err:
-            on_error(err)
+    def _pump(self) -> None:
+        """Send queued reads while fewer than WINDOW are in flight. Called without the
+        lock, by whoever queued reads or saw one finish. Not re-entered on one thread: a
+        stopped kazoo answers a read inside the call that sends it, and each answer pumps
+        again; the outer call sends what they queue (no recursion as deep as the queue)."""
+        if getattr(self._local, "pumping", False):
             return
+        self._local.pumping = True
+        try:
+            while True:
+                batch: list[tuple[_Node, int, Op]] = []
+                with self._lock:
+                    while self._queue and self._in_flight < WINDOW:
+                        node, seq, op = self._queue.popleft()
+                        if node.seq == seq and node.wanted and self._open:  # not overtaken
+                            self._in_flight += 1
+                            batch.append((node, seq, op))
+                if not batch:
+                    return
+                for node, seq, op in batch:
+                    self._send(node, seq, op)
+        finally:
+            self._local.pumping = False
+
+    def _send(self, node: _Node, seq: int, op: Op) -> None:
+        """One asynchronous read with its watch; returns at once (kazoo's connection
+        thread sends it). Lock not held."""
+        watch = functools.partial(self._on_event, node, seq)
+        try:
+            if op == "list":
+                listed = self._client.get_children_async(node.path, watch, True)
+                listed.rawlink(functools.partial(self._on_list_done, node, seq))
+            elif op == "get":
+                got = self._client.get_async(node.path, watch)
+                got.rawlink(functools.partial(self._on_get_done, node, seq))
+            else:
+                found = self._client.exists_async(node.path, watch)
+                found.rawlink(functools.partial(self._on_exists_done, node, seq))
+        except Exception as err:  # kazoo raises only for bad arguments: a bug
+            self._finish(node, seq, err, lambda: None)
+
+    # ------------------------------------------------- kazoo's threads: callbacks
+
+    def _on_event(self, node: _Node, seq: int, event: WatchedEvent) -> None:
+        """A watch fired (kazoo's event thread): read the node again, once per burst."""
+        if event.type == NONE_EVENT:
+            return  # the connection went; relist() reads everything after the reconnect
         with self._lock:
-            if not self._current(node.slot, generation):
-                return
-            if stat is None:  # gone already; the root's children watch drops it
-                node.slot.armed = False
-                return
+            if node.seq != seq or not node.wanted or not self._open:
+                return  # a newer read is on its way (its own watch covers what follows)
+            self._enqueue(node)
+        self._pump()
+
+    def _on_list_done(
+        self, node: _Node, seq: int, result: Pending[tuple[list[str], ZnodeStat]]
+    ) -> None:
+        try:
+            names, stat = result.get_nowait()
+        except Exception as err:
+            self._finish(node, seq, err, lambda: None)
+            return
+        self._finish(node, seq, None, functools.partial(self._listed, node, names, stat))
+
+    def _on_get_done(self, node: _Node, seq: int, result: Pending[tuple[bytes, ZnodeStat]]) -> None:
+        try:
+            data, stat = result.get_nowait()
+        except Exception as err:
+            self._finish(node, seq, err, lambda: None)
+            return
+        self._finish(node, seq, None, functools.partial(self._got, node, data or b"", stat))
+
+    def _on_exists_done(self, node: _Node, seq: int, result: Pending[ZnodeStat | None]) -> None:
+        try:
+            stat = result.get_nowait()
+        except Exception as err:
+            self._finish(node, seq, err, lambda: None)
+            return
+        if stat is None:  # still missing; the exists watch says when it comes
+            self._finish(node, seq, None, lambda: None)
+        else:  # it came between the two reads: read it now
+            self._finish(node, seq, None, functools.partial(self._enqueue, node))
+
+    def _finish(
+        self, node: _Node, seq: int, err: Exception | None, apply: Callable[[], object]
+    ) -> None:
+        """One read answered (kazoo's completion thread; or ours, for a read that could
+        not be sent). Applies the answer if it is the node's latest, sends what it queued,
+        wakes the loop if it must. Never raises: kazoo would only log it."""
+        failure: Exception | None = None
+        with self._lock:
+            self._in_flight -= 1
+            if node.seq == seq and node.wanted and self._open:
+                node.reading = False
+                try:
+                    if err is None:
+                        apply()
+                        self._read_ok(node)
+                    elif is_no_node(err):
+                        self._gone(node)
+                        self._read_ok(node)
+                    elif is_connection_error(err):
+                        self._lost.add(node)  # relist() or retry() reads it again
+                    else:
+                        failure = err
+                except Exception as bug:  # ours: show where, and treat it as a failed read
+                    failure = bug
+                if failure is not None:
+                    self._read_failed(node, failure)
+            if self._walking and not self._unsettled:
+                self._walking = False  # the first walk is done: one take() of it all
+                self._changed = True
+            wake = self._owe_wake()
+        if failure is not None:
+            if is_zookeeper_error(failure):
+                log.debug("read failed path=%s: %r", node.path, failure)
+            else:
+                log.error("read failed path=%s", node.path, exc_info=failure)
+        self._pump()
+        if wake:
+            self._wake()
+
+    # ------------------------------------------------------- answers (lock held)
+
+    def _read_ok(self, node: _Node) -> None:
+        """The node answered: it is readable, and settled."""
+        self._settle(node)
+        if self._failed.pop(node, None) is not None:
+            self._changed = True
+
+    def _read_failed(self, node: _Node, err: Exception) -> None:
+        self._settle(node)
+        failure = ReadFailure(node.path, type(err).__name__, is_no_auth(err))
+        self._failed[node] = failure
+        self._new_failures.append(failure)
+        self._changed = True
+
+    def _settle(self, node: _Node) -> None:
+        if not node.settled:
+            node.settled = True
+            self._unsettled.discard(node)
+
+    def _listed(self, node: _Node, names: list[str], stat: ZnodeStat) -> None:
+        node.missing = False
+        if isinstance(node, _Interface):
+            providers = tuple(sorted(names))
+            if (providers, stat.ctime) != (node.providers, node.ctime):
+                node.providers, node.ctime = providers, stat.ctime
+                self._dirty_interfaces.add(node.key)
+        elif isinstance(node, _Root):
+            if not node.listed:
+                node.listed = True
+                self._changed = True
+            if node.dubbo:
+                self._list_dubbo_root(node, names)
+            else:
+                self._list_services_root(node, names)
+        elif isinstance(node, _App):
             if node.ctime != stat.ctime:
                 node.ctime = stat.ctime
-                self._dirty_app(node.key)
-        watch_children(
-            self._client,
-            path,
-            functools.partial(self._on_instances, node, path, generation),
-            on_error,
-        )
+                self._dirty_apps.add(node.key)
+            self._list_app(node, names)
+        elif isinstance(node, _MappingRoot):
+            self._list_mapping_root(node, names)
 
-    def _on_instances(self, node: _App, path: str, generation: int, ids: list[str]) -> bool:
-        new: list[tuple[str, _Slot]] = []
-        with self._lock:
-            if not self._accept(node.slot, generation):
-                return False
-            present = set(ids)
-            for ident in [i for i in node.watched if i not in present]:
-                node.watched.pop(ident).wanted = False
-                if node.instances.pop(ident, None) is not None:
-                    self._dirty_app(node.key)
-            for ident in ids:
-                if ident not in node.watched:
-                    node.watched[ident] = slot = _Slot(node.slot)
-                    new.append((ident, slot))
-            wake = self._owe_wake(force=bool(new))
-        for ident, slot in new:
-            instance = f"{path}/{ident}"
-            self._arm(
-                slot, instance, functools.partial(self._start_instance, node, ident, slot, instance)
-            )
-        if wake:
-            self._wake()
-        return True
+    def _got(self, node: _Node, data: bytes, stat: ZnodeStat) -> None:
+        node.missing = False
+        if isinstance(node, _Mapping):
+            if (data, stat.ctime) != (node.data, node.ctime):
+                node.data, node.ctime = data, stat.ctime
+                self._dirty_mappings.add(node.key)
+        elif isinstance(node, _Instance) and node.data != data:
+            node.data = data
+            self._dirty_apps.add(node.app.key)
 
-    def _start_instance(
-        self, node: _App, ident: str, slot: _Slot, path: str, generation: int, on_error: OnError
-    ) -> None:
-        watch_data(
-            self._client,
-            path,
-            functools.partial(self._on_instance, node, ident, slot, generation),
-            on_error,
-        )
+    def _gone(self, node: _Node) -> None:
+        """No such node: it holds nothing now. One whose parent would not tell us it came
+        back gets an exists watch; the others wait for their parent's listing."""
+        node.missing = True
+        if isinstance(node, _Interface):
+            if node.providers or node.ctime:
+                node.providers, node.ctime = (), 0
+                self._dirty_interfaces.add(node.key)
+        elif isinstance(node, _Root):
+            self._drop_content(node)
+            if not node.listed:
+                node.listed = True
+                self._changed = True
+        elif isinstance(node, _Mapping):
+            if node.data:
+                node.data = b""  # maps to nothing; its parent's listing drops it soon
+                self._dirty_mappings.add(node.key)
+        elif isinstance(node, _Instance) and node.data is not None:
+            node.data = None
+            self._dirty_apps.add(node.app.key)
+        if node.watch_absence:
+            self._enqueue(node, "exists")
 
-    def _on_instance(
-        self,
-        node: _App,
-        ident: str,
-        slot: _Slot,
-        generation: int,
-        data: bytes | None,
-        stat: ZnodeStat | None,
-    ) -> bool:
-        with self._lock:
-            if not self._accept(slot, generation):
-                return False
-            if stat is None:  # deleted; the application's children watch retires the slot
-                if node.instances.pop(ident, None) is not None:
-                    self._dirty_app(node.key)
-            elif node.instances.get(ident) != (data or b""):
-                node.instances[ident] = data or b""
-                self._dirty_app(node.key)
-            wake = self._owe_wake()
-        if wake:
-            self._wake()
+    # ------------------------------------------------------- the tree (lock held)
+
+    def _adopt(self, node: _Node) -> None:
+        """A node just found in its parent's listing: read it."""
+        self._unsettled.add(node)
+        self._enqueue(node)
+
+    def _readopt(self, node: _Node) -> None:
+        """A child its parent lists again: read it again if it was found missing (deleted
+        and created again between two reads), unless its own exists watch covers that."""
+        if node.missing and not node.reading and not node.watch_absence:
+            self._enqueue(node)
+
+    def _drop(self, node: _Node) -> None:
+        """A node and everything under it left the tree: its callbacks change nothing
+        from now on, and the keys it held are dirty (their records are None now, or
+        smaller)."""
+        for gone in node.nodes():
+            gone.wanted = False
+            self._unsettled.discard(gone)
+            self._failed.pop(gone, None)
+            self._lost.discard(gone)
+            if isinstance(gone, _Interface):
+                self._dirty_interfaces.add(gone.key)
+            elif isinstance(gone, _App):
+                self._dirty_apps.add(gone.key)
+            elif isinstance(gone, _Mapping):
+                self._dirty_mappings.add(gone.key)
+        self._changed = True
+
+    def _drop_content(self, root: _Root) -> None:
+        for child in root.children.values():
+            self._drop(child)
+        root.children = {}
+        if root.mapping is not None:
+            self._drop(root.mapping)
+            root.mapping = None
+
+    def _list_dubbo_root(self, root: _Root, names: list[str]) -> None:
+        present = set(names)
+        known = root.children
+        for name in [n for n in known if n not in present]:
+            self._drop(known.pop(name))
+        for name in names:
+            if name in DUBBO_INTERNAL:
+                continue
+            node = known.get(name)
+            if node is None:
+                known[name] = node = _Interface((root.path, name))
+                self._adopt(node)
+            else:
+                self._readopt(node)
+        if not self._mapping_enabled or "mapping" not in present:
+            if root.mapping is not None:
+                self._drop(root.mapping)
+                root.mapping = None
+        elif root.mapping is None:
+            root.mapping = _MappingRoot(root.path)
+            self._adopt(root.mapping)
+        else:
+            self._readopt(root.mapping)
+
+    def _list_services_root(self, root: _Root, names: list[str]) -> None:
+        present = set(names)
+        known = root.children
+        for name in [n for n in known if n not in present]:
+            self._drop(known.pop(name))
+        for name in names:
+            node = known.get(name)
+            if node is None:
+                known[name] = node = _App((root.path, name))
+                self._adopt(node)
+            else:
+                self._readopt(node)
+
+    def _list_app(self, app: _App, ids: list[str]) -> None:
+        present = set(ids)
+        for ident in [i for i in app.instances if i not in present]:
+            gone = app.instances.pop(ident)
+            self._drop(gone)
+            if gone.data is not None:
+                self._dirty_apps.add(app.key)
+        for ident in ids:
+            node = app.instances.get(ident)
+            if node is None:
+                app.instances[ident] = node = _Instance(app, ident)
+                self._adopt(node)
+            else:
+                self._readopt(node)
+
+    def _list_mapping_root(self, mapping_root: _MappingRoot, names: list[str]) -> None:
+        present = set(names)
+        known = mapping_root.children
+        for name in [n for n in known if n not in present]:
+            self._drop(known.pop(name))
+        for name in names:
+            node = known.get(name)
+            if node is None:
+                known[name] = node = _Mapping((mapping_root.root, name))
+                self._adopt(node)
+            else:
+                self._readopt(node)
+
+    # ---------------------------------------------------------- waking (lock held)
+
+    def _owe_wake(self) -> bool:
+        """Whether the caller must wake the loop once it has released the lock: something
+        changed, no wake is on its way already, and the first walk is done (until then
+        only its end wakes the loop)."""
+        if self._pending or self._walking or not self._open:
+            return False
+        if not (
+            self._changed or self._dirty_interfaces or self._dirty_apps or self._dirty_mappings
+        ):
+            return False
+        self._pending = True
         return True

@@ -2,21 +2,24 @@
 keeping the view current.
 
 Three parts, split where the threads are:
-- the mirror (mirror.py): kazoo's watch callbacks, on kazoo's threads, copy the raw tree
-  under one lock and wake the loop with `call_soon_threadsafe`;
+- the mirror (mirror.py): pipelined asynchronous reads with one-shot watches; kazoo's
+  callbacks, on kazoo's threads, copy the raw tree under one lock and wake the loop with
+  `call_soon_threadsafe`;
 - the assembly (assembly.py): pure; on the loop, turns the raw records of what changed into
   Services and Problems, reusing everything else;
 - this module: the client's lifecycle, the connection state, and one supervised task (base
-  `spawn()`) that connects, walks the tree once, then takes changes from the mirror,
-  assembles them and publishes, and retries unreadable paths with backoff. Any unexpected
-  exception in it is the supervisor's: logged, DEGRADED, restarted.
+  `spawn()`) that connects, starts the first walk, then takes changes from the mirror,
+  assembles them and publishes, re-reads the tree after a reconnect, and retries unreadable
+  paths with backoff. Any unexpected exception in it is the supervisor's: logged, DEGRADED,
+  restarted.
 
 Failure policy (README "ZooKeeper registry"): a suspended connection or lost session keeps the
-last view (DEGRADED); kazoo's watches re-read everything after a reconnect or on a new
-session, which reconciles what changed meanwhile, so a session expiry removes only what is
-really gone. A node we may not read (its ACL, our credentials) is DEGRADED with the path in
-the detail, counted in `mcpserver_registry_errors_total{kind="noauth"}` and retried with
-backoff until it reads; what was read before stays served.
+last view (DEGRADED); after the reconnect (same session or a new one) the mirror re-reads
+every node (kazoo drops all watches with the connection), which reconciles what changed
+meanwhile, so a session expiry removes only what is really gone. A node we may not read
+(its ACL, our credentials) is DEGRADED with the path in the detail, counted in
+`mcpserver_registry_errors_total{kind="noauth"}` and retried with backoff until it reads;
+what was read before stays served.
 """
 
 from __future__ import annotations
@@ -48,6 +51,9 @@ CONNECTION_DETAILS = {
 }
 CONNECT_RETRY_CAP = 10.0  # seconds between attempts to reach an unreachable ensemble, at most
 READ_RETRY_CAP = 30.0  # ... and between attempts to read a node we may not read
+import os
+PACE = bool(os.environ.get("ZK_PACE"))
+MAX_REST = 0.05
 SHOWN_PATHS = 3  # unreadable paths named in the detail; the rest are counted
 
 
@@ -91,7 +97,10 @@ class ZooKeeperRegistry(Registry):
         self._synced = False
         self._connection_problem = ""
         self._unreadable: tuple[ReadFailure, ...] = ()
+        self._lost = False  # reads cut off by a lost connection wait for a re-read
         self._retry_now = False
+        self._disconnected = False  # SUSPENDED or LOST since the last CONNECTED
+        self._relist_now = False  # reconnected: read the whole tree again
         self._crashed = False  # the watch task failed and waits for its restart
 
     # ----------------------------------------------------------------- lifecycle
@@ -131,15 +140,18 @@ class ZooKeeperRegistry(Registry):
     # ---------------------------------------------------------------- the loop
 
     async def _follow_connection(self) -> None:
-        """SUSPENDED and LOST degrade (and count); CONNECTED recovers and retries what
-        could not be read, at once."""
+        """SUSPENDED and LOST degrade (and count); CONNECTED recovers, and after a loss
+        re-reads the whole tree and retries what could not be read, at once."""
         while True:
             state = await self._states.get()
             if state in CONNECTION_DETAILS:
                 self._metrics.registry_errors.labels(self.name, state.lower()).inc()
                 self._connection_problem = CONNECTION_DETAILS[state]
+                self._disconnected = True
             elif state == CONNECTED:
                 self._connection_problem = ""
+                self._relist_now = self._relist_now or self._disconnected
+                self._disconnected = False
                 self._retry_now = True
                 self._wakeup.set()
             self._update_status()
@@ -154,23 +166,33 @@ class ZooKeeperRegistry(Registry):
             raise
 
     async def _follow_tree(self) -> None:
-        """Connect, walk the tree once, then follow the mirror's changes and retry what
-        could not be read. Runs until stopped. Starting it over is harmless: the client
-        stays connected, roots already watched are not watched twice, and the assembly
-        starts from the whole tree (the changes a crashed run had taken are lost)."""
+        """Connect, start the first walk, then follow the mirror's changes, re-read the
+        tree after a reconnect and retry what could not be read. Runs until stopped.
+        Starting it over is harmless: the client stays connected, roots already read are
+        not read twice, and the assembly starts from the whole tree (the changes a
+        crashed run had taken are lost)."""
         self._crashed = False
         await self._connect()
-        await asyncio.to_thread(self._mirror.watch_roots)
         self._assembly = EMPTY
         self._mirror.redo()
-        self._mirror.notify()
+        # only queues the roots' reads (kazoo sends them); the mirror wakes us when the
+        # walk has read everything, and take() hands over nothing before that
+        await asyncio.to_thread(self._mirror.watch_roots)
         loop = asyncio.get_running_loop()
         attempt = 0
         retry_at: float | None = None
+        rest_until = 0.0
         while True:
+            if PACE and (rest := rest_until - loop.time()) > 0:
+                await asyncio.sleep(rest)
             self._wakeup.clear()
+            if self._relist_now:
+                self._relist_now = False
+                await asyncio.to_thread(self._mirror.relist)
+            began = loop.time()
             self._refresh()
-            if not self._unreadable:
+            rest_until = loop.time() + min(loop.time() - began, MAX_REST)
+            if not self._unreadable and not self._lost:
                 attempt, retry_at = 0, None
             elif retry_at is None:
                 retry_at = loop.time() + backoff(attempt, cap=READ_RETRY_CAP)
@@ -219,9 +241,11 @@ class ZooKeeperRegistry(Registry):
         for path in sorted(before - now.keys()):
             log.info("readable again registry=%s path=%s", self.name, path)
         self._unreadable = taken.unreadable
+        self._lost = taken.lost
         newly_synced = taken.listed and not self._synced
         self._synced = self._synced or taken.listed
-        assembly = assemble(self._options, taken.changes, self._assembly)
+        # handed over: only the latest assembly is kept, so it is updated, not copied
+        assembly = assemble(self._options, taken.changes, self._assembly, True)
         changed = assembly is not self._assembly or newly_synced
         self._assembly = assembly
         # status first: a registry that lists for the first time while a path is
