@@ -51,9 +51,6 @@ CONNECTION_DETAILS = {
 }
 CONNECT_RETRY_CAP = 10.0  # seconds between attempts to reach an unreachable ensemble, at most
 READ_RETRY_CAP = 30.0  # ... and between attempts to read a node we may not read
-import os
-PACE = bool(os.environ.get("ZK_PACE"))
-MAX_REST = 0.05
 SHOWN_PATHS = 3  # unreadable paths named in the detail; the rest are counted
 
 
@@ -181,17 +178,12 @@ class ZooKeeperRegistry(Registry):
         loop = asyncio.get_running_loop()
         attempt = 0
         retry_at: float | None = None
-        rest_until = 0.0
         while True:
-            if PACE and (rest := rest_until - loop.time()) > 0:
-                await asyncio.sleep(rest)
             self._wakeup.clear()
             if self._relist_now:
                 self._relist_now = False
                 await asyncio.to_thread(self._mirror.relist)
-            began = loop.time()
             self._refresh()
-            rest_until = loop.time() + min(loop.time() - began, MAX_REST)
             if not self._unreadable and not self._lost:
                 attempt, retry_at = 0, None
             elif retry_at is None:
