@@ -18,7 +18,7 @@ from dataclasses import replace
 from envoy.service.discovery.v3 import discovery_pb2
 
 from mcpserver.model import Instance, Port, Service
-from mcpserver.pipeline import BuildInputs, build
+from mcpserver.pipeline import Builder, BuildInputs, build
 from mcpserver.registry.base import Status, View
 from mcpserver.xds.resources import encode_response
 
@@ -59,13 +59,21 @@ def main() -> None:
     current = services(args.services, args.instances)
     view = View("bench", tuple(current), synced=True, status=Status.READY)
 
-    cold = timed(lambda: build([view], {}, INPUTS), repeat=1)
-    first = build([view], {}, INPUTS)
+    cold = timed(lambda: build([view], INPUTS), repeat=1)
+    builder = Builder(INPUTS)
+    builder.build([view])
     changed = list(current)
     changed[0] = replace(changed[0], instances=(Instance("10.255.255.1"),))
     view2 = View("bench", tuple(changed), synced=True, status=Status.READY)
-    incremental = timed(lambda: build([view2], first.cache, INPUTS))
-    second = build([view2], first.cache, INPUTS)
+    views = [view, view2]
+
+    def flip() -> None:  # one changed service each time, in both directions
+        views.reverse()
+        builder.build(views[:1])
+
+    incremental = timed(flip)
+    builder.build([view])
+    second = builder.build([view2])
 
     type_set = second.snapshot.sets["ServiceEntry"]
     ours = timed(

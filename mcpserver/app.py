@@ -117,7 +117,6 @@ class Changes:
         self._metrics = metrics
         self.activity = Activity()
         self._previous: Snapshot | None = None
-        self._owners: dict[str, str] = {}
         self._pending: float | None = None  # monotonic time of the oldest unbuilt change
         self._building: float | None = None
         self._origins: dict[str, float] = {}
@@ -141,16 +140,18 @@ class Changes:
         return self._origins.get(snapshot.version)
 
     def _owner_lookup(self) -> Callable[[PackedResource], str]:
-        """Which registry a ServiceEntry came from: the registries' current views, else the
-        previous publish's, else the resource's own `registry` label."""
+        """Which registry a ServiceEntry came from, where the snapshot does not say: the
+        registries' current views, else the resource's own `registry` label."""
+        # Only asked for what the snapshot does not attribute itself (a snapshot not built
+        # on the one before): then worth one pass over the views.
         current: dict[str, str] = {}
-        for view in self._views():
-            for service in view.services:
-                current.setdefault(service.key, view.registry)  # config order wins a clash
-        previous, self._owners = self._owners, current
 
         def owner(resource: PackedResource) -> str:
-            found = current.get(resource.name) or previous.get(resource.name)
+            if not current:
+                for view in self._views():
+                    for service in view.services:
+                        current.setdefault(service.key, view.registry)  # config order wins
+            found = current.get(resource.name)
             if found is None:
                 found = resource.decode().metadata.labels.get("registry", "")
             return found

@@ -195,7 +195,7 @@ def config_problems(settings: Settings) -> list[str]:
     inputs = BuildInputs(
         {r.name: r.keep_when_empty for r in settings.registries}, settings.vip.cidr, settings.merge
     )
-    for problem in build(views, {}, inputs).problems:
+    for problem in build(views, inputs).problems:
         key = problem.subject.rpartition(" ")[2]
         location = where.get((problem.registry, key)) or origins.get(
             problem.registry, f"registry {problem.registry}"

@@ -19,12 +19,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from datetime import datetime
+from types import MappingProxyType
 
 from mcpserver_protos.istio.networking.v1alpha3 import service_entry_pb2, workload_entry_pb2
 
-from mcpserver.convert.merge import merge
+from mcpserver.convert.merge import MergeIndex
 from mcpserver.convert.serviceentry import IstioResource, convert
 from mcpserver.convert.validate import (
     validate_name,
@@ -37,8 +40,9 @@ from mcpserver.model import Problem, Service
 from mcpserver.protection import Hold, ProtectionPolicy, guard, next_deadline
 from mcpserver.registry.base import Registry, View, backoff
 from mcpserver.xds.resources import PackedResource, pack
-from mcpserver.xds.snapshot import Snapshot, build_snapshot
+from mcpserver.xds.snapshot import SetChange, Snapshot, TypeIndex, TypeSet, snapshot_version
 from mcpserver.xds.store import SnapshotStore
+from mcpserver.xds.typeurls import SERVED_KINDS
 
 log = logging.getLogger("mcpserver.pipeline")
 
@@ -118,10 +122,9 @@ def _convert_service(service: Service, vip: str | None) -> Converted:
 @dataclass(frozen=True, slots=True)
 class BuildResult:
     snapshot: Snapshot
-    cache: dict[str, Converted]
     problems: tuple[Problem, ...]
     encoded: int
-    vips: dict[str, str]
+    vips: int
     vip_capacity: int
 
 
@@ -143,57 +146,168 @@ def served(service: Service, keep_when_empty: Mapping[str, bool]) -> bool:
     )
 
 
-def build(
-    views: Sequence[View], cache: Mapping[str, Converted], inputs: BuildInputs
-) -> BuildResult:
-    """The pure part of a rebuild: runs in a worker thread, touches no shared state."""
-    services, problems = merge([v.services for v in views], inputs.merge_policy)
-    for view in views:
-        problems.extend(view.problems)
-    # Claims come from every listed service, served or not: a service whose instances drop
-    # to zero for a moment keeps its address and moves nobody else's. Whether a service
-    # needs one is remembered with its cached conversion (the same object needs the same).
-    wanting: set[str] = set()
-    for s in services:
-        done = cache.get(s.key)
-        if done.needs_vip if done is not None and done.service is s else needs_vip(s):
-            wanting.add(s.key)
-    claims = [(s.key, s.create_time) for s in services if s.key in wanting]
-    vips = allocate(claims, inputs.vip_cidr, [a for s in services for a in s.addresses])
-    services = [s for s in services if served(s, inputs.keep_when_empty)]
-    for key in (s.key for s in services if s.key in wanting):
-        if key not in vips:
-            problems.append(
-                Problem("", key, f"no free address left in vip.cidr {inputs.vip_cidr}", "vip")
+class Builder:
+    """The pure part of a rebuild, kept between rebuilds so that each one costs what changed.
+
+    A registry's view is compared with the one built before by object identity (registries
+    reuse the Service objects they did not change), in C: dicts of ids and their key-set
+    differences. Only the services that differ go through merge (re-merging the services
+    they share a name or host with), VIP claims, conversion and validation, and into the
+    per-kind indexes; a new snapshot is then one byte join per changed kind. The VIP table is
+    recomputed only when the set of claims (or of users' own addresses) changes.
+
+    Runs in a worker thread, one build at a time (the debouncer guarantees it). If a build
+    raises halfway, the builder is discarded (the pipeline starts a new one), never reused.
+    """
+
+    def __init__(self, inputs: BuildInputs) -> None:
+        self._inputs = inputs
+        self._keep = inputs.keep_when_empty
+        self._views: dict[str, tuple[Service, ...]] = {}
+        self._ids: dict[str, dict[int, Service]] = {}  # registry -> id -> service, kept alive
+        self._ranks: dict[str, int] = {}
+        self._merge = MergeIndex(inputs.merge_policy)
+        self._converted: dict[str, Converted] = {}  # served key -> its conversion
+        self._claims: dict[str, datetime] = {}  # key -> create_time, services wanting a VIP
+        self._explicit: Counter[str] = Counter()  # users' own addresses
+        self._vips: dict[str, str] = {}
+        self._vip_problems: dict[str, Problem] = {}
+        self._withheld: dict[str, tuple[Problem, ...]] = {}  # key -> conversion problems
+        self._types = {kind: TypeIndex(kind) for kind in SERVED_KINDS}
+        self._snapshot: Snapshot | None = None
+
+    def build(self, views: Sequence[View]) -> BuildResult:
+        merge_index = self._merge
+        for rank, view in enumerate(views):
+            name = view.registry
+            if self._ranks.setdefault(name, rank) != rank:
+                raise ValueError(f"registry {name!r} changed rank")
+            if self._views.get(name) is view.services:
+                continue
+            old = self._ids.get(name, {})
+            new = dict(zip(map(id, view.services), view.services, strict=True))
+            for gone in old.keys() - new.keys():
+                merge_index.remove(rank, old[gone])
+            for came in new.keys() - old.keys():
+                merge_index.add(rank, new[came])
+            self._views[name] = view.services
+            self._ids[name] = new
+        changed = merge_index.settle()
+        dirty = set(changed)
+        if self._claim(changed):
+            allocated = allocate(self._claims.items(), self._inputs.vip_cidr, self._explicit.keys())
+            dirty.update(k for k, _ in allocated.items() ^ self._vips.items())
+            self._vips = allocated
+        encoded = 0
+        owners: dict[str, str] = {}
+        for key in dirty:
+            encoded += self._convert(key, owners)
+        sets: dict[str, TypeSet] = {}
+        changes: dict[str, SetChange] = {}
+        for kind, index in self._types.items():
+            sets[kind], change = index.commit()
+            if change:
+                changes[kind] = change
+        previous = self._snapshot
+        if previous is not None and not changes:
+            snapshot = previous
+        else:
+            snapshot = Snapshot(
+                snapshot_version(sets),
+                MappingProxyType(sets),
+                base=previous.version if previous is not None else "",
+                changes=MappingProxyType(changes),
+                owners=MappingProxyType(owners),
             )
-    fresh: dict[str, Converted] = {}
-    encoded = 0
-    resources: list[PackedResource] = []
-    for service in services:
-        vip = vips.get(service.key)
-        done = cache.get(service.key)
-        if done is None or done.vip != vip:
-            done = convert_service(service, vip, service.key in wanting)
-            encoded += len(done.packed)
-        elif done.service is not service:
-            if done.service == service:
-                # equal but new (a re-parsed file): keep the newest object, so the next
-                # rebuild's identity check hits instead of comparing deeply again
-                done = replace(done, service=service)
-            else:
-                done = convert_service(service, vip, service.key in wanting)
-                encoded += len(done.packed)
-        fresh[service.key] = done
-        resources.extend(done.packed)
-        problems.extend(done.problems)
-    return BuildResult(
-        build_snapshot(resources),
-        fresh,
-        tuple(problems),
-        encoded,
-        vips,
-        capacity(inputs.vip_cidr),
-    )
+        self._snapshot = snapshot
+        problems: list[Problem] = merge_index.problems()
+        for view in views:
+            problems.extend(view.problems)
+        for found in self._withheld.values():
+            problems.extend(found)
+        problems.extend(self._vip_problems.values())
+        return BuildResult(
+            snapshot,
+            tuple(problems),
+            encoded,
+            len(self._vips),
+            capacity(self._inputs.vip_cidr),
+        )
+
+    def _claim(self, changed: Mapping[str, tuple[Service | None, Service | None]]) -> bool:
+        """Update VIP claims and users' addresses from the merged services that changed
+        (served or not: a service whose instances drop to zero for a moment keeps its
+        address and moves nobody else's); True if the allocation must be redone."""
+        redo = False
+        claims, explicit = self._claims, self._explicit
+        for key, (old, new) in changed.items():
+            if old is not None:
+                for address in old.addresses:
+                    explicit[address] -= 1
+                    if not explicit[address]:
+                        del explicit[address]
+                        redo = True
+            if new is not None:
+                for address in new.addresses:
+                    redo = redo or address not in explicit
+                    explicit[address] += 1
+            claim = new.create_time if new is not None and needs_vip(new) else None
+            if claims.get(key) != claim:
+                redo = True
+                if claim is None:
+                    del claims[key]
+                else:
+                    claims[key] = claim
+        return redo
+
+    def _convert(self, key: str, owners: dict[str, str]) -> int:
+        """Bring one served name up to date in the per-kind indexes; returns how many
+        resources were encoded. Notes the registry of the service in `owners`."""
+        service = self._merge.merged.get(key)
+        old = self._converted.get(key)
+        if service is not None:
+            owners[key] = service.registry
+        elif old is not None:
+            owners[key] = old.service.registry
+        self._vip_problems.pop(key, None)
+        if service is None or not served(service, self._keep):
+            done = None
+        else:
+            vip = self._vips.get(key)
+            wants = key in self._claims
+            if wants and vip is None:
+                self._vip_problems[key] = Problem(
+                    "", key, f"no free address left in vip.cidr {self._inputs.vip_cidr}", "vip"
+                )
+            if old is not None and old.vip == vip and old.needs_vip == wants:
+                if old.service is service:
+                    return 0
+                if old.service == service:
+                    # equal but new (a re-parsed file): keep the newest object, so the next
+                    # rebuild's identity check hits instead of comparing deeply again
+                    self._converted[key] = replace(old, service=service)
+                    return 0
+            done = convert_service(service, vip, wants)
+        if old is not None:
+            keep = {(r.kind, r.name) for r in done.packed} if done is not None else set()
+            for resource in old.packed:
+                if (resource.kind, resource.name) not in keep:
+                    self._types[resource.kind].remove(resource.name)
+        self._withheld.pop(key, None)
+        if done is None:
+            self._converted.pop(key, None)
+            return 0
+        for resource in done.packed:
+            self._types[resource.kind].put(resource)
+        self._converted[key] = done
+        if done.problems:
+            self._withheld[key] = done.problems
+        return len(done.packed)
+
+
+def build(views: Sequence[View], inputs: BuildInputs) -> BuildResult:
+    """A one-off build of everything (check-config, tests): a fresh Builder's first build."""
+    return Builder(inputs).build(views)
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,7 +349,7 @@ class Pipeline:
         self._trigger = trigger
         self._on_serving = on_serving
         self._started = time.monotonic()
-        self._cache: dict[str, Converted] = {}
+        self._builder: Builder | None = None
         self._reported: set[Problem] = set()
         self._accepted: dict[str, View] = {}
         self._holds: dict[str, Hold] = {}
@@ -356,8 +470,10 @@ class Pipeline:
         inputs = BuildInputs(
             self._options.keep_when_empty, self._options.vip_cidr, self._options.merge_policy
         )
-        result = await asyncio.to_thread(build, served_views, self._cache, inputs)
-        self._cache = result.cache
+        builder = self._builder or Builder(inputs)
+        self._builder = None  # a build that raises leaves it half-updated: never reused
+        result = await asyncio.to_thread(builder.build, served_views)
+        self._builder = builder
         self._report(result.problems + self._hold_problems())
         self._report_vips(result)
         self._metrics.build_seconds.observe(time.perf_counter() - started)
@@ -419,7 +535,7 @@ class Pipeline:
         )
 
     def _report_vips(self, result: BuildResult) -> None:
-        used = len(result.vips)
+        used = result.vips
         self._metrics.vips.set(used)
         if result.vip_capacity and used > result.vip_capacity / 2:
             if not self._pool_warned:

@@ -162,19 +162,19 @@ def _mass_removal(
     if incoming.services is accepted.services:
         return None
     # Services present in both views as the very same object lose nothing: set them aside by
-    # identity (both views are alive, so equal ids are the same object) and compare the few
-    # that changed by key.
-    incoming_ids = set(map(id, incoming.services))
-    accepted_ids = set(map(id, accepted.services))
+    # identity (both views are alive, so equal ids are the same object), in C, and compare
+    # the few that changed by key.
+    incoming_ids = dict(zip(map(id, incoming.services), incoming.services, strict=True))
+    accepted_ids = dict(zip(map(id, accepted.services), accepted.services, strict=True))
     changed = {
         s.key: s
-        for s in incoming.services
-        if id(s) not in accepted_ids and is_served(s, keep_when_empty)
+        for s in map(incoming_ids.__getitem__, incoming_ids.keys() - accepted_ids.keys())
+        if is_served(s, keep_when_empty)
     }
     removed_services = 0
     removed_instances = 0
-    for old in accepted.services:
-        if id(old) in incoming_ids or not is_served(old, keep_when_empty):
+    for old in map(accepted_ids.__getitem__, accepted_ids.keys() - incoming_ids.keys()):
+        if not is_served(old, keep_when_empty):
             continue
         new = changed.get(old.key)
         if new is None:

@@ -15,17 +15,21 @@ messages) is HTML-escaped where it is written.
 
 from __future__ import annotations
 
+import bisect
 import html
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from operator import attrgetter
 from typing import Final
 
 from mcpserver.model import Problem, Service
 from mcpserver.xds.callbacks import ClientInfo
 from mcpserver.xds.resources import PackedResource
-from mcpserver.xds.snapshot import Snapshot, TypeSet
+from mcpserver.xds.snapshot import SetChange, Snapshot, TypeSet
+
+_NAME = attrgetter("name")
 
 SERVICE_KIND: Final = "ServiceEntry"
 NAMES_SHOWN: Final = 3
@@ -127,6 +131,15 @@ def diff_sets(
     return added, removed, changed
 
 
+def _find(type_set: TypeSet | None, name: str) -> PackedResource | None:
+    """The resource called `name` in a set (sorted by name), if any."""
+    if type_set is None:
+        return None
+    resources = type_set.resources
+    at = bisect.bisect_left(resources, name, key=_NAME)
+    return resources[at] if at < len(resources) and resources[at].name == name else None
+
+
 def describe_change(
     old: Snapshot | None, new: Snapshot, owner: Callable[[PackedResource], str]
 ) -> SnapshotChange:
@@ -134,23 +147,36 @@ def describe_change(
     services: dict[str, dict[str, list[str]]] = {}
     others: dict[str, Delta] = {}
     for kind, type_set in new.sets.items():
-        before = old.sets.get(kind) if old is not None else None
-        if old is not None and before is None:
-            before = TypeSet.of(kind, ())
-        added, removed, changed = diff_sets(before, type_set)
-        if kind != SERVICE_KIND:
-            delta = Delta(
+        names: tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]
+        if old is not None and new.base == old.version:
+            # the pipeline says what changed: no need to compare the sets
+            found = new.changes.get(kind, SetChange())
+            names = (found.added, found.removed, found.changed)
+        else:
+            before = old.sets.get(kind) if old is not None else None
+            if old is not None and before is None:
+                before = TypeSet.of(kind, ())
+            added, removed, changed = diff_sets(before, type_set)
+            names = (
                 tuple(r.name for r in added),
                 tuple(r.name for r in removed),
                 tuple(r.name for r in changed),
             )
+        if kind != SERVICE_KIND:
+            delta = Delta(*names)
             if delta:
                 others[kind] = delta
             continue
-        for what, resources in (("added", added), ("removed", removed), ("changed", changed)):
-            for resource in resources:
-                entry = services.setdefault(owner(resource), {})
-                entry.setdefault(what, []).append(resource.name)
+        for what, listed in zip(("added", "removed", "changed"), names, strict=True):
+            for name in listed:
+                registry = new.owners.get(name)
+                if registry is None:
+                    resource = _find(type_set, name) or (
+                        _find(old.sets.get(kind), name) if old is not None else None
+                    )
+                    registry = owner(resource) if resource is not None else ""
+                entry = services.setdefault(registry, {})
+                entry.setdefault(what, []).append(name)
     return SnapshotChange(
         version=new.version,
         first=old is None,

@@ -13,6 +13,7 @@ Policy (README "Several registries"), chosen by the top-level `merge` setting:
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
 
@@ -82,3 +83,146 @@ def merge(
             for host in service.hosts:
                 host_owner[host] = service.key
     return list(by_name.values()), problems
+
+
+Candidate = tuple[int, Service]
+"""A registry's service with the registry's rank (its place in the config)."""
+
+
+def _order(candidate: Candidate) -> tuple[int, str, tuple[str, ...]]:
+    rank, service = candidate
+    return rank, service.key, service.hosts
+
+
+def _in_order(candidates: Iterable[Candidate]) -> dict[int, list[Service]]:
+    """Candidates by rank, in merge order: by registry rank, then by name and hosts (and,
+    between services of one registry alike in those, by everything else), so every replica,
+    and every rebuild however the registry happened to order its view, resolves a clash the
+    same way."""
+    ranks: dict[int, list[Service]] = {}
+    for _, group in itertools.groupby(sorted(candidates, key=_order), key=_order):
+        alike = list(group)
+        if len(alike) > 1:
+            alike.sort(key=lambda c: repr(c[1]))
+        for rank, service in alike:
+            ranks.setdefault(rank, []).append(service)
+    return ranks
+
+
+class MergeIndex:
+    """`merge()` kept current one change at a time, for rebuilds proportional to what changed.
+
+    Services clash only through a shared name or host, so the outcome for one service depends
+    only on its connected component in the graph "shares a name or a host". A change re-runs
+    `merge()` over the components it touches (normally the changed service alone) and leaves
+    every other outcome as it was: the result is always what `merge()` of everything, in
+    `_order`, would give. Not thread-safe: one rebuild at a time owns it.
+    """
+
+    def __init__(self, policy: str = "first") -> None:
+        self._policy = policy
+        self._candidates: dict[str, dict[int, Candidate]] = {}  # key -> id(service) -> candidate
+        self._by_host: dict[str, set[str]] = {}  # host -> keys with a candidate serving it
+        self._dirty: set[str] = set()
+        self._problems: dict[str, tuple[Problem, ...]] = {}  # key -> clashes reported for it
+        self.merged: dict[str, Service] = {}
+        """Key -> the service served under that name (the winner, or the union)."""
+
+    def add(self, rank: int, service: Service) -> None:
+        key = service.key
+        self._candidates.setdefault(key, {})[id(service)] = (rank, service)
+        for host in service.hosts:
+            self._by_host.setdefault(host, set()).add(key)
+        self._dirty.add(key)
+
+    def remove(self, rank: int, service: Service) -> None:
+        key = service.key
+        candidates = self._candidates.get(key)
+        if candidates is None or candidates.pop(id(service), None) is None:
+            return
+        self._dirty.add(key)
+        still = {h for _, s in candidates.values() for h in s.hosts}
+        if not candidates:
+            del self._candidates[key]
+        for host in service.hosts:
+            keys = self._by_host.get(host)
+            if keys is None:
+                continue
+            # whoever shared this host may have been withheld because of this service
+            self._dirty.update(keys)
+            if host not in still:
+                keys.discard(key)
+                if not keys:
+                    del self._by_host[host]
+
+    def problems(self) -> list[Problem]:
+        return [p for found in self._problems.values() for p in found]
+
+    def settle(self) -> dict[str, tuple[Service | None, Service | None]]:
+        """Re-merge what changed since the last call; returns key -> (before, after) for each
+        served name whose service changed (identity: a union is a new object each time)."""
+        if len(self._dirty) * 2 > len(self._candidates):
+            return self._settle_all()  # a first listing or a mass change: merge once
+        changed: dict[str, tuple[Service | None, Service | None]] = {}
+        seen: set[str] = set()
+        for start in self._dirty:
+            if start in seen:
+                continue
+            component = self._component(start)
+            seen |= component
+            candidates = [c for key in component for c in self._candidates.get(key, {}).values()]
+            reported: dict[str, list[Problem]] = {}
+            if len(candidates) <= 1:  # nearly always: nothing shares its name or hosts
+                after = {s.key: s for _, s in candidates}
+            else:
+                ranks = _in_order(candidates)
+                winners, problems = merge([ranks[r] for r in sorted(ranks)], self._policy)
+                after = {s.key: s for s in winners}
+                for problem in problems:
+                    reported.setdefault(problem.subject, []).append(problem)
+            for key in component:
+                self._problems.pop(key, None)
+                if key in reported:
+                    self._problems[key] = tuple(reported[key])
+                old, new = self.merged.get(key), after.get(key)
+                if old is new:
+                    continue
+                if new is None:
+                    del self.merged[key]
+                else:
+                    self.merged[key] = new
+                changed[key] = (old, new)
+        self._dirty.clear()
+        return changed
+
+    def _settle_all(self) -> dict[str, tuple[Service | None, Service | None]]:
+        ranks = _in_order(c for found in self._candidates.values() for c in found.values())
+        winners, problems = merge([ranks[r] for r in sorted(ranks)], self._policy)
+        before, self.merged = self.merged, {s.key: s for s in winners}
+        self._problems = {}
+        for problem in problems:
+            self._problems[problem.subject] = (*self._problems.get(problem.subject, ()), problem)
+        changed: dict[str, tuple[Service | None, Service | None]] = {}
+        for key, new in self.merged.items():
+            old = before.get(key)
+            if old is not new:
+                changed[key] = (old, new)
+        for key, old in before.items():
+            if key not in self.merged:
+                changed[key] = (old, None)
+        self._dirty.clear()
+        return changed
+
+    def _component(self, start: str) -> set[str]:
+        """Every key connected to `start` through shared names and hosts."""
+        found = {start}
+        queue = [start]
+        while queue:
+            key = queue.pop()
+            for _, service in self._candidates.get(key, {}).values():
+                for host in service.hosts:
+                    for other in self._by_host.get(host, ()):
+                        if other not in found:
+                            found.add(other)
+                            queue.append(other)
+        return found

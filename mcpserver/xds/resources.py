@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
 from google.protobuf import any_pb2, timestamp_pb2
@@ -51,11 +51,14 @@ class PackedResource:
     name: str
     version: str
     framed: bytes
-    ident: bytes = b""  # name and version as the set version hashes them (see snapshot.py)
+    digest: int = field(default=0, repr=False, compare=False)
+    """A 128-bit hash of name and version: set versions are sums of these (snapshot.py)."""
 
     def __post_init__(self) -> None:
-        if not self.ident:
-            object.__setattr__(self, "ident", f"{self.name}\0{self.version}\n".encode())
+        ident = f"{self.name}\0{self.version}".encode()
+        object.__setattr__(
+            self, "digest", int.from_bytes(hashlib.blake2b(ident, digest_size=16).digest())
+        )
 
     def to_any(self) -> any_pb2.Any:
         """The Any as it travels in DiscoveryResponse.resources."""

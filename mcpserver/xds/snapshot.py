@@ -3,10 +3,16 @@
 State of the world means every response carries the whole set for its type (absence deletes,
 pkg/adsc/adsc.go handleMCP), so the snapshot pre-joins each kind's framed resources once; all
 streams then send the same bytes with only version and nonce around them.
+
+A set's version is a hash of the sum (mod 2**128) of its resources' (name, version) digests:
+it changes exactly when a resource is added, removed or changed, does not depend on order,
+and is kept current one resource at a time (`TypeIndex`), so a rebuild that changed one
+service pays for that service and for one byte join of the set, not for hashing it all.
 """
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -17,13 +23,28 @@ from mcpserver.xds.resources import PackedResource, encode_response
 from mcpserver.xds.typeurls import SERVED_KINDS, served_kind
 
 _NAME = attrgetter("name")
+_DIGEST = attrgetter("digest")
 MAX_CACHED_RESPONSES = 32  # per set: the type URLs of a few Istio versions
+_MASK = (1 << 128) - 1
+REBUILD_SHARE = 16
+"""Changes to more than 1/REBUILD_SHARE of a set re-sort it instead of inserting one by one."""
 
 
-def set_version(resources: Iterable[PackedResource]) -> str:
-    """Hash of the (name, version) list: changes exactly when the set's content changes.
-    One join and one hash call (not one update per resource): this runs per rebuild."""
-    return hashlib.blake2b(b"".join(r.ident for r in resources), digest_size=10).hexdigest()
+def set_version(total: int, count: int) -> str:
+    """The version of a set whose resources' digests sum to `total`."""
+    return hashlib.blake2b(f"{total & _MASK:x}/{count}".encode(), digest_size=10).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class SetChange:
+    """Names added, removed and changed in one kind since the snapshot before."""
+
+    added: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
+    changed: tuple[str, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.added or self.removed or self.changed)
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +72,8 @@ class TypeSet:
     @classmethod
     def of(cls, kind: str, resources: Iterable[PackedResource]) -> TypeSet:
         ordered = tuple(sorted(resources, key=_NAME))
-        return cls(kind, set_version(ordered), ordered, b"".join(r.framed for r in ordered))
+        version = set_version(sum(map(_DIGEST, ordered)), len(ordered))
+        return cls(kind, version, ordered, b"".join(r.framed for r in ordered))
 
 
 EMPTY = TypeSet.of("", ())
@@ -63,11 +85,24 @@ class Snapshot:
 
     version: str
     sets: Mapping[str, TypeSet]
+    base: str = ""
+    """The version of the snapshot `changes` are relative to ("" when unknown)."""
+    changes: Mapping[str, SetChange] = field(default_factory=dict)
+    """Per kind, what changed since snapshot `base` (kinds without changes left out)."""
+    owners: Mapping[str, str] = field(default_factory=dict)
+    """The registry of each service named in `changes` (resource name -> registry)."""
 
     def for_type_url(self, type_url: str) -> TypeSet:
         """The set to send for a requested type; types we don't serve get the empty set."""
         kind = served_kind(type_url)
         return self.sets.get(kind, EMPTY) if kind else EMPTY
+
+
+def snapshot_version(sets: Mapping[str, TypeSet]) -> str:
+    digest = hashlib.blake2b(digest_size=10)
+    for kind in sorted(sets):
+        digest.update(f"{kind}={sets[kind].version};".encode())
+    return digest.hexdigest()
 
 
 def build_snapshot(resources: Iterable[PackedResource]) -> Snapshot:
@@ -76,7 +111,99 @@ def build_snapshot(resources: Iterable[PackedResource]) -> Snapshot:
     for resource in resources:
         grouped.setdefault(resource.kind, []).append(resource)
     sets = {kind: TypeSet.of(kind, items) for kind, items in grouped.items()}
-    digest = hashlib.blake2b(digest_size=10)
-    for kind in sorted(sets):
-        digest.update(f"{kind}={sets[kind].version};".encode())
-    return Snapshot(version=digest.hexdigest(), sets=MappingProxyType(sets))
+    return Snapshot(version=snapshot_version(sets), sets=MappingProxyType(sets))
+
+
+class TypeIndex:
+    """One kind's resources kept sorted by name between rebuilds, so a new TypeSet costs the
+    changes (a bisect and a list insert each) and one byte join, not a sort and a hash of
+    everything. Not thread-safe: one rebuild at a time owns it."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._names: list[str] = []
+        self._items: list[PackedResource] = []
+        self._framed: list[bytes] = []
+        self._total = 0
+        self._pending: dict[str, PackedResource | None] = {}
+        self._current = TypeSet.of(kind, ())
+
+    def put(self, resource: PackedResource) -> None:
+        self._pending[resource.name] = resource
+
+    def remove(self, name: str) -> None:
+        self._pending[name] = None
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+    def commit(self) -> tuple[TypeSet, SetChange]:
+        """Apply what was put and removed since the last commit: the new set (the same
+        object when nothing changed) and what changed in it."""
+        pending, self._pending = self._pending, {}
+        names, items = self._names, self._items
+        added: list[str] = []
+        removed: list[str] = []
+        changed: dict[str, PackedResource] = {}
+        for name, resource in pending.items():
+            at = bisect.bisect_left(names, name)
+            old = items[at] if at < len(names) and names[at] == name else None
+            if resource is None:
+                if old is not None:
+                    removed.append(name)
+            elif old is None:
+                added.append(name)
+            elif old.version != resource.version or old.framed != resource.framed:
+                changed[name] = resource
+        if not (added or removed or changed):
+            return self._current, SetChange()
+        if (len(added) + len(removed)) * REBUILD_SHARE > len(names) + REBUILD_SHARE:
+            by_name = dict(zip(names, items, strict=True))
+            for name in removed:
+                del by_name[name]
+            by_name.update(changed)
+            for name in added:
+                resource = pending[name]
+                assert resource is not None
+                by_name[name] = resource
+            self._names = sorted(by_name)
+            self._items = [by_name[name] for name in self._names]
+            self._framed = [r.framed for r in self._items]
+            self._total = sum(map(_DIGEST, self._items))
+        else:
+            self._apply(pending, added, removed, changed)
+        self._current = TypeSet(
+            self.kind,
+            set_version(self._total, len(self._items)),
+            tuple(self._items),
+            b"".join(self._framed),
+        )
+        return self._current, SetChange(
+            tuple(sorted(added)), tuple(sorted(removed)), tuple(sorted(changed))
+        )
+
+    def _apply(
+        self,
+        pending: Mapping[str, PackedResource | None],
+        added: list[str],
+        removed: list[str],
+        changed: Mapping[str, PackedResource],
+    ) -> None:
+        """A few changes: each a bisect and a list insert or delete (memmove, in C)."""
+        names, items, framed = self._names, self._items, self._framed
+        for name in removed:
+            at = bisect.bisect_left(names, name)
+            self._total -= items[at].digest
+            del names[at], items[at], framed[at]
+        for name, replacement in changed.items():
+            at = bisect.bisect_left(names, name)
+            self._total += replacement.digest - items[at].digest
+            items[at], framed[at] = replacement, replacement.framed
+        for name in added:
+            resource = pending[name]
+            assert resource is not None
+            at = bisect.bisect_left(names, name)
+            self._total += resource.digest
+            names.insert(at, name)
+            items.insert(at, resource)
+            framed.insert(at, resource.framed)

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from mcpserver.model import Instance, Port, Service
-from mcpserver.pipeline import BuildInputs, build
+from mcpserver.pipeline import Builder, BuildInputs, build
 from mcpserver.registry.base import Status, View
 from mcpserver.xds.client import decode_resource
 
@@ -36,13 +36,14 @@ def view(*services: Service, registry: str = "r1") -> View:
 
 def test_only_changed_services_are_reencoded() -> None:
     services = [svc(f"s{i}", f"10.0.0.{i}") for i in range(50)]
-    first = build([view(*services)], {}, NONE)
+    builder = Builder(NONE)
+    first = builder.build([view(*services)])
     assert first.encoded == 50
     changed = list(services)
     changed[7] = svc("s7", "10.0.9.9")
     # equal-but-new objects are recognised too (static files re-parse everything)
     changed[8] = svc("s8", "10.0.0.8")
-    second = build([view(*changed)], first.cache, NONE)
+    second = builder.build([view(*changed)])
     assert second.encoded == 1
     old = {r.name: r.version for r in first.snapshot.sets["ServiceEntry"].resources}
     new = {r.name: r.version for r in second.snapshot.sets["ServiceEntry"].resources}
@@ -50,7 +51,7 @@ def test_only_changed_services_are_reencoded() -> None:
 
 
 def test_invalid_withheld_valid_flow() -> None:
-    result = build([view(svc("ok", "10.0.0.1"), svc("bad", "not-an-ip"))], {}, NONE)
+    result = build([view(svc("ok", "10.0.0.1"), svc("bad", "not-an-ip"))], NONE)
     names = [r.name for r in result.snapshot.sets["ServiceEntry"].resources]
     assert names == ["shop/ok"]
     (problem,) = result.problems
@@ -60,21 +61,21 @@ def test_invalid_withheld_valid_flow() -> None:
 
 def test_empty_services_are_removed_unless_kept() -> None:
     empty = svc("empty")
-    assert build([view(empty)], {}, NONE).snapshot.sets["ServiceEntry"].resources == ()
+    assert build([view(empty)], NONE).snapshot.sets["ServiceEntry"].resources == ()
     kept = (
-        build([view(empty)], {}, BuildInputs({"r1": True}, CIDR))
+        build([view(empty)], BuildInputs({"r1": True}, CIDR))
         .snapshot.sets["ServiceEntry"]
         .resources
     )
     assert [r.name for r in kept] == ["shop/empty"]
     dns = replace(empty, resolution="DNS")
-    assert build([view(dns)], {}, NONE).snapshot.sets["ServiceEntry"].resources != ()
+    assert build([view(dns)], NONE).snapshot.sets["ServiceEntry"].resources != ()
 
 
 def test_name_clash_first_registry_wins() -> None:
     a = svc("cart", "10.0.0.1", registry="r1")
     b = svc("cart", "10.0.0.2", registry="r2")
-    result = build([view(a), view(b, registry="r2")], {}, NONE)
+    result = build([view(a), view(b, registry="r2")], NONE)
     (resource,) = result.snapshot.sets["ServiceEntry"].resources
     assert resource.decode().body.value.find(b"10.0.0.1") >= 0
     (problem,) = result.problems
@@ -83,7 +84,7 @@ def test_name_clash_first_registry_wins() -> None:
 
 def test_workloadentry_mode() -> None:
     service = svc("cart", "10.0.0.1", "10.0.0.2", endpoints_mode="workloadentry")
-    result = build([view(service)], {}, NONE)
+    result = build([view(service)], NONE)
     entries = result.snapshot.sets["WorkloadEntry"].resources
     assert len(entries) == 2
     assert all(e.name.startswith("shop/cart-") for e in entries)
@@ -98,7 +99,7 @@ def test_workloadentry_mode() -> None:
 def test_same_host_from_two_registries_first_policy() -> None:
     static = replace(svc("cart", "10.0.0.1", registry="static"), hosts=("cart.mesh",))
     zk = replace(svc("cart-zk", "10.0.0.2", registry="zk"), hosts=("cart.mesh",))
-    result = build([view(static, registry="static"), view(zk, registry="zk")], {}, NONE)
+    result = build([view(static, registry="static"), view(zk, registry="zk")], NONE)
     assert [r.name for r in result.snapshot.sets["ServiceEntry"].resources] == ["shop/cart"]
     (problem,) = result.problems
     assert problem.registry == "zk"
@@ -113,7 +114,7 @@ def test_same_host_from_two_registries_union_policy() -> None:
         ports=(Port("http", 80, "HTTP"), Port("grpc", 90, "GRPC")),
     )
     union = BuildInputs({}, CIDR, "union")
-    result = build([view(static, registry="static"), view(zk, registry="zk")], {}, union)
+    result = build([view(static, registry="static"), view(zk, registry="zk")], union)
     (resource,) = result.snapshot.sets["ServiceEntry"].resources
     assert resource.name == "shop/cart"
     spec = decode_resource(resource.to_any()).service_entry
