@@ -86,9 +86,13 @@ class Bench:
         print(f"[{time.perf_counter() - self.started:7.1f}s] {message}", file=sys.stderr)
 
     def scratch(self, name: str) -> Path:
-        """A fresh directory for one measurement."""
-        path = self.workdir / name
-        path.mkdir(parents=True, exist_ok=False)
+        """A fresh directory for one measurement (`name`, or `name-2`, ... if taken: a
+        server closed to make room for another may be started again)."""
+        path, n = self.workdir / name, 1
+        while path.exists():
+            n += 1
+            path = self.workdir / f"{name}-{n}"
+        path.mkdir(parents=True)
         return path
 
     async def close(self) -> None:

@@ -146,12 +146,16 @@ def served(service: Service, keep_when_empty: Mapping[str, bool]) -> bool:
     )
 
 
+EMPTY_VIEW = View("")
+
+
 class Builder:
     """The pure part of a rebuild, kept between rebuilds so that each one costs what changed.
 
     A registry's view is compared with the one built before by object identity (registries
-    reuse the Service objects they did not change), in C: dicts of ids and their key-set
-    differences. Only the services that differ go through merge (re-merging the services
+    reuse the Service objects they did not change): from the deltas registries publish, in
+    O(changed), or else by comparing ids in C (View.changes_since). Only the services that
+    differ go through merge (re-merging the services
     they share a name or host with), VIP claims, conversion and validation, and into the
     per-kind indexes; a new snapshot is then one byte join per changed kind. The VIP table is
     recomputed only when the set of claims (or of users' own addresses) changes.
@@ -163,8 +167,7 @@ class Builder:
     def __init__(self, inputs: BuildInputs) -> None:
         self._inputs = inputs
         self._keep = inputs.keep_when_empty
-        self._views: dict[str, tuple[Service, ...]] = {}
-        self._ids: dict[str, dict[int, Service]] = {}  # registry -> id -> service, kept alive
+        self._built: dict[str, View] = {}  # the view each registry was last built from
         self._ranks: dict[str, int] = {}
         self._merge = MergeIndex(inputs.merge_policy)
         self._converted: dict[str, Converted] = {}  # served key -> its conversion
@@ -182,16 +185,12 @@ class Builder:
             name = view.registry
             if self._ranks.setdefault(name, rank) != rank:
                 raise ValueError(f"registry {name!r} changed rank")
-            if self._views.get(name) is view.services:
-                continue
-            old = self._ids.get(name, {})
-            new = dict(zip(map(id, view.services), view.services, strict=True))
-            for gone in old.keys() - new.keys():
-                merge_index.remove(rank, old[gone])
-            for came in new.keys() - old.keys():
-                merge_index.add(rank, new[came])
-            self._views[name] = view.services
-            self._ids[name] = new
+            removed, added = view.changes_since(self._built.get(name, EMPTY_VIEW))
+            for service in removed.values():
+                merge_index.remove(rank, service)
+            for service in added.values():
+                merge_index.add(rank, service)
+            self._built[name] = view
         changed = merge_index.settle()
         dirty = set(changed)
         if self._claim(changed):
@@ -497,14 +496,16 @@ class Pipeline:
         mass removal is held."""
         name = view.registry
         now = time.monotonic()
+        accepted = self._accepted.get(name)
         outcome = guard(
-            self._accepted.get(name),
+            accepted,
             view,
             self._holds.get(name),
             now,
             self._options.protection,
             name in self._confirmed,
             self._options.keep_when_empty.get(name, False),
+            view.changes_since(accepted) if accepted is not None else None,
         )
         self._confirmed.discard(name)
         timer = self._timers.pop(name, None)

@@ -29,7 +29,7 @@ the update is held.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
@@ -50,6 +50,9 @@ class ViewLike(Protocol):
 
 
 V = TypeVar("V", bound=ViewLike)
+
+Changes = tuple[Mapping[int, Service], Mapping[int, Service]]
+"""(removed, added) services between two views, by id()."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +111,7 @@ def guard(
     policy: ProtectionPolicy,
     confirmed: bool,
     keep_when_empty: bool,
+    changes: Changes | None = None,
 ) -> Guarded[V]:
     """Decide what to serve for one registry.
 
@@ -120,6 +124,10 @@ def guard(
       `policy.hold_for` (measured from the first hold, however the update changed since);
       otherwise serve `accepted` and return the hold.
 
+    `changes`, if the caller knows them: (removed, added), the services of `accepted` not in
+    `incoming` and those of `incoming` not in `accepted`, by id (View.changes_since);
+    otherwise they are found by comparing ids.
+
     While held, `served` is the accepted View object itself, unchanged: its services and
     problems are what istiod keeps seeing, and its status is the one from when it was
     accepted. The registry's live status and detail belong to its own view (shown beside the
@@ -131,7 +139,7 @@ def guard(
         if accepted.synced:
             return Guarded(accepted, hold)
         return Guarded(incoming, None)
-    found = _mass_removal(accepted, incoming, policy, keep_when_empty)
+    found = _mass_removal(accepted, incoming, policy, keep_when_empty, changes)
     if found is None:
         return Guarded(incoming, None)
     since = hold.since if hold is not None else now
@@ -155,25 +163,31 @@ def guard(
 
 
 def _mass_removal(
-    accepted: ViewLike, incoming: ViewLike, policy: ProtectionPolicy, keep_when_empty: bool
+    accepted: ViewLike,
+    incoming: ViewLike,
+    policy: ProtectionPolicy,
+    keep_when_empty: bool,
+    changes: Changes | None,
 ) -> tuple[int, int, int, str] | None:
     """(removed services, removed instances, total instances, description) if the update
     from `accepted` to `incoming` is a mass removal, else None."""
     if incoming.services is accepted.services:
         return None
     # Services present in both views as the very same object lose nothing: set them aside by
-    # identity (both views are alive, so equal ids are the same object), in C, and compare
-    # the few that changed by key.
-    incoming_ids = dict(zip(map(id, incoming.services), incoming.services, strict=True))
-    accepted_ids = dict(zip(map(id, accepted.services), accepted.services, strict=True))
-    changed = {
-        s.key: s
-        for s in map(incoming_ids.__getitem__, incoming_ids.keys() - accepted_ids.keys())
-        if is_served(s, keep_when_empty)
-    }
+    # identity (both views are alive, so equal ids are the same object) and compare the few
+    # that changed by key.
+    if changes is None:
+        before = dict(zip(map(id, accepted.services), accepted.services, strict=True))
+        after = dict(zip(map(id, incoming.services), incoming.services, strict=True))
+        changes = (
+            {i: before[i] for i in before.keys() - after.keys()},
+            {i: after[i] for i in after.keys() - before.keys()},
+        )
+    gone, came = changes
+    changed = {s.key: s for s in came.values() if is_served(s, keep_when_empty)}
     removed_services = 0
     removed_instances = 0
-    for old in map(accepted_ids.__getitem__, accepted_ids.keys() - incoming_ids.keys()):
+    for old in gone.values():
         if not is_served(old, keep_when_empty):
             continue
         new = changed.get(old.key)
@@ -185,9 +199,9 @@ def _mass_removal(
     if removed_services == 0 and removed_instances == 0:
         return None
     if policy.hold_empty and not any(is_served(s, keep_when_empty) for s in incoming.services):
-        before = [s for s in accepted.services if is_served(s, keep_when_empty)]
-        total = sum(len(s.instances) for s in before)
-        what = f"all {len(before)} served services ({total} instances)"
+        lost = [s for s in accepted.services if is_served(s, keep_when_empty)]
+        total = sum(len(s.instances) for s in lost)
+        what = f"all {len(lost)} served services ({total} instances)"
         return removed_services, removed_instances, total, what
     # Held iff total >= min_instances and removed > share * total. Sum the total only until
     # it clears the share: a small removal stops after a few services.

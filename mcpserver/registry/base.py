@@ -19,7 +19,7 @@ import contextlib
 import logging
 import random
 from collections.abc import Awaitable, Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import Generic, TypeVar
 
@@ -36,6 +36,29 @@ class Status(Enum):
     DEGRADED = "degraded"  # source unreachable or unreadable; serving the last known view
 
 
+Ids = Mapping[int, Service]
+"""Services by id(): identity sets that keep their members alive (so ids stay unique)."""
+
+DELTA_LIMIT = 4096
+"""Changes a delta's log may hold before the next view starts a new base."""
+
+
+@dataclass(frozen=True, slots=True)
+class Delta:
+    """How a view's services came from an earlier services tuple `base` of the same
+    registry: the first `length` entries of `log`, each (added, service) with added False
+    for a removal. Registries that know what they changed say so (`publish(...,
+    change=...)`); successive views share one append-only log (nothing is copied per
+    publish) until it holds DELTA_LIMIT entries, then start again from the current tuple.
+    The pipeline, which may skip views, then finds what changed since the view it built by
+    replaying the entries in between (`View.changes_since`). The log keeps every service it
+    names alive, so their ids stay unique while anyone holds it."""
+
+    base: tuple[Service, ...]
+    log: list[tuple[bool, Service]]
+    length: int
+
+
 @dataclass(frozen=True, slots=True)
 class View:
     """A registry's services at one moment, and whether they are a complete listing."""
@@ -46,6 +69,48 @@ class View:
     status: Status = Status.STARTING
     detail: str = ""
     problems: tuple[Problem, ...] = ()
+    delta: Delta | None = field(default=None, repr=False, compare=False)
+
+    def changes_since(self, earlier: View) -> tuple[Ids, Ids]:
+        """(removed, added): the services of `earlier` not in this view and those of this
+        view not in `earlier`, by identity. From the delta log when `earlier` is on it (the
+        work is what changed); otherwise by comparing ids of everything, in C."""
+        if self.services is earlier.services:
+            return {}, {}
+        mine, theirs = self.delta, earlier.delta
+        if mine is not None:
+            start: int | None = None
+            if mine.base is earlier.services:
+                start = 0
+            elif theirs is not None and theirs.log is mine.log and theirs.length <= mine.length:
+                start = theirs.length
+            if start is not None:
+                removed: dict[int, Service] = {}
+                added: dict[int, Service] = {}
+                for came, service in mine.log[start : mine.length]:
+                    key = id(service)
+                    if came:
+                        if removed.pop(key, None) is None:
+                            added[key] = service
+                    elif added.pop(key, None) is None:
+                        removed[key] = service
+                return removed, added
+        before = dict(zip(map(id, earlier.services), earlier.services, strict=True))
+        after = dict(zip(map(id, self.services), self.services, strict=True))
+        return (
+            {i: before[i] for i in before.keys() - after.keys()},
+            {i: after[i] for i in after.keys() - before.keys()},
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Change:
+    """What a registry changed, for `publish()`: relative to the services tuple `since`
+    (ignored unless that is what the view shows now)."""
+
+    since: tuple[Service, ...]
+    removed: Iterable[Service]
+    added: Iterable[Service]
 
 
 OnChange = Callable[[], None]
@@ -163,9 +228,11 @@ class Registry(abc.ABC):
         problems: Iterable[Problem] = (),
         *,
         synced: bool | None = None,
+        change: Change | None = None,
     ) -> None:
         """Replace the view's services (and problems, which are logged and counted once
-        when first seen), keeping the current status."""
+        when first seen), keeping the current status. `change`, when the registry knows it,
+        says which services it removed and added: rebuilds then cost what changed."""
         old = self._view
         now_synced = old.synced if synced is None else synced
         status = old.status
@@ -173,16 +240,18 @@ class Registry(abc.ABC):
             status = Status.READY
         problems = tuple(problems)
         self._report(problems)
+        services = tuple(services)
         self._set_view(
             View(
                 registry=self.name,
-                services=tuple(services),
+                services=services,
                 synced=now_synced,
                 status=status,
                 detail=""
                 if status is Status.READY and old.status is Status.STARTING
                 else old.detail,
                 problems=problems,
+                delta=_compose(old, services, change),
             )
         )
 
@@ -198,7 +267,9 @@ class Registry(abc.ABC):
             log.warning("registry degraded registry=%s: %s", self.name, detail)
         elif status is not Status.DEGRADED and old.status is Status.DEGRADED:
             log.info("registry recovered registry=%s", self.name)
-        self._set_view(View(self.name, old.services, old.synced, status, detail, old.problems))
+        self._set_view(
+            View(self.name, old.services, old.synced, status, detail, old.problems, old.delta)
+        )
 
     def degrade(self, detail: str) -> None:
         """Source unreachable or unreadable: keep serving the last view, say why."""
@@ -237,6 +308,23 @@ class Registry(abc.ABC):
                 )
                 self._metrics.skipped_records.labels(self.name, problem.reason or "malformed").inc()
         self._reported = now
+
+
+def _compose(old: View, services: tuple[Service, ...], change: Change | None) -> Delta:
+    """The new view's delta: `change` appended to the old view's log (its base kept), or a
+    new base (this tuple) when the change is unknown, not relative to what the old view
+    shows, or the log is full."""
+    if services is old.services and old.delta is not None:
+        return old.delta
+    if change is None or change.since is not old.services:
+        return Delta(services, [], 0)
+    delta = old.delta if old.delta is not None else Delta(old.services, [], 0)
+    log = delta.log
+    if delta.length != len(log) or len(log) > DELTA_LIMIT:
+        return Delta(services, [], 0)
+    log.extend((False, s) for s in change.removed)
+    log.extend((True, s) for s in change.added)
+    return Delta(delta.base, log, len(log))
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,6 +13,7 @@ response for N resources is a byte join, and a rebuild re-encodes only what chan
 from __future__ import annotations
 
 import hashlib
+import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -142,13 +143,19 @@ def pack(
     return PackedResource(kind=kind, name=full_name, version=version, framed=framed)
 
 
-def encode_response(version_info: str, type_url: str, nonce: str, resources: bytes) -> bytes:
-    """A serialized envoy DiscoveryResponse around resources already framed by pack()."""
+def encode_response(
+    version_info: str, type_url: str, nonce: str, resources: bytes | Iterable[bytes]
+) -> bytes:
+    """A serialized envoy DiscoveryResponse around resources already framed by pack() (their
+    bytes joined, or each resource's own)."""
+    parts = [resources] if isinstance(resources, bytes) else resources
     return b"".join(
-        (
-            _field(_VERSION_FIELD, version_info.encode()),
-            resources,
-            _field(_TYPE_URL_FIELD, type_url.encode()),
-            _field(_NONCE_FIELD, nonce.encode()),
+        itertools.chain(
+            (_field(_VERSION_FIELD, version_info.encode()),),
+            parts,
+            (
+                _field(_TYPE_URL_FIELD, type_url.encode()),
+                _field(_NONCE_FIELD, nonce.encode()),
+            ),
         )
     )

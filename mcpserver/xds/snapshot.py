@@ -54,7 +54,7 @@ class TypeSet:
     kind: str
     version: str
     resources: tuple[PackedResource, ...]
-    blob: bytes = field(repr=False)
+    framed: tuple[bytes, ...] = field(repr=False)  # each resource's framed bytes, in order
     _responses: dict[str, bytes] = field(default_factory=dict, repr=False, compare=False)
 
     def response(self, type_url: str) -> bytes:
@@ -64,7 +64,8 @@ class TypeSet:
         are encoded without being kept."""
         payload = self._responses.get(type_url)
         if payload is None:
-            payload = encode_response(self.version, type_url, self.version, self.blob)
+            # one join from the resources' own bytes: no full-set blob copied in between
+            payload = encode_response(self.version, type_url, self.version, self.framed)
             if len(self._responses) < MAX_CACHED_RESPONSES:
                 self._responses[type_url] = payload
         return payload
@@ -73,7 +74,12 @@ class TypeSet:
     def of(cls, kind: str, resources: Iterable[PackedResource]) -> TypeSet:
         ordered = tuple(sorted(resources, key=_NAME))
         version = set_version(sum(map(_DIGEST, ordered)), len(ordered))
-        return cls(kind, version, ordered, b"".join(r.framed for r in ordered))
+        return cls(kind, version, ordered, tuple(r.framed for r in ordered))
+
+    @property
+    def blob(self) -> bytes:
+        """All resources' framed bytes as one string (tests and benchmarks)."""
+        return b"".join(self.framed)
 
 
 EMPTY = TypeSet.of("", ())
@@ -176,7 +182,7 @@ class TypeIndex:
             self.kind,
             set_version(self._total, len(self._items)),
             tuple(self._items),
-            b"".join(self._framed),
+            tuple(self._framed),
         )
         return self._current, SetChange(
             tuple(sorted(added)), tuple(sorted(removed)), tuple(sorted(changed))

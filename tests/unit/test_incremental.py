@@ -16,9 +16,10 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from mcpserver.convert.merge import MergeIndex, merge
+from mcpserver.metrics import Metrics
 from mcpserver.model import Instance, Port, Service
 from mcpserver.pipeline import Builder, BuildInputs, build
-from mcpserver.registry.base import Status, View
+from mcpserver.registry.base import Change, Registry, Status, View
 from mcpserver.xds.resources import pack
 from mcpserver.xds.snapshot import SetChange, TypeIndex, TypeSet
 
@@ -181,3 +182,53 @@ def test_type_index_equals_a_set_built_whole(seed: int) -> None:
         assert got.version == want.version
         assert got.blob == want.blob
         assert got.resources == want.resources
+
+
+class _Source(Registry):
+    """A registry whose publishes the test drives."""
+
+    async def open(self) -> None:
+        pass
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_view_changes_since_any_earlier_view_equal_the_identity_difference(seed: int) -> None:
+    """Registries publish what they changed; the base composes it onto one base tuple. From
+    whichever earlier view a reader built last, changes_since gives exactly what differs."""
+    rng = random.Random(seed)
+    source = _Source("r", Metrics())
+    services: list[Service] = []
+    kept: list[View] = [source.view()]
+    for _ in range(200):
+        before = source.view().services
+        gone = [
+            services.pop(rng.randrange(len(services)))
+            for _ in range(min(len(services), rng.randrange(3)))
+        ]
+        came = [random_service(rng, "r") for _ in range(rng.randrange(3))]
+        if gone and rng.random() < 0.3:
+            came.append(gone[0])  # a service back as the very same object
+        services.extend(came)
+        honest = rng.random() < 0.9  # sometimes a registry does not say what changed
+        change = Change(before, gone, came) if honest else None
+        source.publish(services, change=change)
+        if rng.random() < 0.2:
+            source.degrade("flaky")  # status changes keep the services (and delta)
+        now = source.view()
+        for earlier in rng.sample(kept, min(3, len(kept))):
+            removed, added = now.changes_since(earlier)
+            old_ids = {id(s) for s in earlier.services}
+            new_ids = {id(s) for s in now.services}
+            assert removed.keys() == old_ids - new_ids
+            assert added.keys() == new_ids - old_ids
+        kept.append(now)
+
+
+def test_a_change_not_relative_to_the_current_view_is_ignored() -> None:
+    source = _Source("r", Metrics())
+    a, b = random_service(random.Random(1), "r"), random_service(random.Random(2), "r")
+    source.publish([a])
+    first = source.view()
+    # claims to be relative to an older tuple: must not be taken as the delta
+    source.publish([a, b], change=Change((), [], [a, b]))
+    assert source.view().changes_since(first) == ({}, {id(b): b})

@@ -519,7 +519,13 @@ def test_assembling_change_by_change_equals_assembling_the_end_state_at_once() -
                 data = ",".join(rng.sample(["greeter", "other", "third", "nobody"], 2)).encode()
                 changes[kind][key] = rng.choice([None, MappingRecord(data, CTIME)])
         step = Changes(**changes)
+        before = pure
         pure = assemble(OPTIONS, step, pure)
+        if pure is not before:  # the delta a View carries: exactly the identity difference
+            old_ids = {id(s): s for s in before.services}
+            new_ids = {id(s): s for s in pure.services}
+            assert {id(s) for s in pure.removed} == old_ids.keys() - new_ids.keys()
+            assert {id(s) for s in pure.added} == new_ids.keys() - old_ids.keys()
         # a pure assembly made from one about to be handed over stays as it was
         extra: Key = ("/dubbo", "com.example.Aside")
         aside_change = providers(provider("10.9.9.9", interface=extra[1]))

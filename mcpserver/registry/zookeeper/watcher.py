@@ -30,7 +30,7 @@ import logging
 from collections.abc import Mapping
 
 from mcpserver.metrics import Metrics
-from mcpserver.registry.base import Registry, Status, backoff
+from mcpserver.registry.base import Change, Registry, Status, backoff
 from mcpserver.registry.zookeeper.assembly import EMPTY, Assembly, assemble
 from mcpserver.registry.zookeeper.client import (
     CLIENT_ERRORS,
@@ -52,6 +52,8 @@ CONNECTION_DETAILS = {
 CONNECT_RETRY_CAP = 10.0  # seconds between attempts to reach an unreachable ensemble, at most
 READ_RETRY_CAP = 30.0  # ... and between attempts to read a node we may not read
 SHOWN_PATHS = 3  # unreadable paths named in the detail; the rest are counted
+PACE = 4.0  # behind a stream of changes, rest this many times as long as a refresh took...
+MAX_REST = 0.1  # ... but never longer than this (seconds)
 
 
 class ZooKeeperRegistry(Registry):
@@ -178,12 +180,23 @@ class ZooKeeperRegistry(Registry):
         loop = asyncio.get_running_loop()
         attempt = 0
         retry_at: float | None = None
+        rest_until = 0.0
         while True:
+            if (rest := rest_until - loop.time()) > 0:
+                await asyncio.sleep(rest)
             self._wakeup.clear()
             if self._relist_now:
                 self._relist_now = False
                 await asyncio.to_thread(self._mirror.relist)
-            self._refresh()
+            began = loop.time()
+            if self._refresh() > 1:
+                # Behind a stream of changes (more than one key was waiting): rest before
+                # the next refresh, so changes arrive in batches. Refreshing as fast as
+                # changes came kept the loop busy with per-refresh costs and starved
+                # kazoo's I/O thread (which feeds us) of the GIL: at 10k interfaces and
+                # 1,000 changes/s the lag grew without bound. A single change is answered
+                # at once: no rest after a refresh of one key.
+                rest_until = loop.time() + min(PACE * (loop.time() - began), MAX_REST)
             if not self._unreadable and not self._lost:
                 attempt, retry_at = 0, None
             elif retry_at is None:
@@ -213,8 +226,9 @@ class ZooKeeperRegistry(Registry):
         self._connection_problem = ""
         self._update_status()
 
-    def _refresh(self) -> None:
-        """Take what changed from the mirror, assemble it, publish."""
+    def _refresh(self) -> int:
+        """Take what changed from the mirror, assemble it, publish. Returns how many keys
+        changed."""
         taken = self._mirror.take()
         for failure in taken.failures:
             kind = "noauth" if failure.no_auth else "error"
@@ -237,14 +251,24 @@ class ZooKeeperRegistry(Registry):
         newly_synced = taken.listed and not self._synced
         self._synced = self._synced or taken.listed
         # handed over: only the latest assembly is kept, so it is updated, not copied
-        assembly = assemble(self._options, taken.changes, self._assembly, True)
-        changed = assembly is not self._assembly or newly_synced
+        previous = self._assembly
+        assembly = assemble(self._options, taken.changes, previous, True)
+        changed = assembly is not previous or newly_synced
         self._assembly = assembly
         # status first: a registry that lists for the first time while a path is
         # unreadable goes straight to DEGRADED, never READY in between
         self._update_status()
         if changed:
-            self.publish(assembly.services, assembly.problems, synced=self._synced)
+            # what changed, if the view still shows the previous assembly (not after a
+            # restart of this task, which starts again from an empty assembly)
+            change = (
+                Change(previous.services, assembly.removed, assembly.added)
+                if assembly is not previous
+                else None
+            )
+            self.publish(assembly.services, assembly.problems, synced=self._synced, change=change)
+        changes = taken.changes
+        return len(changes.interfaces) + len(changes.apps) + len(changes.mappings)
 
     def _update_status(self) -> None:
         if self._crashed:
