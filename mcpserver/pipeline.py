@@ -28,7 +28,14 @@ from types import MappingProxyType
 from mcpserver_protos.istio.networking.v1alpha3 import service_entry_pb2, workload_entry_pb2
 
 from mcpserver.convert.merge import MergeIndex
-from mcpserver.convert.serviceentry import IstioResource, convert
+from mcpserver.convert.serviceentry import (
+    IstioResource,
+    convert,
+    inline_endpoint,
+    inline_parts,
+    join_inline,
+    resource_labels,
+)
 from mcpserver.convert.validate import (
     validate_name,
     validate_service_entry,
@@ -36,10 +43,10 @@ from mcpserver.convert.validate import (
 )
 from mcpserver.convert.vip import allocate, capacity, needs_vip
 from mcpserver.metrics import Metrics
-from mcpserver.model import Problem, Service
+from mcpserver.model import Instance, Problem, Service
 from mcpserver.protection import Hold, ProtectionPolicy, guard, next_deadline
 from mcpserver.registry.base import Registry, View, backoff
-from mcpserver.xds.resources import PackedResource, pack
+from mcpserver.xds.resources import PackedResource, pack, pack_bytes
 from mcpserver.xds.snapshot import SetChange, Snapshot, TypeIndex, TypeSet, snapshot_version
 from mcpserver.xds.store import SnapshotStore
 from mcpserver.xds.typeurls import SERVED_KINDS
@@ -59,6 +66,15 @@ class Converted:
     problems: tuple[Problem, ...]
     vip: str | None = None
     needs_vip: bool = False
+    endpoints: Mapping[int, Endpoint] = field(default_factory=dict, repr=False, compare=False)
+    """Inline endpoints by id() of their Instance: what the next conversion of this service
+    reuses for every Instance object it still has (usually all but the one that changed)."""
+    endpoint_context: tuple[str, frozenset[str]] | None = None
+    """(registry, port names): what the endpoints' bytes and validation depended on."""
+
+
+Endpoint = tuple[Instance, bytes, tuple[str, ...]]
+"""An Instance (kept alive, so its id stays its own), its endpoint's bytes, their errors."""
 
 
 def check(resource: IstioResource) -> list[str]:
@@ -74,17 +90,74 @@ def check(resource: IstioResource) -> list[str]:
     return errors
 
 
-def convert_service(service: Service, vip: str | None = None, wants_vip: bool = False) -> Converted:
-    """Convert, validate and pack one service (with its allocated VIP, if any). A service whose
-    ServiceEntry is invalid is withheld whole (its WorkloadEntries would select nothing).
-    Nothing raises: a failure of any kind withholds this service alone."""
+def convert_service(
+    service: Service,
+    vip: str | None = None,
+    wants_vip: bool = False,
+    previous: Converted | None = None,
+) -> Converted:
+    """Convert, validate and pack one service (with its allocated VIP, if any), reusing the
+    endpoints of `previous` (this service's last conversion) whose Instance is unchanged. A
+    service whose ServiceEntry is invalid is withheld whole (its WorkloadEntries would
+    select nothing). Nothing raises: a failure of any kind withholds this service alone."""
     try:
-        return replace(_convert_service(service, vip), needs_vip=wants_vip)
+        subject = replace(service, addresses=(vip,)) if vip else service
+        if subject.endpoints_mode != "workloadentry" and subject.resolution == "STATIC":
+            done = _convert_inline(service, subject, vip, previous)
+        else:
+            done = _convert_service(service, vip)
+        return replace(done, needs_vip=wants_vip)
     except Exception as err:  # one poisoned record must never fail every push
         log.exception("conversion failed registry=%s service=%s", service.registry, service.key)
         message = f"conversion failed: {err!r}"
         problem = Problem(service.registry, f"ServiceEntry {service.key}", message, "conversion")
         return Converted(service, (), (problem,), vip, wants_vip)
+
+
+def _convert_inline(
+    service: Service, subject: Service, vip: str | None, previous: Converted | None
+) -> Converted:
+    """The common case, STATIC resolution with inline endpoints, endpoint by endpoint: the
+    same bytes and the same validation as service_entry() and check() of the whole spec
+    (a test holds them equal), but an endpoint whose Instance object is unchanged since the
+    last conversion is neither built, validated nor serialized again."""
+    bare, head, tail = inline_parts(subject)
+    errors = validate_name(subject.namespace, subject.name)
+    errors += validate_service_entry(bare, subject.namespace)
+    names = frozenset(p.name for p in bare.ports)
+    context = (subject.registry, names)
+    reuse = (
+        previous.endpoints if previous is not None and previous.endpoint_context == context else {}
+    )
+    endpoints: dict[int, Endpoint] = {}
+    parts: list[bytes] = []
+    for instance in subject.instances:
+        found = reuse.get(id(instance))
+        if found is None or found[0] is not instance:
+            message = inline_endpoint(instance, subject.registry)
+            found = (
+                instance,
+                message.SerializeToString(deterministic=True),
+                tuple(validate_workload_entry(message, set(names), allow_fqdn=False)),
+            )
+        endpoints[id(instance)] = found
+        parts.append(found[1])
+        errors.extend(found[2])
+    if errors:
+        problem = Problem(
+            service.registry, f"ServiceEntry {subject.key}", "; ".join(errors), "invalid"
+        )
+        return Converted(service, (), (problem,), vip)
+    packed = pack_bytes(
+        "ServiceEntry",
+        subject.namespace,
+        subject.name,
+        join_inline(head, parts, tail),
+        subject.create_time,
+        resource_labels(subject),
+        subject.annotations,
+    )
+    return Converted(service, (packed,), (), vip, endpoints=endpoints, endpoint_context=context)
 
 
 def _convert_service(service: Service, vip: str | None) -> Converted:
@@ -286,7 +359,7 @@ class Builder:
                     # rebuild's identity check hits instead of comparing deeply again
                     self._converted[key] = replace(old, service=service)
                     return 0
-            done = convert_service(service, vip, wants)
+            done = convert_service(service, vip, wants, old)
         if old is not None:
             keep = {(r.kind, r.name) for r in done.packed} if done is not None else set()
             for resource in old.packed:

@@ -8,7 +8,9 @@ WorkloadEntry per instance instead, selected by a label only we set.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+import itertools
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 from google.protobuf.message import Message
@@ -20,6 +22,7 @@ from mcpserver_protos.istio.networking.v1alpha3 import (
 
 from mcpserver.convert.naming import sanitize_label
 from mcpserver.model import Instance, Service
+from mcpserver.xds.resources import encode_varint
 
 REGISTRY_LABEL = "registry"
 SELECTOR_LABEL = "mcpserver.io/service"
@@ -73,7 +76,6 @@ def workload_entry(
 
 def service_entry(service: Service) -> service_entry_pb2.ServiceEntry:
     """The ServiceEntry spec for one service."""
-    registry = {REGISTRY_LABEL: service.registry}
     entry = service_entry_pb2.ServiceEntry(
         hosts=list(service.hosts),
         addresses=list(service.addresses),
@@ -92,10 +94,42 @@ def service_entry(service: Service) -> service_entry_pb2.ServiceEntry:
             workload_selector_pb2.WorkloadSelector(labels=selector_labels(service))
         )
     else:
-        entry.endpoints.extend(
-            workload_entry(i, registry, override=False) for i in service.instances
-        )
+        entry.endpoints.extend(inline_endpoint(i, service.registry) for i in service.instances)
     return entry
+
+
+_ENDPOINTS_FIELD = b"\x32"  # ServiceEntry.endpoints = 6, length-delimited
+
+
+def inline_endpoint(instance: Instance, registry: str) -> workload_entry_pb2.WorkloadEntry:
+    """One inline endpoint as service_entry() writes it."""
+    return workload_entry(instance, {REGISTRY_LABEL: registry}, override=False)
+
+
+def inline_parts(service: Service) -> tuple[service_entry_pb2.ServiceEntry, bytes, bytes]:
+    """An inline-endpoint service's ServiceEntry without its endpoints, and the bytes that
+    go before and after them: deterministic serialization writes fields in number order,
+    so the spec's bytes are `head`, each endpoint framed as field 6, then `tail` (export_to,
+    field 7; nothing later is set in inline mode). Lets a rebuild reuse the bytes of the
+    endpoints that did not change instead of building and validating each again."""
+    bare = service_entry(replace(service, instances=()))
+    export_to = list(bare.export_to)
+    del bare.export_to[:]
+    head = bare.SerializeToString(deterministic=True)
+    tail = service_entry_pb2.ServiceEntry(export_to=export_to).SerializeToString(deterministic=True)
+    bare.export_to.extend(export_to)
+    return bare, head, tail
+
+
+def join_inline(head: bytes, endpoints: Iterable[bytes], tail: bytes) -> bytes:
+    """The spec's bytes from inline_parts() and each endpoint's own serialized bytes."""
+    return b"".join(
+        itertools.chain(
+            (head,),
+            (_ENDPOINTS_FIELD + encode_varint(len(e)) + e for e in endpoints),
+            (tail,),
+        )
+    )
 
 
 def selector_labels(service: Service) -> dict[str, str]:
@@ -109,9 +143,14 @@ def workload_entry_name(service: Service, instance: Instance) -> str:
     return f"{service.name}-{hashlib.blake2b(identity.encode(), digest_size=5).hexdigest()}"
 
 
+def resource_labels(service: Service) -> tuple[tuple[str, str], ...]:
+    """The labels on every resource a service becomes."""
+    return tuple(sorted({**dict(service.labels), REGISTRY_LABEL: service.registry}.items()))
+
+
 def convert(service: Service) -> list[IstioResource]:
     """Every Istio resource one service becomes."""
-    labels = tuple(sorted({**dict(service.labels), REGISTRY_LABEL: service.registry}.items()))
+    labels = resource_labels(service)
     resources = [
         IstioResource(
             kind="ServiceEntry",

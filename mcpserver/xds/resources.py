@@ -120,7 +120,27 @@ def pack(
     annotations: Iterable[tuple[str, str]] = (),
 ) -> PackedResource:
     """Encode one spec message as an MCP resource; deterministic bytes give a stable version."""
-    body_bytes = body.SerializeToString(deterministic=True)
+    return pack_bytes(
+        kind,
+        namespace,
+        name,
+        body.SerializeToString(deterministic=True),
+        create_time,
+        labels,
+        annotations,
+    )
+
+
+def pack_bytes(
+    kind: str,
+    namespace: str,
+    name: str,
+    body_bytes: bytes,
+    create_time: datetime,
+    labels: Iterable[tuple[str, str]] = (),
+    annotations: Iterable[tuple[str, str]] = (),
+) -> PackedResource:
+    """pack() for a spec already serialized (deterministically)."""
     labels = tuple(labels)
     annotations = tuple(annotations)
     full_name = f"{namespace}/{name}"

@@ -232,3 +232,70 @@ def test_a_change_not_relative_to_the_current_view_is_ignored() -> None:
     # claims to be relative to an older tuple: must not be taken as the delta
     source.publish([a, b], change=Change((), [], [a, b]))
     assert source.view().changes_since(first) == ({}, {id(b): b})
+
+
+def varied_service(rng: random.Random) -> Service:
+    """Services with every field the inline path writes, some of them invalid."""
+
+    def instance(j: int) -> Instance:
+        address = rng.choice([f"10.1.{j}.{rng.randrange(1, 9)}", "not-an-ip", "::1", "10.0.0.01"])
+        return Instance(
+            address,
+            ports=(("tcp", 20000 + j),)
+            if rng.random() < 0.3
+            else (("nope", 7),)
+            if rng.random() < 0.05
+            else (),
+            labels=tuple(
+                sorted(
+                    {"v": str(j % 2), **({"bad key!": "x"} if rng.random() < 0.05 else {})}.items()
+                )
+            ),
+            weight=rng.choice([0, 1, 50]),
+            locality=rng.choice(["", "r1/z1"]),
+            network=rng.choice(["", "n1"]),
+            service_account=rng.choice(["", "spiffe://x/sa"]),
+        )
+
+    return Service(
+        registry=rng.choice(["a", "b"]),
+        namespace=rng.choice(["ns", "Bad_NS"]) if rng.random() < 0.1 else "ns",
+        name=f"s{rng.randrange(5)}",
+        hosts=tuple(rng.sample(["a.mesh", "b.mesh", "*.c.mesh", "bad host"], rng.randrange(0, 3))),
+        ports=(Port("tcp", 20880, "TCP", rng.choice([0, 20881])), Port("http", 80, "HTTP")),
+        instances=tuple(instance(j) for j in range(rng.randrange(0, 6))),
+        addresses=rng.choice([(), ("240.0.0.7",), ("10.9.0.0/16",)]),
+        labels=(("team", "x"),) if rng.random() < 0.5 else (),
+        annotations=(("note", "y"),) if rng.random() < 0.3 else (),
+        export_to=rng.choice([(), ("*",), (".", "other")]),
+        create_time=T0 + timedelta(seconds=rng.randrange(100)),
+    )
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_inline_conversion_equals_converting_the_whole_spec(seed: int) -> None:
+    """The endpoint-by-endpoint path (with and without endpoints reused from the last
+    conversion) gives the bytes and the errors of converting and checking the whole spec."""
+    from mcpserver.pipeline import _convert_service, convert_service
+
+    rng = random.Random(seed)
+    previous = None
+    for _ in range(60):
+        service = varied_service(rng)
+        if previous is not None and rng.random() < 0.5 and previous.service.instances:
+            # the same Instance objects, one replaced: the case reuse is for
+            kept = list(previous.service.instances)
+            kept[rng.randrange(len(kept))] = Instance(f"10.7.0.{rng.randrange(1, 9)}")
+            service = replace(previous.service, instances=tuple(kept))
+            if rng.random() < 0.3:  # what the endpoints' bytes depend on changes too
+                service = replace(service, registry="c", ports=(Port("tcp", 1, "TCP"),))
+        vip = rng.choice([None, "240.0.0.9"])
+        want = _convert_service(service, vip)
+        fresh = convert_service(service, vip)
+        reused = convert_service(service, vip, previous=previous)
+        for got in (fresh, reused):
+            assert [p.framed for p in got.packed] == [p.framed for p in want.packed]
+            assert [(p.subject, sorted(p.message.split("; "))) for p in got.problems] == [
+                (p.subject, sorted(p.message.split("; "))) for p in want.problems
+            ]
+        previous = reused
