@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from array import array
 from collections import Counter
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -43,7 +44,7 @@ from mcpserver.convert.validate import (
 )
 from mcpserver.convert.vip import allocate, capacity, needs_vip
 from mcpserver.metrics import Metrics
-from mcpserver.model import Instance, Problem, Service
+from mcpserver.model import Problem, Service
 from mcpserver.protection import Hold, ProtectionPolicy, guard, next_deadline
 from mcpserver.registry.base import Registry, View, backoff
 from mcpserver.xds.resources import PackedResource, pack, pack_bytes
@@ -66,15 +67,14 @@ class Converted:
     problems: tuple[Problem, ...]
     vip: str | None = None
     needs_vip: bool = False
-    endpoints: Mapping[int, Endpoint] = field(default_factory=dict, repr=False, compare=False)
-    """Inline endpoints by id() of their Instance: what the next conversion of this service
-    reuses for every Instance object it still has (usually all but the one that changed)."""
+    spans: array[int] | None = field(default=None, repr=False, compare=False)
+    """Inline endpoints: where each instance's endpoint bytes lie in the spec's bytes (the
+    end of the packed resource), as flat (start, end) pairs in `service.instances` order.
+    The next conversion of this service reuses them for every Instance object it still has
+    (usually all but the one that changed); 4 bytes per endpoint, nothing copied."""
+    body_length: int = 0
     endpoint_context: tuple[str, frozenset[str]] | None = None
     """(registry, port names): what the endpoints' bytes and validation depended on."""
-
-
-Endpoint = tuple[Instance, bytes, tuple[str, ...]]
-"""An Instance (kept alive, so its id stays its own), its endpoint's bytes, their errors."""
 
 
 def check(resource: IstioResource) -> list[str]:
@@ -126,38 +126,40 @@ def _convert_inline(
     errors += validate_service_entry(bare, subject.namespace)
     names = frozenset(p.name for p in bare.ports)
     context = (subject.registry, names)
-    reuse = (
-        previous.endpoints if previous is not None and previous.endpoint_context == context else {}
-    )
-    endpoints: dict[int, Endpoint] = {}
+    # the previous conversion's endpoints, by the id of their (still living) Instance
+    old_index: dict[int, int] = {}
+    old_body = b""
+    spans = array("I")
+    if previous is not None and previous.spans is not None and previous.endpoint_context == context:
+        old_index = {id(i): n for n, i in enumerate(previous.service.instances)}
+        framed = previous.packed[0].framed
+        old_body = framed[len(framed) - previous.body_length :]
+        spans = previous.spans
     parts: list[bytes] = []
     for instance in subject.instances:
-        found = reuse.get(id(instance))
-        if found is None or found[0] is not instance:
-            message = inline_endpoint(instance, subject.registry)
-            found = (
-                instance,
-                message.SerializeToString(deterministic=True),
-                tuple(validate_workload_entry(message, set(names), allow_fqdn=False)),
-            )
-        endpoints[id(instance)] = found
-        parts.append(found[1])
-        errors.extend(found[2])
+        n = old_index.get(id(instance))
+        if n is not None:
+            parts.append(old_body[spans[2 * n] : spans[2 * n + 1]])
+            continue
+        message = inline_endpoint(instance, subject.registry)
+        parts.append(message.SerializeToString(deterministic=True))
+        errors += validate_workload_entry(message, set(names), allow_fqdn=False)
     if errors:
         problem = Problem(
             service.registry, f"ServiceEntry {subject.key}", "; ".join(errors), "invalid"
         )
         return Converted(service, (), (problem,), vip)
+    body, body_spans = join_inline(head, parts, tail)
     packed = pack_bytes(
         "ServiceEntry",
         subject.namespace,
         subject.name,
-        join_inline(head, parts, tail),
+        body,
         subject.create_time,
         resource_labels(subject),
         subject.annotations,
     )
-    return Converted(service, (packed,), (), vip, endpoints=endpoints, endpoint_context=context)
+    return Converted(service, (packed,), (), vip, False, body_spans, len(body), context)
 
 
 def _convert_service(service: Service, vip: str | None) -> Converted:

@@ -8,7 +8,7 @@ WorkloadEntry per instance instead, selected by a label only we set.
 from __future__ import annotations
 
 import hashlib
-import itertools
+from array import array
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -121,15 +121,22 @@ def inline_parts(service: Service) -> tuple[service_entry_pb2.ServiceEntry, byte
     return bare, head, tail
 
 
-def join_inline(head: bytes, endpoints: Iterable[bytes], tail: bytes) -> bytes:
-    """The spec's bytes from inline_parts() and each endpoint's own serialized bytes."""
-    return b"".join(
-        itertools.chain(
-            (head,),
-            (_ENDPOINTS_FIELD + encode_varint(len(e)) + e for e in endpoints),
-            (tail,),
-        )
-    )
+def join_inline(head: bytes, endpoints: Iterable[bytes], tail: bytes) -> tuple[bytes, array[int]]:
+    """The spec's bytes from inline_parts() and each endpoint's own serialized bytes, and
+    where each endpoint's bytes lie in them: (start, end) pairs, flat."""
+    parts = [head]
+    spans = array("I")
+    at = len(head)
+    for endpoint in endpoints:
+        frame = _ENDPOINTS_FIELD + encode_varint(len(endpoint))
+        parts.append(frame)
+        parts.append(endpoint)
+        at += len(frame)
+        spans.append(at)
+        at += len(endpoint)
+        spans.append(at)
+    parts.append(tail)
+    return b"".join(parts), spans
 
 
 def selector_labels(service: Service) -> dict[str, str]:
