@@ -75,6 +75,11 @@ class Converted:
     body_length: int = 0
     endpoint_context: tuple[str, frozenset[str]] | None = None
     """(registry, port names): what the endpoints' bytes and validation depended on."""
+    spec: tuple[tuple[object, ...], bytes, bytes, tuple[str, ...]] | None = field(
+        default=None, repr=False, compare=False
+    )
+    """Inline services: (what the spec without endpoints is made of, the bytes before and
+    after the endpoints, its errors), reused while those fields are unchanged."""
 
 
 def check(resource: IstioResource) -> list[str]:
@@ -121,10 +126,25 @@ def _convert_inline(
     same bytes and the same validation as service_entry() and check() of the whole spec
     (a test holds them equal), but an endpoint whose Instance object is unchanged since the
     last conversion is neither built, validated nor serialized again."""
-    bare, head, tail = inline_parts(subject)
-    errors = validate_name(subject.namespace, subject.name)
-    errors += validate_service_entry(bare, subject.namespace)
-    names = frozenset(p.name for p in bare.ports)
+    spec_key = (
+        subject.namespace,
+        subject.name,
+        subject.hosts,
+        subject.addresses,
+        subject.ports,
+        subject.location,
+        subject.resolution,
+        subject.export_to,
+    )
+    if previous is not None and previous.spec is not None and previous.spec[0] == spec_key:
+        _, head, tail, spec_errors = previous.spec  # only endpoints changed, as usual
+    else:
+        bare, head, tail = inline_parts(subject)
+        spec_errors = tuple(validate_name(subject.namespace, subject.name)) + tuple(
+            validate_service_entry(bare, subject.namespace)
+        )
+    errors = list(spec_errors)
+    names = frozenset(p.name for p in subject.ports)
     context = (subject.registry, names)
     # the previous conversion's endpoints, by the id of their (still living) Instance
     old_index: dict[int, int] = {}
@@ -159,7 +179,17 @@ def _convert_inline(
         resource_labels(subject),
         subject.annotations,
     )
-    return Converted(service, (packed,), (), vip, False, body_spans, len(body), context)
+    return Converted(
+        service,
+        (packed,),
+        (),
+        vip,
+        False,
+        body_spans,
+        len(body),
+        context,
+        (spec_key, head, tail, spec_errors),
+    )
 
 
 def _convert_service(service: Service, vip: str | None) -> Converted:
