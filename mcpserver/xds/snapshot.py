@@ -60,8 +60,9 @@ class TypeSet:
     def response(self, type_url: str) -> bytes:
         """The serialized DiscoveryResponse for this set under `type_url`, with the set's
         version as version_info and nonce; encoded once and shared by every stream (on
-        the event loop only). Type URLs past a few dozen (clients may ask for anything)
-        are encoded without being kept."""
+        the event loop only, once the set is published; the builder encodes the type URLs
+        streams asked its predecessor for before that). Type URLs past a few dozen
+        (clients may ask for anything) are encoded without being kept."""
         payload = self._responses.get(type_url)
         if payload is None:
             # one join from the resources' own bytes: no full-set blob copied in between
@@ -178,12 +179,18 @@ class TypeIndex:
             self._total = sum(map(_DIGEST, self._items))
         else:
             self._apply(pending, added, removed, changed)
+        previous = self._current
         self._current = TypeSet(
             self.kind,
             set_version(self._total, len(self._items)),
             tuple(self._items),
             tuple(self._framed),
         )
+        # Encode the responses streams asked the last set for (their type URLs) now, in the
+        # builder's thread and before the set is published, so the loop sends at once.
+        # list() of a dict is one C call, safe while the loop may add to it.
+        for type_url in list(previous._responses):
+            self._current.response(type_url)
         return self._current, SetChange(
             tuple(sorted(added)), tuple(sorted(removed)), tuple(sorted(changed))
         )

@@ -20,7 +20,7 @@ from mcpserver.metrics import Metrics
 from mcpserver.model import Instance, Port, Service
 from mcpserver.pipeline import Builder, BuildInputs, build
 from mcpserver.registry.base import Change, Registry, Status, View
-from mcpserver.xds.resources import pack
+from mcpserver.xds.resources import encode_response, pack
 from mcpserver.xds.snapshot import SetChange, TypeIndex, TypeSet
 
 pytestmark = pytest.mark.unit
@@ -299,3 +299,15 @@ def test_inline_conversion_equals_converting_the_whole_spec(seed: int) -> None:
                 (p.subject, sorted(p.message.split("; "))) for p in want.problems
             ]
         previous = reused
+
+
+def test_a_new_set_comes_with_the_responses_streams_asked_its_predecessor_for() -> None:
+    index = TypeIndex("ServiceEntry")
+    index.put(resource("a", 1))  # type: ignore[arg-type]
+    first, _ = index.commit()
+    url = "networking.istio.io/v1/ServiceEntry"
+    first.response(url)
+    index.put(resource("b", 1))  # type: ignore[arg-type]
+    second, _ = index.commit()
+    assert list(second._responses) == [url]
+    assert second.response(url) == encode_response(second.version, url, second.version, second.blob)
