@@ -66,14 +66,16 @@ async def test_a_watching_client_never_sees_a_smaller_set_from_a_broken_static_f
     assert set_sizes(client) == [2]
     # a poisoned record whose conversion raises, next to a new valid service: the valid
     # one arrives, the poisoned one is withheld alone and named, nothing else moves
-    real = mcpserver.pipeline._convert_service
+    # (both conversion paths: whole spec, and inline endpoint by endpoint)
+    for path in ("_convert_service", "_convert_inline"):
+        real = getattr(mcpserver.pipeline, path)
 
-    def poisoned(target: Service, vip: str | None) -> Any:
-        if target.name == "poison":
-            raise OverflowError("value out of range")
-        return real(target, vip)
+        def poisoned(target: Service, *args: Any, real: Any = real) -> Any:
+            if target.name == "poison":
+                raise OverflowError("value out of range")
+            return real(target, *args)
 
-    monkeypatch.setattr(mcpserver.pipeline, "_convert_service", poisoned)
+        monkeypatch.setattr(mcpserver.pipeline, path, poisoned)
     write_services(
         static_file,
         [

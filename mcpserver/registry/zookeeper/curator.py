@@ -8,48 +8,14 @@ carries, for Dubbo, `dubbo.endpoints` (the protocols and ports the instance serv
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 
-from mcpserver.registry.zookeeper.dubbo import RecordError, check_host
+from mcpserver.registry.dubbo.application import AppInstance as CuratorInstance
+from mcpserver.registry.dubbo.application import Endpoint
+from mcpserver.registry.dubbo.application import check_port as _port
+from mcpserver.registry.dubbo.application import dubbo_endpoints as _dubbo_endpoints
+from mcpserver.registry.dubbo.provider import RecordError, check_host
 
 MAX_INSTANCE_BYTES = 1024 * 1024
-
-
-@dataclass(frozen=True, slots=True)
-class Endpoint:
-    protocol: str
-    port: int
-
-
-@dataclass(frozen=True, slots=True)
-class CuratorInstance:
-    name: str
-    id: str
-    address: str
-    endpoints: tuple[Endpoint, ...]
-    metadata: tuple[tuple[str, str], ...]
-    dubbo: bool
-
-
-def _port(value: object, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value < 65536:
-        raise RecordError("bad-port", f"{what} {value!r}")
-    return value
-
-
-def _dubbo_endpoints(raw: str) -> tuple[Endpoint, ...]:
-    try:
-        items = json.loads(raw)
-    except json.JSONDecodeError:
-        raise RecordError("bad-json", "dubbo.endpoints is not JSON") from None
-    if not isinstance(items, list):
-        raise RecordError("bad-json", "dubbo.endpoints is not a list")
-    found = []
-    for item in items:
-        if not isinstance(item, dict) or not isinstance(item.get("protocol"), str):
-            raise RecordError("bad-json", "dubbo.endpoints entry without protocol")
-        found.append(Endpoint(item["protocol"].lower(), _port(item.get("port"), "endpoint port")))
-    return tuple(found)
 
 
 def parse_instance(data: bytes, default_protocol: str) -> CuratorInstance:

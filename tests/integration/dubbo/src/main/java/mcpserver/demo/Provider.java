@@ -7,16 +7,17 @@ import org.apache.dubbo.config.ServiceConfig;
 import org.apache.dubbo.config.bootstrap.DubboBootstrap;
 
 /**
- * Exports GreetingService over dubbo:// on 127.0.0.1 and registers it in ZooKeeper in both
- * the interface-level and the application-level form (register-mode=all).
+ * Exports GreetingService over dubbo:// on 127.0.0.1 and registers it in ZooKeeper or Nacos in
+ * both the interface-level and the application-level form (register-mode=all).
  *
- * Usage: Provider ZK_ADDRESS DUBBO_PORT APPLICATION VERSION
+ * Usage: Provider REGISTRY DUBBO_PORT APPLICATION VERSION, where REGISTRY is a ZooKeeper
+ * host:port or a registry URL such as nacos://127.0.0.1:8848
  */
 public final class Provider {
     private Provider() {}
 
     public static void main(String[] args) throws Exception {
-        String zookeeper = args[0];
+        String address = args[0].contains("://") ? args[0] : "zookeeper://" + args[0];
         int port = Integer.parseInt(args[1]);
         String application = args[2];
         String version = args[3];
@@ -26,7 +27,7 @@ public final class Provider {
         app.setQosEnable(false);
         app.setMetadataType("local");
 
-        RegistryConfig registry = new RegistryConfig("zookeeper://" + zookeeper);
+        RegistryConfig registry = new RegistryConfig(address);
         registry.setTimeout(10000);
 
         ProtocolConfig protocol = new ProtocolConfig("dubbo", port);

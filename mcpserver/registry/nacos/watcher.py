@@ -1,0 +1,596 @@
+"""Keeps a Nacos registry's view current, on the event loop.
+
+One supervised task per namespace (Nacos' pushes do not say which namespace they belong to,
+so, like the Java client, we keep one connection per namespace):
+
+- `api: grpc` (Nacos 2.x/3.x): connect (client.py), list every configured group's services
+  page by page (`ServiceListRequest`: Nacos never pushes the service list, so it is polled
+  every `list_interval`), subscribe to each new service (`SubscribeServiceRequest`, whose reply
+  is the first instance list) and apply every `NotifySubscriberRequest` push. A push identical
+  to what we hold (Nacos sends one right after each subscribe reply) changes nothing. Every
+  `refresh_interval` each service is also re-read (`ServiceQueryRequest`), as Nacos' own
+  client's update task does: a lost push (or one a server never sends: r-nacos does not push
+  an instance's recovery by heartbeat) is made up for.
+- `api: http` (Nacos 1.x): every `poll_interval`, list the services (`/nacos/v1/ns/service/list`)
+  and read each one's instances (`/nacos/v1/ns/instance/list`, always `healthyOnly=false`:
+  r-nacos defaults to true), giving the same resources as gRPC mode.
+
+A service no longer listed is dropped (and unsubscribed). A lost connection, an unreachable
+server or a refused login keeps the last view (DEGRADED with the reason) and is retried with
+jittered backoff; a new connection re-lists and re-subscribes everything, and what is not
+listed any more is dropped only then (full reconcile). The pipeline's protection against mass
+removal applies to what a reconcile removes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import functools
+import hashlib
+import json
+import logging
+import ssl
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import aiohttp
+import grpc
+
+from mcpserver.metrics import Metrics
+from mcpserver.model import Problem, Service
+from mcpserver.registry.base import Change, Registry, backoff
+from mcpserver.registry.dubbo.mapping import DubboOptions
+from mcpserver.registry.nacos.auth import LoginError, TokenKeeper
+from mcpserver.registry.nacos.client import (
+    Connection,
+    ConnectionLostError,
+    NacosError,
+    NacosUnauthorizedError,
+)
+from mcpserver.registry.nacos.config import NacosRegistrySettings
+from mcpserver.registry.nacos.parser import (
+    NacosOptions,
+    ServiceKey,
+    convert,
+    hosts_of,
+    service_names,
+    split_name,
+)
+
+log = logging.getLogger("mcpserver.registry.nacos")
+
+LISTING_BATCH = 0.1  # seconds between views while the first listing arrives
+ERROR_BACKOFF_CAP = 10.0  # a Nacos that comes back is noticed within ~10 s
+KEEPALIVE = 5.0  # the Java client's health check interval on an idle connection
+SUBSCRIBE_CONCURRENCY = 32  # subscribe requests in flight on one connection
+FETCH_CONCURRENCY = 16  # HTTP instance-list requests in flight (api: http)
+# What a failed call can raise; anything else is a bug, left to the supervisor.
+ERRORS = (
+    NacosError,
+    ConnectionLostError,
+    LoginError,
+    grpc.aio.AioRpcError,
+    aiohttp.ClientError,
+    OSError,
+    TimeoutError,
+    ValueError,
+)
+
+ALL = "*"  # groups: every group
+
+Held = tuple[int, bytes, list[Service], list[Problem]]
+"""What one Nacos service contributes: its lastRefTime, a digest of its instance list (an
+identical one changes nothing), its Services and its Problems."""
+
+Fetch = Callable[[str, str, int], Awaitable[Mapping[str, Any]]]
+"""(namespace, group, page number) -> one page of the service list."""
+
+
+class NacosHTTPError(NacosError):
+    """The 1.x HTTP API answered with an error status."""
+
+
+class NacosRegistry(Registry):
+    """A Nacos server (or cluster address) and the namespaces and groups to serve."""
+
+    def __init__(
+        self, settings: NacosRegistrySettings, metrics: Metrics, env: Mapping[str, str]
+    ) -> None:
+        super().__init__(settings.name, metrics)
+        self._settings = settings
+        self._env = env
+        self._options = NacosOptions(
+            registry=settings.name,
+            namespace=settings.namespace,
+            host_template=settings.host_template,
+            host_metadata=settings.host_metadata,
+            default_protocol=settings.default_protocol.lower(),
+            include_unhealthy=settings.include_unhealthy,
+            endpoints_mode=settings.endpoints,
+            dubbo=DubboOptions(
+                registry=settings.name,
+                namespace=settings.namespace,
+                host_template=settings.dubbo_host_template,
+                application_host_template=settings.application_host_template,
+                label_params=tuple(settings.label_params),
+                endpoints_mode=settings.endpoints,
+                default_protocol=settings.default_protocol.lower(),
+            ),
+        )
+        self._keeper: TokenKeeper | None = None
+        self._ssl: ssl.SSLContext | None = None
+        self._http: aiohttp.ClientSession | None = None
+        self._held: dict[ServiceKey, Held] = {}
+        # Service objects that left and came since the last view (its `Change`)
+        self._removed: list[Service] = []
+        self._added: list[Service] = []
+        self._subscribed: dict[str, set[ServiceKey]] = {}
+        self._listed: set[str] = set()  # namespaces listed (and their services read) once
+        self._troubles: dict[str, str] = {}  # namespace -> what is wrong, newest last
+        self._batch: asyncio.TimerHandle | None = None
+        self._dirty = False  # something changed since the last view
+        self.pushes = 0
+        self.applied = 0
+
+    # ---------------------------------------------------------------- lifecycle
+
+    async def open(self) -> None:
+        s = self._settings
+        if s.tls is not None:
+            self._ssl = ssl.create_default_context(
+                cafile=str(s.tls.ca_file) if s.tls.ca_file else None
+            )
+            if s.tls.cert_file and s.tls.key_file:
+                self._ssl.load_cert_chain(str(s.tls.cert_file), str(s.tls.key_file))
+        if s.auth is not None:
+            self._keeper = TokenKeeper(
+                s.address,
+                s.auth.username,
+                s.auth.password.resolve(self._env),
+                ssl_context=self._ssl,
+                timeout=s.request_timeout,
+            )
+        run = self._grpc_namespace if s.api == "grpc" else self._http_namespace
+        for namespace in s.namespaces:
+            self.spawn(f"namespace {namespace}", functools.partial(run, namespace))
+
+    async def close(self) -> None:
+        if self._batch is not None:
+            self._batch.cancel()
+            self._batch = None
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
+
+    async def _token(self) -> str:
+        return await self._keeper.token() if self._keeper is not None else ""
+
+    def _credentials(self) -> grpc.ChannelCredentials | None:
+        tls = self._settings.tls
+        if tls is None:
+            return None
+
+        def read(path: object) -> bytes | None:
+            return open(str(path), "rb").read() if path else None
+
+        return grpc.ssl_channel_credentials(
+            read(tls.ca_file), read(tls.key_file), read(tls.cert_file)
+        )
+
+    # -------------------------------------------------------------- gRPC (2.x/3.x)
+
+    async def _grpc_namespace(self, namespace: str) -> None:
+        """Connect, follow, and on any failure keep the view, back off and start over."""
+        attempt = 0
+        while True:
+            connection = Connection(
+                self._settings.grpc_target(),
+                namespace,
+                functools.partial(self._pushed, namespace),
+                token=self._token if self._keeper is not None else None,
+                credentials=self._credentials(),
+                timeout=self._settings.request_timeout,
+            )
+            try:
+                await connection.open()
+                attempt = 0
+                await self._grpc_session(namespace, connection)
+            except ERRORS as err:
+                self._fail(namespace, err)
+            finally:
+                await connection.close()
+            await asyncio.sleep(backoff(attempt, cap=ERROR_BACKOFF_CAP))
+            attempt += 1
+
+    async def _grpc_session(self, namespace: str, connection: Connection) -> None:
+        """List, subscribe, reconcile; again every list_interval, until the connection is
+        lost (ConnectionLostError) or a request fails."""
+        subscribed: set[ServiceKey] = set()
+        self._subscribed[namespace] = subscribed
+        keepalive = asyncio.create_task(self._keepalive(connection))
+        lost = asyncio.create_task(connection.lost())
+        loop = asyncio.get_running_loop()
+        refresh_at = loop.time() + self._settings.refresh_interval
+
+        async def page(ns: str, group: str, number: int) -> Mapping[str, Any]:
+            return await connection.request(
+                "ServiceListRequest",
+                {
+                    "module": "naming",
+                    "namespace": ns,
+                    "groupName": group,
+                    "serviceName": "",
+                    "pageNo": number,
+                    "pageSize": self._settings.page_size,
+                    "selector": "",
+                },
+            )
+
+        try:
+            while True:
+                keys = await self._list(namespace, page)
+                new = sorted(keys - subscribed)
+                subscribed |= set(new)  # pushes for these are welcome from now on
+                await self._subscribe_all(connection, new)
+                if loop.time() >= refresh_at:
+                    refresh_at = loop.time() + self._settings.refresh_interval
+                    await self._query_all(connection, sorted(subscribed & keys - set(new)))
+                for key in sorted(subscribed - keys):
+                    subscribed.discard(key)
+                    await self._unsubscribe(connection, key)
+                self._reconcile(namespace, keys)
+                self._listed.add(namespace)
+                self._clear(namespace)
+                self._publish_if_changed()
+                await asyncio.wait(
+                    {keepalive, lost},
+                    timeout=self._settings.list_interval,
+                    return_when=asyncio.FIRST_COMPLETED,
+                )
+                if lost.done():
+                    raise ConnectionLostError(lost.result())
+                if keepalive.done():
+                    keepalive.result()  # raises what ended it
+        finally:
+            keepalive.cancel()
+            lost.cancel()
+
+    async def _keepalive(self, connection: Connection) -> None:
+        """A health check every KEEPALIVE seconds; a server that stopped answering (without
+        closing the connection) ends the session."""
+        while True:
+            await asyncio.sleep(KEEPALIVE)
+            try:
+                await connection.request("HealthCheckRequest", {"module": "internal"}, token=False)
+            except (NacosError, grpc.aio.AioRpcError, TimeoutError) as err:
+                raise ConnectionLostError(f"health check failed: {err!r}") from None
+
+    async def _subscribe_all(self, connection: Connection, keys: list[ServiceKey]) -> None:
+        """Subscribe to these services, SUBSCRIBE_CONCURRENCY at a time; each reply is the
+        service's instance list."""
+
+        async def subscribe(key: ServiceKey) -> None:
+            reply = await connection.request("SubscribeServiceRequest", _subscription(key))
+            self._apply(key, reply.get("serviceInfo"))
+
+        await run_bounded(keys, subscribe, SUBSCRIBE_CONCURRENCY)
+
+    async def _query_all(self, connection: Connection, keys: list[ServiceKey]) -> None:
+        """Re-read these services' instances (`ServiceQueryRequest`: no subscription, no
+        push): a push that was lost, or never sent, is made up for."""
+
+        async def query(key: ServiceKey) -> None:
+            body = {
+                "module": "naming",
+                "namespace": key.namespace,
+                "groupName": key.group,
+                "serviceName": key.name,
+                "cluster": "",
+                "healthyOnly": False,
+                "udpPort": 0,
+            }
+            reply = await connection.request("ServiceQueryRequest", body)
+            if self._apply(key, reply.get("serviceInfo")):
+                self._publish()
+
+        await run_bounded(keys, query, SUBSCRIBE_CONCURRENCY)
+
+    async def _unsubscribe(self, connection: Connection, key: ServiceKey) -> None:
+        body = {**_subscription(key), "subscribe": False}
+        try:
+            await connection.request("SubscribeServiceRequest", body)
+        except NacosError as err:  # the service is gone anyway
+            log.debug("unsubscribe %s failed: %s", key, err)
+
+    def _pushed(self, namespace: str, info: Mapping[str, Any]) -> None:
+        """A NotifySubscriberRequest: apply it if it is a service we subscribed to."""
+        self.pushes += 1
+        raw = info.get("name")
+        group = info.get("groupName")
+        if not isinstance(raw, str):
+            return
+        group_name, name = split_name(raw, group if isinstance(group, str) else "")
+        key = ServiceKey(namespace, group_name, name)
+        if key in self._subscribed.get(namespace, ()) and self._apply(key, info):
+            self._publish()
+
+    # ---------------------------------------------------------------- HTTP (1.x)
+
+    async def _http_namespace(self, namespace: str) -> None:
+        """List and read everything every poll_interval; failures keep the view."""
+        attempt = 0
+        while True:
+            try:
+                keys = await self._list(namespace, self._http_page)
+                await self._fetch_all(keys)
+                self._reconcile(namespace, keys)
+                self._listed.add(namespace)
+                self._clear(namespace)
+                self._publish_if_changed()
+                attempt = 0
+                delay = self._settings.poll_interval
+            except ERRORS as err:
+                self._fail(namespace, err)
+                delay = backoff(attempt, cap=ERROR_BACKOFF_CAP)
+                attempt += 1
+            await asyncio.sleep(delay)
+
+    async def _get(self, path: str, params: dict[str, str]) -> Mapping[str, Any]:
+        if self._http is None:
+            timeout = aiohttp.ClientTimeout(total=self._settings.request_timeout)
+            self._http = aiohttp.ClientSession(timeout=timeout)
+        headers = {}
+        if self._keeper is not None:
+            # in headers, not the `accessToken` parameter Nacos also reads: a URL may end up
+            # in an error message, and the token must not
+            token = await self._keeper.token()
+            headers = {"Authorization": f"Bearer {token}", "accessToken": token}
+        url = self._settings.address + path
+        async with self._http.get(
+            url, params=params, headers=headers, ssl=self._ssl or True
+        ) as reply:
+            text = await reply.text()
+            if reply.status in (401, 403):
+                raise NacosUnauthorizedError(reply.status, f"{path}: {text}")
+            if reply.status != 200:
+                raise NacosHTTPError(reply.status, f"{path}: {text}")
+        body = json.loads(text)
+        if not isinstance(body, dict):
+            raise ValueError(f"{path} answered a {type(body).__name__}, not an object")
+        return body
+
+    async def _http_page(self, namespace: str, group: str, number: int) -> Mapping[str, Any]:
+        return await self._get(
+            "/nacos/v1/ns/service/list",
+            {
+                "namespaceId": namespace,
+                "groupName": group,
+                "pageNo": str(number),
+                "pageSize": str(self._settings.page_size),
+            },
+        )
+
+    async def _fetch_all(self, keys: set[ServiceKey]) -> None:
+        async def fetch(key: ServiceKey) -> None:
+            info = await self._get(
+                "/nacos/v1/ns/instance/list",
+                {
+                    "namespaceId": key.namespace,
+                    "groupName": key.group,
+                    "serviceName": key.name,
+                    # r-nacos defaults to healthy instances only; Nacos to all
+                    "healthyOnly": "false",
+                },
+            )
+            self._apply(key, info)
+
+        await run_bounded(sorted(keys), fetch, FETCH_CONCURRENCY)
+
+    # ------------------------------------------------------------------ shared
+
+    def _wanted(self, name: str) -> bool:
+        return any(fnmatch.fnmatchcase(name, p) for p in self._settings.services)
+
+    async def _list(self, namespace: str, fetch: Fetch) -> set[ServiceKey]:
+        """Every wanted service of the configured groups, page by page."""
+        keys: set[ServiceKey] = set()
+        size = self._settings.page_size
+        groups = {g for g in self._settings.groups if g != ALL}
+        if ALL in self._settings.groups:
+            groups |= await self._all_groups(namespace)
+        for group in sorted(groups):
+            number = 1
+            while True:
+                body = await fetch(namespace, group, number)
+                names = service_names(body, group)
+                keys.update(ServiceKey(namespace, g, n) for g, n in names if self._wanted(n))
+                count = body.get("count")
+                total = count if isinstance(count, int) else 0
+                if len(names) < size or number * size >= total:
+                    break
+                number += 1
+        return keys
+
+    async def _all_groups(self, namespace: str) -> set[str]:
+        """Every group that has a service (`groups: ["*"]`): Nacos' service lists are per
+        group, and only the catalog API (1.x and 2.x, on the HTTP port) lists across them."""
+        found: set[str] = set()
+        size = self._settings.page_size
+        number = 1
+        while True:
+            try:
+                body = await self._get(
+                    "/nacos/v1/ns/catalog/services",
+                    {
+                        "namespaceId": namespace,
+                        "pageNo": str(number),
+                        "pageSize": str(size),
+                        "withInstances": "false",
+                    },
+                )
+            except NacosHTTPError as err:
+                raise NacosHTTPError(
+                    err.code,
+                    f'groups: ["*"] needs Nacos\' catalog API, which answered {err}; '
+                    "list the groups instead",
+                ) from None
+            page = body.get("serviceList") or []
+            if not isinstance(page, list):
+                raise ValueError("catalog serviceList is not a list")
+            for item in page:
+                group = item.get("groupName") if isinstance(item, dict) else None
+                if isinstance(group, str) and group:
+                    found.add(group)
+            count = body.get("count")
+            if len(page) < size or not isinstance(count, int) or number * size >= count:
+                return found
+            number += 1
+
+    def _apply(self, key: ServiceKey, info: object) -> bool:
+        """A service's instance list (subscribe reply, push or HTTP answer): convert it,
+        unless it is what we already hold or older. True if the view must change."""
+        try:
+            hosts = hosts_of(info)
+        except ValueError as err:
+            problem = Problem(self.name, str(key), str(err), "bad-service-info")
+            self._hold(key, (0, b"", [], [problem]))
+            return True
+        assert isinstance(info, Mapping)
+        ref = info.get("lastRefTime")
+        ref_time = ref if isinstance(ref, int) and not isinstance(ref, bool) else 0
+        digest = hashlib.blake2b(
+            json.dumps(hosts, sort_keys=True, default=str).encode(), digest_size=16
+        ).digest()
+        old = self._held.get(key)
+        if old is not None and (old[1] == digest or (ref_time and ref_time < old[0])):
+            return False
+        services, problems = convert(self._options, key, info)
+        if old is not None and old[2] == services:
+            services = old[2]  # equal: the same objects, so the pipeline reuses their work
+        self._hold(key, (ref_time, digest, services, problems))
+        self.applied += 1
+        return True
+
+    def _hold(self, key: ServiceKey, entry: Held | None) -> None:
+        """Replace (or drop) what one service contributes, noting which Service objects
+        left and came for the next view's `Change`."""
+        old = self._held.pop(key, None)
+        if entry is not None:
+            self._held[key] = entry
+        if old is not None and (entry is None or old[2] is not entry[2]):
+            self._removed.extend(old[2])
+        if entry is not None and (old is None or old[2] is not entry[2]):
+            self._added.extend(entry[2])
+        self._dirty = True
+
+    def _reconcile(self, namespace: str, keys: set[ServiceKey]) -> None:
+        for key in [k for k in self._held if k.namespace == namespace and k not in keys]:
+            self._hold(key, None)
+
+    # ------------------------------------------------------------------ status
+
+    def _fail(self, namespace: str, err: BaseException) -> None:
+        kind = "error"
+        if isinstance(err, NacosUnauthorizedError | LoginError):
+            kind = "unauthorized"
+            if self._keeper is not None and isinstance(err, NacosUnauthorizedError):
+                self._keeper.forget()
+        self._metrics.registry_errors.labels(self.name, kind).inc()
+        s = self._settings
+        where = (
+            f"Nacos gRPC at {s.grpc_target()} (the HTTP port + 1000 unless grpc_port is set)"
+            if s.api == "grpc"
+            else f"Nacos HTTP API at {s.address}"
+        )
+        if isinstance(err, grpc.aio.AioRpcError):
+            what = f"{err.code().name}: {err.details() or ''}".strip()
+        else:
+            what = str(err) or repr(err)
+        self._trouble(
+            namespace,
+            f"namespace {namespace}: {where}: {what}; serving the last known view",
+        )
+
+    def _trouble(self, namespace: str, detail: str) -> None:
+        if self._troubles.get(namespace) == detail:
+            return
+        self._troubles.pop(namespace, None)
+        self._troubles[namespace] = detail
+        self.degrade(detail)
+
+    def _clear(self, namespace: str) -> None:
+        if self._troubles.pop(namespace, None) is None and self._troubles:
+            return
+        if self._troubles:
+            self.degrade(next(reversed(self._troubles.values())))
+        else:
+            self.recover()
+
+    # --------------------------------------------------------------- publishing
+
+    def _synced(self) -> bool:
+        return self._listed >= set(self._settings.namespaces)
+
+    def _publish(self) -> None:
+        """Publish a new view; while the first listing arrives, at most one per
+        LISTING_BATCH seconds."""
+        if self.view().synced or self._synced():
+            self._publish_now()
+        elif self._batch is None:
+            loop = asyncio.get_running_loop()
+            self._batch = loop.call_later(LISTING_BATCH, self._publish_now)
+
+    def _publish_if_changed(self) -> None:
+        """After a listing: a new view only if something changed (or the first listing
+        just completed), not one per `list_interval`."""
+        if self._dirty or not self.view().synced:
+            self._publish()
+
+    def _publish_now(self) -> None:
+        self._dirty = False
+        if self._batch is not None:
+            self._batch.cancel()
+            self._batch = None
+        services: list[Service] = []
+        problems: list[Problem] = []
+        for key in sorted(self._held):
+            _, _, held_services, held_problems = self._held[key]
+            services.extend(held_services)
+            problems.extend(held_problems)
+        # what changed, relative to what the view shows: rebuilds cost what changed
+        change = Change(self.view().services, self._removed, self._added)
+        self._removed, self._added = [], []
+        self.publish(services, problems, synced=self.view().synced or self._synced(), change=change)
+
+
+def _subscription(key: ServiceKey) -> dict[str, Any]:
+    return {
+        "module": "naming",
+        "namespace": key.namespace,
+        "groupName": key.group,
+        "serviceName": key.name,
+        "subscribe": True,
+        "clusters": "",
+    }
+
+
+async def run_bounded(
+    items: list[ServiceKey], work: Callable[[ServiceKey], Awaitable[None]], limit: int
+) -> None:
+    """`work(item)` for every item, at most `limit` at once; the first failure cancels the
+    rest and is raised as itself (not as an ExceptionGroup: callers catch what one call
+    raises)."""
+    queue = iter(items)
+
+    async def worker() -> None:
+        for item in queue:
+            await work(item)
+
+    tasks = [asyncio.create_task(worker()) for _ in range(min(limit, len(items)))]
+    try:
+        await asyncio.gather(*tasks)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

@@ -1,0 +1,107 @@
+"""Nacos login against a loopback HTTP server: the token is reused, refreshed before it
+expires and after a refusal, Nacos 3's login path is found when v1 is gone, and a refused
+login names the user but never the password."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+from aiohttp import web
+
+from mcpserver.registry.nacos.auth import LoginError, TokenKeeper
+from tests.conftest import free_port
+
+pytestmark = pytest.mark.component
+
+
+class LoginServer:
+    def __init__(self, *, v1: bool = True, ttl: float = 18000) -> None:
+        self.v1 = v1
+        self.ttl = ttl
+        self.logins: list[str] = []
+        self.port = free_port()
+        self._runner: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        app = web.Application()
+
+        async def login(request: web.Request) -> web.Response:
+            if request.path.startswith("/nacos/v1") and not self.v1:
+                return web.Response(status=410, text="gone")
+            form = await request.post()
+            if form.get("password") != "right":
+                return web.Response(status=403, text="unknown user!")
+            self.logins.append(request.path)
+            token = f"token-{len(self.logins)}"
+            return web.json_response({"accessToken": token, "tokenTtl": self.ttl})
+
+        app.router.add_post("/nacos/v1/auth/login", login)
+        app.router.add_post("/nacos/v3/auth/user/login", login)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    def keeper(self, password: str = "right") -> TokenKeeper:
+        return TokenKeeper(f"http://127.0.0.1:{self.port}", "mcp", password, timeout=5)
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[LoginServer]:
+    running = LoginServer()
+    await running.start()
+    yield running
+    await running.stop()
+
+
+async def test_the_token_is_reused_and_renewed_after_a_refusal(server: LoginServer) -> None:
+    keeper = server.keeper()
+    assert await keeper.token() == "token-1"
+    assert list(await asyncio.gather(keeper.token(), keeper.token())) == ["token-1", "token-1"]
+    assert server.logins == ["/nacos/v1/auth/login"]
+    keeper.forget()
+    assert await keeper.token() == "token-2"
+
+
+async def test_the_token_is_renewed_before_it_expires() -> None:
+    server = LoginServer(ttl=1.2)  # renewed after 90 % of the TTL: ~1.08 s
+    await server.start()
+    try:
+        keeper = server.keeper()
+        assert await keeper.token() == "token-1"
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 5
+        while (token := await keeper.token()) == "token-1":
+            assert loop.time() < deadline, "the token was never renewed"
+            await asyncio.sleep(0.05)
+        assert token == "token-2"
+    finally:
+        await server.stop()
+
+
+async def test_nacos_3_login_path_when_v1_is_gone() -> None:
+    server = LoginServer(v1=False)
+    await server.start()
+    try:
+        assert await server.keeper().token() == "token-1"
+        assert server.logins == ["/nacos/v3/auth/user/login"]
+    finally:
+        await server.stop()
+
+
+async def test_a_refused_login_names_the_user_not_the_password(server: LoginServer) -> None:
+    with pytest.raises(LoginError) as caught:
+        await server.keeper("wrong-secret").token()
+    assert "'mcp'" in str(caught.value) and "403" in str(caught.value)
+    assert "wrong-secret" not in str(caught.value)
+
+
+async def test_an_unreachable_server_is_a_login_error() -> None:
+    keeper = TokenKeeper(f"http://127.0.0.1:{free_port()}", "mcp", "right", timeout=2)
+    with pytest.raises(LoginError, match="cannot log in"):
+        await keeper.token()

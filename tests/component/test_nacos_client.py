@@ -1,0 +1,279 @@
+"""The Nacos gRPC client and watcher against a loopback fake Nacos that follows the protocol
+rules r-nacos does not exercise: a SetupAckRequest after setup (Nacos >= 2.3), error 301
+before registration, a push identical to the subscribe reply, liveness probes, a
+ConnectResetRequest, paging. (tests/integration/test_nacos.py covers the same against a real
+server.)"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import grpc
+import pytest
+
+from mcpserver.metrics import Metrics
+from mcpserver.registry.base import Status
+from mcpserver.registry.nacos.config import NacosRegistrySettings
+from mcpserver.registry.nacos.payload import Payload, decode, encode
+from mcpserver.registry.nacos.watcher import NacosRegistry
+from tests.conftest import eventually
+
+pytestmark = pytest.mark.component
+
+
+def host(ip: str, **extra: Any) -> dict[str, Any]:
+    return {"ip": ip, "port": 8080, "weight": 1.0, "healthy": True, "enabled": True, **extra}
+
+
+class FakeNacos:
+    """Just enough of a Nacos 2 server: one registered connection at a time."""
+
+    def __init__(self, *, setup_ack: bool, refuse_first: int = 0) -> None:
+        self.setup_ack = setup_ack
+        self.refuse_first = refuse_first  # requests refused with 301 after setup
+        self.services: dict[str, list[dict[str, Any]]] = {}
+        self.requests: list[str] = []
+        self.answers: list[Payload] = []  # the client's responses on the stream
+        self.connections = 0
+        self.subscribed: set[str] = set()
+        self._outbox: asyncio.Queue[Payload | None] | None = None
+        self._ids = itertools.count(1)
+        self._server: grpc.aio.Server | None = None
+        self.port = 0
+
+    async def start(self, port: int = 0) -> None:
+        server = grpc.aio.server()
+        server.add_generic_rpc_handlers(
+            (
+                grpc.method_handlers_generic_handler(
+                    "Request",
+                    {
+                        "request": grpc.unary_unary_rpc_method_handler(
+                            self._request, request_deserializer=decode, response_serializer=encode
+                        )
+                    },
+                ),
+                grpc.method_handlers_generic_handler(
+                    "BiRequestStream",
+                    {
+                        "requestBiStream": grpc.stream_stream_rpc_method_handler(
+                            self._stream, request_deserializer=decode, response_serializer=encode
+                        )
+                    },
+                ),
+            )
+        )
+        self.port = server.add_insecure_port(f"127.0.0.1:{port}")
+        await server.start()
+        self._server = server
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            await self._server.stop(0)
+
+    def info(self, name: str) -> dict[str, Any]:
+        return {"name": name, "groupName": "DEFAULT_GROUP", "hosts": self.services[name]}
+
+    async def send(self, kind: str, body: Mapping[str, Any]) -> str:
+        assert self._outbox is not None, "no client connected"
+        request_id = f"s{next(self._ids)}"
+        await self._outbox.put(Payload(kind, {"requestId": request_id, **body}))
+        return request_id
+
+    async def push(self, name: str) -> str:
+        return await self.send("NotifySubscriberRequest", {"serviceInfo": self.info(name)})
+
+    async def _stream(
+        self, requests: AsyncIterator[Payload], context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[Payload]:
+        setup = await anext(requests)
+        assert setup.type == "ConnectionSetupRequest"
+        assert setup.body["tenant"] == "public"
+        self.connections += 1
+        outbox: asyncio.Queue[Payload | None] = asyncio.Queue()
+        self._outbox = outbox
+
+        async def read() -> None:
+            async for answer in requests:
+                self.answers.append(answer)
+            await outbox.put(None)
+
+        reader = asyncio.create_task(read())
+        if self.setup_ack:
+            yield Payload("SetupAckRequest", {"requestId": "ack", "connectionId": "c"})
+        try:
+            while (message := await outbox.get()) is not None:
+                yield message
+                if message.type == "ConnectResetRequest":
+                    return
+        finally:
+            reader.cancel()
+            self._outbox = None
+
+    async def _request(
+        self, request: Payload, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> Payload:
+        self.requests.append(request.type)
+        body = request.body
+        if request.type == "ServerCheckRequest":
+            return Payload("ServerCheckResponse", {"resultCode": 200, "connectionId": "c"})
+        if self._outbox is None or self.refuse_first > 0:
+            self.refuse_first -= 1
+            message = {
+                "resultCode": 500,
+                "errorCode": 301,
+                "message": "Connection is unregistered.",
+            }
+            return Payload("ErrorResponse", message)
+        if request.type == "HealthCheckRequest":
+            return Payload("HealthCheckResponse", {"resultCode": 200})
+        if request.type == "ServiceListRequest":
+            assert body["namespace"] == "public"
+            names = sorted(self.services)
+            size, number = body["pageSize"], body["pageNo"]
+            page = names[(number - 1) * size : number * size]
+            return Payload(
+                "ServiceListResponse",
+                {
+                    "resultCode": 200,
+                    "count": len(names),
+                    "serviceNames": [f"DEFAULT_GROUP@@{n}" for n in page],
+                },
+            )
+        if request.type == "SubscribeServiceRequest":
+            name = body["serviceName"]
+            if not body["subscribe"]:
+                self.subscribed.discard(name)
+                return Payload("SubscribeServiceResponse", {"resultCode": 200})
+            self.subscribed.add(name)
+            # Nacos follows a subscribe reply with a push of the same instance list
+            asyncio.get_running_loop().call_soon(lambda: asyncio.ensure_future(self.push(name)))
+            return Payload(
+                "SubscribeServiceResponse", {"resultCode": 200, "serviceInfo": self.info(name)}
+            )
+        return Payload("ErrorResponse", {"resultCode": 500, "errorCode": 400, "message": "?"})
+
+
+def settings(port: int, **extra: Any) -> NacosRegistrySettings:
+    return NacosRegistrySettings(
+        kind="nacos",
+        name="nacos",
+        address="http://127.0.0.1:1",
+        grpc_port=port,
+        list_interval=0.2,
+        request_timeout=5,
+        **extra,
+    )
+
+
+@contextlib.asynccontextmanager
+async def running(fake: FakeNacos, **extra: Any) -> AsyncIterator[NacosRegistry]:
+    registry = NacosRegistry(settings(fake.port, **extra), Metrics(), {})
+    await registry.start(lambda: None)
+    try:
+        yield registry
+    finally:
+        await registry.stop()
+
+
+def addresses(registry: NacosRegistry, name: str = "orders") -> list[str]:
+    host = f"{name}.default-group.public.nacos"
+    service = next((s for s in registry.view().services if s.name == host), None)
+    return [] if service is None else [i.address for i in service.instances]
+
+
+@pytest.mark.parametrize("setup_ack", [True, False])
+async def test_registration_pushes_acks_and_the_duplicate_push(setup_ack: bool) -> None:
+    fake = FakeNacos(setup_ack=setup_ack, refuse_first=0 if setup_ack else 3)
+    fake.services["orders"] = [host("10.0.0.1")]
+    await fake.start()
+    try:
+        async with running(fake) as registry:
+            await eventually(lambda: registry.view().synced, within=10)
+            assert addresses(registry) == ["10.0.0.1"]
+            # the push that follows the subscribe reply is answered and changes nothing
+            await eventually(lambda: registry.pushes >= 1, within=10)
+            await eventually(
+                lambda: any(a.type == "NotifySubscriberResponse" for a in fake.answers), within=10
+            )
+            assert registry.applied == 1
+            if not setup_ack:
+                assert fake.requests.count("HealthCheckRequest") >= 3  # refused with 301, retried
+            else:
+                assert fake.answers[0].type == "SetupAckResponse"
+
+            before = registry.view()
+            fake.services["orders"] = [host("10.0.0.1"), host("10.0.0.2", weight=2)]
+            pushed = await fake.push("orders")
+            await eventually(lambda: addresses(registry) == ["10.0.0.1", "10.0.0.2"], within=10)
+            # the view says what changed (one service out, its new self in), from its log
+            after = registry.view()
+            removed, added = after.changes_since(before)
+            assert list(removed.values()) == list(before.services)
+            assert list(added.values()) == list(after.services)
+            assert after.delta is not None and after.delta.length > 0
+            await eventually(
+                lambda: any(a.body.get("requestId") == pushed for a in fake.answers), within=10
+            )
+            assert registry.applied == 2
+
+            probe = await fake.send("ClientDetectionRequest", {})
+            await eventually(
+                lambda: any(
+                    a.type == "ClientDetectionResponse" and a.body["requestId"] == probe
+                    for a in fake.answers
+                ),
+                within=10,
+            )
+            assert registry.view().status is Status.READY
+    finally:
+        await fake.stop()
+
+
+async def test_paging_new_services_and_removed_ones() -> None:
+    fake = FakeNacos(setup_ack=True)
+    for n in range(5):
+        fake.services[f"svc{n}"] = [host(f"10.0.1.{n + 1}")]
+    await fake.start()
+    try:
+        async with running(fake, page_size=2) as registry:
+            await eventually(lambda: len(registry.view().services) == 5, within=10)
+            fake.services["svc9"] = [host("10.0.1.9")]
+            await eventually(lambda: addresses(registry, "svc9") == ["10.0.1.9"], within=10)
+            del fake.services["svc0"]
+            await eventually(lambda: addresses(registry, "svc0") == [], within=10)
+            await eventually(lambda: "svc0" not in fake.subscribed, within=10)
+    finally:
+        await fake.stop()
+
+
+async def test_reset_and_a_lost_server_keep_the_view_and_reconcile() -> None:
+    fake = FakeNacos(setup_ack=True)
+    fake.services["orders"] = [host("10.0.0.1")]
+    fake.services["gone"] = [host("10.0.0.5")]
+    await fake.start()
+    async with running(fake) as registry:
+        await eventually(lambda: registry.view().synced, within=10)
+        # Nacos asks us to reconnect: a new connection, a full re-list
+        await fake.send("ConnectResetRequest", {})
+        await eventually(lambda: fake.connections == 2, within=10)
+        # the server goes away: degraded, the view stays
+        await fake.stop()
+        await eventually(lambda: registry.view().status is Status.DEGRADED, within=20)
+        assert addresses(registry) == ["10.0.0.1"] and addresses(registry, "gone") == ["10.0.0.5"]
+        assert f"127.0.0.1:{fake.port}" in registry.view().detail
+        # it comes back (same port) without one service: reconciled
+        del fake.services["gone"]
+        fake2 = FakeNacos(setup_ack=True)
+        fake2.services = fake.services
+        await fake2.start(fake.port)
+        try:
+            await eventually(lambda: registry.view().status is Status.READY, within=30)
+            assert addresses(registry, "gone") == []
+            assert addresses(registry) == ["10.0.0.1"]
+        finally:
+            await fake2.stop()

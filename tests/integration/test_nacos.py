@@ -1,0 +1,361 @@
+"""The Nacos registry against a real Nacos-protocol server (r-nacos), over gRPC (2.x/3.x) and
+the HTTP v1 API (1.x), and on to a real istiod."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mcpserver.app import App
+from mcpserver.registry.base import Registry, Status
+from mcpserver.xds.client import DecodedResource, IstiodLikeClient
+from tests.conftest import AppFactory, ClientFactory, eventually, settings_for
+from tests.integration.conftest import IstiodFactory
+from tests.integration.nacos import (
+    ADMIN,
+    Heartbeats,
+    RNacos,
+    ephemeral_instance,
+    rnacos_binary,
+)
+from tests.integration.xdsprobe import endpoints
+
+HOST = "orders.default-group.public.nacos"
+
+
+@pytest.fixture(scope="session")
+def rnacos_bin() -> Path:
+    return rnacos_binary()
+
+
+@pytest.fixture
+def nacos(rnacos_bin: Path, tmp_path: Path) -> Iterator[RNacos]:
+    server = RNacos(rnacos_bin, tmp_path / "rnacos")
+    server.start()
+    yield server
+    server.stop()
+
+
+def nacos_settings(
+    tmp_path: Path, server: RNacos, top: dict[str, Any] | None = None, **registry: Any
+) -> Any:
+    entry: dict[str, Any] = {
+        "kind": "nacos",
+        "name": "nacos",
+        "address": server.address,
+        "namespace": "nacos",
+        "list_interval": "300ms",
+        "poll_interval": "300ms",
+    }
+    entry.update(registry)
+    # the tests end by removing a registry's only service: protection would hold that
+    top = {"protection": {"hold_empty": False, "min_instances": 100}, **(top or {})}
+    return settings_for(tmp_path, entry, **top)
+
+
+def entry_for(client: IstiodLikeClient, host: str = HOST) -> DecodedResource | None:
+    return next((r for r in client.latest("ServiceEntry") if r.name == host), None)
+
+
+def addresses(client: IstiodLikeClient, host: str = HOST) -> list[str]:
+    entry = entry_for(client, host)
+    return [] if entry is None else sorted(e.address for e in entry.service_entry.endpoints)
+
+
+def endpoint(client: IstiodLikeClient, address: str, host: str = HOST) -> Any:
+    entry = entry_for(client, host)
+    assert entry is not None, f"{host} is not served"
+    return next(e for e in entry.service_entry.endpoints if e.address == address)
+
+
+def degraded(registry: Registry) -> Callable[[], bool]:
+    return lambda: registry.view().status is Status.DEGRADED
+
+
+async def started(
+    start_app: AppFactory, connect: ClientFactory, settings: Any
+) -> tuple[App, IstiodLikeClient]:
+    app = await start_app(settings)
+    client = await connect(app.port)
+    await client.wait_for(lambda c: c.synced(), 30)
+    return app, client
+
+
+async def test_register_change_disable_deregister(
+    tmp_path: Path, nacos: RNacos, start_app: AppFactory, connect: ClientFactory
+) -> None:
+    nacos.register("orders", "10.30.0.1", metadata={"version": "v1", "protocol": "http"})
+    nacos.register("orders", "10.30.0.2", 8081, weight=2.5, cluster="east")
+    app, client = await started(start_app, connect, nacos_settings(tmp_path, nacos))
+    await client.wait_for(lambda c: addresses(c) == ["10.30.0.1", "10.30.0.2"], 30)
+    entry = entry_for(client)
+    assert entry is not None and entry.namespace == "nacos"
+    spec = entry.service_entry
+    assert list(spec.hosts) == [HOST]
+    assert [(p.name, p.number, p.protocol) for p in spec.ports] == [("http", 8080, "HTTP")]
+    first, second = sorted(spec.endpoints, key=lambda e: e.address)
+    assert dict(first.labels) == {
+        "version": "v1",
+        "protocol": "http",
+        "nacos-cluster": "DEFAULT",
+        "registry": "nacos",
+    }
+    assert (first.weight, second.weight) == (100, 250)
+    assert dict(second.ports) == {"http": 8081}
+    assert second.labels["nacos-cluster"] == "east"
+
+    # weight and metadata change: pushed
+    nacos.register("orders", "10.30.0.1", weight=0.5, metadata={"version": "v2"})
+    await client.wait_for(lambda c: endpoint(c, "10.30.0.1").labels.get("version") == "v2", 30)
+    assert endpoint(client, "10.30.0.1").weight == 50
+
+    # disabled: out
+    nacos.register("orders", "10.30.0.2", 8081, weight=2.5, cluster="east", enabled=False)
+    await client.wait_for(lambda c: addresses(c) == ["10.30.0.1"], 30)
+
+    # deregistered: the service goes
+    nacos.deregister("orders", "10.30.0.1")
+    nacos.deregister("orders", "10.30.0.2", 8081, cluster="east")
+    await client.wait_for(lambda c: entry_for(c) is None, 30)
+    registry = app.registries[0]
+    assert registry.view().status is Status.READY
+
+
+async def test_an_unhealthy_instance_is_out_until_healthy_again(
+    tmp_path: Path, nacos: RNacos, start_app: AppFactory, connect: ClientFactory
+) -> None:
+    beats = Heartbeats(nacos, "orders")
+    try:
+        await beats.add("10.30.1.1")
+        await beats.add("10.30.1.2")
+        # r-nacos pushes an instance's fall but not its recovery by heartbeat (Nacos pushes
+        # both): the refresh, the safety net for a lost push, brings that
+        settings = nacos_settings(tmp_path, nacos, refresh_interval="1s")
+        _, client = await started(start_app, connect, settings)
+        await client.wait_for(lambda c: addresses(c) == ["10.30.1.1", "10.30.1.2"], 30)
+        # its heartbeats stop: Nacos marks it unhealthy, and it leaves the endpoints (one
+        # stays healthy: see tests/integration/nacos.py)
+        beats.beating.discard("10.30.1.2")
+        await client.wait_for(lambda c: addresses(c) == ["10.30.1.1"], 30)
+        beats.beating.add("10.30.1.2")
+        await client.wait_for(lambda c: addresses(c) == ["10.30.1.1", "10.30.1.2"], 30)
+    finally:
+        await beats.close()
+
+
+async def test_an_ephemeral_instance_goes_with_its_connection_and_new_services_are_polled(
+    tmp_path: Path, nacos: RNacos, start_app: AppFactory, connect: ClientFactory
+) -> None:
+    nacos.register("orders", "10.31.0.1")
+    _, client = await started(start_app, connect, nacos_settings(tmp_path, nacos))
+    await client.wait_for(lambda c: addresses(c) == ["10.31.0.1"], 30)
+    # a service that did not exist: found by the next service-list poll
+    sdk = await ephemeral_instance(nacos, "payments", "10.31.0.9", 9090, protocol="grpc")
+    try:
+        host = "payments.default-group.public.nacos"
+        await client.wait_for(lambda c: addresses(c, host) == ["10.31.0.9"], 30)
+        entry = entry_for(client, host)
+        assert entry is not None
+        assert [(p.name, p.number) for p in entry.service_entry.ports] == [("grpc", 9090)]
+    finally:
+        await sdk.close()
+    # Nacos removes an ephemeral instance when its client's connection closes
+    await client.wait_for(lambda c: entry_for(c, host) is None, 30)
+    assert addresses(client) == ["10.31.0.1"]
+
+
+async def test_http_api_gives_the_same_resources_as_grpc(
+    tmp_path: Path, nacos: RNacos, start_app: AppFactory, connect: ClientFactory
+) -> None:
+    nacos.register("orders", "10.32.0.1", metadata={"version": "v1"})
+    nacos.register("orders", "10.32.0.2", 8081, weight=3, cluster="east")
+    nacos.register("shipping", "10.32.0.7", 7000, metadata={"protocol": "tcp"}, group="LOGISTICS")
+    groups = ["DEFAULT_GROUP", "LOGISTICS"]
+    (tmp_path / "grpc").mkdir()
+    (tmp_path / "http").mkdir()
+    # every group (the catalog API finds them) over gRPC, the two named over HTTP
+    _, over_grpc = await started(
+        start_app, connect, nacos_settings(tmp_path / "grpc", nacos, groups=["*"])
+    )
+    _, over_http = await started(
+        start_app, connect, nacos_settings(tmp_path / "http", nacos, groups=groups, api="http")
+    )
+
+    def specs(client: IstiodLikeClient) -> dict[str, bytes]:
+        return {
+            f"{r.namespace}/{r.name}": r.spec.SerializeToString(deterministic=True)
+            for r in client.latest("ServiceEntry")
+        }
+
+    await over_grpc.wait_for(lambda c: len(specs(c)) == 2, 30)
+    await over_http.wait_for(lambda c: len(specs(c)) == 2, 30)
+    assert specs(over_grpc) == specs(over_http)
+    assert addresses(over_http) == ["10.32.0.1", "10.32.0.2"]
+    shipping = entry_for(over_http, "shipping.logistics.public.nacos")
+    assert shipping is not None
+    assert [(p.name, p.number, p.protocol) for p in shipping.service_entry.ports] == [
+        ("tcp", 7000, "TCP")
+    ]
+    assert shipping.service_entry.addresses  # a TCP service gets a VIP
+    # a change reaches both
+    nacos.deregister("orders", "10.32.0.1")
+    for client in (over_grpc, over_http):
+        await client.wait_for(lambda c: addresses(c) == ["10.32.0.2"], 30)
+
+
+async def test_auth_on_with_login_and_refused_without(
+    tmp_path: Path,
+    rnacos_bin: Path,
+    start_app: AppFactory,
+    connect: ClientFactory,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    server = RNacos(rnacos_bin, tmp_path / "rnacos-auth", auth=True)
+    server.start()
+    try:
+        server.register("orders", "10.33.0.1")
+        monkeypatch.setenv("TEST_NACOS_PASSWORD", ADMIN[1])
+        auth = {"username": ADMIN[0], "password": {"env": "TEST_NACOS_PASSWORD"}}
+        (tmp_path / "a").mkdir()
+        app, client = await started(
+            start_app, connect, nacos_settings(tmp_path / "a", server, auth=auth)
+        )
+        await client.wait_for(lambda c: addresses(c) == ["10.33.0.1"], 30)
+        server.register("orders", "10.33.0.2")
+        await client.wait_for(lambda c: addresses(c) == ["10.33.0.1", "10.33.0.2"], 30)
+        # the HTTP API with the same login
+        (tmp_path / "h").mkdir()
+        _, over_http = await started(
+            start_app, connect, nacos_settings(tmp_path / "h", server, auth=auth, api="http")
+        )
+        await over_http.wait_for(lambda c: addresses(c) == ["10.33.0.1", "10.33.0.2"], 30)
+
+        # without credentials, or with a wrong password: degraded, saying why, nothing served
+        (tmp_path / "b").mkdir()
+        blind = await start_app(nacos_settings(tmp_path / "b", server))
+        monkeypatch.setenv("TEST_NACOS_WRONG", "not-the-password")
+        (tmp_path / "c").mkdir()
+        wrong = await start_app(
+            nacos_settings(
+                tmp_path / "c",
+                server,
+                auth={"username": ADMIN[0], "password": {"env": "TEST_NACOS_WRONG"}},
+            )
+        )
+        for refused in (blind.registries[0], wrong.registries[0]):
+            await eventually(degraded(refused), within=30)
+            assert refused.view().services == ()
+            assert not refused.view().synced
+        assert "login" in wrong.registries[0].view().detail
+        assert "not-the-password" not in wrong.registries[0].view().detail
+        errors = wrong.metrics.registry.get_sample_value(
+            "mcpserver_registry_errors_total", {"registry": "nacos", "kind": "unauthorized"}
+        )
+        assert (errors or 0) >= 1
+        assert app.registries[0].view().status is Status.READY
+    finally:
+        server.stop()
+
+
+async def test_server_restart_keeps_the_view_then_reconciles(
+    tmp_path: Path, nacos: RNacos, start_app: AppFactory, connect: ClientFactory
+) -> None:
+    nacos.register("orders", "10.34.0.1")
+    nacos.register("orders", "10.34.0.2")
+    app, client = await started(start_app, connect, nacos_settings(tmp_path, nacos))
+    await client.wait_for(lambda c: addresses(c) == ["10.34.0.1", "10.34.0.2"], 30)
+    registry = app.registries[0]
+    se_url = next(u for u in client.type_urls if u.endswith("/ServiceEntry"))
+    responses = len(client.responses[se_url])
+    await asyncio.to_thread(nacos.stop)
+    await eventually(lambda: registry.view().status is Status.DEGRADED, within=30)
+    assert str(nacos.grpc_port) in registry.view().detail  # it names the gRPC port
+    assert addresses(client) == ["10.34.0.1", "10.34.0.2"]
+    assert len(client.responses[se_url]) == responses  # nothing was sent while it was down
+    await asyncio.to_thread(nacos.start)
+    # the registry changed while we were away: r-nacos does not always keep instances
+    # registered just before a stop, so the test states what exists now rather than rely
+    # on its persistence (clients re-register after a restart too)
+    nacos.deregister("orders", "10.34.0.1")
+    nacos.register("orders", "10.34.0.2")
+    nacos.register("orders", "10.34.0.3")
+    await client.wait_for(lambda c: addresses(c) == ["10.34.0.2", "10.34.0.3"], 60)
+    await eventually(lambda: registry.view().status is Status.READY, within=30)
+
+
+async def test_a_malformed_instance_is_skipped_and_counted(
+    tmp_path: Path, nacos: RNacos, start_app: AppFactory, connect: ClientFactory
+) -> None:
+    nacos.register("orders", "10.35.0.1")
+    nacos.register("orders", "10.35.0.2", metadata={"dubbo.endpoints": "[{"})
+    app, client = await started(start_app, connect, nacos_settings(tmp_path, nacos))
+    await client.wait_for(lambda c: addresses(c) == ["10.35.0.1"], 30)
+    problems = app.registries[0].view().problems
+    assert [p.reason for p in problems] == ["bad-json"]
+    assert "10.35.0.2" in problems[0].subject
+    skipped = app.metrics.registry.get_sample_value(
+        "mcpserver_registry_skipped_records_total", {"registry": "nacos", "reason": "bad-json"}
+    )
+    assert skipped == 1
+
+
+async def test_nacos_services_reach_istiod(
+    tmp_path: Path, nacos: RNacos, start_app: AppFactory, start_istiod: IstiodFactory
+) -> None:
+    nacos.register("orders", "10.36.0.1")
+    nacos.register("orders", "10.36.0.2")
+    app = await start_app(nacos_settings(tmp_path, nacos))
+    istiod = await start_istiod(app.port)
+    cluster = f"outbound|8080||{HOST}"
+
+    async def wait_for(expected: list[str]) -> None:
+        deadline = asyncio.get_running_loop().time() + 60
+        while (found := (await endpoints(istiod.grpc_port, cluster))[1]) != expected:
+            assert asyncio.get_running_loop().time() < deadline, found
+            await asyncio.sleep(0.2)
+
+    await wait_for(["10.36.0.1:8080", "10.36.0.2:8080"])
+    assert f"nacos/{HOST}" in istiod.configs()
+    assert HOST in istiod.hosts()
+    nacos.register("orders", "10.36.0.2", enabled=False)
+    await wait_for(["10.36.0.1:8080"])
+
+
+def listening(pid: int) -> set[tuple[str, int]]:
+    """(address, port) of every TCP socket the process listens on, from /proc."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    found = set()
+    for table in ("tcp", "tcp6"):
+        for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()
+            local, state, inode = fields[1], fields[3], fields[9]
+            if state == "0A" and inode in inodes:  # 0A: LISTEN
+                raw, port = local.split(":")
+                packed = bytes.fromhex(raw)
+                if table == "tcp":
+                    address = socket.inet_ntop(socket.AF_INET, packed[::-1])
+                else:  # four little-endian 32-bit words
+                    words = b"".join(packed[i : i + 4][::-1] for i in range(0, 16, 4))
+                    address = socket.inet_ntop(socket.AF_INET6, words)
+                found.add((address, int(port, 16)))
+    return found
+
+
+def test_the_fixture_server_binds_loopback_only(nacos: RNacos) -> None:
+    """r-nacos listens on 127.0.0.1 only (RNACOS_SDK_HOST; its console is off)."""
+    assert nacos.process is not None
+    sockets = listening(nacos.process.pid)
+    assert {port for _, port in sockets} >= {nacos.http_port, nacos.grpc_port}
+    assert {address for address, _ in sockets} == {"127.0.0.1"}, sockets

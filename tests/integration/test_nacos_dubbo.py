@@ -1,0 +1,149 @@
+"""A real Dubbo 3 provider registers in a real Nacos-protocol server (r-nacos) through Dubbo's
+own nacos:// registry and nacos-client; its interface and its application reach real istiod
+with the same hosts and ports as from ZooKeeper."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import AppFactory, settings_for
+from tests.integration.conftest import IstiodFactory
+from tests.integration.nacos import RNacos, rnacos_binary
+from tests.integration.real import dubbo_provider_classpath, free_port
+from tests.integration.test_istiod import until
+from tests.integration.xdsprobe import endpoints
+
+HOST = "mcpserver.demo.greetingservice"
+APP_HOST = "greeter.dubbo"
+
+
+class NacosProvider:
+    """The Maven-built provider (tests/integration/dubbo) with a nacos:// registry."""
+
+    def __init__(self, classpath: str, nacos: RNacos, workdir: Path) -> None:
+        self.port = free_port()
+        self.log = workdir / "provider.log"
+        workdir.mkdir(parents=True, exist_ok=True)
+        java = shutil.which("java") or "java"
+        # Dubbo refuses 127.x and takes ::1 (see test_dubbo_provider.py); nacos-client writes
+        # its logs and cache under user.home: the test's own directory
+        env = {**os.environ, "DUBBO_IP_TO_BIND": "::1"}
+        with self.log.open("wb") as out:
+            self.process = subprocess.Popen(
+                [
+                    java,
+                    "-Xmx256m",
+                    f"-Duser.home={workdir}",
+                    f"-DJM.LOG.PATH={workdir / 'logs'}",
+                    f"-DJM.SNAPSHOT.PATH={workdir}",
+                    "-cp",
+                    classpath,
+                    "mcpserver.demo.Provider",
+                    f"nacos://127.0.0.1:{nacos.http_port}",
+                    str(self.port),
+                    "greeter",
+                    "1.0.0",
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=workdir,
+            )
+
+    def wait_ready(self, within: float = 180) -> None:
+        deadline = time.monotonic() + within
+        while "PROVIDER READY" not in self.log.read_text(errors="replace"):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(self.log.read_text(errors="replace")[-4000:])
+            time.sleep(0.2)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+
+
+@pytest.fixture(scope="session")
+def provider_classpath() -> str:
+    return dubbo_provider_classpath()
+
+
+@pytest.fixture
+def nacos(tmp_path: Path) -> Iterator[RNacos]:
+    server = RNacos(rnacos_binary(), tmp_path / "rnacos")
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def provider(provider_classpath: str, nacos: RNacos, tmp_path: Path) -> Iterator[NacosProvider]:
+    running = NacosProvider(provider_classpath, nacos, tmp_path / "provider")
+    try:
+        running.wait_ready()
+        yield running
+    finally:
+        running.stop()
+
+
+async def test_dubbo_provider_on_nacos_reaches_istiod(
+    tmp_path: Path,
+    nacos: RNacos,
+    provider: NacosProvider,
+    start_app: AppFactory,
+    start_istiod: IstiodFactory,
+) -> None:
+    settings = settings_for(
+        tmp_path,
+        {
+            "kind": "nacos",
+            "name": "nacos",
+            "address": nacos.address,
+            "namespace": "dubbo",
+            "list_interval": "300ms",
+        },
+        # the provider stopping removes every service of the registry: a removal we expect
+        protection={"hold_empty": False, "min_instances": 100},
+    )
+    app = await start_app(settings)
+    istiod = await start_istiod(app.port)
+
+    def both() -> dict[str, dict[str, Any]] | None:
+        c = istiod.configs()
+        return c if {f"dubbo/{HOST}", f"dubbo/{APP_HOST}"} <= set(c) else None
+
+    configs = await until(both, within=90)
+    interface = configs[f"dubbo/{HOST}"]["spec"]
+    assert interface["hosts"] == [HOST]
+    assert interface["ports"] == [{"name": "tcp-dubbo", "number": provider.port, "protocol": "TCP"}]
+    (vip,) = interface["addresses"]
+    assert vip.startswith("240.")
+    (endpoint,) = interface["endpoints"]
+    assert endpoint["address"] == "::1"
+    assert endpoint["labels"]["application"] == "greeter"
+    assert endpoint["labels"]["version"] == "1.0.0"
+    application = configs[f"dubbo/{APP_HOST}"]["spec"]
+    assert [e["address"] for e in application["endpoints"]] == ["::1"]
+    assert {HOST, APP_HOST} <= istiod.hosts()
+    _, found = await endpoints(istiod.grpc_port, f"outbound|{provider.port}||{HOST}")
+    assert found == [f"::1:{provider.port}"]
+    # the provider shuts down: Dubbo deregisters (its ephemeral instances go with its
+    # connection), and the services leave istiod
+    await asyncio.to_thread(provider.stop)
+    await until(
+        lambda: not ({f"dubbo/{HOST}", f"dubbo/{APP_HOST}"} & set(istiod.configs())), within=60
+    )
