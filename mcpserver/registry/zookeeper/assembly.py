@@ -32,7 +32,8 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
 from typing import Generic, TypeVar
 
 from mcpserver.model import Problem, Service
@@ -463,6 +464,16 @@ class _Mappings:
             self._by_app.put(name, frozenset(keys) or None)
 
 
+_NO_LOOKUP: Mapping[str, str] = MappingProxyType({})
+
+
+def _kept(made: Member) -> Member:
+    """A Member as the assembly keeps it, one per provider node for as long as the node
+    lives: without its provider's parameter dict (member() has read what it needs; the
+    parameters stay as their tuple), a third of a provider's memory."""
+    return replace(made, provider=replace(made.provider, lookup=_NO_LOOKUP))
+
+
 def _problem(options: ZkOptions, subject: str, err: RecordError) -> Problem:
     return Problem(options.registry, subject, str(err), err.reason)
 
@@ -493,7 +504,7 @@ def _interface(
         item = seen.get(name)
         if item is None:
             try:
-                item = member(options, parse_provider(name))
+                item = _kept(member(options, parse_provider(name)))
             except RecordError as err:
                 subject = f"{key[0]}/{key[1]}/providers/{name[:SUBJECT_CHARS]}"
                 item = _problem(options, subject, err)
