@@ -29,7 +29,7 @@ import consul
 
 from mcpserver.metrics import Metrics
 from mcpserver.model import Problem, Service
-from mcpserver.registry.base import Registry, backoff
+from mcpserver.registry.base import Change, Registry, backoff
 from mcpserver.registry.consul.client import (
     FILTERED,
     ConsulClient,
@@ -129,6 +129,10 @@ class ConsulRegistry(Registry):
         self._datacenters: list[str] = []
         self._watches: dict[Key, asyncio.Task[None]] = {}  # per-service loops
         self._instances: dict[Key, list[ConsulInstance]] = {}
+        self._dcs: dict[str, set[str]] = {}  # service name -> datacenters with instances
+        self._flat: dict[int, Service] = {}  # every service by id: the view's tuple
+        self._removed: dict[int, Service] = {}  # since the last publish (View.delta)
+        self._added: dict[int, Service] = {}
         self._problems: dict[Key, list[Problem]] = {}
         self._services: dict[str, list[Service]] = {}
         self._listed: set[str] = set()  # datacenters whose service list arrived
@@ -265,6 +269,7 @@ class ConsulRegistry(Registry):
         for key in [k for k in self._watches if k[0] == dc and k[1] not in wanted]:
             self._watches.pop(key).cancel()
             self._instances.pop(key, None)
+            self._dcs.get(key[1], set()).discard(key[0])
             self._problems.pop(key, None)
             self._clear(key)  # a service that is gone has no trouble left
             self._rebuild(key[1])
@@ -289,16 +294,27 @@ class ConsulRegistry(Registry):
     def _apply_health(self, dc: str, name: str, entries: Sequence[object]) -> None:
         instances, problems = parse_health(name, dc, entries, self._options)
         self._instances[(dc, name)] = instances
+        self._dcs.setdefault(name, set()).add(dc)
         self._problems[(dc, name)] = problems
         self._rebuild(name)
         self._publish()
 
     def _rebuild(self, name: str) -> None:
-        per_dc = {dc: self._instances[(dc, n)] for dc, n in self._instances if n == name}
-        if per_dc:
-            self._services[name] = build_services(self._options, name, per_dc)
-        else:
-            self._services.pop(name, None)
+        """One service's Services again, noting what was removed and added (work for this
+        service only: an update of one of 10k services must not walk the others)."""
+        per_dc = {dc: self._instances[(dc, name)] for dc in sorted(self._dcs.get(name, ()))}
+        old = self._services.pop(name, [])
+        new = build_services(self._options, name, per_dc) if per_dc else []
+        if new:
+            self._services[name] = new
+        for service in old:
+            self._flat.pop(id(service), None)
+            if self._added.pop(id(service), None) is None:
+                self._removed[id(service)] = service
+        for service in new:
+            self._flat[id(service)] = service
+            if self._removed.pop(id(service), None) is None:
+                self._added[id(service)] = service
 
     # ------------------------------------------------------------------ status
 
@@ -367,8 +383,13 @@ class ConsulRegistry(Registry):
         if self._batch is not None:
             self._batch.cancel()
             self._batch = None
+        change = Change(
+            self.view().services, tuple(self._removed.values()), tuple(self._added.values())
+        )
+        self._removed, self._added = {}, {}
         self.publish(
-            [s for group in self._services.values() for s in group],
+            tuple(self._flat.values()),
             [p for ps in self._problems.values() for p in ps],
             synced=self.view().synced or self._synced(),
+            change=change,
         )
