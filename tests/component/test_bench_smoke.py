@@ -1,8 +1,9 @@
 """The benchmark suite (bench/suite.py, `make bench`) at tiny scale, so that it cannot rot.
 
 It runs the very command `make bench` runs, with `--smoke`: every part, a few seconds each,
-against a real ZooKeeper; part (f) runs only if the istiod harness is already built (the
-integration tier builds it and covers istiod). The numbers are only checked for sanity:
+against a real ZooKeeper; part (f) runs only if the istiod harness it measures with is
+already in the cache (`make bench` builds it; the integration tier covers istiod itself, with
+the unmodified pilot-discovery). The numbers are only checked for sanity:
 a smoke on a busy CI machine says nothing about performance.
 """
 

@@ -1,4 +1,5 @@
-"""Fixtures for the integration tier: real istiod (harness) and Envoy, built once and cached."""
+"""Fixtures for the integration tier: a real Kubernetes control plane, the unmodified
+pilot-discovery against it, and Envoy, built once and cached."""
 
 from __future__ import annotations
 
@@ -12,8 +13,16 @@ import pytest
 from kazoo.client import KazooClient
 
 from tests.integration.istiod import Istiod
-from tests.integration.real import envoy_binary, istiod_binary
+from tests.integration.kube import ControlPlane, Kubectl
+from tests.integration.real import (
+    envoy_binary,
+    istio_module_dir,
+    kube_binaries,
+    pilot_discovery_binary,
+)
 from tests.integration.zookeeper import ZooKeeper
+
+STARTED_ISTIODS = pytest.StashKey[list[Istiod]]()
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -22,9 +31,21 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.integration)
 
 
-@pytest.fixture(scope="session")
-def istiod_bin() -> Path:
-    return istiod_binary()
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """A failed test that ran istiod or the control plane names their logs (they stay in
+    pytest's temporary directory) and shows the end of each."""
+    report = yield
+    if not report.failed or call.when != "call":
+        return report
+    logs: list[Path] = [i.log_path for i in item.stash.get(STARTED_ISTIODS, [])]
+    plane = getattr(item, "funcargs", {}).get("control_plane")
+    if isinstance(plane, ControlPlane) and plane.apiserver is not None:
+        logs += [plane.apiserver.log_path, plane.apiserver.audit_path]
+    for log in logs:
+        text = log.read_text(errors="replace")[-3000:] if log.exists() else "(missing)"
+        report.sections.append((f"log {log}", text))
+    return report
 
 
 @pytest.fixture(scope="session")
@@ -32,22 +53,66 @@ def envoy_bin() -> Path:
     return envoy_binary()
 
 
+@pytest.fixture(scope="session")
+def pilot_discovery_bin() -> Path:
+    return pilot_discovery_binary()
+
+
+@pytest.fixture(scope="session")
+def control_plane(
+    tmp_path_factory: pytest.TempPathFactory, pilot_discovery_bin: Path
+) -> Iterator[ControlPlane]:
+    """One etcd + kube-apiserver for the whole session: tests keep to their own names and
+    namespaces and delete what they apply (without kube-controller-manager a namespace is
+    never finalised). pilot_discovery_bin comes first: its build fetches the istio module
+    whose CRDs are installed here."""
+    plane = ControlPlane(kube_binaries(), tmp_path_factory.mktemp("kube"))
+    crds = istio_module_dir() / "manifests" / "charts" / "base" / "files" / "crd-all.gen.yaml"
+    try:
+        plane.start(crds)
+        yield plane
+    finally:
+        plane.stop()
+
+
+@pytest.fixture(scope="session")
+def kubectl(control_plane: ControlPlane) -> Kubectl:
+    return control_plane.kubectl()
+
+
 IstiodFactory = Callable[..., Coroutine[Any, Any, Istiod]]
 
 
 @pytest.fixture
-async def start_istiod(istiod_bin: Path, tmp_path: Path) -> AsyncIterator[IstiodFactory]:
+async def start_istiod(
+    pilot_discovery_bin: Path,
+    control_plane: ControlPlane,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+) -> AsyncIterator[IstiodFactory]:
+    """The unmodified pilot-discovery with `configSources: [xds://mcpserver, k8s://]`, as our
+    users deploy it, authenticated as its own user so the audit log tells its writes apart."""
     started: list[Istiod] = []
+    request.node.stash[STARTED_ISTIODS] = started
+    kubeconfig = control_plane.istiod_kubeconfig()
 
-    async def start(mcpserver_port: int, config_dir: Path | None = None) -> Istiod:
+    async def start(mcpserver_port: int) -> Istiod:
         workdir = tmp_path / f"istiod{len(started)}"
         workdir.mkdir()
-        istiod = Istiod(istiod_bin, workdir, mcpserver_port, config_dir)
-        istiod.start()
+        istiod = Istiod(pilot_discovery_bin, workdir, mcpserver_port, kubeconfig=kubeconfig)
         started.append(istiod)
-        # blocking waits run in a thread: the in-process mcpserver must keep answering
-        await asyncio.to_thread(istiod.wait_ready)
-        return istiod
+        for attempt in range(1, 4):
+            istiod.start()
+            try:
+                # blocking waits run in a thread: the in-process mcpserver must keep answering
+                await asyncio.to_thread(istiod.wait_ready)
+                return istiod
+            except AssertionError:
+                # a port taken between free_port() and istiod's bind: again, on new ones
+                if attempt == 3 or not istiod.lost_a_port():
+                    raise
+                istiod.new_ports()
+        raise AssertionError("unreachable")
 
     yield start
     for istiod in started:

@@ -1,4 +1,10 @@
-"""Running Istio's discovery server against mcpserver, and reading istiod's own surfaces."""
+"""Running Istio's discovery server against mcpserver, and reading istiod's own surfaces.
+
+The integration tier runs the unmodified `pilot-discovery discovery` against a real
+kube-apiserver (tests/integration/kube.py), with the config sources our users deploy: `xds://`
+mcpserver, then `k8s://`. Without a kubeconfig the same class runs the no-Kubernetes harness
+(tests/integration/istiod/main.go) with `xds://` alone, which bench/istiodcpu.py measures.
+"""
 
 from __future__ import annotations
 
@@ -14,31 +20,34 @@ from typing import Any
 
 import yaml
 
-from tests.integration.real import accepts, free_port, terminate
+from tests.integration.real import accepts, dying_with_us, free_port, terminate
 
 
 @dataclass
 class Istiod:
-    """One istiod process; its config sources are mcpserver (xds://) and optionally a dir."""
+    """One istiod process; its config sources are mcpserver (xds://), then the apiserver
+    that `kubeconfig` names (k8s://), if any."""
 
     binary: Path
     workdir: Path
     mcpserver_port: int
-    config_dir: Path | None = None
+    kubeconfig: Path | None = None
     grpc_port: int = field(default_factory=free_port)
     http_port: int = field(default_factory=free_port)
     monitoring_port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
     starts: int = 0
+    started_at: float = 0.0
+    ready_seconds: float = 0.0  # from the last start to 15010 accepting
 
     @property
     def log_path(self) -> Path:
         return self.workdir / f"istiod-{self.starts}.log"
 
     def mesh_config(self) -> Path:
-        sources: list[dict[str, str]] = [{"address": f"xds://127.0.0.1:{self.mcpserver_port}"}]
-        if self.config_dir is not None:
-            sources.append({"address": f"fs://{self.config_dir}"})
+        sources = [{"address": f"xds://127.0.0.1:{self.mcpserver_port}"}]
+        if self.kubeconfig is not None:
+            sources.append({"address": "k8s://"})
         mesh = {
             "rootNamespace": "istio-system",
             "trustDomain": "cluster.local",
@@ -56,8 +65,20 @@ class Istiod:
 
     def start(self) -> None:
         self.starts += 1
-        command = [
-            str(self.binary),
+        self.started_at = time.monotonic()
+        command = [str(self.binary)]
+        if self.kubeconfig is not None:
+            command += [
+                "discovery",
+                f"--kubeconfig={self.kubeconfig}",
+                # everything on loopback; no webhook server, no TLS xDS (no CA, no pilot-agent)
+                "--httpsAddr=",
+                "--secureGRPCAddr=",
+                "--ctrlz_address=127.0.0.1",
+                "--ctrlz_port=0",
+                "--shutdownDuration=1s",
+            ]
+        command += [
             f"--meshConfig={self.mesh_config()}",
             f"--grpcAddr=127.0.0.1:{self.grpc_port}",
             f"--httpAddr=127.0.0.1:{self.http_port}",
@@ -74,7 +95,9 @@ class Istiod:
             "PILOT_ENABLE_ALPN_FILTER": "false",
         }
         with self.log_path.open("wb") as log:
-            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+            self.process = subprocess.Popen(
+                dying_with_us(command), stdout=log, stderr=subprocess.STDOUT, env=env
+            )
 
     def wait_ready(self, within: float = 120.0) -> None:
         """istiod opens 15010 only after every config type is synced (adsc HasSynced)."""
@@ -85,6 +108,17 @@ class Istiod:
             if time.monotonic() > deadline:
                 raise AssertionError(f"istiod not ready in {within}s:\n{self.log()[-4000:]}")
             time.sleep(0.1)
+        self.ready_seconds = time.monotonic() - self.started_at
+
+    def lost_a_port(self) -> bool:
+        """Whether the last start failed because another process took one of its ports
+        between free_port() and istiod's bind."""
+        return self.log_path.exists() and "address already in use" in self.log_path.read_text(
+            errors="replace"
+        )
+
+    def new_ports(self) -> None:
+        self.grpc_port, self.http_port, self.monitoring_port = free_port(), free_port(), free_port()
 
     def stop(self) -> None:
         terminate(self.process, signal.SIGTERM, 15)

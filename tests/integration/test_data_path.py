@@ -14,13 +14,14 @@ from aiohttp import web
 from tests.conftest import AppFactory, make_settings, service, write_services
 from tests.integration.conftest import IstiodFactory
 from tests.integration.envoy import Envoy
+from tests.integration.kube import Kubectl
 from tests.integration.real import free_port
 from tests.integration.test_istiod import until
 
 ROUTES = """\
 apiVersion: networking.istio.io/v1
 kind: Gateway
-metadata: {{name: edge, namespace: istio-system}}
+metadata: {{name: edge-data-path, namespace: istio-system}}
 spec:
   selector: {{istio: ingressgateway}}
   servers:
@@ -30,10 +31,10 @@ spec:
 ---
 apiVersion: networking.istio.io/v1
 kind: VirtualService
-metadata: {{name: web, namespace: istio-system}}
+metadata: {{name: web-data-path, namespace: istio-system}}
 spec:
   hosts: ["*"]
-  gateways: [edge]
+  gateways: [edge-data-path]
   http:
   - route:
     - destination: {{host: web.shop.svc.mesh, port: {{number: 8080}}}}
@@ -75,6 +76,7 @@ async def test_request_through_envoy_follows_the_registry(
     start_app: AppFactory,
     start_istiod: IstiodFactory,
     envoy_bin: Path,
+    kubectl: Kubectl,
     backends: dict[str, int],
 ) -> None:
     blue_port = backends["127.0.0.3"]
@@ -87,15 +89,15 @@ async def test_request_through_envoy_follows_the_registry(
 
     write_services(static_file, [web_at("127.0.0.3", blue_port)])
     gateway_port = free_port()
-    routes = tmp_path / "routes"
-    routes.mkdir()
-    (routes / "routes.yaml").write_text(ROUTES.format(port=gateway_port))
+    routes = ROUTES.format(port=gateway_port)
     app = await start_app(make_settings(static_file))
-    istiod = await start_istiod(app.port, config_dir=routes)
+    istiod = await start_istiod(app.port)
     await until(lambda: "shop/web" in istiod.configs())
     envoy = Envoy(envoy_bin, tmp_path, istiod.grpc_port)
-    envoy.start()
     try:
+        # the routes live in the apiserver, as an operator's would
+        await asyncio.to_thread(kubectl.apply, routes)
+        envoy.start()
         await asyncio.to_thread(envoy.wait_admin)
         assert await until(lambda: get(gateway_port) == "blue", within=60)
         write_services(static_file, [web_at("127.0.0.4", green_port)])
@@ -108,3 +110,4 @@ async def test_request_through_envoy_follows_the_registry(
         raise
     finally:
         await asyncio.to_thread(envoy.stop)
+        await asyncio.to_thread(kubectl.delete, routes)

@@ -1,3 +1,10 @@
+// Pins the Istio that mcpserver's tests run (the Istio master of April 2026, a 1.30
+// pre-release; Istio releases are refused by the module proxy this project reaches):
+//   - the unmodified pilot-discovery, which the integration tier runs against a real
+//     kube-apiserver: go build istio.io/istio/pilot/cmd/pilot-discovery
+//   - Istio's CRDs, read from this module in the module cache at test time
+//     (manifests/charts/base/files/crd-all.gen.yaml)
+//   - main.go, the no-Kubernetes harness that bench/istiodcpu.py still runs
 module mcpserver.test/istiod-harness
 
 go 1.25.7
