@@ -34,6 +34,7 @@ from mcpserver.registry.nacos.client import Connection
 from tests.integration.real import CACHE, free_port, locked, missing, terminate
 
 RNACOS_VERSION = "0.8.8"
+RNACOS_STARTS = 3  # attempts to start r-nacos (see RNacos.start)
 ADMIN = ("admin", "nacos-test-password")
 
 
@@ -122,23 +123,49 @@ class RNacos:
             "RNACOS_INIT_ADMIN_USERNAME": ADMIN[0],
             "RNACOS_INIT_ADMIN_PASSWORD": ADMIN[1],
         }
-        log = (self.workdir / "rnacos.log").open("ab")
+        fresh = not (self.workdir / "data").exists()
+        deadline = time.monotonic() + within
+        # r-nacos 0.8.8 sometimes panics in a raft thread while it creates the admin user on
+        # a fresh data dir ("raftapply.rs: called `Option::unwrap()` on a `None` value"),
+        # then lives on without answering: start it again, from a fresh dir if it was one
+        for attempt in range(1, RNACOS_STARTS + 1):
+            if self._start_once(env, deadline):
+                return
+            terminate(self.process, grace=5)
+            if attempt == RNACOS_STARTS:
+                raise AssertionError(
+                    "r-nacos did not answer:\n" + self.log_path.read_text()[-3000:]
+                )
+            if fresh:
+                shutil.rmtree(self.workdir / "data", ignore_errors=True)
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / "rnacos.log"
+
+    def _start_once(self, env: dict[str, str], deadline: float) -> bool:
+        """Start the process; True once it answers, False if it panicked or ran out of time."""
+        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
+        log = self.log_path.open("ab")
         # cwd is the work dir: r-nacos reads a `.env` from its working directory
         self.process = subprocess.Popen(
             [str(self.binary)], cwd=self.workdir, env=env, stdout=log, stderr=subprocess.STDOUT
         )
-        deadline = time.monotonic() + within
         self._token = ""
         while True:
             try:
                 self.request("GET", "/nacos/v1/ns/service/list", pageNo="1", pageSize="1")
-                return
+                return True
             except OSError:
                 pass
             if self.process.poll() is not None:
-                raise AssertionError((self.workdir / "rnacos.log").read_text()[-3000:])
+                raise AssertionError(self.log_path.read_text()[-3000:])
+            with self.log_path.open("rb") as written:
+                written.seek(offset)
+                if b"panicked at" in written.read():
+                    return False
             if time.monotonic() > deadline:
-                raise AssertionError("r-nacos did not answer")
+                return False
             time.sleep(0.05)
 
     def stop(self) -> None:
