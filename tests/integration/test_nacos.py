@@ -16,6 +16,7 @@ import pytest
 from mcpserver.app import App
 from mcpserver.registry.base import Registry, Status
 from mcpserver.xds.client import DecodedResource, IstiodLikeClient
+from tests.certs import make_certs
 from tests.conftest import AppFactory, ClientFactory, eventually, settings_for
 from tests.integration.conftest import IstiodFactory
 from tests.integration.nacos import (
@@ -25,6 +26,7 @@ from tests.integration.nacos import (
     ephemeral_instance,
     rnacos_binary,
 )
+from tests.integration.tlsproxy import TlsProxy
 from tests.integration.xdsprobe import endpoints
 
 HOST = "orders.default-group.public.nacos"
@@ -359,3 +361,47 @@ def test_the_fixture_server_binds_loopback_only(nacos: RNacos) -> None:
     sockets = listening(nacos.process.pid)
     assert {port for _, port in sockets} >= {nacos.http_port, nacos.grpc_port}
     assert {address for address, _ in sockets} == {"127.0.0.1"}, sockets
+
+
+@pytest.mark.parametrize("api", ["grpc", "http"])
+async def test_tls_to_the_server(
+    tmp_path: Path, nacos: RNacos, start_app: AppFactory, connect: ClientFactory, api: str
+) -> None:
+    """Over TLS (a terminating proxy in front of r-nacos, which serves none), verified
+    against the configured CA, for both APIs; a CA that did not sign the server's certificate
+    is refused and the registry says so."""
+    certs = make_certs(tmp_path / "certs")
+    http = TlsProxy(nacos.http_port, certs["server"], certs["server-key"])
+    grpc_proxy = TlsProxy(nacos.grpc_port, certs["server"], certs["server-key"])
+    await http.start()
+    await grpc_proxy.start()
+    try:
+        nacos.register("orders", "10.36.0.1", metadata={"version": "v1"})
+        tls: dict[str, Any] = {
+            "address": f"https://127.0.0.1:{http.port}",
+            "grpc_port": grpc_proxy.port,
+            "tls": {"ca_file": str(certs["ca"])},
+            "api": api,
+        }
+        (tmp_path / "good").mkdir()
+        _, client = await started(
+            start_app, connect, nacos_settings(tmp_path / "good", nacos, **tls)
+        )
+        await client.wait_for(lambda c: addresses(c) == ["10.36.0.1"], 30)
+        assert (grpc_proxy if api == "grpc" else http).connections > 0  # it went through TLS
+        nacos.register("orders", "10.36.0.2")
+        await client.wait_for(lambda c: addresses(c) == ["10.36.0.1", "10.36.0.2"], 30)
+
+        # a CA that did not sign the server's certificate: nothing served, the reason shown
+        other = make_certs(tmp_path / "other")
+        (tmp_path / "bad").mkdir()
+        wrong: dict[str, Any] = {**tls, "tls": {"ca_file": str(other["ca"])}}
+        bad = await start_app(nacos_settings(tmp_path / "bad", nacos, **wrong))
+        (registry,) = bad.registries
+        await eventually(degraded(registry), within=30)
+        assert not registry.view().synced
+        detail = registry.view().detail.lower()
+        assert "certificate" in detail or "ssl" in detail, detail
+    finally:
+        await http.stop()
+        await grpc_proxy.stop()
