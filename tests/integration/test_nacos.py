@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import socket
+import urllib.parse
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -405,3 +408,58 @@ async def test_tls_to_the_server(
     finally:
         await http.stop()
         await grpc_proxy.stop()
+
+
+async def test_every_namespace_followed_as_they_come_and_go(
+    tmp_path: Path,
+    nacos: RNacos,
+    start_app: AppFactory,
+    connect: ClientFactory,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """namespaces: ["*"] follows every namespace the server lists: one created later is
+    followed with its services, one deleted is no longer followed."""
+    caplog.set_level(logging.INFO, logger="mcpserver.registry.nacos")
+    nacos.register("orders", "10.37.0.1")
+    settings = nacos_settings(tmp_path, nacos, namespaces=["*"])
+    app, client = await started(start_app, connect, settings)
+    await client.wait_for(lambda c: addresses(c) == ["10.37.0.1"], 30)
+    assert app.registries[0].view().synced
+
+    namespaces(nacos, "POST", customNamespaceId="dev", namespaceName="dev")
+    nacos.register("billing", "10.37.0.9", namespace="dev")
+    billing = "billing.default-group.dev.nacos"
+    await client.wait_for(lambda c: addresses(c, billing) == ["10.37.0.9"], 30)
+
+    # a deleted namespace is no longer followed (r-nacos deletes only empty namespaces)
+    namespaces(nacos, "POST", customNamespaceId="staging", namespaceName="staging")
+    await eventually(lambda: "staging" in following(caplog, "following namespace"), 30)
+    namespaces(nacos, "DELETE", namespaceId="staging")
+    await eventually(lambda: "staging" in following(caplog, "namespace gone"), 30)
+    assert addresses(client) == ["10.37.0.1"]  # the others stay
+    assert addresses(client, billing) == ["10.37.0.9"]
+
+
+def following(caplog: pytest.LogCaptureFixture, what: str) -> set[str]:
+    """Namespaces named in the registry's log lines that start with `what`."""
+    return {
+        r.getMessage().rpartition("namespace=")[2]
+        for r in caplog.records
+        if r.getMessage().startswith(what)
+    }
+
+
+def namespaces(server: RNacos, method: str, **form: str) -> None:
+    """Nacos' console API for namespaces, which takes a form body."""
+    request = urllib.request.Request(
+        f"{server.address}/nacos/v1/console/namespaces",
+        data=urllib.parse.urlencode(form).encode(),
+        method=method,
+    )
+    with urllib.request.urlopen(request, timeout=10) as reply:
+        assert reply.read().strip() in (b"true", b"ok"), "namespace not changed"
+
+
+def test_every_namespace_stands_alone(tmp_path: Path, nacos: RNacos) -> None:
+    with pytest.raises(Exception, match="stands alone"):
+        nacos_settings(tmp_path, nacos, namespaces=["*", "public"])

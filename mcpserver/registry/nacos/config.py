@@ -90,8 +90,12 @@ class NacosRegistrySettings(RegistrySettings):
     @classmethod
     def _namespaces(cls, value: list[str]) -> list[str]:
         # Nacos' default namespace is "public" (its id is empty in 1.x); an empty namespace
-        # in a 2.x request lists nothing, so we always send "public"
-        return [v.strip() or "public" for v in value]
+        # in a 2.x request lists nothing, so we always send "public". ["*"]: every namespace
+        # the server has, followed as they come and go.
+        namespaces = [v.strip() or "public" for v in value]
+        if "*" in namespaces and namespaces != ["*"]:
+            raise ValueError('"*" (every namespace) stands alone')
+        return namespaces
 
     @field_validator("groups")
     @classmethod

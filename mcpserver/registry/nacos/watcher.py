@@ -61,6 +61,9 @@ from mcpserver.registry.nacos.parser import (
 log = logging.getLogger("mcpserver.registry.nacos")
 
 LISTING_BATCH = 0.1  # seconds between views while the first listing arrives
+ALL_NAMESPACES = "*"
+NAMESPACE_LIST = "/nacos/v1/console/namespaces"  # Nacos 1.x/2.x console API (r-nacos too)
+DISCOVERY = "(namespace list)"  # the trouble key of namespace discovery
 ERROR_BACKOFF_CAP = 10.0  # a Nacos that comes back is noticed within ~10 s
 KEEPALIVE = 5.0  # the Java client's health check interval on an idle connection
 SUBSCRIBE_CONCURRENCY = 32  # subscribe requests in flight on one connection
@@ -127,6 +130,8 @@ class NacosRegistry(Registry):
         self._added: list[Service] = []
         self._subscribed: dict[str, set[ServiceKey]] = {}
         self._listed: set[str] = set()  # namespaces listed (and their services read) once
+        self._namespaces: dict[str, asyncio.Task[None]] = {}  # followed namespace -> task
+        self._discovered = False  # namespaces: ["*"] has listed the namespaces once
         self._troubles: dict[str, str] = {}  # namespace -> what is wrong, newest last
         self._batch: asyncio.TimerHandle | None = None
         self._dirty = False  # something changed since the last view
@@ -151,9 +156,55 @@ class NacosRegistry(Registry):
                 ssl_context=self._ssl,
                 timeout=s.request_timeout,
             )
-        run = self._grpc_namespace if s.api == "grpc" else self._http_namespace
+        if s.namespaces == [ALL_NAMESPACES]:
+            self.spawn("namespace discovery", self._discover)
+            return
         for namespace in s.namespaces:
-            self.spawn(f"namespace {namespace}", functools.partial(run, namespace))
+            self._follow(namespace)
+
+    def _follow(self, namespace: str) -> None:
+        run = self._grpc_namespace if self._settings.api == "grpc" else self._http_namespace
+        self._namespaces[namespace] = self.spawn(
+            f"namespace {namespace}", functools.partial(run, namespace)
+        )
+
+    # ------------------------------------------------------- namespaces: ["*"]
+
+    async def _discover(self) -> None:
+        """Every namespace the server has, listed every list_interval (Nacos pushes no
+        namespace list): a new one is followed, a deleted one stops being followed and
+        takes its services with it. Through the console API of Nacos 1.x/2.x (r-nacos has
+        it too); Nacos 3 answers it 410, and the registry says so."""
+        while True:
+            try:
+                body = await self._get(NAMESPACE_LIST, {})
+                found = {
+                    str(entry.get("namespace") or "public")
+                    for entry in body.get("data") or ()
+                    if isinstance(entry, dict)
+                }
+            except ERRORS as err:
+                self._fail(DISCOVERY, err)
+            else:
+                self._clear(DISCOVERY)
+                self._follow_namespaces(found)
+            await asyncio.sleep(self._settings.list_interval)
+
+    def _follow_namespaces(self, found: set[str]) -> None:
+        for namespace in sorted(found - self._namespaces.keys()):
+            log.info("following namespace registry=%s namespace=%s", self.name, namespace)
+            self._follow(namespace)
+        for namespace in sorted(self._namespaces.keys() - found):
+            log.info("namespace gone registry=%s namespace=%s", self.name, namespace)
+            self._namespaces.pop(namespace).cancel()
+            self._listed.discard(namespace)
+            self._subscribed.pop(namespace, None)
+            self._clear(namespace)
+            self._reconcile(namespace, set())
+            self._publish()
+        if not self._discovered:
+            self._discovered = True
+            self._publish()
 
     async def close(self) -> None:
         if self._batch is not None:
@@ -500,7 +551,7 @@ class NacosRegistry(Registry):
         s = self._settings
         where = (
             f"Nacos gRPC at {s.grpc_target()} (the HTTP port + 1000 unless grpc_port is set)"
-            if s.api == "grpc"
+            if s.api == "grpc" and namespace != DISCOVERY
             else f"Nacos HTTP API at {s.address}"
         )
         if isinstance(err, grpc.aio.AioRpcError):
@@ -530,6 +581,8 @@ class NacosRegistry(Registry):
     # --------------------------------------------------------------- publishing
 
     def _synced(self) -> bool:
+        if self._settings.namespaces == [ALL_NAMESPACES]:
+            return self._discovered and self._listed >= self._namespaces.keys()
         return self._listed >= set(self._settings.namespaces)
 
     def _publish(self) -> None:
