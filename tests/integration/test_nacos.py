@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import socket
+import subprocess
+import sys
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -463,3 +466,24 @@ def namespaces(server: RNacos, method: str, **form: str) -> None:
 def test_every_namespace_stands_alone(tmp_path: Path, nacos: RNacos) -> None:
     with pytest.raises(Exception, match="stands alone"):
         nacos_settings(tmp_path, nacos, namespaces=["*", "public"])
+
+
+BENCH = [sys.executable, "-m", "bench.nacos"]
+
+
+def test_the_nacos_benchmark_runs(rnacos_bin: Path) -> None:
+    """bench/nacos.py (issue 13's bench case) at a tiny scale, so it cannot rot: the whole
+    estate is served and both latencies are measured."""
+    done = subprocess.run(
+        [*BENCH, "--services", "20", "--instances", "2", "--changes", "2", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert (result["served_services"], result["served_endpoints"]) == (20, 40)
+    assert result["baseline_instances"] == 40
+    assert result["first_view_seconds"] > 0 and result["change_latency_median_ms"] > 0
