@@ -11,6 +11,8 @@ import os
 import socket
 import subprocess
 import sys
+import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -453,14 +455,24 @@ def following(caplog: pytest.LogCaptureFixture, what: str) -> set[str]:
 
 
 def namespaces(server: RNacos, method: str, **form: str) -> None:
-    """Nacos' console API for namespaces, which takes a form body."""
-    request = urllib.request.Request(
-        f"{server.address}/nacos/v1/console/namespaces",
-        data=urllib.parse.urlencode(form).encode(),
-        method=method,
-    )
-    with urllib.request.urlopen(request, timeout=10) as reply:
-        assert reply.read().strip() in (b"true", b"ok"), "namespace not changed"
+    """Nacos' console API for namespaces, which takes a form body. r-nacos writes namespaces
+    through its raft log and answers 500 now and then while that settles (seen in CI):
+    asked again until it takes the change, for up to 20 s."""
+    deadline = time.monotonic() + 20
+    while True:
+        request = urllib.request.Request(
+            f"{server.address}/nacos/v1/console/namespaces",
+            data=urllib.parse.urlencode(form).encode(),
+            method=method,
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=10) as reply:
+                assert reply.read().strip() in (b"true", b"ok"), "namespace not changed"
+            return
+        except urllib.error.HTTPError as err:
+            if err.code != 500 or time.monotonic() > deadline:
+                raise
+        time.sleep(0.2)
 
 
 def test_every_namespace_stands_alone(tmp_path: Path, nacos: RNacos) -> None:
