@@ -8,6 +8,7 @@ packed resource instead of re-encoding it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -84,3 +85,17 @@ class Problem:
     subject: str
     message: str
     reason: str = ""  # a few words for metric labels (bad-port, not-a-url, ...)
+
+
+def identity_changes(
+    before: Sequence[Service], after: Sequence[Service]
+) -> tuple[dict[int, Service], dict[int, Service]]:
+    """(removed, added) by id(): the services of `before` not in `after` and those of
+    `after` not in `before`, compared in C (id dicts and their key-set differences). Both
+    sequences must be alive while the result is used, so ids stay unique."""
+    old = dict(zip(map(id, before), before, strict=True))
+    new = dict(zip(map(id, after), after, strict=True))
+    return (
+        {i: old[i] for i in old.keys() - new.keys()},
+        {i: new[i] for i in new.keys() - old.keys()},
+    )

@@ -33,7 +33,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Generic, Protocol, TypeVar
 
-from mcpserver.model import Service
+from mcpserver.model import Service, identity_changes
 
 
 class ViewLike(Protocol):
@@ -177,12 +177,7 @@ def _mass_removal(
     # identity (both views are alive, so equal ids are the same object) and compare the few
     # that changed by key.
     if changes is None:
-        before = dict(zip(map(id, accepted.services), accepted.services, strict=True))
-        after = dict(zip(map(id, incoming.services), incoming.services, strict=True))
-        changes = (
-            {i: before[i] for i in before.keys() - after.keys()},
-            {i: after[i] for i in after.keys() - before.keys()},
-        )
+        changes = identity_changes(accepted.services, incoming.services)
     gone, came = changes
     changed = {s.key: s for s in came.values() if is_served(s, keep_when_empty)}
     removed_services = 0

@@ -25,7 +25,7 @@ from typing import Generic, TypeVar
 
 from mcpserver.config import RegistrySettings
 from mcpserver.metrics import Metrics
-from mcpserver.model import Problem, Service
+from mcpserver.model import Problem, Service, identity_changes
 
 log = logging.getLogger("mcpserver.registry")
 
@@ -95,12 +95,7 @@ class View:
                     elif added.pop(key, None) is None:
                         removed[key] = service
                 return removed, added
-        before = dict(zip(map(id, earlier.services), earlier.services, strict=True))
-        after = dict(zip(map(id, self.services), self.services, strict=True))
-        return (
-            {i: before[i] for i in before.keys() - after.keys()},
-            {i: after[i] for i in after.keys() - before.keys()},
-        )
+        return identity_changes(earlier.services, self.services)
 
 
 @dataclass(frozen=True, slots=True)
