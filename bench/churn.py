@@ -26,6 +26,7 @@ from typing import Any
 from urllib.parse import quote
 
 from bench.context import Bench
+from bench.process import cpu_seconds
 from bench.serving import zookeeper_serving
 from bench.stats import cdf_points, summary
 from bench.workload import Estate, provider_url, providers_path, zk_endpoints, zk_host
@@ -88,6 +89,7 @@ async def churn_once(bench: Bench, debounce: str) -> dict[str, Any]:
         bench.log(f"churn (debounce {debounce}): {rate:.0f}/s for {seconds:.0f}s")
         events: list[Event] = []
         view.events = events
+        server_cpu, watcher_cpu = serving.server.cpu(), cpu_seconds(watcher.pid)
         writer = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "bench.zkwriter", *common, "--instances", str(estate.instances),
             "--rate", str(rate), "--seconds", str(seconds), "--out", str(directory / "ops.json"),
@@ -105,6 +107,10 @@ async def churn_once(bench: Bench, debounce: str) -> dict[str, Any]:
         except TimeoutError:
             converged, equal = math.nan, view.endpoints == expected
         gave_up = time.perf_counter()
+        # CPU per write does not depend on what else the machine runs (the lags do): the
+        # server's from the first write until it held the last, the watcher's until then too
+        server_cpu = serving.server.cpu() - server_cpu
+        watcher_cpu = cpu_seconds(watcher.pid) - watcher_cpu
         mismatched = sum(
             1
             for h in expected.keys() | view.endpoints.keys()
@@ -149,6 +155,10 @@ async def churn_once(bench: Bench, debounce: str) -> dict[str, Any]:
             "ours": lag,
             "kazoo_watch": summary(lags["kazoo_watch"], censored["kazoo_watch"]),
         },
+        "cpu_ms_per_write": {
+            "ours": 1000 * server_cpu / len(ops),
+            "kazoo_watch": 1000 * watcher_cpu / len(ops),
+        },
         "final_equal": equal,
         "final_mismatched_hosts": mismatched,
         "converged_after_last_ack_s": converged - last_ack,
@@ -171,7 +181,9 @@ async def churn_once(bench: Bench, debounce: str) -> dict[str, Any]:
     }
     bench.log(
         f"churn (debounce {debounce}): lag p50 {lag['p50']:.3f}s p99 {lag['p99']:.3f}s, "
-        f"final equal {equal}, kazoo p99 {result['lag']['kazoo_watch']['p99']:.3f}s"
+        f"final equal {equal}, kazoo p99 {result['lag']['kazoo_watch']['p99']:.3f}s; CPU per "
+        f"write {result['cpu_ms_per_write']['ours']:.2f} ms "
+        f"(kazoo watcher {result['cpu_ms_per_write']['kazoo_watch']:.2f} ms)"
     )
     return result
 

@@ -205,12 +205,15 @@ def summarize(parts: dict[str, Any]) -> list[dict[str, Any]]:
     for debounce, run in parts.get("churn", {}).get("runs", {}).items():
         lag, kazoo = run["lag"]["ours"], run["lag"]["kazoo_watch"]
         rate, seconds = run["rate_achieved"], run["seconds"]
+        cpu = run.get("cpu_ms_per_write", {})  # absent from results before it was measured
+        cpu_ours = f"; CPU {cpu['ours']:.2f} ms per write" if cpu else ""
+        cpu_kazoo = f"; CPU {cpu['kazoo_watch']:.2f} ms per write" if cpu else ""
         rows.append(
             _row(
                 f"(c) churn {rate:.0f}/s for {seconds:.0f} s, debounce {debounce}",
                 f"lag p50 {lag['p50']:.3f} s, p99 {lag['p99']:.3f} s; "
-                f"final equal: {run['final_equal']}",
-                f"kazoo watcher p50 {kazoo['p50']:.3f} s, p99 {kazoo['p99']:.3f} s",
+                f"final equal: {run['final_equal']}{cpu_ours}",
+                f"kazoo watcher p50 {kazoo['p50']:.3f} s, p99 {kazoo['p99']:.3f} s{cpu_kazoo}",
                 "p99 < 1 s, final state exact"
                 + (" (target: default debounce)" if debounce != "default" else ""),
                 run["target"]["met"],

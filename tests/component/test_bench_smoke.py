@@ -80,6 +80,7 @@ def test_the_suite_runs_every_part_and_writes_sane_results(tmp_path: Path) -> No
     assert churn["final_equal"] is True
     assert churn["lag"]["ours"]["censored"] == 0
     assert 0 < churn["lag"]["ours"]["p99"] < 30
+    assert all(churn["cpu_ms_per_write"][who] > 0 for who in ("ours", "kazoo_watch"))
 
     for clients in map(str, config["fanout_clients"]):
         entry = parts["fanout"]["clients"][clients]
