@@ -3,12 +3,20 @@ over the HTTP v1 API (polling); Dubbo on Nacos through the shared Dubbo mapping.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from mcpserver.registry.base import Kind, RegistryContext
 from mcpserver.registry.nacos.config import NacosRegistrySettings
-from mcpserver.registry.nacos.watcher import NacosRegistry
+
+if TYPE_CHECKING:
+    from mcpserver.registry.nacos.watcher import NacosRegistry
 
 
 def _build(settings: NacosRegistrySettings, context: RegistryContext) -> NacosRegistry:
+    # imported when a config uses this kind: the watcher and its clients stay out of the
+    # start-up of every other configuration (see registry/kinds.py)
+    from mcpserver.registry.nacos.watcher import NacosRegistry
+
     return NacosRegistry(settings, context.metrics, context.env)
 
 

@@ -3,12 +3,20 @@ service discovery (Spring Cloud Zookeeper), watched with kazoo."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from mcpserver.registry.base import Kind, RegistryContext
 from mcpserver.registry.zookeeper.config import ZooKeeperRegistrySettings
-from mcpserver.registry.zookeeper.watcher import ZooKeeperRegistry
+
+if TYPE_CHECKING:
+    from mcpserver.registry.zookeeper.watcher import ZooKeeperRegistry
 
 
 def _build(settings: ZooKeeperRegistrySettings, context: RegistryContext) -> ZooKeeperRegistry:
+    # imported when a config uses this kind: the watcher and kazoo stay out of the
+    # start-up of every other configuration (see registry/kinds.py)
+    from mcpserver.registry.zookeeper.watcher import ZooKeeperRegistry
+
     return ZooKeeperRegistry(settings, context.metrics, context.env)
 
 
