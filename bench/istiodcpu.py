@@ -2,8 +2,10 @@
 push of 10k ServiceEntries where one changed, with our content versions, beside the same
 push where every resource's version changed (what a server without versions causes).
 
-istiod (tests/integration/istiod.py, the harness the integration tier builds) dials a proxy
-in this process, which relays its ADS stream to the in-process mcpserver unchanged, or, in
+istiod (the unmodified pilot-discovery the integration tier runs, tests/integration/istiod.py,
+with `configSources: [xds://, k8s://]` on its own etcd and kube-apiserver, as our users deploy
+it) dials a proxy in this process, which relays its ADS stream to the in-process mcpserver
+unchanged, or, in
 the `salted` variant, with every ServiceEntry's metadata.version given a fresh suffix on
 each response: istiod's adsc then sees 10k updated resources instead of one
 (pkg/adsc/adsc.go handleMCP compares metadata.version). Both variants go through the same
@@ -38,24 +40,25 @@ from bench.stats import median
 from bench.workload import Estate, address
 from mcpserver.xds.client import ADS_METHOD
 from tests.integration.istiod import Istiod
-from tests.integration.real import CACHE, HERE, istiod_binary
+from tests.integration.kube import ControlPlane
+from tests.integration.real import istio_module_dir, kube_binaries, pilot_discovery_binary
 
 QUIET_WINDOW = 1.0
 """Seconds without CPU beyond the idle rate that count as "istiod is done"."""
 
 
-def cached_istiod() -> Path | None:
-    """The harness binary if tests/integration/real.py has built it already (the same key
-    as its go_tool()), without building it."""
-    import hashlib
-
-    digest = hashlib.sha256()
-    for name in ("go.mod", "go.sum", "main.go"):
-        source = HERE / "istiod" / name
-        if source.exists():
-            digest.update(source.read_bytes())
-    target = CACHE / f"istiod-{digest.hexdigest()[:16]}" / "istiod"
-    return target if target.exists() else None
+def built(workdir: Path) -> tuple[Path, ControlPlane] | str:
+    """pilot-discovery and a control plane to start, built (or taken from the cache) as the
+    integration tier builds them; or why they cannot be (pytest's skip/fail outcomes, which
+    tests/integration/real.py raises when Go is missing or a build fails)."""
+    try:
+        binary = pilot_discovery_binary()
+        plane = ControlPlane(kube_binaries(), workdir)
+    except BaseException as err:
+        if type(err).__name__ not in ("Skipped", "Failed"):
+            raise
+        return f"istiod or the control plane unavailable: {err}"
+    return binary, plane
 
 
 def salt(response: discovery_pb2.DiscoveryResponse, suffix: str) -> bytes:
@@ -195,23 +198,34 @@ async def push(
 
 async def run(bench: Bench) -> dict[str, Any]:
     config = bench.config
-    binary = cached_istiod()
-    if binary is None:
-        if not config.istiod_required:
-            return {"skipped": "the istiod harness is not built (tests/integration builds it)"}
-        try:
-            binary = istiod_binary()  # builds it (about 3 minutes cold), or skips/fails
-        except BaseException as err:  # pytest.skip/fail outcomes when Go is missing
-            if type(err).__name__ not in ("Skipped", "Failed"):
-                raise
-            return {"skipped": f"istiod harness unavailable: {err}"}
+    # minutes when cold: not on the loop
+    made = await asyncio.to_thread(built, bench.scratch("kube"))
+    if isinstance(made, str):
+        if config.istiod_required:
+            raise RuntimeError(made)
+        return {"skipped": made}
+    binary, plane = made
+    crds = istio_module_dir() / "manifests" / "charts" / "base" / "files" / "crd-all.gen.yaml"
+    try:
+        await asyncio.to_thread(plane.start, crds)
+    except BaseException:
+        plane.stop()
+        raise
+    try:
+        return await measure(bench, binary, plane)
+    finally:
+        await asyncio.to_thread(plane.stop)
+
+
+async def measure(bench: Bench, binary: Path, plane: ControlPlane) -> dict[str, Any]:
+    config = bench.config
     estate = Estate(config.scale, config.instances)
     server = InProcessServer(bench.scratch("istiod-mcpserver"), services(estate, 10))
     await server.start()
     relay = VersionRelay(server.port)
     await relay.start()
     workdir = bench.scratch("istiod")
-    istiod = Istiod(binary, workdir, relay.port)
+    istiod = Istiod(binary, workdir, relay.port, kubeconfig=plane.istiod_kubeconfig())
     result: dict[str, Any] = {
         "what": "istiod CPU (utime+stime) to take a push of the full set where one "
         "ServiceEntry changed, until istiod is quiet again; idle rate subtracted",

@@ -1,9 +1,8 @@
 """Running Istio's discovery server against mcpserver, and reading istiod's own surfaces.
 
-The integration tier runs the unmodified `pilot-discovery discovery` against a real
-kube-apiserver (tests/integration/kube.py), with the config sources our users deploy: `xds://`
-mcpserver, then `k8s://`. Without a kubeconfig the same class runs the no-Kubernetes harness
-(tests/integration/istiod/main.go) with `xds://` alone, which bench/istiodcpu.py measures.
+The integration tier and bench/istiodcpu.py run the unmodified `pilot-discovery discovery`
+against a real kube-apiserver (tests/integration/kube.py), with the config sources our users
+deploy: `xds://` mcpserver, then `k8s://`.
 """
 
 from __future__ import annotations
@@ -26,12 +25,12 @@ from tests.integration.real import accepts, dying_with_us, free_port, terminate
 @dataclass
 class Istiod:
     """One istiod process; its config sources are mcpserver (xds://), then the apiserver
-    that `kubeconfig` names (k8s://), if any."""
+    that `kubeconfig` names (k8s://)."""
 
     binary: Path
     workdir: Path
     mcpserver_port: int
-    kubeconfig: Path | None = None
+    kubeconfig: Path
     grpc_port: int = field(default_factory=free_port)
     http_port: int = field(default_factory=free_port)
     monitoring_port: int = field(default_factory=free_port)
@@ -45,9 +44,7 @@ class Istiod:
         return self.workdir / f"istiod-{self.starts}.log"
 
     def mesh_config(self) -> Path:
-        sources = [{"address": f"xds://127.0.0.1:{self.mcpserver_port}"}]
-        if self.kubeconfig is not None:
-            sources.append({"address": "k8s://"})
+        sources = [{"address": f"xds://127.0.0.1:{self.mcpserver_port}"}, {"address": "k8s://"}]
         mesh = {
             "rootNamespace": "istio-system",
             "trustDomain": "cluster.local",
@@ -66,19 +63,16 @@ class Istiod:
     def start(self) -> None:
         self.starts += 1
         self.started_at = time.monotonic()
-        command = [str(self.binary)]
-        if self.kubeconfig is not None:
-            command += [
-                "discovery",
-                f"--kubeconfig={self.kubeconfig}",
-                # everything on loopback; no webhook server, no TLS xDS (no CA, no pilot-agent)
-                "--httpsAddr=",
-                "--secureGRPCAddr=",
-                "--ctrlz_address=127.0.0.1",
-                "--ctrlz_port=0",
-                "--shutdownDuration=1s",
-            ]
-        command += [
+        command = [
+            str(self.binary),
+            "discovery",
+            f"--kubeconfig={self.kubeconfig}",
+            # everything on loopback; no webhook server, no TLS xDS (no CA, no pilot-agent)
+            "--httpsAddr=",
+            "--secureGRPCAddr=",
+            "--ctrlz_address=127.0.0.1",
+            "--ctrlz_port=0",
+            "--shutdownDuration=1s",
             f"--meshConfig={self.mesh_config()}",
             f"--grpcAddr=127.0.0.1:{self.grpc_port}",
             f"--httpAddr=127.0.0.1:{self.http_port}",

@@ -58,16 +58,9 @@ def locked(name: str) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def istiod_binary() -> Path:
-    """Build the no-Kubernetes istiod harness (tests/integration/istiod/main.go) once per
-    content of its sources. The integration tier runs pilot-discovery instead; the harness
-    stays for bench/istiodcpu.py, which measures istiod without an apiserver."""
-    return go_tool("istiod", ".", {"GONOSUMDB": NO_SUMDB})
-
-
 def pilot_discovery_binary() -> Path:
-    """The unmodified `pilot-discovery` at the Istio version the harness module pins (its
-    go.mod/go.sum decide every dependency)."""
+    """The unmodified `pilot-discovery` at the Istio version tests/integration/istiod/go.mod
+    pins (its go.mod/go.sum decide every dependency)."""
     built = go_build(
         "istiod",
         {"pilot-discovery": "istio.io/istio/pilot/cmd/pilot-discovery"},
@@ -115,7 +108,7 @@ def kube_binaries() -> KubeBinaries:
 
 
 def istio_module_dir() -> Path:
-    """Where the Go module cache holds the istio.io/istio the harness module pins: Istio's
+    """Where the Go module cache holds the istio.io/istio tests/integration/istiod pins: Istio's
     CRDs are read from there at test time rather than copied into this repo."""
     go = shutil.which("go")
     if go is None:

@@ -4,17 +4,15 @@
 //     kube-apiserver: go build istio.io/istio/pilot/cmd/pilot-discovery
 //   - Istio's CRDs, read from this module in the module cache at test time
 //     (manifests/charts/base/files/crd-all.gen.yaml)
-//   - main.go, the no-Kubernetes harness that bench/istiodcpu.py still runs
-module mcpserver.test/istiod-harness
+// It has no code of its own.
+module mcpserver.test/istio
 
 go 1.25.7
 
-require (
-	github.com/spf13/cobra v1.10.2
-	istio.io/istio v0.0.0-20260423205519-b01690e6db7d
-)
+require istio.io/istio v0.0.0-20260423205519-b01690e6db7d
 
 require (
+	github.com/spf13/cobra v1.10.2 // indirect
 	cel.dev/expr v0.25.1 // indirect
 	dario.cat/mergo v1.0.2 // indirect
 	github.com/Masterminds/goutils v1.1.1 // indirect
