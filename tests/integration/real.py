@@ -190,6 +190,22 @@ def go_build(
     return targets
 
 
+HELM_VERSION = "3.22.0"  # helm.sh/helm/v3 in tests/integration/helm/go.mod
+
+
+def helm_binary() -> Path:
+    """Helm's CLI from tests/integration/helm/go.mod, stamped with its version (the chart
+    tests: lint, template, values schema)."""
+    built = go_build(
+        "helm",
+        {"helm": "helm.sh/helm/v3/cmd/helm"},
+        {},
+        key_files=("go.mod", "go.sum"),
+        ldflags=f"-X helm.sh/helm/v3/internal/version.version=v{HELM_VERSION}",
+    )
+    return built["helm"]
+
+
 def consul_binary() -> Path:
     """A real Consul agent built from the module proxy (tests/integration/consul/go.mod)."""
     return go_tool(

@@ -1,0 +1,211 @@
+"""The Helm chart (charts/mcpserver) for real: Helm lints and renders it with its defaults and
+with realistic values files, the real kube-apiserver validates every object it renders
+(server-side dry run, strict field validation), the config it renders passes `mcpserver
+check-config` in the file layout the Deployment mounts, and the values schema refuses a bad
+value saying where and why."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.integration.helm import Helm
+from tests.integration.kube import Kubectl
+from tests.integration.real import helm_binary
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "charts" / "mcpserver"
+VALUES = sorted((CHART / "ci").glob("*-values.yaml"))
+NAMESPACE = "mcpserver-chart"
+CONFIG_DIR = PurePosixPath("/etc/mcpserver")
+CASES = [None, *VALUES]
+IDS = ["defaults", *(v.name.removesuffix("-values.yaml") for v in VALUES)]
+
+# The Prometheus Operator's CRD is not ours to copy: this is the least of it that lets the
+# apiserver accept (and check the shape of) a ServiceMonitor.
+SERVICE_MONITOR_CRD = """\
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: servicemonitors.monitoring.coreos.com
+spec:
+  group: monitoring.coreos.com
+  scope: Namespaced
+  names: {kind: ServiceMonitor, listKind: ServiceMonitorList, plural: servicemonitors, singular: servicemonitor}
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    schema:
+      openAPIV3Schema:
+        type: object
+        required: [spec]
+        properties:
+          spec:
+            type: object
+            required: [selector, endpoints]
+            properties:
+              selector:
+                type: object
+                properties:
+                  matchLabels: {type: object, additionalProperties: {type: string}}
+              endpoints:
+                type: array
+                items:
+                  type: object
+                  properties:
+                    port: {type: string}
+                    path: {type: string}
+                    interval: {type: string, pattern: '^[0-9]+(ms|s|m|h)$'}
+"""
+
+
+@pytest.fixture(scope="module")
+def helm() -> Helm:
+    return Helm(helm_binary())
+
+
+@pytest.fixture(scope="module")
+def chart_cluster(kubectl: Kubectl) -> Iterator[Kubectl]:
+    """The session's apiserver with the chart's namespace and the ServiceMonitor CRD."""
+    kubectl.ensure_namespace(NAMESPACE)
+    kubectl.apply(SERVICE_MONITOR_CRD)
+    kubectl.run("wait", "--for=condition=established", "--timeout=60s",
+                "crd/servicemonitors.monitoring.coreos.com")  # fmt: skip
+    yield kubectl
+    kubectl.delete(SERVICE_MONITOR_CRD)
+
+
+def values_args(values: Path | None) -> tuple[Path, ...]:
+    return () if values is None else (values,)
+
+
+def dry_run(kubectl: Kubectl, objects: list[dict[str, Any]]) -> str:
+    """Server-side dry run with strict field validation: the real API's verdict, nothing
+    stored."""
+    manifest = yaml.safe_dump_all(objects)
+    return kubectl.run("apply", "--dry-run=server", "--validate=strict", "-f", "-", stdin=manifest)
+
+
+def test_chart_lints_with_every_values_file(helm: Helm) -> None:
+    for values in CASES:
+        done = helm.lint(CHART, *values_args(values))
+        assert done.returncode == 0, f"{values}: {done.stdout}{done.stderr}"
+
+
+@pytest.mark.parametrize("values", CASES, ids=IDS)
+def test_every_rendered_object_passes_the_apiservers_validation(
+    helm: Helm, chart_cluster: Kubectl, values: Path | None
+) -> None:
+    objects = helm.objects(CHART, "mcpserver", NAMESPACE, *values_args(values))
+    kinds = {o["kind"] for o in objects}
+    assert {"Deployment", "Service", "ConfigMap", "ServiceAccount"} <= kinds
+    assert {"PodDisruptionBudget", "NetworkPolicy"} <= kinds
+    assert ("ServiceMonitor" in kinds) == (values is not None and "consul" in values.name)
+    out = dry_run(chart_cluster, objects)
+    for o in objects:
+        assert f"{o['kind'].lower()}" in out.lower() and o["metadata"]["name"] in out, out
+
+
+def test_the_deployment_is_what_an_istio_component_needs(helm: Helm) -> None:
+    objects = helm.objects(CHART, "mcpserver", NAMESPACE)
+    by_kind = {o["kind"]: o for o in objects}
+    pod = by_kind["Deployment"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert by_kind["Deployment"]["spec"]["replicas"] == 2
+    assert "podAntiAffinity" in pod["affinity"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert pod["automountServiceAccountToken"] is False
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    grpc = next(p for p in by_kind["Service"]["spec"]["ports"] if p["port"] == 15051)
+    assert grpc["appProtocol"] == "grpc" and grpc["name"].startswith("grpc")
+    # no RBAC at all: mcpserver never calls the apiserver
+    assert not {"Role", "ClusterRole", "RoleBinding", "ClusterRoleBinding"} & set(by_kind)
+    (rule,) = by_kind["NetworkPolicy"]["spec"]["ingress"]
+    assert rule["ports"] == [{"port": "grpc-xds", "protocol": "TCP"}]
+
+
+def mounted_layout(objects: list[dict[str, Any]], root: Path) -> Path:
+    """The files the Deployment mounts under /etc/mcpserver, recreated under `root`: the
+    ConfigMap's keys at their subPath mounts, an empty directory per Secret mount. Returns
+    where config.yaml is."""
+    by_kind = {o["kind"]: o for o in objects}
+    pod = by_kind["Deployment"]["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    data: dict[str, str] = by_kind["ConfigMap"]["data"]
+    for mount in pod["containers"][0]["volumeMounts"]:
+        target = PurePosixPath(mount["mountPath"])
+        assert target.is_relative_to(CONFIG_DIR), target
+        local = root / target.relative_to(CONFIG_DIR)
+        volume = volumes[mount["name"]]
+        if "configMap" in volume:
+            local.parent.mkdir(parents=True, exist_ok=True)
+            local.write_text(data[mount["subPath"]])
+        else:
+            assert "secret" in volume, volume
+            local.mkdir(parents=True, exist_ok=True)
+    return root / "config.yaml"
+
+
+def secret_paths(value: Any) -> Iterator[str]:
+    """Every relative path into a Secret mount that a config names."""
+    if isinstance(value, dict):
+        for item in value.values():
+            yield from secret_paths(item)
+    elif isinstance(value, list):
+        for item in value:
+            yield from secret_paths(item)
+    elif isinstance(value, str) and value.startswith("secrets/"):
+        yield value
+
+
+@pytest.mark.parametrize("values", CASES, ids=IDS)
+def test_the_rendered_config_passes_check_config_where_the_pod_mounts_it(
+    helm: Helm, tmp_path: Path, values: Path | None
+) -> None:
+    objects = helm.objects(CHART, "mcpserver", NAMESPACE, *values_args(values))
+    config = mounted_layout(objects, tmp_path / "etc-mcpserver")
+    for relative in secret_paths(yaml.safe_load(config.read_text())):
+        secret = config.parent / relative
+        # a file of a Secret the Deployment mounts, not a path nothing provides
+        assert secret.parent.is_dir(), f"{relative}: no Secret is mounted at {secret.parent}"
+        secret.write_text("placeholder\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "mcpserver", "check-config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "ok" in done.stdout
+
+
+@pytest.mark.parametrize(
+    ("bad", "where", "why"),
+    [
+        ("replicaCount=0", "/replicaCount", "minimum"),
+        ("config.registries[0].name=Zk_Prod", "/config/registries/0/name", "does not match"),
+        ("service.grpcPort=70000", "/service/grpcPort", "maximum"),
+        ("antiAffinity=always", "/antiAffinity", "must be one of"),
+    ],
+)
+def test_the_values_schema_refuses_a_bad_value_saying_where(
+    helm: Helm, bad: str, where: str, why: str
+) -> None:
+    sets = (bad, "config.registries[0].kind=static") if "registries" in bad else (bad,)
+    done = helm.template(CHART, "mcpserver", NAMESPACE, sets=sets)
+    assert done.returncode != 0
+    assert "values don't meet the specifications of the schema" in done.stderr, done.stderr
+    line = next((x for x in done.stderr.splitlines() if where in x), "")
+    assert why in line, done.stderr
