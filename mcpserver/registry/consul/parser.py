@@ -57,10 +57,15 @@ class ConsulInstance:
     create_index: int
 
 
-def status(checks: Sequence[Mapping[str, Any]]) -> str:
-    """An instance's health: the worst of its node and service checks, as Consul says."""
+def status(checks: object) -> str:
+    """An instance's health: the worst of its node and service checks, as Consul says;
+    ValueError for checks that are not a list of objects (the entry is skipped)."""
+    if not isinstance(checks, list):
+        raise ValueError(f"Checks is a {type(checks).__name__}, not a list")
     worst = "passing"
     for check in checks:
+        if not isinstance(check, Mapping):
+            raise ValueError(f"a check is a {type(check).__name__}, not an object")
         value = str(check.get("Status", "critical")).lower()
         if _RANK.get(value, 3) > _RANK[worst]:
             worst = value if value in _RANK else "critical"

@@ -13,6 +13,8 @@ import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from mcpserver.convert.naming import sanitize_label
+
 
 class RecordError(ValueError):
     """A registry record that cannot be used; the message says why, in a few words."""
@@ -79,7 +81,9 @@ PROTOCOLS = {
 
 
 def istio_port(protocol: str) -> tuple[str, str]:
-    """The port name and Istio protocol for a Dubbo protocol."""
+    """The port name and Istio protocol for a Dubbo protocol; any other protocol is TCP,
+    named `tcp-<protocol>` as a DNS-1123 label (what istiod's port name validation asks: a
+    protocol such as `e.` or `Thrift` must not make an invalid name)."""
     if protocol in PROTOCOLS:
         return PROTOCOLS[protocol]
-    return (f"tcp-{protocol}"[:63].rstrip("-"), "TCP")
+    return (f"tcp-{sanitize_label(protocol)}"[:63].rstrip("-"), "TCP")
