@@ -97,6 +97,21 @@ class Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+class ClientTLSSettings(Frozen):
+    """TLS to a registry server: the CA to trust (the system's when unset) and, for servers
+    that ask for one, our client certificate and key."""
+
+    ca_file: ExistingFile | None = None
+    cert_file: ExistingFile | None = None
+    key_file: ExistingFile | None = None
+
+    @model_validator(mode="after")
+    def _pair(self) -> ClientTLSSettings:
+        if (self.cert_file is None) != (self.key_file is None):
+            raise ValueError("cert_file and key_file go together")
+        return self
+
+
 class SecretSettings(Frozen):
     """A secret from exactly one source; its value is never logged or shown."""
 

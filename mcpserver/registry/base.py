@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Generic, TypeVar
@@ -303,6 +303,36 @@ class Registry(abc.ABC):
                 )
                 self._metrics.skipped_records.labels(self.name, problem.reason or "malformed").inc()
         self._reported = now
+
+
+class Troubles:
+    """The parts of one registry that are failing (a watch loop, a namespace, a listing),
+    newest last. While any is left the registry is DEGRADED, showing the newest; when the
+    last clears it recovers (which also clears a degradation the supervisor set after a
+    crash). A repeat of the same trouble (the same `kind`; by default, the same detail)
+    changes nothing, so a retry loop does not rebuild the pipeline on every failed call."""
+
+    def __init__(self, registry: Registry) -> None:
+        self._registry = registry
+        self._scopes: dict[Hashable, tuple[str, str]] = {}  # scope -> (kind, detail)
+
+    def set(self, scope: Hashable, detail: str, kind: str | None = None) -> None:
+        same = detail if kind is None else kind
+        old = self._scopes.get(scope)
+        if old is not None and old[0] == same:
+            return
+        self._scopes.pop(scope, None)
+        self._scopes[scope] = (same, detail)
+        self._registry.degrade(detail)
+
+    def clear(self, scope: Hashable) -> None:
+        """`scope` is fine again: recover when no trouble is left, else show the newest."""
+        if self._scopes.pop(scope, None) is None and self._scopes:
+            return
+        if self._scopes:
+            self._registry.degrade(next(reversed(self._scopes.values()))[1])
+        else:
+            self._registry.recover()
 
 
 def _compose(old: View, services: tuple[Service, ...], change: Change | None) -> Delta:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from mcpserver.config import RegistrySettings
-from mcpserver.registry import consul, nacos, static, zookeeper
+from mcpserver.registry import cloudmap, consul, eureka, nacos, static, zookeeper
 from mcpserver.registry.base import Kind
 
 KINDS: dict[str, Kind[Any]] = {}
@@ -28,5 +28,5 @@ def kind_of(settings: RegistrySettings) -> Kind[Any]:
     return KINDS[settings.kind]
 
 
-for _kind in (static.KIND, zookeeper.KIND, consul.KIND, nacos.KIND):
+for _kind in (static.KIND, zookeeper.KIND, consul.KIND, nacos.KIND, eureka.KIND, cloudmap.KIND):
     register(_kind)

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, field_validator
 
 from mcpserver.config import (
+    ClientTLSSettings,
     Duration,
-    ExistingFile,
-    Frozen,
     RegistrySettings,
     SecretSettings,
     check_address,
@@ -17,17 +16,8 @@ from mcpserver.config import (
 )
 
 
-class ConsulTLSSettings(Frozen):
-    ca_file: ExistingFile | None = None
-    cert_file: ExistingFile | None = None
-    key_file: ExistingFile | None = None
+class ConsulTLSSettings(ClientTLSSettings):
     verify: bool = True
-
-    @model_validator(mode="after")
-    def _pair(self) -> ConsulTLSSettings:
-        if (self.cert_file is None) != (self.key_file is None):
-            raise ValueError("cert_file and key_file go together")
-        return self
 
 
 class ConsulRegistrySettings(RegistrySettings):

@@ -29,7 +29,7 @@ import consul
 
 from mcpserver.metrics import Metrics
 from mcpserver.model import Problem, Service
-from mcpserver.registry.base import Change, Registry, backoff
+from mcpserver.registry.base import Change, Registry, Troubles, backoff
 from mcpserver.registry.consul.client import (
     FILTERED,
     ConsulClient,
@@ -138,7 +138,7 @@ class ConsulRegistry(Registry):
         self._listed: set[str] = set()  # datacenters whose service list arrived
         # what is wrong, per loop, newest last: (kind, detail); the registry is DEGRADED
         # while any loop has trouble, and says the newest
-        self._troubles: dict[Key, tuple[str, str]] = {}
+        self._troubles = Troubles(self)
         self._batch: asyncio.TimerHandle | None = None
         self._warned_limit = False
         self.timeouts = 0
@@ -164,7 +164,7 @@ class ConsulRegistry(Registry):
         """Ask the agent for its datacenter (py-consul's agent.self() sends no token: our
         transport call does)."""
         _, datacenter = await self._answer(AGENT, "/v1/agent/self", (), agent_datacenter)
-        self._clear(AGENT)
+        self._troubles.clear(AGENT)
         self._watch_datacenters([datacenter])
 
     def _watch_datacenters(self, datacenters: list[str]) -> None:
@@ -229,7 +229,7 @@ class ConsulRegistry(Registry):
         except Exception as err:
             # A bug: the supervisor logs it, degrades and restarts us. Until this loop answers
             # again the registry is not healthy, even if other loops recover meanwhile.
-            self._trouble(key, "crash", f"{self._what(key)}: {err!r}; restarting")
+            self._troubles.set(key, f"{self._what(key)}: {err!r}; restarting", "crash")
             raise
 
     def _what(self, key: Key) -> str:
@@ -271,7 +271,7 @@ class ConsulRegistry(Registry):
             self._instances.pop(key, None)
             self._dcs.get(key[1], set()).discard(key[0])
             self._problems.pop(key, None)
-            self._clear(key)  # a service that is gone has no trouble left
+            self._troubles.clear(key)  # a service that is gone has no trouble left
             self._rebuild(key[1])
         added = sorted(name for name in wanted if (dc, name) not in self._watches)
         watched = len(self._watches) + len(added)
@@ -325,39 +325,19 @@ class ConsulRegistry(Registry):
             detail = f"cannot reach Consul at {self._settings.address}: {err!r}"
         else:
             detail = f"{self._what(key)}: {err!r}; serving the last known view"
-        self._trouble(key, "error", detail)
+        self._troubles.set(key, detail, "error")
 
     def _answered(self, key: Key, filtered: bool) -> None:
         if not filtered:
-            self._clear(key)
+            self._troubles.clear(key)
             return
         self._metrics.registry_errors.labels(self.name, "acl-filtered").inc()
-        self._trouble(
+        self._troubles.set(
             key,
-            "acl-filtered",
             f"Consul filtered results by ACL ({FILTERED}) for the {self._what(key)}: the "
             "token cannot read every service or node; what it cannot read looks deleted",
+            "acl-filtered",
         )
-
-    def _trouble(self, key: Key, kind: str, detail: str) -> None:
-        """Mark one loop troubled; the registry degrades (once per loop and kind, so a
-        retry loop does not rebuild the pipeline on every failed call)."""
-        old = self._troubles.get(key)
-        if old is not None and old[0] == kind:
-            return
-        self._troubles.pop(key, None)
-        self._troubles[key] = (kind, detail)
-        self.degrade(detail)
-
-    def _clear(self, key: Key) -> None:
-        """One loop is fine again: recover when none is left troubled (this also clears a
-        degradation the supervisor set after a crash), else show the newest remaining."""
-        if self._troubles.pop(key, None) is None and self._troubles:
-            return
-        if self._troubles:
-            self.degrade(next(reversed(self._troubles.values()))[1])
-        else:
-            self.recover()
 
     # --------------------------------------------------------------- publishing
 

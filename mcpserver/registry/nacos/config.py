@@ -13,8 +13,8 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from mcpserver.config import (
+    ClientTLSSettings,
     Duration,
-    ExistingFile,
     Frozen,
     RegistrySettings,
     SecretSettings,
@@ -25,18 +25,6 @@ from mcpserver.config import (
 GRPC_PORT_OFFSET = 1000
 """Nacos 2.x/3.x: the SDK gRPC port is the HTTP port + 1000 (com.alibaba.nacos.api.common
 .Constants / RpcConstants, `nacos.server.grpc.port.offset`)."""
-
-
-class NacosTLSSettings(Frozen):
-    ca_file: ExistingFile | None = None
-    cert_file: ExistingFile | None = None
-    key_file: ExistingFile | None = None
-
-    @model_validator(mode="after")
-    def _pair(self) -> NacosTLSSettings:
-        if (self.cert_file is None) != (self.key_file is None):
-            raise ValueError("cert_file and key_file go together")
-        return self
 
 
 class NacosAuthSettings(Frozen):
@@ -75,7 +63,7 @@ class NacosRegistrySettings(RegistrySettings):
     page_size: int = Field(default=500, ge=1, le=10000)
     request_timeout: Duration = 10.0
     auth: NacosAuthSettings | None = None
-    tls: NacosTLSSettings | None = None
+    tls: ClientTLSSettings | None = None
 
     @field_validator("address")
     @classmethod

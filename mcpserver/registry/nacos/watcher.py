@@ -39,7 +39,7 @@ import grpc
 
 from mcpserver.metrics import Metrics
 from mcpserver.model import Problem, Service
-from mcpserver.registry.base import Change, Registry, backoff
+from mcpserver.registry.base import Change, Registry, Troubles, backoff
 from mcpserver.registry.dubbo.mapping import DubboOptions
 from mcpserver.registry.nacos.auth import LoginError, TokenKeeper
 from mcpserver.registry.nacos.client import (
@@ -132,7 +132,7 @@ class NacosRegistry(Registry):
         self._listed: set[str] = set()  # namespaces listed (and their services read) once
         self._namespaces: dict[str, asyncio.Task[None]] = {}  # followed namespace -> task
         self._discovered = False  # namespaces: ["*"] has listed the namespaces once
-        self._troubles: dict[str, str] = {}  # namespace -> what is wrong, newest last
+        self._troubles = Troubles(self)  # by namespace
         self._batch: asyncio.TimerHandle | None = None
         self._dirty = False  # something changed since the last view
         self.pushes = 0
@@ -186,7 +186,7 @@ class NacosRegistry(Registry):
             except ERRORS as err:
                 self._fail(DISCOVERY, err)
             else:
-                self._clear(DISCOVERY)
+                self._troubles.clear(DISCOVERY)
                 self._follow_namespaces(found)
             await asyncio.sleep(self._settings.list_interval)
 
@@ -199,7 +199,7 @@ class NacosRegistry(Registry):
             self._namespaces.pop(namespace).cancel()
             self._listed.discard(namespace)
             self._subscribed.pop(namespace, None)
-            self._clear(namespace)
+            self._troubles.clear(namespace)
             self._reconcile(namespace, set())
             self._publish()
         if not self._discovered:
@@ -292,7 +292,7 @@ class NacosRegistry(Registry):
                     await self._unsubscribe(connection, key)
                 self._reconcile(namespace, keys)
                 self._listed.add(namespace)
-                self._clear(namespace)
+                self._troubles.clear(namespace)
                 self._publish_if_changed()
                 await asyncio.wait(
                     {keepalive, lost},
@@ -377,7 +377,7 @@ class NacosRegistry(Registry):
                 await self._fetch_all(keys)
                 self._reconcile(namespace, keys)
                 self._listed.add(namespace)
-                self._clear(namespace)
+                self._troubles.clear(namespace)
                 self._publish_if_changed()
                 attempt = 0
                 delay = self._settings.poll_interval
@@ -558,25 +558,10 @@ class NacosRegistry(Registry):
             what = f"{err.code().name}: {err.details() or ''}".strip()
         else:
             what = str(err) or repr(err)
-        self._trouble(
+        self._troubles.set(
             namespace,
             f"namespace {namespace}: {where}: {what}; serving the last known view",
         )
-
-    def _trouble(self, namespace: str, detail: str) -> None:
-        if self._troubles.get(namespace) == detail:
-            return
-        self._troubles.pop(namespace, None)
-        self._troubles[namespace] = detail
-        self.degrade(detail)
-
-    def _clear(self, namespace: str) -> None:
-        if self._troubles.pop(namespace, None) is None and self._troubles:
-            return
-        if self._troubles:
-            self.degrade(next(reversed(self._troubles.values())))
-        else:
-            self.recover()
 
     # --------------------------------------------------------------- publishing
 

@@ -1,0 +1,22 @@
+"""The AWS Cloud Map registry: namespaces, services and their healthy instances, polled with
+botocore (revision checks, reads only on change, a periodic full reconcile)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from mcpserver.registry.base import Kind, RegistryContext
+from mcpserver.registry.cloudmap.config import CloudMapRegistrySettings
+
+if TYPE_CHECKING:
+    from mcpserver.registry.cloudmap.watcher import CloudMapRegistry
+
+
+def _build(settings: CloudMapRegistrySettings, context: RegistryContext) -> CloudMapRegistry:
+    # botocore (about 0.6 s to import) is loaded only when a Cloud Map registry is configured
+    from mcpserver.registry.cloudmap.watcher import CloudMapRegistry
+
+    return CloudMapRegistry(settings, context.metrics)
+
+
+KIND = Kind("cloudmap", CloudMapRegistrySettings, _build)

@@ -1,0 +1,469 @@
+"""The Eureka registry against a real Spring Cloud Netflix Eureka server (tests/integration/
+eureka: `@EnableEurekaServer`, built with Maven), and on to a real istiod.
+
+Four servers start together once per module (JVM start-up dominates this file's time): the
+shared one (basic auth on; each test keeps to its own apps through `apps`), one with a
+300 ms delta window (a missed delta, a restart) and two peers that replicate to each other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mcpserver.app import App
+from mcpserver.registry.base import Status
+from mcpserver.registry.eureka.watcher import EurekaRegistry
+from mcpserver.xds.client import DecodedResource, IstiodLikeClient
+from tests.certs import make_certs
+from tests.conftest import AppFactory, ClientFactory, eventually, past_next_rebuild, settings_for
+from tests.integration.conftest import IstiodFactory
+from tests.integration.eureka import USER, EurekaServer, eureka_server_jar
+from tests.integration.test_nacos import listening
+from tests.integration.tlsproxy import TlsProxy
+from tests.integration.xdsprobe import endpoints
+
+AUTH = {"mcpserver.test.basic-auth": "true"}
+WINDOW = {
+    # changes leave the delta queue after 300 ms (Eureka: 3 min), checked every 100 ms
+    "eureka.server.retention-time-in-m-s-in-delta-queue": "300",
+    "eureka.server.delta-retention-timer-interval-in-ms": "100",
+}
+
+
+@dataclass
+class Servers:
+    shared: EurekaServer  # basic auth on
+    window: EurekaServer  # a 300 ms delta window
+    peer_a: EurekaServer
+    peer_b: EurekaServer
+
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
+    jar = eureka_server_jar()
+    root = tmp_path_factory.mktemp("eureka")
+    peer_a = EurekaServer(jar, root / "peer-a")
+    peer_b = EurekaServer(jar, root / "peer-b")
+    # each peer replicates to the other (Eureka's "peer aware" registry)
+    peer_a.properties["eureka.client.service-url.defaultZone"] = peer_b.url + "/"
+    peer_b.properties["eureka.client.service-url.defaultZone"] = peer_a.url + "/"
+    started = Servers(
+        shared=EurekaServer(jar, root / "shared", dict(AUTH)),
+        window=EurekaServer(jar, root / "window", dict(WINDOW)),
+        peer_a=peer_a,
+        peer_b=peer_b,
+    )
+    every = (started.shared, started.window, peer_a, peer_b)
+    try:
+        for server in every:
+            server.launch()
+        for server in every:
+            server.wait_ready()
+        yield started
+    finally:
+        for server in every:
+            server.stop()
+
+
+def eureka_settings(
+    tmp_path: Path,
+    urls: list[str],
+    apps: list[str],
+    top: dict[str, Any] | None = None,
+    **registry: Any,
+) -> Any:
+    entry: dict[str, Any] = {
+        "kind": "eureka",
+        "name": "eureka",
+        "servers": urls,
+        "apps": apps,
+        "namespace": "eureka",
+        "poll_interval": "300ms",
+    }
+    entry.update(registry)
+    # most tests end by removing their app's last instance: protection would hold that
+    top = {"protection": {"hold_empty": False, "min_instances": 100}, **(top or {})}
+    return settings_for(tmp_path, entry, **top)
+
+
+def with_auth(**registry: Any) -> dict[str, Any]:
+    return {"auth": {"username": USER[0], "password": {"value": USER[1]}}, **registry}
+
+
+def entry_for(client: IstiodLikeClient, host: str) -> DecodedResource | None:
+    return next((r for r in client.latest("ServiceEntry") if r.name == host), None)
+
+
+def addresses(client: IstiodLikeClient, host: str) -> list[str]:
+    entry = entry_for(client, host)
+    return [] if entry is None else sorted(e.address for e in entry.service_entry.endpoints)
+
+
+def endpoint(client: IstiodLikeClient, host: str, address: str) -> Any:
+    entry = entry_for(client, host)
+    assert entry is not None, f"{host} is not served"
+    return next(e for e in entry.service_entry.endpoints if e.address == address)
+
+
+def registry_of(app: App) -> EurekaRegistry:
+    registry = app.registries[0]
+    assert isinstance(registry, EurekaRegistry)
+    return registry
+
+
+def degraded(registry: EurekaRegistry) -> Callable[[], bool]:
+    return lambda: registry.view().status is Status.DEGRADED
+
+
+def held(app: App) -> bool:
+    return any(state.hold is not None for state in app.pipeline.registry_states())
+
+
+async def started(
+    start_app: AppFactory, connect: ClientFactory, settings: Any
+) -> tuple[App, IstiodLikeClient]:
+    app = await start_app(settings)
+    client = await connect(app.port)
+    await client.wait_for(lambda c: c.synced(), 60)
+    return app, client
+
+
+class Heartbeats:
+    """Instances kept alive as Eureka's Java client keeps them: a renewal every `period`, and
+    a new registration when the server answers 404 (it restarted, or evicted us)."""
+
+    def __init__(self, server: EurekaServer, period: float) -> None:
+        self.server = server
+        self.period = period
+        self.instances: dict[str, dict[str, Any]] = {}  # id -> register() arguments
+        self.renewed = 0
+        self.registered = 0
+        self.paused = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def add(self, app: str, ip: str, **kwargs: Any) -> str:
+        ident = self.server.register(app, ip, **kwargs)
+        self.instances[ident] = {"app": app, "ip": ip, **kwargs}
+        if not self._thread.is_alive():
+            self._thread.start()
+        return ident
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.period):  # a heartbeat period, not a synchronisation
+            if self.paused.is_set():
+                continue
+            for ident, args in list(self.instances.items()):
+                try:
+                    code = self.server.heartbeat(args["app"], ident)
+                    if code == 404:
+                        self.server.register(**args)
+                        self.registered += 1
+                    elif code == 200:
+                        self.renewed += 1
+                except OSError:
+                    pass  # the server is down: the next beat tries again
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(10)
+
+
+@pytest.fixture
+def beats(servers: Servers) -> Iterator[Callable[[EurekaServer, float], Heartbeats]]:
+    made: list[Heartbeats] = []
+
+    def make(server: EurekaServer, period: float) -> Heartbeats:
+        made.append(Heartbeats(server, period))
+        return made[-1]
+
+    yield make
+    for heartbeats in made:
+        heartbeats.close()
+
+
+# ---------------------------------------------------------------------------- scenarios
+
+
+def test_the_fixture_servers_bind_loopback_only(servers: Servers) -> None:
+    for server in (servers.shared, servers.window, servers.peer_a, servers.peer_b):
+        assert server.process is not None and server.process.poll() is None
+        sockets = listening(server.process.pid)
+        assert server.port in {port for _, port in sockets}
+        # Java listens on an IPv6 socket bound to 127.0.0.1's mapped address
+        assert {address.removeprefix("::ffff:") for address, _ in sockets} == {"127.0.0.1"}
+
+
+async def test_register_status_metadata_and_delete_flow_by_delta(
+    tmp_path: Path, servers: Servers, start_app: AppFactory, connect: ClientFactory
+) -> None:
+    eureka = servers.shared
+    host = "orders.eureka"
+    one = eureka.register(
+        "orders", "10.40.0.1", metadata={"version": "v1", "zone": "zone-a", "weight": "3"}
+    )
+    two = eureka.register("orders", "10.40.0.2", 8081, secure_port=8443)
+    starting = eureka.register("orders", "10.40.0.3", status="STARTING")
+    settings = eureka_settings(tmp_path, [eureka.url], ["orders"], **with_auth(region="eu-west"))
+    app, client = await started(start_app, connect, settings)
+    # UP only: the STARTING instance is not an endpoint
+    await client.wait_for(lambda c: addresses(c, host) == ["10.40.0.1", "10.40.0.2"], 30)
+    entry = entry_for(client, host)
+    assert entry is not None and entry.namespace == "eureka"
+    spec = entry.service_entry
+    assert list(spec.hosts) == [host]  # ORDERS, lower-cased
+    assert [(p.name, p.number, p.protocol) for p in spec.ports] == [
+        ("http", 8080, "HTTP"),
+        ("https", 8443, "HTTPS"),
+    ]
+    assert dict(entry.labels)["eureka-app"] == "orders"
+    first, second = endpoint(client, host, "10.40.0.1"), endpoint(client, host, "10.40.0.2")
+    assert dict(first.labels) == {
+        "version": "v1",
+        "zone": "zone-a",
+        "weight": "3",
+        "registry": "eureka",
+    }
+    assert (first.weight, first.locality) == (3, "eu-west/zone-a")
+    assert dict(second.ports) == {"http": 8081}
+
+    # OUT_OF_SERVICE (a status override) and back
+    eureka.set_status("orders", one, "OUT_OF_SERVICE")
+    await client.wait_for(lambda c: addresses(c, host) == ["10.40.0.2"], 30)
+    eureka.clear_status("orders", one)
+    await client.wait_for(lambda c: addresses(c, host) == ["10.40.0.1", "10.40.0.2"], 30)
+
+    # metadata changed: the client registers again with it
+    eureka.register("orders", "10.40.0.1", metadata={"version": "v2", "zone": "zone-a"})
+    await client.wait_for(lambda c: endpoint(c, host, "10.40.0.1").labels["version"] == "v2", 30)
+
+    # DELETE (a cancel): out; the last one out takes the service
+    eureka.deregister("orders", two)
+    await client.wait_for(lambda c: addresses(c, host) == ["10.40.0.1"], 30)
+    eureka.deregister("orders", one)
+    eureka.deregister("orders", starting)
+    await client.wait_for(lambda c: entry_for(c, host) is None, 30)
+
+    # every change came by delta, and our hash always matched the server's
+    registry = registry_of(app)
+    assert registry.delta_fetches > 0
+    assert (registry.full_fetches, registry.mismatches) == (1, 0)
+    assert registry.view().status is Status.READY
+
+
+async def test_heartbeats_keep_an_instance_and_lease_expiry_evicts_it(
+    tmp_path: Path,
+    servers: Servers,
+    start_app: AppFactory,
+    connect: ClientFactory,
+    beats: Callable[[EurekaServer, float], Heartbeats],
+) -> None:
+    eureka = servers.shared
+    host = "beating.eureka"
+    heartbeats = beats(eureka, 0.3)
+    heartbeats.add("beating", "10.41.0.1", lease=1)  # expires 2 s after its last renewal
+    eureka.register("beating", "10.41.0.2")  # a 90 s lease: stays
+    settings = eureka_settings(tmp_path, [eureka.url], ["beating"], **with_auth())
+    _, client = await started(start_app, connect, settings)
+    await client.wait_for(lambda c: addresses(c, host) == ["10.41.0.1", "10.41.0.2"], 30)
+    # renewed for well past its lease and the 500 ms eviction timer: never evicted
+    await eventually(lambda: heartbeats.renewed >= 12, within=60)
+    assert heartbeats.registered == 0
+    assert addresses(client, host) == ["10.41.0.1", "10.41.0.2"]
+    # its client stops renewing: Eureka evicts it, and it leaves
+    heartbeats.close()
+    await client.wait_for(lambda c: addresses(c, host) == ["10.41.0.2"], 30)
+
+
+async def test_an_instance_without_ip_is_skipped_and_its_app_kept_with_a_host_per_vip(
+    tmp_path: Path, servers: Servers, start_app: AppFactory, connect: ClientFactory
+) -> None:
+    """higress#1322 dropped a whole application for one instance whose address was a host
+    name; here that instance alone is skipped (and counted). `{vip}` renders one host per
+    VIP of an instance's comma-separated vipAddress."""
+    eureka = servers.shared
+    eureka.register("legacy", "10.42.0.1", vip="legacy-api,legacy-web")
+    eureka.register(
+        "legacy", "legacy-2.example.internal", vip="legacy-api", host_name="legacy-2.example"
+    )
+    settings = eureka_settings(
+        tmp_path, [eureka.url], ["legacy"], **with_auth(host_template="{vip}.vip.eureka")
+    )
+    app, client = await started(start_app, connect, settings)
+    await client.wait_for(lambda c: addresses(c, "legacy-web.vip.eureka") == ["10.42.0.1"], 30)
+    assert addresses(client, "legacy-api.vip.eureka") == ["10.42.0.1"]
+    problems = registry_of(app).view().problems
+    assert [p.reason for p in problems] == ["not-an-ip"]
+    assert "legacy-2.example.internal" in problems[0].message
+    skipped = app.metrics.registry.get_sample_value(
+        "mcpserver_registry_skipped_records_total", {"registry": "eureka", "reason": "not-an-ip"}
+    )
+    assert skipped == 1
+
+
+async def test_a_missed_delta_is_caught_by_the_hash_and_fetched_whole(
+    tmp_path: Path, servers: Servers, start_app: AppFactory, connect: ClientFactory
+) -> None:
+    """A change that left the server's delta window before we polled (a client paused longer
+    than the window: Eureka's is 3 minutes, this server's 300 ms) is missing from our merge;
+    the hash tells, and a full fetch brings it."""
+    eureka = servers.window
+    host = "window.eureka"
+    eureka.register("window", "10.43.0.1")
+    settings = eureka_settings(tmp_path, [eureka.url], ["window"], poll_interval="2s")
+    app, client = await started(start_app, connect, settings)
+    await client.wait_for(lambda c: addresses(c, host) == ["10.43.0.1"], 30)
+    registry = registry_of(app)
+    fetched = registry.delta_fetches
+    # right after a delta poll: the next one comes 2 s later, long after this change has
+    # left the server's 300 ms delta window
+    await eventually(lambda: registry.delta_fetches > fetched, within=30)
+    eureka.register("window", "10.43.0.2")
+    await client.wait_for(lambda c: addresses(c, host) == ["10.43.0.1", "10.43.0.2"], 30)
+    assert registry.mismatches >= 1
+    assert registry.full_fetches >= 2
+
+
+async def test_a_server_restarted_empty_does_not_withdraw_our_services(
+    tmp_path: Path,
+    servers: Servers,
+    start_app: AppFactory,
+    connect: ClientFactory,
+    beats: Callable[[EurekaServer, float], Heartbeats],
+) -> None:
+    """Eureka keeps its registry in memory: restarted, it answers an empty registry until
+    its clients' next heartbeats (404) make them register again. Protection against mass
+    removal holds our view meanwhile; the clients' return releases it."""
+    eureka = servers.window
+    host = "restart.eureka"
+    heartbeats = beats(eureka, 0.3)
+    heartbeats.add("restart", "10.44.0.1")
+    heartbeats.add("restart", "10.44.0.2")
+    # protection as deployed (an empty registry is held), for as long as the test needs
+    top = {"protection": {"hold_for": "10m"}}
+    settings = eureka_settings(tmp_path, [eureka.url], ["restart"], top=top)
+    app, client = await started(start_app, connect, settings)
+    await client.wait_for(lambda c: addresses(c, host) == ["10.44.0.1", "10.44.0.2"], 30)
+    registry = registry_of(app)
+    heartbeats.paused.set()  # the clients do not notice the restart yet
+    await asyncio.to_thread(eureka.stop)
+    await eventually(lambda: registry.view().status is Status.DEGRADED, within=30)
+    assert eureka.url in registry.view().detail
+    eureka.launch()  # on this thread: see EurekaServer.start
+    await asyncio.to_thread(eureka.wait_ready)
+    # the empty registry is fetched (the hash no longer matches) and held
+    await eventually(lambda: registry.view().services == () and held(app), within=60)
+    assert registry.view().status is Status.READY
+    await past_next_rebuild(app)
+    assert addresses(client, host) == ["10.44.0.1", "10.44.0.2"]  # istiod keeps them
+    # the clients' heartbeats get 404 and they register again: the hold is released
+    heartbeats.paused.clear()
+    await eventually(lambda: heartbeats.registered >= 2, within=30)
+    await eventually(lambda: not held(app) and len(registry.view().services) == 1, within=30)
+    assert addresses(client, host) == ["10.44.0.1", "10.44.0.2"]
+
+
+async def test_two_peers_one_stopped_the_other_serves(
+    tmp_path: Path, servers: Servers, start_app: AppFactory, connect: ClientFactory
+) -> None:
+    a, b = servers.peer_a, servers.peer_b
+    host = "peered.eureka"
+    a.register("peered", "10.45.0.1")
+
+    def replicated() -> bool:
+        apps = b.apps()["applications"]["application"]
+        return any(app["name"] == "PEERED" for app in apps)
+
+    await eventually(replicated, within=30)  # A replicated it to B
+    settings = eureka_settings(tmp_path, [a.url, b.url], ["peered"])
+    app, client = await started(start_app, connect, settings)
+    await client.wait_for(lambda c: addresses(c, host) == ["10.45.0.1"], 30)
+    registry = registry_of(app)
+    assert registry.client is not None and registry.client.server == a.url
+    await asyncio.to_thread(a.stop)
+    b.register("peered", "10.45.0.2")
+    await client.wait_for(lambda c: addresses(c, host) == ["10.45.0.1", "10.45.0.2"], 30)
+    assert registry.client.server == b.url and registry.client.failovers == 1
+    assert registry.view().status is Status.READY
+
+
+async def test_basic_auth_and_tls(
+    tmp_path: Path, servers: Servers, start_app: AppFactory, connect: ClientFactory
+) -> None:
+    """Through TLS (a terminating proxy in front of the server) verified against the CA,
+    with basic auth; a wrong password, none, or a CA that did not sign the certificate:
+    nothing served, degraded, saying why."""
+    eureka = servers.shared
+    host = "secure.eureka"
+    certs = make_certs(tmp_path / "certs")
+    proxy = TlsProxy(eureka.port, certs["server"], certs["server-key"])
+    await proxy.start()
+    try:
+        eureka.register("secure", "10.46.0.1")
+        url = f"https://127.0.0.1:{proxy.port}/eureka"
+        tls = {"ca_file": str(certs["ca"])}
+        (tmp_path / "good").mkdir()
+        settings = eureka_settings(tmp_path / "good", [url], ["secure"], tls=tls, **with_auth())
+        _, client = await started(start_app, connect, settings)
+        await client.wait_for(lambda c: addresses(c, host) == ["10.46.0.1"], 30)
+        assert proxy.connections > 0
+
+        other = make_certs(tmp_path / "other")
+        refused: list[App] = []
+        cases: dict[str, dict[str, Any]] = {
+            "wrong": {"tls": tls, "auth": {"username": USER[0], "password": {"value": "nope"}}},
+            "none": {"tls": tls},
+            "ca": {"tls": {"ca_file": str(other["ca"])}, **with_auth()},
+        }
+        for name, entry in cases.items():
+            (tmp_path / name).mkdir()
+            refused.append(
+                await start_app(eureka_settings(tmp_path / name, [url], ["secure"], **entry))
+            )
+        for registry in map(registry_of, refused):
+            await eventually(degraded(registry), within=30)
+            assert registry.view().services == ()
+            assert not registry.view().synced
+        wrong, none, ca = (registry_of(one).view().detail for one in refused)
+        assert "HTTP 401" in wrong and "nope" not in wrong
+        assert "HTTP 401" in none
+        assert "certificate" in ca.lower(), ca
+        errors = refused[0].metrics.registry.get_sample_value(
+            "mcpserver_registry_errors_total", {"registry": "eureka", "kind": "unauthorized"}
+        )
+        assert (errors or 0) >= 1
+    finally:
+        await proxy.stop()
+
+
+async def test_eureka_services_reach_istiod(
+    tmp_path: Path, servers: Servers, start_app: AppFactory, start_istiod: IstiodFactory
+) -> None:
+    eureka = servers.shared
+    host = "reviews.eureka"
+    eureka.register("reviews", "10.47.0.1")
+    two = eureka.register("reviews", "10.47.0.2")
+    app = await start_app(eureka_settings(tmp_path, [eureka.url], ["reviews"], **with_auth()))
+    istiod = await start_istiod(app.port)
+    cluster = f"outbound|8080||{host}"
+
+    async def wait_for(expected: list[str]) -> None:
+        deadline = time.monotonic() + 60
+        while (found := (await endpoints(istiod.grpc_port, cluster))[1]) != expected:
+            assert time.monotonic() < deadline, found
+            await asyncio.sleep(0.2)
+
+    await wait_for(["10.47.0.1:8080", "10.47.0.2:8080"])
+    assert f"eureka/{host}" in istiod.configs()
+    assert host in istiod.hosts()
+    eureka.set_status("reviews", two, "OUT_OF_SERVICE")
+    await wait_for(["10.47.0.1:8080"])
