@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Awaitable, Callable
@@ -36,6 +37,7 @@ from tests.integration.real import CACHE, free_port, locked, missing, terminate
 RNACOS_VERSION = "0.8.8"
 RNACOS_STARTS = 3  # attempts to start r-nacos (see RNacos.start)
 ADMIN = ("admin", "nacos-test-password")
+PROBE_NAMESPACE = "mcpserver-start-probe"  # created and deleted once r-nacos answers
 
 
 def rnacos_binary() -> Path:
@@ -155,7 +157,7 @@ class RNacos:
         while True:
             try:
                 self.request("GET", "/nacos/v1/ns/service/list", pageNo="1", pageSize="1")
-                return True
+                return self._actors_alive(deadline)
             except OSError:
                 pass
             if self.process.poll() is not None:
@@ -167,6 +169,32 @@ class RNacos:
             if time.monotonic() > deadline:
                 return False
             time.sleep(0.05)
+
+    def _actors_alive(self, deadline: float) -> bool:
+        """Whether the namespace actor lives: r-nacos 0.8.8 now and then starts with it dead
+        (every namespace write then answers 500 "Mailbox has closed", nothing logged), which
+        a namespace created and deleted again shows; then it is started again."""
+        for method in ("POST", "DELETE"):
+            form = {"customNamespaceId": PROBE_NAMESPACE, "namespaceName": PROBE_NAMESPACE}
+            if method == "DELETE":
+                form = {"namespaceId": PROBE_NAMESPACE}
+            token = self.token()
+            query = "?" + urllib.parse.urlencode({"accessToken": token}) if token else ""
+            while True:
+                request = urllib.request.Request(
+                    f"{self.address}/nacos/v1/console/namespaces{query}",
+                    data=urllib.parse.urlencode(form).encode(),
+                    method=method,
+                )
+                try:
+                    with urllib.request.urlopen(request, timeout=10) as reply:
+                        reply.read()
+                    break
+                except urllib.error.HTTPError as err:
+                    if b"Mailbox has closed" in err.read() or time.monotonic() > deadline:
+                        return False
+                    time.sleep(0.2)  # a raft write not settled yet: again
+        return True
 
     def stop(self) -> None:
         terminate(self.process, grace=10)

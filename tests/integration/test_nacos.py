@@ -471,7 +471,8 @@ def namespaces(server: RNacos, method: str, **form: str) -> None:
             return
         except urllib.error.HTTPError as err:
             if err.code != 500 or time.monotonic() > deadline:
-                raise
+                body = err.read().decode(errors="replace")[:500]
+                raise AssertionError(f"{method} {form}: HTTP {err.code}: {body}") from err
         time.sleep(0.2)
 
 
