@@ -72,7 +72,7 @@ def default_server(env: Mapping[str, str]) -> str:
     the same environment listens on), a wildcard address turned into loopback."""
     listen = env.get(LISTEN_ENV, "").strip() or DEFAULT_SERVER
     host, _, port = listen.rpartition(":")
-    if host in ("0.0.0.0", ""):  # a listen address: dialled on loopback
+    if host in ("0.0.0.0", ""):  # noqa: S104  a listen address, dialled on loopback
         host = "127.0.0.1"
     elif host in ("[::]", "::"):
         host = "[::1]"

@@ -121,7 +121,8 @@ class RegistryContext:
 
 def backoff(attempt: int, first: float = 0.5, cap: float = 30.0) -> float:
     """Jittered exponential backoff: `first` doubling up to `cap`, +-25 %."""
-    return float(min(cap, first * 2.0**attempt) * random.uniform(0.75, 1.25))
+    # jitter spreads retries out; nothing secret depends on it
+    return float(min(cap, first * 2.0**attempt) * random.uniform(0.75, 1.25))  # noqa: S311
 
 
 RESTART_RESET = 60.0

@@ -202,6 +202,6 @@ def _load(text: str) -> object:
         except json.JSONDecodeError:
             pass  # YAML flow style, or broken: the YAML parser says which
     try:
-        return yaml.load(text, Loader=_LOADER)
+        return yaml.load(text, Loader=_LOADER)  # noqa: S506  _LOADER is a safe loader
     except yaml.YAMLError as err:
         raise StaticFileError(f"not valid YAML: {err}") from None
