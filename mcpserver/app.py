@@ -206,7 +206,13 @@ class App:
                     cert_file=str(s.server.tls.cert_file) if s.server.tls else None,
                     key_file=str(s.server.tls.key_file) if s.server.tls else None,
                 ),
-                AdsHandler(self.store, self.metrics, self.clients, callbacks=callbacks),
+                AdsHandler(
+                    self.store,
+                    self.metrics,
+                    self.clients,
+                    callbacks=callbacks,
+                    send_timeout=s.server.send_timeout,
+                ),
                 self.metrics,
             )
         except TLSError as err:

@@ -146,6 +146,11 @@ class Metrics:
             ["type_url"],
             registry=r,
         )
+        self.send_timeouts = Counter(
+            "mcpserver_xds_send_timeouts",
+            "Streams ended because the client did not take a response within server.send_timeout.",
+            registry=r,
+        )
         self.requests = Counter(
             "mcpserver_xds_requests",
             "DiscoveryRequests received, by what the protocol made of them.",

@@ -62,6 +62,9 @@ class ServerSettings(Frozen):
     admin_token: SecretSettings | None = None
     # istiod accepts responses up to MaxInt32 bytes; 100k instances fit well under this.
     max_message_bytes: int = Field(default=512 * 1024 * 1024, gt=0, lt=2**31)
+    # A stream whose client takes no response for this long is ended (istiod reads as it
+    # goes; a client that stops reading would otherwise pin its response and snapshot).
+    send_timeout: Duration = Field(default=60.0, gt=0)
 
 
 class DebounceSettings(Frozen):

@@ -61,6 +61,10 @@ class StreamCallbacks(Protocol):
     def on_bad_request(self, stream_id: int, message: str) -> None:
         """A request the stream cannot serve; the stream is about to be aborted."""
 
+    def on_send_timeout(self, stream_id: int, seconds: float, size: int) -> None:
+        """The client did not take a response of `size` bytes within `seconds`; the stream
+        is about to be aborted."""
+
     def on_node(self, state: StreamState) -> None:
         """The stream's node id became known."""
 
@@ -254,6 +258,19 @@ class DefaultCallbacks:
         info = self._info(stream_id)
         log.warning(
             "bad request stream=%d peer=%s: %s", stream_id, info.peer if info else "", message
+        )
+
+    def on_send_timeout(self, stream_id: int, seconds: float, size: int) -> None:
+        info = self._info(stream_id)
+        self._metrics.send_timeouts.inc()
+        log.warning(
+            "client not reading stream=%d peer=%s node=%s: a %d-byte response not taken in "
+            "%.0fs; ending the stream (the client reconnects and gets the current set)",
+            stream_id,
+            info.peer if info else "",
+            info.node_id if info else "",
+            size,
+            seconds,
         )
 
     def on_node(self, state: StreamState) -> None:

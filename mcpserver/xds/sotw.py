@@ -40,6 +40,7 @@ from mcpserver.xds.store import SnapshotStore
 
 # Clients and ClientInfo live in callbacks.py; app.py and admin.py import them from here.
 __all__ = [
+    "DEFAULT_SEND_TIMEOUT",
     "MAX_PENDING_REQUESTS",
     "AdsHandler",
     "ClientInfo",
@@ -49,6 +50,8 @@ __all__ = [
 ]
 
 MAX_PENDING_REQUESTS: Final = 1
+DEFAULT_SEND_TIMEOUT: Final = 60.0
+"""Seconds a response may wait for the client to take it (server.send_timeout)."""
 
 
 class _Snapshot:
@@ -148,16 +151,24 @@ class AdsHandler:
         clients: Clients,
         *,
         callbacks: StreamCallbacks | None = None,
+        send_timeout: float = DEFAULT_SEND_TIMEOUT,
     ) -> None:
         self._store = store
         self._callbacks: StreamCallbacks = callbacks or DefaultCallbacks(metrics, clients)
         self._ids = itertools.count(1)
+        self._send_timeout = send_timeout
 
     async def stream(
         self,
         requests: AsyncIterator[discovery_pb2.DiscoveryRequest],
         context: grpc.aio.ServicerContext[discovery_pb2.DiscoveryRequest, bytes],
-    ) -> AsyncIterator[bytes]:
+    ) -> None:
+        """The stream's loop. Responses are written with context.write() under
+        `send_timeout`: a client that stops reading fills HTTP/2's flow-control window, the
+        write then waits, and without a bound the stream would go on holding responses for as
+        long as the connection lives. Past the bound the stream ends (UNAVAILABLE, after what
+        the client had buffered); a client that reads again reconnects and gets the current
+        set."""
         callbacks = self._callbacks
         stream_id = next(self._ids)
         intake = Intake()
@@ -184,7 +195,20 @@ class AdsHandler:
                     if isinstance(effect, Send):
                         payload = effect.type_set.response(effect.type_url)
                         callbacks.on_response(state, effect, len(payload))
-                        yield payload
+                        try:
+                            await asyncio.wait_for(context.write(payload), self._send_timeout)
+                        except TimeoutError:
+                            # Not context.abort(): gRPC sends the status only after the
+                            # message it is still writing, which waits on this very client;
+                            # the stream ends here for us (unsubscribed, forgotten) and the
+                            # status follows whenever the client reads again.
+                            callbacks.on_send_timeout(stream_id, self._send_timeout, len(payload))
+                            reason = TimeoutError("the client did not read a response")
+                            context.set_code(grpc.StatusCode.UNAVAILABLE)
+                            context.set_details(
+                                f"a response was not read within {self._send_timeout:g}s"
+                            )
+                            return
                     elif isinstance(effect, Abort):
                         callbacks.on_bad_request(stream_id, effect.message)
                         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, effect.message)
