@@ -237,7 +237,12 @@ def envoy_binary() -> Path:
 
 def dying_with_us(command: list[str]) -> list[str]:
     """The command, SIGTERMed by the kernel when the test process dies (util-linux setpriv),
-    so that a pytest killed without teardown (a CI timeout) leaves no server behind."""
+    so that a pytest killed without teardown (a CI timeout) leaves no server behind.
+
+    The kernel ties the signal to the *thread* that started the child: a server started in
+    a worker thread (`asyncio.to_thread(server.start)`) dies when that thread ends, which
+    for the loop's default executor is when the test's event loop closes. Start servers
+    that must outlive the test from the main thread (wait for them in a worker)."""
     setpriv = shutil.which("setpriv")
     return command if setpriv is None else [setpriv, "--pdeathsig", "TERM", "--", *command]
 
