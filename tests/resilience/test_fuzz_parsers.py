@@ -32,6 +32,15 @@ from mcpserver.registry.base import Status, View
 from mcpserver.registry.consul.parser import ConsulOptions, build_services, parse_health
 from mcpserver.registry.dubbo.mapping import DubboOptions
 from mcpserver.registry.dubbo.provider import RecordError
+from mcpserver.registry.eureka.parser import (
+    DocumentError,
+    EurekaOptions,
+    convert_app,
+    merge,
+    mirror_of,
+    parse_document,
+    reconcile_hash,
+)
 from mcpserver.registry.nacos.parser import NacosOptions, ServiceKey, convert
 from mcpserver.registry.nacos.payload import PayloadError, decode
 from mcpserver.registry.static.parser import StaticFileError, StaticOptions, parse_static
@@ -73,6 +82,15 @@ NACOS = NacosOptions(
     dubbo=DubboOptions(
         "nacos", "mesh", "{interface}", "{application}.dubbo", ("version", "group"), "inline"
     ),
+)
+EUREKA = EurekaOptions(
+    registry="eureka",
+    namespace="eureka",
+    host_template="{app}.eureka",
+    statuses=frozenset({"UP", "STARTING"}),
+    default_protocol="http",
+    region="",
+    endpoints_mode="inline",
 )
 STATIC = StaticOptions("files", "default", "{name}.{namespace}.svc.mesh", "inline")
 
@@ -343,6 +361,91 @@ def test_dubbo_on_nacos_is_skipped_or_served_valid(hosts: list[Any], interface: 
     key = ServiceKey("public", "DEFAULT_GROUP", f"providers:{interface}:1.0.0:")
     services, _ = convert(NACOS, key, {"hosts": hosts})
     assert not served_problems("nacos", services)
+
+
+# ------------------------------------------------------------------------ Eureka documents
+
+
+@st.composite
+def eureka_instances(draw: st.DrawFn) -> Any:
+    if draw(st.integers(0, 9)) == 0:
+        return draw(JSON)
+    port = st.fixed_dictionaries(
+        {"$": PORTS | JSON, "@enabled": st.sampled_from(["true", "false"])}
+    )
+    return {
+        "instanceId": draw(NAMES | JSON),
+        "app": draw(NAMES),
+        "ipAddr": draw(ADDRESSES | JSON),
+        "hostName": draw(ADDRESSES),
+        "status": draw(st.sampled_from(["UP", "DOWN", "STARTING", "OUT_OF_SERVICE"]) | JSON),
+        "port": draw(port | JSON),
+        "securePort": draw(port | JSON),
+        "vipAddress": draw(NAMES | st.builds("{},{}".format, NAMES, NAMES)),
+        "metadata": draw(
+            st.dictionaries(
+                st.sampled_from(["protocol", "weight", "zone", "@class"]) | NAMES,
+                VALUES,
+                max_size=4,
+            )
+            | JSON
+        ),
+        "actionType": draw(st.sampled_from(["ADDED", "MODIFIED", "DELETED"]) | JSON),
+    }
+
+
+@st.composite
+def eureka_documents(draw: st.DrawFn) -> Any:
+    if draw(st.integers(0, 9)) == 0:
+        return draw(JSON)
+    apps = draw(
+        st.lists(
+            st.fixed_dictionaries(
+                {"name": NAMES, "instance": st.lists(eureka_instances(), max_size=3)}
+            )
+            | JSON,
+            max_size=3,
+        )
+    )
+    return {"applications": {"apps__hashcode": draw(NAMES), "application": apps}}
+
+
+@given(eureka_documents(), eureka_documents())
+@example(  # found by the explore profile: port and securePort both 1 made one port twice
+    {"applications": {"apps__hashcode": "", "application": []}},
+    {
+        "applications": {
+            "application": [
+                {
+                    "name": "A",
+                    "instance": [
+                        {
+                            "instanceId": "A",
+                            "app": "A",
+                            "ipAddr": "10.0.0.1",
+                            "status": "UP",
+                            "port": {"$": 1, "@enabled": "true"},
+                            "securePort": {"$": 1, "@enabled": "true"},
+                            "actionType": "ADDED",
+                        }
+                    ],
+                }
+            ]
+        }
+    },
+)
+def test_eureka_documents_are_skipped_or_served_valid(full: Any, delta: Any) -> None:
+    try:
+        document = parse_document(full, "eureka")
+    except DocumentError:
+        return
+    mirror = mirror_of(document)
+    with contextlib.suppress(DocumentError):
+        merge(mirror, parse_document(delta, "eureka"))
+    reconcile_hash(mirror)
+    for app, instances in mirror.items():
+        services, _ = convert_app(EUREKA, app, instances.values())
+        assert not served_problems("eureka", services)
 
 
 # ---------------------------------------------------------------------------- static files

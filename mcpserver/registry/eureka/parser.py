@@ -308,7 +308,9 @@ def _ports(options: EurekaOptions, instance: EurekaInstance) -> tuple[tuple[str,
             "TCP",
         )
         ports.append((name, protocol, instance.port))
-    if instance.secure_port is not None:
+    # one port number is one ServiceEntry port: a securePort equal to the port (both enabled)
+    # is the same listener, kept once, as the non-secure one
+    if instance.secure_port is not None and instance.secure_port != instance.port:
         name = SECURE[0] if not ports or ports[0][0] != SECURE[0] else "https-secure"
         ports.append((name, SECURE[1], instance.secure_port))
     return tuple(ports)
@@ -384,11 +386,21 @@ def _service(options: EurekaOptions, app: str, host: str, members: Sequence[_Mem
         for name, protocol, number in member.ports:
             counts.setdefault(name, Counter())[number] += 1
             protocols[name] = protocol
-    # each port numbered by the number most instances use (the lowest of a tie)
-    numbers = {n: min(c.items(), key=lambda kv: (-kv[1], kv[0]))[0] for n, c in counts.items()}
+    # each port numbered by the number most instances use (the lowest of a tie); two names
+    # on one number would be an invalid ServiceEntry (istiod: "port already defined"), so the
+    # first name in order keeps it and the other's endpoints keep their own number
+    numbers: dict[str, int] = {}
+    for name in sorted(counts):
+        ranked = sorted(counts[name].items(), key=lambda kv: (-kv[1], kv[0]))
+        taken = set(numbers.values())
+        free = [number for number, _ in ranked if number not in taken]
+        if free:
+            numbers[name] = free[0]
     by_key: dict[str, Instance] = {}
     for member in sorted(members, key=lambda m: (m.address, m.ports, m.instance.id)):
-        own = {name: number for name, _, number in member.ports}
+        own = {name: number for name, _, number in member.ports if name in numbers}
+        if not own:  # its only port's name lost its number to another name: nothing to reach
+            continue
         first = min(own.values())
         # several instances on one host (another port each) are several endpoints
         key = member.address if member.address not in by_key else f"{member.address}:{first}"
