@@ -2,13 +2,15 @@
 the 10k estate; the lag of every write (ZooKeeper's ack -> the istiod-like client holds it)
 and whether the client's final view equals ZooKeeper's exactly (endpoint sets per host).
 
-Beside it, on the same writes: a kazoo watcher with a children watch on every providers node
-that re-lists a node when its watch fires (bench/zkwatcher.py); its lag is the time from the
-ack until its listing holds the write.
+The baseline: a kazoo watcher with a children watch on every providers node that re-lists a
+node when its watch fires (bench/zkwatcher.py); its lag is the time from the ack until its
+listing holds the write. It follows a pass of its own, the same churn with no server running:
+on 2 cores, run beside the server it took as much CPU as the server did and slowed both.
 
-Three processes besides the server and ZooKeeper, so that none is timed by another's work:
-the writer (bench/zkwriter.py, which holds the rate and stamps acks), the watcher, and this
-one, whose probe logs every address that appears or disappears in the client's view. Each
+Each pass has its processes besides ZooKeeper, so that none is timed by another's work: the
+writer (bench/zkwriter.py, which holds the rate and stamps acks), and either the server plus
+this one, whose probe logs every address that appears or disappears in the client's view, or
+the watcher. Each
 write is matched afterwards to the first appearance (an addition: an address never used
 before) or disappearance (a removal: one of the estate's own providers, removed at most
 once) in each log, so "holds it" is exact. Writes not held by the deadline count as the
@@ -22,11 +24,12 @@ import json
 import math
 import sys
 import time
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
 from bench.context import Bench
-from bench.process import cpu_seconds
 from bench.serving import zookeeper_serving
 from bench.stats import cdf_points, summary
 from bench.workload import Estate, provider_url, providers_path, zk_endpoints, zk_host
@@ -64,42 +67,55 @@ async def restore(bench: Bench, root: str, estate: Estate) -> None:
     await asyncio.gather(*pending)
 
 
-async def churn_once(bench: Bench, debounce: str) -> dict[str, Any]:
+@dataclass
+class Pass:
+    """One churn: the writes (kind, service, address, issued, acked, error), who saw what
+    (time, host, address, +1/-1), and what the watching side cost."""
+
+    ops: list[list[Any]]
+    took: float
+    seen: dict[tuple[str, str, int], float]
+    gave_up: float  # when a write not seen by then counts as seen then (censored)
+    cpu: float  # CPU seconds of the watching side, from the first write until it held all
+    equal: bool  # its final view equals ZooKeeper's
+    mismatched: int
+    converged_after_last_ack: float
+    caught_up: bool
+
+
+async def write(bench: Bench, root: str, estate: Estate, directory: Path) -> tuple[Any, float]:
+    """Run the writer (its own process: it holds the rate and stamps the acks)."""
+    config = bench.config
+    common = ["--hosts", bench.zookeeper.address, "--root", root]
+    writer = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bench.zkwriter", *common, "--services", str(estate.services),
+        "--instances", str(estate.instances), "--rate", str(config.churn_rate),
+        "--seconds", str(config.churn_seconds), "--out", str(directory / "ops.json"),
+    )  # fmt: skip
+    async with asyncio.timeout(config.churn_seconds + config.deadline):
+        if await writer.wait() != 0:
+            raise RuntimeError("the churn writer failed")
+    return json.loads((directory / "ops.json").read_text()), time.perf_counter()
+
+
+async def serve_pass(bench: Bench, debounce: str) -> Pass:
+    """The server under churn, and nothing else watching: the probe logs every address
+    that appears or disappears in the client's view."""
     config = bench.config
     estate = Estate(config.scale, config.instances)
     serving = await zookeeper_serving(bench, estate, debounce)
-    zk = bench.zookeeper
     directory = bench.scratch(f"churn-{debounce}")
-    common = ["--hosts", zk.address, "--root", serving.root, "--services", str(estate.services)]
     deadline = max(30.0, 4 * config.churn_seconds)
-    watcher = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "bench.zkwatcher", *common, "--within", str(deadline),
-        "--out", str(directory / "watcher.json"),
-        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    assert watcher.stdin is not None
-    assert watcher.stdout is not None
     view = serving.view
+    events: list[Event] = []
+    bench.log(f"churn (debounce {debounce}): {config.churn_rate:.0f}/s for "
+              f"{config.churn_seconds:.0f}s")  # fmt: skip
+    view.events = events
     try:
-        async with asyncio.timeout(config.deadline):
-            ready = await watcher.stdout.readline()
-        if b"ready" not in ready:
-            raise RuntimeError(f"watcher did not start (status {await watcher.wait()})")
-        rate, seconds = config.churn_rate, config.churn_seconds
-        bench.log(f"churn (debounce {debounce}): {rate:.0f}/s for {seconds:.0f}s")
-        events: list[Event] = []
-        view.events = events
-        server_cpu, watcher_cpu = serving.server.cpu(), cpu_seconds(watcher.pid)
-        writer = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "bench.zkwriter", *common, "--instances", str(estate.instances),
-            "--rate", str(rate), "--seconds", str(seconds), "--out", str(directory / "ops.json"),
-        )  # fmt: skip
-        async with asyncio.timeout(seconds + config.deadline):
-            if await writer.wait() != 0:
-                raise RuntimeError("the churn writer failed")
-        written = json.loads((directory / "ops.json").read_text())
+        server_cpu = serving.server.cpu()
+        written, _ = await write(bench, serving.root, estate, directory)
         ops: list[list[Any]] = written["ops"]
-        expected = await read_endpoints(zk.admin, serving.root)
+        expected = await read_endpoints(bench.zookeeper.admin, serving.root)
         last_ack = max(op[4] for op in ops)
         try:
             converged = await serving.probe.until(lambda: view.endpoints == expected, deadline)
@@ -107,85 +123,125 @@ async def churn_once(bench: Bench, debounce: str) -> dict[str, Any]:
         except TimeoutError:
             converged, equal = math.nan, view.endpoints == expected
         gave_up = time.perf_counter()
-        # CPU per write does not depend on what else the machine runs (the lags do): the
-        # server's from the first write until it held the last, the watcher's until then too
         server_cpu = serving.server.cpu() - server_cpu
-        watcher_cpu = cpu_seconds(watcher.pid) - watcher_cpu
         mismatched = sum(
             1
             for h in expected.keys() | view.endpoints.keys()
             if expected.get(h) != view.endpoints.get(h)
         )
+    finally:
+        view.events = None
+    await restore(bench, serving.root, estate)
+    return Pass(
+        ops, written["took"], first_seen(events), gave_up, server_cpu, equal, mismatched,
+        converged - last_ack, equal,
+    )  # fmt: skip
+
+
+async def baseline_pass(bench: Bench) -> Pass:
+    """The same churn with no server running: only a bare kazoo watcher follows it, in its
+    own process (bench/zkwatcher.py). Its own pass, so that neither is slowed by the other
+    on a 2-core machine."""
+    config = bench.config
+    estate = Estate(config.scale, config.instances)
+    for key in [k for k in bench.servings if k[0] == estate.services]:
+        await bench.servings.pop(key).close()
+    root = await bench.zookeeper.estate(estate)
+    directory = bench.scratch("churn-baseline")
+    deadline = max(30.0, 4 * config.churn_seconds)
+    common = ["--hosts", bench.zookeeper.address, "--root", root]
+    watcher = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bench.zkwatcher", *common, "--services", str(estate.services),
+        "--within", str(deadline), "--out", str(directory / "watcher.json"),
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    assert watcher.stdin is not None
+    assert watcher.stdout is not None
+    try:
+        async with asyncio.timeout(config.deadline):
+            ready = await watcher.stdout.readline()
+        if b"ready" not in ready:
+            raise RuntimeError(f"watcher did not start (status {await watcher.wait()})")
+        bench.log(f"churn (baseline kazoo watcher): {config.churn_rate:.0f}/s for "
+                  f"{config.churn_seconds:.0f}s")  # fmt: skip
+        written, _ = await write(bench, root, estate, directory)
+        ops: list[list[Any]] = written["ops"]
         watcher.stdin.write(b"stop\n")
         await watcher.stdin.drain()
         async with asyncio.timeout(deadline + 30):
+            # it exits once its listings equal ZooKeeper's (or it gives up)
             await watcher.wait()
         watched = json.loads((directory / "watcher.json").read_text())
     finally:
-        view.events = None
         if watcher.returncode is None:
             watcher.kill()
             await watcher.wait()
-    await restore(bench, serving.root, estate)
-    ours = first_seen(events)
-    kazoo = first_seen([(e[0], e[1], e[2], e[3]) for e in watched["events"]])
-    lags: dict[str, list[float]] = {"ours": [], "kazoo_watch": []}
-    censored: dict[str, list[float]] = {"ours": [], "kazoo_watch": []}
-    for kind, service, address, _issued, acked, _error in ops:
-        key = (zk_host(service), address, 1 if kind == "add" else -1)
-        for name, seen in (("ours", ours), ("kazoo_watch", kazoo)):
-            if key in seen:
-                lags[name].append(seen[key] - acked)
-            else:
-                censored[name].append(gave_up - acked)
+    await restore(bench, root, estate)
+    seen = first_seen([(e[0], e[1], e[2], e[3]) for e in watched["events"]])
+    caught_up = bool(watched["caught_up"])
+    return Pass(
+        ops, written["took"], seen, watched["at"], watched["cpu"], caught_up, 0, math.nan,
+        caught_up,
+    )  # fmt: skip
+
+
+def lags(run: Pass) -> tuple[list[float], list[float]]:
+    """Each write's lag (ack -> seen), and the waits of those never seen (censored)."""
+    seen: list[float] = []
+    censored: list[float] = []
+    for kind, service, address, _issued, acked, _error in run.ops:
+        at = run.seen.get((zk_host(service), address, 1 if kind == "add" else -1))
+        if at is None:
+            censored.append(run.gave_up - acked)
+        else:
+            seen.append(at - acked)
+    return seen, censored
+
+
+def report(debounce: str, ours: Pass, base: Pass, services: int, rate: float) -> dict[str, Any]:
+    ops = ours.ops
     first = min(op[3] for op in ops)
     step = max(1, len(ops) // 1500)
-    lag = summary(lags["ours"], censored["ours"])
-    result: dict[str, Any] = {
+    ours_lags, ours_censored = lags(ours)
+    base_lags, base_censored = lags(base)
+    lag = summary(ours_lags, ours_censored)
+    return {
         "debounce": debounce,
-        "services": estate.services,
-        "rate_target": config.churn_rate,
-        "rate_achieved": len(ops) / written["took"],
-        "seconds": written["took"],
+        "services": services,
+        "rate_target": rate,
+        "rate_achieved": len(ops) / ours.took,
+        "seconds": ours.took,
         "writes": len(ops),
         "additions": sum(1 for op in ops if op[0] == "add"),
         "removals": sum(1 for op in ops if op[0] == "remove"),
         "write_errors": sum(1 for op in ops if op[5]),
-        "lag": {
-            "ours": lag,
-            "kazoo_watch": summary(lags["kazoo_watch"], censored["kazoo_watch"]),
-        },
+        "lag": {"ours": lag, "kazoo_watch": summary(base_lags, base_censored)},
         "cpu_ms_per_write": {
-            "ours": 1000 * server_cpu / len(ops),
-            "kazoo_watch": 1000 * watcher_cpu / len(ops),
+            "ours": 1000 * ours.cpu / len(ops),
+            "kazoo_watch": 1000 * base.cpu / len(base.ops),
         },
-        "final_equal": equal,
-        "final_mismatched_hosts": mismatched,
-        "converged_after_last_ack_s": converged - last_ack,
-        "watcher_caught_up": watched["caught_up"],
+        "baseline_rate_achieved": len(base.ops) / base.took,
+        "final_equal": ours.equal,
+        "final_mismatched_hosts": ours.mismatched,
+        "converged_after_last_ack_s": ours.converged_after_last_ack,
+        "watcher_caught_up": base.caught_up,
         "cdf": {
-            "ours": cdf_points(lags["ours"] + censored["ours"]),
-            "kazoo_watch": cdf_points(lags["kazoo_watch"] + censored["kazoo_watch"]),
+            "ours": cdf_points(ours_lags + ours_censored),
+            "kazoo_watch": cdf_points(base_lags + base_censored),
         },
         "timeline": [
             [
                 op[3] - first,
-                ours.get((zk_host(op[1]), op[2], 1 if op[0] == "add" else -1), gave_up) - op[4],
+                ours.seen.get((zk_host(op[1]), op[2], 1 if op[0] == "add" else -1), ours.gave_up)
+                - op[4],
             ]
             for op in ops[::step]
         ],
         "target": {
             "rule": "lag p99 < 1 s and the final view equals ZooKeeper's",
-            "met": bool(lag["p99"] < 1.0 and equal),
+            "met": bool(lag["p99"] < 1.0 and ours.equal),
         },
     }
-    bench.log(
-        f"churn (debounce {debounce}): lag p50 {lag['p50']:.3f}s p99 {lag['p99']:.3f}s, "
-        f"final equal {equal}, kazoo p99 {result['lag']['kazoo_watch']['p99']:.3f}s; CPU per "
-        f"write {result['cpu_ms_per_write']['ours']:.2f} ms "
-        f"(kazoo watcher {result['cpu_ms_per_write']['kazoo_watch']:.2f} ms)"
-    )
-    return result
 
 
 async def run(bench: Bench) -> dict[str, Any]:
@@ -193,9 +249,21 @@ async def run(bench: Bench) -> dict[str, Any]:
         "what": "provider adds/removes at a fixed rate; lag = ZooKeeper ack -> the client "
         "holds the write; final view compared with ZooKeeper's, endpoint set per host",
         "baseline": "a kazoo watcher on every providers node (children watch, re-listed when "
-        "it fires), in its own process: ack -> its listing holds the same write",
+        "it fires), in its own process, on its own pass of the same churn with no server "
+        "running: ack -> its listing holds the write",
         "runs": {},
     }
-    for debounce in bench.config.churn_debounces:
-        result["runs"][debounce] = await churn_once(bench, debounce)
+    config = bench.config
+    passes = {debounce: await serve_pass(bench, debounce) for debounce in config.churn_debounces}
+    base = await baseline_pass(bench)
+    for debounce, ours in passes.items():
+        run = report(debounce, ours, base, config.scale, config.churn_rate)
+        result["runs"][debounce] = run
+        lag, kazoo = run["lag"]["ours"], run["lag"]["kazoo_watch"]
+        cpu = run["cpu_ms_per_write"]
+        bench.log(
+            f"churn (debounce {debounce}): lag p50 {lag['p50']:.3f}s p99 {lag['p99']:.3f}s, "
+            f"final equal {run['final_equal']}, kazoo p99 {kazoo['p99']:.3f}s; CPU per "
+            f"write {cpu['ours']:.2f} ms (kazoo watcher {cpu['kazoo_watch']:.2f} ms)"
+        )
     return result

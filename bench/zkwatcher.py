@@ -7,7 +7,7 @@ that showed it arrived.
 Own process, so that it is timed by its own work and not by the probe's or the writer's.
 Prints `{"event": "ready"}` once every node is listed and watched; on `stop` from stdin it
 waits (up to --within seconds) until its listings equal ZooKeeper's current state, writes
-its log to --out and exits.
+its log to --out (with when it caught up, and its CPU time since it was ready) and exits.
 
     python -m bench.zkwatcher --hosts H --root R --services N --out events.json
 """
@@ -95,11 +95,17 @@ def main() -> int:
     watcher = Watcher(client, args.root, args.services)
     watcher.start(args.within)
     print(json.dumps({"event": "ready"}), flush=True)
+    ready_cpu = time.process_time()
     sys.stdin.readline()
     caught_up = watcher.catch_up(args.within)
+    done: dict[str, Any] = {
+        "caught_up": caught_up,
+        "at": time.perf_counter(),
+        "cpu": time.process_time() - ready_cpu,
+    }
     with watcher.lock:
-        events = list(watcher.events)
-    args.out.write_text(json.dumps({"caught_up": caught_up, "events": events}))
+        done["events"] = list(watcher.events)
+    args.out.write_text(json.dumps(done))
     client.stop()
     client.close()
     return 0

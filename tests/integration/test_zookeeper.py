@@ -12,7 +12,6 @@ from urllib.parse import quote
 import aiohttp
 import pytest
 from kazoo.client import KazooClient
-from kazoo.recipe import watchers
 from kazoo.security import OPEN_ACL_UNSAFE, make_digest_acl
 
 from mcpserver.app import App
@@ -581,52 +580,3 @@ async def test_a_crash_on_the_loop_side_is_supervised_and_loses_nothing(
         20,
     )
     await eventually(lambda: registry.view().status is Status.READY, within=10)
-
-
-async def test_the_tree_is_read_with_async_calls_only_and_no_recipes(
-    tmp_path: Path,
-    zookeeper: ZooKeeper,
-    zk_writer: KazooClient,
-    start_app: AppFactory,
-    connect: ClientFactory,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """The first walk and the changes after it: no synchronous read by the registry's
-    client (each is a round trip blocking a thread, kazoo's own when a recipe makes it),
-    no ChildrenWatch/DataWatch recipe (a session listener and a retrying re-read each)."""
-    sync_reads: list[tuple[int, str]] = []
-    recipes: list[str] = []
-    for name in ("get_children", "get", "exists"):
-        real = getattr(KazooClient, name)
-
-        def spy(
-            self: KazooClient, *args: Any, _real: Any = real, _name: str = name, **kw: Any
-        ) -> Any:
-            sync_reads.append((id(self), _name))
-            return _real(self, *args, **kw)
-
-        monkeypatch.setattr(KazooClient, name, spy)
-    for recipe in (watchers.ChildrenWatch, watchers.DataWatch):
-        monkeypatch.setattr(
-            recipe, "__init__", lambda *a, _r=recipe.__name__, **k: recipes.append(_r)
-        )
-    transaction = zk_writer.transaction()
-    zk_writer.ensure_path("/dubbo")
-    for i in range(100):
-        iface = f"com.example.Walk{i}"
-        transaction.create(f"/dubbo/{iface}")
-        transaction.create(f"/dubbo/{iface}/providers")
-        url = quote(f"dubbo://10.15.{i}.1:20880/{iface}?side=provider", safe="")
-        transaction.create(f"/dubbo/{iface}/providers/{url}")
-    transaction.commit()
-    app, client = await synced(start_app, connect, zk_settings(tmp_path, zookeeper))
-    assert len([n for n in entries(client) if n.startswith("com.example.walk")]) == 100
-    add_provider(zk_writer, provider_url("10.15.200.1"))
-    await client.wait_for(lambda c: HOST in entries(c), 20)
-    registry = app.registries[0]
-    assert isinstance(registry, watcher.ZooKeeperRegistry)
-    ours = id(registry._client)
-    assert [n for who, n in sync_reads if who == ours] == []
-    assert recipes == []
-    # the registry's own connection-state listener is the only one: no per-node listeners
-    assert len(registry._client.state_listeners) == 1  # type: ignore[attr-defined]  # kazoo's, not in our Protocol

@@ -1,11 +1,11 @@
-"""The ZooKeeper mirror against a fake asynchronous kazoo client: how it reads (pipelined,
+"""The ZooKeeper mirror against a fake asynchronous ZooKeeper client: how it reads (pipelined,
 asynchronous only, one re-read per burst of events), and what it makes of the answers.
 
 The fake holds a tree and answers reads only when the test says so, in the order they were
 sent (as ZooKeeper answers one session's requests), registering each read's watch as
 ZooKeeper does: a children or data watch on a successful read, a data watch on an `exists`
 of a missing node, none on an error. Changes to the tree fire the watches registered on the
-paths involved, once each (one-shot), with kazoo's event types.
+paths involved, once each (one-shot), with the client's event types.
 """
 
 from __future__ import annotations
@@ -15,11 +15,15 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 import pytest
-from kazoo.exceptions import ConnectionLoss, NoAuthError, NoNodeError
 
 from mcpserver.registry.zookeeper import mirror as mirror_module
 from mcpserver.registry.zookeeper.assembly import AppRecord, InterfaceRecord, MappingRecord
 from mcpserver.registry.zookeeper.client import Pending, Watch, ZkClient, ZnodeStat
+from mcpserver.registry.zookeeper.connection import (
+    ConnectionLossError,
+    NoAuthError,
+    NoNodeError,
+)
 from mcpserver.registry.zookeeper.mirror import Mirror, ReadFailure
 
 pytestmark = pytest.mark.unit
@@ -146,12 +150,12 @@ class FakeZooKeeper:
             answered += 1
             node = self.nodes.get(request.path)
             if request.path in self.no_auth and request.op != "exists":
-                request.answer.resolve(error=NoAuthError())
+                request.answer.resolve(error=NoAuthError(request.path))
             elif request.op == "exists":
                 self.data_watches.setdefault(request.path, []).append(request.watch)
                 request.answer.resolve(None if node is None else Stat(node[1]))
             elif node is None:
-                request.answer.resolve(error=NoNodeError())
+                request.answer.resolve(error=NoNodeError(request.path))
             elif request.op == "list":
                 self.child_watches.setdefault(request.path, []).append(request.watch)
                 request.answer.resolve((self.children(request.path), Stat(node[1])))
@@ -161,11 +165,11 @@ class FakeZooKeeper:
         return answered
 
     def drop_connection(self) -> None:
-        """What kazoo does when the connection goes: every read in flight fails with
+        """What the client does when the connection goes: every read in flight fails with
         ConnectionLoss, every watch is dropped (and told with a NONE event)."""
         pending, self.outstanding = self.outstanding, []
         for request in pending:
-            request.answer.resolve(error=ConnectionLoss())
+            request.answer.resolve(error=ConnectionLossError("/"))
         watches = [w for ws in self.child_watches.values() for w in ws]
         watches += [w for ws in self.data_watches.values() for w in ws]
         self.child_watches.clear()
@@ -305,7 +309,7 @@ def test_a_burst_of_events_on_one_node_is_one_re_read() -> None:
     mark = len(zk.sent)
     zk.create(f"{path}/{provider('com.example.S1', '10.9.9.9')}")  # fires all three
     assert sent_since(zk, mark) == [("list", path)]
-    # the same watches again (kazoo also hands each a NONE event when the connection goes)
+    # the same watches again (the client also hands each a NONE event when the connection goes)
     # while that read is in flight: nothing more
     for watch in fired * 3:
         watch(Event("CHILD"))
@@ -317,8 +321,9 @@ def test_a_burst_of_events_on_one_node_is_one_re_read() -> None:
 
 
 def test_an_event_before_the_answer_of_its_read_is_processed_still_re_reads() -> None:
-    """kazoo's event and completion threads are not ordered: the watch of a read may fire
-    before the read's answer is handled. The answer is then stale; the re-read is not."""
+    """The mirror does not depend on the client delivering answers and events in order
+    (kazoo's event and completion threads did not): the watch of a read may fire before
+    the read's answer is handled. The answer is then stale; the re-read is not."""
     zk = dubbo_tree(1)
     setup = walked(zk)
     setup.mirror.take()

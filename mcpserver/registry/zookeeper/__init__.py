@@ -1,5 +1,5 @@
 """The ZooKeeper registry: Dubbo providers (interface- and application-level) and Curator
-service discovery (Spring Cloud Zookeeper), watched with kazoo."""
+service discovery (Spring Cloud Zookeeper), watched with a ZooKeeper client of our own."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ if TYPE_CHECKING:
 
 
 def _build(settings: ZooKeeperRegistrySettings, context: RegistryContext) -> ZooKeeperRegistry:
-    # imported when a config uses this kind: the watcher and kazoo stay out of the
+    # imported when a config uses this kind: the watcher and its client stay out of the
     # start-up of every other configuration (see registry/kinds.py)
     from mcpserver.registry.zookeeper.watcher import ZooKeeperRegistry
 

@@ -1,23 +1,22 @@
 """The thread side of the ZooKeeper registry: a raw copy of the watched tree, read with
 pipelined asynchronous requests and one-shot ZooKeeper watches.
 
-Why this shape: at 10k interfaces x 10 providers the tree has 110k nodes. kazoo's watch
-recipes (one ChildrenWatch or DataWatch object per node) read each node synchronously on
-kazoo's event thread, one round trip after another, and each registers a session listener:
-the first walk was bounded by per-node latency and every node cost a recipe object. Here a
-node is a small `_Node`, read with kazoo's `*_async` calls: the first walk issues the reads
-of every node it learns of without waiting for any (up to `WINDOW` in flight), so it is
-bounded by ZooKeeper's throughput, as a bare async walk is.
+Why this shape: at 10k interfaces x 10 providers the tree has 110k nodes. Watch recipes
+(kazoo's ChildrenWatch or DataWatch, one object per node) read each node synchronously, one
+round trip after another, and each registers a session listener: the first walk was bounded
+by per-node latency and every node cost a recipe object. Here a node is a small `_Node`,
+read with the client's `*_async` calls: the first walk issues the reads of every node it
+learns of without waiting for any (up to `WINDOW` in flight), so it is bounded by
+ZooKeeper's throughput, as a bare async walk is.
 
-Threads (all kazoo's but the caller of the public methods):
-- kazoo's completion thread calls `_on_*_done` with each answer: the node's copy is updated,
-  the keys whose records changed are marked dirty, reads of newly found children are
-  queued;
-- kazoo's event thread calls `_on_event` when a watch fires: a re-read of that node is
-  queued (nothing blocks: a read is only queued for kazoo's connection thread);
+Threads (the client's, see `connection.py`, but the caller of the public methods):
+- the client's thread calls `_on_*_done` with each answer: the node's copy is updated, the
+  keys whose records changed are marked dirty, reads of newly found children are queued;
+- the same thread calls `_on_event` when a watch fires: a re-read of that node is queued
+  (nothing blocks: a read is only queued for the client to send);
 - the loop's worker threads call `watch_roots()`, `relist()` and `retry()`; the loop calls
   `take()`, `redo()`, `close()` (in-memory only, never blocking);
-- whoever queued reads sends them (`_pump`), kazoo's `*_async` returning at once.
+- whoever queued reads sends them (`_pump`), the client's `*_async` returning at once.
 No thread here ever waits on ZooKeeper.
 
 What is read (one registry may have several roots of each kind):
@@ -38,9 +37,10 @@ others carry the old one), and a read overtaken by a newer one (after a reconnec
 changes nothing. This is safe because ZooKeeper orders a session's replies and events: an
 event of an older read's watch that arrives before a newer read's answer is already in
 that answer, and one that arrives after it was also delivered to the newer read's watch
-(kazoo hands an event to every callable registered on the path).
+(the client hands an event to every callable registered on the path). The client delivers
+answers and events in the server's order; the mirror does not depend on it.
 
-Connection loss: kazoo drops every watch when the connection goes (and fails the reads in
+Connection loss: the client drops every watch when the connection goes (and fails the reads in
 flight); the watcher calls `relist()` on the reconnect, which re-reads every node, so what
 changed meanwhile is reconciled and what is gone goes. A read that fails otherwise
 (NoAuthError after an ACL change, a server error, a bug) is recorded in `_failed`; the loop
@@ -61,7 +61,7 @@ dirty sets, `_unsettled`, `_failed`, `_lost`, `_new_failures`, and the flags `_o
 without it is what never changes once made: `_client`, `_wake`, `_mapping_enabled`, the
 `_roots` table itself, a node's identity (`path`, `key`, `root`, `app`, `ident`), and
 `_local` (each thread's own). The lock is held only
-for in-memory work: never across a kazoo call (sending a read happens after it is
+for in-memory work: never across a client call (sending a read happens after it is
 released), never while calling `wake`. So a callback holds it for microseconds and never
 waits on another thread while holding it.
 """
@@ -103,7 +103,7 @@ DUBBO_INTERNAL = frozenset(["mapping", "metadata", "config"])
 WINDOW = 1000
 """Reads in flight at most. Enough to keep ZooKeeper busy (its own default limit of
 outstanding requests is 1,000), small enough that a walk of 100k nodes does not queue 100k
-requests in kazoo at once."""
+requests in the client at once."""
 
 Op = Literal["list", "get", "exists"]
 
@@ -238,7 +238,7 @@ class _Mapping(_Node):
 
 @dataclass(frozen=True, slots=True, order=True)
 class ReadFailure:
-    """A node kazoo could not read: no watch is on it until `retry()`."""
+    """A node that could not be read: no watch is on it until `retry()`."""
 
     path: str
     error: str  # the exception's class name: NoAuthError, ...
@@ -257,7 +257,7 @@ class Taken:
 
 
 class Mirror:
-    """The raw tree under a registry's roots, kept current by kazoo's callbacks."""
+    """The raw tree under a registry's roots, kept current by the client's callbacks."""
 
     def __init__(
         self,
@@ -296,7 +296,7 @@ class Mirror:
 
     def watch_roots(self) -> None:
         """Start the first walk: read the roots; what they list is read as the answers
-        come, on kazoo's threads, and the loop is woken once everything found has been
+        come, on the client's thread, and the loop is woken once everything found has been
         read. Roots already read are left alone: calling it again is harmless."""
         with self._lock:
             for root in self._roots.values():
@@ -311,7 +311,7 @@ class Mirror:
             self._wake()
 
     def relist(self) -> None:
-        """Read every node again (after a reconnect: kazoo dropped every watch with the
+        """Read every node again (after a reconnect: the client dropped every watch with the
         connection, and anything may have changed meanwhile)."""
         with self._lock:
             if not self._open:
@@ -420,7 +420,7 @@ class Mirror:
     def _pump(self) -> None:
         """Send queued reads while fewer than WINDOW are in flight. Called without the
         lock, by whoever queued reads or saw one finish. Not re-entered on one thread: a
-        stopped kazoo answers a read inside the call that sends it, and each answer pumps
+        stopped client answers a read inside the call that sends it, and each answer pumps
         again; the outer call sends what they queue (no recursion as deep as the queue)."""
         if getattr(self._local, "pumping", False):
             return
@@ -442,7 +442,7 @@ class Mirror:
             self._local.pumping = False
 
     def _send(self, node: _Node, seq: int, op: Op) -> None:
-        """One asynchronous read with its watch; returns at once (kazoo's connection
+        """One asynchronous read with its watch; returns at once (the client's
         thread sends it). Lock not held."""
         watch = functools.partial(self._on_event, node, seq)
         try:
@@ -455,13 +455,13 @@ class Mirror:
             else:
                 found = self._client.exists_async(node.path, watch)
                 found.rawlink(functools.partial(self._on_exists_done, node, seq))
-        except Exception as err:  # kazoo raises only for bad arguments: a bug
+        except Exception as err:  # the client raises only for bad arguments: a bug
             self._finish(node, seq, err, lambda: None)
 
-    # ------------------------------------------------- kazoo's threads: callbacks
+    # ----------------------------------------------- the client's thread: callbacks
 
     def _on_event(self, node: _Node, seq: int, event: WatchedEvent) -> None:
-        """A watch fired (kazoo's event thread): read the node again, once per burst."""
+        """A watch fired (the client's thread): read the node again, once per burst."""
         if event.type == NONE_EVENT:
             return  # the connection went; relist() reads everything after the reconnect
         with self._lock:
@@ -502,9 +502,9 @@ class Mirror:
     def _finish(
         self, node: _Node, seq: int, err: Exception | None, apply: Callable[[], object]
     ) -> None:
-        """One read answered (kazoo's completion thread; or ours, for a read that could
+        """One read answered (the client's thread; or ours, for a read that could
         not be sent). Applies the answer if it is the node's latest, sends what it queued,
-        wakes the loop if it must. Never raises: kazoo would only log it."""
+        wakes the loop if it must. Never raises: the client would only log it."""
         failure: Exception | None = None
         with self._lock:
             self._in_flight -= 1

@@ -1,9 +1,9 @@
-"""The ZooKeeper registry: one kazoo client, its connection state, and the loop side of
-keeping the view current.
+"""The ZooKeeper registry: one ZooKeeper client (connection.py), its connection state, and
+the loop side of keeping the view current.
 
 Three parts, split where the threads are:
-- the mirror (mirror.py): pipelined asynchronous reads with one-shot watches; kazoo's
-  callbacks, on kazoo's threads, copy the raw tree under one lock and wake the loop with
+- the mirror (mirror.py): pipelined asynchronous reads with one-shot watches; their
+  callbacks, on the client's thread, copy the raw tree under one lock and wake the loop with
   `call_soon_threadsafe`;
 - the assembly (assembly.py): pure; on the loop, turns the raw records of what changed into
   Services and Problems, reusing everything else;
@@ -15,7 +15,7 @@ Three parts, split where the threads are:
 
 Failure policy (README "ZooKeeper registry"): a suspended connection or lost session keeps the
 last view (DEGRADED); after the reconnect (same session or a new one) the mirror re-reads
-every node (kazoo drops all watches with the connection), which reconciles what changed
+every node (the client drops all watches with the connection), which reconciles what changed
 meanwhile, so a session expiry removes only what is really gone. A node we may not read
 (its ACL, our credentials) is DEGRADED with the path in the detail, counted in
 `mcpserver_registry_errors_total{kind="noauth"}` and retried with backoff until it reads;
@@ -86,12 +86,12 @@ class ZooKeeperRegistry(Registry):
             mapping=settings.mapping,
             wake=self._wake_from_thread,
         )
-        # Set once in open(), before the client starts any kazoo thread, and never again:
-        # kazoo threads read it without a lock.
+        # Set once in open(), before the client starts its thread, and never again: that
+        # thread reads it without a lock.
         self._loop: asyncio.AbstractEventLoop | None = None
         # loop-side state: touched only on the event loop
         self._wakeup = asyncio.Event()  # the mirror has changes, or a retry is due now
-        self._states: asyncio.Queue[str] = asyncio.Queue()  # from kazoo's connection thread
+        self._states: asyncio.Queue[str] = asyncio.Queue()  # from the client's thread
         self._assembly: Assembly = EMPTY
         self._synced = False
         self._connection_problem = ""
@@ -120,17 +120,17 @@ class ZooKeeperRegistry(Registry):
             self._client.stop()
             self._client.close()
 
-    # ----------------------------------------------------------- kazoo threads
+    # ------------------------------------------------------ the client's thread
 
     def _on_state(self, state: str) -> None:
-        """kazoo's connection thread: must not block; hand the state to the loop."""
+        """The client's thread: must not block; hand the state to the loop."""
         loop = self._loop
         if loop is not None:
             with contextlib.suppress(RuntimeError):  # the loop has closed: shutting down
                 loop.call_soon_threadsafe(self._states.put_nowait, state)
 
     def _wake_from_thread(self) -> None:
-        """The mirror has changes (called on a kazoo thread, or a worker thread)."""
+        """The mirror has changes (called on the client's thread, or a worker thread)."""
         loop = self._loop
         if loop is not None:
             with contextlib.suppress(RuntimeError):  # the loop has closed: shutting down
@@ -174,7 +174,7 @@ class ZooKeeperRegistry(Registry):
         await self._connect()
         self._assembly = EMPTY
         self._mirror.redo()
-        # only queues the roots' reads (kazoo sends them); the mirror wakes us when the
+        # only queues the roots' reads (the client sends them); the mirror wakes us when the
         # walk has read everything, and take() hands over nothing before that
         await asyncio.to_thread(self._mirror.watch_roots)
         loop = asyncio.get_running_loop()
@@ -193,7 +193,7 @@ class ZooKeeperRegistry(Registry):
                 # Behind a stream of changes (more than one key was waiting): rest before
                 # the next refresh, so changes arrive in batches. Refreshing as fast as
                 # changes came kept the loop busy with per-refresh costs and starved
-                # kazoo's I/O thread (which feeds us) of the GIL: at 10k interfaces and
+                # the ZooKeeper client's thread (which feeds us) of the GIL: at 10k interfaces and
                 # 1,000 changes/s the lag grew without bound. A single change is answered
                 # at once: no rest after a refresh of one key.
                 rest_until = loop.time() + min(PACE * (loop.time() - began), MAX_REST)
