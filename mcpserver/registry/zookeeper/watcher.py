@@ -189,7 +189,7 @@ class ZooKeeperRegistry(Registry):
                 self._relist_now = False
                 await asyncio.to_thread(self._mirror.relist)
             began = loop.time()
-            if self._refresh() > 1:
+            if await self._refresh() > 1:
                 # Behind a stream of changes (more than one key was waiting): rest before
                 # the next refresh, so changes arrive in batches. Refreshing as fast as
                 # changes came kept the loop busy with per-refresh costs and starved
@@ -226,9 +226,10 @@ class ZooKeeperRegistry(Registry):
         self._connection_problem = ""
         self._update_status()
 
-    def _refresh(self) -> int:
-        """Take what changed from the mirror, assemble it, publish. Returns how many keys
-        changed."""
+    async def _refresh(self) -> int:
+        """Take what changed from the mirror, assemble it (in a worker thread: a batch of
+        a thousand changed interfaces is a tenth of a second of work, which would stall
+        every stream on the loop), publish. Returns how many keys changed."""
         taken = self._mirror.take()
         for failure in taken.failures:
             kind = "noauth" if failure.no_auth else "error"
@@ -252,7 +253,7 @@ class ZooKeeperRegistry(Registry):
         self._synced = self._synced or taken.listed
         # handed over: only the latest assembly is kept, so it is updated, not copied
         previous = self._assembly
-        assembly = assemble(self._options, taken.changes, previous, True)
+        assembly = await asyncio.to_thread(assemble, self._options, taken.changes, previous, True)
         changed = assembly is not previous or newly_synced
         self._assembly = assembly
         # status first: a registry that lists for the first time while a path is
