@@ -98,7 +98,7 @@ async def run(bench: Bench) -> dict[str, Any]:
             "zookeeper": "spawn -> async kazoo walk of the same tree (all reads pipelined) + "
             "the same bare build -> exit",
         },
-        "debounce": "default (100ms/1s)",
+        "debounce": "default (100ms/500ms)",
         "instances_per_service": config.instances,
     }
     for source in config.cold_sources:

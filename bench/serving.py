@@ -13,7 +13,7 @@ from bench.process import ServerProcess, bench_settings
 from bench.workload import Estate
 
 DEBOUNCES = {"default": None, "0": ("0s", "0s")}
-"""`debounce` settings by name: the default (100ms/1s), or none at all."""
+"""`debounce` settings by name: the default (100ms/500ms), or none at all."""
 
 
 @dataclass

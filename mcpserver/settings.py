@@ -68,8 +68,15 @@ class ServerSettings(Frozen):
 
 
 class DebounceSettings(Frozen):
+    """A rebuild starts after `after` of quiet, or `max` after the first change of a burst.
+
+    Under sustained churn (a rolling restart) there is no quiet, so `max` plus one rebuild
+    bounds how stale istiod's view gets: 0.5 s keeps a change under a second at 10k services
+    and 1,000 changes/s (bench part c). It also bounds how often istiod takes a new set then
+    (at most twice a second; istiod debounces its own pushes to proxies, 100 ms / 10 s)."""
+
     after: Duration = 0.1
-    max: Duration = 1.0
+    max: Duration = 0.5
 
     @model_validator(mode="after")
     def _order(self) -> DebounceSettings:
