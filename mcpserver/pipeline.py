@@ -108,10 +108,8 @@ def convert_service(
     try:
         subject = replace(service, addresses=(vip,)) if vip else service
         if subject.endpoints_mode != "workloadentry" and subject.resolution == "STATIC":
-            done = _convert_inline(service, subject, vip, previous)
-        else:
-            done = _convert_service(service, vip)
-        return replace(done, needs_vip=wants_vip)
+            return _convert_inline(service, subject, vip, wants_vip, previous)
+        return _convert_service(service, vip, wants_vip)
     except Exception as err:  # one poisoned record must never fail every push
         log.exception("conversion failed registry=%s service=%s", service.registry, service.key)
         message = f"conversion failed: {err!r}"
@@ -120,7 +118,11 @@ def convert_service(
 
 
 def _convert_inline(
-    service: Service, subject: Service, vip: str | None, previous: Converted | None
+    service: Service,
+    subject: Service,
+    vip: str | None,
+    wants_vip: bool,
+    previous: Converted | None,
 ) -> Converted:
     """The common case, STATIC resolution with inline endpoints, endpoint by endpoint: the
     same bytes and the same validation as service_entry() and check() of the whole spec
@@ -168,7 +170,7 @@ def _convert_inline(
         problem = Problem(
             service.registry, f"ServiceEntry {subject.key}", "; ".join(errors), "invalid"
         )
-        return Converted(service, (), (problem,), vip)
+        return Converted(service, (), (problem,), vip, wants_vip)
     body, body_spans = join_inline(head, parts, tail)
     packed = pack_bytes(
         "ServiceEntry",
@@ -184,7 +186,7 @@ def _convert_inline(
         (packed,),
         (),
         vip,
-        False,
+        wants_vip,
         body_spans,
         len(body),
         context,
@@ -192,7 +194,7 @@ def _convert_inline(
     )
 
 
-def _convert_service(service: Service, vip: str | None) -> Converted:
+def _convert_service(service: Service, vip: str | None, wants_vip: bool = False) -> Converted:
     packed: list[PackedResource] = []
     problems: list[Problem] = []
     subject = replace(service, addresses=(vip,)) if vip else service
@@ -208,7 +210,7 @@ def _convert_service(service: Service, vip: str | None) -> Converted:
                 )
             )
             if resource.kind == "ServiceEntry":
-                return Converted(service, (), tuple(problems), vip)
+                return Converted(service, (), tuple(problems), vip, wants_vip)
             continue
         packed.append(
             pack(
@@ -221,7 +223,7 @@ def _convert_service(service: Service, vip: str | None) -> Converted:
                 resource.annotations,
             )
         )
-    return Converted(service, tuple(packed), tuple(problems), vip)
+    return Converted(service, tuple(packed), tuple(problems), vip, wants_vip)
 
 
 @dataclass(frozen=True, slots=True)
