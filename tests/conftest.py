@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import grpc
 import pytest
 import yaml
@@ -149,3 +150,16 @@ async def connect() -> AsyncIterator[ClientFactory]:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         await channel.close()
+
+
+async def admin_get(port: int, path: str, token: str | None = None) -> tuple[int, str]:
+    """GET `path` from the admin server on this loopback port, with the bearer token when
+    one is set: (status, body). An error status is an answer too (/readyz is 503 before the
+    first snapshot, a wrong token 401). Asynchronous: an in-process server answers on the
+    test's own event loop."""
+    headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+    async with (
+        aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as http,
+        http.get(f"http://127.0.0.1:{port}{path}", headers=headers) as reply,
+    ):
+        return reply.status, await reply.text()

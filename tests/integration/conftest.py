@@ -12,6 +12,10 @@ from typing import Any
 import pytest
 from kazoo.client import KazooClient
 
+from mcpserver.app import App
+from mcpserver.settings import Settings
+from mcpserver.xds.client import IstiodLikeClient
+from tests.conftest import AppFactory, ClientFactory
 from tests.integration.istiod import Istiod
 from tests.integration.kube import ControlPlane, Kubectl
 from tests.integration.real import (
@@ -136,3 +140,22 @@ def zk_writer(zookeeper: ZooKeeper) -> Iterator[KazooClient]:
     with contextlib.suppress(Exception):
         client.stop()
         client.close()
+
+
+Served = tuple[App, IstiodLikeClient]
+ServeFactory = Callable[..., Coroutine[Any, Any, Served]]
+
+
+@pytest.fixture
+def serve(start_app: AppFactory, connect: ClientFactory) -> ServeFactory:
+    """`await serve(settings)`: mcpserver started with these settings, an istiod-like client
+    connected to it, and that client holding the first complete set (every type answered)
+    within `within` seconds; both are stopped at the end of the test."""
+
+    async def start(settings: Settings, within: float = 30.0) -> Served:
+        app = await start_app(settings)
+        client = await connect(app.port)
+        await client.wait_for(lambda c: c.synced(), within)
+        return app, client
+
+    return start

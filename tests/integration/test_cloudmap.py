@@ -9,16 +9,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 
 from mcpserver.app import App
 from mcpserver.registry.base import Status
 from mcpserver.registry.cloudmap.watcher import CloudMapRegistry
 from mcpserver.xds.client import DecodedResource, IstiodLikeClient
-from tests.conftest import AppFactory, ClientFactory, eventually, past_next_rebuild, settings_for
+from tests.conftest import AppFactory, admin_get, eventually, past_next_rebuild, settings_for
 from tests.integration.cloudmap import REGION, SECRET_KEY, SESSION_TOKEN, CloudMap, Moto, aws_env
-from tests.integration.conftest import IstiodFactory
+from tests.integration.conftest import IstiodFactory, ServeFactory
 from tests.integration.xdsprobe import endpoints
 
 HOST = "orders.shop"
@@ -79,17 +78,8 @@ def registry_of(app: App) -> CloudMapRegistry:
     return registry
 
 
-async def started(
-    start_app: AppFactory, connect: ClientFactory, settings: Any
-) -> tuple[App, IstiodLikeClient]:
-    app = await start_app(settings)
-    client = await connect(app.port)
-    await client.wait_for(lambda c: c.synced(), 30)
-    return app, client
-
-
 async def test_namespaces_services_and_instances_come_and_go(
-    tmp_path: Path, aws: CloudMap, start_app: AppFactory, connect: ClientFactory
+    tmp_path: Path, aws: CloudMap, serve: ServeFactory
 ) -> None:
     aws.namespace("shop")
     aws.service("shop", "orders")
@@ -119,7 +109,7 @@ async def test_namespaces_services_and_instances_come_and_go(
         AWS_INSTANCE_PORT="8080",
         protocol="http",
     )
-    app, client = await started(start_app, connect, cloudmap_settings(tmp_path, aws.server))
+    app, client = await serve(cloudmap_settings(tmp_path, aws.server))
     await client.wait_for(lambda c: addresses(c) == ["10.40.0.1", "10.40.0.2", "10.40.0.3"], 30)
     entry = entry_for(client)
     assert entry is not None and entry.namespace == "cloudmap"
@@ -206,7 +196,7 @@ async def test_namespaces_services_and_instances_come_and_go(
 
 
 async def test_only_the_named_namespaces_and_services(
-    tmp_path: Path, aws: CloudMap, start_app: AppFactory, connect: ClientFactory
+    tmp_path: Path, aws: CloudMap, serve: ServeFactory
 ) -> None:
     for namespace in ("shop", "lab"):
         aws.namespace(namespace)
@@ -219,7 +209,7 @@ async def test_only_the_named_namespaces_and_services(
         aws.service(namespace, service)
         aws.register(namespace, service, "i-1", AWS_INSTANCE_IPV4=address)
     settings = cloudmap_settings(tmp_path, aws.server, namespaces=["shop"], services=["orders*"])
-    app, client = await started(start_app, connect, settings)
+    app, client = await serve(settings)
     await client.wait_for(lambda c: hosts(c) == ["orders-canary.shop", "orders.shop"], 30)
     # what is left out stays out: wait past a few more rounds (and their rebuilds)
     await _past_rounds(registry_of(app), 3)
@@ -237,7 +227,7 @@ async def _past_rounds(registry: CloudMapRegistry, count: int) -> None:
 
 
 async def test_custom_health_takes_an_instance_out_and_back(
-    tmp_path: Path, aws: CloudMap, start_app: AppFactory, connect: ClientFactory
+    tmp_path: Path, aws: CloudMap, serve: ServeFactory
 ) -> None:
     aws.namespace("shop")
     aws.service("shop", "orders", custom_health=True)
@@ -245,7 +235,7 @@ async def test_custom_health_takes_an_instance_out_and_back(
     aws.register("shop", "orders", "i-2", AWS_INSTANCE_IPV4="10.43.0.2")
     # moto's revision ignores health, as a revision may: the full reconcile must catch it
     settings = cloudmap_settings(tmp_path, aws.server, reconcile_interval="1s")
-    _, client = await started(start_app, connect, settings)
+    _, client = await serve(settings)
     await client.wait_for(lambda c: addresses(c) == ["10.43.0.1", "10.43.0.2"], 30)
     aws.health("shop", "orders", "i-2", "UNHEALTHY")
     await client.wait_for(lambda c: addresses(c) == ["10.43.0.1"], 30)
@@ -254,7 +244,7 @@ async def test_custom_health_takes_an_instance_out_and_back(
 
 
 async def test_more_than_a_hundred_instances_in_one_service(
-    tmp_path: Path, aws: CloudMap, start_app: AppFactory, connect: ClientFactory
+    tmp_path: Path, aws: CloudMap, serve: ServeFactory
 ) -> None:
     aws.namespace("shop")
     aws.service("shop", "orders")
@@ -265,7 +255,7 @@ async def test_more_than_a_hundred_instances_in_one_service(
             aws.register("shop", "orders", f"i-{i}", AWS_INSTANCE_IPV4=address)
 
     await asyncio.to_thread(register_all)
-    _, client = await started(start_app, connect, cloudmap_settings(tmp_path, aws.server))
+    _, client = await serve(cloudmap_settings(tmp_path, aws.server))
     # DiscoverInstances answers 100 unless asked for more (MaxResults up to 1000)
     await client.wait_for(lambda c: addresses(c) == sorted(wanted), 30)
 
@@ -293,12 +283,10 @@ async def test_refused_credentials_show_as_degraded_without_the_secret(
         assert "InvalidClientTokenId" in detail
         assert SECRET_KEY not in detail and SESSION_TOKEN not in detail
         # the status page and /debug/registries show the reason, and no secret either
-        async with aiohttp.ClientSession() as http:
-            for path in ("/", "/debug/registries"):
-                async with http.get(f"http://127.0.0.1:{app.admin.port}{path}") as response:
-                    page = await response.text()
-                assert "InvalidClientTokenId" in page, path
-                assert SECRET_KEY not in page and SESSION_TOKEN not in page, path
+        for path in ("/", "/debug/registries"):
+            _, page = await admin_get(app.admin.port, path)
+            assert "InvalidClientTokenId" in page, path
+            assert SECRET_KEY not in page and SESSION_TOKEN not in page, path
         # asked again (with backoff), and the secret is never logged, not at DEBUG either
         calls = registry.client.calls["ListNamespaces"]
         await eventually(lambda: registry.client.calls["ListNamespaces"] > calls, 30)
@@ -349,3 +337,34 @@ async def test_cloudmap_services_reach_istiod(
     assert HOST in istiod.hosts()
     aws.deregister("shop", "orders", "i-2")
     await wait_for(["10.45.0.1:8080"])
+
+
+async def test_keep_when_empty_keeps_a_listed_service_without_instances(
+    tmp_path: Path, aws: CloudMap, serve: ServeFactory
+) -> None:
+    """`keep_when_empty`: a Cloud Map service still listed but without an instance stays
+    served (same host, ports and address) without endpoints; deleted, it goes."""
+    aws.namespace("shop")
+    aws.service("shop", "orders")
+    aws.register("shop", "orders", "i-1", AWS_INSTANCE_IPV4="10.46.0.1", AWS_INSTANCE_PORT="8080")
+    app, client = await serve(cloudmap_settings(tmp_path, aws.server, keep_when_empty=True))
+    await client.wait_for(lambda c: addresses(c) == ["10.46.0.1"], 30)
+    before = entry_for(client)
+    assert before is not None
+
+    aws.deregister("shop", "orders", "i-1")
+    await client.wait_for(lambda c: entry_for(c) is not None and addresses(c) == [], 30)
+    kept = entry_for(client)
+    assert kept is not None
+    assert list(kept.service_entry.hosts) == list(before.service_entry.hosts)
+    assert list(kept.service_entry.addresses) == list(before.service_entry.addresses)
+    assert list(kept.service_entry.ports) == list(before.service_entry.ports)
+    await _past_rounds(registry_of(app), 3)
+    await past_next_rebuild(app)
+    assert entry_for(client) is not None  # kept, round after round
+
+    aws.register("shop", "orders", "i-2", AWS_INSTANCE_IPV4="10.46.0.2", AWS_INSTANCE_PORT="8080")
+    await client.wait_for(lambda c: addresses(c) == ["10.46.0.2"], 30)
+    aws.deregister("shop", "orders", "i-2")
+    aws.delete_service("shop", "orders")
+    await client.wait_for(lambda c: entry_for(c) is None, 30)

@@ -12,12 +12,11 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from mcpserver.app import App
 from mcpserver.registry.base import Status
 from mcpserver.xds.client import DecodedResource, IstiodLikeClient
 from tests.certs import make_certs
-from tests.conftest import AppFactory, ClientFactory, eventually, settings_for
-from tests.integration.conftest import IstiodFactory
+from tests.conftest import AppFactory, eventually, past_next_rebuild, settings_for
+from tests.integration.conftest import IstiodFactory, ServeFactory
 from tests.integration.consulagent import ConsulAgent
 from tests.integration.real import consul_binary, free_port
 from tests.integration.xdsprobe import endpoints
@@ -118,27 +117,14 @@ def addresses(client: IstiodLikeClient) -> list[str]:
     return [] if entry is None else sorted(e.address for e in entry.service_entry.endpoints)
 
 
-async def started(
-    start_app: AppFactory, connect: ClientFactory, settings: Any
-) -> tuple[App, IstiodLikeClient]:
-    app = await start_app(settings)
-    client = await connect(app.port)
-    await client.wait_for(lambda c: c.synced(), 30)
-    return app, client
-
-
 async def test_register_tags_health_and_deregister(
-    tmp_path: Path,
-    consul: ConsulAgent,
-    health: Health,
-    start_app: AppFactory,
-    connect: ClientFactory,
+    tmp_path: Path, consul: ConsulAgent, health: Health, serve: ServeFactory
 ) -> None:
     register(consul, health, "web-1", "10.20.0.1")
     register(consul, health, "web-2", "10.20.0.2", Port=8081)
     # the end deregisters the registry's only service: protection would hold that removal
     settings = consul_settings(tmp_path, consul, top={"protection": {"hold_empty": False}})
-    app, client = await started(start_app, connect, settings)
+    app, client = await serve(settings)
     await client.wait_for(lambda c: addresses(c) == ["10.20.0.1", "10.20.0.2"], 30)
     entry = web_entry(client)
     assert entry is not None
@@ -180,14 +166,14 @@ async def test_register_tags_health_and_deregister(
 
 
 async def test_consul_restart_keeps_services_and_reconciles(
-    tmp_path: Path, consul_bin: Path, health: Health, start_app: AppFactory, connect: ClientFactory
+    tmp_path: Path, consul_bin: Path, health: Health, serve: ServeFactory
 ) -> None:
     agent = ConsulAgent(consul_bin, tmp_path / "consul-server", persistent=True)
     agent.start()
     try:
         register(agent, health, "web-1", "10.21.0.1")
         register(agent, health, "web-2", "10.21.0.2")
-        app, client = await started(start_app, connect, consul_settings(tmp_path, agent))
+        app, client = await serve(consul_settings(tmp_path, agent))
         await client.wait_for(lambda c: addresses(c) == ["10.21.0.1", "10.21.0.2"], 60)
         responses = len(
             client.responses[next(u for u in client.type_urls if u.endswith("/ServiceEntry"))]
@@ -214,8 +200,8 @@ async def test_acl_token_from_environment(
     consul_bin: Path,
     health: Health,
     start_app: AppFactory,
-    connect: ClientFactory,
     monkeypatch: pytest.MonkeyPatch,
+    serve: ServeFactory,
 ) -> None:
     agent = ConsulAgent(consul_bin, tmp_path / "consul-acl", acl_token="root-secret-token")
     agent.start()
@@ -223,7 +209,7 @@ async def test_acl_token_from_environment(
         register(agent, health, "web-1", "10.22.0.1")
         monkeypatch.setenv("TEST_CONSUL_TOKEN", "root-secret-token")
         settings = consul_settings(tmp_path, agent, token={"env": "TEST_CONSUL_TOKEN"})
-        _, client = await started(start_app, connect, settings)
+        _, client = await serve(settings)
         await client.wait_for(lambda c: addresses(c) == ["10.22.0.1"], 30)
         assert "root-secret-token" not in repr(settings)
         # without the token the agent refuses us: the registry says so and serves nothing
@@ -243,7 +229,7 @@ READ_ALL = (
 
 
 async def test_results_filtered_by_acl_degrade_and_protection_holds_the_service(
-    tmp_path: Path, consul_bin: Path, health: Health, start_app: AppFactory, connect: ClientFactory
+    tmp_path: Path, consul_bin: Path, health: Health, serve: ServeFactory
 ) -> None:
     """Consul answers a token that may not read a service by leaving it out, and says so
     only in X-Consul-Results-Filtered-By-ACLs: the registry turns DEGRADED with that reason,
@@ -261,7 +247,7 @@ async def test_results_filtered_by_acl_degrade_and_protection_holds_the_service(
         token_file = tmp_path / "consul-token"
         token_file.write_text(token["SecretID"])
         settings = consul_settings(tmp_path, agent, token={"file": str(token_file)})
-        app, client = await started(start_app, connect, settings)
+        app, client = await serve(settings)
         await client.wait_for(lambda c: addresses(c) == ["10.28.0.1"], 30)
         registry = app.registries[0]
         assert registry.view().status is Status.READY
@@ -345,18 +331,14 @@ class Proxy:
 
 
 async def test_a_hanging_blocking_query_is_cut_and_retried(
-    tmp_path: Path,
-    consul: ConsulAgent,
-    health: Health,
-    start_app: AppFactory,
-    connect: ClientFactory,
+    tmp_path: Path, consul: ConsulAgent, health: Health, serve: ServeFactory
 ) -> None:
     register(consul, health, "web-1", "10.23.0.1")
     proxy = Proxy(consul.http_port)
     await proxy.start()
     try:
         settings = consul_settings(tmp_path, consul, address=f"http://127.0.0.1:{proxy.port}")
-        app, client = await started(start_app, connect, settings)
+        app, client = await serve(settings)
         await client.wait_for(lambda c: addresses(c) == ["10.23.0.1"], 30)
         registry: Any = app.registries[0]
         proxy.freeze()
@@ -376,11 +358,7 @@ async def test_a_hanging_blocking_query_is_cut_and_retried(
 
 
 async def test_filters_by_name_and_tag(
-    tmp_path: Path,
-    consul: ConsulAgent,
-    health: Health,
-    start_app: AppFactory,
-    connect: ClientFactory,
+    tmp_path: Path, consul: ConsulAgent, health: Health, serve: ServeFactory
 ) -> None:
     register(consul, health, "web-1", "10.24.0.1", Tags=["mesh"])
     register(consul, health, "api-1", "10.24.0.2", Name="api", Tags=["mesh"])
@@ -388,7 +366,7 @@ async def test_filters_by_name_and_tag(
     settings = consul_settings(
         tmp_path, consul, services=["web", "a*", "db"], exclude=["api"], tags=["mesh"]
     )
-    _, client = await started(start_app, connect, settings)
+    _, client = await serve(settings)
     await client.wait_for(lambda c: addresses(c) == ["10.24.0.1"], 30)
     assert [r.name for r in client.latest("ServiceEntry")] == [HOST]
 
@@ -422,7 +400,7 @@ async def test_consul_services_and_health_reach_istiod(
 
 
 async def test_tls_to_consul_with_client_certificate(
-    tmp_path: Path, consul_bin: Path, health: Health, start_app: AppFactory, connect: ClientFactory
+    tmp_path: Path, consul_bin: Path, health: Health, start_app: AppFactory, serve: ServeFactory
 ) -> None:
     certs = make_certs(tmp_path / "certs")
     https_port = free_port()
@@ -444,9 +422,7 @@ async def test_tls_to_consul_with_client_certificate(
             "cert_file": str(certs["client"]),
             "key_file": str(certs["client-key"]),
         }
-        _, client = await started(
-            start_app, connect, consul_settings(tmp_path, agent, address=address, tls=tls)
-        )
+        _, client = await serve(consul_settings(tmp_path, agent, address=address, tls=tls))
         await client.wait_for(lambda c: addresses(c) == ["10.26.0.1"], 30)
         # without a client certificate the agent refuses the handshake
         refused = await start_app(
@@ -459,7 +435,7 @@ async def test_tls_to_consul_with_client_certificate(
 
 
 async def test_several_datacenters(
-    tmp_path: Path, consul_bin: Path, health: Health, start_app: AppFactory, connect: ClientFactory
+    tmp_path: Path, consul_bin: Path, health: Health, serve: ServeFactory
 ) -> None:
     """Two federated datacenters; one registry serves both, with the datacenter as locality."""
     dc1 = ConsulAgent(consul_bin, tmp_path / "dc1")
@@ -478,7 +454,7 @@ async def test_several_datacenters(
             lambda: '"dc2"' in dc1.request("GET", "/v1/catalog/datacenters"), within=60
         )
         settings = consul_settings(tmp_path, dc1, datacenters=["dc1", "dc2"])
-        _, client = await started(start_app, connect, settings)
+        _, client = await serve(settings)
         await client.wait_for(lambda c: addresses(c) == ["10.27.0.1", "10.27.1.1"], 60)
         localities = {
             e.address: e.locality for e in require(web_entry(client)).service_entry.endpoints
@@ -490,13 +466,41 @@ async def test_several_datacenters(
 
 
 async def test_more_services_than_a_default_connection_pool(
-    tmp_path: Path, consul: ConsulAgent, start_app: AppFactory, connect: ClientFactory
+    tmp_path: Path, consul: ConsulAgent, serve: ServeFactory
 ) -> None:
     """150 services: each holds a long-poll connection, so a 100-connection pool (aiohttp's
     default) would starve the rest of their first answer."""
     from bench.consul import register_all
 
     await asyncio.to_thread(register_all, consul, [f"svc-{i}" for i in range(150)], 2)
-    _, client = await started(start_app, connect, consul_settings(tmp_path, consul, wait="30s"))
+    _, client = await serve(consul_settings(tmp_path, consul, wait="30s"))
     names = {r.name for r in client.latest("ServiceEntry")}
     assert len([n for n in names if n.startswith("svc-")]) == 150
+
+
+async def test_keep_when_empty_keeps_a_service_whose_instances_all_fail(
+    tmp_path: Path, consul: ConsulAgent, health: Health, serve: ServeFactory
+) -> None:
+    """`keep_when_empty`: a service Consul still lists whose every instance fails its check
+    stays served (same host, ports and address) without endpoints; deregistered, it goes."""
+    register(consul, health, "web-1", "10.29.0.1")
+    settings = consul_settings(
+        tmp_path, consul, top={"protection": {"hold_empty": False}}, keep_when_empty=True
+    )
+    app, client = await serve(settings)
+    await client.wait_for(lambda c: addresses(c) == ["10.29.0.1"], 30)
+    before = require(web_entry(client)).service_entry
+
+    health.healthy["web-1"] = False
+    await client.wait_for(lambda c: web_entry(c) is not None and addresses(c) == [], 30)
+    kept = require(web_entry(client)).service_entry
+    assert list(kept.hosts) == list(before.hosts)
+    assert list(kept.addresses) == list(before.addresses)
+    assert [(p.name, p.number, p.protocol) for p in kept.ports] == [("http", 8080, "HTTP")]
+    await past_next_rebuild(app)
+    assert web_entry(client) is not None  # kept, not withdrawn a moment later
+
+    health.healthy["web-1"] = True
+    await client.wait_for(lambda c: addresses(c) == ["10.29.0.1"], 30)
+    consul.deregister("web-1")
+    await client.wait_for(lambda c: web_entry(c) is None, 30)

@@ -23,8 +23,8 @@ from mcpserver.registry.base import Status
 from mcpserver.registry.eureka.watcher import EurekaRegistry
 from mcpserver.xds.client import DecodedResource, IstiodLikeClient
 from tests.certs import make_certs
-from tests.conftest import AppFactory, ClientFactory, eventually, past_next_rebuild, settings_for
-from tests.integration.conftest import IstiodFactory
+from tests.conftest import AppFactory, eventually, past_next_rebuild, settings_for
+from tests.integration.conftest import IstiodFactory, ServeFactory
 from tests.integration.eureka import USER, EurekaServer, eureka_server_jar
 from tests.integration.test_nacos import listening
 from tests.integration.tlsproxy import TlsProxy
@@ -127,15 +127,6 @@ def held(app: App) -> bool:
     return any(state.hold is not None for state in app.pipeline.registry_states())
 
 
-async def started(
-    start_app: AppFactory, connect: ClientFactory, settings: Any
-) -> tuple[App, IstiodLikeClient]:
-    app = await start_app(settings)
-    client = await connect(app.port)
-    await client.wait_for(lambda c: c.synced(), 60)
-    return app, client
-
-
 class Heartbeats:
     """Instances kept alive as Eureka's Java client keeps them: a renewal every `period`, and
     a new registration when the server answers 404 (it restarted, or evicted us)."""
@@ -204,7 +195,7 @@ def test_the_fixture_servers_bind_loopback_only(servers: Servers) -> None:
 
 
 async def test_register_status_metadata_and_delete_flow_by_delta(
-    tmp_path: Path, servers: Servers, start_app: AppFactory, connect: ClientFactory
+    tmp_path: Path, servers: Servers, serve: ServeFactory
 ) -> None:
     eureka = servers.shared
     host = "orders.eureka"
@@ -214,7 +205,7 @@ async def test_register_status_metadata_and_delete_flow_by_delta(
     two = eureka.register("orders", "10.40.0.2", 8081, secure_port=8443)
     starting = eureka.register("orders", "10.40.0.3", status="STARTING")
     settings = eureka_settings(tmp_path, [eureka.url], ["orders"], **with_auth(region="eu-west"))
-    app, client = await started(start_app, connect, settings)
+    app, client = await serve(settings, within=60)
     # UP only: the STARTING instance is not an endpoint
     await client.wait_for(lambda c: addresses(c, host) == ["10.40.0.1", "10.40.0.2"], 30)
     entry = entry_for(client, host)
@@ -263,9 +254,8 @@ async def test_register_status_metadata_and_delete_flow_by_delta(
 async def test_heartbeats_keep_an_instance_and_lease_expiry_evicts_it(
     tmp_path: Path,
     servers: Servers,
-    start_app: AppFactory,
-    connect: ClientFactory,
     beats: Callable[[EurekaServer, float], Heartbeats],
+    serve: ServeFactory,
 ) -> None:
     eureka = servers.shared
     host = "beating.eureka"
@@ -273,7 +263,7 @@ async def test_heartbeats_keep_an_instance_and_lease_expiry_evicts_it(
     heartbeats.add("beating", "10.41.0.1", lease=1)  # expires 2 s after its last renewal
     eureka.register("beating", "10.41.0.2")  # a 90 s lease: stays
     settings = eureka_settings(tmp_path, [eureka.url], ["beating"], **with_auth())
-    _, client = await started(start_app, connect, settings)
+    _, client = await serve(settings, within=60)
     await client.wait_for(lambda c: addresses(c, host) == ["10.41.0.1", "10.41.0.2"], 30)
     # renewed for well past its lease and the 500 ms eviction timer: never evicted
     await eventually(lambda: heartbeats.renewed >= 12, within=60)
@@ -285,7 +275,7 @@ async def test_heartbeats_keep_an_instance_and_lease_expiry_evicts_it(
 
 
 async def test_an_instance_without_ip_is_skipped_and_its_app_kept_with_a_host_per_vip(
-    tmp_path: Path, servers: Servers, start_app: AppFactory, connect: ClientFactory
+    tmp_path: Path, servers: Servers, serve: ServeFactory
 ) -> None:
     """higress#1322 dropped a whole application for one instance whose address was a host
     name; here that instance alone is skipped (and counted). `{vip}` renders one host per
@@ -298,7 +288,7 @@ async def test_an_instance_without_ip_is_skipped_and_its_app_kept_with_a_host_pe
     settings = eureka_settings(
         tmp_path, [eureka.url], ["legacy"], **with_auth(host_template="{vip}.vip.eureka")
     )
-    app, client = await started(start_app, connect, settings)
+    app, client = await serve(settings, within=60)
     await client.wait_for(lambda c: addresses(c, "legacy-web.vip.eureka") == ["10.42.0.1"], 30)
     assert addresses(client, "legacy-api.vip.eureka") == ["10.42.0.1"]
     problems = registry_of(app).view().problems
@@ -311,7 +301,7 @@ async def test_an_instance_without_ip_is_skipped_and_its_app_kept_with_a_host_pe
 
 
 async def test_a_missed_delta_is_caught_by_the_hash_and_fetched_whole(
-    tmp_path: Path, servers: Servers, start_app: AppFactory, connect: ClientFactory
+    tmp_path: Path, servers: Servers, serve: ServeFactory
 ) -> None:
     """A change that left the server's delta window before we polled (a client paused longer
     than the window: Eureka's is 3 minutes, this server's 300 ms) is missing from our merge;
@@ -320,7 +310,7 @@ async def test_a_missed_delta_is_caught_by_the_hash_and_fetched_whole(
     host = "window.eureka"
     eureka.register("window", "10.43.0.1")
     settings = eureka_settings(tmp_path, [eureka.url], ["window"], poll_interval="2s")
-    app, client = await started(start_app, connect, settings)
+    app, client = await serve(settings, within=60)
     await client.wait_for(lambda c: addresses(c, host) == ["10.43.0.1"], 30)
     registry = registry_of(app)
     fetched = registry.delta_fetches
@@ -336,9 +326,8 @@ async def test_a_missed_delta_is_caught_by_the_hash_and_fetched_whole(
 async def test_a_server_restarted_empty_does_not_withdraw_our_services(
     tmp_path: Path,
     servers: Servers,
-    start_app: AppFactory,
-    connect: ClientFactory,
     beats: Callable[[EurekaServer, float], Heartbeats],
+    serve: ServeFactory,
 ) -> None:
     """Eureka keeps its registry in memory: restarted, it answers an empty registry until
     its clients' next heartbeats (404) make them register again. Protection against mass
@@ -351,7 +340,7 @@ async def test_a_server_restarted_empty_does_not_withdraw_our_services(
     # protection as deployed (an empty registry is held), for as long as the test needs
     top = {"protection": {"hold_for": "10m"}}
     settings = eureka_settings(tmp_path, [eureka.url], ["restart"], top=top)
-    app, client = await started(start_app, connect, settings)
+    app, client = await serve(settings, within=60)
     await client.wait_for(lambda c: addresses(c, host) == ["10.44.0.1", "10.44.0.2"], 30)
     registry = registry_of(app)
     heartbeats.paused.set()  # the clients do not notice the restart yet
@@ -373,7 +362,7 @@ async def test_a_server_restarted_empty_does_not_withdraw_our_services(
 
 
 async def test_two_peers_one_stopped_the_other_serves(
-    tmp_path: Path, servers: Servers, start_app: AppFactory, connect: ClientFactory
+    tmp_path: Path, servers: Servers, serve: ServeFactory
 ) -> None:
     a, b = servers.peer_a, servers.peer_b
     host = "peered.eureka"
@@ -385,7 +374,7 @@ async def test_two_peers_one_stopped_the_other_serves(
 
     await eventually(replicated, within=30)  # A replicated it to B
     settings = eureka_settings(tmp_path, [a.url, b.url], ["peered"])
-    app, client = await started(start_app, connect, settings)
+    app, client = await serve(settings, within=60)
     await client.wait_for(lambda c: addresses(c, host) == ["10.45.0.1"], 30)
     registry = registry_of(app)
     assert registry.client is not None and registry.client.server == a.url
@@ -397,7 +386,7 @@ async def test_two_peers_one_stopped_the_other_serves(
 
 
 async def test_basic_auth_and_tls(
-    tmp_path: Path, servers: Servers, start_app: AppFactory, connect: ClientFactory
+    tmp_path: Path, servers: Servers, start_app: AppFactory, serve: ServeFactory
 ) -> None:
     """Through TLS (a terminating proxy in front of the server) verified against the CA,
     with basic auth; a wrong password, none, or a CA that did not sign the certificate:
@@ -413,7 +402,7 @@ async def test_basic_auth_and_tls(
         tls = {"ca_file": str(certs["ca"])}
         (tmp_path / "good").mkdir()
         settings = eureka_settings(tmp_path / "good", [url], ["secure"], tls=tls, **with_auth())
-        _, client = await started(start_app, connect, settings)
+        _, client = await serve(settings, within=60)
         await client.wait_for(lambda c: addresses(c, host) == ["10.46.0.1"], 30)
         assert proxy.connections > 0
 

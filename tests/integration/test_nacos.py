@@ -21,12 +21,11 @@ from typing import Any
 
 import pytest
 
-from mcpserver.app import App
 from mcpserver.registry.base import Registry, Status
 from mcpserver.xds.client import DecodedResource, IstiodLikeClient
 from tests.certs import make_certs
-from tests.conftest import AppFactory, ClientFactory, eventually, settings_for
-from tests.integration.conftest import IstiodFactory
+from tests.conftest import AppFactory, eventually, past_next_rebuild, settings_for
+from tests.integration.conftest import IstiodFactory, ServeFactory
 from tests.integration.nacos import (
     ADMIN,
     Heartbeats,
@@ -89,21 +88,12 @@ def degraded(registry: Registry) -> Callable[[], bool]:
     return lambda: registry.view().status is Status.DEGRADED
 
 
-async def started(
-    start_app: AppFactory, connect: ClientFactory, settings: Any
-) -> tuple[App, IstiodLikeClient]:
-    app = await start_app(settings)
-    client = await connect(app.port)
-    await client.wait_for(lambda c: c.synced(), 30)
-    return app, client
-
-
 async def test_register_change_disable_deregister(
-    tmp_path: Path, nacos: RNacos, start_app: AppFactory, connect: ClientFactory
+    tmp_path: Path, nacos: RNacos, serve: ServeFactory
 ) -> None:
     nacos.register("orders", "10.30.0.1", metadata={"version": "v1", "protocol": "http"})
     nacos.register("orders", "10.30.0.2", 8081, weight=2.5, cluster="east")
-    app, client = await started(start_app, connect, nacos_settings(tmp_path, nacos))
+    app, client = await serve(nacos_settings(tmp_path, nacos))
     await client.wait_for(lambda c: addresses(c) == ["10.30.0.1", "10.30.0.2"], 30)
     entry = entry_for(client)
     assert entry is not None and entry.namespace == "nacos"
@@ -139,7 +129,7 @@ async def test_register_change_disable_deregister(
 
 
 async def test_an_unhealthy_instance_is_out_until_healthy_again(
-    tmp_path: Path, nacos: RNacos, start_app: AppFactory, connect: ClientFactory
+    tmp_path: Path, nacos: RNacos, serve: ServeFactory
 ) -> None:
     beats = Heartbeats(nacos, "orders")
     try:
@@ -148,7 +138,7 @@ async def test_an_unhealthy_instance_is_out_until_healthy_again(
         # r-nacos pushes an instance's fall but not its recovery by heartbeat (Nacos pushes
         # both): the refresh, the safety net for a lost push, brings that
         settings = nacos_settings(tmp_path, nacos, refresh_interval="1s")
-        _, client = await started(start_app, connect, settings)
+        _, client = await serve(settings)
         await client.wait_for(lambda c: addresses(c) == ["10.30.1.1", "10.30.1.2"], 30)
         # its heartbeats stop: Nacos marks it unhealthy, and it leaves the endpoints (one
         # stays healthy: see tests/integration/nacos.py)
@@ -161,10 +151,10 @@ async def test_an_unhealthy_instance_is_out_until_healthy_again(
 
 
 async def test_an_ephemeral_instance_goes_with_its_connection_and_new_services_are_polled(
-    tmp_path: Path, nacos: RNacos, start_app: AppFactory, connect: ClientFactory
+    tmp_path: Path, nacos: RNacos, serve: ServeFactory
 ) -> None:
     nacos.register("orders", "10.31.0.1")
-    _, client = await started(start_app, connect, nacos_settings(tmp_path, nacos))
+    _, client = await serve(nacos_settings(tmp_path, nacos))
     await client.wait_for(lambda c: addresses(c) == ["10.31.0.1"], 30)
     # a service that did not exist: found by the next service-list poll
     sdk = await ephemeral_instance(nacos, "payments", "10.31.0.9", 9090, protocol="grpc")
@@ -182,7 +172,7 @@ async def test_an_ephemeral_instance_goes_with_its_connection_and_new_services_a
 
 
 async def test_http_api_gives_the_same_resources_as_grpc(
-    tmp_path: Path, nacos: RNacos, start_app: AppFactory, connect: ClientFactory
+    tmp_path: Path, nacos: RNacos, serve: ServeFactory
 ) -> None:
     nacos.register("orders", "10.32.0.1", metadata={"version": "v1"})
     nacos.register("orders", "10.32.0.2", 8081, weight=3, cluster="east")
@@ -191,12 +181,8 @@ async def test_http_api_gives_the_same_resources_as_grpc(
     (tmp_path / "grpc").mkdir()
     (tmp_path / "http").mkdir()
     # every group (the catalog API finds them) over gRPC, the two named over HTTP
-    _, over_grpc = await started(
-        start_app, connect, nacos_settings(tmp_path / "grpc", nacos, groups=["*"])
-    )
-    _, over_http = await started(
-        start_app, connect, nacos_settings(tmp_path / "http", nacos, groups=groups, api="http")
-    )
+    _, over_grpc = await serve(nacos_settings(tmp_path / "grpc", nacos, groups=["*"]))
+    _, over_http = await serve(nacos_settings(tmp_path / "http", nacos, groups=groups, api="http"))
 
     def specs(client: IstiodLikeClient) -> dict[str, bytes]:
         return {
@@ -224,8 +210,8 @@ async def test_auth_on_with_login_and_refused_without(
     tmp_path: Path,
     rnacos_bin: Path,
     start_app: AppFactory,
-    connect: ClientFactory,
     monkeypatch: pytest.MonkeyPatch,
+    serve: ServeFactory,
 ) -> None:
     server = RNacos(rnacos_bin, tmp_path / "rnacos-auth", auth=True)
     server.start()
@@ -234,17 +220,13 @@ async def test_auth_on_with_login_and_refused_without(
         monkeypatch.setenv("TEST_NACOS_PASSWORD", ADMIN[1])
         auth = {"username": ADMIN[0], "password": {"env": "TEST_NACOS_PASSWORD"}}
         (tmp_path / "a").mkdir()
-        app, client = await started(
-            start_app, connect, nacos_settings(tmp_path / "a", server, auth=auth)
-        )
+        app, client = await serve(nacos_settings(tmp_path / "a", server, auth=auth))
         await client.wait_for(lambda c: addresses(c) == ["10.33.0.1"], 30)
         server.register("orders", "10.33.0.2")
         await client.wait_for(lambda c: addresses(c) == ["10.33.0.1", "10.33.0.2"], 30)
         # the HTTP API with the same login
         (tmp_path / "h").mkdir()
-        _, over_http = await started(
-            start_app, connect, nacos_settings(tmp_path / "h", server, auth=auth, api="http")
-        )
+        _, over_http = await serve(nacos_settings(tmp_path / "h", server, auth=auth, api="http"))
         await over_http.wait_for(lambda c: addresses(c) == ["10.33.0.1", "10.33.0.2"], 30)
 
         # without credentials, or with a wrong password: degraded, saying why, nothing served
@@ -275,11 +257,11 @@ async def test_auth_on_with_login_and_refused_without(
 
 
 async def test_server_restart_keeps_the_view_then_reconciles(
-    tmp_path: Path, nacos: RNacos, start_app: AppFactory, connect: ClientFactory
+    tmp_path: Path, nacos: RNacos, serve: ServeFactory
 ) -> None:
     nacos.register("orders", "10.34.0.1")
     nacos.register("orders", "10.34.0.2")
-    app, client = await started(start_app, connect, nacos_settings(tmp_path, nacos))
+    app, client = await serve(nacos_settings(tmp_path, nacos))
     await client.wait_for(lambda c: addresses(c) == ["10.34.0.1", "10.34.0.2"], 30)
     registry = app.registries[0]
     se_url = next(u for u in client.type_urls if u.endswith("/ServiceEntry"))
@@ -301,11 +283,11 @@ async def test_server_restart_keeps_the_view_then_reconciles(
 
 
 async def test_a_malformed_instance_is_skipped_and_counted(
-    tmp_path: Path, nacos: RNacos, start_app: AppFactory, connect: ClientFactory
+    tmp_path: Path, nacos: RNacos, serve: ServeFactory
 ) -> None:
     nacos.register("orders", "10.35.0.1")
     nacos.register("orders", "10.35.0.2", metadata={"dubbo.endpoints": "[{"})
-    app, client = await started(start_app, connect, nacos_settings(tmp_path, nacos))
+    app, client = await serve(nacos_settings(tmp_path, nacos))
     await client.wait_for(lambda c: addresses(c) == ["10.35.0.1"], 30)
     problems = app.registries[0].view().problems
     assert [p.reason for p in problems] == ["bad-json"]
@@ -373,7 +355,7 @@ def test_the_fixture_server_binds_loopback_only(nacos: RNacos) -> None:
 
 @pytest.mark.parametrize("api", ["grpc", "http"])
 async def test_tls_to_the_server(
-    tmp_path: Path, nacos: RNacos, start_app: AppFactory, connect: ClientFactory, api: str
+    tmp_path: Path, nacos: RNacos, start_app: AppFactory, api: str, serve: ServeFactory
 ) -> None:
     """Over TLS (a terminating proxy in front of r-nacos, which serves none), verified
     against the configured CA, for both APIs; a CA that did not sign the server's certificate
@@ -392,9 +374,7 @@ async def test_tls_to_the_server(
             "api": api,
         }
         (tmp_path / "good").mkdir()
-        _, client = await started(
-            start_app, connect, nacos_settings(tmp_path / "good", nacos, **tls)
-        )
+        _, client = await serve(nacos_settings(tmp_path / "good", nacos, **tls))
         await client.wait_for(lambda c: addresses(c) == ["10.36.0.1"], 30)
         assert (grpc_proxy if api == "grpc" else http).connections > 0  # it went through TLS
         nacos.register("orders", "10.36.0.2")
@@ -416,18 +396,14 @@ async def test_tls_to_the_server(
 
 
 async def test_every_namespace_followed_as_they_come_and_go(
-    tmp_path: Path,
-    nacos: RNacos,
-    start_app: AppFactory,
-    connect: ClientFactory,
-    caplog: pytest.LogCaptureFixture,
+    tmp_path: Path, nacos: RNacos, caplog: pytest.LogCaptureFixture, serve: ServeFactory
 ) -> None:
     """namespaces: ["*"] follows every namespace the server lists: one created later is
     followed with its services, one deleted is no longer followed."""
     caplog.set_level(logging.INFO, logger="mcpserver.registry.nacos")
     nacos.register("orders", "10.37.0.1")
     settings = nacos_settings(tmp_path, nacos, namespaces=["*"])
-    app, client = await started(start_app, connect, settings)
+    app, client = await serve(settings)
     await client.wait_for(lambda c: addresses(c) == ["10.37.0.1"], 30)
     assert app.registries[0].view().synced
 
@@ -500,3 +476,30 @@ def test_the_nacos_benchmark_runs(rnacos_bin: Path) -> None:
     assert (result["served_services"], result["served_endpoints"]) == (20, 40)
     assert result["baseline_instances"] == 40
     assert result["first_view_seconds"] > 0 and result["change_latency_median_ms"] > 0
+
+
+@pytest.mark.parametrize("api", ["grpc", "http"])
+async def test_keep_when_empty_keeps_a_listed_service_without_served_instances(
+    tmp_path: Path, nacos: RNacos, serve: ServeFactory, api: str
+) -> None:
+    """`keep_when_empty`: a Nacos service still listed whose every instance is out (here
+    disabled) stays served (same host, ports and address) without endpoints; when one is
+    back, so are its endpoints."""
+    nacos.register("orders", "10.38.0.1", metadata={"protocol": "http"})
+    app, client = await serve(nacos_settings(tmp_path, nacos, api=api, keep_when_empty=True))
+    await client.wait_for(lambda c: addresses(c) == ["10.38.0.1"], 30)
+    before = entry_for(client)
+    assert before is not None
+
+    nacos.register("orders", "10.38.0.1", metadata={"protocol": "http"}, enabled=False)
+    await client.wait_for(lambda c: entry_for(c) is not None and addresses(c) == [], 30)
+    kept = entry_for(client)
+    assert kept is not None
+    assert list(kept.service_entry.hosts) == list(before.service_entry.hosts)
+    assert list(kept.service_entry.addresses) == list(before.service_entry.addresses)
+    assert list(kept.service_entry.ports) == list(before.service_entry.ports)
+    await past_next_rebuild(app)
+    assert entry_for(client) is not None  # kept, not withdrawn a moment later
+
+    nacos.register("orders", "10.38.0.1", metadata={"protocol": "http"})
+    await client.wait_for(lambda c: addresses(c) == ["10.38.0.1"], 30)

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-import aiohttp
 import pytest
 from kazoo.client import KazooClient
 from kazoo.security import OPEN_ACL_UNSAFE, make_digest_acl
@@ -18,7 +17,8 @@ from mcpserver.app import App
 from mcpserver.registry.base import Status
 from mcpserver.registry.zookeeper import assembly, watcher
 from mcpserver.xds.client import DecodedResource, IstiodLikeClient
-from tests.conftest import AppFactory, ClientFactory, eventually, settings_for
+from tests.conftest import AppFactory, ClientFactory, admin_get, eventually, settings_for
+from tests.integration.conftest import ServeFactory
 from tests.integration.zookeeper import ZooKeeper
 
 IFACE = "org.apache.dubbo.demo.DemoService"
@@ -69,26 +69,11 @@ def entries(client: IstiodLikeClient) -> dict[str, DecodedResource]:
     return {r.name: r for r in client.latest("ServiceEntry")}
 
 
-async def synced(
-    start_app: AppFactory, connect: ClientFactory, settings: Any
-) -> tuple[App, IstiodLikeClient]:
-    app = await start_app(settings)
-    client = await connect(app.port)
-    await client.wait_for(lambda c: c.synced(), 30)
-    return app, client
-
-
 async def test_provider_appears_changes_and_disappears(
-    tmp_path: Path,
-    zookeeper: ZooKeeper,
-    zk_writer: KazooClient,
-    start_app: AppFactory,
-    connect: ClientFactory,
+    tmp_path: Path, zookeeper: ZooKeeper, zk_writer: KazooClient, serve: ServeFactory
 ) -> None:
     first = add_provider(zk_writer, provider_url("10.0.0.5"))
-    _, client = await synced(
-        start_app, connect, zk_settings(tmp_path, zookeeper, protection=REMOVE_ALL)
-    )
+    _, client = await serve(zk_settings(tmp_path, zookeeper, protection=REMOVE_ALL))
     se = entries(client)[HOST]
     spec: Any = se.spec
     assert list(spec.hosts) == [HOST]
@@ -127,14 +112,10 @@ async def test_provider_appears_changes_and_disappears(
 
 
 async def test_a_burst_of_200_providers_is_a_handful_of_rebuilds(
-    tmp_path: Path,
-    zookeeper: ZooKeeper,
-    zk_writer: KazooClient,
-    start_app: AppFactory,
-    connect: ClientFactory,
+    tmp_path: Path, zookeeper: ZooKeeper, zk_writer: KazooClient, serve: ServeFactory
 ) -> None:
     add_provider(zk_writer, provider_url("10.1.0.1"))
-    app, client = await synced(start_app, connect, zk_settings(tmp_path, zookeeper))
+    app, client = await serve(zk_settings(tmp_path, zookeeper))
     runs_before = app.debouncer.runs
     transaction = zk_writer.transaction()
     for i in range(200):
@@ -152,14 +133,14 @@ async def test_a_burst_of_200_providers_is_a_handful_of_rebuilds(
 
 
 async def test_zookeeper_outage_keeps_services_and_reconciles(
-    tmp_path: Path, zookeeper: ZooKeeper, start_app: AppFactory, connect: ClientFactory
+    tmp_path: Path, zookeeper: ZooKeeper, serve: ServeFactory
 ) -> None:
     writer = KazooClient(hosts=zookeeper.address, timeout=10)
     writer.start(15)
     writer.create(f"/dubbo/{IFACE}/providers/{provider_url('10.3.0.1')}", b"", makepath=True)
     writer.create(f"/dubbo/{IFACE}/providers/{provider_url('10.3.0.2')}", b"", makepath=True)
     writer.stop()
-    app, client = await synced(start_app, connect, zk_settings(tmp_path, zookeeper))
+    app, client = await serve(zk_settings(tmp_path, zookeeper))
     registry = app.registries[0]
     assert len(entries(client)[HOST].service_entry.endpoints) == 2
     responses = len(
@@ -194,11 +175,7 @@ async def test_zookeeper_outage_keeps_services_and_reconciles(
 
 
 async def test_garbage_is_skipped_and_counted_while_the_rest_flows(
-    tmp_path: Path,
-    zookeeper: ZooKeeper,
-    zk_writer: KazooClient,
-    start_app: AppFactory,
-    connect: ClientFactory,
+    tmp_path: Path, zookeeper: ZooKeeper, zk_writer: KazooClient, serve: ServeFactory
 ) -> None:
     add_provider(zk_writer, provider_url("10.4.0.1"))
     for bad in [
@@ -224,7 +201,7 @@ async def test_garbage_is_skipped_and_counted_while_the_rest_flows(
     zk_writer.create("/services/shop/notjson", b"{nope", makepath=True)
     zk_writer.create("/services/shop/binary", b"\xff\xfe\x00", makepath=True)
     zk_writer.create("/services/shop/noaddress", b'{"name": "shop", "port": 1}', makepath=True)
-    app, client = await synced(start_app, connect, zk_settings(tmp_path, zookeeper))
+    app, client = await serve(zk_settings(tmp_path, zookeeper))
     current = entries(client)
     assert [e.address for e in current[HOST].service_entry.endpoints] == ["10.4.0.1"]
     shop: Any = current["shop.dubbo"].spec
@@ -249,11 +226,7 @@ async def test_garbage_is_skipped_and_counted_while_the_rest_flows(
 
 
 async def test_curator_applications_and_dubbo3_mapping(
-    tmp_path: Path,
-    zookeeper: ZooKeeper,
-    zk_writer: KazooClient,
-    start_app: AppFactory,
-    connect: ClientFactory,
+    tmp_path: Path, zookeeper: ZooKeeper, zk_writer: KazooClient, serve: ServeFactory
 ) -> None:
     endpoints = json.dumps(
         [{"port": 50051, "protocol": "tri"}, {"port": 20880, "protocol": "dubbo"}]
@@ -273,7 +246,7 @@ async def test_curator_applications_and_dubbo3_mapping(
             makepath=True,
         )
     zk_writer.create("/dubbo/mapping/com.example.Greeter", b"greeter", makepath=True)
-    _, client = await synced(start_app, connect, zk_settings(tmp_path, zookeeper))
+    _, client = await serve(zk_settings(tmp_path, zookeeper))
     current = entries(client)
     app_se: Any = current["greeter.dubbo"].spec
     assert [(p.name, p.number, p.protocol) for p in app_se.ports] == [
@@ -295,9 +268,7 @@ async def test_curator_applications_and_dubbo3_mapping(
     )
 
 
-async def test_digest_auth(
-    tmp_path: Path, zookeeper: ZooKeeper, start_app: AppFactory, connect: ClientFactory
-) -> None:
+async def test_digest_auth(tmp_path: Path, zookeeper: ZooKeeper, serve: ServeFactory) -> None:
     writer = KazooClient(hosts=zookeeper.address, auth_data=[("digest", "mesh:s3cret")])
     writer.start(15)
     acl = [make_digest_acl("mesh", "s3cret", all=True)]
@@ -314,28 +285,23 @@ async def test_digest_auth(
         services_roots=[],
         auth={"credential": {"file": str(tmp_path / "cred")}},
     )
-    _, client = await synced(start_app, connect, settings)
+    _, client = await serve(settings)
     assert [e.address for e in entries(client)[HOST].service_entry.endpoints] == ["10.6.0.1"]
     assert "s3cret" not in repr(settings)
 
 
 @pytest.mark.parametrize("root", ["/dubbo-gray"])
 async def test_registry_group_root(
-    root: str,
-    tmp_path: Path,
-    zookeeper: ZooKeeper,
-    zk_writer: KazooClient,
-    start_app: AppFactory,
-    connect: ClientFactory,
+    root: str, tmp_path: Path, zookeeper: ZooKeeper, zk_writer: KazooClient, serve: ServeFactory
 ) -> None:
     add_provider(zk_writer, provider_url("10.7.0.1"), root=root)
     add_provider(zk_writer, provider_url("10.7.0.2"), root="/dubbo")
-    _, client = await synced(start_app, connect, zk_settings(tmp_path, zookeeper, roots=[root]))
+    _, client = await serve(zk_settings(tmp_path, zookeeper, roots=[root]))
     assert [e.address for e in entries(client)[HOST].service_entry.endpoints] == ["10.7.0.1"]
 
 
 async def test_session_expiry_removes_what_truly_vanished(
-    tmp_path: Path, zookeeper: ZooKeeper, start_app: AppFactory, connect: ClientFactory
+    tmp_path: Path, zookeeper: ZooKeeper, serve: ServeFactory
 ) -> None:
     """A provider whose ZooKeeper session dies during an outage is gone after it; one whose
     node is persistent stays. Our own session survives (or is replaced) and reconciles."""
@@ -346,7 +312,7 @@ async def test_session_expiry_removes_what_truly_vanished(
     doomed = KazooClient(hosts=zookeeper.address, timeout=4)
     doomed.start(15)
     doomed.create(f"/dubbo/{IFACE}/providers/{provider_url('10.8.0.2')}", b"", ephemeral=True)
-    app, client = await synced(start_app, connect, zk_settings(tmp_path, zookeeper))
+    app, client = await serve(zk_settings(tmp_path, zookeeper))
     assert sorted(e.address for e in entries(client)[HOST].service_entry.endpoints) == [
         "10.8.0.1",
         "10.8.0.2",
@@ -362,17 +328,11 @@ async def test_session_expiry_removes_what_truly_vanished(
 
 
 async def test_workloadentry_output(
-    tmp_path: Path,
-    zookeeper: ZooKeeper,
-    zk_writer: KazooClient,
-    start_app: AppFactory,
-    connect: ClientFactory,
+    tmp_path: Path, zookeeper: ZooKeeper, zk_writer: KazooClient, serve: ServeFactory
 ) -> None:
     add_provider(zk_writer, provider_url("10.9.0.1"))
     add_provider(zk_writer, provider_url("10.9.0.2", version="2.0.0"))
-    _, client = await synced(
-        start_app, connect, zk_settings(tmp_path, zookeeper, endpoints="workloadentry")
-    )
+    _, client = await serve(zk_settings(tmp_path, zookeeper, endpoints="workloadentry"))
     spec: Any = entries(client)[HOST].spec
     assert len(spec.endpoints) == 0
     selector = dict(spec.workload_selector.labels)
@@ -386,16 +346,10 @@ async def test_workloadentry_output(
 
 
 async def test_providers_node_removed_and_recreated(
-    tmp_path: Path,
-    zookeeper: ZooKeeper,
-    zk_writer: KazooClient,
-    start_app: AppFactory,
-    connect: ClientFactory,
+    tmp_path: Path, zookeeper: ZooKeeper, zk_writer: KazooClient, serve: ServeFactory
 ) -> None:
     add_provider(zk_writer, provider_url("10.10.0.1"))
-    _, client = await synced(
-        start_app, connect, zk_settings(tmp_path, zookeeper, protection=REMOVE_ALL)
-    )
+    _, client = await serve(zk_settings(tmp_path, zookeeper, protection=REMOVE_ALL))
     zk_writer.delete(f"/dubbo/{IFACE}/providers", recursive=True)
     await client.wait_for(lambda c: HOST not in entries(c), 20)
     add_provider(zk_writer, provider_url("10.10.0.2"))
@@ -419,11 +373,8 @@ def registry_errors(app: App, kind: str) -> float:
 
 
 async def debug_registries(app: App) -> dict[str, Any]:
-    async with (
-        aiohttp.ClientSession() as http,
-        http.get(f"http://127.0.0.1:{app.admin.port}/debug/registries") as response,
-    ):
-        body: list[dict[str, Any]] = await response.json()
+    _, text = await admin_get(app.admin.port, "/debug/registries")
+    body: list[dict[str, Any]] = json.loads(text)
     return next(e for e in body if e["name"] == "zk")
 
 
@@ -475,11 +426,7 @@ async def test_unreadable_root_is_degraded_retried_and_recovers(
 
 
 async def test_unreadable_interface_is_degraded_while_the_rest_flows(
-    tmp_path: Path,
-    zookeeper: ZooKeeper,
-    zk_writer: KazooClient,
-    start_app: AppFactory,
-    connect: ClientFactory,
+    tmp_path: Path, zookeeper: ZooKeeper, zk_writer: KazooClient, serve: ServeFactory
 ) -> None:
     """One interface's providers node we may not read: the others are served (the listing
     is complete as far as it can be), the registry says which path it cannot read."""
@@ -490,7 +437,7 @@ async def test_unreadable_interface_is_degraded_while_the_rest_flows(
     admin.create(f"/dubbo/{secret}/providers", b"", acl=MESH_ONLY)
     url = quote(f"dubbo://10.12.0.2:20880/{secret}?side=provider", safe="")
     admin.create(f"/dubbo/{secret}/providers/{url}", b"")
-    app, client = await synced(start_app, connect, zk_settings(tmp_path, zookeeper))
+    app, client = await serve(zk_settings(tmp_path, zookeeper))
     registry = app.registries[0]
     assert [e.address for e in entries(client)[HOST].service_entry.endpoints] == ["10.12.0.1"]
     assert "com.example.secret" not in entries(client)
@@ -506,7 +453,7 @@ async def test_unreadable_interface_is_degraded_while_the_rest_flows(
 
 
 async def test_acl_closed_under_a_watch_is_caught_at_the_next_re_read(
-    tmp_path: Path, zookeeper: ZooKeeper, start_app: AppFactory, connect: ClientFactory
+    tmp_path: Path, zookeeper: ZooKeeper, serve: ServeFactory
 ) -> None:
     """The ACL of a watched node is closed under us. ZooKeeper fires no watch for an ACL
     change and delivers none to a watcher without READ, so the change shows at the next
@@ -517,7 +464,7 @@ async def test_acl_closed_under_a_watch_is_caught_at_the_next_re_read(
     writer.start(15)
     writer.create(f"/dubbo/{IFACE}/providers/{provider_url('10.13.0.1')}", b"", makepath=True)
     writer.stop()
-    app, client = await synced(start_app, connect, zk_settings(tmp_path, zookeeper))
+    app, client = await serve(zk_settings(tmp_path, zookeeper))
     registry = app.registries[0]
     providers = f"/dubbo/{IFACE}/providers"
     admin = acl_admin(zookeeper)
@@ -550,14 +497,13 @@ async def test_a_crash_on_the_loop_side_is_supervised_and_loses_nothing(
     tmp_path: Path,
     zookeeper: ZooKeeper,
     zk_writer: KazooClient,
-    start_app: AppFactory,
-    connect: ClientFactory,
     monkeypatch: pytest.MonkeyPatch,
+    serve: ServeFactory,
 ) -> None:
     """An unexpected exception while assembling: logged, counted, DEGRADED, the task
     restarted; the change it was assembling is not lost."""
     add_provider(zk_writer, provider_url("10.14.0.1"))
-    app, client = await synced(start_app, connect, zk_settings(tmp_path, zookeeper))
+    app, client = await serve(zk_settings(tmp_path, zookeeper))
     registry = app.registries[0]
     real = assembly.assemble
     crashes: list[str] = []

@@ -26,9 +26,15 @@ import yaml
 from hypothesis import example, given
 from hypothesis import strategies as st
 
+from mcpserver.convert.validate import PROTOCOLS as ISTIO_PROTOCOLS
 from mcpserver.model import Problem, Service
 from mcpserver.pipeline import BuildInputs, build
 from mcpserver.registry.base import Status, View
+from mcpserver.registry.cloudmap.parser import CloudMapOptions
+from mcpserver.registry.cloudmap.parser import RecordError as CloudMapRecordError
+from mcpserver.registry.cloudmap.parser import ServiceKey as CloudMapKey
+from mcpserver.registry.cloudmap.parser import convert as cloudmap_convert
+from mcpserver.registry.cloudmap.parser import parse_instance as cloudmap_instance
 from mcpserver.registry.consul.parser import ConsulOptions, build_services, parse_health
 from mcpserver.registry.dubbo.mapping import DubboOptions
 from mcpserver.registry.dubbo.provider import RecordError
@@ -91,6 +97,18 @@ EUREKA = EurekaOptions(
     default_protocol="http",
     region="",
     endpoints_mode="inline",
+)
+CLOUDMAP = CloudMapOptions(
+    registry="cloudmap",
+    namespace="cloudmap",
+    host_template="{service}.{namespace}",
+    default_protocol="TCP",
+    default_port=80,
+    protocol_attribute="protocol",
+    port_attribute="port",
+    include_unknown=True,
+    endpoints_mode="inline",
+    region="us-east-1",
 )
 STATIC = StaticOptions("files", "default", "{name}.{namespace}.svc.mesh", "inline")
 
@@ -446,6 +464,97 @@ def test_eureka_documents_are_skipped_or_served_valid(full: Any, delta: Any) -> 
     for app, instances in mirror.items():
         services, _ = convert_app(EUREKA, app, instances.values())
         assert not served_problems("eureka", services)
+
+
+# ------------------------------------------------------------------------ Cloud Map answers
+
+CLOUDMAP_ATTRIBUTES = st.sampled_from(
+    [
+        "AWS_INSTANCE_IPV4",
+        "AWS_INSTANCE_IPV6",
+        "AWS_INSTANCE_CNAME",
+        "AWS_INSTANCE_PORT",
+        "AVAILABILITY_ZONE",
+        "REGION",
+        "AWS_INIT_HEALTH_STATUS",
+        "protocol",
+        "port",
+        "version",
+    ]
+)
+CLOUDMAP_VALUES = st.one_of(
+    VALUES,
+    ADDRESSES,
+    PORTS.map(str),
+    st.sampled_from([*sorted(ISTIO_PROTOCOLS), "HTTP", "http_proxy", "thrift", " 80 ", "٣"]),
+    st.from_regex(r"[a-z0-9][a-z0-9.-]{0,20}\.?", fullmatch=True),  # CNAMEs, numeric ones too
+)
+
+
+@st.composite
+def cloudmap_instances(draw: st.DrawFn) -> Any:
+    if draw(st.integers(0, 9)) == 0:
+        return draw(JSON)
+    attributes = draw(
+        st.dictionaries(CLOUDMAP_ATTRIBUTES | NAMES, CLOUDMAP_VALUES, max_size=6) | JSON
+    )
+    instance = {
+        "InstanceId": draw(NAMES | JSON),
+        "NamespaceName": draw(NAMES),
+        "ServiceName": draw(NAMES),
+        "HealthStatus": draw(st.sampled_from(["HEALTHY", "UNHEALTHY", "UNKNOWN"]) | JSON),
+        "Attributes": attributes,
+    }
+    for key in draw(st.lists(st.sampled_from(list(instance)), max_size=2)):
+        instance.pop(key, None)
+    return instance
+
+
+@st.composite
+def cloudmap_options(draw: st.DrawFn) -> CloudMapOptions:
+    return CloudMapOptions(
+        registry="cloudmap",
+        namespace="cloudmap",
+        host_template=draw(st.sampled_from(["{service}.{namespace}", "{service}.svc.mesh"])),
+        default_protocol=draw(st.sampled_from(sorted(ISTIO_PROTOCOLS))).upper(),
+        default_port=draw(st.integers(1, 65535)),
+        protocol_attribute="protocol",
+        port_attribute=draw(st.sampled_from(["port", ""])),
+        include_unknown=draw(st.booleans()),
+        endpoints_mode=draw(st.sampled_from(["inline", "workloadentry"])),
+        region=draw(st.sampled_from(["", "us-east-1"])),
+    )
+
+
+@pytest.mark.parametrize("line", corpus("cloudmap_instances.jsonl"))
+def test_cloudmap_corpus(line: str) -> None:
+    case = json.loads(line)
+    check_cloudmap(CLOUDMAP, case["namespace"], case["service"], case["instances"])
+
+
+@given(cloudmap_instances() | JSON, cloudmap_options())
+def test_cloudmap_instances_raise_only_record_errors(raw: Any, options: CloudMapOptions) -> None:
+    with contextlib.suppress(CloudMapRecordError):
+        cloudmap_instance(raw, options)
+
+
+@given(cloudmap_options(), NAMES, NAMES, st.lists(cloudmap_instances(), max_size=5))
+def test_cloudmap_services_are_skipped_or_served_valid(
+    options: CloudMapOptions, namespace: str, service: str, instances: list[Any]
+) -> None:
+    check_cloudmap(options, namespace, service, instances)
+
+
+def check_cloudmap(
+    options: CloudMapOptions, namespace: str, service: str, instances: list[Any]
+) -> None:
+    """A DiscoverInstances answer: each entry served or skipped with a problem (the
+    conversion itself raises nothing), and what is served passes our Istio validation."""
+    key = CloudMapKey(namespace, service)
+    services, problems = cloudmap_convert(options, key, instances, None)
+    assert len(problems) <= len(instances)
+    assert len(services) <= 1
+    assert not served_problems("cloudmap", services)
 
 
 # ---------------------------------------------------------------------------- static files

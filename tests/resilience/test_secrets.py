@@ -9,13 +9,10 @@ distinctive strings; everything the server said is then searched for each of the
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
 import subprocess
 import sys
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +21,7 @@ import yaml
 
 from mcpserver.registry.base import Status
 from mcpserver.settings import load_settings
-from tests.conftest import AppFactory, eventually
+from tests.conftest import AppFactory, admin_get, eventually
 from tests.integration.real import free_port
 
 pytestmark = pytest.mark.component
@@ -92,16 +89,10 @@ def leaked(text: str) -> list[str]:
     return [what for what, secret in SECRETS.items() if secret in text]
 
 
-def get(port: int, path: str) -> str:
-    request = urllib.request.Request(
-        f"http://127.0.0.1:{port}{path}",
-        headers={"Authorization": f"Bearer {SECRETS['admin token']}"},
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=10) as reply:
-            return str(reply.read().decode())
-    except urllib.error.HTTPError as err:  # 503 before the first snapshot: its body counts
-        return f"{err.code} {err.read().decode()}"
+async def get(port: int, path: str) -> str:
+    status, body = await admin_get(port, path, SECRETS["admin token"])
+    # an error status (503 before the first snapshot) has a body too: it counts
+    return body if status == 200 else f"{status} {body}"
 
 
 @pytest.fixture
@@ -130,9 +121,8 @@ async def test_no_secret_in_anything_the_server_says(
     # every kind has failed (and logged, counted and described why) at least once
     await eventually(all_degraded, within=60)
     port = app.admin.port
-    # read in a thread: the admin server answers on this test's event loop
     said = {
-        path: await asyncio.to_thread(get, port, path)
+        path: await get(port, path)
         for path in (
             "/",
             "/debug/registries",

@@ -193,6 +193,35 @@ def test_malformed_instances_are_skipped_and_the_rest_flows() -> None:
     assert all(p.registry == "aws" for p in problems)
 
 
+def test_a_cname_istiod_would_refuse_is_skipped_not_the_whole_service() -> None:
+    """Found by the fuzz suite: an all-numeric top-level label is DNS-1123 but not an FQDN
+    to istiod, and that one instance withheld the whole service."""
+    services, problems = convert(
+        OPTIONS,
+        KEY,
+        [
+            instance("numeric", AWS_INSTANCE_CNAME="db.123."),
+            instance("ok", AWS_INSTANCE_CNAME="db.example.com"),
+        ],
+        None,
+    )
+    [service] = services
+    assert [i.address for i in service.instances] == ["db.example.com"]
+    assert [(p.subject, p.reason) for p in problems] == [
+        ("Shop.Example/Orders_API/numeric", "bad-address")
+    ]
+
+
+def test_http_proxy_gets_a_port_name_istiod_accepts() -> None:
+    """Found by the fuzz suite: the port was named `http_proxy`, which istiod refuses."""
+    [service], _ = convert(
+        OPTIONS, KEY, [instance(AWS_INSTANCE_IPV4="10.0.0.1", protocol="http_proxy")], None
+    )
+    assert [(p.name, p.protocol) for p in service.ports] == [("http-proxy", "HTTP_PROXY")]
+    [tcp], _ = convert(OPTIONS, KEY, [instance(AWS_INSTANCE_IPV4="10.0.0.1")], None)
+    assert [(p.name, p.protocol) for p in tcp.ports] == [("tcp", "TCP")]  # as always
+
+
 def test_a_full_answer_is_reported_as_truncated() -> None:
     entries = [
         instance(f"i-{n}", AWS_INSTANCE_IPV4=f"10.1.{n // 250}.{n % 250}")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import threading
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -14,6 +15,8 @@ import pytest
 
 from mcpserver.metrics import Metrics
 from mcpserver.registry.base import Status
+from mcpserver.registry.cloudmap import parser as cloudmap_parser
+from mcpserver.registry.cloudmap import watcher as watcher_module
 from mcpserver.registry.cloudmap.client import (
     CloudMapClient,
     CloudMapError,
@@ -132,6 +135,27 @@ async def test_a_failing_service_keeps_its_instances_and_is_read_whole_after(
     await eventually(lambda: registry.view().status is Status.READY, 10)
     # its revision was forgotten: read again although the revision did not move
     assert cloud.calls["DiscoverInstances"] == reads + 1
+
+
+async def test_instances_are_converted_off_the_event_loop(
+    running: tuple[CloudMapRegistry, MemoryCloudMap], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A service of 1,000 instances is built in a thread, as the static file is parsed: the
+    loop (and every gRPC stream on it) never waits for it."""
+    registry, cloud = running
+    await eventually(lambda: addresses(registry) == ["10.0.0.1"], 5)
+    loop_thread = threading.get_ident()
+    threads: list[int] = []
+
+    def convert(*args: Any) -> Any:
+        threads.append(threading.get_ident())
+        return cloudmap_parser.convert(*args)
+
+    monkeypatch.setattr(watcher_module, "convert", convert)
+    cloud.instances = [*cloud.instances, {**cloud.instances[0], "InstanceId": "i-2"}]
+    cloud.instances[1]["Attributes"] = {"AWS_INSTANCE_IPV4": "10.0.0.2"}
+    await eventually(lambda: addresses(registry) == ["10.0.0.1", "10.0.0.2"], 5)
+    assert threads and loop_thread not in threads
 
 
 def client_error(status: int, code: str, message: str, operation: str = "ListNamespaces") -> Any:

@@ -306,3 +306,25 @@ async def test_a_removed_service_takes_its_trouble_with_it(
     fake.remove("api")
     await eventually(lambda: registry.view().status is Status.READY)
     assert addresses(registry) == ["10.0.0.1"]
+
+
+@pytest.mark.parametrize(
+    ("asked", "answered", "known_leader", "ignored"),
+    [
+        (17, 1, False, True),  # a blocking query woken by a restarting server's restore
+        (17, 1, True, True),  # the index went back: not applied, asked again from 0
+        (17, 17, False, False),  # a blocking query timing out says "no known leader" too
+        (24, 25, False, False),  # a real change, answered without a known leader
+        (0, 1, False, True),  # a first read of a server with no leader yet
+        (0, 17, True, False),  # a first read of a healthy server
+        (0, 0, True, False),  # an answer without an index at all
+    ],
+)
+def test_answers_of_a_restoring_consul_are_not_applied(
+    asked: int, answered: int, known_leader: bool, ignored: bool
+) -> None:
+    """A restarted Consul server answers blocking queries with index 1 and an empty list
+    while it restores its state; applying that withdrew live services (the fault suite's
+    Consul restart). The decision table of `restoring`."""
+    reply = mcpserver.registry.consul.client.Reply(answered, False, b"", [], known_leader)
+    assert mcpserver.registry.consul.watcher.restoring(asked, reply) is ignored

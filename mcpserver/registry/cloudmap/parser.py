@@ -27,7 +27,8 @@ from mcpserver.convert.naming import (
     sanitize_label_key,
     sanitize_label_value,
 )
-from mcpserver.convert.validate import PROTOCOLS
+from mcpserver.convert.ports import ISTIO, istio_port, known_port
+from mcpserver.convert.validate import check_fqdn
 from mcpserver.model import EPOCH_2000, Instance, Port, Problem, Service
 
 IPV4 = "AWS_INSTANCE_IPV4"
@@ -109,7 +110,9 @@ def _address(attributes: Mapping[str, str]) -> tuple[str, bool]:
                 raise RecordError("bad-address", f"{name} {raw!r} is not an IP") from None
     cname = attributes.get(CNAME, "").strip().rstrip(".").lower()
     if cname:
-        if not is_dns1123_subdomain(cname):
+        # istiod's own FQDN rule, stricter than DNS-1123 (an all-numeric top-level label
+        # such as `0` or `db.123` is refused): one such instance would withhold the service
+        if not is_dns1123_subdomain(cname) or check_fqdn(cname):
             raise RecordError("bad-address", f"{CNAME} {cname!r} is not a DNS name")
         return cname, True
     raise RecordError("no-address", f"no {IPV4}, {IPV6} or {CNAME}")
@@ -129,9 +132,10 @@ def _protocol(attributes: Mapping[str, str], options: CloudMapOptions) -> str:
     raw = attributes.get(options.protocol_attribute, "").strip().lower()
     if not raw:
         return options.default_protocol
-    if raw not in PROTOCOLS:
+    known = known_port(raw, ISTIO)
+    if known is None:
         raise RecordError("bad-protocol", f"{options.protocol_attribute} {raw!r}")
-    return raw.upper()
+    return known[1]
 
 
 def _labels(attributes: Mapping[str, str], options: CloudMapOptions) -> tuple[tuple[str, str], ...]:
@@ -224,7 +228,8 @@ def build_services(
         0
     ]
     number = min(Counter(i.port for i in instances).items(), key=lambda kv: (-kv[1], kv[0]))[0]
-    port_name = protocol.lower()
+    # the port named by its protocol, as a DNS-1123 label (HTTP_PROXY -> http-proxy)
+    port_name = istio_port(protocol.lower(), ISTIO)[0]
     by_address: dict[str, Instance] = {}
     # Istio has one endpoint per address: the lowest port wins, as in the other kinds
     for member in sorted(instances, key=lambda i: (i.address, i.port, i.id)):

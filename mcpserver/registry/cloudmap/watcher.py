@@ -26,7 +26,7 @@ from typing import Any
 
 from mcpserver.metrics import Metrics
 from mcpserver.model import Problem, Service
-from mcpserver.registry.base import Change, Registry, Troubles, backoff
+from mcpserver.registry.base import Registry, Troubles, backoff, keep_empty
 from mcpserver.registry.cloudmap.client import CloudMapClient, CloudMapError, ServiceInfo
 from mcpserver.registry.cloudmap.config import CloudMapRegistrySettings
 from mcpserver.registry.cloudmap.parser import (
@@ -35,6 +35,7 @@ from mcpserver.registry.cloudmap.parser import (
     convert,
     health_filter,
 )
+from mcpserver.registry.ledger import Ledger
 
 log = logging.getLogger("mcpserver.registry.cloudmap")
 
@@ -63,9 +64,7 @@ class CloudMapRegistry(Registry):
         self._raw: dict[ServiceKey, list[dict[str, Any]]] = {}  # the last DiscoverInstances answer
         self._built: dict[ServiceKey, list[Service]] = {}
         self._problems: dict[ServiceKey, list[Problem]] = {}
-        self._flat: dict[int, Service] = {}  # every service by id: the view's tuple
-        self._removed: dict[int, Service] = {}  # since the last publish (View.delta)
-        self._added: dict[int, Service] = {}
+        self._ledger = Ledger()  # the view's services, and what changed since the last one
         self._dirty = True
         # what is wrong, per scope (LISTING or a service), newest last: (kind, detail)
         self._troubles = Troubles(self)
@@ -205,8 +204,17 @@ class CloudMapRegistry(Registry):
         self._troubles.clear(str(key))
         if self._raw.get(key) == found.instances and key in self._built:
             return False
+        # converted in a thread, as the static registry parses: a service of 1,000
+        # instances must not stall every gRPC stream on the loop while it is built
+        services, problems = await asyncio.to_thread(
+            convert, self._options, key, found.instances, info.created
+        )
+        if self._listed.get(key) is not info:
+            return False  # dropped while we converted
         self._raw[key] = found.instances
-        services, problems = convert(self._options, key, found.instances, info.created)
+        if self._settings.keep_when_empty:
+            # listed, but no instance served: keep its host, ports and address for istiod
+            services = keep_empty(self._built.get(key, []), services)
         if problems != self._problems.get(key, []):
             self._problems[key] = problems
             self._dirty = True
@@ -232,14 +240,7 @@ class CloudMapRegistry(Registry):
             self._built[key] = old  # equal: keep the old objects, nothing to publish
             return
         self._built[key] = new
-        for service in old:
-            self._flat.pop(id(service), None)
-            if self._added.pop(id(service), None) is None:
-                self._removed[id(service)] = service
-        for service in new:
-            self._flat[id(service)] = service
-            if self._removed.pop(id(service), None) is None:
-                self._added[id(service)] = service
+        self._ledger.replace(old, new)
         self._dirty = True
 
     def _synced(self) -> bool:
@@ -250,12 +251,9 @@ class CloudMapRegistry(Registry):
         if not self._dirty and synced == self.view().synced:
             return
         self._dirty = False
-        change = Change(
-            self.view().services, tuple(self._removed.values()), tuple(self._added.values())
-        )
-        self._removed, self._added = {}, {}
+        change = self._ledger.take(self.view().services)
         self.publish(
-            tuple(self._flat.values()),
+            self._ledger.services(),
             [p for ps in self._problems.values() for p in ps],
             synced=synced,
             change=change,

@@ -27,6 +27,7 @@ T = TypeVar("T")
 TIMEOUT_MARGIN = 5.0  # beyond wait + wait/8: Consul adds up to wait/16 of jitter
 INDEX = "X-Consul-Index"
 FILTERED = "X-Consul-Results-Filtered-By-ACLs"
+KNOWN_LEADER = "X-Consul-KnownLeader"
 
 Params = Sequence[tuple[str, str]]
 
@@ -84,6 +85,7 @@ class Reply:
     filtered: bool
     digest: bytes
     body: object
+    known_leader: bool = True  # X-Consul-KnownLeader (see watcher.restoring)
 
 
 def decode(response: HTTPResponse) -> Reply:
@@ -101,6 +103,7 @@ def decode(response: HTTPResponse) -> Reply:
         filtered=response.headers.get(FILTERED, "").lower() == "true",
         digest=hashlib.blake2b(response.body.encode(), digest_size=16).digest(),
         body=json.loads(response.body),
+        known_leader=response.headers.get(KNOWN_LEADER, "").lower() != "false",
     )
 
 

@@ -20,19 +20,9 @@ from datetime import timedelta
 from typing import Any
 
 from mcpserver.convert.naming import sanitize_host, sanitize_label_key, sanitize_label_value
+from mcpserver.convert.ports import METADATA, known_port
 from mcpserver.model import EPOCH_2000, Instance, Port, Problem, Service
 
-PROTOCOLS = {
-    "http": "HTTP",
-    "http2": "HTTP2",
-    "grpc": "GRPC",
-    "https": "HTTPS",
-    "tls": "TLS",
-    "tcp": "TCP",
-    "mongo": "MONGO",
-    "redis": "REDIS",
-    "mysql": "MYSQL",
-}
 _RANK = {"passing": 0, "warning": 1, "critical": 2, "maintenance": 3}
 
 
@@ -86,8 +76,10 @@ def _tag_pairs(tags: Sequence[Any]) -> list[tuple[str, str]]:
 
 
 def _protocol(pairs: Mapping[str, str], default: str) -> str:
-    raw = pairs.get("protocol", "").lower()
-    return PROTOCOLS.get(raw, default.upper())
+    """The Istio protocol a `protocol` meta or tag names, else `default` (an unknown word
+    too: Consul tags are free text)."""
+    known = known_port(pairs.get("protocol", "").lower(), METADATA)
+    return known[1] if known is not None else default.upper()
 
 
 def parse_entry(
@@ -158,14 +150,18 @@ def parse_health(
     return instances, problems
 
 
+def service_host(options: ConsulOptions, name: str, datacenter: str) -> str:
+    """The host (and resource name) of a Consul service in a datacenter."""
+    return sanitize_host(options.host_template.format(service=name, datacenter=datacenter))
+
+
 def build_services(
     options: ConsulOptions, name: str, per_dc: Mapping[str, Sequence[ConsulInstance]]
 ) -> list[Service]:
     """The Services one Consul service becomes (one per rendered host)."""
     hosts: dict[str, list[ConsulInstance]] = {}
     for datacenter in sorted(per_dc):
-        host = sanitize_host(options.host_template.format(service=name, datacenter=datacenter))
-        hosts.setdefault(host, []).extend(per_dc[datacenter])
+        hosts.setdefault(service_host(options, name, datacenter), []).extend(per_dc[datacenter])
     services = []
     for host, members in sorted(hosts.items()):
         if not members:

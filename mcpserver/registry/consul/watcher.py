@@ -29,7 +29,7 @@ import consul
 
 from mcpserver.metrics import Metrics
 from mcpserver.model import Problem, Service
-from mcpserver.registry.base import Change, Registry, Troubles, backoff
+from mcpserver.registry.base import Registry, Troubles, backoff, keep_empty
 from mcpserver.registry.consul.client import (
     FILTERED,
     ConsulClient,
@@ -46,7 +46,9 @@ from mcpserver.registry.consul.parser import (
     ConsulOptions,
     build_services,
     parse_health,
+    service_host,
 )
+from mcpserver.registry.ledger import Ledger
 
 log = logging.getLogger("mcpserver.registry.consul")
 
@@ -74,6 +76,18 @@ def next_index(old: int, new: int) -> int:
     """Consul's rule: an index that goes backwards, or is not positive, means start over
     (a full re-list with index 0)."""
     return 0 if new < old or new <= 0 else new
+
+
+class RestoringError(Exception):
+    """An answer of a Consul server still restoring its state (see `restoring`)."""
+
+
+def restoring(asked: int, reply: Reply) -> bool:
+    """Whether an answer comes from a Consul server restoring its state after a restart:
+    its index went back (a blocking query woken by the restore), or a plain read (index 0)
+    was answered without a known leader. Blocking queries that time out say "no known
+    leader" in normal operation too (Consul 1.22), so that alone does not count for them."""
+    return 0 < reply.index < asked or (asked == 0 and not reply.known_leader)
 
 
 def service_list(body: object) -> dict[str, list[str]]:
@@ -130,9 +144,7 @@ class ConsulRegistry(Registry):
         self._watches: dict[Key, asyncio.Task[None]] = {}  # per-service loops
         self._instances: dict[Key, list[ConsulInstance]] = {}
         self._dcs: dict[str, set[str]] = {}  # service name -> datacenters with instances
-        self._flat: dict[int, Service] = {}  # every service by id: the view's tuple
-        self._removed: dict[int, Service] = {}  # since the last publish (View.delta)
-        self._added: dict[int, Service] = {}
+        self._ledger = Ledger()  # the view's services, and what changed since the last one
         self._problems: dict[Key, list[Problem]] = {}
         self._services: dict[str, list[Service]] = {}
         self._listed: set[str] = set()  # datacenters whose service list arrived
@@ -216,6 +228,20 @@ class ConsulRegistry(Registry):
                 if index:
                     params.append(("index", str(index)))
                 reply, value = await self._answer(key, path, params, shape)
+                if restoring(index, reply):
+                    # A restarted Consul server wakes blocking queries while it restores its
+                    # state, and answers from the store as it is then: empty, at index 1,
+                    # without a known leader (seen with 1.22, once or twice per restart).
+                    # Applied, that would deregister live services: asked again from 0.
+                    log.info(
+                        "registry=%s ignoring an answer of a Consul restoring its state "
+                        "for the %s (index %d after %d, known leader: %s)",
+                        self.name, self._what(key), reply.index, index, reply.known_leader,
+                    )  # fmt: skip
+                    self._fail(key, RestoringError(f"Consul answered index {reply.index}"))
+                    index = 0
+                    await asyncio.sleep(backoff(0))
+                    continue
                 self._answered(key, reply.filtered)
                 index = next_index(index, reply.index)
                 # Not the index alone: an ACL change alters what we may see without moving it.
@@ -305,16 +331,13 @@ class ConsulRegistry(Registry):
         per_dc = {dc: self._instances[(dc, name)] for dc in sorted(self._dcs.get(name, ()))}
         old = self._services.pop(name, [])
         new = build_services(self._options, name, per_dc) if per_dc else []
+        if self._settings.keep_when_empty and per_dc:
+            # a host whose instances are all unhealthy stays, without endpoints, while a
+            # datacenter's catalog still lists the service (deregistered: it is gone)
+            new = keep_empty(old, new, {service_host(self._options, name, dc) for dc in per_dc})
         if new:
             self._services[name] = new
-        for service in old:
-            self._flat.pop(id(service), None)
-            if self._added.pop(id(service), None) is None:
-                self._removed[id(service)] = service
-        for service in new:
-            self._flat[id(service)] = service
-            if self._removed.pop(id(service), None) is None:
-                self._added[id(service)] = service
+        self._ledger.replace(old, new)
 
     # ------------------------------------------------------------------ status
 
@@ -363,12 +386,9 @@ class ConsulRegistry(Registry):
         if self._batch is not None:
             self._batch.cancel()
             self._batch = None
-        change = Change(
-            self.view().services, tuple(self._removed.values()), tuple(self._added.values())
-        )
-        self._removed, self._added = {}, {}
+        change = self._ledger.take(self.view().services)
         self.publish(
-            tuple(self._flat.values()),
+            self._ledger.services(),
             [p for ps in self._problems.values() for p in ps],
             synced=self.view().synced or self._synced(),
             change=change,

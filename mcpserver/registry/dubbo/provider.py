@@ -13,7 +13,7 @@ import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from mcpserver.convert.naming import sanitize_label
+from mcpserver.convert import ports
 
 
 class RecordError(ValueError):
@@ -67,23 +67,7 @@ def check_host(host: str) -> str:
         raise RecordError("bad-address", f"{host!r} is not an IP address") from None
 
 
-# Dubbo protocol -> (Istio port name prefix, Istio protocol). dubbo:// is a binary protocol over
-# TCP; tri:// (Triple) is gRPC-compatible HTTP/2.
-PROTOCOLS = {
-    "dubbo": ("tcp-dubbo", "TCP"),
-    "tri": ("grpc-tri", "GRPC"),
-    "grpc": ("grpc", "GRPC"),
-    "rest": ("http-rest", "HTTP"),
-    "http": ("http", "HTTP"),
-    "https": ("https", "HTTPS"),
-    "hessian": ("http-hessian", "HTTP"),
-}
-
-
 def istio_port(protocol: str) -> tuple[str, str]:
-    """The port name and Istio protocol for a Dubbo protocol; any other protocol is TCP,
-    named `tcp-<protocol>` as a DNS-1123 label (what istiod's port name validation asks: a
-    protocol such as `e.` or `Thrift` must not make an invalid name)."""
-    if protocol in PROTOCOLS:
-        return PROTOCOLS[protocol]
-    return (f"tcp-{sanitize_label(protocol)}"[:63].rstrip("-"), "TCP")
+    """The port name and Istio protocol for a Dubbo protocol (convert/ports.py's Dubbo
+    table); any other protocol is TCP, named `tcp-<protocol>`."""
+    return ports.istio_port(protocol, ports.DUBBO)

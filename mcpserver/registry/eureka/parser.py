@@ -42,30 +42,13 @@ from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from mcpserver.convert.naming import (
-    sanitize_host,
-    sanitize_label,
-    sanitize_label_key,
-    sanitize_label_value,
-)
+from mcpserver.convert.naming import sanitize_host, sanitize_label_key, sanitize_label_value
+from mcpserver.convert.ports import METADATA, istio_port
 from mcpserver.model import EPOCH_2000, Instance, Port, Problem, Service
 
 ADDED, MODIFIED, DELETED = "ADDED", "MODIFIED", "DELETED"
 MAX_WEIGHT = 2**32 - 1  # Istio's weight is a uint32
 SECURE = ("https", "HTTPS")
-
-# `protocol` metadata -> (port name, Istio protocol)
-PROTOCOLS = {
-    "http": ("http", "HTTP"),
-    "http2": ("http2", "HTTP2"),
-    "grpc": ("grpc", "GRPC"),
-    "https": ("https", "HTTPS"),
-    "tls": ("tls", "TLS"),
-    "tcp": ("tcp", "TCP"),
-    "mongo": ("mongo", "MONGO"),
-    "redis": ("redis", "REDIS"),
-    "mysql": ("mysql", "MYSQL"),
-}
 
 Mirror = dict[str, dict[str, "EurekaInstance"]]
 """Every instance the server holds: app name -> instance id -> instance."""
@@ -303,10 +286,9 @@ def _ports(options: EurekaOptions, instance: EurekaInstance) -> tuple[tuple[str,
     ports: list[tuple[str, str, int]] = []
     if instance.port is not None:
         raw = (dict(instance.metadata).get("protocol") or options.default_protocol).lower()
-        name, protocol = PROTOCOLS.get(raw) or (
-            f"tcp-{sanitize_label(raw)}"[:63].rstrip("-"),
-            "TCP",
-        )
+        # an Istio protocol by its name, any other word TCP (no Dubbo table: `tri` on
+        # Eureka is whatever the application meant, not Dubbo's Triple)
+        name, protocol = istio_port(raw, METADATA)
         ports.append((name, protocol, instance.port))
     # one port number is one ServiceEntry port: a securePort equal to the port (both enabled)
     # is the same listener, kept once, as the non-secure one

@@ -29,7 +29,7 @@ from collections.abc import Mapping
 
 from mcpserver.metrics import Metrics
 from mcpserver.model import Problem, Service
-from mcpserver.registry.base import Change, Registry, backoff
+from mcpserver.registry.base import Registry, backoff
 from mcpserver.registry.eureka.client import (
     EurekaClient,
     EurekaHTTPError,
@@ -47,6 +47,7 @@ from mcpserver.registry.eureka.parser import (
     parse_document,
     reconcile_hash,
 )
+from mcpserver.registry.ledger import Ledger
 
 log = logging.getLogger("mcpserver.registry.eureka")
 
@@ -81,8 +82,7 @@ class EurekaRegistry(Registry):
         # its records for minutes); replaced by each full fetch
         self._bad: dict[tuple[str, str], Problem] = {}
         self._held: dict[str, Held] = {}
-        self._removed: list[Service] = []
-        self._added: list[Service] = []
+        self._ledger = Ledger()  # what left and came since the last view
         self._resync_at = 0.0  # loop time of the next full fetch, whatever the hash says
         self.full_fetches = 0
         self.delta_fetches = 0
@@ -198,10 +198,7 @@ class EurekaRegistry(Registry):
         old = self._held.pop(app, None)
         if entry is not None:
             self._held[app] = entry
-        if old is not None and (entry is None or old[1] is not entry[1]):
-            self._removed.extend(old[1])
-        if entry is not None and (old is None or old[1] is not entry[1]):
-            self._added.extend(entry[1])
+        self._ledger.replace(old[1] if old is not None else (), entry[1] if entry else ())
 
     def _publish(self) -> None:
         view = self.view()
@@ -210,15 +207,9 @@ class EurekaRegistry(Registry):
         for app in sorted(self._held):
             services.extend(self._held[app][1])
             problems.extend(self._held[app][2])
-        if (
-            view.synced
-            and not self._removed
-            and not self._added
-            and tuple(problems) == view.problems
-        ):
+        if view.synced and not self._ledger.pending() and tuple(problems) == view.problems:
             return
-        change = Change(view.services, self._removed, self._added)
-        self._removed, self._added = [], []
+        change = self._ledger.take(view.services)
         self.publish(services, problems, synced=True, change=change)
 
     # ------------------------------------------------------------------ status

@@ -42,6 +42,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from mcpserver.convert.naming import sanitize_host, sanitize_label_key, sanitize_label_value
+from mcpserver.convert.ports import DUBBO, METADATA, istio_port
 from mcpserver.model import EPOCH_2000, Instance, Port, Problem, Service
 from mcpserver.registry.dubbo.application import AppInstance, Endpoint, dubbo_endpoints
 from mcpserver.registry.dubbo.mapping import (
@@ -50,27 +51,13 @@ from mcpserver.registry.dubbo.mapping import (
     member,
     member_services,
 )
-from mcpserver.registry.dubbo.provider import Provider, RecordError, istio_port
+from mcpserver.registry.dubbo.provider import Provider, RecordError
 
 WEIGHT_SCALE = 100
 MAX_WEIGHT = 2**32 - 1  # Istio's weight is a uint32
 EPOCH_2000_MS = int(EPOCH_2000.timestamp() * 1000)
 DUBBO_PREFIX = "providers:"
 GROUPED = "@@"  # Nacos' grouped service name: GROUP@@service
-
-# `protocol` metadata -> (port name, Istio protocol); Dubbo's protocols come from the
-# shared Dubbo table (dubbo -> tcp-dubbo, tri -> grpc-tri)
-PROTOCOLS = {
-    "http": ("http", "HTTP"),
-    "http2": ("http2", "HTTP2"),
-    "grpc": ("grpc", "GRPC"),
-    "https": ("https", "HTTPS"),
-    "tls": ("tls", "TLS"),
-    "tcp": ("tcp", "TCP"),
-    "mongo": ("mongo", "MONGO"),
-    "redis": ("redis", "REDIS"),
-    "mysql": ("mysql", "MYSQL"),
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,7 +201,9 @@ def _meta(instance: NacosInstance) -> dict[str, str]:
 
 
 def _istio_port(protocol: str) -> tuple[str, str]:
-    return PROTOCOLS.get(protocol) or istio_port(protocol)
+    """`protocol` metadata names an Istio protocol, else a Dubbo one (dubbo -> tcp-dubbo,
+    tri -> grpc-tri), else any other word is TCP."""
+    return istio_port(protocol, METADATA, DUBBO)
 
 
 def _endpoints(options: NacosOptions, instance: NacosInstance) -> tuple[Endpoint, ...]:

@@ -39,8 +39,9 @@ import grpc
 
 from mcpserver.metrics import Metrics
 from mcpserver.model import Problem, Service
-from mcpserver.registry.base import Change, Registry, Troubles, backoff
+from mcpserver.registry.base import Registry, Troubles, backoff, keep_empty
 from mcpserver.registry.dubbo.mapping import DubboOptions
+from mcpserver.registry.ledger import Ledger
 from mcpserver.registry.nacos.auth import LoginError, TokenKeeper
 from mcpserver.registry.nacos.client import (
     Connection,
@@ -126,8 +127,7 @@ class NacosRegistry(Registry):
         self._http: aiohttp.ClientSession | None = None
         self._held: dict[ServiceKey, Held] = {}
         # Service objects that left and came since the last view (its `Change`)
-        self._removed: list[Service] = []
-        self._added: list[Service] = []
+        self._ledger = Ledger()
         self._subscribed: dict[str, set[ServiceKey]] = {}
         self._listed: set[str] = set()  # namespaces listed (and their services read) once
         self._namespaces: dict[str, asyncio.Task[None]] = {}  # followed namespace -> task
@@ -517,6 +517,9 @@ class NacosRegistry(Registry):
         if old is not None and (old[1] == digest or (ref_time and ref_time < old[0])):
             return False
         services, problems = convert(self._options, key, info)
+        if self._settings.keep_when_empty and old is not None:
+            # listed, but no instance served: keep its hosts, ports and addresses for istiod
+            services = keep_empty(old[2], services)
         if old is not None and old[2] == services:
             services = old[2]  # equal: the same objects, so the pipeline reuses their work
         self._hold(key, (ref_time, digest, services, problems))
@@ -529,10 +532,7 @@ class NacosRegistry(Registry):
         old = self._held.pop(key, None)
         if entry is not None:
             self._held[key] = entry
-        if old is not None and (entry is None or old[2] is not entry[2]):
-            self._removed.extend(old[2])
-        if entry is not None and (old is None or old[2] is not entry[2]):
-            self._added.extend(entry[2])
+        self._ledger.replace(old[2] if old is not None else (), entry[2] if entry else ())
         self._dirty = True
 
     def _reconcile(self, namespace: str, keys: set[ServiceKey]) -> None:
@@ -597,8 +597,7 @@ class NacosRegistry(Registry):
             services.extend(held_services)
             problems.extend(held_problems)
         # what changed, relative to what the view shows: rebuilds cost what changed
-        change = Change(self.view().services, self._removed, self._added)
-        self._removed, self._added = [], []
+        change = self._ledger.take(self.view().services)
         self.publish(services, problems, synced=self.view().synced or self._synced(), change=change)
 
 

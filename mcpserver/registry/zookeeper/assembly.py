@@ -38,6 +38,7 @@ from typing import Generic, TypeVar
 
 from mcpserver.model import Problem, Service
 from mcpserver.registry.dubbo.application import AppInstance as CuratorInstance
+from mcpserver.registry.ledger import Ledger
 from mcpserver.registry.zookeeper.curator import parse_instance
 from mcpserver.registry.zookeeper.dubbo import RecordError, parse_provider
 from mcpserver.registry.zookeeper.services import (
@@ -177,7 +178,9 @@ def assemble(
     the loop's time at 10k interfaces under churn."""
     if not changes:
         return previous
-    delta = _Delta()
+    # services removed and added by this assembly, by identity; a service removed in one
+    # place and added in another (moved between tables) is neither
+    delta = Ledger()
     interfaces = _Interfaces(previous, handover, delta)
     for key, record in changes.interfaces.items():
         old = previous.interfaces.get(key)
@@ -200,11 +203,12 @@ def assemble(
     # every service by id, kept current from the delta: the full tuple is then one copy
     # of a dict's values in C (chaining 10k per-interface tuples on every change was half
     # the loop's time under churn)
+    change = delta.take(previous.services)
     flat = _CopyOnWrite(previous.flat, handover)
-    for i in delta.removed:
-        flat.put(i, None)
-    for i, service in delta.added.items():
-        flat.put(i, service)
+    for service in change.removed:
+        flat.put(id(service), None)
+    for service in change.added:
+        flat.put(id(service), service)
     services = tuple(flat.value.values())
     problems = tuple(
         itertools.chain(
@@ -227,29 +231,10 @@ def assemble(
         mapped_services=mappings.services,
         mapped_by_app=mappings.by_app,
         shown_mapped=shown_mapped,
-        removed=tuple(delta.removed.values()),
-        added=tuple(delta.added.values()),
+        removed=tuple(change.removed),
+        added=tuple(change.added),
         flat=flat.value,
     )
-
-
-class _Delta:
-    """Services removed and added by one assembly, by identity; a service removed in one
-    place and added in another (moved between tables) is neither."""
-
-    def __init__(self) -> None:
-        self.removed: dict[int, Service] = {}
-        self.added: dict[int, Service] = {}
-
-    def replace(self, old: Iterable[Service], new: Iterable[Service]) -> None:
-        before = {id(s): s for s in old}
-        after = {id(s): s for s in new}
-        for i in before.keys() - after.keys():
-            if self.added.pop(i, None) is None:
-                self.removed[i] = before[i]
-        for i in after.keys() - before.keys():
-            if self.removed.pop(i, None) is None:
-                self.added[i] = after[i]
 
 
 R = TypeVar("R")
@@ -293,7 +278,7 @@ class _CopyOnWrite(Generic[R, V]):
 class _Interfaces:
     """The interface results of the assembly being made, and what follows from them."""
 
-    def __init__(self, previous: Assembly, handover: bool, delta: _Delta) -> None:
+    def __init__(self, previous: Assembly, handover: bool, delta: Ledger) -> None:
         self._delta = delta
         self._results = _CopyOnWrite(previous.interfaces, handover)
         self._services = _CopyOnWrite(previous.interface_services, handover)
@@ -343,7 +328,7 @@ class _Interfaces:
 class _Apps:
     """The application results of the assembly being made."""
 
-    def __init__(self, previous: Assembly, handover: bool, delta: _Delta) -> None:
+    def __init__(self, previous: Assembly, handover: bool, delta: Ledger) -> None:
         self._delta = delta
         self._results = _CopyOnWrite(previous.apps, handover)
         self._services = _CopyOnWrite(previous.app_services, handover)
