@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,13 @@ from mcpserver.app import App
 from mcpserver.settings import Settings, load_settings
 from mcpserver.xds.client import IstiodLikeClient
 from mcpserver.xds.typeurls import ISTIO_1_29
+from tests.integration.kube import ControlPlane, Kubectl
+from tests.integration.real import (
+    envoy_binary,
+    istio_module_dir,
+    kube_binaries,
+    pilot_discovery_binary,
+)
 
 
 def free_port() -> int:
@@ -163,3 +170,40 @@ async def admin_get(port: int, path: str, token: str | None = None) -> tuple[int
         http.get(f"http://127.0.0.1:{port}{path}", headers=headers) as reply,
     ):
         return reply.status, await reply.text()
+
+
+# ----------------------------------------------------------------- shared real components
+# Session fixtures that more than one tier uses (integration, resilience): defined once here
+# so that a session starts one Kubernetes control plane, not one per directory.
+
+
+@pytest.fixture(scope="session")
+def envoy_bin() -> Path:
+    return envoy_binary()
+
+
+@pytest.fixture(scope="session")
+def pilot_discovery_bin() -> Path:
+    return pilot_discovery_binary()
+
+
+@pytest.fixture(scope="session")
+def control_plane(
+    tmp_path_factory: pytest.TempPathFactory, pilot_discovery_bin: Path
+) -> Iterator[ControlPlane]:
+    """One etcd + kube-apiserver for the whole session: tests keep to their own names and
+    namespaces and delete what they apply (without kube-controller-manager a namespace is
+    never finalised). pilot_discovery_bin comes first: its build fetches the istio module
+    whose CRDs are installed here."""
+    plane = ControlPlane(kube_binaries(), tmp_path_factory.mktemp("kube"))
+    crds = istio_module_dir() / "manifests" / "charts" / "base" / "files" / "crd-all.gen.yaml"
+    try:
+        plane.start(crds)
+        yield plane
+    finally:
+        plane.stop()
+
+
+@pytest.fixture(scope="session")
+def kubectl(control_plane: ControlPlane) -> Kubectl:
+    return control_plane.kubectl()

@@ -17,13 +17,7 @@ from mcpserver.settings import Settings
 from mcpserver.xds.client import IstiodLikeClient
 from tests.conftest import AppFactory, ClientFactory
 from tests.integration.istiod import Istiod
-from tests.integration.kube import ControlPlane, Kubectl
-from tests.integration.real import (
-    envoy_binary,
-    istio_module_dir,
-    kube_binaries,
-    pilot_discovery_binary,
-)
+from tests.integration.kube import ControlPlane
 from tests.integration.zookeeper import ZooKeeper
 
 STARTED_ISTIODS = pytest.StashKey[list[Istiod]]()
@@ -50,38 +44,6 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         text = log.read_text(errors="replace")[-3000:] if log.exists() else "(missing)"
         report.sections.append((f"log {log}", text))
     return report
-
-
-@pytest.fixture(scope="session")
-def envoy_bin() -> Path:
-    return envoy_binary()
-
-
-@pytest.fixture(scope="session")
-def pilot_discovery_bin() -> Path:
-    return pilot_discovery_binary()
-
-
-@pytest.fixture(scope="session")
-def control_plane(
-    tmp_path_factory: pytest.TempPathFactory, pilot_discovery_bin: Path
-) -> Iterator[ControlPlane]:
-    """One etcd + kube-apiserver for the whole session: tests keep to their own names and
-    namespaces and delete what they apply (without kube-controller-manager a namespace is
-    never finalised). pilot_discovery_bin comes first: its build fetches the istio module
-    whose CRDs are installed here."""
-    plane = ControlPlane(kube_binaries(), tmp_path_factory.mktemp("kube"))
-    crds = istio_module_dir() / "manifests" / "charts" / "base" / "files" / "crd-all.gen.yaml"
-    try:
-        plane.start(crds)
-        yield plane
-    finally:
-        plane.stop()
-
-
-@pytest.fixture(scope="session")
-def kubectl(control_plane: ControlPlane) -> Kubectl:
-    return control_plane.kubectl()
 
 
 IstiodFactory = Callable[..., Coroutine[Any, Any, Istiod]]
