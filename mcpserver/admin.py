@@ -222,6 +222,7 @@ class Admin:
         )
 
     async def metrics(self, _: web.Request) -> web.Response:
+        self._metrics.count_tasks()
         body = generate_latest(self._metrics.registry)
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 

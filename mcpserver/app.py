@@ -290,13 +290,23 @@ class App:
         opt-in partial-serving deadline passes."""
         from mcpserver.pipeline import WAITING_LOG_EVERY
 
-        while self.store.snapshot is None:
-            remaining = self.pipeline.partial_remaining()
-            delay = WAITING_LOG_EVERY if remaining is None else min(WAITING_LOG_EVERY, remaining)
-            await asyncio.sleep(delay + 0.01)
-            if self.store.snapshot is None:
-                self.pipeline.note_waiting()
-                self.debouncer.trigger()
+        # Woken by the first publish as well: the task ends with the wait, instead of
+        # sleeping out up to 30 s more (a task count then says what the server runs).
+        published = asyncio.Event()
+        unsubscribe = self.store.subscribe(published.set)
+        try:
+            while self.store.snapshot is None:
+                remaining = self.pipeline.partial_remaining()
+                delay = WAITING_LOG_EVERY
+                if remaining is not None:
+                    delay = min(WAITING_LOG_EVERY, remaining)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(published.wait(), delay + 0.01)
+                if self.store.snapshot is None:
+                    self.pipeline.note_waiting()
+                    self.debouncer.trigger()
+        finally:
+            unsubscribe()
 
     async def stop(
         self,

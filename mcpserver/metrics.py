@@ -12,6 +12,7 @@ switch is process-wide in prometheus_client, and this is the only place that set
 
 from __future__ import annotations
 
+import asyncio
 import platform
 from importlib import metadata
 
@@ -178,9 +179,19 @@ class Metrics:
             ["result"],
             registry=r,
         )
+        # the loop: what the soak (tests/resilience/soak/) watches for leaked tasks
+        self.asyncio_tasks = Gauge(
+            "mcpserver_asyncio_tasks",
+            "Live asyncio tasks in the server's loop, counted at each scrape (a leak grows it).",
+            registry=r,
+        )
         # app
         self.last_publish = Gauge(
             "mcpserver_snapshot_publish_timestamp_seconds",
             "Unix time of the last published snapshot change.",
             registry=r,
         )
+
+    def count_tasks(self) -> None:
+        """Set `mcpserver_asyncio_tasks` from the running loop (call it on the loop)."""
+        self.asyncio_tasks.set(len(asyncio.all_tasks()))
