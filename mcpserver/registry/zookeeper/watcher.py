@@ -54,6 +54,7 @@ READ_RETRY_CAP = 30.0  # ... and between attempts to read a node we may not read
 SHOWN_PATHS = 3  # unreadable paths named in the detail; the rest are counted
 PACE = 4.0  # behind a stream of changes, rest this many times as long as a refresh took...
 MAX_REST = 0.1  # ... but never longer than this (seconds)
+INLINE_KEYS = 8  # changed keys assembled on the loop (about 0.2 ms each); more go to a thread
 
 
 class ZooKeeperRegistry(Registry):
@@ -227,9 +228,10 @@ class ZooKeeperRegistry(Registry):
         self._update_status()
 
     async def _refresh(self) -> int:
-        """Take what changed from the mirror, assemble it (in a worker thread: a batch of
-        a thousand changed interfaces is a tenth of a second of work, which would stall
-        every stream on the loop), publish. Returns how many keys changed."""
+        """Take what changed from the mirror, assemble it, publish. Returns how many keys
+        changed. A batch of more than INLINE_KEYS is assembled in a worker thread: under
+        churn a thousand changed interfaces are a tenth of a second of work, which would
+        stall every stream on the loop."""
         taken = self._mirror.take()
         for failure in taken.failures:
             kind = "noauth" if failure.no_auth else "error"
@@ -253,7 +255,13 @@ class ZooKeeperRegistry(Registry):
         self._synced = self._synced or taken.listed
         # handed over: only the latest assembly is kept, so it is updated, not copied
         previous = self._assembly
-        assembly = await asyncio.to_thread(assemble, self._options, taken.changes, previous, True)
+        changes = taken.changes
+        if len(changes.interfaces) + len(changes.apps) + len(changes.mappings) <= INLINE_KEYS:
+            # a few keys (the usual single change): the thread hop would cost more latency
+            # than the work itself takes on the loop
+            assembly = assemble(self._options, changes, previous, True)
+        else:
+            assembly = await asyncio.to_thread(assemble, self._options, changes, previous, True)
         changed = assembly is not previous or newly_synced
         self._assembly = assembly
         # status first: a registry that lists for the first time while a path is
@@ -268,7 +276,6 @@ class ZooKeeperRegistry(Registry):
                 else None
             )
             self.publish(assembly.services, assembly.problems, synced=self._synced, change=change)
-        changes = taken.changes
         return len(changes.interfaces) + len(changes.apps) + len(changes.mappings)
 
     def _update_status(self) -> None:
