@@ -306,6 +306,8 @@ async def test_a_removed_service_takes_its_trouble_with_it(
     fake.remove("api")
     await eventually(lambda: registry.view().status is Status.READY)
     assert addresses(registry) == ["10.0.0.1"]
+    # nothing of it is kept either: a registry whose services come and go must not grow
+    assert all("api" not in table for table in (registry._dcs, registry._services))
 
 
 @pytest.mark.parametrize(

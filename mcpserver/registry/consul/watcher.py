@@ -295,7 +295,11 @@ class ConsulRegistry(Registry):
         for key in [k for k in self._watches if k[0] == dc and k[1] not in wanted]:
             self._watches.pop(key).cancel()
             self._instances.pop(key, None)
-            self._dcs.get(key[1], set()).discard(key[0])
+            dcs = self._dcs.get(key[1])
+            if dcs is not None:
+                dcs.discard(key[0])
+                if not dcs:  # a name the catalog dropped everywhere: keep nothing of it
+                    del self._dcs[key[1]]
             self._problems.pop(key, None)
             self._troubles.clear(key)  # a service that is gone has no trouble left
             self._rebuild(key[1])
