@@ -83,7 +83,7 @@ class Pass:
     caught_up: bool
 
 
-async def write(bench: Bench, root: str, estate: Estate, directory: Path) -> tuple[Any, float]:
+async def write(bench: Bench, root: str, estate: Estate, directory: Path) -> Any:
     """Run the writer (its own process: it holds the rate and stamps the acks)."""
     config = bench.config
     common = ["--hosts", bench.zookeeper.address, "--root", root]
@@ -95,7 +95,7 @@ async def write(bench: Bench, root: str, estate: Estate, directory: Path) -> tup
     async with asyncio.timeout(config.churn_seconds + config.deadline):
         if await writer.wait() != 0:
             raise RuntimeError("the churn writer failed")
-    return json.loads((directory / "ops.json").read_text()), time.perf_counter()
+    return json.loads((directory / "ops.json").read_text())
 
 
 async def serve_pass(bench: Bench, debounce: str) -> Pass:
@@ -113,7 +113,7 @@ async def serve_pass(bench: Bench, debounce: str) -> Pass:
     view.events = events
     try:
         server_cpu = serving.server.cpu()
-        written, _ = await write(bench, serving.root, estate, directory)
+        written = await write(bench, serving.root, estate, directory)
         ops: list[list[Any]] = written["ops"]
         expected = await read_endpoints(bench.zookeeper.admin, serving.root)
         last_ack = max(op[4] for op in ops)
@@ -164,7 +164,7 @@ async def baseline_pass(bench: Bench) -> Pass:
             raise RuntimeError(f"watcher did not start (status {await watcher.wait()})")
         bench.log(f"churn (baseline kazoo watcher): {config.churn_rate:.0f}/s for "
                   f"{config.churn_seconds:.0f}s")  # fmt: skip
-        written, _ = await write(bench, root, estate, directory)
+        written = await write(bench, root, estate, directory)
         ops: list[list[Any]] = written["ops"]
         watcher.stdin.write(b"stop\n")
         await watcher.stdin.drain()

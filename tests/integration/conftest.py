@@ -67,18 +67,9 @@ async def start_istiod(
         workdir.mkdir()
         istiod = Istiod(pilot_discovery_bin, workdir, mcpserver_port, kubeconfig=kubeconfig)
         started.append(istiod)
-        for attempt in range(1, 4):
-            istiod.start()
-            try:
-                # blocking waits run in a thread: the in-process mcpserver must keep answering
-                await asyncio.to_thread(istiod.wait_ready)
-                return istiod
-            except AssertionError:
-                # a port taken between free_port() and istiod's bind: again, on new ones
-                if attempt == 3 or not istiod.lost_a_port():
-                    raise
-                istiod.new_ports()
-        raise AssertionError("unreachable")
+        # blocking waits run in a thread: the in-process mcpserver must keep answering
+        await asyncio.to_thread(istiod.start_ready)
+        return istiod
 
     yield start
     for istiod in started:

@@ -104,6 +104,20 @@ class Istiod:
             time.sleep(0.1)
         self.ready_seconds = time.monotonic() - self.started_at
 
+    def start_ready(self, attempts: int = 3) -> None:
+        """start() and wait_ready() (blocking: call it from a thread where a loop must keep
+        answering), again on new ports if another process took one of them between
+        free_port() and istiod's bind."""
+        for attempt in range(1, attempts + 1):
+            self.start()
+            try:
+                self.wait_ready()
+                return
+            except AssertionError:
+                if attempt == attempts or not self.lost_a_port():
+                    raise
+                self.new_ports()
+
     def lost_a_port(self) -> bool:
         """Whether the last start failed because another process took one of its ports
         between free_port() and istiod's bind."""

@@ -116,23 +116,9 @@ def mesh(
         )
         (root / "istiod").mkdir()
         stack.callback(istiod.stop)
-        start_istiod(istiod)
+        istiod.start_ready()
         world.istiod = istiod
         yield world
-
-
-def start_istiod(istiod: Istiod) -> None:
-    """Start istiod (from the calling thread) and wait until it serves; on new ports if
-    another process took one of its ports meanwhile."""
-    for attempt in range(1, 4):
-        istiod.start()
-        try:
-            istiod.wait_ready()
-            return
-        except AssertionError:
-            if attempt == 3 or not istiod.lost_a_port():
-                raise
-            istiod.new_ports()
 
 
 @pytest.fixture
@@ -161,7 +147,7 @@ def world(mesh: Mesh) -> Iterator[Mesh]:
         if mesh.istiod is not None and (
             mesh.istiod.process is None or mesh.istiod.process.poll() is not None
         ):
-            start_istiod(mesh.istiod)
+            mesh.istiod.start_ready()
 
 
 def kill(process: subprocess.Popen[bytes]) -> None:

@@ -482,6 +482,11 @@ class Connection:
         with contextlib.suppress(BlockingIOError):
             os.eventfd_read(self._wake_fd)
 
+    def _next_xid(self) -> int:
+        """Request ids count up from 1 and wrap before the reserved negative ones."""
+        self._xid = (self._xid % 0x7FFFFFFF) + 1
+        return self._xid
+
     def _take_queued(self, outgoing: bytearray) -> None:
         with self._lock:
             if not self._queued:
@@ -489,7 +494,7 @@ class Connection:
             queued, self._queued = self._queued, []
         chroot = self._chroot
         for read in queued:
-            self._xid = xid = (self._xid % 0x7FFFFFFF) + 1
+            xid = self._next_xid()
             path = chroot + read.path if read.path != "/" or not chroot else chroot
             outgoing += jute.request(xid, read.op, path, read.watch is not None)
             self._in_flight.append(read)
@@ -601,8 +606,7 @@ class Connection:
         try:
             sock.setblocking(True)
             sock.settimeout(1.0)
-            self._xid = (self._xid % 0x7FFFFFFF) + 1
-            sock.sendall(jute.close_session(self._xid))
+            sock.sendall(jute.close_session(self._next_xid()))
         except OSError:
             pass
 

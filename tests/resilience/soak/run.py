@@ -150,16 +150,8 @@ def start_istiod(binary: Path, workdir: Path, port: int, plane: ControlPlane) ->
     """istiod with `configSources: [xds://mcpserver, k8s://]`, on new ports if another
     process took one of its free ports before it bound it."""
     istiod = Istiod(binary, workdir, port, kubeconfig=plane.istiod_kubeconfig())
-    for attempt in range(1, 4):
-        istiod.start()
-        try:
-            istiod.wait_ready()
-            return istiod
-        except AssertionError:
-            if attempt == 3 or not istiod.lost_a_port():
-                raise
-            istiod.new_ports()
-    raise AssertionError("unreachable")
+    istiod.start_ready()
+    return istiod
 
 
 @dataclass
