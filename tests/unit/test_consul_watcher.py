@@ -17,7 +17,7 @@ import mcpserver.registry.consul.client
 import mcpserver.registry.consul.watcher
 from mcpserver.metrics import Metrics
 from mcpserver.registry.base import Status
-from mcpserver.registry.consul.client import FILTERED, INDEX, HTTPResponse
+from mcpserver.registry.consul.client import FILTERED, INDEX, KNOWN_LEADER, HTTPResponse
 from mcpserver.registry.consul.config import ConsulRegistrySettings
 from mcpserver.registry.consul.parser import parse_health
 from mcpserver.registry.consul.watcher import ConsulRegistry
@@ -54,6 +54,12 @@ class FakeConsul:
     filtered: set[str] = field(default_factory=set)  # paths answered as filtered
     failing: int = 0  # the next calls answer 500
     hang: bool = False  # calls never answer (a dead connection)
+    # A restarted server: "empty" while it restores (index 1, nothing, no known leader),
+    # "stale" once a leader is elected but its log not yet applied (`stale` at `stale_index`);
+    # meanwhile it refuses consistent reads.
+    restart: str = ""
+    stale: dict[str, list[str]] = field(default_factory=dict)
+    stale_index: int = 0
     calls: list[tuple[str, dict[str, str]]] = field(default_factory=list)
     _changed: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -92,7 +98,9 @@ class FakeConsul:
         if self.failing:
             self.failing -= 1
             return callback(Response(500, {}, "rpc error: no leader"))
-        if int(query.get("index", "0")) >= self.index:
+        if self.restart and "consistent" in query:
+            return callback(Response(500, {}, "Not ready to serve consistent reads"))
+        if int(query.get("index", "0")) >= self.state()[0]:
             wait = float(query["wait"].rstrip("s"))
             changed = self._changed
             try:
@@ -101,17 +109,31 @@ class FakeConsul:
             except TimeoutError:
                 pass
         name = path.rpartition("/")[2]
+        index, services, leader = self.state()
         body: Any
         if path == "/v1/catalog/services":
-            body = {n: [] for n in self.services}
+            body = {n: [] for n in services}
         else:
-            body = [entry(a, name) for a in self.services.get(name, [])]
+            body = [entry(a, name) for a in services.get(name, [])]
         if path in self.filtered:
             body = {} if isinstance(body, dict) else []
-        headers_out = {INDEX: str(self.index)}
+        headers_out = {INDEX: str(index), KNOWN_LEADER: str(leader).lower()}
         if path in self.filtered:
             headers_out[FILTERED] = "true"
         return callback(Response(200, headers_out, json.dumps(body)))
+
+    def state(self) -> tuple[int, dict[str, list[str]], bool]:
+        """What a read sees: index, services, whether there is a known leader."""
+        if self.restart == "empty":
+            return 1, {}, False
+        if self.restart == "stale":
+            return self.stale_index, self.stale, True
+        return self.index, self.services, True
+
+    def restarted(self, phase: str) -> None:
+        """Move the restart on to `phase` ("" when done), waking blocking queries."""
+        self.restart = phase
+        self.change(self.index if phase else None)
 
 
 @pytest.fixture
@@ -330,3 +352,38 @@ def test_answers_of_a_restoring_consul_are_not_applied(
     Consul restart). The decision table of `restoring`."""
     reply = mcpserver.registry.consul.client.Reply(answered, False, b"", [], known_leader)
     assert mcpserver.registry.consul.watcher.restoring(asked, reply) is ignored
+
+
+async def test_a_restarted_server_is_read_consistently_before_it_is_believed(
+    fake: FakeConsul, registry: ConsulRegistry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a Consul server restart, a default read can answer an older state (a leader
+    elected, its log not yet applied: CI saw index 20 after 22, a live instance missing).
+    The re-list after a restart is a consistent read, which Consul refuses until it can
+    answer truly: no view without the live instance is ever published."""
+    fake.change(web=["10.0.0.1", "10.0.0.2"])
+    await eventually(lambda: addresses(registry) == ["10.0.0.1", "10.0.0.2"])
+    published: list[list[str]] = []
+    publish = registry.publish
+
+    def record(*args: Any, **kwargs: Any) -> None:
+        publish(*args, **kwargs)
+        published.append(addresses(registry))
+
+    monkeypatch.setattr(registry, "publish", record)
+
+    def asked() -> int:
+        return sum(p == "/v1/health/service/web" for p, _ in fake.calls)
+
+    fake.stale, fake.stale_index = {"web": ["10.0.0.1"]}, fake.index - 1
+    before = asked()
+    fake.restarted("empty")  # blocking queries woken by the restore: index 1, nothing
+    await eventually(lambda: asked() >= before + 2, within=10)
+    fake.restarted("stale")  # a leader, its log not yet applied
+    before = asked()
+    await eventually(lambda: asked() >= before + 2, within=15)
+    fake.restarted("")
+    await eventually(lambda: registry.view().status is Status.READY, within=15)
+    await eventually(lambda: fake.calls[-1][1].get("index") == str(fake.index), within=10)
+    assert addresses(registry) == ["10.0.0.1", "10.0.0.2"]
+    assert all(view == ["10.0.0.1", "10.0.0.2"] for view in published), published
