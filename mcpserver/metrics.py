@@ -185,6 +185,12 @@ class Metrics:
             "Live asyncio tasks in the server's loop, counted at each scrape (a leak grows it).",
             registry=r,
         )
+        self.heap_frozen = Gauge(
+            "mcpserver_heap_frozen_objects",
+            "Objects taken out of the garbage collector's scans once the first snapshot was "
+            "served (gc.freeze; 0 until then). See mcpserver/heap.py.",
+            registry=r,
+        )
         # app
         self.last_publish = Gauge(
             "mcpserver_snapshot_publish_timestamp_seconds",

@@ -292,3 +292,25 @@ def test_a_change_names_services_by_registry_and_keeps_big_ones_short() -> None:
         .summary()
         .endswith("no resource changed (now ServiceEntry=2 WorkloadEntry=1)")
     )
+
+
+def test_serve_takes_its_startup_heap_out_of_the_collectors_scans(static_file: Path) -> None:
+    """`mcpserver serve` freezes what startup built once the first snapshot is out
+    (mcpserver/heap.py), and says so in /metrics and in its log."""
+
+    def frozen(admin: int) -> float:
+        with urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics", timeout=2) as r:
+            text = r.read().decode()
+        found = re.search(r"^mcpserver_heap_frozen_objects (\S+)$", text, re.MULTILINE)
+        assert found, "no mcpserver_heap_frozen_objects in /metrics"
+        return float(found.group(1))
+
+    with server(static_file) as (process, _, admin):
+        deadline = time.monotonic() + 30
+        while (count := frozen(admin)) == 0:
+            assert time.monotonic() < deadline, "the heap was never settled"
+            time.sleep(0.05)
+        assert count > 10_000  # the interpreter, the modules and the first snapshot at least
+        stop_now(process)
+        _, stderr = process.communicate(timeout=30)
+    assert "heap settled after the first snapshot" in stderr

@@ -1,0 +1,59 @@
+"""The collector policy of `mcpserver serve` (mcpserver/heap.py): thresholds set at start, one
+freeze once the first snapshot is out, never before it and never again."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+from collections.abc import Iterator
+
+import pytest
+
+import mcpserver.heap
+from mcpserver.metrics import Metrics
+from mcpserver.xds.snapshot import build_snapshot
+from mcpserver.xds.store import SnapshotStore
+from tests.conftest import eventually
+
+pytestmark = pytest.mark.unit
+
+
+@pytest.fixture
+def restored() -> Iterator[None]:
+    """The test process's own collector settings, back after the test."""
+    thresholds = gc.get_threshold()
+    yield
+    gc.set_threshold(*thresholds)
+    gc.unfreeze()
+
+
+def test_tune_sets_the_thresholds(restored: None) -> None:
+    mcpserver.heap.tune()
+    assert gc.get_threshold() == mcpserver.heap.THRESHOLDS
+    assert mcpserver.heap.THRESHOLDS[0] > 700  # CPython's default young generation
+
+
+async def test_the_heap_settles_once_after_the_first_snapshot(
+    restored: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settled: list[int] = []
+    monkeypatch.setattr(mcpserver.heap, "settle", lambda _: settled.append(1))
+    store = SnapshotStore()
+    mcpserver.heap.settle_after_first(store, Metrics(), delay=0.0)
+    await asyncio.sleep(0.05)  # an unprimed store: nothing happens, however long it waits
+    assert settled == []
+    store.publish(build_snapshot(()))
+    await eventually(lambda: len(settled) == 1)
+    store.publish(build_snapshot(()))
+    store.publish(build_snapshot(()))
+    await asyncio.sleep(0.05)  # past the delay of any second settle
+    assert len(settled) == 1
+
+
+def test_settle_freezes_what_is_alive_and_says_how_much(restored: None) -> None:
+    gc.unfreeze()
+    metrics = Metrics()
+    mcpserver.heap.settle(metrics)
+    assert gc.get_freeze_count() > 0
+    frozen = metrics.registry.get_sample_value("mcpserver_heap_frozen_objects")
+    assert frozen == gc.get_freeze_count()
