@@ -18,8 +18,8 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Awaitable, Callable, Container, Hashable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import Generic, TypeVar
 
@@ -297,27 +297,6 @@ class Registry(abc.ABC):
                 )
                 self._metrics.skipped_records.labels(self.name, problem.reason or "malformed").inc()
         self._reported = now
-
-
-def keep_empty(
-    old: Iterable[Service], new: Sequence[Service], listed: Container[str] | None = None
-) -> list[Service]:
-    """`keep_when_empty` for a registry that builds Services from instances: what one part
-    (a Consul service, a Nacos service, a Cloud Map service) makes now, plus each Service it
-    made before that is gone from `new` only because no instance is left, kept without
-    instances, so the pipeline keeps serving it (hosts, ports, address) to istiod.
-
-    Only while the registry still has the service: the caller drops the part when its
-    registry stops listing it, and `listed` (names of Services the registry still lists
-    within the part; None: all) says which hosts of the part are still there. A Service
-    already kept empty is the same object again, so nothing changes for the pipeline."""
-    names = {s.name for s in new}
-    kept = [
-        s if not s.instances else replace(s, instances=())
-        for s in old
-        if s.name not in names and (listed is None or s.name in listed)
-    ]
-    return [*new, *kept] if kept else list(new)
 
 
 class Troubles:

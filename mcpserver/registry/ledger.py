@@ -1,5 +1,6 @@
 """What a registry changed since its last view, by identity: the `Change` it publishes and
-the `Ledger` that keeps it.
+the `Ledger` that keeps it; and `keep_empty`, what a registry keeps of a Service whose last
+instance left.
 
 Apart from base.py because it is pure (no event loop, no I/O): the ZooKeeper assembly, which
 may import neither, keeps its delta with the same ledger the watchers use.
@@ -7,8 +8,8 @@ may import neither, keeps its delta with the same ledger the watchers use.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Container, Iterable, Sequence
+from dataclasses import dataclass, replace
 
 from mcpserver.model import Service
 
@@ -75,3 +76,24 @@ class Ledger:
         change = Change(since, tuple(self._removed.values()), tuple(self._added.values()))
         self._removed, self._added = {}, {}
         return change
+
+
+def keep_empty(
+    old: Iterable[Service], new: Sequence[Service], listed: Container[str] | None = None
+) -> list[Service]:
+    """`keep_when_empty` for a registry that builds Services from instances: what one part
+    (a Consul service, a Nacos service, a Cloud Map service) makes now, plus each Service it
+    made before that is gone from `new` only because no instance is left, kept without
+    instances, so the pipeline keeps serving it (hosts, ports, address) to istiod.
+
+    Only while the registry still has the service: the caller drops the part when its
+    registry stops listing it, and `listed` (names of Services the registry still lists
+    within the part; None: all) says which hosts of the part are still there. A Service
+    already kept empty is the same object again, so nothing changes for the pipeline."""
+    names = {s.name for s in new}
+    kept = [
+        s if not s.instances else replace(s, instances=())
+        for s in old
+        if s.name not in names and (listed is None or s.name in listed)
+    ]
+    return [*new, *kept] if kept else list(new)

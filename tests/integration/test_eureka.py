@@ -456,3 +456,27 @@ async def test_eureka_services_reach_istiod(
     assert host in istiod.hosts()
     eureka.set_status("reviews", two, "OUT_OF_SERVICE")
     await wait_for(["10.47.0.1:8080"])
+
+
+async def test_keep_when_empty_keeps_an_app_eureka_still_lists(
+    tmp_path: Path, servers: Servers, serve: ServeFactory
+) -> None:
+    """keep_when_empty: an app whose every instance is out of service stays served without
+    endpoints (istiod keeps its host, ports and address) while Eureka lists it; when its
+    last instance is gone from Eureka, so is the ServiceEntry."""
+    eureka = servers.shared
+    host = "ledger.eureka"
+    one = eureka.register("ledger", "10.40.9.1")
+    starting = eureka.register("ledger", "10.40.9.2", status="STARTING")
+    settings = eureka_settings(
+        tmp_path, [eureka.url], ["ledger"], **with_auth(keep_when_empty=True)
+    )
+    _, client = await serve(settings, within=60)
+    await client.wait_for(lambda c: addresses(c, host) == ["10.40.9.1"], 30)
+    eureka.set_status("ledger", one, "OUT_OF_SERVICE")
+    await client.wait_for(lambda c: entry_for(c, host) is not None and addresses(c, host) == [], 30)
+    entry = entry_for(client, host)
+    assert entry is not None and [p.number for p in entry.service_entry.ports] == [8080]
+    eureka.deregister("ledger", one)
+    eureka.deregister("ledger", starting)
+    await client.wait_for(lambda c: entry_for(c, host) is None, 30)

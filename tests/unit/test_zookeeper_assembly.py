@@ -546,3 +546,32 @@ def test_assembling_change_by_change_equals_assembling_the_end_state_at_once() -
         assert canonical(pure) == canonical(handed) == canonical(whole)
         assert sorted(pure.problems, key=repr) == sorted(whole.problems, key=repr)
         assert sorted(handed.problems, key=repr) == sorted(whole.problems, key=repr)
+
+
+def test_keep_when_empty_keeps_a_registered_interface_and_application_without_endpoints() -> None:
+    """keep_when_empty: while the interface's providers node (or the application's node) is
+    there, a host whose last provider left stays, without endpoints; when the node goes,
+    so does the host. Without the setting, the host goes with its last provider."""
+    keep = replace(OPTIONS, keep_when_empty=True)
+    app_key: Key = ("/services", "greeter")
+    full = Changes(
+        interfaces={DEMO_KEY: providers(provider("10.0.0.1"))},
+        apps={app_key: AppRecord((instance("i1", "10.0.1.1"),), CTIME)},
+    )
+    drained = Changes(interfaces={DEMO_KEY: providers()}, apps={app_key: AppRecord((), CTIME)})
+    gone = Changes(interfaces={DEMO_KEY: None}, apps={app_key: None})
+    for options, kept in ((keep, True), (OPTIONS, False)):
+        first = assemble(options, full, EMPTY)
+        assert sorted(len(s.instances) for s in first.services) == [1, 1]
+        empty = assemble(options, drained, first)
+        if kept:
+            assert sorted(s.name for s in empty.services) == sorted(s.name for s in first.services)
+            assert all(not s.instances for s in empty.services)
+            before = {s.name: s for s in first.services}
+            for service in empty.services:  # hosts, ports and labels as they were
+                assert replace(before[service.name], instances=()) == service
+            again = assemble(options, drained, empty)
+            assert again.services == empty.services
+        else:
+            assert empty.services == ()
+        assert assemble(options, gone, empty).services == ()

@@ -26,7 +26,7 @@ from typing import Any
 
 from mcpserver.metrics import Metrics
 from mcpserver.model import Problem, Service
-from mcpserver.registry.base import Registry, Troubles, backoff, keep_empty
+from mcpserver.registry.base import Registry, Troubles, backoff
 from mcpserver.registry.cloudmap.client import CloudMapClient, CloudMapError, ServiceInfo
 from mcpserver.registry.cloudmap.config import CloudMapRegistrySettings
 from mcpserver.registry.cloudmap.parser import (
@@ -35,7 +35,7 @@ from mcpserver.registry.cloudmap.parser import (
     convert,
     health_filter,
 )
-from mcpserver.registry.ledger import Ledger
+from mcpserver.registry.ledger import Ledger, keep_empty
 
 log = logging.getLogger("mcpserver.registry.cloudmap")
 

@@ -30,7 +30,7 @@ import consul
 
 from mcpserver.metrics import Metrics
 from mcpserver.model import Problem, Service
-from mcpserver.registry.base import Registry, Troubles, backoff, keep_empty
+from mcpserver.registry.base import Registry, Troubles, backoff
 from mcpserver.registry.consul.client import (
     FILTERED,
     ConsulClient,
@@ -49,7 +49,7 @@ from mcpserver.registry.consul.parser import (
     parse_health,
     service_host,
 )
-from mcpserver.registry.ledger import Ledger
+from mcpserver.registry.ledger import Ledger, keep_empty
 
 log = logging.getLogger("mcpserver.registry.consul")
 

@@ -45,6 +45,9 @@ class DubboOptions:
     label_params: tuple[str, ...]
     endpoints_mode: str
     default_protocol: str = "http"  # Curator instances without dubbo.endpoints
+    # keep_when_empty, where the kind builds its Services through this mapping alone (the
+    # ZooKeeper assembly); a kind that keeps empty Services itself leaves it False
+    keep_when_empty: bool = False
 
 
 @functools.lru_cache(maxsize=65536)

@@ -47,7 +47,7 @@ from mcpserver.registry.eureka.parser import (
     parse_document,
     reconcile_hash,
 )
-from mcpserver.registry.ledger import Ledger
+from mcpserver.registry.ledger import Ledger, keep_empty
 
 log = logging.getLogger("mcpserver.registry.eureka")
 
@@ -189,6 +189,10 @@ class EurekaRegistry(Registry):
             if old is not None and old[0] == instances:
                 continue
             services, problems = convert_app(self._options, app, instances.values())
+            if self._settings.keep_when_empty and instances and old is not None:
+                # Eureka still lists the app (every instance DOWN, STARTING...): its hosts
+                # stay, without endpoints, until the app itself is gone
+                services = keep_empty(old[1], services)
             if old is not None and old[1] == services:
                 services = old[1]  # equal: the same objects, so the pipeline reuses them
             self._hold(app, (dict(instances), services, problems) if instances else None)

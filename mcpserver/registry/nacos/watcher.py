@@ -39,9 +39,9 @@ import grpc
 
 from mcpserver.metrics import Metrics
 from mcpserver.model import Problem, Service
-from mcpserver.registry.base import Registry, Troubles, backoff, keep_empty
+from mcpserver.registry.base import Registry, Troubles, backoff
 from mcpserver.registry.dubbo.mapping import DubboOptions
-from mcpserver.registry.ledger import Ledger
+from mcpserver.registry.ledger import Ledger, keep_empty
 from mcpserver.registry.nacos.auth import LoginError, TokenKeeper
 from mcpserver.registry.nacos.client import (
     Connection,

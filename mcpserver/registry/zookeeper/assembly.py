@@ -38,7 +38,7 @@ from typing import Generic, TypeVar
 
 from mcpserver.model import Problem, Service
 from mcpserver.registry.dubbo.application import AppInstance as CuratorInstance
-from mcpserver.registry.ledger import Ledger
+from mcpserver.registry.ledger import Ledger, keep_empty
 from mcpserver.registry.zookeeper.curator import parse_instance
 from mcpserver.registry.zookeeper.dubbo import Provider, RecordError, parse_provider
 from mcpserver.registry.zookeeper.services import (
@@ -511,6 +511,10 @@ def _interface(
         else:
             problems.append(item)
     built = member_services(options, members, record.ctime) if members else []
+    if options.keep_when_empty and old is not None:
+        # the interface is still registered (its providers node is there): a host whose
+        # last provider left stays, without endpoints, until the interface goes
+        built = keep_empty(old.services, built)
     return InterfaceResult(
         record=record,
         parsed=parsed,
@@ -537,6 +541,8 @@ def _app(options: ZkOptions, key: Key, record: AppRecord, old: AppResult | None)
         parsed[ident] = (data, item)
     instances = [i for _, i in parsed.values() if isinstance(i, CuratorInstance)]
     service = application_service(options, key[1], instances, record.ctime) if instances else None
+    if service is None and options.keep_when_empty and old is not None and old.service:
+        service = keep_empty((old.service,), ())[0]  # the application is still registered
     if service is not None and old is not None and old.service == service:
         service = old.service
     return AppResult(

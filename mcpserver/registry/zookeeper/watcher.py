@@ -73,6 +73,7 @@ class ZooKeeperRegistry(Registry):
             label_params=tuple(settings.label_params),
             endpoints_mode=settings.endpoints,
             default_protocol=settings.default_protocol,
+            keep_when_empty=settings.keep_when_empty,
         )
         auth = settings.auth
         self._client = new_client(
