@@ -136,3 +136,14 @@ def test_json_content_is_read_with_the_same_schema() -> None:
     assert [s.name for s in parse_static("{services: []}", OPTIONS).services] == []
     with pytest.raises(StaticFileError, match="unknown top-level key 'extra'"):
         parse_static('{"services": [], "extra": 1}', OPTIONS)
+
+
+def test_an_entry_that_differs_only_in_a_values_type_is_validated_again() -> None:
+    """The reuse key tells 1 from '1': a label value written as a number is malformed even
+    after the same entry with a string value was accepted."""
+    entry = "services:\n  - {{name: s, ports: [{{name: http, number: 80}}], labels: {{v: {}}}}}\n"
+    first = parse_static(entry.format("'1'"), OPTIONS)
+    assert [s.name for s in first.services] == ["s"]
+    second = parse_static(entry.format("1"), OPTIONS, first.known)
+    assert second.services == ()
+    assert [p.reason for p in second.problems] == ["malformed"]

@@ -138,8 +138,12 @@ class StaticFile:
 
 
 def _entry_key(raw: object) -> str:
-    """A canonical text of one raw entry: equal entries give equal keys."""
-    return json.dumps(raw, sort_keys=True, default=str, separators=(",", ":"))
+    """A text of one raw entry such that equal keys mean equal entries: its repr, which for
+    what JSON and YAML load (dicts, lists, strings, numbers, booleans, None, dates) names
+    each value with its type (1, 1.0, '1' and True differ). Not canonical (keys in file
+    order): an entry whose keys were reordered is just validated again. A fifth of the cost
+    of json.dumps(sort_keys=True), which was a fifth of parsing a 10k-service file."""
+    return repr(raw)
 
 
 def parse_static(
