@@ -80,3 +80,12 @@ def other_port(protocol: str) -> IstioPort:
 def istio_port(protocol: str, *tables: Mapping[str, IstioPort]) -> IstioPort:
     """The port of `protocol` in the first of `tables` that knows it, else `other_port`."""
     return known_port(protocol, *tables) or other_port(protocol)
+
+
+def check_istio_protocol(value: str) -> str:
+    """A configured protocol (a registry's `default_protocol` where it must be Istio's), upper
+    case; ValueError naming the choices if Istio does not know it. Unchecked, a typo made
+    every service relying on it invalid, withheld by validation."""
+    if value.lower() not in ISTIO:
+        raise ValueError(f"unknown protocol; expected one of {', '.join(sorted(ISTIO))}")
+    return value.upper()

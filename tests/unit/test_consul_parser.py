@@ -122,3 +122,30 @@ def test_index_rules() -> None:
     assert next_index(15, 20) == 20
     assert next_index(20, 3) == 0  # went backwards: re-list
     assert next_index(20, 0) == 0
+
+
+def test_a_default_protocol_is_istios_and_names_a_valid_port() -> None:
+    """default_protocol must be a protocol Istio knows (a typo made every service without a
+    `protocol` meta invalid, withheld); HTTP_PROXY names its port `http-proxy`, as istiod
+    refuses an underscore."""
+    from pydantic import ValidationError
+
+    from mcpserver.convert.serviceentry import service_entry
+    from mcpserver.convert.validate import validate_service_entry
+    from mcpserver.registry.consul.config import ConsulRegistrySettings
+
+    def settings(protocol: str) -> ConsulRegistrySettings:
+        return ConsulRegistrySettings.model_validate(
+            {"kind": "consul", "name": "consul", "default_protocol": protocol}
+        )
+
+    assert settings("grpc").default_protocol == "GRPC"
+    with pytest.raises(ValidationError, match="unknown protocol"):
+        settings("grcp")
+    proxy = ConsulOptions(
+        "consul", "consul", "{service}.service.consul", "HTTP_PROXY", False, "inline"
+    )
+    instances, _ = parse_health("web", "dc1", [entry("10.0.0.1", 80)], proxy)
+    (service,) = build_services(proxy, "web", {"dc1": instances})
+    assert [(p.name, p.protocol) for p in service.ports] == [("http-proxy", "HTTP_PROXY")]
+    assert validate_service_entry(service_entry(service), "consul") == []

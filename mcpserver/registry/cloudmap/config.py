@@ -15,7 +15,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from mcpserver.config import Duration, RegistrySettings, check_address, check_template
-from mcpserver.convert.validate import PROTOCOLS
+from mcpserver.convert.ports import check_istio_protocol
 
 _REGION = re.compile(r"^[a-z]{2}(-[a-z0-9]+)+-\d+$")
 
@@ -83,9 +83,7 @@ class CloudMapRegistrySettings(RegistrySettings):
     @field_validator("default_protocol")
     @classmethod
     def _protocol(cls, value: str) -> str:
-        if value.lower() not in PROTOCOLS:
-            raise ValueError(f"unknown protocol; expected one of {', '.join(sorted(PROTOCOLS))}")
-        return value.upper()
+        return check_istio_protocol(value)
 
     @field_validator("list_interval", "poll_interval", "reconcile_interval", "request_timeout")
     @classmethod

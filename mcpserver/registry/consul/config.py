@@ -14,6 +14,7 @@ from mcpserver.config import (
     check_address,
     check_template,
 )
+from mcpserver.convert.ports import check_istio_protocol
 
 
 class ConsulTLSSettings(ClientTLSSettings):
@@ -36,6 +37,11 @@ class ConsulRegistrySettings(RegistrySettings):
     max_connections: int = Field(default=1024, ge=8)
     token: SecretSettings | None = None
     tls: ConsulTLSSettings | None = None
+
+    @field_validator("default_protocol")
+    @classmethod
+    def _protocol(cls, value: str) -> str:
+        return check_istio_protocol(value)
 
     @field_validator("address")
     @classmethod

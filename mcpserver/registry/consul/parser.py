@@ -20,7 +20,7 @@ from datetime import timedelta
 from typing import Any
 
 from mcpserver.convert.naming import sanitize_host, sanitize_label_key, sanitize_label_value
-from mcpserver.convert.ports import METADATA, known_port
+from mcpserver.convert.ports import ISTIO, METADATA, istio_port, known_port
 from mcpserver.model import EPOCH_2000, Instance, Port, Problem, Service
 
 _RANK = {"passing": 0, "warning": 1, "critical": 2, "maintenance": 3}
@@ -168,7 +168,8 @@ def build_services(
             continue
         protocol = Counter(m.protocol for m in members).most_common(1)[0][0]
         number = min(Counter(m.port for m in members).items(), key=lambda kv: (-kv[1], kv[0]))[0]
-        port_name = protocol.lower()
+        # the port named by its protocol, as a DNS-1123 label (HTTP_PROXY -> http-proxy)
+        port_name = istio_port(protocol.lower(), ISTIO)[0]
         instances: dict[str, Instance] = {}
         for m in sorted(members, key=lambda m: (m.address, m.port)):
             key = f"{m.address}:{m.port}" if m.address in instances else m.address
