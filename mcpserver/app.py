@@ -31,7 +31,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Final
 
-from mcpserver import heap
+from mcpserver import runtime
 from mcpserver.admin import Admin
 from mcpserver.debounce import Debouncer
 from mcpserver.metrics import Metrics
@@ -400,7 +400,7 @@ async def serve(
     try:
         await app.start()
         started = True
-        heap.settle_after_first(app.store, app.metrics)
+        runtime.settle_after_first(app.store, app.metrics)
         log.info("mcpserver serving xds=%s admin=%s", settings.server.listen, settings.server.admin)
         await stop.wait()
     finally:

@@ -11,7 +11,7 @@ traceback: every failure is one line on stderr.
 from __future__ import annotations
 
 # isort: off
-from mcpserver import heap, logs
+from mcpserver import logs, runtime
 
 # isort: on
 import argparse
@@ -305,7 +305,7 @@ def _serve(args: argparse.Namespace) -> int:
         args, "log_format", getattr(settings, "log_format", "text")
     )
     logs.configure(settings.log_level, log_format)
-    heap.tune()
+    runtime.tune()
     try:
         clean = asyncio.run(serve(settings, hard_exit=True))
     except StartError as err:

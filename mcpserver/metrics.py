@@ -188,7 +188,7 @@ class Metrics:
         self.heap_frozen = Gauge(
             "mcpserver_heap_frozen_objects",
             "Objects taken out of the garbage collector's scans once the first snapshot was "
-            "served (gc.freeze; 0 until then). See mcpserver/heap.py.",
+            "served (gc.freeze; 0 until then). See mcpserver/runtime.py.",
             registry=r,
         )
         # app

@@ -296,7 +296,7 @@ def test_a_change_names_services_by_registry_and_keeps_big_ones_short() -> None:
 
 def test_serve_takes_its_startup_heap_out_of_the_collectors_scans(static_file: Path) -> None:
     """`mcpserver serve` freezes what startup built once the first snapshot is out
-    (mcpserver/heap.py), and says so in /metrics and in its log."""
+    (mcpserver/runtime.py), and says so in /metrics and in its log."""
 
     def frozen(admin: int) -> float:
         with urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics", timeout=2) as r:

@@ -1,15 +1,17 @@
-"""The collector policy of `mcpserver serve` (mcpserver/heap.py): thresholds set at start, one
-freeze once the first snapshot is out, never before it and never again."""
+"""The interpreter settings of `mcpserver serve` (mcpserver/runtime.py): collector thresholds
+and the GIL switch interval set at start, one freeze once the first snapshot is out, never
+before it and never again."""
 
 from __future__ import annotations
 
 import asyncio
 import gc
+import sys
 from collections.abc import Iterator
 
 import pytest
 
-import mcpserver.heap
+import mcpserver.runtime
 from mcpserver.metrics import Metrics
 from mcpserver.xds.snapshot import build_snapshot
 from mcpserver.xds.store import SnapshotStore
@@ -21,25 +23,28 @@ pytestmark = pytest.mark.unit
 @pytest.fixture
 def restored() -> Iterator[None]:
     """The test process's own collector settings, back after the test."""
-    thresholds = gc.get_threshold()
+    thresholds, switch = gc.get_threshold(), sys.getswitchinterval()
     yield
     gc.set_threshold(*thresholds)
+    sys.setswitchinterval(switch)
     gc.unfreeze()
 
 
-def test_tune_sets_the_thresholds(restored: None) -> None:
-    mcpserver.heap.tune()
-    assert gc.get_threshold() == mcpserver.heap.THRESHOLDS
-    assert mcpserver.heap.THRESHOLDS[0] > 700  # CPython's default young generation
+def test_tune_sets_the_thresholds_and_the_switch_interval(restored: None) -> None:
+    mcpserver.runtime.tune()
+    assert gc.get_threshold() == mcpserver.runtime.THRESHOLDS
+    assert mcpserver.runtime.THRESHOLDS[0] > 700  # CPython's default young generation
+    assert sys.getswitchinterval() == pytest.approx(mcpserver.runtime.SWITCH_INTERVAL)
+    assert mcpserver.runtime.SWITCH_INTERVAL < 0.005  # CPython's default
 
 
 async def test_the_heap_settles_once_after_the_first_snapshot(
     restored: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     settled: list[int] = []
-    monkeypatch.setattr(mcpserver.heap, "settle", lambda _: settled.append(1))
+    monkeypatch.setattr(mcpserver.runtime, "settle", lambda _: settled.append(1))
     store = SnapshotStore()
-    mcpserver.heap.settle_after_first(store, Metrics(), delay=0.0)
+    mcpserver.runtime.settle_after_first(store, Metrics(), delay=0.0)
     await asyncio.sleep(0.05)  # an unprimed store: nothing happens, however long it waits
     assert settled == []
     store.publish(build_snapshot(()))
@@ -53,7 +58,7 @@ async def test_the_heap_settles_once_after_the_first_snapshot(
 def test_settle_freezes_what_is_alive_and_says_how_much(restored: None) -> None:
     gc.unfreeze()
     metrics = Metrics()
-    mcpserver.heap.settle(metrics)
+    mcpserver.runtime.settle(metrics)
     assert gc.get_freeze_count() > 0
     frozen = metrics.registry.get_sample_value("mcpserver_heap_frozen_objects")
     assert frozen == gc.get_freeze_count()
