@@ -57,7 +57,9 @@ def tune() -> None:
 
 
 def settle(metrics: Metrics) -> None:
-    """Collect what startup left behind, then take everything alive out of later scans."""
+    """Collect what startup left behind, then take everything alive out of later scans: one
+    full collection, on the loop (the GIL would stall it from any thread), once, after the
+    first pushes went out (the log line says how long it took)."""
     began = time.perf_counter()
     gc.collect()
     gc.freeze()
