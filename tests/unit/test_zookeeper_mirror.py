@@ -391,7 +391,8 @@ def test_a_providers_node_deleted_and_created_again_is_a_new_incarnation() -> No
     zk.delete(path)
     zk.answer()
     assert setup.mirror.take().changes.interfaces[key] == InterfaceRecord((), 0)
-    assert path in zk.data_watches  # an exists watch on the missing providers node
+    # the missing providers node is watched through its interface node's children
+    assert "/dubbo/com.example.S0" in zk.child_watches and path not in zk.data_watches
     zk.create(f"{path}/{provider('com.example.S0', '10.0.0.7')}")
     zk.answer()
     again = setup.mirror.take().changes.interfaces[key]
@@ -491,3 +492,27 @@ def test_a_registry_without_roots_is_listed_at_once() -> None:
     mirror.watch_roots()
     assert wakes == [1]
     assert mirror.take().listed
+
+
+def test_interfaces_that_come_and_go_leave_no_watch_behind() -> None:
+    """A deleted interface's providers node goes first, and was then watched with an exists
+    watch, which ZooKeeper keeps for the session on a path that never comes back (and the
+    client its callback): one per interface ever deleted. Watched through the interface
+    node's children instead, nothing is left once the interface is gone."""
+    zk = dubbo_tree(1, providers=1)
+    setup = walked(zk)
+    setup.mirror.take()
+
+    def watches() -> int:
+        return sum(map(len, zk.child_watches.values())) + sum(map(len, zk.data_watches.values()))
+
+    before = watches()
+    for n in range(20):
+        iface = f"com.example.Gone{n}"
+        zk.create(f"/dubbo/{iface}/providers/{provider(iface, '10.9.0.1')}")
+        zk.answer()
+        zk.delete(f"/dubbo/{iface}")
+        zk.answer()
+    interfaces = setup.mirror.take().changes.interfaces
+    assert all(interfaces.get(("/dubbo", f"com.example.Gone{n}")) is None for n in range(20))
+    assert watches() == before

@@ -105,7 +105,7 @@ WINDOW = 1000
 outstanding requests is 1,000), small enough that a walk of 100k nodes does not queue 100k
 requests in the client at once."""
 
-Op = Literal["list", "get", "exists"]
+Op = Literal["list", "get", "exists", "parent"]
 
 
 # ------------------------------------------------------------------------- nodes
@@ -452,6 +452,9 @@ class Mirror:
             elif op == "get":
                 got = self._client.get_async(node.path, watch)
                 got.rawlink(functools.partial(self._on_get_done, node, seq))
+            elif op == "parent":
+                parent = self._client.get_children_async(node.path.rpartition("/")[0], watch, True)
+                parent.rawlink(functools.partial(self._on_parent_done, node, seq))
             else:
                 found = self._client.exists_async(node.path, watch)
                 found.rawlink(functools.partial(self._on_exists_done, node, seq))
@@ -479,6 +482,23 @@ class Mirror:
             self._finish(node, seq, err, lambda: None)
             return
         self._finish(node, seq, None, functools.partial(self._listed, node, names, stat))
+
+    def _on_parent_done(
+        self, node: _Node, seq: int, result: Pending[tuple[list[str], ZnodeStat]]
+    ) -> None:
+        """A missing providers node's parent, listed with a watch (see `_gone`)."""
+        try:
+            names, _ = result.get_nowait()
+        except Exception as err:
+            if is_no_node(err):  # the interface is gone too: no watch was left; its
+                self._finish(node, seq, None, lambda: None)  # parent's listing drops it
+            else:
+                self._finish(node, seq, err, lambda: None)
+            return
+        if node.path.rpartition("/")[2] in names:  # it came between the two reads
+            self._finish(node, seq, None, functools.partial(self._enqueue, node))
+        else:  # still missing; the parent's children watch says when it comes
+            self._finish(node, seq, None, lambda: None)
 
     def _on_get_done(self, node: _Node, seq: int, result: Pending[tuple[bytes, ZnodeStat]]) -> None:
         try:
@@ -612,7 +632,12 @@ class Mirror:
             node.data = None
             self._dirty_apps.add(node.app.key)
         if node.watch_absence:
-            self._enqueue(node, "exists")
+            # A missing providers node is watched through its interface node's children,
+            # not with an exists watch: ZooKeeper keeps an exists watch on a path that never
+            # comes back for the whole session (and the client its callback, holding the
+            # node), one per interface ever deleted; a children watch goes with the node,
+            # and a read of a missing parent leaves none.
+            self._enqueue(node, "parent" if isinstance(node, _Interface) else "exists")
 
     # ------------------------------------------------------- the tree (lock held)
 
