@@ -358,7 +358,12 @@ async def test_a_server_restarted_empty_does_not_withdraw_our_services(
     heartbeats.paused.clear()
     await eventually(lambda: heartbeats.registered >= 2, within=30)
     await eventually(lambda: not held(app) and len(registry.view().services) == 1, within=30)
-    assert addresses(client, host) == ["10.44.0.1", "10.44.0.2"]
+    # Both are back in the end. Not necessarily at once: a fetch between the two
+    # registrations shows one of two instances, a removal of half, which protection lets
+    # through (it holds more than max_removed_share), so the other can be missing until the
+    # next fetch (seen in CI; see the session note on partial returns), which Eureka's
+    # response cache may delay by up to 30 s.
+    await client.wait_for(lambda c: addresses(c, host) == ["10.44.0.1", "10.44.0.2"], 90)
 
 
 async def test_two_peers_one_stopped_the_other_serves(
