@@ -53,7 +53,7 @@ def tune() -> None:
 def settle(metrics: Metrics) -> None:
     """Take everything alive out of later scans. No collection first: a full one is a pause
     of the loop (0.5 s at 10k services; the GIL would stall it from any thread), and the
-    bench's change latency caught it (p99 0.2 s instead of 0.05 s). What it would have
+    bench's change latency caught it (a 0.5 s sample; p99 0.2 s against 0.08 s). What it would have
     freed, reference cycles startup dropped before this instant, stays: once, and small."""
     began = time.perf_counter()
     gc.freeze()

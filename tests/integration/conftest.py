@@ -14,7 +14,7 @@ from kazoo.client import KazooClient
 
 from mcpserver.app import App
 from mcpserver.settings import Settings
-from mcpserver.xds.client import IstiodLikeClient
+from mcpserver.xds.client import DecodedResource, IstiodLikeClient
 from tests.conftest import AppFactory, ClientFactory
 from tests.integration.istiod import Istiod
 from tests.integration.kube import ControlPlane
@@ -112,3 +112,15 @@ def serve(start_app: AppFactory, connect: ClientFactory) -> ServeFactory:
         return app, client
 
     return start
+
+
+def assert_kept_without_endpoints(
+    before: DecodedResource | None, kept: DecodedResource | None
+) -> None:
+    """keep_when_empty: the ServiceEntry served after its last instance left is the one
+    served before (hosts, addresses, ports), without endpoints."""
+    assert before is not None and kept is not None
+    assert list(kept.service_entry.endpoints) == []
+    assert list(kept.service_entry.hosts) == list(before.service_entry.hosts)
+    assert list(kept.service_entry.addresses) == list(before.service_entry.addresses)
+    assert list(kept.service_entry.ports) == list(before.service_entry.ports)

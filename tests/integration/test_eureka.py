@@ -24,7 +24,7 @@ from mcpserver.registry.eureka.watcher import EurekaRegistry
 from mcpserver.xds.client import DecodedResource, IstiodLikeClient
 from tests.certs import make_certs
 from tests.conftest import AppFactory, eventually, past_next_rebuild, settings_for
-from tests.integration.conftest import IstiodFactory, ServeFactory
+from tests.integration.conftest import IstiodFactory, ServeFactory, assert_kept_without_endpoints
 from tests.integration.eureka import USER, EurekaServer, eureka_server_jar
 from tests.integration.test_nacos import listening
 from tests.integration.tlsproxy import TlsProxy
@@ -478,10 +478,12 @@ async def test_keep_when_empty_keeps_an_app_eureka_still_lists(
     )
     _, client = await serve(settings, within=60)
     await client.wait_for(lambda c: addresses(c, host) == ["10.40.9.1"], 30)
+    before = entry_for(client, host)
     eureka.set_status("ledger", one, "OUT_OF_SERVICE")
     await client.wait_for(lambda c: entry_for(c, host) is not None and addresses(c, host) == [], 30)
     entry = entry_for(client, host)
     assert entry is not None and [p.number for p in entry.service_entry.ports] == [8080]
+    assert_kept_without_endpoints(before, entry)
     eureka.deregister("ledger", one)
     eureka.deregister("ledger", starting)
     await client.wait_for(lambda c: entry_for(c, host) is None, 30)
