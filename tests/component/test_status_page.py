@@ -14,12 +14,16 @@ import shutil
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from envoy.service.discovery.v3 import discovery_pb2
 from selenium import webdriver
-from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
+from selenium.common.exceptions import (
+    NoSuchElementException,
+    StaleElementReferenceException,
+    WebDriverException,
+)
 from selenium.webdriver.chrome.service import Service as ChromeService
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
@@ -87,8 +91,27 @@ async def wait_in_browser(
             return condition(driver)
         except (NoSuchElementException, StaleElementReferenceException):
             return False  # the page is being replaced by its refresh
+        except WebDriverException as error:
+            if not replaced_mid_read(error):
+                raise
+            return False
 
     return await asyncio.to_thread(WebDriverWait(chrome, within, poll_frequency=0.1).until, check)
+
+
+# What chromedriver says, as a generic "unknown error", when the page is replaced between
+# finding an element and reading it (a CI failure: "Node with given id does not belong to
+# the document"), or while the new document's script context is being made.
+REPLACED_MID_READ = (
+    "does not belong to the document",
+    "No node with given id",
+    "Cannot find context with specified id",
+    "Execution context was destroyed",
+)
+
+
+def replaced_mid_read(error: WebDriverException) -> bool:
+    return any(marker in (error.msg or "") for marker in REPLACED_MID_READ)
 
 
 def row_status(name: str) -> Callable[[webdriver.Chrome], str]:
@@ -219,6 +242,26 @@ async def test_the_page_refreshes_itself_and_shows_the_wait_for_the_first_snapsh
         browser, lambda d: d.find_element(By.ID, "readiness").text == "ready"
     )
     assert await wait_in_browser(browser, lambda d: row_status("slow")(d) == "ready")
+
+
+async def test_a_read_across_the_pages_own_refresh_is_retried_and_other_errors_are_not() -> None:
+    replaced = WebDriverException(
+        'unknown error: unhandled inspector error: {"code":-32000,'
+        '"message":"Node with given id does not belong to the document"}'
+    )
+    answers: list[Any] = [replaced, StaleElementReferenceException("stale"), "ready"]
+
+    def read(_: webdriver.Chrome) -> Any:
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    driver = cast(webdriver.Chrome, object())
+    assert await wait_in_browser(driver, read, within=5) == "ready"
+    answers[:] = [WebDriverException("unknown error: chrome not reachable")]
+    with pytest.raises(WebDriverException, match="chrome not reachable"):
+        await wait_in_browser(driver, read, within=5)
 
 
 def test_the_default_page_refreshes_every_few_seconds_with_no_external_assets() -> None:
