@@ -74,7 +74,9 @@ def pipeline_options(settings: Settings) -> PipelineOptions:
         keep_when_empty={r.name: r.keep_when_empty for r in settings.registries},
         vip_cidr=settings.vip.cidr,
         merge_policy=settings.merge,
-        protection=ProtectionPolicy(p.max_removed_share, p.min_instances, p.hold_empty, p.hold_for),
+        protection=ProtectionPolicy(
+            p.max_removed_share, p.min_instances, p.hold_empty, p.hold_for, p.release_share
+        ),
         serve_partial_after=settings.startup.serve_partial_after,
     )
 

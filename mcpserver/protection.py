@@ -7,7 +7,12 @@ check fail when its own network does, a static file truncated while being writte
 calls its answer to this "self-preservation". Ours: an update that would remove every served
 service of a registry, or more than a set share of its instances at once, is held: the last
 accepted view stays served until the change persists for `hold_for` or an operator confirms
-it. A listing that recovers (the services come back) releases the hold by itself.
+it. A listing that recovers (the services come back) releases the hold by itself, but only
+once nearly all of it is back (`release_share`, 10% missing at most): a registry refilling
+after a restart (a Eureka or Nacos server that lost its memory, instances registering again
+over their heartbeat interval) would otherwise be released at the first listing past the
+entry threshold, and the services not back yet withdrawn from istiod while they are alive.
+Eureka's own self-preservation waits for 85% of the expected renewals before it lets go.
 
 The decision is a pure function (`guard`) of the accepted view, the incoming one, the current
 hold and the time, so it is tested as a decision table; the pipeline owns the state (accepted
@@ -67,10 +72,18 @@ class ProtectionPolicy:
     """Hold an update that removes every served service, whatever the registry's size."""
     hold_for: float | None = 180.0
     """Seconds a held update must persist before it is applied; None: confirmation only."""
+    release_share: float = 0.1
+    """A hold ends by itself once a listing removes at most this share of the instances
+    (whatever the registry's size); max_removed_share: no hysteresis."""
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.max_removed_share <= 1.0:
             raise ValueError(f"max_removed_share {self.max_removed_share} not in 0..1")
+        if not 0.0 <= self.release_share <= self.max_removed_share:
+            raise ValueError(
+                f"release_share {self.release_share} not in 0..max_removed_share "
+                f"({self.max_removed_share})"
+            )
         if self.min_instances < 0:
             raise ValueError(f"min_instances {self.min_instances} < 0")
         if self.hold_for is not None and self.hold_for < 0:
@@ -119,7 +132,8 @@ def guard(
     - `incoming` is not a complete listing (not synced): keep serving `accepted` if it was
       one, with the current hold unchanged; an unsynced `accepted` is no better than what
       follows it, so `incoming` is accepted then;
-    - not a mass removal: accept `incoming`, dropping any hold;
+    - not a mass removal: accept `incoming`, dropping any hold; while a hold is on, a mass
+      removal is anything above `policy.release_share` (hysteresis);
     - a mass removal: accept `incoming` if `confirmed`, or if it has been held for
       `policy.hold_for` (measured from the first hold, however the update changed since);
       otherwise serve `accepted` and return the hold.
@@ -139,7 +153,7 @@ def guard(
         if accepted.synced:
             return Guarded(accepted, hold)
         return Guarded(incoming, None)
-    found = _mass_removal(accepted, incoming, policy, keep_when_empty, changes)
+    found = _mass_removal(accepted, incoming, policy, keep_when_empty, changes, hold is not None)
     if found is None:
         return Guarded(incoming, None)
     since = hold.since if hold is not None else now
@@ -155,7 +169,8 @@ def guard(
         )
     reason = (
         f"update removes {what} of registry {incoming.registry}; the last accepted services "
-        f"stay served; {release}"
+        f"stay served until at most {policy.release_share:.0%} of their instances are "
+        f"missing; {release}"
     )
     return Guarded(
         accepted, Hold(since, reason, removed_services, removed_instances, total_instances)
@@ -168,9 +183,11 @@ def _mass_removal(
     policy: ProtectionPolicy,
     keep_when_empty: bool,
     changes: Changes | None,
+    held: bool,
 ) -> tuple[int, int, int, str] | None:
     """(removed services, removed instances, total instances, description) if the update
-    from `accepted` to `incoming` is a mass removal, else None."""
+    from `accepted` to `incoming` is a mass removal, else None. `held`: a hold is on, and
+    only a listing within `policy.release_share` of `accepted` ends it."""
     if incoming.services is accepted.services:
         return None
     # Services present in both views as the very same object lose nothing: set them aside by
@@ -198,9 +215,10 @@ def _mass_removal(
         total = sum(len(s.instances) for s in lost)
         what = f"all {len(lost)} served services ({total} instances)"
         return removed_services, removed_instances, total, what
-    # Held iff total >= min_instances and removed > share * total. Sum the total only until
-    # it clears the share: a small removal stops after a few services.
-    share = policy.max_removed_share
+    # Held iff total >= min_instances and removed > share * total; once held, iff removed >
+    # release_share * total. Sum the total only until it clears the share: a small removal
+    # stops after a few services.
+    share = policy.release_share if held else policy.max_removed_share
     total = 0
     served = 0
     for old in accepted.services:
@@ -209,11 +227,12 @@ def _mass_removal(
             total += len(old.instances)
             if total * share >= removed_instances:
                 return None
-    if total < policy.min_instances:
+    if total < policy.min_instances and not held:
         return None
+    # The same words whether the hold starts or goes on: the reason says when it ends.
     what = (
-        f"{removed_instances} of {total} instances ({removed_instances / total:.0%}, more than "
-        f"{share:.0%}; {removed_services} of {served} services gone)"
+        f"{removed_instances} of {total} instances ({removed_instances / total:.0%}; "
+        f"{removed_services} of {served} services gone)"
     )
     return removed_services, removed_instances, total, what
 

@@ -138,6 +138,7 @@ class ProtectionSettings(Frozen):
     min_instances: int = Field(default=5, ge=1)
     hold_empty: bool = True
     hold_for: Duration | None = 180.0
+    release_share: float = Field(default=0.1, ge=0, le=1)
 
     @model_validator(mode="before")
     @classmethod
@@ -145,6 +146,15 @@ class ProtectionSettings(Frozen):
         if isinstance(data, dict) and "hold_for" in data:
             data = {**data, "hold_for": _never(data["hold_for"])}
         return data
+
+    @model_validator(mode="after")
+    def _hysteresis(self) -> ProtectionSettings:
+        if self.release_share > self.max_removed_share:
+            raise ValueError(
+                f"release_share ({self.release_share:g}) must be at most max_removed_share "
+                f"({self.max_removed_share:g})"
+            )
+        return self
 
 
 def demo_registry_path() -> Path:

@@ -506,12 +506,6 @@ class Fault:
     sampler: IstiodSampler
     started: float = field(default_factory=time.monotonic)
 
-    def spare(self, registry_suffix: str) -> None:
-        """Protect only the hosts of the registry whose names end so, not each endpoint:
-        an Eureka server restarts empty, and its instances are not in the registry again
-        until their next heartbeats register them one by one."""
-        self.protected = {e for e in self.protected if not e[0].endswith(registry_suffix)}
-
     async def status(self, registry: str, status: str, within: float = 60.0) -> None:
         """mcpserver's admin /debug/registries reports the registry so."""
         await until(

@@ -59,9 +59,7 @@ ALPHA, BETA = "org.example.faults.Alpha", "org.example.faults.Beta"
 
 
 def seed(mesh: Mesh) -> None:
-    """A few services of several instances in each registry. Eureka's instances are added
-    alternating between its apps: restarted empty, Eureka gets them back in this order, and
-    any half of them holds an instance of each app (see test_eureka_server_restarted)."""
+    """A few services of several instances in each registry."""
     for i in range(1, 4):
         mesh.add_provider(ALPHA, f"10.61.0.{i}")
         mesh.add_provider(BETA, f"10.61.1.{i}")
@@ -260,11 +258,10 @@ async def test_eureka_server_restarted(world: Mesh) -> None:
     """Eureka keeps its registry in memory: restarted, it is empty until each instance's
     next heartbeat (404) registers it again, up to 30 s later with Eureka's Java client, so
     mcpserver sees it empty first (here the heartbeats pause until it has), and its
-    protection must hold that. Those instances are not in the registry in between, and
-    they come back one by one: of Eureka's, only the services (hosts) are protected here,
-    each endpoint of the other registries as always."""
+    protection must hold that. The instances come back one by one, and the hold lasts until
+    nearly all are back (protection.release_share): every endpoint stays protected, Eureka's
+    as the others'."""
     async with observed(world) as fault:
-        fault.spare(".eureka")
         world.beats.paused.set()
         await asyncio.to_thread(world.eureka.stop)
         await fault.status("eureka", "degraded")

@@ -174,6 +174,39 @@ def test_a_recovered_registry_releases_the_hold() -> None:
     assert run(TEN, recovered, hold=hold, now=1010.0) == Guarded(recovered, None)
 
 
+def test_a_hold_ends_only_when_nearly_everything_is_back() -> None:
+    """Hysteresis: a registry refilling after a restart is served whole until at most
+    release_share (10%) of its instances are missing, not released at the first listing
+    under the entry share (50%) with the rest withdrawn while alive."""
+    assert run(TEN, fewer(4)).hold is None  # 40% removed: under the entry share
+    hold = run(TEN, fewer(8)).hold
+    assert hold is not None
+    for refilling in (fewer(6), fewer(4), fewer(2)):
+        outcome = run(TEN, refilling, hold=hold, now=1010.0)
+        assert outcome.served is TEN and outcome.hold is not None
+        assert outcome.hold.since == 1000.0
+    back = fewer(1)
+    assert run(TEN, back, hold=hold, now=1010.0) == Guarded(back, None)
+    # release_share = max_removed_share: no hysteresis, released under the entry share.
+    flat = replace(POLICY, release_share=0.5)
+    assert run(TEN, fewer(4), hold=run(TEN, fewer(8), policy=flat).hold, policy=flat).hold is None
+    # The hold still ends by time, and by confirmation.
+    assert run(TEN, fewer(4), hold=hold, now=1180.0).hold is None
+    assert run(TEN, fewer(4), hold=hold, now=1010.0, confirmed=True).hold is None
+
+
+def test_a_held_small_registry_waits_for_its_instances_too() -> None:
+    """Below min_instances only an emptied registry is held; once held, the release share
+    applies whatever the size: one of four instances back is not the registry back."""
+    small = view(service("a", 4))
+    hold = run(small, view()).hold
+    assert hold is not None
+    assert run(small, view(service("a", 1)), hold=hold).served is small
+    assert run(small, view(service("a", 3)), hold=hold).served is small
+    back = view(service("a", 4))
+    assert run(small, back, hold=hold) == Guarded(back, None)
+
+
 def test_an_incomplete_listing_keeps_the_accepted_view() -> None:
     partial = view(service("a", 1), synced=False, status=Status.STARTING)
     assert run(TEN, partial) == Guarded(TEN, None)
@@ -199,9 +232,9 @@ def test_the_reason_says_how_the_hold_ends() -> None:
     hold = run(TEN, fewer(6)).hold
     assert hold is not None
     assert hold.reason == (
-        "update removes 6 of 10 instances (60%, more than 50%; 1 of 2 services gone) of "
-        "registry zk; the last accepted services stay served; applied if it persists for "
-        "3m0s, or when an operator confirms it"
+        "update removes 6 of 10 instances (60%; 1 of 2 services gone) of registry zk; the "
+        "last accepted services stay served until at most 10% of their instances are "
+        "missing; applied if it persists for 3m0s, or when an operator confirms it"
     )
 
 
@@ -212,6 +245,8 @@ def test_the_reason_says_how_the_hold_ends() -> None:
         (lambda: ProtectionPolicy(max_removed_share=-0.1), "max_removed_share"),
         (lambda: ProtectionPolicy(min_instances=-1), "min_instances"),
         (lambda: ProtectionPolicy(hold_for=-1.0), "hold_for"),
+        (lambda: ProtectionPolicy(release_share=-0.1), "release_share"),
+        (lambda: ProtectionPolicy(max_removed_share=0.3, release_share=0.4), "release_share"),
     ],
 )
 def test_a_nonsensical_policy_is_refused(make: Callable[[], ProtectionPolicy], field: str) -> None:

@@ -126,6 +126,13 @@ registries:
     assert "registries[3]" in text and "etcd" in text and "'static', 'zookeeper', 'consul'" in text
 
 
+def test_a_hold_cannot_end_above_where_it_starts(tmp_path: Path) -> None:
+    text = "protection: {max_removed_share: 0.3, release_share: 0.4}\nregistries: []\n"
+    assert problems_of(tmp_path, text) == [
+        "protection: release_share (0.4) must be at most max_removed_share (0.3)"
+    ]
+
+
 def test_unknown_keys_and_bad_yaml(tmp_path: Path) -> None:
     assert any("servr" in p for p in problems_of(tmp_path, "servr: {}\nregistries: []\n"))
     assert any("not valid YAML" in p for p in problems_of(tmp_path, "a: [\n"))
