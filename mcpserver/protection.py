@@ -5,9 +5,13 @@ bad registry listing would take services out of the mesh within a second: a ZooK
 expiry that drops every provider's ephemeral node at once, a Consul agent that sees every
 check fail when its own network does, a static file truncated while being written. Eureka
 calls its answer to this "self-preservation". Ours: an update that would remove every served
-service of a registry, or more than a set share of its instances at once, is held: the last
-accepted view stays served until the change persists for `hold_for` or an operator confirms
-it. A listing that recovers (the services come back) releases the hold by itself, but only
+service of a registry, or more than a set share of its instances at once, is held: nothing of
+the last accepted view is withdrawn until the change persists for `hold_for` or an operator
+confirms it. Like Eureka's self-preservation, which stops expiring leases but still takes new
+registrations, a hold lets additions through: a new service, or an instance that is new to
+its service, is served at once beside everything held (`held_view`).
+
+A listing that recovers (the services come back) releases the hold by itself, but only
 once nearly all of it is back (`release_share`, 10% missing at most): a registry refilling
 after a restart (a Eureka or Nacos server that lost its memory, instances registering again
 over their heartbeat interval) would otherwise be released at the first listing past the
@@ -35,8 +39,8 @@ the update is held.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Generic, Protocol, TypeVar
+from dataclasses import dataclass, replace
+from typing import Generic, Protocol, Self, TypeVar
 
 from mcpserver.model import Service, identity_changes
 
@@ -52,6 +56,9 @@ class ViewLike(Protocol):
     def services(self) -> Sequence[Service]: ...
     @property
     def synced(self) -> bool: ...
+    def with_services(self, services: tuple[Service, ...]) -> Self:
+        """The same view with other services (and no delta log)."""
+        ...
 
 
 V = TypeVar("V", bound=ViewLike)
@@ -142,10 +149,11 @@ def guard(
     `incoming` and those of `incoming` not in `accepted`, by id (View.changes_since);
     otherwise they are found by comparing ids.
 
-    While held, `served` is the accepted View object itself, unchanged: its services and
-    problems are what istiod keeps seeing, and its status is the one from when it was
-    accepted. The registry's live status and detail belong to its own view (shown beside the
-    hold), not to the view that is served in its place.
+    While held, `served` is `held_view(accepted, incoming)`: the accepted View object itself
+    when `incoming` adds nothing to it (its status is then the one from when it was
+    accepted), otherwise `incoming` with every accepted service and instance it lacks. The
+    registry's live status and detail belong to its own view (shown beside the hold), not to
+    the view that is served in its place.
     """
     if accepted is None or incoming is accepted:
         return Guarded(incoming, None)
@@ -168,13 +176,58 @@ def guard(
             "confirms it"
         )
     reason = (
-        f"update removes {what} of registry {incoming.registry}; the last accepted services "
-        f"stay served until at most {policy.release_share:.0%} of their instances are "
-        f"missing; {release}"
+        f"update removes {what} of registry {incoming.registry}; nothing of the last accepted "
+        f"services is withdrawn (additions flow) until at most {policy.release_share:.0%} of "
+        f"their instances are missing; {release}"
     )
     return Guarded(
-        accepted, Hold(since, reason, removed_services, removed_instances, total_instances)
+        held_view(accepted, incoming),
+        Hold(since, reason, removed_services, removed_instances, total_instances),
     )
+
+
+def held_view(accepted: V, incoming: V) -> V:
+    """What a held registry serves: everything `accepted` had, and what `incoming` adds.
+
+    - a service only in `incoming` is served (a new registration);
+    - a service only in `accepted` is served as accepted (held);
+    - a service in both is served as accepted, unless `incoming` has an instance at an
+      address the accepted one lacks and the two differ in nothing else than instances:
+      then `incoming`'s, with the accepted instances at addresses it lacks appended. (A
+      service redefined while held waits for the release: its held instances may not fit
+      its new ports.)
+
+    `accepted` itself when `incoming` adds nothing (no new object, so the build has nothing
+    to do). O(services), only while a hold is on."""
+    mine = {service.key: service for service in accepted.services}
+    served: list[Service] = []
+    seen: set[str] = set()
+    new = False
+    for service in incoming.services:
+        seen.add(service.key)
+        old = mine.get(service.key)
+        if old is None:
+            served.append(service)
+            new = True
+            continue
+        if old is service:
+            served.append(old)
+            continue
+        known = {instance.address for instance in old.instances}
+        if all(i.address in known for i in service.instances):
+            served.append(old)  # nothing new in it
+            continue
+        if replace(service, instances=old.instances) != old:
+            served.append(old)
+            continue
+        there = {instance.address for instance in service.instances}
+        lacked = tuple(i for i in old.instances if i.address not in there)
+        served.append(replace(service, instances=service.instances + lacked))
+        new = True
+    if not new:
+        return accepted
+    served.extend(service for service in accepted.services if service.key not in seen)
+    return incoming.with_services(tuple(served))
 
 
 def _mass_removal(

@@ -19,9 +19,9 @@ import contextlib
 import logging
 import random
 from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
-from typing import Generic, TypeVar
+from typing import Generic, Self, TypeVar
 
 from mcpserver.config import RegistrySettings
 from mcpserver.metrics import Metrics
@@ -76,6 +76,10 @@ class View:
     detail: str = ""
     problems: tuple[Problem, ...] = ()
     delta: Delta | None = field(default=None, repr=False, compare=False)
+
+    def with_services(self, services: tuple[Service, ...]) -> Self:
+        """The same view with other services and no delta log (protection's held view)."""
+        return replace(self, services=services, delta=None)
 
     def changes_since(self, earlier: View) -> tuple[Ids, Ids]:
         """(removed, added): the services of `earlier` not in this view and those of this

@@ -354,7 +354,7 @@ async def test_a_server_restarted_empty_does_not_withdraw_our_services(
     heartbeats.add("restart", "10.44.0.2")
     # protection as deployed (an empty registry is held), for as long as the test needs
     top = {"protection": {"hold_for": "10m"}}
-    settings = eureka_settings(tmp_path, [eureka.url], ["restart"], top=top)
+    settings = eureka_settings(tmp_path, [eureka.url], ["restart", "newcomer"], top=top)
     app, client = await serve(settings, within=60)
     await client.wait_for(lambda c: addresses(c, host) == ["10.44.0.1", "10.44.0.2"], 30)
     registry = registry_of(app)
@@ -381,11 +381,17 @@ async def test_a_server_restarted_empty_does_not_withdraw_our_services(
     await eventually(one_back, within=60)
     await past_next_rebuild(app)
     assert held(app)
+    # A new registration is not held back: served at once, beside everything held.
+    eureka.register("newcomer", "10.44.1.1")
+    await client.wait_for(lambda c: addresses(c, "newcomer.eureka") == ["10.44.1.1"], 60)
+    assert held(app)
+    assert addresses(client, host) == ["10.44.0.1", "10.44.0.2"]
     # The other's heartbeat gets 404 and it registers again: the hold is released.
     heartbeats.paused.clear()
     await eventually(lambda: heartbeats.registered >= 1, within=30)
     await eventually(lambda: not held(app), within=90)
-    assert len(registry.view().services[0].instances) == 2
+    restart = next(s for s in registry.view().services if host in s.hosts)
+    assert len(restart.instances) == 2
     await past_next_rebuild(app)
     both = ["10.44.0.1", "10.44.0.2"]
     sets = every_set(client, host)  # istiod was never sent a set without either

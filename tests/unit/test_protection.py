@@ -207,6 +207,31 @@ def test_a_held_small_registry_waits_for_its_instances_too() -> None:
     assert run(small, back, hold=hold) == Guarded(back, None)
 
 
+def test_a_hold_lets_additions_through_and_withdraws_nothing() -> None:
+    """While held, a new service and an instance new to its service are served at once,
+    beside everything accepted (Eureka's self-preservation also takes new registrations)."""
+    a, b = TEN.services
+    fresh = service("c", 2, first=200)
+    grown = replace(a, instances=(*a.instances[:1], Instance("10.9.9.9")))  # 4 gone, 1 new
+    incoming = view(grown, fresh)  # b gone: 9 of 10 instances missing
+    outcome = run(TEN, incoming)
+    assert outcome.hold is not None
+    served = {s.key: s for s in outcome.served.services}
+    assert set(served) == {a.key, b.key, fresh.key}
+    assert served[b.key] is b and served[fresh.key] is fresh
+    addresses = [i.address for i in served[a.key].instances]
+    assert sorted(addresses) == sorted([i.address for i in a.instances] + ["10.9.9.9"])
+    # Nothing new: the accepted view itself, so the build has nothing to do.
+    assert run(TEN, view(replace(a, instances=a.instances[:1]))).served is TEN
+
+
+def test_a_service_redefined_while_held_waits_for_the_release() -> None:
+    a = TEN.services[0]
+    moved = replace(a, ports=(Port("grpc", 9090),), instances=(Instance("10.9.9.9"),))
+    outcome = run(TEN, view(moved))
+    assert outcome.hold is not None and outcome.served is TEN
+
+
 def test_an_incomplete_listing_keeps_the_accepted_view() -> None:
     partial = view(service("a", 1), synced=False, status=Status.STARTING)
     assert run(TEN, partial) == Guarded(TEN, None)
@@ -232,9 +257,10 @@ def test_the_reason_says_how_the_hold_ends() -> None:
     hold = run(TEN, fewer(6)).hold
     assert hold is not None
     assert hold.reason == (
-        "update removes 6 of 10 instances (60%; 1 of 2 services gone) of registry zk; the "
-        "last accepted services stay served until at most 10% of their instances are "
-        "missing; applied if it persists for 3m0s, or when an operator confirms it"
+        "update removes 6 of 10 instances (60%; 1 of 2 services gone) of registry zk; "
+        "nothing of the last accepted services is withdrawn (additions flow) until at most "
+        "10% of their instances are missing; applied if it persists for 3m0s, or when an "
+        "operator confirms it"
     )
 
 
