@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -100,25 +100,29 @@ def with_auth(**registry: Any) -> dict[str, Any]:
 
 
 def entry_for(client: IstiodLikeClient, host: str) -> DecodedResource | None:
-    return next((r for r in client.latest("ServiceEntry") if r.name == host), None)
+    return entry_in(client.latest("ServiceEntry"), host)
+
+
+def entry_in(entries: Iterable[DecodedResource], host: str) -> DecodedResource | None:
+    return next((r for r in entries if r.name == host), None)
+
+
+def addresses_in(entry: DecodedResource | None) -> list[str]:
+    return [] if entry is None else sorted(e.address for e in entry.service_entry.endpoints)
 
 
 def addresses(client: IstiodLikeClient, host: str) -> list[str]:
-    entry = entry_for(client, host)
-    return [] if entry is None else sorted(e.address for e in entry.service_entry.endpoints)
+    return addresses_in(entry_for(client, host))
 
 
 def every_set(client: IstiodLikeClient, host: str) -> list[list[str]]:
     """The host's addresses in each ServiceEntry set the client was sent, oldest first."""
-    found = []
-    for type_url, responses in client.responses.items():
-        if served_kind(type_url) == "ServiceEntry":
-            for response in responses:
-                entries = (decode_resource(r) for r in response.resources)
-                entry = next((e for e in entries if e.name == host), None)
-                spec = None if entry is None else entry.service_entry
-                found.append([] if spec is None else sorted(e.address for e in spec.endpoints))
-    return found
+    return [
+        addresses_in(entry_in(map(decode_resource, response.resources), host))
+        for type_url, responses in client.responses.items()
+        if served_kind(type_url) == "ServiceEntry"
+        for response in responses
+    ]
 
 
 def endpoint(client: IstiodLikeClient, host: str, address: str) -> Any:
