@@ -155,6 +155,7 @@ class Heartbeats:
         self.instances: dict[str, dict[str, Any]] = {}  # id -> register() arguments
         self.renewed = 0
         self.registered = 0
+        self.failures: list[str] = []  # answers a Java client would not expect, kept going
         self.paused = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -178,8 +179,12 @@ class Heartbeats:
                         self.registered += 1
                     elif code == 200:
                         self.renewed += 1
+                    else:
+                        self.failures.append(f"{ident}: heartbeat answered {code}")
                 except OSError:
                     pass  # the server is down: the next beat tries again
+                except AssertionError as err:  # register() got another answer than 204
+                    self.failures.append(f"{ident}: registration answered {err}")
 
     def close(self) -> None:
         self._stop.set()

@@ -270,8 +270,16 @@ async def test_eureka_server_restarted(world: Mesh) -> None:
         world.eureka.launch()  # on this thread: see EurekaServer.start
         await asyncio.to_thread(world.eureka.wait_ready)
         await fault.held("eureka")  # mcpserver read the empty registry, and holds it
+        before = world.beats.registered
         world.beats.paused.clear()
-        await fault.status("eureka", "ready")
+        try:
+            await until(
+                "every Eureka instance registered again",
+                lambda: world.beats.registered - before >= len(world.beats.instances),
+            )
+        except AssertionError as err:
+            raise AssertionError(f"{err}; heartbeats: {world.beats.failures[-5:]}") from None
+        await fault.status("eureka", "ready")  # the hold ends once all are back
         world.add_eureka("E-BETA", "10.64.1.17")
         await fault.flows(("e-beta.eureka", "10.64.1.17", EUREKA_PORT))
 
