@@ -17,7 +17,8 @@ import binascii
 import hmac
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections import Counter
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Final, Protocol
 
 from aiohttp import web
@@ -25,7 +26,16 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from mcpserver.metrics import Metrics, build_labels
 from mcpserver.pipeline import Pipeline
-from mcpserver.status import Activity, HeldRemoval, Page, RegistryRow, instances_of, render
+from mcpserver.status import (
+    Activity,
+    HeldRemoval,
+    Page,
+    RegistryRow,
+    ShardRow,
+    instances_of,
+    render,
+)
+from mcpserver.xds.shards import shard_label
 from mcpserver.xds.sotw import Clients
 from mcpserver.xds.store import SnapshotStore
 
@@ -78,8 +88,11 @@ class Admin:
         *,
         token: str | None = None,
         activity: Activity | None = None,
+        shard_ports: Mapping[int, Sequence[int]] | None = None,
     ) -> None:
         self._kinds = kinds
+        # layout N > 1 -> the ports of its shards (server.shards, previous_shards)
+        self._shard_ports = {n: list(p) for n, p in (shard_ports or {}).items() if n > 1}
         self._token = token or None
         self._activity = activity or Activity()
         self._version = build_labels()["version"]
@@ -214,12 +227,28 @@ class Admin:
             clients=sorted(self._clients.open.values(), key=lambda c: c.stream_id),
             problems=self._pipeline.problems,
             refresh=max(0, min(refresh, MAX_REFRESH_SECONDS)),
+            shards=self.shard_rows(),
         )
         return web.Response(
             text=render(page),
             content_type="text/html",
             headers={"Cache-Control": "no-store"},
         )
+
+    def shard_rows(self) -> list[ShardRow]:
+        """Each shard of every layout served, for the status page."""
+        snapshot = self._store.snapshot
+        readers = Counter(c.shard for c in self._clients.open.values())
+        return [
+            ShardRow(
+                shard_label(n, k),
+                port,
+                None if snapshot is None else snapshot.part(n, k),
+                readers[shard_label(n, k)],
+            )
+            for n, ports in sorted(self._shard_ports.items())
+            for k, port in enumerate(ports)
+        ]
 
     async def metrics(self, _: web.Request) -> web.Response:
         self._metrics.count_tasks()
@@ -242,7 +271,28 @@ class Admin:
                     entry["resource"] = json_format.MessageToDict(resource.decode())
                 items.append(entry)
             kinds[kind] = {"version": type_set.version, "count": len(items), "resources": items}
-        return web.json_response({"primed": True, "version": snapshot.version, "kinds": kinds})
+        body: dict[str, object] = {"primed": True, "version": snapshot.version, "kinds": kinds}
+        if self._shard_ports:
+            # each shard's part: names and versions (bodies are in `kinds` above)
+            body["shards"] = [
+                {
+                    "shard": shard_label(n, k),
+                    "port": port,
+                    "version": part.version,
+                    "kinds": {
+                        kind: {
+                            "version": s.version,
+                            "count": len(s.resources),
+                            "names": [r.name for r in s.resources],
+                        }
+                        for kind, s in part.sets.items()
+                    },
+                }
+                for n, ports in sorted(self._shard_ports.items())
+                for k, port in enumerate(ports)
+                for part in [snapshot.part(n, k)]
+            ]
+        return web.json_response(body)
 
     async def clients(self, _: web.Request) -> web.Response:
         return web.json_response([c.describe() for c in self._clients.open.values()])

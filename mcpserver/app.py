@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import itertools
 import logging
 import math
 import os
@@ -44,9 +45,16 @@ from mcpserver.status import Activity, describe_change
 from mcpserver.xds.callbacks import DefaultCallbacks
 from mcpserver.xds.resources import PackedResource
 from mcpserver.xds.server import ServerOptions, TLSError, XdsServer
+from mcpserver.xds.shards import (
+    SHARD_HEADER,
+    SHARD_PORTS_HEADER,
+    SHARDS_HEADER,
+    WHOLE,
+    shard_label,
+)
 from mcpserver.xds.snapshot import Snapshot
 from mcpserver.xds.sotw import AdsHandler, Clients
-from mcpserver.xds.store import SnapshotStore
+from mcpserver.xds.store import ShardStore, SnapshotSource, SnapshotStore
 
 log = logging.getLogger("mcpserver")
 changes_log = logging.getLogger("mcpserver.snapshot")
@@ -78,6 +86,7 @@ def pipeline_options(settings: Settings) -> PipelineOptions:
             p.max_removed_share, p.min_instances, p.hold_empty, p.hold_for, p.release_share
         ),
         serve_partial_after=settings.startup.serve_partial_after,
+        layouts=settings.server.layouts()[1:],
     )
 
 
@@ -167,8 +176,15 @@ class Changes:
         if snapshot is None or snapshot is self._previous:
             return
         if self._building is not None:
+            # the streams of a shard see that shard's snapshot: each changed one carries it
+            previous = self._previous
             self._origins[snapshot.version] = self._building
-            while len(self._origins) > ORIGINS_KEPT:
+            for n, parts in snapshot.layouts.items():
+                for k, part in enumerate(parts):
+                    if previous is None or part is not previous.part(n, k):
+                        self._origins[part.version] = self._building
+            kept = ORIGINS_KEPT * (1 + sum(snapshot.layouts))
+            while len(self._origins) > kept:
                 del self._origins[next(iter(self._origins))]
         change = describe_change(self._previous, snapshot, self._owner_lookup())
         self._previous = snapshot
@@ -200,7 +216,27 @@ class App:
             list(registries) if registries is not None else build_registries(s, self.metrics)
         )
         self.changes = Changes(self.store, lambda: self.pipeline.views(), self.metrics)  # noqa: PLW0108  # built after this
-        callbacks = DefaultCallbacks(self.metrics, self.clients, self.changes.origin)
+        ids = itertools.count(1)
+
+        def handler(source: SnapshotSource, shard: str) -> AdsHandler:
+            callbacks = DefaultCallbacks(self.metrics, self.clients, self.changes.origin, shard)
+            return AdsHandler(
+                source,
+                self.metrics,
+                self.clients,
+                callbacks=callbacks,
+                send_timeout=s.server.send_timeout,
+                ids=ids,
+                shard=shard,
+            )
+
+        self.layouts = s.server.layouts()
+        whole = handler(self.store, WHOLE)
+        shards = [
+            (s.server.shard_listen(n, k), handler(ShardStore(self.store, n, k), shard_label(n, k)))
+            for n in self.layouts[1:]
+            for k in range(n)
+        ]
         try:
             self.xds = XdsServer(
                 ServerOptions(
@@ -209,19 +245,24 @@ class App:
                     cert_file=str(s.server.tls.cert_file) if s.server.tls else None,
                     key_file=str(s.server.tls.key_file) if s.server.tls else None,
                 ),
-                AdsHandler(
-                    self.store,
-                    self.metrics,
-                    self.clients,
-                    callbacks=callbacks,
-                    send_timeout=s.server.send_timeout,
-                ),
+                whole,
                 self.metrics,
+                shards,
             )
         except TLSError as err:
             raise StartError(str(err)) from None
         except (OSError, RuntimeError) as err:  # grpc raises RuntimeError when bind fails
-            raise StartError(f"cannot listen on server.listen {s.server.listen}: {err}") from None
+            what = "server.listen" if len(self.layouts) == 1 else "server.listen or a shard port"
+            raise StartError(f"cannot listen on {what} {s.server.listen}: {err}") from None
+        # every stream says which shard it serves and where the shards of server.shards are
+        # (`mcpserver dump` gathers them from there)
+        ports = ",".join(map(str, self.shard_ports(s.server.shards)))
+        for label, served_by in ((WHOLE, whole), *((h.shard, h) for _, h in shards)):
+            served_by.metadata = (
+                (SHARD_HEADER, label),
+                (SHARDS_HEADER, str(s.server.shards)),
+                (SHARD_PORTS_HEADER, ports),
+            )
         self.debouncer: Debouncer
         self.pipeline = Pipeline(
             self.registries,
@@ -241,12 +282,23 @@ class App:
             s.registries,
             token=token,
             activity=self.changes.activity,
+            shard_ports={n: self.shard_ports(n) for n in self.layouts},
         )
         self._waiter: asyncio.Task[None] | None = None
 
     @property
     def port(self) -> int:
+        """The port of the whole set (server.listen)."""
         return self.xds.port
+
+    def shard_ports(self, shards: int) -> list[int]:
+        """The bound ports of layout `shards`, in shard order ([port] for layout 1)."""
+        if shards == 1:
+            return [self.xds.port]
+        at = 1 + sum(n for n in self.layouts[1:] if n < shards)
+        if shards not in self.layouts:
+            raise KeyError(f"layout {shards} is not served (layouts: {self.layouts})")
+        return self.xds.ports[at : at + shards]
 
     async def _rebuild(self) -> None:
         """The debouncer's action: one pipeline rebuild, timed from the registry changes it

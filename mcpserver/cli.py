@@ -34,6 +34,7 @@ from mcpserver.registry.base import RegistryContext, View
 from mcpserver.registry.kinds import kind_of
 from mcpserver.settings import CONFIG_ENV, ConfigError, Settings, load_settings
 from mcpserver.xds.client import IstiodLikeClient
+from mcpserver.xds.shards import SHARD_PORTS_HEADER, SHARDS_HEADER, shard_label
 from mcpserver.xds.typeurls import initial_requests
 
 EXIT_FAILURE = 1
@@ -153,6 +154,43 @@ def _parser() -> argparse.ArgumentParser:
         default=argparse.SUPPRESS,
         help="TLS name to verify (default: the host of --server)",
     )
+    dump.add_argument(
+        "--shard",
+        default="all",
+        help="from a sharded server (server.shards > 1): every shard read from its own port "
+        "as istiod reads it (all), or one shard's part (0 to N-1)",
+    )
+    mesh = command(
+        "mesh-config",
+        "print the meshConfig.configSources block istiod needs for a config: one xds:// "
+        "source per shard, in shard order",
+    )
+    mesh.add_argument("--config", type=Path, required=True, help="mcpserver's YAML config file")
+    mesh.add_argument(
+        "--address",
+        default=argparse.SUPPRESS,
+        help="host istiod dials, e.g. mcpserver.istio-system.svc (default: the host of "
+        "server.listen, unless it is a wildcard)",
+    )
+    mesh.add_argument(
+        "--shards",
+        type=int,
+        default=argparse.SUPPRESS,
+        help="the layout to print: 1 (the whole set on server.listen), server.shards or "
+        "server.previous_shards (default: server.shards)",
+    )
+    mesh.add_argument(
+        "--ca",
+        type=Path,
+        default=argparse.SUPPRESS,
+        help="with server.tls: the CA that signed mcpserver's certificate, pasted inline as "
+        "istiod requires (default: a placeholder to replace)",
+    )
+    mesh.add_argument(
+        "--without-k8s",
+        action="store_true",
+        help="leave out `k8s://` (istiod then reads no Istio config from the apiserver)",
+    )
     check = command("check-config", "validate a config file; exit 2 naming bad fields")
     check.add_argument("file", type=Path, help="the YAML config file")
     return parser
@@ -237,6 +275,58 @@ def _reason(error: BaseException | None) -> str:
     return repr(error)
 
 
+class DumpError(Exception):
+    """`dump` could not get a complete answer; the message says from where and why."""
+
+
+async def fetch(
+    server: str,
+    type_urls: tuple[str, ...],
+    within: float,
+    ca: Path | None,
+    server_name: str | None,
+    what: str = "",
+) -> IstiodLikeClient:
+    """One stream opened as istiod opens it, read until every type has been answered."""
+    async with open_channel(server, ca, server_name) as channel:
+        client = IstiodLikeClient(channel, type_urls)
+        task = asyncio.create_task(client.run())
+        synced = asyncio.create_task(client.wait_for(lambda c: c.synced(), within))
+        try:
+            # whichever comes first: every type answered, or the stream failing (a closed or
+            # non-gRPC port fails at once; gRPC knows, no need to wait for the timeout)
+            await asyncio.wait((task, synced), return_when=asyncio.FIRST_COMPLETED)
+            client.close()
+            if not client.synced():
+                if task.done() and not task.cancelled():
+                    raise DumpError(f"stream to {server}{what} failed: {_reason(task.exception())}")
+                raise DumpError(f"no complete answer from {server}{what} within {within:g}s")
+            return client
+        finally:
+            for pending in (task, synced):
+                pending.cancel()
+            await asyncio.gather(task, synced, return_exceptions=True)
+
+
+def shard_targets(server: str, client: IstiodLikeClient, shard: str) -> list[tuple[str, str]]:
+    """The shards to read as (HOST:PORT, label), from what the server said on its stream:
+    every shard of server.shards for `all`, one for a number; [] when the first stream is
+    all there is to read (an unsharded server)."""
+    shards = int(client.metadata.get(SHARDS_HEADER, "1") or "1")
+    ports = [p for p in client.metadata.get(SHARD_PORTS_HEADER, "").split(",") if p]
+    if shards == 1 or len(ports) != shards:
+        if shard != "all":
+            raise DumpError(f"--shard {shard}: {server} serves no shards (server.shards is 1)")
+        return []
+    host = server.rpartition(":")[0]
+    targets = [(f"{host}:{port}", shard_label(shards, k)) for k, port in enumerate(ports)]
+    if shard == "all":
+        return targets
+    if not shard.isdigit() or int(shard) >= shards:
+        raise DumpError(f"--shard {shard}: the server has shards 0 to {shards - 1}")
+    return [targets[int(shard)]]
+
+
 async def dump(
     server: str,
     istio_version: str,
@@ -245,36 +335,53 @@ async def dump(
     within: float,
     ca: Path | None = None,
     server_name: str | None = None,
+    shard: str = "all",
 ) -> int:
+    """Print what istiod would hold: the set `server` serves, or, from a sharded server,
+    every shard of server.shards read from its own port as istiod reads it (`shard`: all,
+    or one number)."""
     type_urls = initial_requests(istio_version)
-    async with open_channel(server, ca, server_name) as channel:
-        client = IstiodLikeClient(channel, type_urls)
-        task = asyncio.create_task(client.run())
-        synced = asyncio.create_task(client.wait_for(lambda c: c.synced(), within))
-        # whichever comes first: every type answered, or the stream failing (a closed or
-        # non-gRPC port fails at once; gRPC knows, no need to wait for the timeout)
-        await asyncio.wait((task, synced), return_when=asyncio.FIRST_COMPLETED)
-        client.close()
-        if not client.synced():
-            synced.cancel()
-            await asyncio.gather(synced, return_exceptions=True)
-            if task.done() and not task.cancelled():
-                error = task.exception()
-                print(f"dump: stream to {server} failed: {_reason(error)}", file=sys.stderr)
-            else:
-                print(f"dump: no complete answer from {server} within {within:g}s", file=sys.stderr)
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
-            return EXIT_FAILURE
-        kinds = ["ServiceEntry", "WorkloadEntry"] if kind == "all" else [kind]
-        items = [r.to_dict() for k in kinds for r in client.latest(k)]
-        task.cancel()
-        await asyncio.gather(task, synced, return_exceptions=True)
+    kinds = ["ServiceEntry", "WorkloadEntry"] if kind == "all" else [kind]
+    try:
+        first = await fetch(server, type_urls, within, ca, server_name)
+        targets = shard_targets(server, first, shard)
+        clients = (
+            await asyncio.gather(
+                *(
+                    fetch(address, type_urls, within, ca, server_name, f" (shard {label})")
+                    for address, label in targets
+                )
+            )
+            if targets
+            else [first]
+        )
+    except DumpError as err:
+        print(f"dump: {err}", file=sys.stderr)
+        return EXIT_CONFIG if str(err).startswith("--shard") else EXIT_FAILURE
+    items: list[dict[str, object]] = []
+    seen: set[tuple[str, str, str]] = set()
+    for k in kinds:
+        for client in clients:
+            for resource in client.latest(k):
+                name = (resource.kind, resource.namespace, resource.name)
+                if name in seen:  # istiod would hold it twice, from two sources
+                    print(f"dump: {'/'.join(name)} is served by two shards", file=sys.stderr)
+                    return EXIT_FAILURE
+                seen.add(name)
+                items.append(resource.to_dict())
+    if len(clients) > 1:
+        items.sort(key=lambda item: (str(item["kind"]), _name_of(item)))
     if output == "json":
         print(json.dumps({"items": items}, indent=2, sort_keys=True))
     else:
         print(yaml.safe_dump_all(items, sort_keys=False), end="")
     return 0
+
+
+def _name_of(item: dict[str, object]) -> str:
+    metadata = item["metadata"]
+    assert isinstance(metadata, dict)
+    return f"{metadata['namespace']}/{metadata['name']}"
 
 
 def _dump(args: argparse.Namespace) -> int:
@@ -292,8 +399,103 @@ def _dump(args: argparse.Namespace) -> int:
             args.timeout,
             ca,
             getattr(args, "server_name", None),
+            args.shard,
         )
     )
+
+
+CA_PLACEHOLDER = (
+    "-----BEGIN CERTIFICATE-----\n"
+    "REPLACE-WITH-THE-CA-THAT-SIGNED-MCPSERVER-CERTIFICATE\n"
+    "-----END CERTIFICATE-----\n"
+)
+
+
+class LiteralText(str):
+    """A string YAML writes as a literal block (`|`): PEM stays readable."""
+
+
+class MeshDumper(yaml.SafeDumper):
+    """Safe YAML, with LiteralText as literal blocks."""
+
+
+def _literal(dumper: yaml.SafeDumper, text: LiteralText) -> yaml.ScalarNode:
+    return dumper.represent_scalar("tag:yaml.org,2002:str", str(text), style="|")
+
+
+MeshDumper.add_representer(LiteralText, _literal)
+
+
+def mesh_config(
+    settings: Settings,
+    address: str | None,
+    shards: int | None,
+    ca_pem: str | None,
+    with_k8s: bool = True,
+) -> str:
+    """The `configSources:` YAML for layout `shards` (default server.shards) of a config."""
+    server = settings.server
+    layout = server.shards if shards is None else shards
+    if layout not in server.layouts():
+        raise ValueError(
+            f"--shards {layout}: the config serves layouts "
+            f"{', '.join(map(str, server.layouts()))} (1 is the whole set on server.listen)"
+        )
+    host = address
+    if host is None:
+        host = server.listen.rpartition(":")[0]
+        if host.strip("[]") in ("0.0.0.0", "::", ""):  # noqa: S104  # compared, not bound
+            raise ValueError(
+                f"server.listen {server.listen} is a wildcard address: give --address, the "
+                "name istiod dials (e.g. mcpserver.istio-system.svc)"
+            )
+    elif ":" in host and not host.startswith("["):
+        host = f"[{host}]"  # an IPv6 address
+    sources: list[dict[str, object]] = []
+    for k in range(layout):
+        port = server.shard_listen(layout, k).rpartition(":")[2]
+        source: dict[str, object] = {"address": f"xds://{host}:{port}"}
+        if server.tls is not None:
+            source["tlsSettings"] = {
+                "mode": "SIMPLE",
+                "caCertificates": LiteralText(ca_pem or CA_PLACEHOLDER),
+            }
+        sources.append(source)
+    if with_k8s:
+        sources.append({"address": "k8s://"})
+    what = "the whole set" if layout == 1 else f"{layout} shards, one source each, in shard order"
+    head = f"# istiod meshConfig for mcpserver: {what}\n"
+    if server.tls is not None and ca_pem is None:
+        head += "# replace the placeholder with the CA that signed server.tls.cert_file\n"
+    return head + yaml.dump({"configSources": sources}, Dumper=MeshDumper, sort_keys=False)
+
+
+def _mesh_config(args: argparse.Namespace) -> int:
+    try:
+        settings = load_settings(args.config, os.environ)
+    except ConfigError as err:
+        return _config_failure(err)
+    ca: Path | None = getattr(args, "ca", None)
+    ca_pem = None
+    if ca is not None:
+        try:
+            ca_pem = ca.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as err:
+            print(f"mesh-config: --ca {ca}: cannot read: {err}", file=sys.stderr)
+            return EXIT_CONFIG
+    try:
+        text = mesh_config(
+            settings,
+            getattr(args, "address", None),
+            getattr(args, "shards", None),
+            ca_pem,
+            not args.without_k8s,
+        )
+    except ValueError as err:
+        print(f"mesh-config: {err}", file=sys.stderr)
+        return EXIT_CONFIG
+    print(text, end="")
+    return 0
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -322,6 +524,8 @@ def main(argv: list[str] | None = None) -> int:
             code = check_config(args.file)
         elif args.command == "dump":
             code = _dump(args)
+        elif args.command == "mesh-config":
+            code = _mesh_config(args)
         else:
             code = _serve(args)
         sys.stdout.flush()

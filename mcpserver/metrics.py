@@ -84,6 +84,12 @@ class Metrics:
             ["kind"],
             registry=r,
         )
+        self.shard_resources = Gauge(
+            "mcpserver_shard_resources",
+            "Resources in each shard of server.shards (and previous_shards), by kind.",
+            ["shard", "kind"],
+            registry=r,
+        )
         self.invalid = Gauge(
             "mcpserver_invalid_resources",
             "Resources withheld from istiod because Istio's validation would reject them.",
@@ -137,25 +143,33 @@ class Metrics:
             registry=r,
         )
         # xds
-        self.streams = Gauge("mcpserver_xds_streams", "Open ADS streams.", registry=r)
+        # `shard`: `all` on server.listen (the whole set), `k/N` for shard k of server.shards
+        # N (or previous_shards): at most 1 + shards + previous_shards values
+        self.streams = Gauge(
+            "mcpserver_xds_streams", "Open ADS streams, per shard.", ["shard"], registry=r
+        )
         self.responses = Counter(
-            "mcpserver_xds_responses", "DiscoveryResponses sent.", ["type_url"], registry=r
+            "mcpserver_xds_responses",
+            "DiscoveryResponses sent.",
+            ["type_url", "shard"],
+            registry=r,
         )
         self.response_bytes = Counter(
             "mcpserver_xds_response_bytes",
             "Bytes of DiscoveryResponses sent.",
-            ["type_url"],
+            ["type_url", "shard"],
             registry=r,
         )
         self.send_timeouts = Counter(
             "mcpserver_xds_send_timeouts",
             "Streams ended because the client did not take a response within server.send_timeout.",
+            ["shard"],
             registry=r,
         )
         self.requests = Counter(
             "mcpserver_xds_requests",
             "DiscoveryRequests received, by what the protocol made of them.",
-            ["type_url", "outcome"],
+            ["type_url", "outcome", "shard"],
             registry=r,
         )
         self.push_latency = Histogram(

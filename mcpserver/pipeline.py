@@ -48,6 +48,7 @@ from mcpserver.model import Problem, Service
 from mcpserver.protection import Hold, ProtectionPolicy, guard, next_deadline
 from mcpserver.registry.base import Registry, View, backoff
 from mcpserver.xds.resources import PackedResource, pack, pack_bytes
+from mcpserver.xds.shards import shard_label, shard_of
 from mcpserver.xds.snapshot import SetChange, Snapshot, TypeIndex, TypeSet, snapshot_version
 from mcpserver.xds.store import SnapshotStore
 from mcpserver.xds.typeurls import SERVED_KINDS
@@ -242,6 +243,8 @@ class BuildInputs:
     keep_when_empty: Mapping[str, bool]
     vip_cidr: str
     merge_policy: str = "first"
+    layouts: tuple[int, ...] = ()
+    """Layouts N > 1 to cut the set into (server.shards and previous_shards; xds/shards.py)."""
 
 
 def served(service: Service, keep_when_empty: Mapping[str, bool]) -> bool:
@@ -284,6 +287,11 @@ class Builder:
         self._vip_problems: dict[str, Problem] = {}
         self._withheld: dict[str, tuple[Problem, ...]] = {}  # key -> conversion problems
         self._types = {kind: TypeIndex(kind) for kind in SERVED_KINDS}
+        # layout N -> shard -> kind -> index: each resource also sits in its service's shard
+        self._parts = {
+            n: [{kind: TypeIndex(kind) for kind in SERVED_KINDS} for _ in range(n)]
+            for n in inputs.layouts
+        }
         self._snapshot: Snapshot | None = None
 
     def build(self, views: Sequence[View]) -> BuildResult:
@@ -308,23 +316,18 @@ class Builder:
         owners: dict[str, str] = {}
         for key in dirty:
             encoded += self._convert(key, owners)
-        sets: dict[str, TypeSet] = {}
-        changes: dict[str, SetChange] = {}
-        for kind, index in self._types.items():
-            sets[kind], change = index.commit()
-            if change:
-                changes[kind] = change
         previous = self._snapshot
-        if previous is not None and not changes:
-            snapshot = previous
-        else:
-            snapshot = Snapshot(
-                snapshot_version(sets),
-                MappingProxyType(sets),
-                base=previous.version if previous is not None else "",
-                changes=MappingProxyType(changes),
-                owners=MappingProxyType(owners),
+        # only the shards whose sets changed are new objects (and join their bytes)
+        layouts = {
+            n: tuple(
+                _commit(indexes, previous.part(n, k) if previous is not None else None, owners)
+                for k, indexes in enumerate(parts)
             )
+            for n, parts in self._parts.items()
+        }
+        snapshot = _commit(self._types, previous, owners)
+        if snapshot is not previous and layouts:
+            snapshot = replace(snapshot, layouts=MappingProxyType(layouts))
         self._snapshot = snapshot
         problems: list[Problem] = merge_index.problems()
         for view in views:
@@ -394,21 +397,46 @@ class Builder:
                     self._converted[key] = replace(old, service=service)
                     return 0
             done = convert_service(service, vip, wants, old)
+        indexes = [self._types, *(parts[shard_of(key, n)] for n, parts in self._parts.items())]
         if old is not None:
             keep = {(r.kind, r.name) for r in done.packed} if done is not None else set()
             for resource in old.packed:
                 if (resource.kind, resource.name) not in keep:
-                    self._types[resource.kind].remove(resource.name)
+                    for index in indexes:
+                        index[resource.kind].remove(resource.name)
         self._withheld.pop(key, None)
         if done is None:
             self._converted.pop(key, None)
             return 0
         for resource in done.packed:
-            self._types[resource.kind].put(resource)
+            for index in indexes:
+                index[resource.kind].put(resource)
         self._converted[key] = done
         if done.problems:
             self._withheld[key] = done.problems
         return len(done.packed)
+
+
+def _commit(
+    indexes: Mapping[str, TypeIndex], previous: Snapshot | None, owners: Mapping[str, str]
+) -> Snapshot:
+    """The snapshot of one set of per-kind indexes (the whole set, or one shard): `previous`
+    itself when none of them changed."""
+    sets: dict[str, TypeSet] = {}
+    changes: dict[str, SetChange] = {}
+    for kind, index in indexes.items():
+        sets[kind], change = index.commit()
+        if change:
+            changes[kind] = change
+    if previous is not None and not changes:
+        return previous
+    return Snapshot(
+        snapshot_version(sets),
+        MappingProxyType(sets),
+        base=previous.version if previous is not None else "",
+        changes=MappingProxyType(changes),
+        owners=MappingProxyType(owners),
+    )
 
 
 def build(views: Sequence[View], inputs: BuildInputs) -> BuildResult:
@@ -425,6 +453,7 @@ class PipelineOptions:
     merge_policy: str = "first"
     protection: ProtectionPolicy = field(default_factory=ProtectionPolicy)
     serve_partial_after: float | None = None  # None: the first snapshot waits for every registry
+    layouts: tuple[int, ...] = ()  # shard layouts N > 1 to serve (xds/shards.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -574,7 +603,10 @@ class Pipeline:
         served_views = [self._protect(view) for view in views]
         started = time.perf_counter()
         inputs = BuildInputs(
-            self._options.keep_when_empty, self._options.vip_cidr, self._options.merge_policy
+            self._options.keep_when_empty,
+            self._options.vip_cidr,
+            self._options.merge_policy,
+            self._options.layouts,
         )
         builder = self._builder or Builder(inputs)
         self._builder = None  # a build that raises leaves it half-updated: never reused
@@ -586,6 +618,12 @@ class Pipeline:
         self._metrics.encoded.inc(result.encoded)
         for kind, type_set in result.snapshot.sets.items():
             self._metrics.resources.labels(kind).set(len(type_set.resources))
+        for n, parts in result.snapshot.layouts.items():
+            for k, part in enumerate(parts):
+                for kind, type_set in part.sets.items():
+                    self._metrics.shard_resources.labels(shard_label(n, k), kind).set(
+                        len(type_set.resources)
+                    )
         current = self._store.snapshot
         if current is not None and current.version == result.snapshot.version:
             return

@@ -34,6 +34,7 @@ from mcpserver.config import (
     SecretSettings,
 )
 from mcpserver.registry.kinds import KINDS
+from mcpserver.xds.shards import MAX_SHARDS, PORT_STRIDE, highest_port, layouts, shard_port
 
 ENV_PREFIX = "MCPSERVER_"
 CONFIG_ENV = "MCPSERVER_CONFIG"
@@ -46,6 +47,9 @@ class ConfigError(Exception):
     def __init__(self, problems: list[str]) -> None:
         super().__init__("; ".join(problems))
         self.problems = problems
+
+
+WILDCARD_HOSTS = frozenset(("0.0.0.0", "[::]", "::", ""))  # noqa: S104  # compared, not bound
 
 
 class TLSSettings(Frozen):
@@ -65,6 +69,40 @@ class ServerSettings(Frozen):
     # A stream whose client takes no response for this long is ended (istiod reads as it
     # goes; a client that stops reading would otherwise pin its response and snapshot).
     send_timeout: Duration = Field(default=60.0, gt=0)
+    # Serve the set cut into this many parts as well, each on a port of its own (istiod lists
+    # one configSources entry per part; a change then costs istiod one part). The whole set
+    # stays on `listen`. xds/shards.py has the port rule; `mcpserver mesh-config` prints it.
+    shards: int = Field(default=1, ge=1, le=MAX_SHARDS)
+    # During a move from one shard count to another: the layout istiods still read.
+    previous_shards: int | None = Field(default=None, ge=1, le=MAX_SHARDS)
+
+    @model_validator(mode="after")
+    def _ports(self) -> ServerSettings:
+        listen = int(self.listen.rpartition(":")[2])
+        admin = int(self.admin.rpartition(":")[2])
+        served = layouts(self.shards, self.previous_shards)
+        if listen and highest_port(listen, served) > 65535:
+            raise ValueError(
+                f"shards: shard ports would pass 65535 (layout N uses listen + {PORT_STRIDE}*N "
+                f"+ 0..N-1; listen port {listen}): choose a lower listen port"
+            )
+        ports = {shard_port(listen, n, k) for n in served for k in range(n)} if listen else set()
+        hosts = {self.listen.rpartition(":")[0], self.admin.rpartition(":")[0]}
+        if admin and admin in ports and (len(hosts) == 1 or hosts & WILDCARD_HOSTS):
+            raise ValueError(
+                f"admin: port {admin} is also an xds port (listen {listen}, shards "
+                f"{self.shards}): choose another"
+            )
+        return self
+
+    def shard_listen(self, shards: int, shard: int) -> str:
+        """The listen address of shard `shard` of layout `shards`."""
+        host, _, port = self.listen.rpartition(":")
+        return f"{host}:{shard_port(int(port), shards, shard)}"
+
+    def layouts(self) -> tuple[int, ...]:
+        """Every layout served: 1 (the whole set on `listen`), shards, previous_shards."""
+        return layouts(self.shards, self.previous_shards)
 
 
 class DebounceSettings(Frozen):

@@ -27,6 +27,7 @@ from typing import Final
 from mcpserver.model import Problem, Service
 from mcpserver.xds.callbacks import ClientInfo
 from mcpserver.xds.resources import PackedResource
+from mcpserver.xds.shards import WHOLE
 from mcpserver.xds.snapshot import SetChange, Snapshot, TypeSet
 
 _NAME = attrgetter("name")
@@ -233,6 +234,17 @@ class RegistryRow:
 
 
 @dataclass(frozen=True, slots=True)
+class ShardRow:
+    """One shard of server.shards (or previous_shards): its port, its part of the snapshot
+    (None before the first one) and how many streams read it."""
+
+    label: str  # k/N
+    port: int
+    snapshot: Snapshot | None
+    clients: int
+
+
+@dataclass(frozen=True, slots=True)
 class Page:
     """Everything the status page shows, gathered by the admin server."""
 
@@ -248,6 +260,7 @@ class Page:
     clients: Sequence[ClientInfo]
     problems: Sequence[Problem]
     refresh: int  # seconds; 0: no automatic refresh
+    shards: Sequence[ShardRow] = ()
 
 
 LINKS: Final = (
@@ -342,6 +355,7 @@ def render(page: Page) -> str:
         f"{when(page.started_at, now)}</div>",
         _registries(page),
         _snapshot(page),
+        _shards(page),
         _clients(page),
         _problems(page),
         '<h2>JSON</h2><p id="links">',
@@ -409,6 +423,35 @@ def _snapshot(page: Page) -> str:
     )
 
 
+def _shards(page: Page) -> str:
+    """Each shard's port, set versions and sizes, and readers (nothing when unsharded)."""
+    if not page.shards:
+        return ""
+    kinds = list(page.snapshot.sets) if page.snapshot is not None else [SERVICE_KIND]
+    head = "".join(f"<th>{e(kind)}</th>" for kind in kinds)
+    rows = []
+    for shard in page.shards:
+        sets = shard.snapshot.sets if shard.snapshot is not None else {}
+        cells = "".join(
+            f'<td class="n">{len(sets[kind].resources)}</td>'
+            if kind in sets
+            else '<td class="muted">-</td>'
+            for kind in kinds
+        )
+        version = short(shard.snapshot.version) if shard.snapshot is not None else "-"
+        rows.append(
+            f'<tr data-shard="{e(shard.label)}"><td>{e(shard.label)}</td><td>{shard.port}</td>'
+            f'<td>{version}</td>{cells}<td class="n">{shard.clients}</td></tr>'
+        )
+    return (
+        f'<h2>Shards ({len(page.shards)})</h2><p class="muted">the whole set is also served '
+        "on server.listen; each istiod lists one configSources entry per shard of "
+        'server.shards (<code>mcpserver mesh-config</code>)</p><table id="shards"><tr>'
+        f"<th>shard</th><th>port</th><th>version</th>{head}<th>istiods</th></tr>"
+        f"{''.join(rows)}</table>"
+    )
+
+
 def _client_types(client: ClientInfo, now: float, served: set[str]) -> str:
     rows = []
     quiet = 0
@@ -455,7 +498,9 @@ def _clients(page: Page) -> str:
     blocks = [
         f'<div class="client" id="client-{c.stream_id}"><b>node</b> '
         f'<code class="node">{e(c.node_id or "(not sent yet)")}</code> &middot; <b>peer</b> '
-        f"<code>{e(c.peer)}</code> &middot; stream {c.stream_id} &middot; connected "
+        f"<code>{e(c.peer)}</code> &middot; "
+        f"{'' if c.shard == WHOLE else f'shard <code>{e(c.shard)}</code> &middot; '}"
+        f"stream {c.stream_id} &middot; connected "
         f"{when(c.connected_at, page.now)} &middot; {c.responses} responses"
         f"{_client_types(c, page.now, served)}</div>"
         for c in page.clients

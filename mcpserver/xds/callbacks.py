@@ -29,6 +29,7 @@ from mcpserver.xds.protocol import (
     TypeState,
     Waiting,
 )
+from mcpserver.xds.shards import WHOLE
 from mcpserver.xds.snapshot import Snapshot
 from mcpserver.xds.typeurls import BODY_TYPE, ISTIO_1_23, ISTIO_1_29, ISTIO_1_30, MESH_CONFIG
 
@@ -94,6 +95,7 @@ class ClientInfo:
     stream_id: int
     peer: str
     connected_at: float
+    shard: str = WHOLE  # `all`, or `k/N` for shard k of layout N (xds/shards.py)
     node_id: str = ""
     types: Mapping[str, TypeState] = field(default_factory=lambda: MappingProxyType({}))
     responses: int = 0
@@ -141,6 +143,7 @@ class ClientInfo:
         return {
             "stream": self.stream_id,
             "peer": self.peer,
+            "shard": self.shard,
             "node": self.node_id,
             "connected_at": self.connected_at,
             "connected_seconds": round(now - self.connected_at, 1),
@@ -155,8 +158,8 @@ class Clients:
     def __init__(self) -> None:
         self.open: dict[int, ClientInfo] = {}
 
-    def add(self, stream_id: int, peer: str) -> ClientInfo:
-        info = ClientInfo(stream_id=stream_id, peer=peer, connected_at=time.time())
+    def add(self, stream_id: int, peer: str, shard: str = WHOLE) -> ClientInfo:
+        info = ClientInfo(stream_id=stream_id, peer=peer, connected_at=time.time(), shard=shard)
         self.open[stream_id] = info
         return info
 
@@ -186,10 +189,12 @@ class DefaultCallbacks:
         metrics: Metrics,
         clients: Clients,
         change_origin: ChangeOrigin | None = None,
+        shard: str = WHOLE,
     ) -> None:
         self._metrics = metrics
         self._clients = clients
         self._change_origin = change_origin
+        self._shard = shard
         self._node_streams: collections.Counter[str] = collections.Counter()
         self._node_label: dict[int, str] = {}
 
@@ -218,14 +223,17 @@ class DefaultCallbacks:
         return label
 
     def on_stream_open(self, stream_id: int, peer: str) -> None:
-        self._clients.add(stream_id, peer)
-        self._metrics.streams.inc()
-        log.info("stream opened stream=%d peer=%s", stream_id, peer)
+        self._clients.add(stream_id, peer, self._shard)
+        self._metrics.streams.labels(self._shard).inc()
+        if self._shard == WHOLE:
+            log.info("stream opened stream=%d peer=%s", stream_id, peer)
+        else:
+            log.info("stream opened stream=%d peer=%s shard=%s", stream_id, peer, self._shard)
 
     def on_stream_close(self, stream_id: int, reason: BaseException | None) -> None:
         info = self._info(stream_id)
         self._clients.remove(stream_id)
-        self._metrics.streams.dec()
+        self._metrics.streams.labels(self._shard).dec()
         label = self._node_label.pop(stream_id, None)
         if label is not None:
             self._node_streams[label] -= 1
@@ -262,7 +270,7 @@ class DefaultCallbacks:
 
     def on_send_timeout(self, stream_id: int, seconds: float, size: int) -> None:
         info = self._info(stream_id)
-        self._metrics.send_timeouts.inc()
+        self._metrics.send_timeouts.labels(self._shard).inc()
         log.warning(
             "client not reading stream=%d peer=%s node=%s: a %d-byte response not taken in "
             "%.0fs; ending the stream (the client reconnects and gets the current set)",
@@ -279,7 +287,9 @@ class DefaultCallbacks:
 
     def on_request(self, state: StreamState, outcome: Outcome) -> None:
         self._track(state)
-        self._metrics.requests.labels(type_url_label(outcome.type_url), outcome.action.value).inc()
+        self._metrics.requests.labels(
+            type_url_label(outcome.type_url), outcome.action.value, self._shard
+        ).inc()
         info = self._info(state.stream_id)
         if isinstance(outcome, Answered | Waiting) and info is not None:
             # the next response of this type answers the client, it pushes no change
@@ -341,8 +351,8 @@ class DefaultCallbacks:
             if origin is not None:
                 self._metrics.push_latency.observe(max(0.0, time.monotonic() - origin))
         label = type_url_label(url)
-        self._metrics.responses.labels(label).inc()
-        self._metrics.response_bytes.labels(label).inc(size)
+        self._metrics.responses.labels(label, self._shard).inc()
+        self._metrics.response_bytes.labels(label, self._shard).inc(size)
         log.debug(
             "sent stream=%d type=%s version=%s resources=%d bytes=%d",
             state.stream_id,

@@ -149,6 +149,9 @@ class IstiodLikeClient:
         | None
     ) = None
     _changed: asyncio.Condition = field(default_factory=asyncio.Condition)
+    metadata: dict[str, str] = field(default_factory=dict)
+    """The stream's initial metadata (mcpserver says which shard it serves and where the
+    others are)."""
 
     async def _requests(self) -> AsyncIterator[discovery_pb2.DiscoveryRequest]:
         while (request := await self._outbox.get()) is not None:
@@ -165,6 +168,10 @@ class IstiodLikeClient:
         )
         call = stream(self._requests())
         self._call = call
+        self.metadata = {
+            key: value if isinstance(value, str) else value.decode()
+            for key, value in (await call.initial_metadata() or ())
+        }
         async for response in call:
             async with self._changed:
                 self.responses.setdefault(response.type_url, []).append(response)

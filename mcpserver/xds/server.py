@@ -19,7 +19,7 @@ import logging
 import os
 import ssl
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
 import grpc
@@ -73,14 +73,14 @@ class CertificateFiles:
     A pair is only taken if the key matches the certificate (Python's ssl loads it) and both
     files were unchanged while read: a rotation that writes one file, then the other, is seen
     half-done at most once, refused, and taken at the next poll. A refused pair keeps the
-    previous one serving and is logged once.
+    previous one serving and is logged once. One instance serves every port (each shard's
+    gRPC server has credentials of its own, all fed from here).
     """
 
     def __init__(self, cert_file: str, key_file: str, metrics: Metrics | None = None) -> None:
         self.cert_file, self.key_file = cert_file, key_file
         self._metrics = metrics
-        self._lock = threading.Lock()  # the fetcher runs on a gRPC core thread
-        self._pending: grpc.ServerCertificateConfiguration | None = None
+        self._lock = threading.Lock()  # fetchers run on gRPC core threads
         self._refused: FileStamp | None = None
         self.generation = 0  # pairs loaded; the first is generation 1
         try:
@@ -88,7 +88,7 @@ class CertificateFiles:
         except (OSError, ssl.SSLError) as err:
             raise TLSError(f"server.tls: cannot use {cert_file} and {key_file}: {err}") from None
         self._stamp = stamp
-        self.initial = config
+        self._current = config
         self.generation = 1
 
     def _load(self) -> tuple[FileStamp, grpc.ServerCertificateConfiguration]:
@@ -123,7 +123,7 @@ class CertificateFiles:
                     self._metrics.tls_reloads.labels("error").inc()
             return False
         with self._lock:
-            self._stamp, self._refused, self._pending = stamp, None, config
+            self._stamp, self._refused, self._current = stamp, None, config
             self.generation += 1
         log.info(
             "TLS certificate reloaded cert=%s key=%s; new connections use it, open streams "
@@ -135,18 +135,25 @@ class CertificateFiles:
             self._metrics.tls_reloads.labels("ok").inc()
         return True
 
-    def fetch(self) -> grpc.ServerCertificateConfiguration | None:
-        """gRPC's certificate fetcher, called before each handshake: the new pair once,
-        then None (keep using it)."""
-        with self._lock:
-            config, self._pending = self._pending, None
-        return config
-
     def credentials(self) -> grpc.ServerCredentials:
+        """Credentials for one gRPC server. gRPC calls the fetcher before each handshake:
+        it hands over a pair newer than the one this server has once, then None (keep
+        using it)."""
+        with self._lock:
+            given, initial = self.generation, self._current
+
+        def fetch() -> grpc.ServerCertificateConfiguration | None:
+            nonlocal given
+            with self._lock:
+                if given == self.generation:
+                    return None
+                given = self.generation
+                return self._current
+
         # types-grpcio says the fetcher must return a configuration; gRPC documents None as
         # "keep the current one", which is what every handshake without a change needs
-        fetch: Callable[[], grpc.ServerCertificateConfiguration] = self.fetch  # type: ignore[assignment]  # see above
-        return grpc.dynamic_ssl_server_credentials(self.initial, fetch)
+        fetcher: Callable[[], grpc.ServerCertificateConfiguration] = fetch  # type: ignore[assignment]  # see above
+        return grpc.dynamic_ssl_server_credentials(initial, fetcher)
 
     async def watch(self, interval: float) -> None:
         """Poll the files until cancelled."""
@@ -207,44 +214,71 @@ def ads_service(handler: AdsHandler) -> grpc.GenericRpcHandler:
 
 
 class XdsServer:
-    """Owns the grpc.aio server and its health: NOT_SERVING until `serving()` (the store is
-    primed), whenever `not_serving()` says so, and for good from shutdown on."""
+    """Owns the grpc.aio servers and their health: NOT_SERVING until `serving()` (the store
+    is primed), whenever `not_serving()` says so, and for good from shutdown on.
+
+    One gRPC server per port: the whole set on `options.listen`, and each shard (`shards`:
+    listen address and handler, in layout and shard order) on its own, because a stream
+    cannot tell which local port it came in on and each port serves a different set. They
+    share health, TLS certificates and options; each is a complete server for istiod.
+    """
 
     def __init__(
-        self, options: ServerOptions, handler: AdsHandler, metrics: Metrics | None = None
+        self,
+        options: ServerOptions,
+        handler: AdsHandler,
+        metrics: Metrics | None = None,
+        shards: Sequence[tuple[str, AdsHandler]] = (),
     ) -> None:
         self._options = options
         self.certificates: CertificateFiles | None = None
         self._watcher: asyncio.Task[None] | None = None
-        self._server = grpc.aio.server(options=channel_options(options.max_message_bytes))
-        self._server.add_generic_rpc_handlers((ads_service(handler),))
         self._health = health.aio.HealthServicer()
-        health_pb2_grpc.add_HealthServicer_to_server(self._health, self._server)
-        assert ads_pb2.DESCRIPTOR.services_by_name["AggregatedDiscoveryService"]
-        reflection.enable_server_reflection(
-            (ADS_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server
-        )
         if options.cert_file and options.key_file:
             self.certificates = CertificateFiles(options.cert_file, options.key_file, metrics)
-            self.port = self._server.add_secure_port(
-                options.listen, self.certificates.credentials()
-            )
+        self._servers: list[grpc.aio.Server] = []
+        self.ports: list[int] = []
+        """The bound ports: the whole set's first, then each shard's in `shards` order."""
+        for listen, served_by in ((options.listen, handler), *shards):
+            self.ports.append(self._add(listen, served_by))
+        self.port = self.ports[0]
+
+    def _add(self, listen: str, handler: AdsHandler) -> int:
+        server = grpc.aio.server(options=channel_options(self._options.max_message_bytes))
+        self._servers.append(server)
+        server.add_generic_rpc_handlers((ads_service(handler),))
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        assert ads_pb2.DESCRIPTOR.services_by_name["AggregatedDiscoveryService"]
+        reflection.enable_server_reflection(
+            (ADS_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+        )
+        if self.certificates is not None:
+            port = server.add_secure_port(listen, self.certificates.credentials())
         else:
-            self.port = self._server.add_insecure_port(options.listen)
-        if self.port == 0:
-            raise OSError(f"cannot listen on {options.listen}")
+            port = server.add_insecure_port(listen)
+        if port == 0:
+            raise OSError(f"cannot listen on {listen}")
+        return port
 
     async def start(self) -> None:
         # NOT_SERVING until the first snapshot: until then every stream waits and answers
         # nothing, so a load balancer or orchestrator must not count us ready yet. The overall
         # service "" follows ADS because ADS is all this server is for.
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
-        await self._server.start()
+        for server in self._servers:
+            await server.start()
         if self.certificates is not None:
             self._watcher = asyncio.create_task(
                 self.certificates.watch(self._options.cert_poll_interval), name="tls-files"
             )
-        log.info("xds listening address=%s", self._options.listen)
+        if len(self.ports) == 1:
+            log.info("xds listening address=%s", self._options.listen)
+        else:
+            log.info(
+                "xds listening address=%s shard_ports=%s",
+                self._options.listen,
+                ",".join(map(str, self.ports[1:])),
+            )
 
     async def serving(self) -> None:
         """The store holds a current snapshot (first publish, or recovery): "" and ADS report
@@ -274,7 +308,7 @@ class XdsServer:
             self._watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watcher
-        await self._server.stop(grace)
+        await asyncio.gather(*(server.stop(grace) for server in self._servers))
 
     async def _set_health(self, status: int) -> None:  # ServingStatus; typed int by the stubs
         for service in ("", ADS_SERVICE):

@@ -98,6 +98,14 @@ class Snapshot:
     """Per kind, what changed since snapshot `base` (kinds without changes left out)."""
     owners: Mapping[str, str] = field(default_factory=dict)
     """The registry of each service named in `changes` (resource name -> registry)."""
+    layouts: Mapping[int, tuple[Snapshot, ...]] = field(default_factory=dict)
+    """Layout N > 1 (server.shards): its N shards, each a snapshot of its part of these sets
+    (xds/shards.py). A shard that did not change is the same object as in the snapshot
+    before, so its streams have nothing to do."""
+
+    def part(self, shards: int, shard: int) -> Snapshot:
+        """Shard `shard` of layout `shards`; layout 1 is this snapshot, the whole set."""
+        return self if shards == 1 else self.layouts[shards][shard]
 
     def for_type_url(self, type_url: str) -> TypeSet:
         """The set to send for a requested type; types we don't serve get the empty set."""

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Final
 
@@ -36,7 +36,8 @@ from mcpserver.xds.protocol import (
     StreamState,
     reduce,
 )
-from mcpserver.xds.store import SnapshotStore
+from mcpserver.xds.shards import WHOLE
+from mcpserver.xds.store import SnapshotSource
 
 # Clients and ClientInfo live in callbacks.py; app.py and admin.py import them from here.
 __all__ = [
@@ -146,17 +147,24 @@ class AdsHandler:
 
     def __init__(
         self,
-        store: SnapshotStore,
+        store: SnapshotSource,
         metrics: Metrics,
         clients: Clients,
         *,
         callbacks: StreamCallbacks | None = None,
         send_timeout: float = DEFAULT_SEND_TIMEOUT,
+        ids: Iterator[int] | None = None,
+        shard: str = WHOLE,
     ) -> None:
         self._store = store
         self._callbacks: StreamCallbacks = callbacks or DefaultCallbacks(metrics, clients)
-        self._ids = itertools.count(1)
+        # stream ids are unique across the handlers of every port (one Clients for all)
+        self._ids = ids or itertools.count(1)
         self._send_timeout = send_timeout
+        self.shard = shard
+        self.metadata: tuple[tuple[str, str], ...] = ()
+        """Initial metadata of every stream (which shard this is, where the others are:
+        `mcpserver dump` reads it; istiod ignores it); set once the ports are bound."""
 
     async def stream(
         self,
@@ -181,6 +189,8 @@ class AdsHandler:
         )
         reason: BaseException | None = None
         try:
+            if self.metadata:
+                await context.send_initial_metadata(self.metadata)
             while True:
                 item = await intake.take()
                 if isinstance(item, End):

@@ -193,7 +193,7 @@ async def test_admin_endpoints(
         status, body = await get("/readyz")
         assert status == 200 and json.loads(body)["ready"] is True
         status, body = await get("/metrics")
-        assert "mcpserver_xds_streams 1.0" in body
+        assert 'mcpserver_xds_streams{shard="all"} 1.0' in body
         assert 'mcpserver_snapshot_resources{kind="ServiceEntry"} 2.0' in body
         snapshot = json.loads((await get("/debug/snapshot?full=1"))[1])
         entries = snapshot["kinds"]["ServiceEntry"]["resources"]

@@ -109,7 +109,7 @@ async def test_a_client_that_never_reads_is_dropped_and_the_others_keep_up(
             assert time.monotonic() - pushed < 10, "the healthy client was held up"
         # the stalled stream is ended on the server (only the healthy one is left) ...
         await eventually(lambda: len(app.clients.open) == 1, 30)
-        assert app.metrics.send_timeouts._value.get() == 1  # one stream, one timeout
+        assert app.metrics.send_timeouts.labels("all")._value.get() == 1  # one stream, one timeout
         # ... with a reason the client reads once it reads again: after what was buffered
         with pytest.raises(grpc.aio.AioRpcError) as ended:
             await asyncio.wait_for(drain(call), 30)
