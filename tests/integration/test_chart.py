@@ -6,6 +6,7 @@ value saying where and why."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -15,6 +16,8 @@ from typing import Any
 import pytest
 import yaml
 
+from mcpserver.settings import load_settings
+from mcpserver.xds.shards import shard_port
 from tests.integration.helm import Helm
 from tests.integration.kube import Kubectl
 from tests.integration.real import helm_binary
@@ -209,3 +212,54 @@ def test_the_values_schema_refuses_a_bad_value_saying_where(
     assert "values don't meet the specifications of the schema" in done.stderr, done.stderr
     line = next((x for x in done.stderr.splitlines() if where in x), "")
     assert why in line, done.stderr
+
+
+def test_sharded_ports_follow_the_servers_rule(helm: Helm, tmp_path: Path) -> None:
+    """With shards (and previousShards) the Deployment, the Service and the NetworkPolicy
+    carry every port the server binds, by the server's own rule, and the configSources
+    `mcpserver mesh-config` prints for the rendered config name the Service's ports."""
+    values = CHART / "ci" / "sharded-values.yaml"
+    objects = helm.objects(CHART, "mcpserver", NAMESPACE, values)
+    by_kind = {o["kind"]: o for o in objects}
+    (container,) = by_kind["Deployment"]["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    config = mounted_layout(objects, tmp_path / "etc-mcpserver")
+    settings = load_settings(config, env)
+    expected = {
+        ("grpc-xds" if n == 1 else f"grpc-s{n}-{k}"): shard_port(15051, n, k)
+        for n in settings.server.layouts()
+        for k in range(n)
+    }
+    assert settings.server.layouts() == (1, 2, 4) and len(expected) == 7
+    service_ports = {p["name"]: p["port"] for p in by_kind["Service"]["spec"]["ports"]}
+    assert {k: v for k, v in service_ports.items() if k != "http-admin"} == expected
+    assert {p["name"]: p["containerPort"] for p in container["ports"]} == {
+        **expected,
+        "http-admin": 15052,
+    }
+    (rule,) = by_kind["NetworkPolicy"]["spec"]["ingress"]
+    assert {p["port"] for p in rule["ports"]} == set(expected)
+    host = f"mcpserver.{NAMESPACE}.svc"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mcpserver",
+            "mesh-config",
+            "--config",
+            str(config),
+            "--address",
+            host,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, **env},
+    )
+    assert done.returncode == 0, done.stderr
+    sources = [s["address"] for s in yaml.safe_load(done.stdout)["configSources"]]
+    assert sources == [
+        *(f"xds://{host}:{service_ports[f'grpc-s4-{k}']}" for k in range(4)),
+        "k8s://",
+    ]

@@ -34,3 +34,40 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- default "default" .Values.serviceAccount.name }}
 {{- end }}
 {{- end }}
+
+{{/*
+Every xds port, one "name port" line each: the whole set (grpc-xds, service.grpcPort), then
+shard k of each layout N > 1 served (shards, previousShards) at grpcPort + 100*N + k, named
+grpc-s<N>-<k>: the rule of mcpserver/xds/shards.py, which `mcpserver mesh-config` prints.
+*/}}
+{{- define "mcpserver.xdsPorts" -}}
+grpc-xds {{ .Values.service.grpcPort }}
+{{- $base := int .Values.service.grpcPort }}
+{{- $a := int .Values.shards }}
+{{- $b := int .Values.previousShards }}
+{{- $layouts := ternary (list $a $b) (list $b $a) (lt $a $b) }}
+{{- $seen := list 1 }}
+{{- range $n := $layouts }}
+{{- if not (has $n $seen) }}
+{{- $seen = append $seen $n }}
+{{- range $k := until $n }}
+grpc-s{{ $n }}-{{ $k }} {{ add $base (mul 100 $n) $k }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* The configSources istiod needs for `shards` (NOTES.txt, README "Sharded serving"). */}}
+{{- define "mcpserver.configSources" -}}
+{{- $host := printf "%s.%s.svc" (include "mcpserver.fullname" .) .Release.Namespace }}
+{{- $base := int .Values.service.grpcPort }}
+{{- $n := int .Values.shards }}
+{{- if le $n 1 }}
+- address: xds://{{ $host }}:{{ $base }}
+{{- else }}
+{{- range $k := until $n }}
+- address: xds://{{ $host }}:{{ add $base (mul 100 $n) $k }}
+{{- end }}
+{{- end }}
+- address: k8s://
+{{- end }}
