@@ -16,8 +16,10 @@ from mcpserver.app import App
 from mcpserver.settings import Settings
 from mcpserver.xds.client import DecodedResource, IstiodLikeClient
 from tests.conftest import AppFactory, ClientFactory
+from tests.integration.consulagent import ConsulAgent, Health
 from tests.integration.istiod import Istiod
 from tests.integration.kube import ControlPlane
+from tests.integration.real import consul_binary
 from tests.integration.zookeeper import ZooKeeper
 
 STARTED_ISTIODS = pytest.StashKey[list[Istiod]]()
@@ -62,10 +64,13 @@ async def start_istiod(
     request.node.stash[STARTED_ISTIODS] = started
     kubeconfig = control_plane.istiod_kubeconfig()
 
-    async def start(mcpserver_port: int) -> Istiod:
+    async def start(mcpserver_port: int, sources: list[dict[str, Any]] | None = None) -> Istiod:
+        """`sources` replaces [xds://127.0.0.1:mcpserver_port, k8s://] (shards, overlays)."""
         workdir = tmp_path / f"istiod{len(started)}"
         workdir.mkdir()
-        istiod = Istiod(pilot_discovery_bin, workdir, mcpserver_port, kubeconfig=kubeconfig)
+        istiod = Istiod(
+            pilot_discovery_bin, workdir, mcpserver_port, kubeconfig=kubeconfig, sources=sources
+        )
         started.append(istiod)
         # blocking waits run in a thread: the in-process mcpserver must keep answering
         await asyncio.to_thread(istiod.start_ready)
@@ -93,6 +98,27 @@ def zk_writer(zookeeper: ZooKeeper) -> Iterator[KazooClient]:
     with contextlib.suppress(Exception):
         client.stop()
         client.close()
+
+
+@pytest.fixture(scope="session")
+def consul_bin() -> Path:
+    return consul_binary()
+
+
+@pytest.fixture
+def consul(consul_bin: Path, tmp_path: Path) -> Iterator[ConsulAgent]:
+    agent = ConsulAgent(consul_bin, tmp_path / "consul")
+    agent.start()
+    yield agent
+    agent.stop()
+
+
+@pytest.fixture
+async def health() -> AsyncIterator[Health]:
+    server = Health()
+    await server.start()
+    yield server
+    await server.stop()
 
 
 Served = tuple[App, IstiodLikeClient]

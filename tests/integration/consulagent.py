@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from aiohttp import web
+
 from tests.integration.real import free_port, terminate
 
 
@@ -114,3 +116,31 @@ class ConsulAgent:
 
     def deregister(self, service_id: str) -> None:
         self.request("PUT", f"/v1/agent/service/deregister/{service_id}")
+
+
+class Health:
+    """An HTTP health endpoint per instance; the test decides who is healthy."""
+
+    def __init__(self) -> None:
+        self.healthy: dict[str, bool] = {}
+        self.port = free_port()
+        self._runner: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        app = web.Application()
+
+        async def check(request: web.Request) -> web.Response:
+            ok = self.healthy.get(request.match_info["name"], True)
+            return web.Response(status=200 if ok else 503)
+
+        app.router.add_get("/health/{name}", check)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+
+    def url(self, name: str) -> str:
+        return f"http://127.0.0.1:{self.port}/health/{name}"
+
+    async def stop(self) -> None:
+        if self._runner:
+            await self._runner.cleanup()

@@ -38,13 +38,19 @@ class Istiod:
     starts: int = 0
     started_at: float = 0.0
     ready_seconds: float = 0.0  # from the last start to 15010 accepting
+    sources: list[dict[str, Any]] | None = None
+    """configSources in place of [xds://127.0.0.1:mcpserver_port, k8s://] (an istio-config
+    overlay, several shards)."""
 
     @property
     def log_path(self) -> Path:
         return self.workdir / f"istiod-{self.starts}.log"
 
     def mesh_config(self) -> Path:
-        sources = [{"address": f"xds://127.0.0.1:{self.mcpserver_port}"}, {"address": "k8s://"}]
+        sources = self.sources or [
+            {"address": f"xds://127.0.0.1:{self.mcpserver_port}"},
+            {"address": "k8s://"},
+        ]
         mesh = {
             "rootNamespace": "istio-system",
             "trustDomain": "cluster.local",

@@ -5,72 +5,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import web
 
 from mcpserver.registry.base import Status
 from mcpserver.xds.client import DecodedResource, IstiodLikeClient
 from tests.certs import make_certs
 from tests.conftest import AppFactory, eventually, past_next_rebuild, settings_for
 from tests.integration.conftest import IstiodFactory, ServeFactory
-from tests.integration.consulagent import ConsulAgent
-from tests.integration.real import consul_binary, free_port
+from tests.integration.consulagent import ConsulAgent, Health
+from tests.integration.real import free_port
 from tests.integration.xdsprobe import endpoints
 
 HOST = "web.service.consul"
-
-
-@pytest.fixture(scope="session")
-def consul_bin() -> Path:
-    return consul_binary()
-
-
-@pytest.fixture
-def consul(consul_bin: Path, tmp_path: Path) -> Iterator[ConsulAgent]:
-    agent = ConsulAgent(consul_bin, tmp_path / "consul")
-    agent.start()
-    yield agent
-    agent.stop()
-
-
-class Health:
-    """An HTTP health endpoint per instance; the test decides who is healthy."""
-
-    def __init__(self) -> None:
-        self.healthy: dict[str, bool] = {}
-        self.port = free_port()
-        self._runner: web.AppRunner | None = None
-
-    async def start(self) -> None:
-        app = web.Application()
-
-        async def check(request: web.Request) -> web.Response:
-            ok = self.healthy.get(request.match_info["name"], True)
-            return web.Response(status=200 if ok else 503)
-
-        app.router.add_get("/health/{name}", check)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
-
-    def url(self, name: str) -> str:
-        return f"http://127.0.0.1:{self.port}/health/{name}"
-
-    async def stop(self) -> None:
-        if self._runner:
-            await self._runner.cleanup()
-
-
-@pytest.fixture
-async def health() -> AsyncIterator[Health]:
-    server = Health()
-    await server.start()
-    yield server
-    await server.stop()
 
 
 def register(agent: ConsulAgent, health: Health, ident: str, address: str, **extra: Any) -> None:

@@ -1,14 +1,13 @@
-"""istio-config/, what users paste into Istio, held to account: each variant (plaintext, TLS)
-says the same meshConfig in its three forms (IstioOperator overlay, values for Istio's
-istiod chart, the raw `mesh` ConfigMap key); Istio's own istiod chart renders the values into
-that `mesh` key; the real kube-apiserver accepts every plain manifest; and the unmodified
-pilot-discovery, given the `mesh` key (its address pointed at a test mcpserver, the TLS
-variant's CA replaced by the test CA), receives our ServiceEntries."""
+"""istio-config/, what users paste into Istio, held to account: each variant (plaintext, TLS,
+sharded) says the same meshConfig in its three forms (IstioOperator overlay, values for
+Istio's istiod chart, the raw `mesh` ConfigMap key); Istio's own istiod chart renders the
+values into that `mesh` key; the real kube-apiserver accepts every plain manifest; and the
+unmodified pilot-discovery, given the `mesh` key (its addresses pointed at a test mcpserver,
+the TLS variant's CA replaced by the test CA), receives our ServiceEntries."""
 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,7 @@ import pytest
 import yaml
 
 from mcpserver.app import App
+from mcpserver.xds.shards import shard_port
 from tests.certs import make_certs
 from tests.conftest import AppFactory, make_settings
 from tests.integration.helm import Helm
@@ -26,8 +26,9 @@ from tests.integration.test_istiod import until
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = ROOT / "istio-config"
-VARIANTS = ("plaintext", "tls")
+VARIANTS = ("plaintext", "tls", "sharded")
 ADDRESS = "xds://mcpserver.istio-system.svc:15051"
+SHARDED = [f"xds://mcpserver.istio-system.svc:{shard_port(15051, 4, k)}" for k in range(4)]
 PLACEHOLDER_CA = "REPLACE-WITH-THE-CA-THAT-SIGNED-MCPSERVER-CERTIFICATE"
 
 
@@ -53,7 +54,8 @@ def test_each_variant_is_one_mesh_config_in_three_forms(variant: str) -> None:
     ]
     assert forms[0] == forms[1] == forms[2]
     sources = forms[0]["configSources"]
-    assert [s["address"] for s in sources] == [ADDRESS, "k8s://"]
+    expected = SHARDED if variant == "sharded" else [ADDRESS]
+    assert [s["address"] for s in sources] == [*expected, "k8s://"]
     if variant == "tls":
         tls = sources[0]["tlsSettings"]
         assert tls["mode"] == "SIMPLE"
@@ -93,19 +95,16 @@ def test_the_plain_manifests_pass_the_apiservers_validation(kubectl: Kubectl) ->
     }  # fmt: skip
 
 
-@dataclass
-class OverlayIstiod(Istiod):
-    """pilot-discovery with the configSources of an istio-config overlay (the test-only mesh
-    lines of Istiod stay: upstream Envoy, no CA)."""
-
-    sources: list[dict[str, Any]] = field(default_factory=list)
-
-    def mesh_config(self) -> Path:
-        path = super().mesh_config()
-        mesh = yaml.safe_load(path.read_text())
-        mesh["configSources"] = self.sources
-        path.write_text(yaml.safe_dump(mesh))
-        return path
+def point_at(sources: list[dict[str, Any]], app: App) -> None:
+    """An overlay's xds:// sources re-pointed at a test server on loopback: each port of the
+    overlay (15051, or shard k of N at 15051 + 100*N + k) to the port the test server bound
+    for the same shard."""
+    shards = sum(1 for s in sources if s["address"].startswith("xds://"))
+    ports = app.shard_ports(shards)
+    for k, source in enumerate(s for s in sources if s["address"].startswith("xds://")):
+        port = int(source["address"].rpartition(":")[2])
+        assert port == shard_port(15051, shards, k), source
+        source["address"] = f"xds://127.0.0.1:{ports[k]}"
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -129,9 +128,11 @@ async def test_pilot_discovery_reads_mcpserver_through_the_mesh_key(
         tls = sources[0]["tlsSettings"]
         assert PLACEHOLDER_CA in tls["caCertificates"]
         tls["caCertificates"] = certs["ca"].read_text()
+    if variant == "sharded":
+        overrides["server"] = {"listen": "127.0.0.1:0", "admin": "127.0.0.1:0", "shards": 4}
     app: App = await start_app(make_settings(static_file, **overrides))
-    sources[0]["address"] = f"xds://127.0.0.1:{app.port}"
-    istiod = OverlayIstiod(
+    point_at(sources, app)
+    istiod = Istiod(
         pilot_discovery_bin,
         tmp_path / "istiod",
         app.port,
