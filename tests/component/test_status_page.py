@@ -233,7 +233,9 @@ def screenshot(browser: webdriver.Chrome, url: str) -> None:
     (ROOT / "docs").mkdir(exist_ok=True)
     browser.get(url)
     height = browser.execute_script("return document.documentElement.scrollHeight")
-    browser.set_window_size(1280, int(height) + 20)
+    # the page, not the window: headless Chromium caps the window at its screen's height
+    metrics = {"width": 1280, "height": int(height) + 20, "deviceScaleFactor": 1, "mobile": False}
+    browser.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", metrics)
     browser.save_screenshot(str(ROOT / "docs" / "status-page.png"))
 
 
