@@ -25,6 +25,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from mcpserver.metrics import Metrics, build_labels
+from mcpserver.model import Problem
 from mcpserver.pipeline import Pipeline
 from mcpserver.status import (
     Activity,
@@ -33,6 +34,7 @@ from mcpserver.status import (
     RegistryRow,
     ShardRow,
     instances_of,
+    registry_problems,
     render,
 )
 from mcpserver.xds.shards import shard_label
@@ -191,20 +193,28 @@ class Admin:
                     instances=hold.total_instances,
                 )
             )
+            listed = (len(v.services), instances_of(v.services))
             rows.append(
                 RegistryRow(
                     name=v.registry,
                     kind=kinds.get(v.registry, ""),
                     status=v.status.value,
                     synced=v.synced,
-                    services=len(v.services),
-                    instances=instances_of(v.services),
+                    services=state.served[0],
+                    instances=state.served[1],
                     detail=v.detail,
                     last_change=self._activity.registry_changed.get(v.registry),
                     held=held,
+                    listed=None if listed == state.served else listed,
                 )
             )
         return rows
+
+    def problem_list(self, rows: Sequence[RegistryRow]) -> list[Problem]:
+        """Every problem: degraded registries first, then what the pipeline withheld,
+        skipped or holds (the status page and /debug/problems show the same list)."""
+        served = self._store.snapshot is not None
+        return [*registry_problems(rows, served), *self._pipeline.problems]
 
     async def page(self, request: web.Request) -> web.Response:
         """The status page: server-rendered HTML, refreshed by the browser itself."""
@@ -214,18 +224,19 @@ class Admin:
             refresh = REFRESH_SECONDS
         readiness = self.readiness()
         change = self._activity.last_change
+        rows = self.registry_rows()
         page = Page(
             version=self._version,
             now=time.time(),
             started_at=self._activity.started_at,
             ready=bool(readiness["ready"]),
             ready_reason=str(readiness.get("reason", "")),
-            registries=self.registry_rows(),
+            registries=rows,
             snapshot=self._store.snapshot,
             published_at=self._activity.published_at,
             last_change=change.summary() if change is not None else "",
             clients=sorted(self._clients.open.values(), key=lambda c: c.stream_id),
-            problems=self._pipeline.problems,
+            problems=self.problem_list(rows),
             refresh=max(0, min(refresh, MAX_REFRESH_SECONDS)),
             shards=self.shard_rows(),
         )
@@ -338,6 +349,6 @@ class Admin:
         return web.json_response(
             [
                 {"registry": p.registry, "subject": p.subject, "message": p.message}
-                for p in self._pipeline.problems
+                for p in self.problem_list(self.registry_rows())
             ]
         )

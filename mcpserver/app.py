@@ -314,6 +314,7 @@ class App:
 
         def changed() -> None:
             self.changes.registry_changed(name)
+            self.pipeline.count_status(name)  # /metrics says a new status at once
             self.debouncer.trigger()
 
         return changed
@@ -353,7 +354,10 @@ class App:
             while self.store.snapshot is None:
                 remaining = self.pipeline.partial_remaining()
                 delay = WAITING_LOG_EVERY
-                if remaining is not None:
+                if remaining:
+                    # wake at the deadline once; once it has passed (0), the rebuild it
+                    # triggered is publishing: waking every few ms until then wrote a
+                    # warning per wake and kept postponing that very rebuild (debounce)
                     delay = min(WAITING_LOG_EVERY, remaining)
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(published.wait(), delay + 0.01)

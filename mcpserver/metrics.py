@@ -125,7 +125,8 @@ class Metrics:
         )
         self.registry_up = Gauge(
             "mcpserver_registry_status",
-            "1 for the registry's current status.",
+            "1 for the registry's current status: starting, ready, or degraded (its source "
+            "fails, or a removal from it is held).",
             ["registry", "status"],
             registry=r,
         )
@@ -138,7 +139,8 @@ class Metrics:
         )
         self.registry_services = Gauge(
             "mcpserver_registry_services",
-            "Services in a registry's view.",
+            "Services served to istiod from the registry: in the current snapshot (while a "
+            "removal is held, what is still served; withheld ones are not counted).",
             ["registry"],
             registry=r,
         )

@@ -45,8 +45,8 @@ from mcpserver.convert.validate import (
 from mcpserver.convert.vip import allocate, capacity, needs_vip
 from mcpserver.metrics import Metrics
 from mcpserver.model import Problem, Service
-from mcpserver.protection import Hold, ProtectionPolicy, guard, next_deadline
-from mcpserver.registry.base import Registry, View, backoff
+from mcpserver.protection import Hold, ProtectionPolicy, guard, next_deadline, release_message
+from mcpserver.registry.base import Registry, Status, View, backoff
 from mcpserver.xds.resources import PackedResource, pack, pack_bytes
 from mcpserver.xds.shards import shard_label, shard_of
 from mcpserver.xds.snapshot import SetChange, Snapshot, TypeIndex, TypeSet, snapshot_version
@@ -234,6 +234,9 @@ class BuildResult:
     encoded: int
     vips: int
     vip_capacity: int
+    served: Mapping[str, tuple[int, int]] = field(default_factory=dict)
+    """(services, instances) in the snapshot by registry: a merged service counts for its
+    owner; one withheld, merged away or not served for want of instances counts nowhere."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -286,6 +289,8 @@ class Builder:
         self._vips: dict[str, str] = {}
         self._vip_problems: dict[str, Problem] = {}
         self._withheld: dict[str, tuple[Problem, ...]] = {}  # key -> conversion problems
+        self._served: Counter[str] = Counter()  # registry -> services in the snapshot
+        self._served_instances: Counter[str] = Counter()  # registry -> their instances
         self._types = {kind: TypeIndex(kind) for kind in SERVED_KINDS}
         # layout N -> shard -> kind -> index: each resource also sits in its service's shard
         self._parts = {
@@ -341,6 +346,11 @@ class Builder:
             encoded,
             len(self._vips),
             capacity(self._inputs.vip_cidr),
+            {
+                registry: (count, self._served_instances[registry])
+                for registry, count in self._served.items()
+                if count
+            },
         )
 
     def _claim(self, changed: Mapping[str, tuple[Service | None, Service | None]]) -> bool:
@@ -404,6 +414,12 @@ class Builder:
                 if (resource.kind, resource.name) not in keep:
                     for index in indexes:
                         index[resource.kind].remove(resource.name)
+            if old.packed:
+                self._served[old.service.registry] -= 1
+                self._served_instances[old.service.registry] -= len(old.service.instances)
+        if done is not None and done.packed:
+            self._served[done.service.registry] += 1
+            self._served_instances[done.service.registry] += len(done.service.instances)
         self._withheld.pop(key, None)
         if done is None:
             self._converted.pop(key, None)
@@ -458,10 +474,12 @@ class PipelineOptions:
 
 @dataclass(frozen=True, slots=True)
 class RegistryState:
-    """What /debug/registries shows: the registry's own view and any held removal."""
+    """What /debug/registries shows: the registry's own view and any held removal, and
+    what the snapshot serves of it: (services, instances)."""
 
     view: View
     hold: Hold | None
+    served: tuple[int, int] = (0, 0)
 
 
 class Pipeline:
@@ -494,9 +512,14 @@ class Pipeline:
         self._failure_logged = ""
         self._retry: asyncio.TimerHandle | None = None
         self._pool_warned = False
+        self._waiting_logged = self._started  # when the first snapshot's wait was last said
         self.failure = ""  # the last rebuild's error while rebuilds fail
         self.serving = False
         self.problems: tuple[Problem, ...] = ()
+        self.served: Mapping[str, tuple[int, int]] = {}  # registry -> (services, instances)
+        for registry in registries:
+            self._count_status(registry.view())
+            metrics.registry_services.labels(registry.name).set(0)  # nothing served yet
 
     # ------------------------------------------------------------------ reading
 
@@ -504,7 +527,10 @@ class Pipeline:
         return [r.view() for r in self._registries]
 
     def registry_states(self) -> list[RegistryState]:
-        return [RegistryState(v, self._holds.get(v.registry)) for v in self.views()]
+        return [
+            RegistryState(v, self._holds.get(v.registry), self.served.get(v.registry, (0, 0)))
+            for v in self.views()
+        ]
 
     def waiting_for(self) -> list[str]:
         """Registries the first snapshot still waits for (none once it is published)."""
@@ -520,11 +546,15 @@ class Pipeline:
         return max(0.0, self._started + after - time.monotonic())
 
     def note_waiting(self) -> None:
-        """Say (every WAITING_LOG_EVERY seconds, from the app) who the first snapshot waits for."""
+        """Say who the first snapshot waits for: at most once per WAITING_LOG_EVERY seconds
+        however often it is called, and not once startup.serve_partial_after has passed
+        (the rebuild then says it serves without them)."""
         waiting = self.waiting_for()
-        if not waiting:
-            return
         remaining = self.partial_remaining()
+        now = time.monotonic()
+        if not waiting or remaining == 0.0 or now - self._waiting_logged < WAITING_LOG_EVERY:
+            return
+        self._waiting_logged = now
         then = (
             "istiod gets nothing until they list (set startup.serve_partial_after to serve "
             "without them)"
@@ -545,13 +575,29 @@ class Pipeline:
     # ------------------------------------------------------------- operator acts
 
     def confirm(self, registry: str) -> bool:
-        """An operator confirms a held removal: applied at the next rebuild (now)."""
+        """An operator confirms a held removal: applied at the next rebuild (now), or at the
+        first complete listing after it; the hold's end is logged when it is applied."""
         if registry not in self._holds:
             return False
-        log.warning("held removal confirmed by operator registry=%s", registry)
+        log.info("held removal confirmation received registry=%s; applying it", registry)
         self._confirmed.add(registry)
         self._trigger()
         return True
+
+    def count_status(self, registry: str) -> None:
+        """Set `mcpserver_registry_status` of one registry: the status it reports, except
+        degraded while a removal of it is held (what /debug/registries and the status page
+        say). The pipeline is its only writer: the registry on each change (through the
+        app), and each rebuild as holds start and end."""
+        view = next((r.view() for r in self._registries if r.name == registry), None)
+        if view is not None:
+            self._count_status(view)
+
+    def _count_status(self, view: View) -> None:
+        name = view.registry
+        status = Status.DEGRADED if name in self._holds else view.status
+        for each in Status:
+            self._metrics.registry_up.labels(name, each.value).set(each is status)
 
     # ------------------------------------------------------------------ rebuild
 
@@ -616,6 +662,10 @@ class Pipeline:
         self._report_vips(result)
         self._metrics.build_seconds.observe(time.perf_counter() - started)
         self._metrics.encoded.inc(result.encoded)
+        self.served = result.served
+        for registry in self._registries:
+            services, _ = self.served.get(registry.name, (0, 0))
+            self._metrics.registry_services.labels(registry.name).set(services)
         for kind, type_set in result.snapshot.sets.items():
             self._metrics.resources.labels(kind).set(len(type_set.resources))
         for n, parts in result.snapshot.layouts.items():
@@ -652,14 +702,16 @@ class Pipeline:
             self._options.keep_when_empty.get(name, False),
             view.changes_since(accepted) if accepted is not None else None,
         )
-        self._confirmed.discard(name)
         timer = self._timers.pop(name, None)
         if timer is not None:
             timer.cancel()
         if outcome.hold is None:
-            if name in self._holds:
-                log.warning("held removal released registry=%s", name)
-            self._holds.pop(name, None)
+            # a confirmation lasts until the hold ends (not past an incomplete listing)
+            self._confirmed.discard(name)
+            ended = self._holds.pop(name, None)
+            if ended is not None and outcome.released is not None:
+                policy = self._options.protection
+                log.warning(release_message(name, ended, outcome.released, now, policy))
             if view.synced:
                 self._accepted[name] = outcome.served
         else:
@@ -672,6 +724,7 @@ class Pipeline:
                     max(0.0, deadline - now) + 0.01, self._trigger
                 )
         self._metrics.removal_held.labels(name).set(1 if outcome.hold else 0)
+        self._count_status(view)
         return outcome.served
 
     def _hold_problems(self) -> tuple[Problem, ...]:

@@ -39,7 +39,8 @@ the update is held.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from enum import Enum
 from typing import Generic, Protocol, Self, TypeVar
 
 from mcpserver.model import Service, identity_changes
@@ -110,12 +111,27 @@ class Hold:
     total_instances: int
 
 
+class Release(Enum):
+    """How a hold ended: each is said differently to operators (README "Logs")."""
+
+    APPLIED = "applied"
+    """The removal persisted for `hold_for`: it is served now."""
+    CONFIRMED = "confirmed"
+    """An operator confirmed the removal: it is served now."""
+    RECOVERED = "recovered"
+    """The registry came back (a listing within `release_share` of the accepted view): the
+    removal is cancelled, the held services stay served."""
+
+
 @dataclass(frozen=True, slots=True)
 class Guarded(Generic[V]):
     """The outcome for one registry: the view to build from, and the hold if any."""
 
     served: V
     hold: Hold | None
+    released: Release | None = field(default=None, compare=False)
+    """How the hold passed in ended with this decision (None: it goes on, or there was
+    none). An explanation of the decision, not part of it: not compared."""
 
 
 def is_served(service: Service, keep_when_empty: bool) -> bool:
@@ -149,24 +165,31 @@ def guard(
     `incoming` and those of `incoming` not in `accepted`, by id (View.changes_since);
     otherwise they are found by comparing ids.
 
+    `released` says how a hold that was on (`hold`) ended: APPLIED, CONFIRMED, or RECOVERED
+    when the listing no longer removes too much (or is the accepted view again).
+
     While held, `served` is `held_view(accepted, incoming)`: the accepted View object itself
     when `incoming` adds nothing to it (its status is then the one from when it was
     accepted), otherwise `incoming` with every accepted service and instance it lacks. The
     registry's live status and detail belong to its own view (shown beside the hold), not to
     the view that is served in its place.
     """
+    # Every way out without a hold says how a hold that was on ended.
+    came_back = Release.RECOVERED if hold is not None else None
     if accepted is None or incoming is accepted:
-        return Guarded(incoming, None)
+        return Guarded(incoming, None, came_back)
     if not incoming.synced:
         if accepted.synced:
             return Guarded(accepted, hold)
-        return Guarded(incoming, None)
+        return Guarded(incoming, None, came_back)
     found = _mass_removal(accepted, incoming, policy, keep_when_empty, changes, hold is not None)
     if found is None:
-        return Guarded(incoming, None)
+        return Guarded(incoming, None, came_back)
     since = hold.since if hold is not None else now
-    if confirmed or (policy.hold_for is not None and now - since >= policy.hold_for):
-        return Guarded(incoming, None)
+    if confirmed:
+        return Guarded(incoming, None, Release.CONFIRMED if hold is not None else None)
+    if policy.hold_for is not None and now - since >= policy.hold_for:
+        return Guarded(incoming, None, Release.APPLIED if hold is not None else None)
     removed_services, removed_instances, total_instances, what = found
     if policy.hold_for is None:
         release = "applied only when an operator confirms it"
@@ -296,6 +319,32 @@ def next_deadline(hold: Hold | None, policy: ProtectionPolicy) -> float | None:
     if hold is None or policy.hold_for is None:
         return None
     return hold.since + policy.hold_for
+
+
+def release_message(
+    registry: str, hold: Hold, released: Release, now: float, policy: ProtectionPolicy
+) -> str:
+    """The log line that ends a hold: one wording per way it ends, so an operator (and a
+    log query) can tell a removal that took effect from one the registry took back."""
+    held = _duration(round(max(0.0, now - hold.since)))
+    services = hold.removed_services
+    gone = (
+        f"{hold.removed_instances} of {hold.total_instances} instances ({services} "
+        f"service{'' if services == 1 else 's'} gone) are withdrawn from istiod"
+    )
+    if released is Release.APPLIED:
+        waited = _duration(policy.hold_for) if policy.hold_for is not None else held
+        return (
+            f"held removal applied after {waited} registry={registry}: it persisted for "
+            f"protection.hold_for; {gone}"
+        )
+    if released is Release.CONFIRMED:
+        return f"held removal confirmed by an operator registry={registry} after {held}: {gone}"
+    return (
+        f"held removal cancelled registry={registry} after {held}: the registry came back (at "
+        f"most {policy.release_share:.0%} of the accepted instances missing); the removal is "
+        "not applied, the registry is served as it lists itself now"
+    )
 
 
 def _duration(seconds: float) -> str:

@@ -226,11 +226,14 @@ class RegistryRow:
     kind: str
     status: str
     synced: bool
-    services: int
+    services: int  # served to istiod (as mcpserver_registry_services)
     instances: int
     detail: str
     last_change: float | None
     held: HeldRemoval | None = None
+    listed: tuple[int, int] | None = None
+    """(services, instances) the registry itself lists, when not what is served (a held
+    removal, invalid entries withheld, nothing served yet)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -332,22 +335,59 @@ def badge(text: str, css: str) -> str:
     return f'<span class="badge {e(css)}">{e(text)}</span>'
 
 
+def registry_problems(rows: Sequence[RegistryRow], served: bool) -> list[Problem]:
+    """The registries' own troubles as problems: each degraded registry with its detail and,
+    once a snapshot is `served`, each registry still starting (served without it, after
+    startup.serve_partial_after). A held removal is a problem of its own ("removal held",
+    from the pipeline), so a registry that is only held adds nothing here."""
+    found = []
+    for r in rows:
+        if r.status == "degraded":
+            found.append(Problem(r.name, "registry degraded", r.detail or "degraded", "degraded"))
+        elif r.status == "starting" and served:
+            message = f"{r.detail or 'listing'}: not completely listed yet; served without it"
+            found.append(Problem(r.name, "registry starting", message, "starting"))
+    return found
+
+
+def plural(count: int, one: str, many: str) -> str:
+    return f"{count} {one if count == 1 else many}"
+
+
+def headline(page: Page) -> tuple[str, str]:
+    """(text, HTML) of the page's state: readiness, then the worst registry state, e.g.
+    `ready, 2 registries degraded`. A held removal counts its registry degraded; a registry
+    still starting counts once a snapshot is served (before, readiness names it)."""
+    degraded = sum(1 for r in page.registries if r.status == "degraded" or r.held is not None)
+    starting = 0
+    if page.snapshot is not None:
+        starting = sum(1 for r in page.registries if r.status == "starting" and r.held is None)
+    text = ["ready" if page.ready else "NOT READY"]
+    html = [
+        badge("ready", "ready")
+        if page.ready
+        else badge("not ready", "degraded") + f" <span>{e(page.ready_reason)}</span>"
+    ]
+    for count, state in ((degraded, "degraded"), (starting, "starting")):
+        if count:
+            said = f"{plural(count, 'registry', 'registries')} {state}"
+            text.append(said)
+            html.append(badge(said, state))
+    return ", ".join(text), ", ".join(html)
+
+
 def render(page: Page) -> str:
     """The whole status page as one HTML document."""
     now = page.now
     refresh = f'<meta http-equiv="refresh" content="{page.refresh}">' if page.refresh > 0 else ""
-    state = (
-        badge("ready", "ready")
-        if page.ready
-        else badge("not ready", "degraded") + f" <span>{e(page.ready_reason)}</span>"
-    )
+    title, state = headline(page)
     auto = f"refreshes every {page.refresh} s" if page.refresh > 0 else "automatic refresh off"
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         refresh,
-        f"<title>mcpserver {'ready' if page.ready else 'NOT READY'}</title>",
+        f"<title>mcpserver {e(title)}</title>",
         f"<style>{STYLE}</style></head><body>",
         f'<h1>mcpserver <span class="muted">{e(page.version)}</span> '
         f'<span id="readiness">{state}</span></h1>',
@@ -380,18 +420,23 @@ def _registries(page: Page) -> str:
                 f"ADMIN/debug/registries/{e(r.name)}/confirm</code></span>"
                 + (f"<br>source: {e(r.detail)}" if r.detail else "")
             )
+        services, instances = str(r.services), str(r.instances)
+        if r.listed is not None:
+            services += f' <span class="muted">(lists {r.listed[0]})</span>'
+            instances += f' <span class="muted">(lists {r.listed[1]})</span>'
         rows.append(
             f'<tr id="registry-{e(r.name)}" data-status="{e("held" if r.held else r.status)}">'
             f"<td><b>{e(r.name)}</b></td><td>{e(r.kind)}</td><td>{status}"
             f"{'' if r.synced else ' <span class=muted>(listing)</span>'}</td>"
-            f'<td class="n">{r.services}</td><td class="n">{r.instances}</td>'
+            f'<td class="n">{services}</td><td class="n">{instances}</td>'
             f"<td>{when(r.last_change, page.now)}</td>"
             f'<td class="detail">{detail}</td></tr>'
         )
     body = "".join(rows) or '<tr><td colspan="7" class="muted">no registries</td></tr>'
     return (
         f'<h2>Registries ({len(page.registries)})</h2><table id="registries"><tr><th>name</th>'
-        "<th>kind</th><th>status</th><th>services</th><th>instances</th><th>last change</th>"
+        "<th>kind</th><th>status</th><th>services served</th><th>instances served</th>"
+        "<th>last change</th>"
         f"<th>detail / last error</th></tr>{body}</table>"
     )
 
@@ -518,9 +563,10 @@ def _problems(page: Page) -> str:
         for p in page.problems
     )
     if not rows:
-        return '<h2>Problems (0)</h2><p id="problems" class="muted">none</p>'
+        return '<h2 id="problems-heading">Problems (0)</h2><p id="problems" class="muted">none</p>'
     return (
-        f'<h2>Problems ({len(page.problems)})</h2><table id="problems"><tr><th>registry</th>'
+        f'<h2 id="problems-heading">Problems ({len(page.problems)})</h2>'
+        '<table id="problems"><tr><th>registry</th>'
         f"<th>subject</th><th>problem</th></tr>{rows}</table>"
     )
 

@@ -86,6 +86,11 @@ def make_settings(static_file: Path, **overrides: Any) -> Settings:
     return load_settings(config, {})
 
 
+def static_entry(path: Path) -> dict[str, Any]:
+    """A static registry named after its file, polled every 50 ms."""
+    return {"kind": "static", "name": path.stem, "path": str(path), "poll_interval": "50ms"}
+
+
 def settings_for(directory: Path, *registries: dict[str, Any], **top: Any) -> Settings:
     """Settings for a test server: ephemeral ports, a short debounce, these registries."""
     data: dict[str, Any] = {

@@ -152,7 +152,6 @@ class Registry(abc.ABC):
     async def start(self, on_change: OnChange) -> None:
         """Begin watching; on_change is called (on the event loop) whenever view() changes."""
         self._on_change = on_change
-        self._count_status()
         await self.open()
 
     @abc.abstractmethod
@@ -261,7 +260,13 @@ class Registry(abc.ABC):
             return
         if status is Status.DEGRADED and old.status is not Status.DEGRADED:
             log.warning("registry degraded registry=%s: %s", self.name, detail)
-        elif status is not Status.DEGRADED and old.status is Status.DEGRADED:
+        elif status is Status.DEGRADED:
+            # still degraded for another reason (a broken file now empty, an unreachable
+            # agent now refusing the token): said once, as the reason shown changes
+            log.warning(
+                "registry still degraded, reason changed registry=%s: %s", self.name, detail
+            )
+        elif old.status is Status.DEGRADED:
             log.info("registry recovered registry=%s", self.name)
         self._set_view(
             View(self.name, old.services, old.synced, status, detail, old.problems, old.delta)
@@ -277,18 +282,10 @@ class Registry(abc.ABC):
             self.set_status(Status.READY)
 
     def _set_view(self, view: View) -> None:
-        changed_status = view.status is not self._view.status
+        # mcpserver_registry_status and _services are the pipeline's to set: it alone knows
+        # whether a removal is held and what is served (Pipeline.count_status)
         self._view = view
-        if changed_status:
-            self._count_status()
-        self._metrics.registry_services.labels(self.name).set(len(view.services))
         self._on_change()
-
-    def _count_status(self) -> None:
-        for status in Status:
-            self._metrics.registry_up.labels(self.name, status.value).set(
-                status is self._view.status
-            )
 
     def _report(self, problems: tuple[Problem, ...]) -> None:
         """Log and count each skipped record once, when first seen (again only if it went

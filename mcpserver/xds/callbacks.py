@@ -44,6 +44,12 @@ def type_url_label(type_url: str) -> str:
     return type_url if type_url in KNOWN_TYPE_URLS else OTHER_TYPE_URL
 
 
+class EndedByServer(Exception):  # noqa: N818  # a reason a stream ended, not an error
+    """Why the server ended a stream: shutdown, a client that takes no responses, a bad
+    request. Anything else that ends a stream (None, another exception) is the client's
+    doing: it closed or cancelled the stream, or the connection went."""
+
+
 class StreamCallbacks(Protocol):
     """Hooks the stream handler calls; `state` is the stream's state after the step.
 
@@ -54,7 +60,8 @@ class StreamCallbacks(Protocol):
         """A stream started."""
 
     def on_stream_close(self, stream_id: int, reason: BaseException | None) -> None:
-        """A stream ended: None when the client closed it, else why it ended."""
+        """A stream ended: None when the client closed it, EndedByServer when we ended it,
+        else the error that ended it."""
 
     def on_request_received(self, stream_id: int, pending: int) -> None:
         """A request was read from gRPC; `pending` requests now wait for the loop."""
@@ -243,7 +250,12 @@ class DefaultCallbacks:
                 # connected would stay on /metrics
                 with contextlib.suppress(KeyError):
                     self._metrics.ack_latency.remove(label)
-        why = "client closed" if reason is None else repr(reason)
+        if reason is None:
+            why = "client closed"
+        elif isinstance(reason, EndedByServer):
+            why = f"ended by server: {reason}"
+        else:
+            why = repr(reason)
         if info is None:
             log.info("stream closed stream=%d reason=%s", stream_id, why)
             return

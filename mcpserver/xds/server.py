@@ -231,6 +231,7 @@ class XdsServer:
         shards: Sequence[tuple[str, AdsHandler]] = (),
     ) -> None:
         self._options = options
+        self._handlers = [handler, *(served_by for _, served_by in shards)]
         self.certificates: CertificateFiles | None = None
         self._watcher: asyncio.Task[None] | None = None
         self._health = health.aio.HealthServicer()
@@ -308,6 +309,9 @@ class XdsServer:
             self._watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watcher
+        # ended by us, with a status that says why, rather than cancelled by gRPC's stop
+        for handler in self._handlers:
+            handler.end_streams("server shutting down; reconnect (to another replica)")
         await asyncio.gather(*(server.stop(grace) for server in self._servers))
 
     async def _set_health(self, status: int) -> None:  # ServingStatus; typed int by the stubs

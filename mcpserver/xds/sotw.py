@@ -25,7 +25,13 @@ import grpc
 from envoy.service.discovery.v3 import discovery_pb2
 
 from mcpserver.metrics import Metrics
-from mcpserver.xds.callbacks import ClientInfo, Clients, DefaultCallbacks, StreamCallbacks
+from mcpserver.xds.callbacks import (
+    ClientInfo,
+    Clients,
+    DefaultCallbacks,
+    EndedByServer,
+    StreamCallbacks,
+)
 from mcpserver.xds.protocol import (
     Abort,
     Nacked,
@@ -106,8 +112,10 @@ class Intake:
         self._ready.set()
 
     def close(self, error: BaseException | None) -> None:
-        """No more requests will come; taken after those still pending."""
-        self._end = End(error)
+        """No more requests will come; taken after those still pending. The first end
+        stands (a stream the server ends sees its client go next)."""
+        if self._end is None:
+            self._end = End(error)
         self._ready.set()
 
     async def take(self) -> discovery_pb2.DiscoveryRequest | _Snapshot | End:
@@ -165,6 +173,16 @@ class AdsHandler:
         self.metadata: tuple[tuple[str, str], ...] = ()
         """Initial metadata of every stream (which shard this is, where the others are:
         `mcpserver dump` reads it; istiod ignores it); set once the ports are bound."""
+        self._intakes: dict[int, Intake] = {}  # open streams
+        self._ending = ""  # why every stream ends (shutdown), once it does
+
+    def end_streams(self, why: str) -> None:
+        """End every open stream, and any that opens from now on, with UNAVAILABLE and
+        `why` (shutdown: istiod reconnects, to another replica behind the address). A
+        stream busy writing to a client that does not read ends when gRPC cancels it."""
+        self._ending = why
+        for intake in self._intakes.values():
+            intake.close(EndedByServer(why))
 
     async def stream(
         self,
@@ -188,6 +206,9 @@ class AdsHandler:
             self._read(stream_id, requests, intake), name=f"ads-read-{stream_id}"
         )
         reason: BaseException | None = None
+        self._intakes[stream_id] = intake  # no await since the start: end_streams sees it
+        if self._ending:
+            intake.close(EndedByServer(self._ending))
         try:
             if self.metadata:
                 await context.send_initial_metadata(self.metadata)
@@ -195,6 +216,9 @@ class AdsHandler:
                 item = await intake.take()
                 if isinstance(item, End):
                     reason = item.error
+                    if isinstance(reason, EndedByServer):
+                        context.set_code(grpc.StatusCode.UNAVAILABLE)
+                        context.set_details(str(reason))
                     return
                 if isinstance(item, _Snapshot):
                     event: Request | SnapshotChanged = SnapshotChanged(self._store.snapshot)
@@ -213,7 +237,10 @@ class AdsHandler:
                             # the stream ends here for us (unsubscribed, forgotten) and the
                             # status follows whenever the client reads again.
                             callbacks.on_send_timeout(stream_id, self._send_timeout, len(payload))
-                            reason = TimeoutError("the client did not read a response")
+                            reason = EndedByServer(
+                                f"the client took no response within {self._send_timeout:g}s "
+                                "(server.send_timeout)"
+                            )
                             context.set_code(grpc.StatusCode.UNAVAILABLE)
                             context.set_details(
                                 f"a response was not read within {self._send_timeout:g}s"
@@ -221,6 +248,7 @@ class AdsHandler:
                             return
                     elif isinstance(effect, Abort):
                         callbacks.on_bad_request(stream_id, effect.message)
+                        reason = EndedByServer(f"bad request: {effect.message}")
                         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, effect.message)
                     elif isinstance(effect, NodeLearned):
                         callbacks.on_node(state)
@@ -231,6 +259,11 @@ class AdsHandler:
         finally:
             unsubscribe()
             reader.cancel()
+            del self._intakes[stream_id]
+            if reason is None and self._ending:
+                # cancelled by gRPC's stop after its grace (or closed by the client while
+                # the server was ending it): ended by the server either way
+                reason = EndedByServer(self._ending)
             callbacks.on_stream_close(stream_id, reason)
 
     async def _read(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -29,11 +30,19 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
 from mcpserver.model import Problem
-from mcpserver.status import Page, RegistryRow, render
+from mcpserver.status import HeldRemoval, Page, RegistryRow, registry_problems, render
 from mcpserver.xds.callbacks import ClientInfo, NackRecord
 from mcpserver.xds.client import IstiodLikeClient
 from mcpserver.xds.protocol import TypeState
-from tests.conftest import AppFactory, ClientFactory, eventually, service, settings_for
+from mcpserver.xds.snapshot import build_snapshot
+from tests.conftest import (
+    AppFactory,
+    ClientFactory,
+    eventually,
+    service,
+    settings_for,
+    static_entry,
+)
 
 pytestmark = pytest.mark.component
 
@@ -150,13 +159,7 @@ async def test_the_page_shows_a_registry_going_degraded_a_held_removal_and_acks(
     write_services(
         catalog, [service("catalog", *(f"10.3.0.{i}" for i in range(1, 7)), namespace="shop")]
     )
-    settings = settings_for(
-        tmp_path,
-        *(
-            {"kind": "static", "name": f.stem, "path": str(f), "poll_interval": "50ms"}
-            for f in (files, legacy, catalog)
-        ),
-    )
+    settings = settings_for(tmp_path, *(static_entry(f) for f in (files, legacy, catalog)))
     app = await start_app(settings)
     client = await connect(app.port)
     await client.wait_for(lambda c: c.synced(), 10)
@@ -202,6 +205,15 @@ async def test_the_page_shows_a_registry_going_degraded_a_held_removal_and_acks(
     assert await wait_in_browser(browser, lambda d: row_status("catalog")(d) == "held")
     held = await wait_in_browser(browser, text("#registry-catalog"))
     assert "removal held" in held and "/debug/registries/catalog/confirm" in held
+    # the headline says it too, and the problems count both registries (the held one once)
+    assert await wait_in_browser(
+        browser, lambda d: text("#readiness")(d) == "ready, 2 registries degraded"
+    )
+    problems = await wait_in_browser(browser, text("#problems"))
+    assert "registry degraded" in problems and "not valid YAML" in problems
+    assert "removal held" in problems
+    heading = await wait_in_browser(browser, text("#problems-heading"))
+    assert heading == "Problems (3)"  # the skipped record, legacy degraded, catalog held
     # istiod rejects a response: the NACK and its message show under the client
     nack(client, f"rejected by a test {HOSTILE}")
     assert await wait_in_browser(browser, lambda d: "NACK" in text(se_row)(d))
@@ -221,7 +233,9 @@ def screenshot(browser: webdriver.Chrome, url: str) -> None:
     (ROOT / "docs").mkdir(exist_ok=True)
     browser.get(url)
     height = browser.execute_script("return document.documentElement.scrollHeight")
-    browser.set_window_size(1280, int(height) + 20)
+    # the page, not the window: headless Chromium caps the window at its screen's height
+    metrics = {"width": 1280, "height": int(height) + 20, "deviceScaleFactor": 1, "mobile": False}
+    browser.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", metrics)
     browser.save_screenshot(str(ROOT / "docs" / "status-page.png"))
 
 
@@ -309,6 +323,60 @@ def test_everything_from_registries_and_clients_is_escaped() -> None:
 def test_the_page_needs_no_asset_files(tmp_path: Path) -> None:
     """Everything is inline: the package has no static files to ship or to forget."""
     assert not (ROOT / "mcpserver" / "static").exists()
+
+
+def test_the_headline_shows_readiness_and_the_worst_registry_state() -> None:
+    now = time.time()
+
+    def row(name: str, status: str, held: bool = False) -> RegistryRow:
+        hold = HeldRemoval("gone", now, 1, 2, 3) if held else None
+        return RegistryRow(name, "static", status, True, 1, 1, "", now, hold)
+
+    ready = {"ready": True, "ready_reason": "", "snapshot": build_snapshot([])}
+
+    def title(**values: Any) -> str:
+        found = re.search(r"<title>(.*)</title>", render(page(**{**ready, **values})))
+        assert found
+        return found.group(1)
+
+    assert title(registries=[row("a", "ready")]) == "mcpserver ready"
+    # a held removal makes its registry degraded, whatever the source says
+    assert title(registries=[row("a", "degraded"), row("b", "ready", held=True)]) == (
+        "mcpserver ready, 2 registries degraded"
+    )
+    # served without a registry that never listed (startup.serve_partial_after)
+    assert title(registries=[row("a", "degraded"), row("b", "starting")]) == (
+        "mcpserver ready, 1 registry degraded, 1 registry starting"
+    )
+    # before the first snapshot, readiness already names who we wait for
+    waiting = {"ready": False, "ready_reason": "first snapshot waits for registries b"}
+    html = render(page(**waiting, registries=[row("a", "degraded"), row("b", "starting")]))
+    assert "<title>mcpserver NOT READY, 1 registry degraded</title>" in html
+    readiness = re.search(r'<span id="readiness">(.*?)</span></h1>', html)
+    assert readiness and "waits for registries b" in readiness.group(1)
+    assert "1 registry degraded" in readiness.group(1)
+
+
+def test_degraded_registries_are_problems_and_a_held_one_is_not_counted_twice() -> None:
+    now = time.time()
+    rows = [
+        RegistryRow("broken", "static", "degraded", True, 1, 1, "not valid YAML", now),
+        RegistryRow("held", "static", "ready", True, 2, 6, "", now, HeldRemoval("r", now, 2, 6, 6)),
+        RegistryRow("late", "nacos", "starting", False, 0, 0, "connecting", now),
+        RegistryRow("fine", "static", "ready", True, 1, 1, "", now),
+    ]
+    assert [(p.registry, p.subject) for p in registry_problems(rows, served=False)] == [
+        ("broken", "registry degraded")
+    ]
+    found = registry_problems(rows, served=True)
+    assert [(p.registry, p.subject) for p in found] == [
+        ("broken", "registry degraded"),
+        ("late", "registry starting"),
+    ]
+    assert found[0].message == "not valid YAML"
+    held = Problem("held", "removal held", "r", "held")
+    html = render(page(registries=rows, problems=[*found, held]))
+    assert '<h2 id="problems-heading">Problems (3)</h2>' in html
 
 
 def test_meshconfig_is_never_shown_waiting_for_an_ack() -> None:

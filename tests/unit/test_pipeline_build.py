@@ -122,3 +122,24 @@ def test_same_host_from_two_registries_union_policy() -> None:
     endpoints = {e.address: e.labels["registry"] for e in spec.endpoints}
     assert endpoints == {"10.0.0.1": "static", "10.0.0.2": "zk"}
     assert result.problems == ()
+
+
+def test_served_counts_what_reaches_istiod_per_registry() -> None:
+    """`served` (mcpserver_registry_services, the status page) counts services in the
+    snapshot: not one withheld as invalid, emptied, or lost to another registry's name; and
+    it follows each incremental build."""
+    builder = Builder(NONE)
+    r1 = view(
+        svc("ok", "10.0.0.1", "10.0.0.2"),
+        svc("bad", "not-an-ip"),  # withheld: Istio would reject it
+        svc("empty"),  # no instances: not served
+        svc("wide", "10.0.0.3", endpoints_mode="workloadentry"),
+    )
+    r2 = view(svc("ok", "10.0.0.9", registry="r2"), svc("own", "10.0.0.8", registry="r2"))
+    first = builder.build([r1, replace(r2, registry="r2")])
+    assert first.served == {"r1": (2, 3), "r2": (1, 1)}  # r2's `ok` clashes with r1's
+    # r1 drops `ok`: r2's is served now; `bad` becomes valid
+    r1 = view(svc("bad", "10.0.0.4"), svc("wide", "10.0.0.3", endpoints_mode="workloadentry"))
+    second = builder.build([r1, replace(r2, registry="r2")])
+    assert second.served == {"r1": (2, 2), "r2": (2, 2)}
+    assert builder.build([view(), replace(r2, registry="r2", services=())]).served == {}

@@ -9,7 +9,15 @@ from dataclasses import replace
 import pytest
 
 from mcpserver.model import Instance, Port, Service
-from mcpserver.protection import Guarded, Hold, ProtectionPolicy, guard, next_deadline
+from mcpserver.protection import (
+    Guarded,
+    Hold,
+    ProtectionPolicy,
+    Release,
+    guard,
+    next_deadline,
+    release_message,
+)
 from mcpserver.registry.base import Status, View
 
 pytestmark = pytest.mark.unit
@@ -293,3 +301,40 @@ def test_a_rebuild_over_10k_services_with_one_changed_is_cheap() -> None:
         best = min(best, time.perf_counter() - started)
     assert outcome == Guarded(incoming, None)
     assert best < 0.05, f"guard took {best * 1000:.1f} ms"
+
+
+def test_a_hold_ends_in_one_of_three_ways_each_said_differently() -> None:
+    """`released` tells how a hold ended, from the decision itself (not from text): the
+    removal persisted for hold_for, an operator confirmed it, or the registry came back."""
+    hold = run(TEN, fewer(8)).hold
+    assert hold is not None
+    assert run(TEN, fewer(8), hold=hold, now=1010.0).released is None  # still held
+    applied = run(TEN, fewer(8), hold=hold, now=1180.0)
+    confirmed = run(TEN, fewer(8), hold=hold, now=1010.0, confirmed=True)
+    back = run(TEN, fewer(1), hold=hold, now=1010.0)
+    same = run(TEN, TEN, hold=hold, now=1010.0)
+    assert [o.released for o in (applied, confirmed, back, same)] == [
+        Release.APPLIED,
+        Release.CONFIRMED,
+        Release.RECOVERED,
+        Release.RECOVERED,
+    ]
+    assert all(o.hold is None for o in (applied, confirmed, back, same))
+    # confirmed and past hold_for at once: the operator's act is what ended it
+    assert run(TEN, fewer(8), hold=hold, now=2000.0, confirmed=True).released is Release.CONFIRMED
+    # nothing was held: nothing ended
+    assert run(TEN, view(), confirmed=True).released is None
+    assert run(TEN, fewer(8), policy=replace(POLICY, hold_for=0.0)).released is None
+    assert run(TEN, fewer(1)).released is None
+    # an incomplete listing neither ends nor changes the hold
+    partial = view(service("a", 1), synced=False, status=Status.STARTING)
+    assert run(TEN, partial, hold=hold, now=5000.0).released is None
+    lines = [
+        release_message("zk", hold, how, 1042.4, POLICY)
+        for how in (Release.APPLIED, Release.CONFIRMED, Release.RECOVERED)
+    ]
+    assert lines[0].startswith("held removal applied after 3m0s registry=zk: ")
+    assert lines[1].startswith("held removal confirmed by an operator registry=zk after 42s: ")
+    assert lines[2].startswith("held removal cancelled registry=zk after 42s: the registry came")
+    assert "8 of 10 instances (1 service gone) are withdrawn from istiod" in lines[0]
+    assert "withdrawn" not in lines[2]
