@@ -27,12 +27,13 @@ import logging
 import math
 import os
 import signal
+import socket
 import threading
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Final
 
-from mcpserver import runtime
+from mcpserver import failure, runtime
 from mcpserver.admin import Admin
 from mcpserver.debounce import Debouncer
 from mcpserver.metrics import Metrics
@@ -68,6 +69,20 @@ ORIGINS_KEPT: Final = 16
 
 class StartError(Exception):
     """The server cannot start (a port in use); the message says which and why."""
+
+
+def bind_failure(address: str) -> str | None:
+    """Why `address` cannot be bound (in words), or None if it can be now."""
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        try:
+            probe.bind((host, int(port)))
+        except OSError as err:
+            return failure.describe(err)
+        except (ValueError, UnicodeError):
+            return None
+    return None
 
 
 def build_registries(settings: Settings, metrics: Metrics) -> list[Registry]:
@@ -252,8 +267,15 @@ class App:
         except TLSError as err:
             raise StartError(str(err)) from None
         except (OSError, RuntimeError) as err:  # grpc raises RuntimeError when bind fails
-            what = "server.listen" if len(self.layouts) == 1 else "server.listen or a shard port"
-            raise StartError(f"cannot listen on {what} {s.server.listen}: {err}") from None
+            # gRPC says only "Failed to bind ...; set GRPC_VERBOSITY=debug": ask the OS why
+            for what, address in (
+                ("server.listen", s.server.listen),
+                *((f"shard {h.shard}", a) for a, h in shards),
+            ):
+                why = bind_failure(address)
+                if why is not None:
+                    raise StartError(f"cannot listen on {what} {address}: {why}") from None
+            raise StartError(f"cannot listen on server.listen {s.server.listen}: {err}") from None
         # every stream says which shard it serves and where the shards of server.shards are
         # (`mcpserver dump` gathers them from there)
         ports = ",".join(map(str, self.shard_ports(s.server.shards)))
@@ -333,7 +355,8 @@ class App:
             await self.admin.start()
         except OSError as err:
             raise StartError(
-                f"cannot listen on server.admin {self.settings.server.admin}: {err.strerror}"
+                f"cannot listen on server.admin {self.settings.server.admin}: "
+                f"{failure.describe(err)}"
             ) from None
         self.debouncer.start()
         for registry in self.registries:
@@ -459,7 +482,18 @@ async def serve(
         await app.start()
         started = True
         runtime.settle_after_first(app.store, app.metrics)
-        log.info("mcpserver serving xds=%s admin=%s", settings.server.listen, settings.server.admin)
+        if settings.server.shards > 1:
+            log.info(
+                "mcpserver serving xds=%s (the whole set) shards=%d ports=%s admin=%s",
+                settings.server.listen,
+                settings.server.shards,
+                ",".join(map(str, app.shard_ports(settings.server.shards))),
+                settings.server.admin,
+            )
+        else:
+            log.info(
+                "mcpserver serving xds=%s admin=%s", settings.server.listen, settings.server.admin
+            )
         await stop.wait()
     finally:
         began = time.monotonic()

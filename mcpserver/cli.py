@@ -28,12 +28,13 @@ import grpc
 import yaml
 
 from mcpserver.app import StartError, serve
+from mcpserver.config import check_address
 from mcpserver.metrics import Metrics, build_labels
 from mcpserver.pipeline import BuildInputs, build
 from mcpserver.registry.base import RegistryContext, View
 from mcpserver.registry.kinds import kind_of
 from mcpserver.settings import CONFIG_ENV, ConfigError, Settings, load_settings
-from mcpserver.xds.client import IstiodLikeClient
+from mcpserver.xds.client import IstiodLikeClient, dump_node
 from mcpserver.xds.shards import SHARD_PORTS_HEADER, SHARDS_HEADER, shard_label
 from mcpserver.xds.typeurls import initial_requests
 
@@ -193,6 +194,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     check = command("check-config", "validate a config file; exit 2 naming bad fields")
     check.add_argument("file", type=Path, help="the YAML config file")
+    check.add_argument(
+        "--offline",
+        action="store_true",
+        help="before a deploy: check everything but that secret and TLS files exist (a pod "
+        "mounts them from Secrets)",
+    )
     return parser
 
 
@@ -244,9 +251,9 @@ def config_problems(settings: Settings) -> list[str]:
     return problems
 
 
-def check_config(path: Path) -> int:
+def check_config(path: Path, offline: bool = False) -> int:
     try:
-        settings = load_settings(path, os.environ)
+        settings = load_settings(path, os.environ, offline=offline)
     except ConfigError as err:
         return _config_failure(err)
     problems = config_problems(settings)
@@ -254,7 +261,8 @@ def check_config(path: Path) -> int:
         return _config_failure(ConfigError(problems))
     if not settings.registries:
         print(f"{path}: warning: no registries: istiod would receive empty sets", file=sys.stderr)
-    print(f"{path}: ok ({len(settings.registries)} registries)")
+    unchecked = "; secret and TLS files not checked (--offline)" if offline else ""
+    print(f"{path}: ok ({len(settings.registries)} registries{unchecked})")
     return 0
 
 
@@ -289,7 +297,7 @@ async def fetch(
 ) -> IstiodLikeClient:
     """One stream opened as istiod opens it, read until every type has been answered."""
     async with open_channel(server, ca, server_name) as channel:
-        client = IstiodLikeClient(channel, type_urls)
+        client = IstiodLikeClient(channel, type_urls, node=dump_node())
         task = asyncio.create_task(client.run())
         synced = asyncio.create_task(client.wait_for(lambda c: c.synced(), within))
         try:
@@ -299,7 +307,10 @@ async def fetch(
             client.close()
             if not client.synced():
                 if task.done() and not task.cancelled():
-                    raise DumpError(f"stream to {server}{what} failed: {_reason(task.exception())}")
+                    reason = _reason(task.exception())
+                    if ca is None and ("Socket closed" in reason or "handshake" in reason):
+                        reason += " (a server with server.tls needs --ca: dump dials plaintext)"
+                    raise DumpError(f"stream to {server}{what} failed: {reason}")
                 raise DumpError(f"no complete answer from {server}{what} within {within:g}s")
             return client
         finally:
@@ -389,10 +400,16 @@ def _dump(args: argparse.Namespace) -> int:
     if ca is not None and not ca.is_file():
         print(f"dump: --ca {ca}: no such file", file=sys.stderr)
         return EXIT_CONFIG
+    server = getattr(args, "server", None) or default_server(os.environ)
+    try:
+        check_address(server)
+    except ValueError as err:
+        print(f"dump: --server {server}: {err}", file=sys.stderr)
+        return EXIT_CONFIG
     logs.configure("warning")
     return asyncio.run(
         dump(
-            getattr(args, "server", None) or default_server(os.environ),
+            server,
             args.istio_version,
             args.kind,
             args.output,
@@ -521,7 +538,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "check-config":
-            code = check_config(args.file)
+            code = check_config(args.file, args.offline)
         elif args.command == "dump":
             code = _dump(args)
         elif args.command == "mesh-config":

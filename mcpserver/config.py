@@ -9,6 +9,7 @@ comes from exactly one source and is never logged, and unknown keys are errors.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -31,6 +32,11 @@ _DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
 BASE_CONTEXT = "base"
 """Validation-context key: the directory relative paths are resolved against."""
+OFFLINE_CONTEXT = "offline"
+"""Validation-context key: true when secret and TLS files need not exist (check-config
+--offline, before a deploy)."""
+_NUMERIC = re.compile(r"^[0-9.]+$")
+_HOST_LABEL = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?$")
 
 
 def parse_duration(value: object) -> float:
@@ -60,10 +66,27 @@ def format_duration(seconds: float) -> str:
 
 
 def check_address(value: str) -> str:
-    """host:port with a numeric port; IPv6 hosts in brackets."""
+    """host:port with a numeric port: an IPv4 address, an IPv6 address in brackets, or a DNS
+    name (a typo such as 256.1.1.1 is refused here, not when the server binds)."""
     host, sep, port = value.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 <= int(port) < 65536:
         raise ValueError("expected HOST:PORT, e.g. 127.0.0.1:15051")
+    if host.startswith("["):
+        if not host.endswith("]"):
+            raise ValueError(f"{host}: an IPv6 address goes in brackets, e.g. [::1]:15051")
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            raise ValueError(f"{host[1:-1]} is not an IPv6 address") from None
+    elif _NUMERIC.match(host):
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            raise ValueError(f"{host} is not an IPv4 address") from None
+    elif ":" in host:
+        raise ValueError(f"{host}: an IPv6 address goes in brackets, e.g. [{host}]:{port}")
+    elif len(host) > 253 or not all(_HOST_LABEL.match(label) for label in host.split(".")):
+        raise ValueError(f"{host} is not a host name (letters, digits, '-' and '.')")
     return value
 
 
@@ -79,9 +102,19 @@ def _resolve(value: Path, info: ValidationInfo) -> Path:
 
 
 def _existing_file(value: Path) -> Path:
+    if value.is_dir():
+        raise ValueError(f"{value} is a directory, not a file")
     if not value.is_file():
         raise ValueError(f"file not found: {value}")
     return value
+
+
+def _secret_file(value: Path, info: ValidationInfo) -> Path:
+    """A file a pod mounts from a Secret: checked unless the config is checked offline
+    (`check-config --offline`, where the Secrets are not at hand)."""
+    if (info.context or {}).get(OFFLINE_CONTEXT) and not value.exists():
+        return value
+    return _existing_file(value)
 
 
 ConfigPath = Annotated[Path, AfterValidator(_resolve)]
@@ -89,6 +122,10 @@ ConfigPath = Annotated[Path, AfterValidator(_resolve)]
 
 ExistingFile = Annotated[Path, AfterValidator(_resolve), AfterValidator(_existing_file)]
 """A ConfigPath that must name a readable file when the config is loaded."""
+
+SecretFile = Annotated[Path, AfterValidator(_resolve), AfterValidator(_secret_file)]
+"""An ExistingFile holding a secret or a TLS key or certificate: not required to exist when
+the config is checked offline."""
 
 
 class Frozen(BaseModel):
@@ -101,9 +138,9 @@ class ClientTLSSettings(Frozen):
     """TLS to a registry server: the CA to trust (the system's when unset) and, for servers
     that ask for one, our client certificate and key."""
 
-    ca_file: ExistingFile | None = None
-    cert_file: ExistingFile | None = None
-    key_file: ExistingFile | None = None
+    ca_file: SecretFile | None = None
+    cert_file: SecretFile | None = None
+    key_file: SecretFile | None = None
 
     @model_validator(mode="after")
     def _pair(self) -> ClientTLSSettings:
@@ -116,7 +153,7 @@ class SecretSettings(Frozen):
     """A secret from exactly one source; its value is never logged or shown."""
 
     value: str | None = Field(default=None, repr=False)
-    file: ExistingFile | None = None
+    file: SecretFile | None = None
     env: str | None = None
 
     @model_validator(mode="after")

@@ -43,10 +43,15 @@ def timestamp(created: float) -> str:
 
 
 class TextFormatter(logging.Formatter):
-    """`TIME LEVEL LOGGER message`, tracebacks on the following lines."""
+    """`TIME LEVEL LOGGER message`, one physical line per record: a multi-line message or a
+    traceback has its line breaks written as `\\n`, so a log pipeline that splits on lines
+    keeps each record whole and every line starts with the time."""
 
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)s %(name)s %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        return super().format(record).replace("\n", "\\n")
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802  # logging's name
         return timestamp(record.created)

@@ -43,6 +43,7 @@ from mcpserver.convert.validate import (
     validate_workload_entry,
 )
 from mcpserver.convert.vip import allocate, capacity, needs_vip
+from mcpserver.failure import describe
 from mcpserver.metrics import Metrics
 from mcpserver.model import Problem, Service
 from mcpserver.protection import Hold, ProtectionPolicy, guard, next_deadline, release_message
@@ -113,7 +114,7 @@ def convert_service(
         return _convert_service(service, vip, wants_vip)
     except Exception as err:  # one poisoned record must never fail every push
         log.exception("conversion failed registry=%s service=%s", service.registry, service.key)
-        message = f"conversion failed: {err!r}"
+        message = f"conversion failed: {describe(err)}"
         problem = Problem(service.registry, f"ServiceEntry {service.key}", message, "conversion")
         return Converted(service, (), (problem,), vip, wants_vip)
 
@@ -615,7 +616,7 @@ class Pipeline:
 
     def _failed(self, err: Exception) -> None:
         self._failures += 1
-        self.failure = f"rebuild failed: {err!r}"
+        self.failure = f"rebuild failed: {describe(err)}"
         self._metrics.build_failures.inc()
         if self.failure != self._failure_logged:  # once per distinct error
             self._failure_logged = self.failure

@@ -24,13 +24,15 @@ from pydantic import (
     model_validator,
 )
 
+from mcpserver import failure
 from mcpserver.config import (
     BASE_CONTEXT,
+    OFFLINE_CONTEXT,
     Address,
     Duration,
-    ExistingFile,
     Frozen,
     RegistrySettings,
+    SecretFile,
     SecretSettings,
 )
 from mcpserver.registry.kinds import KINDS
@@ -53,8 +55,8 @@ WILDCARD_HOSTS = frozenset(("0.0.0.0", "[::]", "::", ""))  # noqa: S104  # compa
 
 
 class TLSSettings(Frozen):
-    cert_file: ExistingFile
-    key_file: ExistingFile
+    cert_file: SecretFile
+    key_file: SecretFile
 
 
 class ServerSettings(Frozen):
@@ -322,7 +324,9 @@ def describe(error: ValidationError, origins: Mapping[str, str] | None = None) -
     return lines
 
 
-def load_settings(path: Path | None, env: Mapping[str, str] | None = None) -> Settings:
+def load_settings(
+    path: Path | None, env: Mapping[str, str] | None = None, *, offline: bool = False
+) -> Settings:
     """Read, override and validate; raise ConfigError naming every bad field.
 
     With no file at all, the packaged demo registry is served (README quick start); a file
@@ -336,11 +340,11 @@ def load_settings(path: Path | None, env: Mapping[str, str] | None = None) -> Se
         }
     else:
         try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+            raw = yaml.safe_load(path.read_bytes().decode("utf-8"))
         except OSError as err:
-            raise ConfigError([f"{path}: cannot read: {err.strerror}"]) from None
-        except yaml.YAMLError as err:
-            raise ConfigError([f"{path}: not valid YAML: {err}"]) from None
+            raise ConfigError([f"{path}: cannot read: {failure.describe(err)}"]) from None
+        except (UnicodeDecodeError, yaml.YAMLError) as err:
+            raise ConfigError([f"{path}: {failure.describe(err)}"]) from None
         if raw is None:
             raw = {}
         if not isinstance(raw, dict):
@@ -352,7 +356,8 @@ def load_settings(path: Path | None, env: Mapping[str, str] | None = None) -> Se
     except EnvError as err:
         raise ConfigError([str(err)]) from None
     try:
-        return settings_model().model_validate(data, context={BASE_CONTEXT: base})
+        context = {BASE_CONTEXT: base, OFFLINE_CONTEXT: offline}
+        return settings_model().model_validate(data, context=context)
     except ValidationError as err:
         problems = [
             REGISTRIES_REQUIRED if line == "registries: Field required" else line

@@ -24,6 +24,7 @@ from enum import Enum
 from typing import Generic, Self, TypeVar
 
 from mcpserver.config import RegistrySettings
+from mcpserver.failure import describe
 from mcpserver.metrics import Metrics
 from mcpserver.model import Problem, Service, identity_changes
 
@@ -212,7 +213,7 @@ class Registry(abc.ABC):
                     exc_info=True,
                 )
                 self._metrics.registry_errors.labels(self.name, "crash").inc()
-                self.degrade(f"{what} failed: {err!r}; restarting; serving the last known view")
+                self.degrade(f"{what} failed: {describe(err)}; restarting; {self.keeping()}")
                 await asyncio.sleep(delay)
 
     # ----------------------------------------------------------------- reporting
@@ -271,6 +272,13 @@ class Registry(abc.ABC):
         self._set_view(
             View(self.name, old.services, old.synced, status, detail, old.problems, old.delta)
         )
+
+    def keeping(self) -> str:
+        """What istiod keeps while this registry fails, for a degraded detail: its last
+        view, or nothing when it never listed (there is no view to keep)."""
+        if self._view.synced:
+            return "serving the last known view"
+        return "nothing served from it yet"
 
     def degrade(self, detail: str) -> None:
         """Source unreachable or unreadable: keep serving the last view, say why."""

@@ -45,20 +45,30 @@ def istiod_node(namespace: str = "istio-system") -> base_pb2.Node:
     )
 
 
-def initial_request(type_url: str, first: bool) -> discovery_pb2.DiscoveryRequest:
+def dump_node() -> base_pb2.Node:
+    """How `mcpserver dump` introduces itself: as what it is, so /debug/clients does not
+    show it as one more istiod."""
+    return base_pb2.Node(id="mcpserver-dump")
+
+
+def initial_request(
+    type_url: str, first: bool, node: base_pb2.Node | None = None
+) -> discovery_pb2.DiscoveryRequest:
     request = discovery_pb2.DiscoveryRequest(type_url=type_url, response_nonce=go_timestamp())
     if first:
-        request.node.CopyFrom(istiod_node())
+        request.node.CopyFrom(node or istiod_node())
     return request
 
 
-def ack(response: discovery_pb2.DiscoveryResponse) -> discovery_pb2.DiscoveryRequest:
+def ack(
+    response: discovery_pb2.DiscoveryResponse, node: base_pb2.Node | None = None
+) -> discovery_pb2.DiscoveryRequest:
     """adsc.ack: version and nonce echoed, full node, no error_detail."""
     return discovery_pb2.DiscoveryRequest(
         type_url=response.type_url,
         version_info=response.version_info,
         response_nonce=response.nonce,
-        node=istiod_node(),
+        node=node or istiod_node(),
     )
 
 
@@ -149,6 +159,8 @@ class IstiodLikeClient:
         | None
     ) = None
     _changed: asyncio.Condition = field(default_factory=asyncio.Condition)
+    node: base_pb2.Node | None = None
+    """The node it sends (istiod's, unless given)."""
     metadata: dict[str, str] = field(default_factory=dict)
     """The stream's initial metadata (mcpserver says which shard it serves and where the
     others are)."""
@@ -160,7 +172,7 @@ class IstiodLikeClient:
     async def run(self) -> None:
         """Send the initial burst, then read and ACK until the stream ends."""
         for i, type_url in enumerate(self.type_urls):
-            self._outbox.put_nowait(initial_request(type_url, first=i == 0))
+            self._outbox.put_nowait(initial_request(type_url, first=i == 0, node=self.node))
         stream = self.channel.stream_stream(
             ADS_METHOD,
             request_serializer=discovery_pb2.DiscoveryRequest.SerializeToString,
@@ -177,7 +189,7 @@ class IstiodLikeClient:
                 self.responses.setdefault(response.type_url, []).append(response)
                 self._changed.notify_all()
             if response.type_url != MESH_CONFIG:  # adsc does not ACK MeshConfig
-                self._outbox.put_nowait(ack(response))
+                self._outbox.put_nowait(ack(response, self.node))
                 self.acks_sent += 1
 
     def close(self) -> None:

@@ -146,7 +146,8 @@ def test_json_logs_are_one_object_per_line_and_name_each_change(static_file: Pat
     streams = [m for m in streams if not m.startswith("xds listening")]
     assert len(streams) == 2, streams
     assert streams[0].startswith("stream opened")
-    assert streams[1].startswith("stream closed") and "node=sidecar~" in streams[1]
+    # dump says what it is: not one more istiod in /debug/clients
+    assert streams[1].startswith("stream closed") and "node=mcpserver-dump" in streams[1]
 
 
 def test_text_logs_start_with_an_iso_8601_time_with_offset(static_file: Path) -> None:
@@ -253,6 +254,13 @@ def test_the_formatters_keep_one_record_on_one_line() -> None:
     assert "ValueError: boom" in parsed["exception"]
     assert re.fullmatch(ISO_8601, parsed["time"])
     assert re.match(rf"{ISO_8601} ERROR mcpserver.x a b", TextFormatter().format(record()))
+    # text too: the traceback and a multi-line message stay on the record's one line
+    multi = record(msg="first\nsecond %s")
+    multi.exc_info = entry.exc_info
+    text = TextFormatter().format(multi)
+    assert "\n" not in text
+    assert re.match(rf"{ISO_8601} ERROR mcpserver.x first\\nsecond b\\nTraceback", text), text
+    assert "ValueError: boom" in text
 
 
 def test_a_change_names_services_by_registry_and_keeps_big_ones_short() -> None:

@@ -174,3 +174,70 @@ registries:
     assert isinstance(zk, ZooKeeperRegistrySettings) and zk.auth
     assert zk.auth.credential.file == etc / "digest"
     assert settings.server.tls and settings.server.tls.cert_file == etc / "tls.pem"
+
+
+def test_a_config_file_that_cannot_be_read_is_one_line(tmp_path: Path) -> None:
+    latin1 = tmp_path / "latin1.yaml"
+    latin1.write_bytes(b"registries: []\n# caf\xe9 au lait\n")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("server:\n  listen: [1\n")
+    cases = {
+        latin1: f"{latin1}: not UTF-8: byte 0xe9 at line 2, column 6 (save the file as UTF-8)",
+        broken: f"{broken}: not valid YAML at line 3, column 1: expected ',' or ']', but got "
+        "'<stream end>'; while parsing a flow sequence",
+        tmp_path: f"{tmp_path}: cannot read: is a directory",
+    }
+    for path, said in cases.items():
+        with pytest.raises(ConfigError) as err:
+            load_settings(path, {})
+        assert err.value.problems == [said]
+
+
+@pytest.mark.parametrize(
+    ("listen", "said"),
+    [
+        ("256.1.1.1:15051", "server.listen: 256.1.1.1 is not an IPv4 address"),
+        ("::1:15051", "server.listen: ::1: an IPv6 address goes in brackets, e.g. [::1]:15051"),
+        ("[::g]:15051", "server.listen: ::g is not an IPv6 address"),
+        ("mcp_server:15051", "server.listen: mcp_server is not a host name"),
+    ],
+)
+def test_an_address_with_a_bad_host_names_the_field(tmp_path: Path, listen: str, said: str) -> None:
+    problems = problems_of(tmp_path, f"server: {{listen: '{listen}'}}\nregistries: []\n")
+    assert len(problems) == 1 and problems[0].startswith(said), problems
+
+
+def test_good_hosts_pass(tmp_path: Path) -> None:
+    for listen in ("0.0.0.0:1", "[::]:1", "[::1]:15051", "mcp.istio-system.svc:15051", "a:1"):
+        config = tmp_path / "c.yaml"
+        config.write_text(f"server: {{listen: '{listen}'}}\nregistries: []\n")
+        assert load_settings(config, {}).server.listen == listen
+
+
+def test_a_directory_where_a_file_belongs(tmp_path: Path) -> None:
+    (tmp_path / "services").mkdir()
+    problems = problems_of(tmp_path, "registries:\n  - {kind: static, name: s, path: services}\n")
+    assert problems == [f"registries[0].path: {tmp_path / 'services'} is a directory, not a file"]
+
+
+def test_offline_checks_all_but_that_secret_and_tls_files_exist(tmp_path: Path) -> None:
+    (tmp_path / "s.yaml").write_text("services: []\n")
+    config = tmp_path / "c.yaml"
+    config.write_text(
+        """
+server: {tls: {cert_file: secrets/tls/crt, key_file: secrets/tls/key}, listen: '0.0.0.0:1'}
+registries:
+  - {kind: static, name: s, path: s.yaml}
+  - {kind: consul, name: c, token: {file: secrets/consul/token}}
+"""
+    )
+    with pytest.raises(ConfigError) as err:
+        load_settings(config, {})
+    assert len(err.value.problems) == 3  # both TLS files and the token
+    settings = load_settings(config, {}, offline=True)
+    assert settings.server.tls is not None
+    # what is not a secret must still exist offline (a static file is in the ConfigMap)
+    (tmp_path / "s.yaml").unlink()
+    with pytest.raises(ConfigError) as err:
+        load_settings(config, {}, offline=True)
+    assert err.value.problems == [f"registries[0].path: file not found: {tmp_path / 's.yaml'}"]

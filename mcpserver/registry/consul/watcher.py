@@ -28,6 +28,7 @@ from typing import TypeVar
 import aiohttp
 import consul
 
+from mcpserver.failure import describe
 from mcpserver.metrics import Metrics
 from mcpserver.model import Problem, Service
 from mcpserver.registry.base import Registry, Troubles, backoff
@@ -266,7 +267,7 @@ class ConsulRegistry(Registry):
         except Exception as err:
             # A bug: the supervisor logs it, degrades and restarts us. Until this loop answers
             # again the registry is not healthy, even if other loops recover meanwhile.
-            self._troubles.set(key, f"{self._what(key)}: {err!r}; restarting", "crash")
+            self._troubles.set(key, f"{self._what(key)}: {describe(err)}; restarting", "crash")
             raise
 
     def _what(self, key: Key) -> str:
@@ -360,9 +361,9 @@ class ConsulRegistry(Registry):
         if not isinstance(err, TimeoutError):  # timeouts are counted where they are cut
             self._metrics.registry_errors.labels(self.name, "error").inc()
         if key == AGENT:
-            detail = f"cannot reach Consul at {self._settings.address}: {err!r}"
+            detail = f"cannot reach Consul at {self._settings.address}: {describe(err)}"
         else:
-            detail = f"{self._what(key)}: {err!r}; serving the last known view"
+            detail = f"{self._what(key)}: {describe(err)}; {self.keeping()}"
         self._troubles.set(key, detail, "error")
 
     def _answered(self, key: Key, filtered: bool) -> None:

@@ -18,6 +18,8 @@ import ssl
 
 import aiohttp
 
+from mcpserver.failure import describe
+
 LOGIN_PATHS = ("/nacos/v1/auth/login", "/nacos/v3/auth/user/login")
 GONE = (404, 405, 410)  # Nacos 3 answers 410 on retired v1 APIs
 
@@ -81,7 +83,7 @@ class TokenKeeper:
                                 f"{reply.status} {text.strip()[:200]}"
                             )
                 except (aiohttp.ClientError, OSError, TimeoutError) as err:
-                    raise LoginError(f"cannot log in at {url}: {err!r}") from None
+                    raise LoginError(f"cannot log in at {url}: {describe(err)}") from None
                 try:
                     body = json.loads(text)
                     token = str(body["accessToken"])

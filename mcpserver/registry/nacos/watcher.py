@@ -37,6 +37,7 @@ from typing import Any
 import aiohttp
 import grpc
 
+from mcpserver.failure import describe
 from mcpserver.metrics import Metrics
 from mcpserver.model import Problem, Service
 from mcpserver.registry.base import Registry, Troubles, backoff
@@ -315,7 +316,7 @@ class NacosRegistry(Registry):
             try:
                 await connection.request("HealthCheckRequest", {"module": "internal"}, token=False)
             except (NacosError, grpc.aio.AioRpcError, TimeoutError) as err:
-                raise ConnectionLostError(f"health check failed: {err!r}") from None
+                raise ConnectionLostError(f"health check failed: {describe(err)}") from None
 
     async def _subscribe_all(self, connection: Connection, keys: list[ServiceKey]) -> None:
         """Subscribe to these services, SUBSCRIBE_CONCURRENCY at a time; each reply is the
@@ -557,7 +558,7 @@ class NacosRegistry(Registry):
         if isinstance(err, grpc.aio.AioRpcError):
             what = f"{err.code().name}: {err.details() or ''}".strip()
         else:
-            what = str(err) or repr(err)
+            what = describe(err)
         self._troubles.set(
             namespace,
             f"namespace {namespace}: {where}: {what}; serving the last known view",

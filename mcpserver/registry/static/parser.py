@@ -23,6 +23,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from mcpserver.convert.naming import render_host
+from mcpserver.failure import describe
 from mcpserver.model import EPOCH_2000, Instance, Port, Problem, Service, labels_of
 
 
@@ -208,4 +209,4 @@ def _load(text: str) -> object:
     try:
         return yaml.load(text, Loader=_LOADER)  # noqa: S506  _LOADER is a safe loader
     except yaml.YAMLError as err:
-        raise StaticFileError(f"not valid YAML: {err}") from None
+        raise StaticFileError(describe(err)) from None

@@ -15,6 +15,7 @@ import logging
 from collections.abc import Mapping
 from pathlib import Path
 
+from mcpserver.failure import describe
 from mcpserver.metrics import Metrics
 from mcpserver.model import Service
 from mcpserver.registry.base import Registry, Status
@@ -85,11 +86,11 @@ class StaticRegistry(Registry):
             data, parsed = await asyncio.to_thread(read_static, path, self._options, self._known)
         except OSError as err:
             self._digest = b""
-            self.degrade(f"cannot read {path}: {err.strerror}; serving the last known view")
+            self.degrade(f"cannot read {path}: {describe(err)}; {self.keeping()}")
             return
         except (StaticFileError, UnicodeDecodeError) as err:
             self._digest = b""
-            self.degrade(f"{path}: {err}; serving the last known view")
+            self.degrade(f"{path}: {describe(err)}; {self.keeping()}")
             return
         digest = hashlib.blake2b(data).digest()
         if digest == self._digest and self.view().status is Status.READY:
