@@ -3,18 +3,26 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+RUN_STAMP := $(VENV)/.installed-run
 
 .PHONY: setup run test check lint typecheck imports protos protos-check unit component bench bench-smoke soak clean
+
+# `make run` installs what serving needs and grpcurl (extra `tools`); `make test` and the
+# other targets add the development tools (extra `dev`) to the same virtualenv.
+$(RUN_STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[tools]'
+	touch $(RUN_STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
-	touch $(STAMP)
+	touch $(STAMP) $(RUN_STAMP)
 
 setup: $(STAMP)
 
-run: $(STAMP)            ## serve the embedded demo registry on 127.0.0.1:15051
+run: $(RUN_STAMP)        ## serve the embedded demo registry on 127.0.0.1:15051 (no dev tools)
 	$(BIN)/mcpserver serve
 
 test: check              ## everything CI runs: static checks, then the whole test suite
