@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 RUN_STAMP := $(VENV)/.installed-run
 
-.PHONY: setup run test check lint typecheck imports protos protos-check unit component bench bench-smoke soak clean
+.PHONY: setup run test check lint typecheck imports protos protos-check chart-schema chart-schema-check unit component bench bench-smoke soak clean
 
 # `make run` installs what serving needs and grpcurl (extra `tools`); `make test` and the
 # other targets add the development tools (extra `dev`) to the same virtualenv.
@@ -28,7 +28,7 @@ run: $(RUN_STAMP)        ## serve the embedded demo registry on 127.0.0.1:15051 
 test: check              ## everything CI runs: static checks, then the whole test suite
 	$(BIN)/pytest
 
-check: lint typecheck imports protos-check
+check: lint typecheck imports protos-check chart-schema-check
 
 lint: $(STAMP)
 	$(BIN)/ruff check mcpserver tests scripts bench
@@ -45,6 +45,12 @@ protos: $(STAMP)         ## regenerate generated/ from protos/
 
 protos-check: $(STAMP)
 	$(BIN)/python scripts/gen_protos.py --check
+
+chart-schema: $(STAMP)   ## regenerate the chart's values.schema.json `config` from the settings models
+	$(BIN)/python scripts/gen_chart_schema.py
+
+chart-schema-check: $(STAMP)
+	$(BIN)/python scripts/gen_chart_schema.py --check
 
 unit: $(STAMP)
 	$(BIN)/pytest -m unit

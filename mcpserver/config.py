@@ -13,7 +13,7 @@ import ipaddress
 import re
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import (
     AfterValidator,
@@ -22,6 +22,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationInfo,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
@@ -54,7 +55,21 @@ def parse_duration(value: object) -> float:
     return seconds
 
 
-Duration = Annotated[float, BeforeValidator(parse_duration)]
+DURATION_SCHEMA: dict[str, Any] = {
+    "anyOf": [
+        {"type": "number", "minimum": 0},
+        {"type": "string", "pattern": _DURATION.pattern},
+    ],
+    "description": "a duration: 100ms, 1s, 2m, 1h, or a number of seconds",
+}
+"""What a duration is in JSON schema (the chart's values.schema.json is generated from these
+models: scripts/gen_chart_schema.py)."""
+NEVER_SCHEMA: dict[str, Any] = {
+    "anyOf": [*DURATION_SCHEMA["anyOf"], {"const": "never"}, {"type": "null"}],
+    "description": "a duration, or never",
+}
+
+Duration = Annotated[float, BeforeValidator(parse_duration), WithJsonSchema(DURATION_SCHEMA)]
 
 
 def format_duration(seconds: float) -> str:
@@ -90,7 +105,11 @@ def check_address(value: str) -> str:
     return value
 
 
-Address = Annotated[str, BeforeValidator(lambda v: check_address(str(v)))]
+Address = Annotated[
+    str,
+    BeforeValidator(lambda v: check_address(str(v))),
+    WithJsonSchema({"type": "string", "pattern": r"^\S+:[0-9]{1,5}$", "description": "HOST:PORT"}),
+]
 
 
 def _resolve(value: Path, info: ValidationInfo) -> Path:
@@ -190,8 +209,11 @@ class RegistrySettings(Frozen):
     """Fields every registry kind has; each kind adds `kind: Literal[...]` and its own."""
 
     kind: str
-    name: str
-    namespace: str = "default"
+    name: str = Field(json_schema_extra={"pattern": _DNS1123_LABEL.pattern, "maxLength": 63})
+    namespace: str = Field(
+        default="default",
+        json_schema_extra={"pattern": _DNS1123_LABEL.pattern, "maxLength": 63},
+    )
     endpoints: str = "inline"
     keep_when_empty: bool = False
 

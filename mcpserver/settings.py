@@ -19,6 +19,7 @@ import yaml
 from pydantic import (
     Field,
     ValidationError,
+    WithJsonSchema,
     create_model,
     field_validator,
     model_validator,
@@ -27,6 +28,7 @@ from pydantic import (
 from mcpserver import failure
 from mcpserver.config import (
     BASE_CONTEXT,
+    NEVER_SCHEMA,
     OFFLINE_CONTEXT,
     Address,
     Duration,
@@ -141,7 +143,7 @@ class StartupSettings(Frozen):
     """The first snapshot waits for every registry: answering istiod without one would
     delete what istiod holds of it. Serving without it after a while is opt-in."""
 
-    serve_partial_after: Duration | None = None
+    serve_partial_after: Annotated[Duration | None, WithJsonSchema(NEVER_SCHEMA)] = None
 
     @model_validator(mode="before")
     @classmethod
@@ -177,7 +179,7 @@ class ProtectionSettings(Frozen):
     max_removed_share: float = Field(default=0.5, gt=0, le=1)
     min_instances: int = Field(default=5, ge=1)
     hold_empty: bool = True
-    hold_for: Duration | None = 180.0
+    hold_for: Annotated[Duration | None, WithJsonSchema(NEVER_SCHEMA)] = 180.0
     release_share: float = Field(default=0.1, ge=0, le=1)
 
     @model_validator(mode="before")
