@@ -35,6 +35,8 @@ UID = 10001
 DRAIN, GRACE = 1, 5  # shutdown.drain and shutdown.grace in the test's config
 STOP_TIMEOUT = 20  # podman stop: SIGTERM, then SIGKILL after this
 
+MOVED_ADMIN = 16052
+
 
 @pytest.fixture(scope="module")
 def podman(tmp_path_factory: pytest.TempPathFactory) -> Podman:
@@ -113,7 +115,9 @@ def container(podman: Podman, image: str, config_dir: Path) -> Iterator[tuple[st
         "run", "--detach", f"--name={name}", "--read-only", "--read-only-tmpfs=false",
         # no systemd here to run the HEALTHCHECK on a timer: the test runs it itself
         "--health-interval=disable",
-        f"--publish=127.0.0.1:{grpc_port}:15051", f"--publish=127.0.0.1:{admin_port}:15052",
+        # the admin port moved: the image's HEALTHCHECK must follow it
+        f"--env=MCPSERVER_SERVER__ADMIN=0.0.0.0:{MOVED_ADMIN}",
+        f"--publish=127.0.0.1:{grpc_port}:15051", f"--publish=127.0.0.1:{admin_port}:{MOVED_ADMIN}",
         f"--volume={config_dir}:/etc/mcpserver:ro", image,
     )  # fmt: skip
     try:
