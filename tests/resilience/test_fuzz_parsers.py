@@ -49,7 +49,12 @@ from mcpserver.registry.eureka.parser import (
 )
 from mcpserver.registry.nacos.parser import NacosOptions, ServiceKey, convert
 from mcpserver.registry.nacos.payload import PayloadError, decode
-from mcpserver.registry.static.parser import StaticFileError, StaticOptions, parse_static
+from mcpserver.registry.static.parser import (
+    StaticFileError,
+    StaticOptions,
+    entry_texts,
+    parse_static,
+)
 from mcpserver.registry.zookeeper.assembly import (
     EMPTY,
     AppRecord,
@@ -592,3 +597,55 @@ def test_config_files_raise_only_config_errors(tmp_path_factory: Any, text: str)
     path.write_text(text, encoding="utf-8", errors="surrogatepass")
     with contextlib.suppress(ConfigError):
         load_settings(path, {})
+
+
+def whole(text: str) -> tuple[Any, ...]:
+    """What the static file means parsed at once (the reference for the entry-by-entry
+    parse): YAML's own reading of the whole text, handed over as JSON."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return ("error",)
+    try:
+        parsed = parse_static(json.dumps(data, default=str), STATIC)
+    except StaticFileError as err:
+        return ("error", str(err))
+    return parsed.services, parsed.problems, parsed.locations
+
+
+@given(
+    st.lists(static_entries(), max_size=5),
+    st.sampled_from([2, 4]),
+    st.booleans(),
+    st.booleans(),
+    st.lists(st.sampled_from(["# a comment\n", "\n", "  # indented\n"]), max_size=3),
+)
+def test_entries_parsed_one_by_one_mean_what_the_whole_file_means(
+    entries: list[Any], indent: int, flow: bool, nested: bool, noise: list[str]
+) -> None:
+    """A static file is parsed entry by entry when it has the plain shape, so an edit
+    parses one entry; whatever a generator or a person writes, that must read exactly as
+    the whole file does: the same services, problems and places in the file."""
+    body = (
+        yaml.safe_dump(entries, default_flow_style=flow, indent=indent, width=60)
+        if entries
+        else "[]\n"
+    )
+    if nested and entries and not flow:  # items indented under the key, as people write
+        body = "".join(f"  {line}" if line.strip() else line for line in body.splitlines(True))
+    text = "services:\n" + "".join(
+        line + (noise[i % len(noise)] if noise and i % 3 == 0 else "")
+        for i, line in enumerate(body.splitlines(keepends=True))
+    )
+    reference = whole(text)
+    if reference[0] == "error":
+        with contextlib.suppress(StaticFileError):
+            parse_static(text, STATIC)
+        return
+    parsed = parse_static(text, STATIC)
+    assert (parsed.services, parsed.problems, parsed.locations) == reference
+    if entries and not flow:  # the plain shape: read entry by entry, not whole
+        assert entry_texts(text) is not None, text
+    # and again, reusing everything: the same again, every Service the same object
+    again = parse_static(text, STATIC, parsed.known, parsed.texts)
+    assert all(a is b for a, b in zip(again.services, parsed.services, strict=True))

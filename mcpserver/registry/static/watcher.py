@@ -12,12 +12,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from collections.abc import Mapping
 from pathlib import Path
 
 from mcpserver.failure import describe
 from mcpserver.metrics import Metrics
-from mcpserver.model import Service
 from mcpserver.registry.base import Registry, Status
 from mcpserver.registry.static.config import StaticRegistrySettings
 from mcpserver.registry.static.parser import (
@@ -50,12 +48,16 @@ def options_of(settings: StaticRegistrySettings) -> StaticOptions:
 
 
 def read_static(
-    path: Path, options: StaticOptions, known: Mapping[str, Service] | None = None
+    path: Path, options: StaticOptions, previous: StaticFile | None = None
 ) -> tuple[bytes, StaticFile]:
-    """Read and parse the file (blocking: run it in a worker thread); OSError,
-    UnicodeDecodeError or StaticFileError if the file is unusable."""
+    """Read and parse the file (blocking: run it in a worker thread), reusing what the
+    `previous` parse made of entries unchanged since; OSError, UnicodeDecodeError or
+    StaticFileError if the file is unusable."""
     data = path.read_bytes()
-    return data, parse_static(data.decode("utf-8"), options, known)
+    text = data.decode("utf-8")
+    if previous is None:
+        return data, parse_static(text, options)
+    return data, parse_static(text, options, previous.known, previous.texts)
 
 
 class StaticRegistry(Registry):
@@ -67,7 +69,7 @@ class StaticRegistry(Registry):
         self._options = options_of(settings)
         self._stamp: Stamp | None = None
         self._digest = b""
-        self._known: Mapping[str, Service] = {}
+        self._parsed: StaticFile | None = None
 
     async def open(self) -> None:
         await self._reload()
@@ -83,7 +85,7 @@ class StaticRegistry(Registry):
         path = self._settings.path
         self._stamp = _stamp(path)
         try:
-            data, parsed = await asyncio.to_thread(read_static, path, self._options, self._known)
+            data, parsed = await asyncio.to_thread(read_static, path, self._options, self._parsed)
         except OSError as err:
             self._digest = b""
             self.degrade(f"cannot read {path}: {describe(err)}; {self.keeping()}")
@@ -96,7 +98,7 @@ class StaticRegistry(Registry):
         if digest == self._digest and self.view().status is Status.READY:
             return
         self._digest = digest
-        self._known = parsed.known
+        self._parsed = parsed
         log.info(
             "loaded registry=%s path=%s services=%d skipped=%d",
             self.name,
