@@ -56,13 +56,19 @@ class TypeSet:
     resources: tuple[PackedResource, ...]
     framed: tuple[bytes, ...] = field(repr=False)  # each resource's framed bytes, in order
     _responses: dict[str, bytes] = field(default_factory=dict, repr=False, compare=False)
+    _sent: dict[str, None] = field(default_factory=dict, repr=False, compare=False)
+    """Type URLs a stream took this set under (an ordered set; on the event loop)."""
+    _recent: tuple[str, ...] = field(default=(), repr=False, compare=False)
+    """Type URLs streams took the set before this one under."""
 
-    def response(self, type_url: str) -> bytes:
+    def response(self, type_url: str, *, prepare: bool = False) -> bytes:
         """The serialized DiscoveryResponse for this set under `type_url`, with the set's
         version as version_info and nonce; encoded once and shared by every stream (on
-        the event loop only, once the set is published; the builder encodes the type URLs
-        streams asked its predecessor for before that). Type URLs past a few dozen
-        (clients may ask for anything) are encoded without being kept."""
+        the event loop only, once the set is published; the builder encodes it beforehand,
+        with `prepare`, under the type URLs streams took the sets before it under). Type URLs
+        past a few dozen (clients may ask for anything) are encoded without being kept."""
+        if not prepare and len(self._sent) < MAX_CACHED_RESPONSES:
+            self._sent[type_url] = None
         payload = self._responses.get(type_url)
         if payload is None:
             # one join from the resources' own bytes: no full-set blob copied in between
@@ -188,17 +194,21 @@ class TypeIndex:
         else:
             self._apply(pending, added, removed, changed)
         previous = self._current
+        # tuple() of a dict is one C call, safe while the loop may add to it
+        sent = tuple(previous._sent)
         self._current = TypeSet(
             self.kind,
             set_version(self._total, len(self._items)),
             tuple(self._items),
             tuple(self._framed),
+            _recent=sent,
         )
-        # Encode the responses streams asked the last set for (their type URLs) now, in the
-        # builder's thread and before the set is published, so the loop sends at once.
-        # list() of a dict is one C call, safe while the loop may add to it.
-        for type_url in list(previous._responses):
-            self._current.response(type_url)
+        # Encode now, in the builder's thread and before the set is published, the responses
+        # streams took either of the last two sets under, so the loop sends at once. Not
+        # further back: a set nobody reads (the whole set while istiods read shards, once a
+        # dump has gone) must not cost a join of every resource on each rebuild.
+        for type_url in dict.fromkeys((*sent, *previous._recent)):
+            self._current.response(type_url, prepare=True)
         return self._current, SetChange(
             tuple(sorted(added)), tuple(sorted(removed)), tuple(sorted(changed))
         )

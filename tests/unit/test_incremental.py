@@ -335,3 +335,25 @@ def test_a_new_set_comes_with_the_responses_streams_asked_its_predecessor_for() 
     second, _ = index.commit()
     assert list(second._responses) == [url]
     assert second.response(url) == encode_response(second.version, url, second.version, second.blob)
+
+
+def test_a_set_nobody_takes_stops_being_encoded_ahead() -> None:
+    """Encoded ahead only under the type URLs streams took one of the last two sets under:
+    a set nobody reads any more (the whole set while istiods read shards, after a dump)
+    must not cost a join of every resource on each rebuild."""
+    index = TypeIndex("ServiceEntry")
+    url = "networking.istio.io/v1/ServiceEntry"
+    index.put(resource("a", 1))  # type: ignore[arg-type]
+    first, _ = index.commit()
+    first.response(url)  # a stream took it, then went away
+    encoded = []
+    for n in range(4):
+        index.put(resource(f"n{n}", 1))  # type: ignore[arg-type]
+        later, _ = index.commit()
+        encoded.append(list(later._responses))
+    assert encoded == [[url], [url], [], []]
+    # a stream that takes a set again brings it back
+    later.response(url)
+    index.put(resource("z", 1))  # type: ignore[arg-type]
+    again, _ = index.commit()
+    assert list(again._responses) == [url]
