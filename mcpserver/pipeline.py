@@ -238,6 +238,9 @@ class BuildResult:
     served: Mapping[str, tuple[int, int]] = field(default_factory=dict)
     """(services, instances) in the snapshot by registry: a merged service counts for its
     owner; one withheld, merged away or not served for want of instances counts nowhere."""
+    withheld: frozenset[str] = frozenset()
+    """Keys of the services withheld whole (no ServiceEntry served): protection counts
+    them neither as served nor as removed."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -352,6 +355,16 @@ class Builder:
                 for registry, count in self._served.items()
                 if count
             },
+            self._withheld_whole(),
+        )
+
+    def _withheld_whole(self) -> frozenset[str]:
+        """The keys withheld whole: a conversion with problems and no ServiceEntry (a
+        WorkloadEntry withheld alone leaves its service served). O(withheld)."""
+        return frozenset(
+            key
+            for key in self._withheld
+            if not any(r.kind == "ServiceEntry" for r in self._converted[key].packed)
         )
 
     def _claim(self, changed: Mapping[str, tuple[Service | None, Service | None]]) -> bool:
@@ -508,6 +521,7 @@ class Pipeline:
         self._accepted: dict[str, View] = {}
         self._holds: dict[str, Hold] = {}
         self._confirmed: set[str] = set()
+        self._withheld: frozenset[str] = frozenset()  # the last build's (BuildResult.withheld)
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._failures = 0
         self._failure_logged = ""
@@ -659,6 +673,7 @@ class Pipeline:
         self._builder = None  # a build that raises leaves it half-updated: never reused
         result = await asyncio.to_thread(builder.build, served_views)
         self._builder = builder
+        self._withheld = result.withheld
         self._report(result.problems + self._hold_problems())
         self._report_vips(result)
         self._metrics.build_seconds.observe(time.perf_counter() - started)
@@ -702,6 +717,7 @@ class Pipeline:
             name in self._confirmed,
             self._options.keep_when_empty.get(name, False),
             view.changes_since(accepted) if accepted is not None else None,
+            withheld=self._withheld,
         )
         timer = self._timers.pop(name, None)
         if timer is not None:

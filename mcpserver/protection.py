@@ -38,7 +38,7 @@ the update is held.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Generic, Protocol, Self, TypeVar
@@ -139,6 +139,9 @@ def is_served(service: Service, keep_when_empty: bool) -> bool:
     return bool(service.instances) or service.resolution != "STATIC" or keep_when_empty
 
 
+NOTHING: frozenset[str] = frozenset()
+
+
 def guard(
     accepted: V | None,
     incoming: V,
@@ -148,6 +151,8 @@ def guard(
     confirmed: bool,
     keep_when_empty: bool,
     changes: Changes | None = None,
+    *,
+    withheld: Collection[str] = NOTHING,
 ) -> Guarded[V]:
     """Decide what to serve for one registry.
 
@@ -167,6 +172,12 @@ def guard(
 
     `released` says how a hold that was on (`hold`) ended: APPLIED, CONFIRMED, or RECOVERED
     when the listing no longer removes too much (or is the accepted view again).
+    `withheld`: the keys (`namespace/name`) of services the last build withheld whole (Istio
+    would reject them, or their conversion failed). istiod never had them, so they count
+    neither as removed nor as served, in either view: removing them is no removal, and a
+    registry left with only such services has none served. While held, an accepted service
+    among them that `incoming` lacks is not kept (its problem goes with it), and one that
+    `incoming` redefines is taken as `incoming` has it.
 
     While held, `served` is `held_view(accepted, incoming)`: the accepted View object itself
     when `incoming` adds nothing to it (its status is then the one from when it was
@@ -182,7 +193,9 @@ def guard(
         if accepted.synced:
             return Guarded(accepted, hold)
         return Guarded(incoming, None, came_back)
-    found = _mass_removal(accepted, incoming, policy, keep_when_empty, changes, hold is not None)
+    found = _mass_removal(
+        accepted, incoming, policy, keep_when_empty, changes, hold is not None, withheld
+    )
     if found is None:
         return Guarded(incoming, None, came_back)
     since = hold.since if hold is not None else now
@@ -204,12 +217,12 @@ def guard(
         f"their instances are missing; {release}"
     )
     return Guarded(
-        held_view(accepted, incoming),
+        held_view(accepted, incoming, withheld),
         Hold(since, reason, removed_services, removed_instances, total_instances),
     )
 
 
-def held_view(accepted: V, incoming: V) -> V:
+def held_view(accepted: V, incoming: V, withheld: Collection[str] = NOTHING) -> V:
     """What a held registry serves: everything `accepted` had, and what `incoming` adds.
 
     - a service only in `incoming` is served (a new registration);
@@ -219,6 +232,9 @@ def held_view(accepted: V, incoming: V) -> V:
       then `incoming`'s, with the accepted instances at addresses it lacks appended. (A
       service redefined while held waits for the release: its held instances may not fit
       its new ports.)
+
+    A service of `accepted` that the last build withheld (`withheld`: istiod never had it)
+    is not held: `incoming`'s version is served if it has one, else nothing.
 
     `accepted` itself when `incoming` adds nothing (no new object, so the build has nothing
     to do). O(services), only while a hold is on."""
@@ -236,6 +252,10 @@ def held_view(accepted: V, incoming: V) -> V:
         if old is service:
             served.append(old)
             continue
+        if old.key in withheld:
+            served.append(service)  # never served: nothing to hold of it
+            new = True
+            continue
         known = {instance.address for instance in old.instances}
         if all(i.address in known for i in service.instances):
             served.append(old)  # nothing new in it
@@ -247,9 +267,11 @@ def held_view(accepted: V, incoming: V) -> V:
         lacked = tuple(i for i in old.instances if i.address not in there)
         served.append(replace(service, instances=service.instances + lacked))
         new = True
-    if not new:
+    missing = [service for service in accepted.services if service.key not in seen]
+    kept = [service for service in missing if service.key not in withheld]
+    if not new and len(kept) == len(missing):
         return accepted
-    served.extend(service for service in accepted.services if service.key not in seen)
+    served.extend(kept)
     return incoming.with_services(tuple(served))
 
 
@@ -260,23 +282,29 @@ def _mass_removal(
     keep_when_empty: bool,
     changes: Changes | None,
     held: bool,
+    withheld: Collection[str] = NOTHING,
 ) -> tuple[int, int, int, str] | None:
     """(removed services, removed instances, total instances, description) if the update
     from `accepted` to `incoming` is a mass removal, else None. `held`: a hold is on, and
-    only a listing within `policy.release_share` of `accepted` ends it."""
+    only a listing within `policy.release_share` of `accepted` ends it. Services whose key
+    is in `withheld` never reached istiod: they count nowhere."""
     if incoming.services is accepted.services:
         return None
+
+    def counts(service: Service) -> bool:
+        return is_served(service, keep_when_empty) and service.key not in withheld
+
     # Services present in both views as the very same object lose nothing: set them aside by
     # identity (both views are alive, so equal ids are the same object) and compare the few
     # that changed by key.
     if changes is None:
         changes = identity_changes(accepted.services, incoming.services)
     gone, came = changes
-    changed = {s.key: s for s in came.values() if is_served(s, keep_when_empty)}
+    changed = {s.key: s for s in came.values() if counts(s)}
     removed_services = 0
     removed_instances = 0
     for old in gone.values():
-        if not is_served(old, keep_when_empty):
+        if not counts(old):
             continue
         new = changed.get(old.key)
         if new is None:
@@ -286,8 +314,8 @@ def _mass_removal(
             removed_instances += max(0, len(old.instances) - len(new.instances))
     if removed_services == 0 and removed_instances == 0:
         return None
-    if policy.hold_empty and not any(is_served(s, keep_when_empty) for s in incoming.services):
-        lost = [s for s in accepted.services if is_served(s, keep_when_empty)]
+    if policy.hold_empty and not any(counts(s) for s in incoming.services):
+        lost = [s for s in accepted.services if counts(s)]
         total = sum(len(s.instances) for s in lost)
         what = f"all {len(lost)} served services ({total} instances)"
         return removed_services, removed_instances, total, what
@@ -298,7 +326,7 @@ def _mass_removal(
     total = 0
     served = 0
     for old in accepted.services:
-        if is_served(old, keep_when_empty):
+        if counts(old):
             served += 1
             total += len(old.instances)
             if total * share >= removed_instances:
