@@ -98,7 +98,12 @@ def pipeline_options(settings: Settings) -> PipelineOptions:
         vip_cidr=settings.vip.cidr,
         merge_policy=settings.merge,
         protection=ProtectionPolicy(
-            p.max_removed_share, p.min_instances, p.hold_empty, p.hold_for, p.release_share
+            p.max_removed_share,
+            p.min_instances,
+            p.hold_empty,
+            p.hold_for,
+            p.release_share,
+            p.window,
         ),
         serve_partial_after=settings.startup.serve_partial_after,
         layouts=settings.server.layouts()[1:],

@@ -44,9 +44,10 @@ from mcpserver.convert.validate import (
 )
 from mcpserver.convert.vip import allocate, capacity, needs_vip
 from mcpserver.failure import describe
+from mcpserver.memory import Memory
 from mcpserver.metrics import Metrics
 from mcpserver.model import Problem, Service
-from mcpserver.protection import Hold, ProtectionPolicy, guard, next_deadline, release_message
+from mcpserver.protection import Hold, ProtectionPolicy, release_message
 from mcpserver.registry.base import Registry, Status, View, backoff
 from mcpserver.xds.resources import PackedResource, pack, pack_bytes
 from mcpserver.xds.shards import shard_label, shard_of
@@ -494,6 +495,9 @@ class RegistryState:
     view: View
     hold: Hold | None
     served: tuple[int, int] = (0, 0)
+    origin: str = ""
+    """Where a hold's reference came from: "" this replica's own view, else a peer or the
+    state directory."""
 
 
 class Pipeline:
@@ -518,8 +522,7 @@ class Pipeline:
         self._started = time.monotonic()
         self._builder: Builder | None = None
         self._reported: set[Problem] = set()
-        self._accepted: dict[str, View] = {}
-        self._holds: dict[str, Hold] = {}
+        self._memory = Memory(options.protection, options.keep_when_empty)
         self._confirmed: set[str] = set()
         self._withheld: frozenset[str] = frozenset()  # the last build's (BuildResult.withheld)
         self._timers: dict[str, asyncio.TimerHandle] = {}
@@ -542,8 +545,14 @@ class Pipeline:
         return [r.view() for r in self._registries]
 
     def registry_states(self) -> list[RegistryState]:
+        memory = self._memory
         return [
-            RegistryState(v, self._holds.get(v.registry), self.served.get(v.registry, (0, 0)))
+            RegistryState(
+                v,
+                memory.hold(v.registry),
+                self.served.get(v.registry, (0, 0)),
+                memory.origin(v.registry),
+            )
             for v in self.views()
         ]
 
@@ -592,7 +601,7 @@ class Pipeline:
     def confirm(self, registry: str) -> bool:
         """An operator confirms a held removal: applied at the next rebuild (now), or at the
         first complete listing after it; the hold's end is logged when it is applied."""
-        if registry not in self._holds:
+        if self._memory.hold(registry) is None:
             return False
         log.info("held removal confirmation received registry=%s; applying it", registry)
         self._confirmed.add(registry)
@@ -610,7 +619,7 @@ class Pipeline:
 
     def _count_status(self, view: View) -> None:
         name = view.registry
-        status = Status.DEGRADED if name in self._holds else view.status
+        status = Status.DEGRADED if self._memory.hold(name) is not None else view.status
         for each in Status:
             self._metrics.registry_up.labels(name, each.value).set(each is status)
 
@@ -704,42 +713,26 @@ class Pipeline:
 
     def _protect(self, view: View) -> View:
         """The view to serve for one registry: its own, or the last accepted one while a
-        mass removal is held."""
+        mass removal is held (memory.py keeps what protection remembers)."""
         name = view.registry
         now = time.monotonic()
-        accepted = self._accepted.get(name)
-        outcome = guard(
-            accepted,
-            view,
-            self._holds.get(name),
-            now,
-            self._options.protection,
-            name in self._confirmed,
-            self._options.keep_when_empty.get(name, False),
-            view.changes_since(accepted) if accepted is not None else None,
-            withheld=self._withheld,
-        )
+        held = self._memory.hold(name)
+        outcome = self._memory.decide(view, now, name in self._confirmed, self._withheld)
         timer = self._timers.pop(name, None)
         if timer is not None:
             timer.cancel()
         if outcome.hold is None:
             # a confirmation lasts until the hold ends (not past an incomplete listing)
             self._confirmed.discard(name)
-            ended = self._holds.pop(name, None)
-            if ended is not None and outcome.released is not None:
+            if held is not None and outcome.released is not None:
                 policy = self._options.protection
-                log.warning(release_message(name, ended, outcome.released, now, policy))
-            if view.synced:
-                self._accepted[name] = outcome.served
-        else:
-            if name not in self._holds:
-                log.warning("removal held registry=%s: %s", name, outcome.hold.reason)
-            self._holds[name] = outcome.hold
-            deadline = next_deadline(outcome.hold, self._options.protection)
-            if deadline is not None:
-                self._timers[name] = asyncio.get_running_loop().call_later(
-                    max(0.0, deadline - now) + 0.01, self._trigger
-                )
+                log.warning(release_message(name, held, outcome.released, now, policy))
+        elif held is None:
+            log.warning("removal held registry=%s: %s", name, outcome.hold.reason)
+        if outcome.deadline is not None:
+            self._timers[name] = asyncio.get_running_loop().call_later(
+                max(0.0, outcome.deadline - now) + 0.01, self._trigger
+            )
         self._metrics.removal_held.labels(name).set(1 if outcome.hold else 0)
         self._count_status(view)
         return outcome.served
@@ -747,7 +740,7 @@ class Pipeline:
     def _hold_problems(self) -> tuple[Problem, ...]:
         return tuple(
             Problem(name, "removal held", hold.reason, "held")
-            for name, hold in sorted(self._holds.items())
+            for name, hold in sorted(self._memory.holds().items())
         )
 
     def _report_vips(self, result: BuildResult) -> None:

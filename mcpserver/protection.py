@@ -83,6 +83,9 @@ class ProtectionPolicy:
     release_share: float = 0.1
     """A hold ends by itself once a listing removes at most this share of the instances
     (whatever the registry's size); max_removed_share: no hysteresis."""
+    window: float = 0.0
+    """Seconds over which removals add up: an update is judged against what was accepted
+    this long ago (memory.py keeps it), not only against the update before; 0: per update."""
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.max_removed_share <= 1.0:
@@ -96,6 +99,8 @@ class ProtectionPolicy:
             raise ValueError(f"min_instances {self.min_instances} < 0")
         if self.hold_for is not None and self.hold_for < 0:
             raise ValueError(f"hold_for {self.hold_for} < 0")
+        if self.window < 0:
+            raise ValueError(f"window {self.window} < 0")
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +158,7 @@ def guard(
     changes: Changes | None = None,
     *,
     withheld: Collection[str] = NOTHING,
+    compared_with: str = "",
 ) -> Guarded[V]:
     """Decide what to serve for one registry.
 
@@ -178,6 +184,11 @@ def guard(
     registry left with only such services has none served. While held, an accepted service
     among them that `incoming` lacks is not kept (its problem goes with it), and one that
     `incoming` redefines is taken as `incoming` has it.
+
+    `accepted` need not be the view accepted last: over `policy.window` it is the one
+    accepted at the start of the window (memory.py), so removals that arrive in slices add
+    up; `compared_with` then says what it is ("what was accepted 12s ago", "what peer X
+    accepted"), for the reason.
 
     While held, `served` is `held_view(accepted, incoming)`: the accepted View object itself
     when `incoming` adds nothing to it (its status is then the one from when it was
@@ -208,13 +219,14 @@ def guard(
         release = "applied only when an operator confirms it"
     else:
         release = (
-            f"applied if it persists for {_duration(policy.hold_for)}, or when an operator "
+            f"applied if it persists for {duration(policy.hold_for)}, or when an operator "
             "confirms it"
         )
+    against = f" (compared with {compared_with})" if compared_with else ""
     reason = (
-        f"update removes {what} of registry {incoming.registry}; nothing of the last accepted "
-        f"services is withdrawn (additions flow) until at most {policy.release_share:.0%} of "
-        f"their instances are missing; {release}"
+        f"update removes {what} of registry {incoming.registry}{against}; nothing of the last "
+        f"accepted services is withdrawn (additions flow) until at most "
+        f"{policy.release_share:.0%} of their instances are missing; {release}"
     )
     return Guarded(
         held_view(accepted, incoming, withheld),
@@ -354,14 +366,14 @@ def release_message(
 ) -> str:
     """The log line that ends a hold: one wording per way it ends, so an operator (and a
     log query) can tell a removal that took effect from one the registry took back."""
-    held = _duration(round(max(0.0, now - hold.since)))
+    held = duration(round(max(0.0, now - hold.since)))
     services = hold.removed_services
     gone = (
         f"{hold.removed_instances} of {hold.total_instances} instances ({services} "
         f"service{'' if services == 1 else 's'} gone) are withdrawn from istiod"
     )
     if released is Release.APPLIED:
-        waited = _duration(policy.hold_for) if policy.hold_for is not None else held
+        waited = duration(policy.hold_for) if policy.hold_for is not None else held
         return (
             f"held removal applied after {waited} registry={registry}: it persisted for "
             f"protection.hold_for; {gone}"
@@ -375,7 +387,7 @@ def release_message(
     )
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
     """Go-style durations, as people read them in Istio's docs: 3m0s, 45s, 1h0m0s."""
     whole = int(seconds)
     if whole != seconds:

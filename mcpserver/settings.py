@@ -181,6 +181,14 @@ class ProtectionSettings(Frozen):
     hold_empty: bool = True
     hold_for: Annotated[Duration | None, WithJsonSchema(NEVER_SCHEMA)] = 180.0
     release_share: float = Field(default=0.1, ge=0, le=1)
+    # Removals add up over this long (README "What mcpserver does when things go wrong"):
+    # a loss that arrives in slices (Eureka's eviction runs, ZooKeeper sessions expiring one
+    # by one) is judged as one. 1m: longer than the spread of one fault's slices in the
+    # registries we watch (ZooKeeper caps session timeouts at 40 s by default; Nacos marks a
+    # silent instance unhealthy at 15 s and deletes it at 30 s; Eureka clients' leases
+    # expire within a renewal interval of each other), yet short enough that a planned
+    # scale-down spread over a few minutes flows.
+    window: Duration = 60.0
 
     @model_validator(mode="before")
     @classmethod

@@ -1,0 +1,205 @@
+"""What protection remembers of each registry between rebuilds.
+
+`protection.guard` decides one update against one reference view; this module chooses that
+reference and keeps what the next decision needs:
+
+- the views accepted over the last `protection.window` (checkpoints, oldest first, the last
+  one being the view accepted last). An update is judged against the view accepted at the
+  start of the window, so a loss that arrives in slices adds up: Eureka evicts at most 15%
+  of its registry per eviction run, ZooKeeper sessions expire one by one, Nacos expels
+  connections one by one; each slice alone stays under `max_removed_share`, and without
+  the window every one of them would be withdrawn. Once the slices add up to a mass
+  removal, the hold serves the view of the window's start again (nothing of it withdrawn,
+  the slices that had flowed included), like any other hold;
+- the hold, and the reference it was judged against, frozen while it lasts: the window
+  moving on must not change what a hold keeps or when it ends.
+
+Checkpoints are thinned to one per quarter window (a view accepted in between replaces the
+newest one), so a registry that changes twice a second keeps about ten views, not a
+hundred; the view chosen as the window's start is then up to a quarter window older than
+exact, which only adds up more. Each checkpoint shares every unchanged Service object with
+the views after it: the memory is that of the services that changed in the window, at most
+one version of each service per checkpoint.
+
+Everything here runs on the event loop in O(checkpoints) per rebuild, besides guard's own
+work; a registry whose view is the one accepted last costs nothing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
+
+from mcpserver.protection import (
+    Guarded,
+    Hold,
+    ProtectionPolicy,
+    Release,
+    duration,
+    guard,
+    next_deadline,
+)
+from mcpserver.registry.base import View
+
+CHECKPOINTS_PER_WINDOW = 4
+"""Checkpoints kept per window (at least): the window's start is exact to 1/4 window."""
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """A view accepted at `at` (monotonic seconds); `origin` says where it came from when
+    it is not this replica's own decision (a peer, the state directory)."""
+
+    at: float
+    view: View
+    origin: str = ""
+
+
+@dataclass(slots=True)
+class Kept:
+    """What is remembered of one registry."""
+
+    checkpoints: list[Checkpoint] = field(default_factory=list)
+    hold: Hold | None = None
+    reference: Checkpoint | None = None
+    """While held: the checkpoint the hold was judged against, frozen until it ends."""
+    served: View | None = None
+    """What the last decision served (the held view while held)."""
+
+    @property
+    def accepted(self) -> View | None:
+        return self.checkpoints[-1].view if self.checkpoints else None
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """One registry's outcome: what to serve, the hold if any, whether a hold ended, and
+    when to decide again if nothing changes (monotonic; a hold's deadline)."""
+
+    served: View
+    hold: Hold | None
+    ended: bool = False
+    deadline: float | None = None
+    released: Release | None = None
+    """How a hold that was on ended (protection.Release), for the log line that says so."""
+
+
+class Memory:
+    """Per-registry protection state; the pipeline asks it once per registry and rebuild."""
+
+    def __init__(self, policy: ProtectionPolicy, keep_when_empty: Mapping[str, bool]) -> None:
+        self._policy = policy
+        self._keep = keep_when_empty
+        self._kept: dict[str, Kept] = {}
+
+    # ------------------------------------------------------------------ reading
+
+    def hold(self, registry: str) -> Hold | None:
+        kept = self._kept.get(registry)
+        return kept.hold if kept is not None else None
+
+    def origin(self, registry: str) -> str:
+        """Where a registry's hold came from: "" (this replica's own view), a peer, the
+        state directory."""
+        kept = self._kept.get(registry)
+        if kept is None or kept.reference is None:
+            return ""
+        return kept.reference.origin
+
+    def holds(self) -> dict[str, Hold]:
+        return {name: kept.hold for name, kept in self._kept.items() if kept.hold is not None}
+
+    # ----------------------------------------------------------------- deciding
+
+    def decide(
+        self,
+        view: View,
+        now: float,
+        confirmed: bool = False,
+        withheld: Collection[str] = frozenset(),
+    ) -> Decision:
+        """What to serve of `view` (this registry's current one) at monotonic `now`."""
+        kept = self._kept.setdefault(view.registry, Kept())
+        accepted = kept.accepted
+        if kept.hold is None and view is accepted:
+            return Decision(view, None)
+        if not view.synced:
+            # an incomplete listing: keep serving a complete one (and its hold) if there
+            # is one; otherwise the newer partial listing is at least as good
+            if accepted is not None and accepted.synced:
+                return Decision(kept.served or accepted, kept.hold, deadline=self._due(kept))
+            return Decision(view, None)
+        reference = kept.reference if kept.hold is not None else self._window_start(kept, now)
+        outcome: Guarded[View]
+        if reference is None:
+            outcome = Guarded(view, None)
+        else:
+            outcome = guard(
+                reference.view,
+                view,
+                kept.hold,
+                now,
+                self._policy,
+                confirmed,
+                self._keep.get(view.registry, False),
+                view.changes_since(reference.view),
+                withheld=withheld,
+                compared_with=self._compared_with(reference, kept, now),
+            )
+        ended = kept.hold is not None and outcome.hold is None
+        if outcome.hold is None:
+            if ended or confirmed or not kept.checkpoints:
+                # a hold that ends (released, applied, confirmed) starts the window over:
+                # what it decided is the new start
+                kept.checkpoints = [Checkpoint(now, view)]
+            else:
+                self._checkpoint(kept, Checkpoint(now, view))
+            kept.reference = None
+        elif kept.hold is None:
+            kept.reference = reference
+        kept.hold = outcome.hold
+        kept.served = outcome.served
+        released = outcome.released if ended else None
+        return Decision(outcome.served, outcome.hold, ended, self._due(kept), released)
+
+    def _due(self, kept: Kept) -> float | None:
+        return next_deadline(kept.hold, self._policy)
+
+    def _window_start(self, kept: Kept, now: float) -> Checkpoint | None:
+        """The checkpoint in effect at `now - window` (the oldest kept if none is that old);
+        older ones are dropped."""
+        points = kept.checkpoints
+        if not points:
+            return None
+        cut = now - self._policy.window
+        start = 0
+        for index, point in enumerate(points):
+            if point.at > cut:
+                break
+            start = index
+        if start:
+            del points[:start]
+        return points[0]
+
+    def _checkpoint(self, kept: Kept, point: Checkpoint) -> None:
+        points = kept.checkpoints
+        if self._policy.window <= 0:
+            points[:] = [point]
+            return
+        step = self._policy.window / CHECKPOINTS_PER_WINDOW
+        if len(points) >= 2 and point.at - points[-2].at < step:
+            points[-1] = point
+        else:
+            points.append(point)
+
+    def _compared_with(self, reference: Checkpoint, kept: Kept, now: float) -> str:
+        """For the hold's reason: what the update was judged against, unless it is simply
+        the view accepted last by this replica."""
+        if reference.origin:
+            return reference.origin
+        if reference is kept.checkpoints[-1] or reference.view is kept.accepted:
+            return ""
+        return (
+            f"what was accepted {duration(round(now - reference.at))} ago, "
+            f"protection.window {duration(self._policy.window)}"
+        )

@@ -1,0 +1,157 @@
+"""What protection remembers between rebuilds (memory.py), as decision tables: removals judged
+over protection.window, holds frozen against their reference."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from mcpserver.memory import CHECKPOINTS_PER_WINDOW, Memory
+from mcpserver.model import Instance, Port, Service
+from mcpserver.protection import ProtectionPolicy
+from mcpserver.registry.base import Status, View
+
+pytestmark = pytest.mark.unit
+
+WINDOW = 60.0
+POLICY = ProtectionPolicy(window=WINDOW)  # share 0.5, min 5, hold_for 180 s, release 0.1
+
+
+def app(name: str, *addresses: str) -> Service:
+    return Service(
+        "eureka",
+        "eureka",
+        name,
+        (f"{name}.eureka",),
+        (Port("http", 8080, "HTTP"),),
+        tuple(Instance(a) for a in addresses),
+    )
+
+
+def view(*services: Service, synced: bool = True) -> View:
+    return View("eureka", tuple(services), synced, Status.READY)
+
+
+SEVEN = [f"10.0.0.{i}" for i in range(1, 8)]
+
+
+def left(count: int) -> View:
+    """One app of 7 instances, with only the first `count` still listed (a fresh tuple each
+    time, as each delta fetch publishes)."""
+    return view(app("orders", *SEVEN[:count]))
+
+
+def memory(policy: ProtectionPolicy = POLICY) -> Memory:
+    return Memory(policy, {})
+
+
+@pytest.mark.parametrize(
+    ("window", "held_after"),
+    [
+        (WINDOW, 3),  # the third slice brings the loss to 4 of 7 (57%): held
+        (0.0, None),  # per update: 2 of 7, 1 of 5, 1 of 4, 1 of 3, never above half
+    ],
+)
+def test_a_loss_in_slices_adds_up_over_the_window(window: float, held_after: int | None) -> None:
+    """The issue's Eureka eviction: 5 of 7 instances leave in slices of 2+1+1+1 over 6 s,
+    each under max_removed_share; over the window they are one mass removal, and the hold
+    serves every instance the window started with, the first slices' included."""
+    mind = memory(replace(POLICY, window=window))
+    full = left(7)
+    assert mind.decide(full, 0.0).served is full
+    for number, (now, count) in enumerate([(0.5, 5), (2.5, 4), (4.5, 3), (6.5, 2)], 1):
+        incoming = left(count)
+        decision = mind.decide(incoming, now)
+        if held_after is None or number < held_after:
+            assert decision.hold is None and decision.served is incoming, number
+            continue
+        assert decision.hold is not None, number
+        assert decision.served is full  # nothing of the window's start withdrawn
+        assert decision.hold.removed_instances == 7 - count
+        assert decision.hold.since == 4.5  # the hold started with the third slice
+        assert "compared with what was accepted" in decision.hold.reason
+        assert "protection.window 1m0s" in decision.hold.reason
+
+
+def test_slices_further_apart_than_the_window_do_not_add_up() -> None:
+    mind = memory()
+    mind.decide(left(7), 0.0)
+    for now, count in [(10.0, 5), (80.0, 4), (150.0, 3), (220.0, 2)]:
+        incoming = left(count)
+        decision = mind.decide(incoming, now)
+        assert decision.hold is None and decision.served is incoming, now
+
+
+def test_a_hold_keeps_its_reference_however_the_window_moves() -> None:
+    """Held at 4 of 7 gone; later listings are judged against the same reference (not a
+    newer window start), the release restores the per-window judgement from the released
+    view on."""
+    mind = memory()
+    full = left(7)
+    mind.decide(full, 0.0)
+    mind.decide(left(5), 1.0)
+    mind.decide(left(4), 2.0)
+    held = mind.decide(left(3), 3.0)
+    assert held.hold is not None and held.served is full
+    # 100 s later (past the window): 6 of 7 back, still more than 10% missing
+    later = mind.decide(left(6), 100.0)
+    assert later.hold is not None and later.served is full and later.hold.since == 3.0
+    back = left(7)
+    released = mind.decide(back, 101.0)
+    assert released.hold is None and released.ended and released.served is back
+    # the window starts over from the released view: one slice of 2 of 7 flows
+    two_gone = left(5)
+    assert mind.decide(two_gone, 102.0).served is two_gone
+
+
+def test_a_removal_applied_after_hold_for_is_the_new_start() -> None:
+    mind = memory(replace(POLICY, hold_for=10.0))
+    mind.decide(left(7), 0.0)
+    held = mind.decide(left(3), 1.0)
+    assert held.hold is not None and held.deadline == 11.0
+    applied = left(3)
+    outcome = mind.decide(applied, 11.0)
+    assert outcome.hold is None and outcome.ended and outcome.served is applied
+    # 1 of the 3 left goes: judged against the applied view (1 of 3), not the 7
+    fewer = left(2)
+    assert mind.decide(fewer, 12.0).served is fewer
+
+
+def test_a_confirmation_applies_and_starts_the_window_over() -> None:
+    mind = memory()
+    mind.decide(left(7), 0.0)
+    assert mind.decide(left(2), 1.0).hold is not None
+    confirmed = left(2)
+    assert mind.decide(confirmed, 2.0, confirmed=True).served is confirmed
+    assert mind.hold("eureka") is None
+    one = left(1)
+    assert mind.decide(one, 3.0).hold is None  # 1 of 2 is not above half
+
+
+def test_an_unchanged_view_costs_nothing_and_an_incomplete_one_keeps_the_served() -> None:
+    mind = memory()
+    full = left(7)
+    mind.decide(full, 0.0)
+    assert mind.decide(full, 500.0).served is full
+    held = mind.decide(left(1), 501.0)
+    assert held.hold is not None
+    partial = view(app("orders", *SEVEN[:1]), synced=False)
+    kept = mind.decide(partial, 502.0)
+    assert kept.served is held.served and kept.hold == held.hold
+
+
+def test_checkpoints_stay_few_under_constant_change() -> None:
+    """Two views a second for ten windows: a bounded number of checkpoints (each pins the
+    services that changed since), and the window's start stays about one window old."""
+    mind = memory()
+    for tick in range(1200):
+        now = tick * 0.5
+        # a churning registry: the same count of instances, one address replaced each time
+        addresses = [f"10.1.{tick % 200}.{i}" for i in range(7)]
+        decision = mind.decide(view(app("orders", *addresses)), now)
+        assert decision.hold is None
+    kept = mind._kept["eureka"]
+    assert len(kept.checkpoints) <= 2 * CHECKPOINTS_PER_WINDOW + 2
+    age = 599.5 - kept.checkpoints[0].at
+    assert WINDOW <= age <= WINDOW * (1 + 2 / CHECKPOINTS_PER_WINDOW), age
