@@ -329,6 +329,7 @@ class Admin:
                     detail=hold.reason,
                     source={"status": v.status.value, "detail": v.detail},
                     held={
+                        "cause": hold.cause,
                         "removed_services": hold.removed_services,
                         "removed_instances": hold.removed_instances,
                         "instances": hold.total_instances,

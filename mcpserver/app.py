@@ -107,6 +107,7 @@ def pipeline_options(settings: Settings) -> PipelineOptions:
         ),
         serve_partial_after=settings.startup.serve_partial_after,
         layouts=settings.server.layouts()[1:],
+        recovery_grace={r.name: p.grace_for(r.kind) for r in settings.registries},
     )
 
 

@@ -12,7 +12,9 @@ reference and keeps what the next decision needs:
   removal, the hold serves the view of the window's start again (nothing of it withdrawn,
   the slices that had flowed included), like any other hold;
 - the hold, and the reference it was judged against, frozen while it lasts: the window
-  moving on must not change what a hold keeps or when it ends.
+  moving on must not change what a hold keeps or when it ends;
+- the recovery grace: after the registry's source came back (`View.recovered`), every
+  removal is held for the kind's `recovery_grace` (a confirmation ends it early).
 
 Checkpoints are thinned to one per quarter window (a view accepted in between replaces the
 newest one), so a registry that changes twice a second keeps about ten views, not a
@@ -31,6 +33,7 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 
 from mcpserver.protection import (
+    Grace,
     Guarded,
     Hold,
     ProtectionPolicy,
@@ -65,6 +68,13 @@ class Kept:
     """While held: the checkpoint the hold was judged against, frozen until it ends."""
     served: View | None = None
     """What the last decision served (the held view while held)."""
+    grace: Grace | None = None
+    """A grace taken from elsewhere (a peer, the state directory); the registry's own comes
+    with its view."""
+    grace_over: float | None = None
+    """The recovery (its `at`) whose grace a confirmation ended."""
+    last_grace: Grace | None = None
+    """The grace in effect at the last decision (what a peer takes over)."""
 
     @property
     def accepted(self) -> View | None:
@@ -87,9 +97,16 @@ class Decision:
 class Memory:
     """Per-registry protection state; the pipeline asks it once per registry and rebuild."""
 
-    def __init__(self, policy: ProtectionPolicy, keep_when_empty: Mapping[str, bool]) -> None:
+    def __init__(
+        self,
+        policy: ProtectionPolicy,
+        keep_when_empty: Mapping[str, bool],
+        graces: Mapping[str, float] | None = None,
+    ) -> None:
+        """`graces`: each registry's recovery grace in seconds (none: 0)."""
         self._policy = policy
         self._keep = keep_when_empty
+        self._graces = graces or {}
         self._kept: dict[str, Kept] = {}
 
     # ------------------------------------------------------------------ reading
@@ -123,29 +140,50 @@ class Memory:
         accepted = kept.accepted
         if kept.hold is None and view is accepted:
             return Decision(view, None)
+        grace = self._grace(kept, view, now)
         if not view.synced:
             # an incomplete listing: keep serving a complete one (and its hold) if there
             # is one; otherwise the newer partial listing is at least as good
             if accepted is not None and accepted.synced:
-                return Decision(kept.served or accepted, kept.hold, deadline=self._due(kept))
+                return Decision(
+                    kept.served or accepted, kept.hold, deadline=self._due(kept, grace, now)
+                )
             return Decision(view, None)
-        reference = kept.reference if kept.hold is not None else self._window_start(kept, now)
-        outcome: Guarded[View]
-        if reference is None:
-            outcome = Guarded(view, None)
-        else:
-            outcome = guard(
+        keep = self._keep.get(view.registry, False)
+
+        def judge(reference: Checkpoint, grace: Grace | None) -> Guarded[View]:
+            return guard(
                 reference.view,
                 view,
                 kept.hold,
                 now,
                 self._policy,
                 confirmed,
-                self._keep.get(view.registry, False),
+                keep,
                 view.changes_since(reference.view),
                 withheld=withheld,
                 compared_with=self._compared_with(reference, kept, now),
+                grace=grace,
             )
+
+        reference: Checkpoint | None
+        outcome: Guarded[View]
+        if kept.hold is not None:
+            reference = kept.reference
+            assert reference is not None  # a hold always has its reference
+            outcome = judge(reference, grace)
+        elif not kept.checkpoints:
+            reference, outcome = None, Guarded(view, None)
+        else:
+            # Against the view accepted last first (what a single update removes; the
+            # grace holds what the source lost since it was last seen), then against the
+            # window's start: the window only ever adds a hold. (The window's start alone
+            # would miss a mass removal of services added within the window.)
+            reference = kept.checkpoints[-1]
+            outcome = judge(reference, grace)
+            start = self._window_start(kept, now)
+            if outcome.hold is None and start is not reference:
+                reference, outcome = start, judge(start, None)
         ended = kept.hold is not None and outcome.hold is None
         if outcome.hold is None:
             if ended or confirmed or not kept.checkpoints:
@@ -157,20 +195,45 @@ class Memory:
             kept.reference = None
         elif kept.hold is None:
             kept.reference = reference
+        if confirmed and grace is not None:
+            # a confirmation applies what the grace held, and ends the grace
+            kept.grace = None
+            kept.grace_over = view.recovered.at if view.recovered is not None else None
+            grace = None
         kept.hold = outcome.hold
         kept.served = outcome.served
+        kept.last_grace = grace
         released = outcome.released if ended else None
-        return Decision(outcome.served, outcome.hold, ended, self._due(kept), released)
+        due = self._due(kept, grace, now)
+        return Decision(outcome.served, outcome.hold, ended, due, released)
 
-    def _due(self, kept: Kept) -> float | None:
-        return next_deadline(kept.hold, self._policy)
+    def _grace(self, kept: Kept, view: View, now: float) -> Grace | None:
+        """The recovery grace in effect: the registry's own (its last recovery, unless a
+        confirmation ended it) or one taken from a peer, whichever lasts longer."""
+        found: list[Grace] = []
+        recovered = view.recovered
+        seconds = self._graces.get(view.registry, 0.0)
+        if recovered is not None and seconds > 0 and recovered.at != kept.grace_over:
+            found.append(Grace(recovered.at, recovered.at + seconds, recovered.why))
+        if kept.grace is not None:
+            found.append(kept.grace)
+        live = [g for g in found if now < g.until]
+        return max(live, key=lambda g: g.until) if live else None
 
-    def _window_start(self, kept: Kept, now: float) -> Checkpoint | None:
-        """The checkpoint in effect at `now - window` (the oldest kept if none is that old);
-        older ones are dropped."""
-        points = kept.checkpoints
-        if not points:
+    def _due(self, kept: Kept, grace: Grace | None, now: float) -> float | None:
+        """When to decide again with no change: a hold's hold_for, or the end of the
+        grace that holds it (a deadline already past is no reason to wake)."""
+        if kept.hold is None:
             return None
+        due = [d for d in (next_deadline(kept.hold, self._policy),) if d is not None and d > now]
+        if grace is not None:
+            due.append(grace.until)
+        return min(due) if due else None
+
+    def _window_start(self, kept: Kept, now: float) -> Checkpoint:
+        """The checkpoint in effect at `now - window` (the oldest kept if none is that old);
+        older ones are dropped. There is at least one."""
+        points = kept.checkpoints
         cut = now - self._policy.window
         start = 0
         for index, point in enumerate(points):

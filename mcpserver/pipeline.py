@@ -485,6 +485,8 @@ class PipelineOptions:
     protection: ProtectionPolicy = field(default_factory=ProtectionPolicy)
     serve_partial_after: float | None = None  # None: the first snapshot waits for every registry
     layouts: tuple[int, ...] = ()  # shard layouts N > 1 to serve (xds/shards.py)
+    recovery_grace: Mapping[str, float] = field(default_factory=dict)
+    """Seconds each registry (by name) holds removals after its source came back."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -522,7 +524,7 @@ class Pipeline:
         self._started = time.monotonic()
         self._builder: Builder | None = None
         self._reported: set[Problem] = set()
-        self._memory = Memory(options.protection, options.keep_when_empty)
+        self._memory = Memory(options.protection, options.keep_when_empty, options.recovery_grace)
         self._confirmed: set[str] = set()
         self._withheld: frozenset[str] = frozenset()  # the last build's (BuildResult.withheld)
         self._timers: dict[str, asyncio.TimerHandle] = {}

@@ -114,6 +114,21 @@ class Hold:
     removed_services: int
     removed_instances: int
     total_instances: int
+    cause: str = "mass removal"
+    """What holds it: "mass removal" (the share rule, or everything gone) or "recovery"
+    (any removal within the recovery grace after the source came back)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Grace:
+    """A registry whose source came back (reconnected, restarted, a new session) holds
+    every removal until `until` while its clients register again, whatever the share."""
+
+    since: float
+    """Monotonic seconds when the source came back."""
+    until: float
+    why: str
+    """What came back: "reconnected to Nacos (namespace public)"."""
 
 
 class Release(Enum):
@@ -159,6 +174,7 @@ def guard(
     *,
     withheld: Collection[str] = NOTHING,
     compared_with: str = "",
+    grace: Grace | None = None,
 ) -> Guarded[V]:
     """Decide what to serve for one registry.
 
@@ -190,6 +206,12 @@ def guard(
     up; `compared_with` then says what it is ("what was accepted 12s ago", "what peer X
     accepted"), for the reason.
 
+    `grace`: the registry's source came back and its clients may still be registering
+    again; until `grace.until` any removal is held (additions flow), whatever the share,
+    applied only by confirmation; then the removal left is judged as any update (by
+    `max_removed_share`, not the release share), a hold keeping its start (`hold_for`
+    counts from the grace's first hold).
+
     While held, `served` is `held_view(accepted, incoming)`: the accepted View object itself
     when `incoming` adds nothing to it (its status is then the one from when it was
     accepted), otherwise `incoming` with every accepted service and instance it lacks. The
@@ -204,9 +226,36 @@ def guard(
         if accepted.synced:
             return Guarded(accepted, hold)
         return Guarded(incoming, None, came_back)
-    found = _mass_removal(
-        accepted, incoming, policy, keep_when_empty, changes, hold is not None, withheld
-    )
+    against = f" (compared with {compared_with})" if compared_with else ""
+    if grace is not None and now < grace.until and not confirmed:
+        found = _mass_removal(
+            accepted, incoming, ANY_REMOVAL, keep_when_empty, changes, False, withheld
+        )
+        if found is None:
+            return Guarded(incoming, None, came_back)
+        removed_services, removed_instances, total_instances, what = found
+        reason = (
+            f"update removes {what} of registry {incoming.registry}{against}, which came back "
+            f"{duration(round(now - grace.since))} ago ({grace.why}); every removal is held "
+            f"for protection.recovery_grace, until {duration(round(grace.until - grace.since))} "
+            "after it came back, while its clients register again (additions flow); then "
+            "judged as any update, or applied at once when an operator confirms it"
+        )
+        return Guarded(
+            held_view(accepted, incoming, withheld),
+            Hold(
+                hold.since if hold is not None else now,
+                reason,
+                removed_services,
+                removed_instances,
+                total_instances,
+                "recovery",
+            ),
+        )
+    # a hold the grace made is judged afresh when the grace is over (the entry share), a
+    # mass-removal hold by the release share
+    releasing = hold is not None and hold.cause != "recovery"
+    found = _mass_removal(accepted, incoming, policy, keep_when_empty, changes, releasing, withheld)
     if found is None:
         return Guarded(incoming, None, came_back)
     since = hold.since if hold is not None else now
@@ -222,7 +271,6 @@ def guard(
             f"applied if it persists for {duration(policy.hold_for)}, or when an operator "
             "confirms it"
         )
-    against = f" (compared with {compared_with})" if compared_with else ""
     reason = (
         f"update removes {what} of registry {incoming.registry}{against}; nothing of the last "
         f"accepted services is withdrawn (additions flow) until at most "
@@ -232,6 +280,10 @@ def guard(
         held_view(accepted, incoming, withheld),
         Hold(since, reason, removed_services, removed_instances, total_instances),
     )
+
+
+ANY_REMOVAL = ProtectionPolicy(max_removed_share=0.0, min_instances=0, release_share=0.0)
+"""The share rule a recovery grace applies: any removal at all."""
 
 
 def held_view(accepted: V, incoming: V, withheld: Collection[str] = NOTHING) -> V:

@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal, Union
 
 import yaml
 from pydantic import (
+    BeforeValidator,
     Field,
     ValidationError,
     WithJsonSchema,
@@ -36,6 +37,7 @@ from mcpserver.config import (
     RegistrySettings,
     SecretFile,
     SecretSettings,
+    parse_duration,
 )
 from mcpserver.registry.kinds import KINDS
 from mcpserver.xds.shards import MAX_SHARDS, PORT_STRIDE, highest_port, layouts, shard_port
@@ -173,6 +175,22 @@ class VIPSettings(Frozen):
         return value
 
 
+def _grace_durations(value: object) -> object:
+    """One duration, or durations by kind: parsed here, so an error is one line that
+    names the kind rather than pydantic's union members."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, dict):
+        parsed = {}
+        for kind, duration in value.items():
+            try:
+                parsed[str(kind)] = parse_duration(duration)
+            except ValueError as err:
+                raise ValueError(f"{kind}: {err}") from None
+        return parsed
+    return parse_duration(value)
+
+
 class ProtectionSettings(Frozen):
     """Protection against mass removal (README "What mcpserver does when things go wrong")."""
 
@@ -189,6 +207,13 @@ class ProtectionSettings(Frozen):
     # expire within a renewal interval of each other), yet short enough that a planned
     # scale-down spread over a few minutes flows.
     window: Duration = 60.0
+    # After a registry's source came back (a reconnect, a server restart, a new session),
+    # every removal is held this long while its clients register again: one duration for
+    # every kind, or per kind ({eureka: 2m}); a kind not named keeps its own default (the
+    # kind table's recovery_grace, README says why each is what it is).
+    recovery_grace: Annotated[
+        float | dict[str, float] | None, BeforeValidator(_grace_durations)
+    ] = None
 
     @model_validator(mode="before")
     @classmethod
@@ -196,6 +221,28 @@ class ProtectionSettings(Frozen):
         if isinstance(data, dict) and "hold_for" in data:
             data = {**data, "hold_for": _never(data["hold_for"])}
         return data
+
+    @field_validator("recovery_grace")
+    @classmethod
+    def _known_kinds(
+        cls, value: float | dict[str, float] | None
+    ) -> float | dict[str, float] | None:
+        if isinstance(value, dict):
+            unknown = sorted(set(value) - set(KINDS))
+            if unknown:
+                raise ValueError(
+                    f"unknown registry kind {', '.join(unknown)} (kinds: {', '.join(KINDS)})"
+                )
+        return value
+
+    def grace_for(self, kind: str) -> float:
+        """The recovery grace of registries of this kind, in seconds."""
+        value = self.recovery_grace
+        if isinstance(value, dict):
+            return value.get(kind, KINDS[kind].recovery_grace)
+        if value is not None:
+            return value
+        return KINDS[kind].recovery_grace
 
     @model_validator(mode="after")
     def _hysteresis(self) -> ProtectionSettings:

@@ -10,7 +10,7 @@ import pytest
 from mcpserver.memory import CHECKPOINTS_PER_WINDOW, Memory
 from mcpserver.model import Instance, Port, Service
 from mcpserver.protection import ProtectionPolicy
-from mcpserver.registry.base import Status, View
+from mcpserver.registry.base import Recovery, Status, View
 
 pytestmark = pytest.mark.unit
 
@@ -155,3 +155,71 @@ def test_checkpoints_stay_few_under_constant_change() -> None:
     assert len(kept.checkpoints) <= 2 * CHECKPOINTS_PER_WINDOW + 2
     age = 599.5 - kept.checkpoints[0].at
     assert WINDOW <= age <= WINDOW * (1 + 2 / CHECKPOINTS_PER_WINDOW), age
+
+
+# ------------------------------------------------------- recovery grace (issue 27 C)
+
+
+def came_back(base: View, at: float) -> View:
+    return replace(base, recovered=Recovery(at, "reconnected to Eureka"))
+
+
+def test_a_recovery_holds_removals_for_the_kinds_grace() -> None:
+    """The registry's source came back at t=10 with a grace of 30 s: the listing lacking 1
+    of 7 instances is held until t=40 (the deadline the pipeline wakes at), then judged by
+    the share rule and applied."""
+    mind = Memory(POLICY, {}, {"eureka": 30.0})
+    full = left(7)
+    mind.decide(full, 0.0)
+    short = came_back(left(6), 10.0)
+    held = mind.decide(short, 11.0)
+    assert held.hold is not None and held.hold.cause == "recovery"
+    assert held.served is full and held.deadline == 40.0
+    back = came_back(left(7), 10.0)  # every client back within the grace: released
+    assert mind.decide(back, 12.0).hold is None
+    short = came_back(left(6), 10.0)
+    assert mind.decide(short, 13.0).hold is not None
+    applied = mind.decide(short, 40.0)
+    assert applied.hold is None and applied.served is short and applied.ended
+    # a grace of 0 (a static file, Cloud Map) holds nothing
+    plain = Memory(POLICY, {}, {"eureka": 0.0})
+    plain.decide(full, 0.0)
+    assert plain.decide(came_back(left(6), 10.0), 11.0).hold is None
+
+
+def test_a_confirmation_ends_the_grace_of_that_recovery_only() -> None:
+    mind = Memory(POLICY, {}, {"eureka": 30.0})
+    mind.decide(left(7), 0.0)
+    assert mind.decide(came_back(left(6), 10.0), 11.0).hold is not None
+    confirmed = came_back(left(6), 10.0)
+    assert mind.decide(confirmed, 12.0, confirmed=True).served is confirmed
+    fewer = came_back(left(5), 10.0)  # the same recovery: no grace any more
+    assert mind.decide(fewer, 13.0).hold is None
+    again = came_back(left(4), 20.0)  # a new recovery: a new grace
+    assert mind.decide(again, 21.0).hold is not None
+
+
+def test_the_window_only_adds_holds_to_the_per_update_rule() -> None:
+    """A registry listed empty at first, filled within the window, then emptied: against
+    the window's start (empty) nothing was removed, against the view accepted last
+    everything was: held, as without a window."""
+    mind = memory()
+    mind.decide(view(), 0.0)
+    full = left(7)
+    assert mind.decide(full, 5.0).served is full
+    held = mind.decide(view(), 10.0)
+    assert held.hold is not None and held.served is full
+    assert "compared with" not in held.hold.reason  # judged against the last view
+
+
+def test_a_grace_holds_what_the_outage_lost_not_what_flowed_before_it() -> None:
+    """2 of 7 instances leave (a plain removal), then the source drops and comes back
+    without one more: the grace holds that one; the 2 that flowed before stay withdrawn."""
+    mind = Memory(POLICY, {}, {"eureka": 30.0})
+    mind.decide(left(7), 0.0)
+    five = left(5)
+    assert mind.decide(five, 1.0).served is five
+    held = mind.decide(came_back(left(4), 10.0), 11.0)
+    assert held.hold is not None and held.hold.cause == "recovery"
+    (served,) = held.served.services
+    assert len(served.instances) == 5

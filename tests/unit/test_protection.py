@@ -10,6 +10,7 @@ import pytest
 
 from mcpserver.model import Instance, Port, Service
 from mcpserver.protection import (
+    Grace,
     Guarded,
     Hold,
     ProtectionPolicy,
@@ -416,3 +417,68 @@ def test_a_held_view_keeps_nothing_withheld_that_left() -> None:
     gone = run(MIXED, view(VALID[0]), withheld=WITHHELD)
     assert gone.hold is not None
     assert {s.key for s in gone.served.services} == {s.key for s in VALID}
+
+
+# ------------------------------------------------------- recovery grace (issue 27 C)
+
+EIGHT = view(service("steady", 5), service("late", 3, first=100))  # the Nacos restart case
+GRACE = Grace(since=990.0, until=1020.0, why="reconnected to Nacos (namespace public)")
+
+
+def graced(
+    accepted: View,
+    incoming: View,
+    now: float = 1000.0,
+    hold: Hold | None = None,
+    confirmed: bool = False,
+    policy: ProtectionPolicy = POLICY,
+) -> Guarded[View]:
+    return guard(accepted, incoming, hold, now, policy, confirmed, False, grace=GRACE)
+
+
+@pytest.mark.parametrize(
+    ("incoming", "now", "confirmed", "held"),
+    [
+        # the service whose client has not registered again: 3 of 8 instances, under the
+        # share, held within the grace
+        (view(EIGHT.services[0]), 1000.0, False, True),
+        # one instance of 8 gone: any removal is held within the grace
+        (view(EIGHT.services[0], service("late", 2, first=100)), 1000.0, False, True),
+        # nothing gone (and something new): accepted
+        (view(*EIGHT.services, service("new", 1, first=300)), 1000.0, False, False),
+        # the grace is over: judged by the share rule, 3 of 8 flows
+        (view(EIGHT.services[0]), 1020.0, False, False),
+        # an operator confirms: applied at once
+        (view(EIGHT.services[0]), 1000.0, True, False),
+    ],
+)
+def test_a_registry_that_came_back_holds_any_removal_for_the_grace(
+    incoming: View, now: float, confirmed: bool, held: bool
+) -> None:
+    outcome = graced(EIGHT, incoming, now=now, confirmed=confirmed)
+    assert (outcome.hold is not None) is held
+    if outcome.hold is None:
+        assert outcome.served is incoming
+        return
+    assert outcome.hold.cause == "recovery"
+    assert {s.key for s in outcome.served.services} == {s.key for s in EIGHT.services}
+    assert sum(len(s.instances) for s in outcome.served.services) == 8
+    assert "came back 10s ago (reconnected to Nacos (namespace public))" in outcome.hold.reason
+    assert "protection.recovery_grace" in outcome.hold.reason
+    # without the grace the same update flows
+    assert run(EIGHT, incoming, now=now).hold is None
+
+
+def test_hold_for_does_not_end_a_grace_and_a_hold_outlives_it_from_its_start() -> None:
+    """Within the grace only confirmation applies; after it, a mass removal left is an
+    ordinary hold that counts hold_for from the grace's first hold."""
+    short = replace(POLICY, hold_for=5.0)
+    emptied = view()
+    first = graced(EIGHT, emptied, now=1000.0, policy=short)
+    assert first.hold is not None and first.hold.cause == "recovery"
+    later = graced(EIGHT, emptied, now=1010.0, hold=first.hold, policy=short)  # past hold_for
+    assert later.hold is not None and later.hold.since == 1000.0
+    after = run(EIGHT, emptied, hold=later.hold, now=1021.0)  # the grace over, hold_for 3m
+    assert after.hold is not None and after.hold.cause == "mass removal"
+    assert after.hold.since == 1000.0
+    assert run(EIGHT, emptied, hold=later.hold, now=1180.0).hold is None
