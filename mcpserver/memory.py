@@ -175,15 +175,19 @@ class Memory:
         elif not kept.checkpoints:
             reference, outcome = None, Guarded(view, None)
         else:
-            # Against the view accepted last first (what a single update removes; the
-            # grace holds what the source lost since it was last seen), then against the
-            # window's start: the window only ever adds a hold. (The window's start alone
-            # would miss a mass removal of services added within the window.)
-            reference = kept.checkpoints[-1]
-            outcome = judge(reference, grace)
+            # Against the window's start first: a mass removal since then is held whole,
+            # the slices that flowed before included. Then against the view accepted last:
+            # the window only ever adds holds to what a single update is judged by (the
+            # start alone would miss the removal of services added within the window), and
+            # a recovery grace holds what the source lost since it was last seen, not what
+            # had flowed before the outage.
             start = self._window_start(kept, now)
-            if outcome.hold is None and start is not reference:
-                reference, outcome = start, judge(start, None)
+            last = kept.checkpoints[-1]
+            reference, outcome = start, Guarded(view, None)
+            if start is not last:
+                outcome = judge(start, None)
+            if outcome.hold is None:
+                reference, outcome = last, judge(last, grace)
         ended = kept.hold is not None and outcome.hold is None
         if outcome.hold is None:
             if ended or confirmed or not kept.checkpoints:
