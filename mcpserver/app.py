@@ -30,13 +30,16 @@ import signal
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Final
 
 from mcpserver import failure, runtime
 from mcpserver.admin import Admin
+from mcpserver.codec import Record
 from mcpserver.debounce import Debouncer
 from mcpserver.metrics import Metrics
+from mcpserver.peers import Peers, describe, pick
 from mcpserver.pipeline import Pipeline, PipelineOptions
 from mcpserver.protection import ProtectionPolicy
 from mcpserver.registry.base import Registry, RegistryContext, View
@@ -233,6 +236,12 @@ class App:
         self.metrics = metrics or Metrics()
         self.store = SnapshotStore()
         self.clients = Clients()
+        self.replica = uuid.uuid4().hex  # tells this process apart among its peers
+        self.peers = (
+            Peers(s.peers.addresses, s.peers.wait, self.replica, token)
+            if s.peers is not None
+            else None
+        )
         self.registries = (
             list(registries) if registries is not None else build_registries(s, self.metrics)
         )
@@ -311,8 +320,11 @@ class App:
             token=token,
             activity=self.changes.activity,
             shard_ports={n: self.shard_ports(n) for n in self.layouts},
+            replica=self.replica,
+            forward=self.peers.forward_confirm if self.peers is not None else None,
         )
         self._waiter: asyncio.Task[None] | None = None
+        self._taking_over: asyncio.Task[None] | None = None
 
     @property
     def port(self) -> int:
@@ -365,10 +377,33 @@ class App:
                 f"{failure.describe(err)}"
             ) from None
         self.debouncer.start()
+        if self.peers is not None:
+            # read while the registries list: the first snapshot waits for both
+            self.pipeline.taking_over = True
+            self._taking_over = asyncio.create_task(self._take_over(), name="take-over")
         for registry in self.registries:
             await registry.start(self._registry_changed(registry.name))
         self._waiter = asyncio.create_task(self._first_snapshot(), name="first-snapshot")
         self.debouncer.trigger()
+
+    async def _take_over(self) -> None:
+        """Before the first snapshot: what the peers remember of each registry becomes
+        this replica's own reference (peers.py); bounded by peers.wait."""
+        picked: dict[str, tuple[str, str, Record]] = {}
+        try:
+            if self.peers is not None:
+                answers = await self.peers.accepted()
+                for name, (label, record) in pick(answers).items():
+                    picked[name] = (label, f"what {label} accepted", record)
+                for line in describe(
+                    {n: (o, r) for n, (o, _, r) in picked.items()},
+                    [r.name for r in self.registries],
+                ):
+                    log.info("taking over what a peer accepted: %s", line)
+        except Exception:
+            log.exception("reading what the peers accepted failed; starting without it")
+        finally:
+            self.pipeline.take_over(picked)
 
     async def _first_snapshot(self) -> None:
         """Until the first snapshot: say every 30 s who we wait for, and rebuild when the
@@ -424,10 +459,11 @@ class App:
             )
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for((skip_drain or asyncio.Event()).wait(), drain)
-        if self._waiter is not None:
-            self._waiter.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._waiter
+        for task in (self._waiter, self._taking_over):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         streams = len(self.clients.open)
         steps: list[tuple[str, Callable[[], Awaitable[None]]]] = [
             # streams end first, so nothing a stopping registry does reaches istiod

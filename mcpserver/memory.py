@@ -32,6 +32,7 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 
+from mcpserver.codec import GraceRecord, HeldRecord, Point, Record
 from mcpserver.protection import (
     Grace,
     Guarded,
@@ -42,7 +43,7 @@ from mcpserver.protection import (
     guard,
     next_deadline,
 )
-from mcpserver.registry.base import View
+from mcpserver.registry.base import Status, View
 
 CHECKPOINTS_PER_WINDOW = 4
 """Checkpoints kept per window (at least): the window's start is exact to 1/4 window."""
@@ -108,6 +109,7 @@ class Memory:
         self._keep = keep_when_empty
         self._graces = graces or {}
         self._kept: dict[str, Kept] = {}
+        self._phrases: dict[str, str] = {}  # origin -> how reasons name it
 
     # ------------------------------------------------------------------ reading
 
@@ -125,6 +127,68 @@ class Memory:
 
     def holds(self) -> dict[str, Hold]:
         return {name: kept.hold for name, kept in self._kept.items() if kept.hold is not None}
+
+    # ------------------------------------------------- taken over between replicas
+
+    def export(self, now: float, wall: float) -> dict[str, Record]:
+        """Everything remembered, per registry, in wall-clock time (`now` is the monotonic
+        time that `wall` is): what a peer or the next run takes over with `adopt`."""
+
+        def clock(at: float) -> float:
+            return wall - (now - at)
+
+        def point(checkpoint: Checkpoint) -> Point:
+            services = checkpoint.view.services
+            return Point(clock(checkpoint.at), services, checkpoint.origin)
+
+        records = {}
+        for name, kept in self._kept.items():
+            if not kept.checkpoints:
+                continue
+            hold = None
+            if kept.hold is not None and kept.reference is not None:
+                hold = HeldRecord(
+                    clock(kept.hold.since), kept.hold.reason, kept.hold.cause, point(kept.reference)
+                )
+            grace = kept.last_grace
+            records[name] = Record(
+                tuple(point(c) for c in kept.checkpoints),
+                hold,
+                None
+                if grace is None or grace.until <= now
+                else GraceRecord(clock(grace.since), clock(grace.until), grace.why),
+            )
+        return records
+
+    def adopt(
+        self, registry: str, record: Record, origin: str, phrase: str, now: float, wall: float
+    ) -> None:
+        """Take another replica's (or the last run's) memory of a registry as this one's,
+        before the first decision: its accepted views become the reference (what the own
+        listing lacks is held by the same rules), its hold goes on from the same start
+        (so both apply it at the same moment), its grace lasts as long. `origin` names
+        where it came from on /debug/registries ("peer 10.0.0.5:15052"), `phrase` in a
+        hold's reason ("what peer 10.0.0.5:15052 accepted")."""
+        self._phrases[origin] = phrase
+
+        def clock(at: float) -> float:
+            return now - (wall - at)
+
+        def checkpoint(point: Point) -> Checkpoint:
+            view = View(registry, point.services, True, Status.READY)
+            return Checkpoint(clock(point.at), view, origin)
+
+        kept = Kept([checkpoint(p) for p in record.checkpoints])
+        if record.hold is not None:
+            kept.reference = checkpoint(record.hold.reference)
+            kept.hold = Hold(
+                clock(record.hold.since), record.hold.reason, 0, 0, 0, record.hold.cause
+            )
+            kept.served = kept.reference.view
+        if record.grace is not None:
+            grace = record.grace
+            kept.grace = Grace(clock(grace.since), clock(grace.until), grace.why)
+        self._kept[registry] = kept
 
     # ----------------------------------------------------------------- deciding
 
@@ -263,7 +327,7 @@ class Memory:
         """For the hold's reason: what the update was judged against, unless it is simply
         the view accepted last by this replica."""
         if reference.origin:
-            return reference.origin
+            return self._phrases.get(reference.origin, reference.origin)
         if reference is kept.checkpoints[-1] or reference.view is kept.accepted:
             return ""
         return (

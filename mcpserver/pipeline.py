@@ -28,6 +28,7 @@ from types import MappingProxyType
 
 from mcpserver_protos.istio.networking.v1alpha3 import service_entry_pb2, workload_entry_pb2
 
+from mcpserver.codec import Record
 from mcpserver.convert.merge import MergeIndex
 from mcpserver.convert.serviceentry import (
     IstioResource,
@@ -540,6 +541,9 @@ class Pipeline:
         for registry in registries:
             self._count_status(registry.view())
             metrics.registry_services.labels(registry.name).set(0)  # nothing served yet
+        self.taking_over = False
+        """The first snapshot waits: what peers (or the state directory) remember is
+        still being read (bounded by the app: peers.wait)."""
 
     # ------------------------------------------------------------------ reading
 
@@ -559,10 +563,30 @@ class Pipeline:
         ]
 
     def waiting_for(self) -> list[str]:
-        """Registries the first snapshot still waits for (none once it is published)."""
+        """Registries the first snapshot still waits for (none once it is published), and
+        "peers" while what they remember is being read."""
         if self._store.snapshot is not None:
             return []
-        return [v.registry for v in self.views() if not v.synced]
+        waiting = [v.registry for v in self.views() if not v.synced]
+        return [*waiting, "peers"] if self.taking_over else waiting
+
+    def remembered(self) -> dict[str, Record]:
+        """What protection remembers of each registry, in wall-clock time (for peers and
+        the state directory)."""
+        return self._memory.export(time.monotonic(), time.time())
+
+    def take_over(self, records: Mapping[str, tuple[str, str, Record]]) -> None:
+        """Before the first snapshot: take what another replica (or the last run)
+        remembers of each registry as this one's own. `records`: registry -> (origin, the
+        phrase reasons use for it, record); registries not configured here are ignored.
+        Then the first snapshot may be built."""
+        names = {r.name for r in self._registries}
+        now, wall = time.monotonic(), time.time()
+        for name, (origin, phrase, record) in records.items():
+            if name in names and self._store.snapshot is None:
+                self._memory.adopt(name, record, origin, phrase, now, wall)
+        self.taking_over = False
+        self._trigger()
 
     def partial_remaining(self) -> float | None:
         """Seconds until the first snapshot may be served without late registries."""
@@ -660,6 +684,9 @@ class Pipeline:
 
     async def _rebuild(self) -> None:
         views = self.views()
+        if self._store.snapshot is None and self.taking_over:
+            log.debug("holding first snapshot; reading what peers remember")
+            return
         if self._store.snapshot is None:
             waiting = [v.registry for v in views if not v.synced]
             remaining = self.partial_remaining()

@@ -254,6 +254,28 @@ class ProtectionSettings(Frozen):
         return self
 
 
+class PeersSettings(Frozen):
+    """The other replicas (README "Several replicas"): a starting replica takes what they
+    accepted as its own reference, and a confirmation reaches each of them."""
+
+    # Their admin ports, HOST:PORT; a host that resolves to several addresses names each of
+    # them (one name for a headless Service is enough). This replica is skipped.
+    addresses: list[Address] = Field(min_length=1)
+    # How long a starting replica waits for its peers' answers, at most (the first snapshot
+    # waits that long at worst; an unreachable peer usually fails at once).
+    wait: Duration = Field(default=5.0, gt=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data: Any) -> Any:
+        """`peers: NAME:PORT` and `peers: [A:PORT, B:PORT]` are `peers: {addresses: ...}`."""
+        if isinstance(data, str):
+            return {"addresses": [data]}
+        if isinstance(data, list):
+            return {"addresses": data}
+        return data
+
+
 def demo_registry_path() -> Path:
     """The packaged demo static registry: the embedded default of `mcpserver serve`."""
     return Path(str(resources.files("mcpserver") / "data" / "demo.yaml"))
@@ -266,6 +288,7 @@ class Settings(Frozen):
     vip: VIPSettings = VIPSettings()
     protection: ProtectionSettings = ProtectionSettings()
     shutdown: ShutdownSettings = ShutdownSettings()
+    peers: PeersSettings | None = None
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["text", "json"] = "text"
     merge: Literal["first", "union"] = "first"

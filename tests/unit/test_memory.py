@@ -7,6 +7,7 @@ from dataclasses import replace
 
 import pytest
 
+from mcpserver.codec import GraceRecord, HeldRecord, Point, Record
 from mcpserver.memory import CHECKPOINTS_PER_WINDOW, Memory
 from mcpserver.model import Instance, Port, Service
 from mcpserver.protection import ProtectionPolicy
@@ -223,3 +224,81 @@ def test_a_grace_holds_what_the_outage_lost_not_what_flowed_before_it() -> None:
     assert held.hold is not None and held.hold.cause == "recovery"
     (served,) = held.served.services
     assert len(served.instances) == 5
+
+
+# ---------------------------------------------- taken over from a peer (issue 27 D)
+
+PEER = "peer 10.0.0.5:15052"
+
+
+def take_over(mind: Memory, record: Record, now: float = 100.0, wall: float = 5000.0) -> None:
+    mind.adopt("eureka", record, PEER, f"what {PEER} accepted", now, wall)
+
+
+def test_a_peers_view_is_the_reference_and_adds_nothing() -> None:
+    """A replica that starts takes its peer's accepted view: what its own listing lacks is
+    judged by the same rules (a mass removal held, the reason naming the peer), additions
+    flow, and nothing of the peer's is served that the listing has in another shape."""
+    full = left(7)
+    record = Record((Point(4990.0, full.services),))
+    mind = memory()
+    take_over(mind, record)
+    refill = view(app("orders", *SEVEN[:2]), app("fresh", "10.9.0.1"))  # 5 of 7 missing
+    held = mind.decide(refill, 100.0)
+    assert held.hold is not None and "compared with what peer 10.0.0.5:15052 accepted" in (
+        held.hold.reason
+    )
+    assert mind.origin("eureka") == PEER
+    served = {s.key: s for s in held.served.services}
+    assert served["eureka/orders"] == full.services[0]  # equal to the peer's, not the listing's
+    assert "eureka/fresh" in served
+    # a small difference flows (the peer would withdraw the same at its next listing)
+    mind = memory()
+    take_over(mind, record)
+    six = left(6)
+    assert mind.decide(six, 100.0).served is six
+
+
+def test_a_peers_hold_goes_on_from_its_start_and_its_grace_as_long() -> None:
+    """The peer has held since 30 s before (wall 4970); both replicas apply it when
+    hold_for (180 s) has passed since then: at monotonic 250 here. Its grace (until wall
+    5020) holds a removal under the share until monotonic 120."""
+    full = left(7)
+    start = Point(4900.0, full.services)
+    record = Record(
+        (start, Point(4960.0, full.services)),
+        HeldRecord(4970.0, "peer's words", "mass removal", start),
+        GraceRecord(4960.0, 5020.0, "reconnected to Eureka"),
+    )
+    mind = memory()
+    take_over(mind, record)
+    decision = mind.decide(left(1), 100.0)
+    assert decision.hold is not None and decision.hold.since == 70.0
+    assert decision.deadline == 120.0  # the grace's end comes first
+    assert mind.decide(left(1), 249.0).hold is not None
+    assert mind.decide(left(1), 250.0).hold is None
+    graced = memory()
+    take_over(graced, Record((Point(4990.0, full.services),), None, record.grace))
+    assert graced.decide(left(6), 101.0).hold is not None  # within the peer's grace
+    graced2 = memory()
+    take_over(graced2, Record((Point(4990.0, full.services),), None, record.grace))
+    six = left(6)
+    assert graced2.decide(six, 121.0).served is six  # the grace is over
+
+
+def test_export_then_adopt_decides_alike() -> None:
+    """What one replica exports another adopts: both then decide the same listing alike,
+    to the same served services and the same hold start (wall clocks agree)."""
+    a = memory()
+    a.decide(left(7), 0.0)
+    a.decide(left(5), 10.0)
+    held = a.decide(left(3), 20.0)  # 4 of 7 within the window: held since 20
+    assert held.hold is not None
+    records = a.export(30.0, 1030.0)
+    b = memory()
+    b.adopt("eureka", records["eureka"], PEER, "what the peer accepted", 500.0, 1040.0)
+    listing = left(3)
+    mine, theirs = a.decide(listing, 40.0), b.decide(listing, 510.0)
+    assert mine.served.services == theirs.served.services
+    assert mine.hold is not None and theirs.hold is not None
+    assert (mine.hold.since, theirs.hold.since) == (20.0, 480.0)  # both wall 1020
