@@ -45,6 +45,7 @@ from mcpserver.protection import ProtectionPolicy
 from mcpserver.registry.base import Registry, RegistryContext, View
 from mcpserver.registry.kinds import kind_of
 from mcpserver.settings import Settings
+from mcpserver.statefiles import StateWriter, check_writable, read_states
 from mcpserver.status import Activity, describe_change
 from mcpserver.xds.callbacks import DefaultCallbacks
 from mcpserver.xds.resources import PackedResource
@@ -233,6 +234,12 @@ class App:
     ) -> None:
         self.settings = s = settings
         token = admin_token(s)  # before any port is bound: a refused token binds nothing
+        self.state: StateWriter | None = None
+        if s.state_dir is not None:  # likewise: a state_dir we cannot write binds nothing
+            try:
+                check_writable(s.state_dir)
+            except OSError as err:
+                raise StartError(f"state_dir {s.state_dir}: cannot write there: {err}") from None
         self.metrics = metrics or Metrics()
         self.store = SnapshotStore()
         self.clients = Clients()
@@ -310,6 +317,15 @@ class App:
             on_serving=self._serving,
         )
         self.debouncer = Debouncer(self._rebuild, s.debounce.after, s.debounce.max)
+        if s.state_dir is not None:
+            self.state = StateWriter(
+                s.state_dir,
+                s.state_write_interval,
+                self.replica,
+                self.pipeline.revisions,
+                self.pipeline.remembered,
+            )
+            self.pipeline.on_decided = self.state.changed
         self.admin = Admin(
             s.server.admin,
             self.store,
@@ -377,7 +393,7 @@ class App:
                 f"{failure.describe(err)}"
             ) from None
         self.debouncer.start()
-        if self.peers is not None:
+        if self.peers is not None or self.state is not None:
             # read while the registries list: the first snapshot waits for both
             self.pipeline.taking_over = True
             self._taking_over = asyncio.create_task(self._take_over(), name="take-over")
@@ -387,21 +403,31 @@ class App:
         self.debouncer.trigger()
 
     async def _take_over(self) -> None:
-        """Before the first snapshot: what the peers remember of each registry becomes
-        this replica's own reference (peers.py); bounded by peers.wait."""
+        """Before the first snapshot: what the last run wrote to the state directory,
+        then what the peers remember (fresher: it wins), becomes this replica's own
+        reference for each registry (statefiles.py, peers.py); bounded by peers.wait."""
         picked: dict[str, tuple[str, str, Record]] = {}
+        names = [r.name for r in self.registries]
         try:
+            state_dir = self.settings.state_dir
+            if state_dir is not None:
+                hold_for = self.settings.protection.hold_for
+                picked.update(await asyncio.to_thread(read_states, state_dir, names, hold_for))
+                for name, (_, phrase, record) in picked.items():
+                    log.info(
+                        "taking over registry=%s from the state directory: %d services, %s",
+                        name,
+                        len(record.checkpoints[-1].services),
+                        phrase,
+                    )
             if self.peers is not None:
-                answers = await self.peers.accepted()
-                for name, (label, record) in pick(answers).items():
-                    picked[name] = (label, f"what {label} accepted", record)
-                for line in describe(
-                    {n: (o, r) for n, (o, _, r) in picked.items()},
-                    [r.name for r in self.registries],
-                ):
+                chosen = pick(await self.peers.accepted())
+                for line in describe(chosen, names):
                     log.info("taking over what a peer accepted: %s", line)
+                for name, (label, record) in chosen.items():
+                    picked[name] = (label, f"what {label} accepted", record)
         except Exception:
-            log.exception("reading what the peers accepted failed; starting without it")
+            log.exception("reading what peers or the state directory remember failed")
         finally:
             self.pipeline.take_over(picked)
 
@@ -470,6 +496,7 @@ class App:
             ("xds", functools.partial(self.xds.stop, STREAM_GRACE)),
             *((f"registry {r.name}", r.stop) for r in reversed(self.registries)),
             ("debouncer", self.debouncer.stop),
+            *((("state_dir", self.state.stop),) if self.state is not None else ()),
             ("admin", self.admin.stop),
         ]
         deadline = None if grace is None else loop.time() + grace

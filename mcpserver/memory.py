@@ -76,6 +76,8 @@ class Kept:
     """The recovery (its `at`) whose grace a confirmation ended."""
     last_grace: Grace | None = None
     """The grace in effect at the last decision (what a peer takes over)."""
+    revision: int = 0
+    """Counts changes of what `export` writes (the state directory rewrites on a change)."""
 
     @property
     def accepted(self) -> View | None:
@@ -130,9 +132,17 @@ class Memory:
 
     # ------------------------------------------------- taken over between replicas
 
-    def export(self, now: float, wall: float) -> dict[str, Record]:
-        """Everything remembered, per registry, in wall-clock time (`now` is the monotonic
-        time that `wall` is): what a peer or the next run takes over with `adopt`."""
+    def revisions(self) -> dict[str, int]:
+        """Per registry, a number that changes whenever its `export` does (a hold's words
+        aside)."""
+        return {name: kept.revision for name, kept in self._kept.items()}
+
+    def export(
+        self, now: float, wall: float, only: Collection[str] | None = None
+    ) -> dict[str, Record]:
+        """Everything remembered, per registry (`only` these), in wall-clock time (`now` is
+        the monotonic time that `wall` is): what a peer or the next run takes over with
+        `adopt`."""
 
         def clock(at: float) -> float:
             return wall - (now - at)
@@ -143,7 +153,7 @@ class Memory:
 
         records = {}
         for name, kept in self._kept.items():
-            if not kept.checkpoints:
+            if not kept.checkpoints or (only is not None and name not in only):
                 continue
             hold = None
             if kept.hold is not None and kept.reference is not None:
@@ -188,6 +198,7 @@ class Memory:
         if record.grace is not None:
             grace = record.grace
             kept.grace = Grace(clock(grace.since), clock(grace.until), grace.why)
+        kept.revision = 1  # taken over: worth writing down as this replica's own
         self._kept[registry] = kept
 
     # ----------------------------------------------------------------- deciding
@@ -253,6 +264,12 @@ class Memory:
             if outcome.hold is None:
                 reference, outcome = last, judge(last, grace)
         ended = kept.hold is not None and outcome.hold is None
+        before = (
+            kept.checkpoints[-1] if kept.checkpoints else None,
+            kept.reference,
+            kept.last_grace,
+        )
+        started = kept.hold is None and outcome.hold is not None
         if outcome.hold is None:
             if ended or confirmed or not kept.checkpoints:
                 # a hold that ends (released, applied, confirmed) starts the window over:
@@ -271,6 +288,9 @@ class Memory:
         kept.hold = outcome.hold
         kept.served = outcome.served
         kept.last_grace = grace
+        after = (kept.checkpoints[-1] if kept.checkpoints else None, kept.reference, grace)
+        if started or ended or any(x is not y for x, y in zip(before, after, strict=True)):
+            kept.revision += 1
         released = outcome.released if ended else None
         due = self._due(kept, grace, now)
         return Decision(outcome.served, outcome.hold, ended, due, released)

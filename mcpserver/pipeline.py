@@ -21,7 +21,7 @@ import logging
 import time
 from array import array
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from types import MappingProxyType
@@ -544,6 +544,9 @@ class Pipeline:
         self.taking_over = False
         """The first snapshot waits: what peers (or the state directory) remember is
         still being read (bounded by the app: peers.wait)."""
+        self.on_decided: Callable[[], None] | None = None
+        """Called after each rebuild's protection decisions (the state directory's
+        writer looks at `revisions` then)."""
 
     # ------------------------------------------------------------------ reading
 
@@ -570,10 +573,14 @@ class Pipeline:
         waiting = [v.registry for v in self.views() if not v.synced]
         return [*waiting, "peers"] if self.taking_over else waiting
 
-    def remembered(self) -> dict[str, Record]:
-        """What protection remembers of each registry, in wall-clock time (for peers and
-        the state directory)."""
-        return self._memory.export(time.monotonic(), time.time())
+    def remembered(self, only: Collection[str] | None = None) -> dict[str, Record]:
+        """What protection remembers of each registry (`only` these), in wall-clock time
+        (for peers and the state directory)."""
+        return self._memory.export(time.monotonic(), time.time(), only)
+
+    def revisions(self) -> dict[str, int]:
+        """Per registry, a number that changes when what `remembered` gives does."""
+        return self._memory.revisions()
 
     def take_over(self, records: Mapping[str, tuple[str, str, Record]]) -> None:
         """Before the first snapshot: take what another replica (or the last run)
@@ -700,6 +707,8 @@ class Pipeline:
                     ",".join(waiting),
                 )
         served_views = [self._protect(view) for view in views]
+        if self.on_decided is not None:
+            self.on_decided()
         started = time.perf_counter()
         inputs = BuildInputs(
             self._options.keep_when_empty,

@@ -29,9 +29,11 @@ from pydantic import (
 from mcpserver import failure
 from mcpserver.config import (
     BASE_CONTEXT,
+    DURATION_SCHEMA,
     NEVER_SCHEMA,
     OFFLINE_CONTEXT,
     Address,
+    ConfigPath,
     Duration,
     Frozen,
     RegistrySettings,
@@ -212,7 +214,22 @@ class ProtectionSettings(Frozen):
     # every kind, or per kind ({eureka: 2m}); a kind not named keeps its own default (the
     # kind table's recovery_grace, README says why each is what it is).
     recovery_grace: Annotated[
-        float | dict[str, float] | None, BeforeValidator(_grace_durations)
+        float | dict[str, float] | None,
+        BeforeValidator(_grace_durations),
+        WithJsonSchema(
+            {
+                "anyOf": [
+                    *DURATION_SCHEMA["anyOf"],
+                    {
+                        "type": "object",
+                        "propertyNames": {"enum": list(KINDS)},
+                        "additionalProperties": DURATION_SCHEMA,
+                    },
+                    {"type": "null"},
+                ],
+                "description": "a duration for every kind, or durations by kind",
+            }
+        ),
     ] = None
 
     @model_validator(mode="before")
@@ -276,6 +293,27 @@ class PeersSettings(Frozen):
         return data
 
 
+_ADDRESS_SCHEMA = {"type": "string", "pattern": r"^\S+:[0-9]{1,5}$", "description": "HOST:PORT"}
+PEERS_SCHEMA: dict[str, Any] = {
+    "anyOf": [
+        _ADDRESS_SCHEMA,
+        {"type": "array", "items": _ADDRESS_SCHEMA, "minItems": 1},
+        {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["addresses"],
+            "properties": {
+                "addresses": {"type": "array", "items": _ADDRESS_SCHEMA, "minItems": 1},
+                "wait": DURATION_SCHEMA,
+            },
+        },
+        {"type": "null"},
+    ],
+    "description": "the other replicas' admin ports: HOST:PORT, a list, or {addresses, wait}",
+}
+"""`peers` in JSON schema, its shorthand forms included (the chart's schema is generated)."""
+
+
 def demo_registry_path() -> Path:
     """The packaged demo static registry: the embedded default of `mcpserver serve`."""
     return Path(str(resources.files("mcpserver") / "data" / "demo.yaml"))
@@ -288,7 +326,12 @@ class Settings(Frozen):
     vip: VIPSettings = VIPSettings()
     protection: ProtectionSettings = ProtectionSettings()
     shutdown: ShutdownSettings = ShutdownSettings()
-    peers: PeersSettings | None = None
+    peers: Annotated[PeersSettings | None, WithJsonSchema(PEERS_SCHEMA)] = None
+    # Where each registry's protection memory is kept for the next run (README "Several
+    # replicas": a lone replica restarted during a refill holds as well); unset: nowhere.
+    state_dir: ConfigPath | None = None
+    # Its files are rewritten at most this often (the first change at once).
+    state_write_interval: Duration = Field(default=5.0, gt=0)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["text", "json"] = "text"
     merge: Literal["first", "union"] = "first"

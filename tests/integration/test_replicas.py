@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import json
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -96,6 +97,38 @@ async def test_a_confirm_sent_to_one_replica_ends_the_hold_on_every_replica(
     for replica in (a, b):
         await until(functools.partial(releases, replica, "files"), within=30)
         assert len((await served(replica.port))["ServiceEntry"]) == 2
+
+
+async def test_a_lone_replica_killed_during_a_hold_holds_the_same_set_when_started_again(
+    tmp_path: Path, stopped_at_end: list[Replica]
+) -> None:
+    """No peers, a state_dir (the chart's emptyDir survives a container restart): killed
+    with SIGKILL while it holds a removal, the replica starts again from its state and
+    serves the same resources, byte for byte; alone it would serve the 2 services left."""
+    static = tmp_path / "services.yaml"
+    write_services(static, SIX)
+    entry = {"kind": "static", "name": "files", "path": str(static), "poll_interval": "100ms"}
+    state = tmp_path / "state"
+    config = write_config(
+        tmp_path / "mcpserver.yaml", [entry], state_dir=str(state), state_write_interval="1s"
+    )
+    lone = Replica(config, "lone", token=TOKEN)
+    stopped_at_end.append(lone)
+    await asyncio.to_thread(lone.start)
+    write_services(static, SIX[:2])
+    await until(functools.partial(holds, lone, "files"), within=30)
+
+    def written_with_hold() -> bool:
+        body = json.loads((state / "files.json").read_text())
+        return body["registries"]["files"].get("hold") is not None
+
+    await until(written_with_hold, within=30)
+    before = await served(lone.port)
+    assert len(before["ServiceEntry"]) == 6
+    await asyncio.to_thread(lone.kill)
+    await asyncio.to_thread(lone.start)
+    assert await served(lone.port) == before
+    assert held(lone)["files"]["origin"] == "state_dir"
 
 
 class Clients:
