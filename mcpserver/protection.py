@@ -141,6 +141,9 @@ class Release(Enum):
     RECOVERED = "recovered"
     """The registry came back (a listing within `release_share` of the accepted view): the
     removal is cancelled, the held services stay served."""
+    GRACE_OVER = "grace over"
+    """The recovery grace ended and what the listing still lacks is no mass removal: the
+    removal is applied, served now."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,7 +196,9 @@ def guard(
     otherwise they are found by comparing ids.
 
     `released` says how a hold that was on (`hold`) ended: APPLIED, CONFIRMED, or RECOVERED
-    when the listing no longer removes too much (or is the accepted view again).
+    when the listing no longer removes too much (or is the accepted view again); a hold the
+    recovery grace made ends GRACE_OVER when the grace is over and what is still missing is
+    no mass removal (it is applied), RECOVERED when nothing is missing any more.
     `withheld`: the keys (`namespace/name`) of services the last build withheld whole (Istio
     would reject them, or their conversion failed). istiod never had them, so they count
     neither as removed nor as served, in either view: removing them is no removal, and a
@@ -257,6 +262,14 @@ def guard(
     releasing = hold is not None and hold.cause != "recovery"
     found = _mass_removal(accepted, incoming, policy, keep_when_empty, changes, releasing, withheld)
     if found is None:
+        if hold is not None and hold.cause == "recovery":
+            left = _mass_removal(
+                accepted, incoming, ANY_REMOVAL, keep_when_empty, changes, False, withheld
+            )
+            if left is not None:  # something is still missing, and it is applied now
+                return Guarded(
+                    incoming, None, Release.CONFIRMED if confirmed else Release.GRACE_OVER
+                )
         return Guarded(incoming, None, came_back)
     since = hold.since if hold is not None else now
     if confirmed:
@@ -432,6 +445,11 @@ def release_message(
         )
     if released is Release.CONFIRMED:
         return f"held removal confirmed by an operator registry={registry} after {held}: {gone}"
+    if released is Release.GRACE_OVER:
+        return (
+            f"held removal applied after the recovery grace registry={registry} after {held}: "
+            f"what the registry still lacks is no mass removal; {gone}"
+        )
     return (
         f"held removal cancelled registry={registry} after {held}: the registry came back (at "
         f"most {policy.release_share:.0%} of the accepted instances missing); the removal is "

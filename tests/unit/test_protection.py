@@ -482,3 +482,23 @@ def test_hold_for_does_not_end_a_grace_and_a_hold_outlives_it_from_its_start() -
     assert after.hold is not None and after.hold.cause == "mass removal"
     assert after.hold.since == 1000.0
     assert run(EIGHT, emptied, hold=later.hold, now=1180.0).hold is None
+
+
+def test_a_grace_hold_ends_said_as_what_happened() -> None:
+    """Everything back: cancelled (RECOVERED). The grace over with a small removal left:
+    applied (GRACE_OVER, its own log line). Confirmed within it: CONFIRMED."""
+    lacking = view(EIGHT.services[0])
+    hold = graced(EIGHT, lacking).hold
+    assert hold is not None and hold.cause == "recovery"
+    back = graced(EIGHT, EIGHT.with_services(EIGHT.services), hold=hold, now=1005.0)
+    over = graced(EIGHT, lacking, hold=hold, now=1020.0)
+    confirmed = graced(EIGHT, lacking, hold=hold, now=1005.0, confirmed=True)
+    assert [o.released for o in (back, over, confirmed)] == [
+        Release.RECOVERED,
+        Release.GRACE_OVER,
+        Release.CONFIRMED,
+    ]
+    assert all(o.hold is None for o in (back, over, confirmed))
+    line = release_message("zk", hold, Release.GRACE_OVER, 1020.0, POLICY)
+    assert line.startswith("held removal applied after the recovery grace registry=zk after 20s")
+    assert "3 of 8 instances (1 service gone) are withdrawn from istiod" in line
