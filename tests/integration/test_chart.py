@@ -289,13 +289,16 @@ def test_sharded_ports_follow_the_servers_rule(helm: Helm, tmp_path: Path) -> No
         for k in range(n)
     }
     assert settings.server.layouts() == (1, 2, 4) and len(expected) == 7
-    service_ports = {p["name"]: p["port"] for p in by_kind["Service"]["spec"]["ports"]}
+    (service,) = [
+        o for o in objects if o["kind"] == "Service" and o["metadata"]["name"] == "mcpserver"
+    ]  # not the peers' headless one
+    service_ports = {p["name"]: p["port"] for p in service["spec"]["ports"]}
     assert {k: v for k, v in service_ports.items() if k != "http-admin"} == expected
     assert {p["name"]: p["containerPort"] for p in container["ports"]} == {
         **expected,
         "http-admin": 15052,
     }
-    (rule,) = by_kind["NetworkPolicy"]["spec"]["ingress"]
+    rule, _peers = by_kind["NetworkPolicy"]["spec"]["ingress"]  # istiod's, the replicas'
     assert {p["port"] for p in rule["ports"]} == set(expected)
     host = f"mcpserver.{NAMESPACE}.svc"
     done = subprocess.run(
