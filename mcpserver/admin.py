@@ -12,9 +12,11 @@ name) is accepted too, and the 401 asks for it: the status page then works in a 
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hmac
+import json
 import logging
 import time
 from collections import Counter
@@ -24,8 +26,10 @@ from typing import Final, Protocol
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from mcpserver.codec import Document, encode_document
 from mcpserver.metrics import Metrics, build_labels
 from mcpserver.model import Problem
+from mcpserver.peers import FORWARDED
 from mcpserver.pipeline import Pipeline
 from mcpserver.status import (
     Activity,
@@ -50,6 +54,8 @@ REFRESH_SECONDS: Final = 5
 MAX_REFRESH_SECONDS: Final = 3600
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Forward = Callable[[str], Awaitable[dict[str, str]]]
+"""Pass a confirmation of this registry on to the peers: {peer: outcome} (peers.py)."""
 
 
 def authorized(header: str, token: str) -> bool:
@@ -91,7 +97,11 @@ class Admin:
         token: str | None = None,
         activity: Activity | None = None,
         shard_ports: Mapping[int, Sequence[int]] | None = None,
+        replica: str = "",
+        forward: Forward | None = None,
     ) -> None:
+        self._replica = replica
+        self._forward = forward
         self._kinds = kinds
         # layout N > 1 -> the ports of its shards (server.shards, previous_shards)
         self._shard_ports = {n: list(p) for n, p in (shard_ports or {}).items() if n > 1}
@@ -118,6 +128,7 @@ class Admin:
             ("/debug/clients", self.clients),
             ("/debug/registries", self.registries),
             ("/debug/problems", self.problems),
+            ("/debug/accepted", self.accepted),
         )
         for path, handler in routes:
             app.router.add_get(path, handler)  # type: ignore[arg-type]  # aiohttp's handler type is invariant in the return type
@@ -329,6 +340,8 @@ class Admin:
                     detail=hold.reason,
                     source={"status": v.status.value, "detail": v.detail},
                     held={
+                        "cause": hold.cause,
+                        "origin": state.origin or "own",
                         "removed_services": hold.removed_services,
                         "removed_instances": hold.removed_instances,
                         "instances": hold.total_instances,
@@ -339,11 +352,34 @@ class Admin:
         return web.json_response(entries)
 
     async def confirm(self, request: web.Request) -> web.Response:
-        """An operator confirms a held mass removal of one registry."""
+        """An operator confirms a held mass removal of one registry: here, and on every
+        peer (a confirmation passed on by a peer is not passed on again; one that comes
+        back to its sender is ignored)."""
         name = request.match_info["name"]
-        if not self._pipeline.confirm(name):
-            return web.json_response({"confirmed": False, "reason": "no held removal"}, status=404)
-        return web.json_response({"confirmed": True, "registry": name})
+        sender = request.headers.get(FORWARDED)
+        if sender is not None and sender == self._replica:
+            return web.json_response({"self": True})
+        confirmed = self._pipeline.confirm(name)
+        body: dict[str, object] = {"confirmed": confirmed, "registry": name}
+        if not confirmed:
+            body["reason"] = "no held removal"
+        if sender is None and self._forward is not None:
+            peers = await self._forward(name)
+            body["peers"] = peers
+            confirmed = confirmed or "confirmed" in peers.values()
+        return web.json_response(body, status=200 if confirmed else 404)
+
+    async def accepted(self, _: web.Request) -> web.Response:
+        """What protection remembers of each registry (codec.py's document): what a peer
+        that starts takes over. Encoded off the loop (10k services take a while)."""
+        document = Document(
+            self._replica,
+            time.time(),
+            self._store.snapshot is not None,
+            self._pipeline.remembered(),
+        )
+        body = await asyncio.to_thread(lambda: json.dumps(encode_document(document)).encode())
+        return web.Response(body=body, content_type="application/json")
 
     async def problems(self, _: web.Request) -> web.Response:
         return web.json_response(

@@ -30,18 +30,22 @@ import signal
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Final
 
 from mcpserver import failure, runtime
 from mcpserver.admin import Admin
+from mcpserver.codec import Record
 from mcpserver.debounce import Debouncer
 from mcpserver.metrics import Metrics
+from mcpserver.peers import Peers, describe, pick
 from mcpserver.pipeline import Pipeline, PipelineOptions
 from mcpserver.protection import ProtectionPolicy
 from mcpserver.registry.base import Registry, RegistryContext, View
 from mcpserver.registry.kinds import kind_of
 from mcpserver.settings import Settings
+from mcpserver.statefiles import StateWriter, check_writable, read_states
 from mcpserver.status import Activity, describe_change
 from mcpserver.xds.callbacks import DefaultCallbacks
 from mcpserver.xds.resources import PackedResource
@@ -98,10 +102,16 @@ def pipeline_options(settings: Settings) -> PipelineOptions:
         vip_cidr=settings.vip.cidr,
         merge_policy=settings.merge,
         protection=ProtectionPolicy(
-            p.max_removed_share, p.min_instances, p.hold_empty, p.hold_for, p.release_share
+            p.max_removed_share,
+            p.min_instances,
+            p.hold_empty,
+            p.hold_for,
+            p.release_share,
+            p.window,
         ),
         serve_partial_after=settings.startup.serve_partial_after,
         layouts=settings.server.layouts()[1:],
+        recovery_grace={r.name: p.grace_for(r.kind) for r in settings.registries},
     )
 
 
@@ -224,9 +234,21 @@ class App:
     ) -> None:
         self.settings = s = settings
         token = admin_token(s)  # before any port is bound: a refused token binds nothing
+        self.state: StateWriter | None = None
+        if s.state_dir is not None:  # likewise: a state_dir we cannot write binds nothing
+            try:
+                check_writable(s.state_dir)
+            except OSError as err:
+                raise StartError(f"state_dir {s.state_dir}: cannot write there: {err}") from None
         self.metrics = metrics or Metrics()
         self.store = SnapshotStore()
         self.clients = Clients()
+        self.replica = uuid.uuid4().hex  # tells this process apart among its peers
+        self.peers = (
+            Peers(s.peers.addresses, s.peers.wait, self.replica, token)
+            if s.peers is not None
+            else None
+        )
         self.registries = (
             list(registries) if registries is not None else build_registries(s, self.metrics)
         )
@@ -295,6 +317,15 @@ class App:
             on_serving=self._serving,
         )
         self.debouncer = Debouncer(self._rebuild, s.debounce.after, s.debounce.max)
+        if s.state_dir is not None:
+            self.state = StateWriter(
+                s.state_dir,
+                s.state_write_interval,
+                self.replica,
+                self.pipeline.revisions,
+                self.pipeline.remembered,
+            )
+            self.pipeline.on_decided = self.state.changed
         self.admin = Admin(
             s.server.admin,
             self.store,
@@ -305,8 +336,11 @@ class App:
             token=token,
             activity=self.changes.activity,
             shard_ports={n: self.shard_ports(n) for n in self.layouts},
+            replica=self.replica,
+            forward=self.peers.forward_confirm if self.peers is not None else None,
         )
         self._waiter: asyncio.Task[None] | None = None
+        self._taking_over: asyncio.Task[None] | None = None
 
     @property
     def port(self) -> int:
@@ -359,10 +393,43 @@ class App:
                 f"{failure.describe(err)}"
             ) from None
         self.debouncer.start()
+        if self.peers is not None or self.state is not None:
+            # read while the registries list: the first snapshot waits for both
+            self.pipeline.taking_over = True
+            self._taking_over = asyncio.create_task(self._take_over(), name="take-over")
         for registry in self.registries:
             await registry.start(self._registry_changed(registry.name))
         self._waiter = asyncio.create_task(self._first_snapshot(), name="first-snapshot")
         self.debouncer.trigger()
+
+    async def _take_over(self) -> None:
+        """Before the first snapshot: what the last run wrote to the state directory,
+        then what the peers remember (fresher: it wins), becomes this replica's own
+        reference for each registry (statefiles.py, peers.py); bounded by peers.wait."""
+        picked: dict[str, tuple[str, str, Record]] = {}
+        names = [r.name for r in self.registries]
+        try:
+            state_dir = self.settings.state_dir
+            if state_dir is not None:
+                hold_for = self.settings.protection.hold_for
+                picked.update(await asyncio.to_thread(read_states, state_dir, names, hold_for))
+                for name, (_, phrase, record) in picked.items():
+                    log.info(
+                        "taking over registry=%s from the state directory: %d services, %s",
+                        name,
+                        len(record.checkpoints[-1].services),
+                        phrase,
+                    )
+            if self.peers is not None:
+                chosen = pick(await self.peers.accepted())
+                for line in describe(chosen, names):
+                    log.info("taking over what a peer accepted: %s", line)
+                for name, (label, record) in chosen.items():
+                    picked[name] = (label, f"what {label} accepted", record)
+        except Exception:
+            log.exception("reading what peers or the state directory remember failed")
+        finally:
+            self.pipeline.take_over(picked)
 
     async def _first_snapshot(self) -> None:
         """Until the first snapshot: say every 30 s who we wait for, and rebuild when the
@@ -418,16 +485,18 @@ class App:
             )
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for((skip_drain or asyncio.Event()).wait(), drain)
-        if self._waiter is not None:
-            self._waiter.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._waiter
+        for task in (self._waiter, self._taking_over):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         streams = len(self.clients.open)
         steps: list[tuple[str, Callable[[], Awaitable[None]]]] = [
             # streams end first, so nothing a stopping registry does reaches istiod
             ("xds", functools.partial(self.xds.stop, STREAM_GRACE)),
             *((f"registry {r.name}", r.stop) for r in reversed(self.registries)),
             ("debouncer", self.debouncer.stop),
+            *((("state_dir", self.state.stop),) if self.state is not None else ()),
             ("admin", self.admin.stop),
         ]
         deadline = None if grace is None else loop.time() + grace

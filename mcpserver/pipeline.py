@@ -21,13 +21,14 @@ import logging
 import time
 from array import array
 from collections import Counter
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from types import MappingProxyType
 
 from mcpserver_protos.istio.networking.v1alpha3 import service_entry_pb2, workload_entry_pb2
 
+from mcpserver.codec import Record
 from mcpserver.convert.merge import MergeIndex
 from mcpserver.convert.serviceentry import (
     IstioResource,
@@ -44,9 +45,10 @@ from mcpserver.convert.validate import (
 )
 from mcpserver.convert.vip import allocate, capacity, needs_vip
 from mcpserver.failure import describe
+from mcpserver.memory import Memory
 from mcpserver.metrics import Metrics
 from mcpserver.model import Problem, Service
-from mcpserver.protection import Hold, ProtectionPolicy, guard, next_deadline, release_message
+from mcpserver.protection import Hold, ProtectionPolicy, release_message
 from mcpserver.registry.base import Registry, Status, View, backoff
 from mcpserver.xds.resources import PackedResource, pack, pack_bytes
 from mcpserver.xds.shards import shard_label, shard_of
@@ -238,6 +240,9 @@ class BuildResult:
     served: Mapping[str, tuple[int, int]] = field(default_factory=dict)
     """(services, instances) in the snapshot by registry: a merged service counts for its
     owner; one withheld, merged away or not served for want of instances counts nowhere."""
+    withheld: frozenset[str] = frozenset()
+    """Keys of the services withheld whole (no ServiceEntry served): protection counts
+    them neither as served nor as removed."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -352,6 +357,16 @@ class Builder:
                 for registry, count in self._served.items()
                 if count
             },
+            self._withheld_whole(),
+        )
+
+    def _withheld_whole(self) -> frozenset[str]:
+        """The keys withheld whole: a conversion with problems and no ServiceEntry (a
+        WorkloadEntry withheld alone leaves its service served). O(withheld)."""
+        return frozenset(
+            key
+            for key in self._withheld
+            if not any(r.kind == "ServiceEntry" for r in self._converted[key].packed)
         )
 
     def _claim(self, changed: Mapping[str, tuple[Service | None, Service | None]]) -> bool:
@@ -471,6 +486,8 @@ class PipelineOptions:
     protection: ProtectionPolicy = field(default_factory=ProtectionPolicy)
     serve_partial_after: float | None = None  # None: the first snapshot waits for every registry
     layouts: tuple[int, ...] = ()  # shard layouts N > 1 to serve (xds/shards.py)
+    recovery_grace: Mapping[str, float] = field(default_factory=dict)
+    """Seconds each registry (by name) holds removals after its source came back."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -481,6 +498,9 @@ class RegistryState:
     view: View
     hold: Hold | None
     served: tuple[int, int] = (0, 0)
+    origin: str = ""
+    """Where a hold's reference came from: "" this replica's own view, else a peer or the
+    state directory."""
 
 
 class Pipeline:
@@ -505,9 +525,9 @@ class Pipeline:
         self._started = time.monotonic()
         self._builder: Builder | None = None
         self._reported: set[Problem] = set()
-        self._accepted: dict[str, View] = {}
-        self._holds: dict[str, Hold] = {}
+        self._memory = Memory(options.protection, options.keep_when_empty, options.recovery_grace)
         self._confirmed: set[str] = set()
+        self._withheld: frozenset[str] = frozenset()  # the last build's (BuildResult.withheld)
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._failures = 0
         self._failure_logged = ""
@@ -521,6 +541,12 @@ class Pipeline:
         for registry in registries:
             self._count_status(registry.view())
             metrics.registry_services.labels(registry.name).set(0)  # nothing served yet
+        self.taking_over = False
+        """The first snapshot waits: what peers (or the state directory) remember is
+        still being read (bounded by the app: peers.wait)."""
+        self.on_decided: Callable[[], None] | None = None
+        """Called after each rebuild's protection decisions (the state directory's
+        writer looks at `revisions` then)."""
 
     # ------------------------------------------------------------------ reading
 
@@ -528,16 +554,46 @@ class Pipeline:
         return [r.view() for r in self._registries]
 
     def registry_states(self) -> list[RegistryState]:
+        memory = self._memory
         return [
-            RegistryState(v, self._holds.get(v.registry), self.served.get(v.registry, (0, 0)))
+            RegistryState(
+                v,
+                memory.hold(v.registry),
+                self.served.get(v.registry, (0, 0)),
+                memory.origin(v.registry),
+            )
             for v in self.views()
         ]
 
     def waiting_for(self) -> list[str]:
-        """Registries the first snapshot still waits for (none once it is published)."""
+        """Registries the first snapshot still waits for (none once it is published), and
+        "peers" while what they remember is being read."""
         if self._store.snapshot is not None:
             return []
-        return [v.registry for v in self.views() if not v.synced]
+        waiting = [v.registry for v in self.views() if not v.synced]
+        return [*waiting, "peers"] if self.taking_over else waiting
+
+    def remembered(self, only: Collection[str] | None = None) -> dict[str, Record]:
+        """What protection remembers of each registry (`only` these), in wall-clock time
+        (for peers and the state directory)."""
+        return self._memory.export(time.monotonic(), time.time(), only)
+
+    def revisions(self) -> dict[str, int]:
+        """Per registry, a number that changes when what `remembered` gives does."""
+        return self._memory.revisions()
+
+    def take_over(self, records: Mapping[str, tuple[str, str, Record]]) -> None:
+        """Before the first snapshot: take what another replica (or the last run)
+        remembers of each registry as this one's own. `records`: registry -> (origin, the
+        phrase reasons use for it, record); registries not configured here are ignored.
+        Then the first snapshot may be built."""
+        names = {r.name for r in self._registries}
+        now, wall = time.monotonic(), time.time()
+        for name, (origin, phrase, record) in records.items():
+            if name in names and self._store.snapshot is None:
+                self._memory.adopt(name, record, origin, phrase, now, wall)
+        self.taking_over = False
+        self._trigger()
 
     def partial_remaining(self) -> float | None:
         """Seconds until the first snapshot may be served without late registries."""
@@ -578,7 +634,7 @@ class Pipeline:
     def confirm(self, registry: str) -> bool:
         """An operator confirms a held removal: applied at the next rebuild (now), or at the
         first complete listing after it; the hold's end is logged when it is applied."""
-        if registry not in self._holds:
+        if self._memory.hold(registry) is None:
             return False
         log.info("held removal confirmation received registry=%s; applying it", registry)
         self._confirmed.add(registry)
@@ -596,7 +652,7 @@ class Pipeline:
 
     def _count_status(self, view: View) -> None:
         name = view.registry
-        status = Status.DEGRADED if name in self._holds else view.status
+        status = Status.DEGRADED if self._memory.hold(name) is not None else view.status
         for each in Status:
             self._metrics.registry_up.labels(name, each.value).set(each is status)
 
@@ -635,6 +691,9 @@ class Pipeline:
 
     async def _rebuild(self) -> None:
         views = self.views()
+        if self._store.snapshot is None and self.taking_over:
+            log.debug("holding first snapshot; reading what peers remember")
+            return
         if self._store.snapshot is None:
             waiting = [v.registry for v in views if not v.synced]
             remaining = self.partial_remaining()
@@ -648,6 +707,8 @@ class Pipeline:
                     ",".join(waiting),
                 )
         served_views = [self._protect(view) for view in views]
+        if self.on_decided is not None:
+            self.on_decided()
         started = time.perf_counter()
         inputs = BuildInputs(
             self._options.keep_when_empty,
@@ -659,6 +720,7 @@ class Pipeline:
         self._builder = None  # a build that raises leaves it half-updated: never reused
         result = await asyncio.to_thread(builder.build, served_views)
         self._builder = builder
+        self._withheld = result.withheld
         self._report(result.problems + self._hold_problems())
         self._report_vips(result)
         self._metrics.build_seconds.observe(time.perf_counter() - started)
@@ -689,41 +751,26 @@ class Pipeline:
 
     def _protect(self, view: View) -> View:
         """The view to serve for one registry: its own, or the last accepted one while a
-        mass removal is held."""
+        mass removal is held (memory.py keeps what protection remembers)."""
         name = view.registry
         now = time.monotonic()
-        accepted = self._accepted.get(name)
-        outcome = guard(
-            accepted,
-            view,
-            self._holds.get(name),
-            now,
-            self._options.protection,
-            name in self._confirmed,
-            self._options.keep_when_empty.get(name, False),
-            view.changes_since(accepted) if accepted is not None else None,
-        )
+        held = self._memory.hold(name)
+        outcome = self._memory.decide(view, now, name in self._confirmed, self._withheld)
         timer = self._timers.pop(name, None)
         if timer is not None:
             timer.cancel()
         if outcome.hold is None:
             # a confirmation lasts until the hold ends (not past an incomplete listing)
             self._confirmed.discard(name)
-            ended = self._holds.pop(name, None)
-            if ended is not None and outcome.released is not None:
+            if held is not None and outcome.released is not None:
                 policy = self._options.protection
-                log.warning(release_message(name, ended, outcome.released, now, policy))
-            if view.synced:
-                self._accepted[name] = outcome.served
-        else:
-            if name not in self._holds:
-                log.warning("removal held registry=%s: %s", name, outcome.hold.reason)
-            self._holds[name] = outcome.hold
-            deadline = next_deadline(outcome.hold, self._options.protection)
-            if deadline is not None:
-                self._timers[name] = asyncio.get_running_loop().call_later(
-                    max(0.0, deadline - now) + 0.01, self._trigger
-                )
+                log.warning(release_message(name, held, outcome.released, now, policy))
+        elif held is None:
+            log.warning("removal held registry=%s: %s", name, outcome.hold.reason)
+        if outcome.deadline is not None:
+            self._timers[name] = asyncio.get_running_loop().call_later(
+                max(0.0, outcome.deadline - now) + 0.01, self._trigger
+            )
         self._metrics.removal_held.labels(name).set(1 if outcome.hold else 0)
         self._count_status(view)
         return outcome.served
@@ -731,7 +778,7 @@ class Pipeline:
     def _hold_problems(self) -> tuple[Problem, ...]:
         return tuple(
             Problem(name, "removal held", hold.reason, "held")
-            for name, hold in sorted(self._holds.items())
+            for name, hold in sorted(self._memory.holds().items())
         )
 
     def _report_vips(self, result: BuildResult) -> None:

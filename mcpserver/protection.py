@@ -38,7 +38,7 @@ the update is held.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Generic, Protocol, Self, TypeVar
@@ -83,6 +83,9 @@ class ProtectionPolicy:
     release_share: float = 0.1
     """A hold ends by itself once a listing removes at most this share of the instances
     (whatever the registry's size); max_removed_share: no hysteresis."""
+    window: float = 0.0
+    """Seconds over which removals add up: an update is judged against what was accepted
+    this long ago (memory.py keeps it), not only against the update before; 0: per update."""
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.max_removed_share <= 1.0:
@@ -96,6 +99,8 @@ class ProtectionPolicy:
             raise ValueError(f"min_instances {self.min_instances} < 0")
         if self.hold_for is not None and self.hold_for < 0:
             raise ValueError(f"hold_for {self.hold_for} < 0")
+        if self.window < 0:
+            raise ValueError(f"window {self.window} < 0")
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +114,21 @@ class Hold:
     removed_services: int
     removed_instances: int
     total_instances: int
+    cause: str = "mass removal"
+    """What holds it: "mass removal" (the share rule, or everything gone) or "recovery"
+    (any removal within the recovery grace after the source came back)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Grace:
+    """A registry whose source came back (reconnected, restarted, a new session) holds
+    every removal until `until` while its clients register again, whatever the share."""
+
+    since: float
+    """Monotonic seconds when the source came back."""
+    until: float
+    why: str
+    """What came back: "reconnected to Nacos (namespace public)"."""
 
 
 class Release(Enum):
@@ -121,6 +141,9 @@ class Release(Enum):
     RECOVERED = "recovered"
     """The registry came back (a listing within `release_share` of the accepted view): the
     removal is cancelled, the held services stay served."""
+    GRACE_OVER = "grace over"
+    """The recovery grace ended and what the listing still lacks is no mass removal: the
+    removal is applied, served now."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,6 +162,9 @@ def is_served(service: Service, keep_when_empty: bool) -> bool:
     return bool(service.instances) or service.resolution != "STATIC" or keep_when_empty
 
 
+NOTHING: frozenset[str] = frozenset()
+
+
 def guard(
     accepted: V | None,
     incoming: V,
@@ -148,6 +174,10 @@ def guard(
     confirmed: bool,
     keep_when_empty: bool,
     changes: Changes | None = None,
+    *,
+    withheld: Collection[str] = NOTHING,
+    compared_with: str = "",
+    grace: Grace | None = None,
 ) -> Guarded[V]:
     """Decide what to serve for one registry.
 
@@ -166,7 +196,26 @@ def guard(
     otherwise they are found by comparing ids.
 
     `released` says how a hold that was on (`hold`) ended: APPLIED, CONFIRMED, or RECOVERED
-    when the listing no longer removes too much (or is the accepted view again).
+    when the listing no longer removes too much (or is the accepted view again); a hold the
+    recovery grace made ends GRACE_OVER when the grace is over and what is still missing is
+    no mass removal (it is applied), RECOVERED when nothing is missing any more.
+    `withheld`: the keys (`namespace/name`) of services the last build withheld whole (Istio
+    would reject them, or their conversion failed). istiod never had them, so they count
+    neither as removed nor as served, in either view: removing them is no removal, and a
+    registry left with only such services has none served. While held, an accepted service
+    among them that `incoming` lacks is not kept (its problem goes with it), and one that
+    `incoming` redefines is taken as `incoming` has it.
+
+    `accepted` need not be the view accepted last: over `policy.window` it is the one
+    accepted at the start of the window (memory.py), so removals that arrive in slices add
+    up; `compared_with` then says what it is ("what was accepted 12s ago", "what peer X
+    accepted"), for the reason.
+
+    `grace`: the registry's source came back and its clients may still be registering
+    again; until `grace.until` any removal is held (additions flow), whatever the share,
+    applied only by confirmation; then the removal left is judged as any update (by
+    `max_removed_share`, not the release share), a hold keeping its start (`hold_for`
+    counts from the grace's first hold).
 
     While held, `served` is `held_view(accepted, incoming)`: the accepted View object itself
     when `incoming` adds nothing to it (its status is then the one from when it was
@@ -182,8 +231,45 @@ def guard(
         if accepted.synced:
             return Guarded(accepted, hold)
         return Guarded(incoming, None, came_back)
-    found = _mass_removal(accepted, incoming, policy, keep_when_empty, changes, hold is not None)
+    against = f" (compared with {compared_with})" if compared_with else ""
+    if grace is not None and now < grace.until and not confirmed:
+        found = _mass_removal(
+            accepted, incoming, ANY_REMOVAL, keep_when_empty, changes, False, withheld
+        )
+        if found is None:
+            return Guarded(incoming, None, came_back)
+        removed_services, removed_instances, total_instances, what = found
+        reason = (
+            f"update removes {what} of registry {incoming.registry}{against}, which came back "
+            f"{duration(round(now - grace.since))} ago ({grace.why}); every removal is held "
+            f"for protection.recovery_grace, until {duration(round(grace.until - grace.since))} "
+            "after it came back, while its clients register again (additions flow); then "
+            "judged as any update, or applied at once when an operator confirms it"
+        )
+        return Guarded(
+            held_view(accepted, incoming, withheld),
+            Hold(
+                hold.since if hold is not None else now,
+                reason,
+                removed_services,
+                removed_instances,
+                total_instances,
+                "recovery",
+            ),
+        )
+    # a hold the grace made is judged afresh when the grace is over (the entry share), a
+    # mass-removal hold by the release share
+    releasing = hold is not None and hold.cause != "recovery"
+    found = _mass_removal(accepted, incoming, policy, keep_when_empty, changes, releasing, withheld)
     if found is None:
+        if hold is not None and hold.cause == "recovery":
+            left = _mass_removal(
+                accepted, incoming, ANY_REMOVAL, keep_when_empty, changes, False, withheld
+            )
+            if left is not None:  # something is still missing, and it is applied now
+                return Guarded(
+                    incoming, None, Release.CONFIRMED if confirmed else Release.GRACE_OVER
+                )
         return Guarded(incoming, None, came_back)
     since = hold.since if hold is not None else now
     if confirmed:
@@ -195,21 +281,25 @@ def guard(
         release = "applied only when an operator confirms it"
     else:
         release = (
-            f"applied if it persists for {_duration(policy.hold_for)}, or when an operator "
+            f"applied if it persists for {duration(policy.hold_for)}, or when an operator "
             "confirms it"
         )
     reason = (
-        f"update removes {what} of registry {incoming.registry}; nothing of the last accepted "
-        f"services is withdrawn (additions flow) until at most {policy.release_share:.0%} of "
-        f"their instances are missing; {release}"
+        f"update removes {what} of registry {incoming.registry}{against}; nothing of the last "
+        f"accepted services is withdrawn (additions flow) until at most "
+        f"{policy.release_share:.0%} of their instances are missing; {release}"
     )
     return Guarded(
-        held_view(accepted, incoming),
+        held_view(accepted, incoming, withheld),
         Hold(since, reason, removed_services, removed_instances, total_instances),
     )
 
 
-def held_view(accepted: V, incoming: V) -> V:
+ANY_REMOVAL = ProtectionPolicy(max_removed_share=0.0, min_instances=0, release_share=0.0)
+"""The share rule a recovery grace applies: any removal at all."""
+
+
+def held_view(accepted: V, incoming: V, withheld: Collection[str] = NOTHING) -> V:
     """What a held registry serves: everything `accepted` had, and what `incoming` adds.
 
     - a service only in `incoming` is served (a new registration);
@@ -219,6 +309,9 @@ def held_view(accepted: V, incoming: V) -> V:
       then `incoming`'s, with the accepted instances at addresses it lacks appended. (A
       service redefined while held waits for the release: its held instances may not fit
       its new ports.)
+
+    A service of `accepted` that the last build withheld (`withheld`: istiod never had it)
+    is not held: `incoming`'s version is served if it has one, else nothing.
 
     `accepted` itself when `incoming` adds nothing (no new object, so the build has nothing
     to do). O(services), only while a hold is on."""
@@ -236,6 +329,10 @@ def held_view(accepted: V, incoming: V) -> V:
         if old is service:
             served.append(old)
             continue
+        if old.key in withheld:
+            served.append(service)  # never served: nothing to hold of it
+            new = True
+            continue
         known = {instance.address for instance in old.instances}
         if all(i.address in known for i in service.instances):
             served.append(old)  # nothing new in it
@@ -247,9 +344,11 @@ def held_view(accepted: V, incoming: V) -> V:
         lacked = tuple(i for i in old.instances if i.address not in there)
         served.append(replace(service, instances=service.instances + lacked))
         new = True
-    if not new:
+    missing = [service for service in accepted.services if service.key not in seen]
+    kept = [service for service in missing if service.key not in withheld]
+    if not new and len(kept) == len(missing):
         return accepted
-    served.extend(service for service in accepted.services if service.key not in seen)
+    served.extend(kept)
     return incoming.with_services(tuple(served))
 
 
@@ -260,23 +359,29 @@ def _mass_removal(
     keep_when_empty: bool,
     changes: Changes | None,
     held: bool,
+    withheld: Collection[str] = NOTHING,
 ) -> tuple[int, int, int, str] | None:
     """(removed services, removed instances, total instances, description) if the update
     from `accepted` to `incoming` is a mass removal, else None. `held`: a hold is on, and
-    only a listing within `policy.release_share` of `accepted` ends it."""
+    only a listing within `policy.release_share` of `accepted` ends it. Services whose key
+    is in `withheld` never reached istiod: they count nowhere."""
     if incoming.services is accepted.services:
         return None
+
+    def counts(service: Service) -> bool:
+        return is_served(service, keep_when_empty) and service.key not in withheld
+
     # Services present in both views as the very same object lose nothing: set them aside by
     # identity (both views are alive, so equal ids are the same object) and compare the few
     # that changed by key.
     if changes is None:
         changes = identity_changes(accepted.services, incoming.services)
     gone, came = changes
-    changed = {s.key: s for s in came.values() if is_served(s, keep_when_empty)}
+    changed = {s.key: s for s in came.values() if counts(s)}
     removed_services = 0
     removed_instances = 0
     for old in gone.values():
-        if not is_served(old, keep_when_empty):
+        if not counts(old):
             continue
         new = changed.get(old.key)
         if new is None:
@@ -286,8 +391,8 @@ def _mass_removal(
             removed_instances += max(0, len(old.instances) - len(new.instances))
     if removed_services == 0 and removed_instances == 0:
         return None
-    if policy.hold_empty and not any(is_served(s, keep_when_empty) for s in incoming.services):
-        lost = [s for s in accepted.services if is_served(s, keep_when_empty)]
+    if policy.hold_empty and not any(counts(s) for s in incoming.services):
+        lost = [s for s in accepted.services if counts(s)]
         total = sum(len(s.instances) for s in lost)
         what = f"all {len(lost)} served services ({total} instances)"
         return removed_services, removed_instances, total, what
@@ -298,7 +403,7 @@ def _mass_removal(
     total = 0
     served = 0
     for old in accepted.services:
-        if is_served(old, keep_when_empty):
+        if counts(old):
             served += 1
             total += len(old.instances)
             if total * share >= removed_instances:
@@ -326,20 +431,25 @@ def release_message(
 ) -> str:
     """The log line that ends a hold: one wording per way it ends, so an operator (and a
     log query) can tell a removal that took effect from one the registry took back."""
-    held = _duration(round(max(0.0, now - hold.since)))
+    held = duration(round(max(0.0, now - hold.since)))
     services = hold.removed_services
     gone = (
         f"{hold.removed_instances} of {hold.total_instances} instances ({services} "
         f"service{'' if services == 1 else 's'} gone) are withdrawn from istiod"
     )
     if released is Release.APPLIED:
-        waited = _duration(policy.hold_for) if policy.hold_for is not None else held
+        waited = duration(policy.hold_for) if policy.hold_for is not None else held
         return (
             f"held removal applied after {waited} registry={registry}: it persisted for "
             f"protection.hold_for; {gone}"
         )
     if released is Release.CONFIRMED:
         return f"held removal confirmed by an operator registry={registry} after {held}: {gone}"
+    if released is Release.GRACE_OVER:
+        return (
+            f"held removal applied after the recovery grace registry={registry} after {held}: "
+            f"what the registry still lacks is no mass removal; {gone}"
+        )
     return (
         f"held removal cancelled registry={registry} after {held}: the registry came back (at "
         f"most {policy.release_share:.0%} of the accepted instances missing); the removal is "
@@ -347,7 +457,7 @@ def release_message(
     )
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
     """Go-style durations, as people read them in Istio's docs: 3m0s, 45s, 1h0m0s."""
     whole = int(seconds)
     if whole != seconds:

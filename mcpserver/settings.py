@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal, Union
 
 import yaml
 from pydantic import (
+    BeforeValidator,
     Field,
     ValidationError,
     WithJsonSchema,
@@ -28,14 +29,17 @@ from pydantic import (
 from mcpserver import failure
 from mcpserver.config import (
     BASE_CONTEXT,
+    DURATION_SCHEMA,
     NEVER_SCHEMA,
     OFFLINE_CONTEXT,
     Address,
+    ConfigPath,
     Duration,
     Frozen,
     RegistrySettings,
     SecretFile,
     SecretSettings,
+    parse_duration,
 )
 from mcpserver.registry.kinds import KINDS
 from mcpserver.xds.shards import MAX_SHARDS, PORT_STRIDE, highest_port, layouts, shard_port
@@ -173,6 +177,22 @@ class VIPSettings(Frozen):
         return value
 
 
+def _grace_durations(value: object) -> object:
+    """One duration, or durations by kind: parsed here, so an error is one line that
+    names the kind rather than pydantic's union members."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, dict):
+        parsed = {}
+        for kind, duration in value.items():
+            try:
+                parsed[str(kind)] = parse_duration(duration)
+            except ValueError as err:
+                raise ValueError(f"{kind}: {err}") from None
+        return parsed
+    return parse_duration(value)
+
+
 class ProtectionSettings(Frozen):
     """Protection against mass removal (README "What mcpserver does when things go wrong")."""
 
@@ -181,6 +201,36 @@ class ProtectionSettings(Frozen):
     hold_empty: bool = True
     hold_for: Annotated[Duration | None, WithJsonSchema(NEVER_SCHEMA)] = 180.0
     release_share: float = Field(default=0.1, ge=0, le=1)
+    # Removals add up over this long (README "What mcpserver does when things go wrong"):
+    # a loss that arrives in slices (Eureka's eviction runs, ZooKeeper sessions expiring one
+    # by one) is judged as one. 1m: longer than the spread of one fault's slices in the
+    # registries we watch (ZooKeeper caps session timeouts at 40 s by default; Nacos marks a
+    # silent instance unhealthy at 15 s and deletes it at 30 s; Eureka clients' leases
+    # expire within a renewal interval of each other), yet short enough that a planned
+    # scale-down spread over a few minutes flows.
+    window: Duration = 60.0
+    # After a registry's source came back (a reconnect, a server restart, a new session),
+    # every removal is held this long while its clients register again: one duration for
+    # every kind, or per kind ({eureka: 2m}); a kind not named keeps its own default (the
+    # kind table's recovery_grace, README says why each is what it is).
+    recovery_grace: Annotated[
+        float | dict[str, float] | None,
+        BeforeValidator(_grace_durations),
+        WithJsonSchema(
+            {
+                "anyOf": [
+                    *DURATION_SCHEMA["anyOf"],
+                    {
+                        "type": "object",
+                        "propertyNames": {"enum": list(KINDS)},
+                        "additionalProperties": DURATION_SCHEMA,
+                    },
+                    {"type": "null"},
+                ],
+                "description": "a duration for every kind, or durations by kind",
+            }
+        ),
+    ] = None
 
     @model_validator(mode="before")
     @classmethod
@@ -188,6 +238,28 @@ class ProtectionSettings(Frozen):
         if isinstance(data, dict) and "hold_for" in data:
             data = {**data, "hold_for": _never(data["hold_for"])}
         return data
+
+    @field_validator("recovery_grace")
+    @classmethod
+    def _known_kinds(
+        cls, value: float | dict[str, float] | None
+    ) -> float | dict[str, float] | None:
+        if isinstance(value, dict):
+            unknown = sorted(set(value) - set(KINDS))
+            if unknown:
+                raise ValueError(
+                    f"unknown registry kind {', '.join(unknown)} (kinds: {', '.join(KINDS)})"
+                )
+        return value
+
+    def grace_for(self, kind: str) -> float:
+        """The recovery grace of registries of this kind, in seconds."""
+        value = self.recovery_grace
+        if isinstance(value, dict):
+            return value.get(kind, KINDS[kind].recovery_grace)
+        if value is not None:
+            return value
+        return KINDS[kind].recovery_grace
 
     @model_validator(mode="after")
     def _hysteresis(self) -> ProtectionSettings:
@@ -197,6 +269,49 @@ class ProtectionSettings(Frozen):
                 f"({self.max_removed_share:g})"
             )
         return self
+
+
+class PeersSettings(Frozen):
+    """The other replicas (README "Several replicas"): a starting replica takes what they
+    accepted as its own reference, and a confirmation reaches each of them."""
+
+    # Their admin ports, HOST:PORT; a host that resolves to several addresses names each of
+    # them (one name for a headless Service is enough). This replica is skipped.
+    addresses: list[Address] = Field(min_length=1)
+    # How long a starting replica waits for its peers' answers, at most (the first snapshot
+    # waits that long at worst; an unreachable peer usually fails at once).
+    wait: Duration = Field(default=5.0, gt=0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, data: Any) -> Any:
+        """`peers: NAME:PORT` and `peers: [A:PORT, B:PORT]` are `peers: {addresses: ...}`."""
+        if isinstance(data, str):
+            return {"addresses": [data]}
+        if isinstance(data, list):
+            return {"addresses": data}
+        return data
+
+
+_ADDRESS_SCHEMA = {"type": "string", "pattern": r"^\S+:[0-9]{1,5}$", "description": "HOST:PORT"}
+PEERS_SCHEMA: dict[str, Any] = {
+    "anyOf": [
+        _ADDRESS_SCHEMA,
+        {"type": "array", "items": _ADDRESS_SCHEMA, "minItems": 1},
+        {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["addresses"],
+            "properties": {
+                "addresses": {"type": "array", "items": _ADDRESS_SCHEMA, "minItems": 1},
+                "wait": DURATION_SCHEMA,
+            },
+        },
+        {"type": "null"},
+    ],
+    "description": "the other replicas' admin ports: HOST:PORT, a list, or {addresses, wait}",
+}
+"""`peers` in JSON schema, its shorthand forms included (the chart's schema is generated)."""
 
 
 def demo_registry_path() -> Path:
@@ -211,6 +326,12 @@ class Settings(Frozen):
     vip: VIPSettings = VIPSettings()
     protection: ProtectionSettings = ProtectionSettings()
     shutdown: ShutdownSettings = ShutdownSettings()
+    peers: Annotated[PeersSettings | None, WithJsonSchema(PEERS_SCHEMA)] = None
+    # Where each registry's protection memory is kept for the next run (README "Several
+    # replicas": a lone replica restarted during a refill holds as well); unset: nowhere.
+    state_dir: ConfigPath | None = None
+    # Its files are rewritten at most this often (the first change at once).
+    state_write_interval: Duration = Field(default=5.0, gt=0)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["text", "json"] = "text"
     merge: Literal["first", "union"] = "first"

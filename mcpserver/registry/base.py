@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import time
 from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from enum import Enum
@@ -67,6 +68,25 @@ class Delta:
 
 
 @dataclass(frozen=True, slots=True)
+class Recovery:
+    """The registry's source came back: reconnected after an outage, a server restarted, a
+    session re-established (each kind says which of its events mean this). Its clients may
+    not all have registered again yet (a restarted Nacos or Eureka lost its ephemeral
+    registrations; providers re-create ZooKeeper nodes their expired sessions took), so
+    protection holds removals for the kind's `recovery_grace` from `at`."""
+
+    at: float
+    """time.monotonic() when it came back."""
+    why: str
+    """For people: "reconnected to Nacos (a new gRPC connection)"."""
+
+
+RECOVERY_REPEAT = 1.0
+"""Seconds within which a second recovery of the same kind is the same one (every watch
+loop of a registry comes back at once)."""
+
+
+@dataclass(frozen=True, slots=True)
 class View:
     """A registry's services at one moment, and whether they are a complete listing."""
 
@@ -77,6 +97,8 @@ class View:
     detail: str = ""
     problems: tuple[Problem, ...] = ()
     delta: Delta | None = field(default=None, repr=False, compare=False)
+    recovered: Recovery | None = None
+    """The source's last recovery, if any (kept in every later view)."""
 
     def with_services(self, services: tuple[Service, ...]) -> Self:
         """The same view with other services and no delta log (protection's held view)."""
@@ -248,6 +270,7 @@ class Registry(abc.ABC):
                 else old.detail,
                 problems=problems,
                 delta=_compose(old, services, change),
+                recovered=old.recovered,
             )
         )
 
@@ -269,9 +292,7 @@ class Registry(abc.ABC):
             )
         elif old.status is Status.DEGRADED:
             log.info("registry recovered registry=%s", self.name)
-        self._set_view(
-            View(self.name, old.services, old.synced, status, detail, old.problems, old.delta)
-        )
+        self._set_view(replace(old, status=status, detail=detail))
 
     def keeping(self) -> str:
         """What istiod keeps while this registry fails, for a degraded detail: its last
@@ -288,6 +309,18 @@ class Registry(abc.ABC):
         """The source answers again."""
         if self._view.status is Status.DEGRADED:
             self.set_status(Status.READY)
+
+    def came_back(self, why: str) -> None:
+        """The source came back after an outage (`Recovery`): call it before publishing
+        the first listing that follows, so that listing is judged with the grace. A repeat
+        within RECOVERY_REPEAT seconds is the same recovery."""
+        old = self._view
+        now = time.monotonic()
+        last = old.recovered
+        if last is not None and last.why == why and now - last.at < RECOVERY_REPEAT:
+            return
+        log.info("registry source came back registry=%s: %s", self.name, why)
+        self._set_view(replace(old, recovered=Recovery(now, why)))
 
     def _set_view(self, view: View) -> None:
         # mcpserver_registry_status and _services are the pipeline's to set: it alone knows
@@ -330,6 +363,11 @@ class Troubles:
         self._scopes.pop(scope, None)
         self._scopes[scope] = (same, detail)
         self._registry.degrade(detail)
+
+    def kind(self, scope: Hashable) -> str | None:
+        """The kind of `scope`'s trouble (its detail when set without a kind), or None."""
+        found = self._scopes.get(scope)
+        return found[0] if found is not None else None
 
     def clear(self, scope: Hashable) -> None:
         """`scope` is fine again: recover when no trouble is left, else show the newest."""
@@ -388,3 +426,7 @@ class Kind(Generic[S]):
     settings: type[S]
     build: Callable[[S, RegistryContext], Registry]
     offline: Callable[[S, RegistryContext], OfflineView] | None = None
+    recovery_grace: float = 0.0
+    """Seconds protection holds removals after the source came back (`Recovery`) by
+    default: how long this kind's clients take to register again (README "What mcpserver
+    does when things go wrong" says why each kind's is what it is)."""

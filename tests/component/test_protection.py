@@ -238,3 +238,27 @@ async def test_replicas_that_saw_different_histories_serve_byte_identical_resour
     c = await connect(again.port)
     await c.wait_for(lambda c: c.synced(), 10)
     assert {r.name: tuple(r.service_entry.addresses) for r in c.latest("ServiceEntry")} == vips
+
+
+async def test_removing_withheld_entries_is_no_removal(
+    static_file: Path, start_app: AppFactory, connect: ClientFactory
+) -> None:
+    """Issue 27: a file with 3 valid services (2 instances each) and 6 entries withheld as
+    invalid (a bad port name); an edit removes the 6 invalid ones and one valid service.
+    istiod had 6 instances and loses 2 (33%): a plain removal, served at once, and the
+    withheld entries' problems go with them."""
+    bad_port = [{"name": "Bad_Name", "number": 8080, "protocol": "HTTP"}]
+    valid = [service(f"ok{i}", f"10.7.{i}.1", f"10.7.{i}.2") for i in range(3)]
+    invalid = [service(f"bad{i}", f"10.8.0.{i + 1}", ports=bad_port) for i in range(6)]
+    write_services(static_file, valid + invalid)
+    app = await start_app(make_settings(static_file))
+    client = await connect(app.port)
+    await client.wait_for(lambda c: c.synced(), 10)
+    assert sorted(r.name for r in client.latest("ServiceEntry")) == ["ok0", "ok1", "ok2"]
+    assert len([p for p in app.pipeline.problems if "invalid port name" in p.message]) == 6
+    write_services(static_file, valid[1:])
+    await client.wait_for(lambda c: len(c.latest("ServiceEntry")) == 2, 10)
+    assert sorted(r.name for r in client.latest("ServiceEntry")) == ["ok1", "ok2"]
+    await past_next_rebuild(app)
+    assert all(state.hold is None for state in app.pipeline.registry_states())
+    assert app.pipeline.problems == ()

@@ -134,8 +134,59 @@ def test_the_deployment_is_what_an_istio_component_needs(helm: Helm) -> None:
     assert grpc["appProtocol"] == "grpc" and grpc["name"].startswith("grpc")
     # no RBAC at all: mcpserver never calls the apiserver
     assert not {"Role", "ClusterRole", "RoleBinding", "ClusterRoleBinding"} & set(by_kind)
-    (rule,) = by_kind["NetworkPolicy"]["spec"]["ingress"]
+    istiod, peers = by_kind["NetworkPolicy"]["spec"]["ingress"]
+    assert istiod["ports"] == [{"port": "grpc-xds", "protocol": "TCP"}]
+    # the replicas reach each other's admin port, and nothing else does
+    assert peers["ports"] == [{"port": "http-admin", "protocol": "TCP"}]
+    assert peers["from"] == [{"podSelector": {"matchLabels": pod_selector(objects)}}]
+
+
+def pod_selector(objects: list[dict[str, Any]]) -> dict[str, str]:
+    deployment = next(o for o in objects if o["kind"] == "Deployment")
+    labels: dict[str, str] = deployment["spec"]["selector"]["matchLabels"]
+    return labels
+
+
+def rendered(helm: Helm, *sets: str) -> list[dict[str, Any]]:
+    done = helm.template(CHART, "mcpserver", NAMESPACE, sets=sets)
+    assert done.returncode == 0, done.stderr
+    return [d for d in yaml.safe_load_all(done.stdout) if d]
+
+
+def test_replicas_name_each_other_and_keep_their_state_across_container_restarts(
+    helm: Helm,
+) -> None:
+    """More than one replica: a headless Service resolving to every ready replica, and the
+    config's `peers` naming it; an emptyDir at the config's `state_dir`. One replica: no
+    peers. A config that sets either itself keeps its own."""
+    objects = rendered(helm)
+    services = {o["metadata"]["name"]: o for o in objects if o["kind"] == "Service"}
+    headless = services["mcpserver-peers"]["spec"]
+    assert headless["clusterIP"] == "None" and headless["publishNotReadyAddresses"] is False
+    assert headless["selector"] == pod_selector(objects)
+    config = yaml.safe_load(
+        next(o for o in objects if o["kind"] == "ConfigMap")["data"]["config.yaml"]
+    )
+    assert config["peers"] == {
+        "addresses": [f"mcpserver-peers.{NAMESPACE}.svc:15052"],
+        "wait": "5s",
+    }
+    assert config["state_dir"] == "/var/lib/mcpserver"
+    pod = next(o for o in objects if o["kind"] == "Deployment")["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    mounts = {m["name"]: m for m in pod["containers"][0]["volumeMounts"]}
+    assert "emptyDir" in volumes["state"] and mounts["state"]["mountPath"] == "/var/lib/mcpserver"
+    alone = rendered(helm, "replicaCount=1", "stateDir.enabled=false")
+    assert "mcpserver-peers" not in {o["metadata"]["name"] for o in alone}
+    config = yaml.safe_load(
+        next(o for o in alone if o["kind"] == "ConfigMap")["data"]["config.yaml"]
+    )
+    assert "peers" not in config and "state_dir" not in config
+    (rule,) = next(o for o in alone if o["kind"] == "NetworkPolicy")["spec"]["ingress"]
     assert rule["ports"] == [{"port": "grpc-xds", "protocol": "TCP"}]
+    own = rendered(helm, "config.peers=other:15052", "config.state_dir=/data")
+    config = yaml.safe_load(next(o for o in own if o["kind"] == "ConfigMap")["data"]["config.yaml"])
+    assert (config["peers"], config["state_dir"]) == ("other:15052", "/data")
 
 
 def mounted_layout(objects: list[dict[str, Any]], root: Path) -> Path:
@@ -148,6 +199,8 @@ def mounted_layout(objects: list[dict[str, Any]], root: Path) -> Path:
     data: dict[str, str] = by_kind["ConfigMap"]["data"]
     for mount in pod["containers"][0]["volumeMounts"]:
         target = PurePosixPath(mount["mountPath"])
+        if "emptyDir" in volumes[mount["name"]]:
+            continue  # the state directory: written at run time, nothing to check
         assert target.is_relative_to(CONFIG_DIR), target
         local = root / target.relative_to(CONFIG_DIR)
         volume = volumes[mount["name"]]
@@ -236,13 +289,16 @@ def test_sharded_ports_follow_the_servers_rule(helm: Helm, tmp_path: Path) -> No
         for k in range(n)
     }
     assert settings.server.layouts() == (1, 2, 4) and len(expected) == 7
-    service_ports = {p["name"]: p["port"] for p in by_kind["Service"]["spec"]["ports"]}
+    (service,) = [
+        o for o in objects if o["kind"] == "Service" and o["metadata"]["name"] == "mcpserver"
+    ]  # not the peers' headless one
+    service_ports = {p["name"]: p["port"] for p in service["spec"]["ports"]}
     assert {k: v for k, v in service_ports.items() if k != "http-admin"} == expected
     assert {p["name"]: p["containerPort"] for p in container["ports"]} == {
         **expected,
         "http-admin": 15052,
     }
-    (rule,) = by_kind["NetworkPolicy"]["spec"]["ingress"]
+    rule, _peers = by_kind["NetworkPolicy"]["spec"]["ingress"]  # istiod's, the replicas'
     assert {p["port"] for p in rule["ports"]} == set(expected)
     host = f"mcpserver.{NAMESPACE}.svc"
     done = subprocess.run(

@@ -1,9 +1,11 @@
 """The Eureka registry against a real Spring Cloud Netflix Eureka server (tests/integration/
 eureka: `@EnableEurekaServer`, built with Maven), and on to a real istiod.
 
-Four servers start together once per module (JVM start-up dominates this file's time): the
+Five servers start together once per module (JVM start-up dominates this file's time): the
 shared one (basic auth on; each test keeps to its own apps through `apps`), one with a
-300 ms delta window (a missed delta, a restart) and two peers that replicate to each other.
+300 ms delta window (a missed delta, a restart), two peers that replicate to each other, and
+one whose registry holds only what its test registers (Eureka's eviction limit is a share
+of the whole registry).
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ class Servers:
     window: EurekaServer  # a 300 ms delta window
     peer_a: EurekaServer
     peer_b: EurekaServer
+    eviction: EurekaServer  # one test's instances only
 
 
 @pytest.fixture(scope="module")
@@ -61,8 +64,9 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Servers]:
         window=EurekaServer(jar, root / "window", dict(WINDOW)),
         peer_a=peer_a,
         peer_b=peer_b,
+        eviction=EurekaServer(jar, root / "eviction"),
     )
-    every = (started.shared, started.window, peer_a, peer_b)
+    every = (started.shared, started.window, peer_a, peer_b, started.eviction)
     try:
         for server in every:
             server.launch()
@@ -528,3 +532,51 @@ async def test_keep_when_empty_keeps_an_app_eureka_still_lists(
     eureka.deregister("ledger", one)
     eureka.deregister("ledger", starting)
     await client.wait_for(lambda c: entry_for(c, host) is None, 30)
+
+
+async def test_an_eviction_in_slices_is_held_as_one_mass_removal(
+    tmp_path: Path,
+    servers: Servers,
+    beats: Callable[[EurekaServer, float], Heartbeats],
+    serve: ServeFactory,
+) -> None:
+    """Issue 27: three clients hold 7 instances; two of them die (5 instances). Eureka
+    evicts at most 15% of its registry per eviction run (every 500 ms here), so the 5 leave
+    in slices of 2+1+1+1, each under max_removed_share. Over protection.window they add up
+    to one mass removal: held, and istiod is served all 7 again until the hold ends."""
+    eureka = servers.eviction
+    host = "sliced.eureka"
+    survivor, doomed = beats(eureka, 0.3), [beats(eureka, 0.3), beats(eureka, 0.3)]
+    everyone = [f"10.48.0.{i}" for i in range(1, 8)]
+    for address in everyone[:2]:
+        survivor.add("sliced", address, lease=1)  # expires 2 s after its last renewal
+    for address in everyone[2:5]:
+        doomed[0].add("sliced", address, lease=1)
+    for address in everyone[5:]:
+        doomed[1].add("sliced", address, lease=1)
+    top = {"protection": {"hold_for": "10m", "window": "30s"}}
+    settings = eureka_settings(tmp_path, [eureka.url], ["sliced"], top=top)
+    app, client = await serve(settings, within=60)
+    await client.wait_for(lambda c: addresses(c, host) == everyone, 30)
+    registry = registry_of(app)
+    evicted_before = eureka.log_path.read_text().count("Evicting ")
+    for dead in doomed:  # two client processes die
+        dead.close()
+
+    def evicted() -> bool:
+        services = registry.view().services
+        return len(services) == 1 and len(services[0].instances) == 2
+
+    await eventually(evicted, within=30)
+    await past_next_rebuild(app)
+    # Eureka did evict in slices (its log has one line per eviction run that evicted)
+    runs = eureka.log_path.read_text().count("Evicting ") - evicted_before
+    assert runs >= 2, eureka.log_path.read_text()[-2000:]
+    assert held(app)
+    assert addresses(client, host) == everyone  # the whole loss held, first slices included
+    (state,) = app.pipeline.registry_states()
+    assert state.hold is not None
+    assert (state.hold.removed_instances, state.hold.total_instances) == (5, 7)
+    assert "protection.window" in state.hold.reason
+    sizes = [len(found) for found in every_set(client, host)]
+    print(f"\nsets served while Eureka evicted in {runs} runs: {sizes}")

@@ -21,6 +21,7 @@ import re
 import signal
 import subprocess
 import sys
+import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
@@ -64,6 +65,10 @@ class Replica:
     port: int = field(default_factory=free_port)
     admin_port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    """More MCPSERVER_ settings (peers, state_dir) for this replica."""
+    token: str | None = None
+    """The admin token its config sets, if any (for its /debug pages)."""
 
     @property
     def log_path(self) -> Path:
@@ -76,6 +81,7 @@ class Replica:
         env = {
             "MCPSERVER_SERVER__LISTEN": f"127.0.0.1:{self.port}",
             "MCPSERVER_SERVER__ADMIN": f"127.0.0.1:{self.admin_port}",
+            **self.env,
         }
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
@@ -92,10 +98,31 @@ class Replica:
             return bool(response.status == 200)
 
     def clients(self) -> list[dict[str, Any]]:
-        url = f"http://127.0.0.1:{self.admin_port}/debug/clients"
-        with urllib.request.urlopen(url, timeout=2) as response:
-            found: list[dict[str, Any]] = yaml.safe_load(response.read())
-            return found
+        found: list[dict[str, Any]] = self.debug("clients")
+        return found
+
+    def debug(self, page: str) -> Any:
+        """An admin /debug page, decoded (with the token when the config sets one)."""
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.admin_port}/debug/{page}", headers=headers
+        )
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return yaml.safe_load(response.read())
+
+    def confirm(self, registry: str) -> tuple[int, Any]:
+        """POST /debug/registries/NAME/confirm: (status, answer)."""
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{self.admin_port}/debug/registries/{registry}/confirm",
+            method="POST",
+            headers=headers,
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return response.status, yaml.safe_load(response.read())
+        except urllib.error.HTTPError as err:
+            return err.code, yaml.safe_load(err.read())
 
     def kill(self) -> None:
         assert self.process is not None

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from mcpserver.registry.base import Registry, Status
-from mcpserver.xds.client import DecodedResource, IstiodLikeClient
+from mcpserver.xds.client import DecodedResource, IstiodLikeClient, decode_resource
 from tests.certs import make_certs
 from tests.conftest import AppFactory, eventually, past_next_rebuild, settings_for
 from tests.integration.conftest import IstiodFactory, ServeFactory, assert_kept_without_endpoints
@@ -64,8 +64,10 @@ def nacos_settings(
         "poll_interval": "300ms",
     }
     entry.update(registry)
-    # the tests end by removing a registry's only service: protection would hold that
-    top = {"protection": {"hold_empty": False, "min_instances": 100}, **(top or {})}
+    # the tests end by removing a registry's only service, some right after a restart:
+    # protection would hold that (the recovery grace is tested on its own)
+    protection = {"hold_empty": False, "min_instances": 100, "recovery_grace": "0s"}
+    top = {"protection": protection, **(top or {})}
     return settings_for(tmp_path, entry, **top)
 
 
@@ -499,3 +501,56 @@ async def test_keep_when_empty_keeps_a_listed_service_without_served_instances(
 
     nacos.register("orders", "10.38.0.1", metadata={"protocol": "http"})
     await client.wait_for(lambda c: addresses(c) == ["10.38.0.1"], 30)
+
+
+async def test_a_restart_withdraws_nothing_whose_client_has_not_registered_again(
+    tmp_path: Path, nacos: RNacos, serve: ServeFactory
+) -> None:
+    """Issue 27, the official Nacos case on r-nacos: restarted, the server has lost every
+    ephemeral instance; mcpserver reconnects and re-lists at once, before the client of one
+    service (3 of 8 instances, under max_removed_share) registers again. The reconnect is a
+    recovery: that service is held for the recovery grace (Nacos' 30 s default) and never
+    withdrawn; its client's return ends the hold."""
+    late = "late.default-group.public.nacos"
+    for i in range(5):
+        nacos.register("steady", f"10.39.0.{i + 1}")  # persistent: kept across the restart
+    clients = [await ephemeral_instance(nacos, "late", f"10.39.1.{i + 1}") for i in range(3)]
+    top: dict[str, Any] = {
+        "protection": {}
+    }  # protection as deployed: 50%, min 5, Nacos' grace 30 s
+    app, client = await serve(nacos_settings(tmp_path, nacos, top=top))
+    three = ["10.39.1.1", "10.39.1.2", "10.39.1.3"]
+    await client.wait_for(lambda c: addresses(c, late) == three, 30)
+    registry = app.registries[0]
+    await asyncio.to_thread(nacos.stop)
+    for connection in clients:  # the late client lost its connection with the server
+        await connection.close()
+    await eventually(degraded(registry), within=30)
+    await asyncio.to_thread(nacos.start)
+
+    def relisted_without_it() -> bool:
+        view = registry.view()
+        return view.recovered is not None and late not in {
+            h for s in view.services for h in s.hosts
+        }
+
+    await eventually(relisted_without_it, within=60)
+    await past_next_rebuild(app)
+    (state,) = app.pipeline.registry_states()
+    assert state.hold is not None and state.hold.cause == "recovery"
+    assert "reconnected to Nacos" in state.hold.reason
+    assert addresses(client, late) == three  # held, not withdrawn
+    # the client comes back and registers again: nothing held any more
+    clients = [await ephemeral_instance(nacos, "late", address) for address in three]
+    try:
+        await eventually(lambda: app.pipeline.registry_states()[0].hold is None, within=30)
+        await past_next_rebuild(app)
+        se_url = next(u for u in client.type_urls if u.endswith("/ServiceEntry"))
+        for response in client.responses[se_url]:  # never a set without them
+            entry = next(
+                (r for r in map(decode_resource, response.resources) if r.name == late), None
+            )
+            assert entry is not None and len(entry.service_entry.endpoints) == 3
+    finally:
+        for connection in clients:
+            await connection.close()

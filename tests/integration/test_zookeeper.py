@@ -304,7 +304,8 @@ async def test_session_expiry_removes_what_truly_vanished(
     tmp_path: Path, zookeeper: ZooKeeper, serve: ServeFactory
 ) -> None:
     """A provider whose ZooKeeper session dies during an outage is gone after it; one whose
-    node is persistent stays. Our own session survives (or is replaced) and reconciles."""
+    node is persistent stays. Our own session survives (or is replaced) and reconciles,
+    withdrawing what is gone once the recovery grace (1 s here, 60 s by default) is over."""
     keeper = KazooClient(hosts=zookeeper.address, timeout=10)
     keeper.start(15)
     keeper.create(f"/dubbo/{IFACE}/providers/{provider_url('10.8.0.1')}", b"", makepath=True)
@@ -312,7 +313,7 @@ async def test_session_expiry_removes_what_truly_vanished(
     doomed = KazooClient(hosts=zookeeper.address, timeout=4)
     doomed.start(15)
     doomed.create(f"/dubbo/{IFACE}/providers/{provider_url('10.8.0.2')}", b"", ephemeral=True)
-    app, client = await serve(zk_settings(tmp_path, zookeeper))
+    app, client = await serve(zk_settings(tmp_path, zookeeper, {"recovery_grace": "1s"}))
     assert sorted(e.address for e in entries(client)[HOST].service_entry.endpoints) == [
         "10.8.0.1",
         "10.8.0.2",

@@ -10,6 +10,7 @@ import pytest
 
 from mcpserver.model import Instance, Port, Service
 from mcpserver.protection import (
+    Grace,
     Guarded,
     Hold,
     ProtectionPolicy,
@@ -53,8 +54,11 @@ def run(
     policy: ProtectionPolicy = POLICY,
     confirmed: bool = False,
     keep_when_empty: bool = False,
+    withheld: frozenset[str] = frozenset(),
 ) -> Guarded[View]:
-    return guard(accepted, incoming, hold, now, policy, confirmed, keep_when_empty)
+    return guard(
+        accepted, incoming, hold, now, policy, confirmed, keep_when_empty, withheld=withheld
+    )
 
 
 TEN = view(service("a", 5), service("b", 5, first=100))  # 10 instances in 2 services
@@ -338,3 +342,163 @@ def test_a_hold_ends_in_one_of_three_ways_each_said_differently() -> None:
     assert lines[2].startswith("held removal cancelled registry=zk after 42s: the registry came")
     assert "8 of 10 instances (1 service gone) are withdrawn from istiod" in lines[0]
     assert "withdrawn" not in lines[2]
+
+
+# ------------------------------------------------ what the last build withheld (issue 27 A)
+
+VALID = tuple(service(f"ok{i}", 2, first=10 * i) for i in range(3))  # 6 served instances
+INVALID = tuple(service(f"bad{i}", 1, first=100 + i) for i in range(6))  # withheld whole
+WITHHELD = frozenset(s.key for s in INVALID)
+MIXED = view(*VALID, *INVALID)  # a listing of 12 instances, 6 of them reach istiod
+
+
+@pytest.mark.parametrize(
+    ("incoming", "held", "counts"),
+    [
+        # the issue's case: the 6 invalid entries and one valid service leave the file: 2 of
+        # the 6 served instances (33%), a plain removal, not "7 of 12"
+        (view(*VALID[1:]), False, None),
+        # the invalid ones alone leave: nothing istiod had is removed
+        (view(*VALID), False, None),
+        # two valid services leave (4 of 6 served instances): a mass removal of those 6
+        (view(VALID[0], *INVALID), True, (2, 4, 6)),
+        # every valid service leaves, the invalid ones stay: nothing served is left
+        (view(*INVALID), True, (3, 6, 6)),
+    ],
+)
+def test_withheld_services_count_neither_as_removed_nor_as_served(
+    incoming: View, held: bool, counts: tuple[int, int, int] | None
+) -> None:
+    outcome = run(MIXED, incoming, withheld=WITHHELD)
+    assert (outcome.hold is not None) is held
+    if outcome.hold is None:
+        assert outcome.served is incoming
+    else:
+        hold = outcome.hold
+        assert (hold.removed_services, hold.removed_instances, hold.total_instances) == counts
+        assert "12" not in hold.reason
+    # Counting the listing instead (no withheld keys) holds the issue's case.
+    if incoming.services == (*VALID[1:],):
+        wrong = run(MIXED, incoming).hold
+        assert wrong is not None and "8 of 12 instances" in wrong.reason
+
+
+def test_an_emptied_registry_is_held_though_withheld_entries_remain() -> None:
+    """One served service of one instance, below min_instances, and withheld entries: its
+    removal leaves nothing served, which hold_empty holds whatever the size."""
+    small = view(VALID[0], *INVALID)
+    outcome = run(small, view(*INVALID), withheld=WITHHELD)
+    assert outcome.hold is not None
+    assert "all 1 served services (2 instances)" in outcome.hold.reason
+
+
+def test_the_release_share_counts_only_served_instances() -> None:
+    """Held, the registry comes back but for its withheld entries: that is everything istiod
+    had, so the hold ends (the withheld entries are not "10% missing")."""
+    hold = run(MIXED, view(*INVALID), withheld=WITHHELD).hold
+    assert hold is not None
+    back = view(*VALID)
+    assert run(MIXED, back, hold=hold, now=1010.0, withheld=WITHHELD) == Guarded(back, None)
+    # without knowing what was withheld, 6 of 12 missing would keep it held
+    assert run(MIXED, back, hold=hold, now=1010.0).hold is not None
+
+
+def test_a_held_view_keeps_nothing_withheld_that_left() -> None:
+    """While held, an invalid entry that leaves the file is not kept (its problem goes with
+    it), and one redefined (perhaps fixed) is served as the listing has it."""
+    fixed = replace(INVALID[0], ports=(Port("tcp-fixed", 20880),))
+    incoming = view(VALID[0], fixed)  # 2 valid services gone, 5 invalid gone, 1 fixed
+    outcome = run(MIXED, incoming, withheld=WITHHELD)
+    assert outcome.hold is not None
+    served = {s.key: s for s in outcome.served.services}
+    assert set(served) == {s.key for s in VALID} | {fixed.key}
+    assert served[fixed.key] is fixed
+    # Nothing new, but withheld entries left: not the accepted view itself.
+    gone = run(MIXED, view(VALID[0]), withheld=WITHHELD)
+    assert gone.hold is not None
+    assert {s.key for s in gone.served.services} == {s.key for s in VALID}
+
+
+# ------------------------------------------------------- recovery grace (issue 27 C)
+
+EIGHT = view(service("steady", 5), service("late", 3, first=100))  # the Nacos restart case
+GRACE = Grace(since=990.0, until=1020.0, why="reconnected to Nacos (namespace public)")
+
+
+def graced(
+    accepted: View,
+    incoming: View,
+    now: float = 1000.0,
+    hold: Hold | None = None,
+    confirmed: bool = False,
+    policy: ProtectionPolicy = POLICY,
+) -> Guarded[View]:
+    return guard(accepted, incoming, hold, now, policy, confirmed, False, grace=GRACE)
+
+
+@pytest.mark.parametrize(
+    ("incoming", "now", "confirmed", "held"),
+    [
+        # the service whose client has not registered again: 3 of 8 instances, under the
+        # share, held within the grace
+        (view(EIGHT.services[0]), 1000.0, False, True),
+        # one instance of 8 gone: any removal is held within the grace
+        (view(EIGHT.services[0], service("late", 2, first=100)), 1000.0, False, True),
+        # nothing gone (and something new): accepted
+        (view(*EIGHT.services, service("new", 1, first=300)), 1000.0, False, False),
+        # the grace is over: judged by the share rule, 3 of 8 flows
+        (view(EIGHT.services[0]), 1020.0, False, False),
+        # an operator confirms: applied at once
+        (view(EIGHT.services[0]), 1000.0, True, False),
+    ],
+)
+def test_a_registry_that_came_back_holds_any_removal_for_the_grace(
+    incoming: View, now: float, confirmed: bool, held: bool
+) -> None:
+    outcome = graced(EIGHT, incoming, now=now, confirmed=confirmed)
+    assert (outcome.hold is not None) is held
+    if outcome.hold is None:
+        assert outcome.served is incoming
+        return
+    assert outcome.hold.cause == "recovery"
+    assert {s.key for s in outcome.served.services} == {s.key for s in EIGHT.services}
+    assert sum(len(s.instances) for s in outcome.served.services) == 8
+    assert "came back 10s ago (reconnected to Nacos (namespace public))" in outcome.hold.reason
+    assert "protection.recovery_grace" in outcome.hold.reason
+    # without the grace the same update flows
+    assert run(EIGHT, incoming, now=now).hold is None
+
+
+def test_hold_for_does_not_end_a_grace_and_a_hold_outlives_it_from_its_start() -> None:
+    """Within the grace only confirmation applies; after it, a mass removal left is an
+    ordinary hold that counts hold_for from the grace's first hold."""
+    short = replace(POLICY, hold_for=5.0)
+    emptied = view()
+    first = graced(EIGHT, emptied, now=1000.0, policy=short)
+    assert first.hold is not None and first.hold.cause == "recovery"
+    later = graced(EIGHT, emptied, now=1010.0, hold=first.hold, policy=short)  # past hold_for
+    assert later.hold is not None and later.hold.since == 1000.0
+    after = run(EIGHT, emptied, hold=later.hold, now=1021.0)  # the grace over, hold_for 3m
+    assert after.hold is not None and after.hold.cause == "mass removal"
+    assert after.hold.since == 1000.0
+    assert run(EIGHT, emptied, hold=later.hold, now=1180.0).hold is None
+
+
+def test_a_grace_hold_ends_said_as_what_happened() -> None:
+    """Everything back: cancelled (RECOVERED). The grace over with a small removal left:
+    applied (GRACE_OVER, its own log line). Confirmed within it: CONFIRMED."""
+    lacking = view(EIGHT.services[0])
+    hold = graced(EIGHT, lacking).hold
+    assert hold is not None and hold.cause == "recovery"
+    back = graced(EIGHT, EIGHT.with_services(EIGHT.services), hold=hold, now=1005.0)
+    over = graced(EIGHT, lacking, hold=hold, now=1020.0)
+    confirmed = graced(EIGHT, lacking, hold=hold, now=1005.0, confirmed=True)
+    assert [o.released for o in (back, over, confirmed)] == [
+        Release.RECOVERED,
+        Release.GRACE_OVER,
+        Release.CONFIRMED,
+    ]
+    assert all(o.hold is None for o in (back, over, confirmed))
+    line = release_message("zk", hold, Release.GRACE_OVER, 1020.0, POLICY)
+    assert line.startswith("held removal applied after the recovery grace registry=zk after 20s")
+    assert "3 of 8 instances (1 service gone) are withdrawn from istiod" in line

@@ -8,6 +8,7 @@ import pytest
 
 from mcpserver.config import parse_duration
 from mcpserver.registry.consul.config import ConsulRegistrySettings
+from mcpserver.registry.kinds import KINDS
 from mcpserver.registry.static.config import StaticRegistrySettings
 from mcpserver.registry.zookeeper.config import ZooKeeperRegistrySettings
 from mcpserver.settings import ConfigError, load_settings
@@ -241,3 +242,32 @@ registries:
     with pytest.raises(ConfigError) as err:
         load_settings(config, {}, offline=True)
     assert err.value.problems == [f"registries[0].path: file not found: {tmp_path / 's.yaml'}"]
+
+
+def test_window_and_recovery_grace(tmp_path: Path) -> None:
+    """protection.window (1m) and recovery_grace: each kind's own default, one duration for
+    every kind, or some kinds named; an unknown kind or a bad duration names the field."""
+    config = tmp_path / "c.yaml"
+    config.write_text("registries: []\n")
+    protection = load_settings(config, {}).protection
+    assert protection.window == 60.0
+    defaults = {k: protection.grace_for(k) for k in KINDS}
+    assert defaults == {
+        "static": 0.0,
+        "zookeeper": 60.0,
+        "consul": 90.0,
+        "nacos": 30.0,
+        "eureka": 90.0,
+        "cloudmap": 0.0,
+    }
+    config.write_text("protection: {recovery_grace: 45s, window: 0s}\nregistries: []\n")
+    protection = load_settings(config, {}).protection
+    assert protection.window == 0.0
+    assert {protection.grace_for(k) for k in KINDS} == {45.0}
+    config.write_text("protection: {recovery_grace: {eureka: 2m}}\nregistries: []\n")
+    protection = load_settings(config, {}).protection
+    assert (protection.grace_for("eureka"), protection.grace_for("nacos")) == (120.0, 30.0)
+    bad = "protection: {recovery_grace: {etcd: 1m}, window: soon}\nregistries: []\n"
+    text = "\n".join(problems_of(tmp_path, bad))
+    assert "protection.recovery_grace: unknown registry kind etcd" in text
+    assert "protection.window: expected a duration" in text

@@ -71,3 +71,29 @@ grpc-s{{ $n }}-{{ $k }} {{ add $base (mul 100 $n) $k }}
 {{- end }}
 - address: k8s://
 {{- end }}
+
+{{/* "true" when replicas name each other (peers.enabled, auto: more than one replica). */}}
+{{- define "mcpserver.peersEnabled" -}}
+{{- if eq (toString .Values.peers.enabled) "auto" }}
+{{- if gt (int .Values.replicaCount) 1 }}true{{ end }}
+{{- else if .Values.peers.enabled }}true
+{{- end }}
+{{- end }}
+
+{{/* The headless Service that resolves to every ready replica. */}}
+{{- define "mcpserver.peersName" -}}
+{{- printf "%s-peers" (include "mcpserver.fullname" . | trunc 57 | trimSuffix "-") }}
+{{- end }}
+
+{{/* The config file: `config` as given, with `peers` and `state_dir` where it has none. */}}
+{{- define "mcpserver.config" -}}
+{{- $config := deepCopy .Values.config }}
+{{- if and (include "mcpserver.peersEnabled" .) (not (hasKey $config "peers")) }}
+{{- $address := printf "%s.%s.svc:%v" (include "mcpserver.peersName" .) .Release.Namespace .Values.service.adminPort }}
+{{- $_ := set $config "peers" (dict "addresses" (list $address) "wait" .Values.peers.wait) }}
+{{- end }}
+{{- if and .Values.stateDir.enabled (not (hasKey $config "state_dir")) }}
+{{- $_ := set $config "state_dir" .Values.stateDir.path }}
+{{- end }}
+{{- toYaml $config }}
+{{- end }}

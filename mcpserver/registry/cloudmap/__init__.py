@@ -19,4 +19,6 @@ def _build(settings: CloudMapRegistrySettings, context: RegistryContext) -> Clou
     return CloudMapRegistry(settings, context.metrics)
 
 
-KIND = Kind("cloudmap", CloudMapRegistrySettings, _build)
+# Cloud Map keeps registrations in AWS: nothing registers again after its API was out of
+# reach, so a recovery needs no grace.
+KIND = Kind("cloudmap", CloudMapRegistrySettings, _build, recovery_grace=0.0)

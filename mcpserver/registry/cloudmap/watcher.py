@@ -120,6 +120,9 @@ class CloudMapRegistry(Registry):
                 if began >= next_list:
                     await self._list()
                     next_list = began + s.list_interval
+                    if self._troubles.kind(LISTING) is not None and self.view().synced:
+                        # nothing registers again in Cloud Map (its grace is 0 unless set)
+                        self.came_back("Cloud Map answers again")
                     self._troubles.clear(LISTING)
             except CloudMapError as err:
                 self._fail(LISTING, err, f"cannot list Cloud Map services ({self._where()})")

@@ -8,7 +8,9 @@ connection that silently dies is retried (python-consul2's missing timeout is wh
 py-consul); errors back off with jitter; a Consul index that goes backwards (a restarted agent
 or server) or is not positive resets to a full re-list, a consistent read after a restart, so
 a leader that has not yet applied its log cannot answer an older state. While Consul is
-unreachable the last view stays served (DEGRADED).
+unreachable the last view stays served (DEGRADED); the first answer after failed calls is a
+recovery (`Registry.came_back`): protection holds removals for `recovery_grace` while agents'
+anti-entropy syncs their services back into a catalog that lost them.
 
 Consul answers a list query with a token that cannot read everything by quietly leaving out
 what it may not see, and says so only in the `X-Consul-Results-Filtered-By-ACLs` header. Such
@@ -367,6 +369,10 @@ class ConsulRegistry(Registry):
         self._troubles.set(key, detail, "error")
 
     def _answered(self, key: Key, filtered: bool) -> None:
+        if self._troubles.kind(key) == "error" and self.view().synced:
+            # Consul answers again after failed calls (unreachable, restoring after a
+            # restart): its agents' anti-entropy may not have synced every service back yet
+            self.came_back("Consul answers again")
         if not filtered:
             self._troubles.clear(key)
             return

@@ -20,4 +20,8 @@ def _build(settings: EurekaRegistrySettings, context: RegistryContext) -> Eureka
     return EurekaRegistry(settings, context.metrics, context.env)
 
 
-KIND = Kind("eureka", EurekaRegistrySettings, _build)
+# A restarted Eureka server learns its instances back from their renewals: each client
+# renews every 30 s and registers again when the renewal answers 404; Eureka's read-only
+# response cache (on by default) then shows it in /apps up to 30 s later; our poll adds
+# poll_interval (5 s). 90 s covers that with margin.
+KIND = Kind("eureka", EurekaRegistrySettings, _build, recovery_grace=90.0)

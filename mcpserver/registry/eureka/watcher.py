@@ -15,8 +15,10 @@ a full fetch whatever the hash says.
 Failures keep the last view (DEGRADED, naming each server and what went wrong) and are
 retried with jittered backoff; the next round goes on from the mirror we hold, and the hash
 says whether that is still right. A server that restarted empty answers an empty registry
-until its clients re-register: that update removes everything, and the pipeline's protection
-against mass removal holds our last view meanwhile.
+until its clients re-register: the first answer after failed rounds is a recovery
+(`Registry.came_back`), so protection holds whatever it lacks for `recovery_grace` while
+the clients' renewals bring them back (and its mass-removal rule after that). A restart
+between two polls that no poll saw fail is not told apart from other changes.
 """
 
 from __future__ import annotations
@@ -84,6 +86,7 @@ class EurekaRegistry(Registry):
         self._held: dict[str, Held] = {}
         self._ledger = Ledger()  # what left and came since the last view
         self._resync_at = 0.0  # loop time of the next full fetch, whatever the hash says
+        self._outage = False  # the last round failed: the next answer is a recovery
         self.full_fetches = 0
         self.delta_fetches = 0
         self.mismatches = 0
@@ -124,10 +127,12 @@ class EurekaRegistry(Registry):
                 await self._round()
             except ERRORS as err:
                 self._fail(err)
+                self._outage = True
                 delay = backoff(attempt, cap=ERROR_BACKOFF_CAP)
                 attempt += 1
             else:
                 self.recover()
+                self._outage = False
                 attempt = 0
                 delay = self._settings.poll_interval
             await asyncio.sleep(delay)
@@ -211,6 +216,12 @@ class EurekaRegistry(Registry):
         for app in sorted(self._held):
             services.extend(self._held[app][1])
             problems.extend(self._held[app][2])
+        if self._outage and view.synced:
+            # the first answer after an outage: a restarted server lists only the
+            # instances that renewed (and registered again) since
+            self.came_back("Eureka answers again after an outage")
+            self._outage = False
+            view = self.view()
         if view.synced and not self._ledger.pending() and tuple(problems) == view.problems:
             return
         change = self._ledger.take(view.services)

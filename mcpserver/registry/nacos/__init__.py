@@ -20,4 +20,8 @@ def _build(settings: NacosRegistrySettings, context: RegistryContext) -> NacosRe
     return NacosRegistry(settings, context.metrics, context.env)
 
 
-KIND = Kind("nacos", NacosRegistrySettings, _build)
+# A restarted Nacos (or a lost connection) loses ephemeral instances until their clients
+# register again: the 2.x client notices with its 5 s health check, reconnects and redoes
+# every registration at once, its redo task retrying every 3 s; a 1.x client re-registers
+# when a 5 s heartbeat answers "not found". 30 s covers a few rounds of either.
+KIND = Kind("nacos", NacosRegistrySettings, _build, recovery_grace=30.0)

@@ -18,8 +18,10 @@ so, like the Java client, we keep one connection per namespace):
 A service no longer listed is dropped (and unsubscribed). A lost connection, an unreachable
 server or a refused login keeps the last view (DEGRADED with the reason) and is retried with
 jittered backoff; a new connection re-lists and re-subscribes everything, and what is not
-listed any more is dropped only then (full reconcile). The pipeline's protection against mass
-removal applies to what a reconcile removes.
+listed any more is dropped only then (full reconcile). A new connection after a lost one (or
+an answer after failed polls) is a recovery (`Registry.came_back`): a restarted Nacos lost
+every ephemeral instance whose client has not registered again yet, so protection holds
+what the reconcile removes for `recovery_grace`, and its mass-removal rule after that.
 """
 
 from __future__ import annotations
@@ -247,6 +249,10 @@ class NacosRegistry(Registry):
             try:
                 await connection.open()
                 attempt = 0
+                if namespace in self._listed:
+                    # a new connection after a lost one: a restarted Nacos lost every
+                    # ephemeral instance its clients have not registered again yet
+                    self.came_back(f"reconnected to Nacos (namespace {namespace})")
                 await self._grpc_session(namespace, connection)
             except ERRORS as err:
                 self._fail(namespace, err)
@@ -377,6 +383,8 @@ class NacosRegistry(Registry):
                 keys = await self._list(namespace, self._http_page)
                 await self._fetch_all(keys)
                 self._reconcile(namespace, keys)
+                if attempt and namespace in self._listed:
+                    self.came_back(f"Nacos answers again (namespace {namespace})")
                 self._listed.add(namespace)
                 self._troubles.clear(namespace)
                 self._publish_if_changed()

@@ -25,4 +25,5 @@ def _offline(settings: StaticRegistrySettings, context: RegistryContext) -> Offl
     return OfflineView(view, locations, str(settings.path))
 
 
-KIND = Kind("static", StaticRegistrySettings, _build, _offline)
+# A file read again after it was broken is no source whose clients register again.
+KIND = Kind("static", StaticRegistrySettings, _build, _offline, recovery_grace=0.0)

@@ -20,4 +20,8 @@ def _build(settings: ZooKeeperRegistrySettings, context: RegistryContext) -> Zoo
     return ZooKeeperRegistry(settings, context.metrics, context.env)
 
 
-KIND = Kind("zookeeper", ZooKeeperRegistrySettings, _build)
+# Providers whose sessions expired learn it when they reconnect, and only then re-create
+# their ephemeral nodes (Curator on RECONNECTED; Dubbo's FailbackRegistry retrying every
+# 5 s); their reconnects follow their own retry policies (Curator's exponential backoff
+# climbs to tens of seconds). 60 s.
+KIND = Kind("zookeeper", ZooKeeperRegistrySettings, _build, recovery_grace=60.0)

@@ -16,10 +16,13 @@ Three parts, split where the threads are:
 Failure policy (README "ZooKeeper registry"): a suspended connection or lost session keeps the
 last view (DEGRADED); after the reconnect (same session or a new one) the mirror re-reads
 every node (the client drops all watches with the connection), which reconciles what changed
-meanwhile, so a session expiry removes only what is really gone. A node we may not read
-(its ACL, our credentials) is DEGRADED with the path in the detail, counted in
-`mcpserver_registry_errors_total{kind="noauth"}` and retried with backoff until it reads;
-what was read before stays served.
+meanwhile, so a session expiry removes only what is really gone. The reconnect is a
+recovery (`Registry.came_back`): for `protection.recovery_grace` what the re-read lacks is
+held, while providers whose sessions expired with ours create their nodes again.
+
+A node we may not read (its ACL, our credentials) is DEGRADED with the path in the detail,
+counted in `mcpserver_registry_errors_total{kind="noauth"}` and retried with backoff until
+it reads; what was read before stays served.
 """
 
 from __future__ import annotations
@@ -101,6 +104,7 @@ class ZooKeeperRegistry(Registry):
         self._lost = False  # reads cut off by a lost connection wait for a re-read
         self._retry_now = False
         self._disconnected = False  # SUSPENDED or LOST since the last CONNECTED
+        self._session_lost = False  # LOST since the last CONNECTED
         self._relist_now = False  # reconnected: read the whole tree again
         self._crashed = False  # the watch task failed and waits for its restart
 
@@ -149,10 +153,20 @@ class ZooKeeperRegistry(Registry):
                 self._metrics.registry_errors.labels(self.name, state.lower()).inc()
                 self._connection_problem = CONNECTION_DETAILS[state]
                 self._disconnected = True
+                self._session_lost = self._session_lost or state == LOST
             elif state == CONNECTED:
                 self._connection_problem = ""
+                if self._disconnected:
+                    # before the re-read publishes: providers whose sessions expired with
+                    # ours (a partition) re-create their nodes only once they reconnect
+                    self.came_back(
+                        "a new ZooKeeper session after the last one expired"
+                        if self._session_lost
+                        else "reconnected to ZooKeeper"
+                    )
                 self._relist_now = self._relist_now or self._disconnected
                 self._disconnected = False
+                self._session_lost = False
                 self._retry_now = True
                 self._wakeup.set()
             self._update_status()

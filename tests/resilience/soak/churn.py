@@ -3,7 +3,9 @@
 
 Each registry's instances stay between LOW and HIGH, and a step removes at most a few, so no
 rebuild ever sees a mass removal that protection would hold (more than half of a registry's
-instances): the soak measures leaks and convergence, not the hold. Addresses are unique per
+instances) when each update is judged alone (the soak's mcpserver sets protection.window to
+0s: over a minute the walk can lose more than half): the soak measures leaks and
+convergence, not the hold. Addresses are unique per
 registry, so one address is one endpoint.
 
 `reshape(shape)` steps a registry back towards the service names it had at a checkpoint:
