@@ -44,11 +44,11 @@ class Helm:
         )
 
     def objects(
-        self, chart: Path, release: str, namespace: str, *values: Path
+        self, chart: Path, release: str, namespace: str, *values: Path, sets: tuple[str, ...] = ()
     ) -> list[dict[str, Any]]:
         """Every object `helm template` renders; fails the test with Helm's message if it
         cannot."""
-        done = self.template(chart, release, namespace, *values)
+        done = self.template(chart, release, namespace, *values, sets=sets)
         if done.returncode != 0:
             raise AssertionError(f"helm template failed:\n{done.stderr}")
         return [d for d in yaml.safe_load_all(done.stdout) if d]

@@ -189,6 +189,30 @@ def test_replicas_name_each_other_and_keep_their_state_across_container_restarts
     assert (config["peers"], config["state_dir"]) == ("other:15052", "/data")
 
 
+def test_the_chart_has_no_traps(helm: Helm) -> None:
+    """What an operator would otherwise find in production: a ServiceMonitor that the
+    chart's own NetworkPolicy keeps from scraping, a PDB that hangs every drain of a single
+    replica, an injected sidecar that waits for the istiod that waits for mcpserver."""
+    done = helm.template(CHART, "mcpserver", NAMESPACE, sets=("serviceMonitor.enabled=true",))
+    assert done.returncode != 0
+    assert "serviceMonitor.enabled" in done.stderr and "networkPolicy.adminFrom" in done.stderr
+    for sets in (
+        ("serviceMonitor.enabled=true", "networkPolicy.enabled=false"),
+        (
+            "serviceMonitor.enabled=true",
+            "networkPolicy.adminFrom[0].podSelector.matchLabels.app=prometheus",
+        ),
+    ):
+        kinds = {o["kind"] for o in helm.objects(CHART, "mcpserver", NAMESPACE, sets=sets)}
+        assert "ServiceMonitor" in kinds, sets
+    single = helm.objects(CHART, "mcpserver", NAMESPACE, sets=("replicaCount=1",))
+    assert "PodDisruptionBudget" not in {o["kind"] for o in single}
+    for objects in (single, helm.objects(CHART, "mcpserver", NAMESPACE)):
+        (deployment,) = [o for o in objects if o["kind"] == "Deployment"]
+        annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+        assert annotations["sidecar.istio.io/inject"] == "false"
+
+
 def mounted_layout(objects: list[dict[str, Any]], root: Path) -> Path:
     """The files the Deployment mounts under /etc/mcpserver, recreated under `root`: the
     ConfigMap's keys at their subPath mounts, an empty directory per Secret mount. Returns

@@ -8,6 +8,8 @@ the TLS variant's CA replaced by the test CA), receives our ServiceEntries."""
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +80,25 @@ def test_istios_own_istiod_chart_renders_the_values_into_the_mesh_key(
     ]
     rendered = yaml.safe_load(configmap["data"]["mesh"])
     assert rendered["configSources"] == mesh_key(variant)["configSources"]
+
+
+def test_the_plain_manifest_is_what_the_chart_renders() -> None:
+    """istio-config/mcpserver.yaml says it is the chart's output: it is, checksum annotation
+    and all (scripts/gen_plain_manifest.py writes it; run it after changing the chart)."""
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "gen_plain_manifest.py"), "--check"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    objects = list(yaml.safe_load_all((CONFIG / "mcpserver.yaml").read_text()))
+    (deployment,) = [o for o in objects if o and o["kind"] == "Deployment"]
+    (configmap,) = [o for o in objects if o and o["kind"] == "ConfigMap"]
+    annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+    assert len(annotations["checksum/config"]) == 64  # an edited ConfigMap rolls the pods
+    assert "registries" in configmap["data"]["config.yaml"]
 
 
 def test_the_plain_manifests_pass_the_apiservers_validation(kubectl: Kubectl) -> None:
