@@ -81,6 +81,10 @@ class RegistryKindName(Protocol):
     @property
     def kind(self) -> str: ...
 
+    def source(self) -> str:
+        """Where its records come from (a file, hosts, an address)."""
+        ...
+
 
 class Admin:
     """aiohttp application and runner for the admin port."""
@@ -189,6 +193,7 @@ class Admin:
     def registry_rows(self) -> list[RegistryRow]:
         """Each registry for the status page, a held removal included."""
         kinds = {r.name: r.kind for r in self._kinds}
+        sources = {r.name: r.source() for r in self._kinds}
         now_wall, now_mono = time.time(), time.monotonic()
         rows = []
         for state in self._pipeline.registry_states():
@@ -217,6 +222,8 @@ class Admin:
                     last_change=self._activity.registry_changed.get(v.registry),
                     held=held,
                     listed=None if listed == state.served else listed,
+                    source=sources.get(v.registry, ""),
+                    origin=state.origin or "own",
                 )
             )
         return rows
@@ -250,6 +257,7 @@ class Admin:
             problems=self.problem_list(rows),
             refresh=max(0, min(refresh, MAX_REFRESH_SECONDS)),
             shards=self.shard_rows(),
+            admin_url=str(request.url.origin()),
         )
         return web.Response(
             text=render(page),
@@ -323,15 +331,20 @@ class Admin:
         """Each registry as it reports itself; a held mass removal shows it DEGRADED with
         the reason (the registry's own status is kept under `source`)."""
         kinds = {r.name: r.kind for r in self._kinds}
+        sources = {r.name: r.source() for r in self._kinds}
         entries = []
         for state in self._pipeline.registry_states():
             v, hold = state.view, state.hold
             entry: dict[str, object] = {
                 "name": v.registry,
                 "kind": kinds.get(v.registry, ""),
+                "source": sources.get(v.registry, ""),
                 "status": v.status.value,
                 "synced": v.synced,
                 "services": len(v.services),
+                "instances": instances_of(v.services),
+                "served": {"services": state.served[0], "instances": state.served[1]},
+                "last_change": self._activity.registry_changed.get(v.registry),
                 "detail": v.detail,
             }
             if hold is not None:
@@ -359,6 +372,12 @@ class Admin:
         sender = request.headers.get(FORWARDED)
         if sender is not None and sender == self._replica:
             return web.json_response({"self": True})
+        names = [state.view.registry for state in self._pipeline.registry_states()]
+        if name not in names:
+            reason = f"no registry named {name!r} (registries: {', '.join(names) or 'none'})"
+            return web.json_response(
+                {"confirmed": False, "registry": name, "reason": reason}, status=404
+            )
         confirmed = self._pipeline.confirm(name)
         body: dict[str, object] = {"confirmed": confirmed, "registry": name}
         if not confirmed:

@@ -217,6 +217,11 @@ class RegistrySettings(Frozen):
     endpoints: str = "inline"
     keep_when_empty: bool = False
 
+    def source(self) -> str:
+        """Where the registry's records come from, for people (the status page, /debug):
+        each kind says it its way."""
+        return ""
+
     @field_validator("name", "namespace")
     @classmethod
     def _label(cls, value: str) -> str:

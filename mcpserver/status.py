@@ -234,6 +234,8 @@ class RegistryRow:
     listed: tuple[int, int] | None = None
     """(services, instances) the registry itself lists, when not what is served (a held
     removal, invalid entries withheld, nothing served yet)."""
+    source: str = ""  # where its records come from: a file, hosts, an address
+    origin: str = ""  # a hold's: own, peer HOST:PORT, state_dir
 
 
 @dataclass(frozen=True, slots=True)
@@ -264,7 +266,11 @@ class Page:
     problems: Sequence[Problem]
     refresh: int  # seconds; 0: no automatic refresh
     shards: Sequence[ShardRow] = ()
+    admin_url: str = "ADMIN"  # how the reader reached this page, for the commands it shows
 
+
+LATE_ACK: Final = 10.0
+"""Seconds after which an un-ACKed response shows as stuck, not merely pending."""
 
 LINKS: Final = (
     ("/debug/registries", "registries"),
@@ -413,11 +419,12 @@ def _registries(page: Page) -> str:
         if r.held is not None:
             h = r.held
             status = badge("degraded", "degraded") + " " + badge("removal held", "held")
+            origin = "" if r.origin in ("", "own") else f" (taken over from {e(r.origin)})"
             detail = (
-                f"{e(h.reason)}<br><span class='muted'>held since {when(h.since, page.now)}: "
-                f"{h.removed_services} services and {h.removed_instances} of {h.instances} "
-                f"instances would go. Confirm with <code>curl -X POST "
-                f"ADMIN/debug/registries/{e(r.name)}/confirm</code></span>"
+                f"{e(h.reason)}<br><span class='muted'>held since {when(h.since, page.now)}"
+                f"{origin}: {h.removed_services} services and {h.removed_instances} of "
+                f"{h.instances} instances would go. Confirm with <code>curl -X POST "
+                f"{e(page.admin_url)}/debug/registries/{e(r.name)}/confirm</code></span>"
                 + (f"<br>source: {e(r.detail)}" if r.detail else "")
             )
         services, instances = str(r.services), str(r.instances)
@@ -426,7 +433,9 @@ def _registries(page: Page) -> str:
             instances += f' <span class="muted">(lists {r.listed[1]})</span>'
         rows.append(
             f'<tr id="registry-{e(r.name)}" data-status="{e("held" if r.held else r.status)}">'
-            f"<td><b>{e(r.name)}</b></td><td>{e(r.kind)}</td><td>{status}"
+            f"<td><b>{e(r.name)}</b>"
+            f"{f'<br><span class=muted>{e(r.source)}</span>' if r.source else ''}</td>"
+            f"<td>{e(r.kind)}</td><td>{status}"
             f"{'' if r.synced else ' <span class=muted>(listing)</span>'}</td>"
             f'<td class="n">{services}</td><td class="n">{instances}</td>'
             f"<td>{when(r.last_change, page.now)}</td>"
@@ -512,6 +521,11 @@ def _client_types(client: ClientInfo, now: float, served: set[str]) -> str:
             acked = '<span class="muted">not ACKed by istiod</span>'
         elif s.acked == s.version:
             acked = f"{short(s.acked)} {badge('ACKed', 'ok')}"
+        elif s.nacked == s.version:
+            acked = f"{short(s.acked)} {badge('NACKed', 'bad')}"
+        elif client.lag(url, now) >= LATE_ACK:
+            # istiod takes a set in well under a second: this one is stuck
+            acked = f"{short(s.acked)} {badge('not ACKed', 'held')}"
         else:
             acked = f"{short(s.acked)} {badge('pending', 'waiting')}"
         lag = client.lag(url, now)

@@ -92,13 +92,17 @@ def test_a_new_kind_is_one_module_and_one_table_entry(tmp_path: Path) -> None:
                 pass
             assert server.poll() is None, server.stderr.read() if server.stderr else ""
             time.sleep(0.1)
+        assert registries[0].pop("last_change") is not None
         assert registries == [
             {
                 "name": "e1",
                 "kind": "echo",
+                "source": "",  # the kind says nothing of where its records come from
                 "status": "ready",
                 "synced": True,
                 "services": 2,
+                "instances": 2,
+                "served": {"services": 2, "instances": 2},
                 "detail": "",
             }
         ]

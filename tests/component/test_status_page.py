@@ -181,8 +181,9 @@ async def test_the_page_shows_a_registry_going_degraded_a_held_removal_and_acks(
         return str(row.text) if sent and sent == ack else ""
 
     assert await wait_in_browser(browser, row_status("legacy")) == "ready"
-    registries = await wait_in_browser(browser, text("#registries"))
-    assert "files static ready 2 3" in registries  # kind, status, services, instances
+    registries = await wait_in_browser(browser, text("#registry-files"))
+    # its file under its name; then kind, status, services, instances
+    assert registries.startswith(f"files\n{files} static ready 2 3")
     assert "ACKed" in await wait_in_browser(browser, acked)  # the client's ACK
     assert "sidecar~" in await wait_in_browser(browser, text("#clients .node"))
     # everything from a registry or a client is text, never markup
@@ -204,7 +205,9 @@ async def test_the_page_shows_a_registry_going_degraded_a_held_removal_and_acks(
     write_services(catalog, [])
     assert await wait_in_browser(browser, lambda d: row_status("catalog")(d) == "held")
     held = await wait_in_browser(browser, text("#registry-catalog"))
-    assert "removal held" in held and "/debug/registries/catalog/confirm" in held
+    # the command to confirm it names this very admin address
+    confirm = f"curl -X POST http://127.0.0.1:{app.admin.port}/debug/registries/catalog/confirm"
+    assert "removal held" in held and confirm in held
     # the headline says it too, and the problems count both registries (the held one once)
     assert await wait_in_browser(
         browser, lambda d: text("#readiness")(d) == "ready, 2 registries degraded"
@@ -390,4 +393,17 @@ def test_meshconfig_is_never_shown_waiting_for_an_ack() -> None:
     assert client.lag(SE, time.time()) >= 30  # a type istiod does ACK: lagging
     html = render(page(clients=[client]))
     assert "1 other types: empty sets, in sync" in html  # MeshConfig, folded away
-    assert html.count("pending") == 1  # the ServiceEntry only
+    # the ServiceEntry only, 30 s without its ACK: stuck, not a grey "pending"
+    assert html.count("not ACKed</span>") == 1 and "pending" not in html
+
+
+def test_an_ack_that_does_not_come_stands_out() -> None:
+    now = time.time()
+    client = ClientInfo(stream_id=1, peer="ipv4:127.0.0.1:1", connected_at=now - 60)
+    client.types = {SE: TypeState("n2", "v2", "v1")}
+    client.sent_at[SE] = now - 1
+    assert '<span class="badge waiting">pending</span>' in render(page(clients=[client]))
+    client.sent_at[SE] = now - 11
+    assert '<span class="badge held">not ACKed</span>' in render(page(clients=[client]))
+    client.types = {SE: TypeState("n2", "v2", "v1", nacked="v2")}
+    assert '<span class="badge bad">NACKed</span>' in render(page(clients=[client]))

@@ -189,6 +189,10 @@ async def test_admin_endpoints(
             async with http.get(base + path) as response:
                 return response.status, await response.text()
 
+        async def post(path: str) -> tuple[int, str]:
+            async with http.post(base + path) as response:
+                return response.status, await response.text()
+
         assert (await get("/healthz"))[0] == 200
         status, body = await get("/readyz")
         assert status == 200 and json.loads(body)["ready"] is True
@@ -211,16 +215,25 @@ async def test_admin_endpoints(
         assert clients[0]["types"][se]["sent_at"] <= clients[0]["types"][se]["acked_at"]
         assert "last_nack" not in clients[0]["types"][se]
         registries = json.loads((await get("/debug/registries"))[1])
+        changed = registries[0].pop("last_change")
+        assert isinstance(changed, float) and changed <= time.time()  # as the page shows it
         assert registries == [
             {
                 "name": "files",
                 "kind": "static",
+                "source": str(static_file),
                 "status": "ready",
                 "synced": True,
                 "services": 2,
+                "instances": 3,
+                "served": {"services": 2, "instances": 3},
                 "detail": "",
             }
         ]
+        # an operator's typo is named as one, not "no held removal"
+        status, body = await post("/debug/registries/flies/confirm")
+        assert status == 404
+        assert json.loads(body)["reason"] == "no registry named 'flies' (registries: files)"
         assert json.loads((await get("/debug/problems"))[1]) == []
 
 

@@ -43,6 +43,11 @@ class CloudMapRegistrySettings(RegistrySettings):
     request_timeout: Duration = 10.0
     max_concurrency: int = Field(default=8, ge=1, le=64)  # API calls in flight (threads)
 
+    def source(self) -> str:
+        if self.endpoint_url:
+            return self.endpoint_url
+        return f"AWS Cloud Map, region {self.region}" if self.region else "AWS Cloud Map"
+
     @field_validator("region")
     @classmethod
     def _region(cls, value: str | None) -> str | None:

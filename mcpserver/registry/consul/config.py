@@ -32,6 +32,10 @@ class ConsulRegistrySettings(RegistrySettings):
     host_template: str = "{service}.service.consul"
     default_protocol: str = "TCP"
     wait: Duration = 30.0
+
+    def source(self) -> str:
+        return self.address
+
     # One HTTP connection per watched service per datacenter (blocking queries hold theirs);
     # Consul allows 200 per client address unless limits.http_max_conns_per_client is raised.
     max_connections: int = Field(default=1024, ge=8)

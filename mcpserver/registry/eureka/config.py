@@ -81,6 +81,9 @@ class EurekaRegistrySettings(RegistrySettings):
     def _template(cls, value: str) -> str:
         return check_template(value, app="a", vip="v")
 
+    def source(self) -> str:
+        return ", ".join(self.servers)
+
     @field_validator("poll_interval", "request_timeout", "resync_interval")
     @classmethod
     def _interval(cls, value: float) -> float:

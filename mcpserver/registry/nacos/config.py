@@ -46,6 +46,10 @@ class NacosRegistrySettings(RegistrySettings):
     services: list[str] = Field(default_factory=lambda: ["*"])  # glob patterns of names
     host_template: str = "{service}.{group}.{namespace}.nacos"
     host_metadata: str = "istio.hostname"  # an instance's own host, as Nacos' Istio module
+
+    def source(self) -> str:
+        return self.address
+
     default_protocol: str = "http"  # when no `protocol` metadata says otherwise
     include_unhealthy: bool = False
     # Dubbo on Nacos: `providers:<interface>:<version>:<group>` services and Dubbo 3

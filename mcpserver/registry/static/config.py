@@ -15,6 +15,9 @@ class StaticRegistrySettings(RegistrySettings):
     host_template: str = "{name}.{namespace}.svc.mesh"
     poll_interval: Duration = 1.0
 
+    def source(self) -> str:
+        return str(self.path)
+
     @field_validator("host_template")
     @classmethod
     def _template(cls, value: str) -> str:

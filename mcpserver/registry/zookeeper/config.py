@@ -26,6 +26,10 @@ class ZooKeeperAuthSettings(Frozen):
 class ZooKeeperRegistrySettings(RegistrySettings):
     kind: Literal["zookeeper"]
     hosts: str
+
+    def source(self) -> str:
+        return self.hosts
+
     roots: list[str] = Field(default_factory=lambda: ["/dubbo"])
     services_roots: list[str] = Field(default_factory=lambda: ["/services"])
     mapping: bool = True
