@@ -54,6 +54,17 @@ async def past_next_rebuild(app: App) -> None:
     await eventually(lambda: app.debouncer.runs > runs and not app.debouncer.busy)
 
 
+def registry_errors(app: App, kind: str, registry: str = "zk") -> float:
+    """mcpserver_registry_errors_total{registry, kind} as the app counts it."""
+    return sum(
+        s.value
+        for m in app.metrics.registry.collect()
+        for s in m.samples
+        if s.name == "mcpserver_registry_errors_total"
+        and s.labels == {"registry": registry, "kind": kind}
+    )
+
+
 def write_services(path: Path, services: list[dict[str, Any]]) -> None:
     """Replace the static file atomically, as an editor would."""
     tmp = path.with_suffix(".tmp")
