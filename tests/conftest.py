@@ -17,7 +17,7 @@ from grpc_health.v1 import health_pb2
 
 from mcpserver.app import App
 from mcpserver.settings import Settings, load_settings
-from mcpserver.xds.client import IstiodLikeClient
+from mcpserver.xds.client import IstiodLikeClient, decode_resource
 from mcpserver.xds.typeurls import ISTIO_1_29
 from tests.integration.kube import ControlPlane, Kubectl
 from tests.integration.real import (
@@ -63,6 +63,20 @@ def registry_errors(app: App, kind: str, registry: str = "zk") -> float:
         if s.name == "mcpserver_registry_errors_total"
         and s.labels == {"registry": registry, "kind": kind}
     )
+
+
+def every_response_holds(client: IstiodLikeClient, host: str, addresses: list[str]) -> None:
+    """No ServiceEntry set `client` was ever sent lacked one of `addresses` under `host`:
+    nothing was withdrawn, not even for one response."""
+    type_url = next(u for u in client.type_urls if u.endswith("/ServiceEntry"))
+    for response in client.responses[type_url]:
+        served = {
+            e.address
+            for r in map(decode_resource, response.resources)
+            if r.name == host
+            for e in r.service_entry.endpoints
+        }
+        assert set(addresses) <= served, (host, addresses, sorted(served))
 
 
 def write_services(path: Path, services: list[dict[str, Any]]) -> None:

@@ -34,8 +34,14 @@ from mcpserver.registry.zookeeper.connection import (
     Connection,
 )
 from mcpserver.registry.zookeeper.watcher import ZooKeeperRegistry
-from mcpserver.xds.client import IstiodLikeClient, decode_resource
-from tests.conftest import eventually, past_next_rebuild, registry_errors, settings_for
+from mcpserver.xds.client import IstiodLikeClient
+from tests.conftest import (
+    eventually,
+    every_response_holds,
+    past_next_rebuild,
+    registry_errors,
+    settings_for,
+)
 from tests.integration.conftest import ServeFactory
 from tests.integration.zookeeper import Ensemble, ZooKeeper
 
@@ -101,19 +107,6 @@ def endpoints(client: IstiodLikeClient) -> list[str]:
     return []
 
 
-def every_response_holds(client: IstiodLikeClient, addresses: list[str]) -> None:
-    """No ServiceEntry set this client was ever sent lacked one of `addresses`."""
-    type_url = next(u for u in client.type_urls if u.endswith("/ServiceEntry"))
-    for response in client.responses[type_url]:
-        served = {
-            e.address
-            for r in map(decode_resource, response.resources)
-            if r.name == HOST
-            for e in r.service_entry.endpoints
-        }
-        assert set(addresses) <= served, (addresses, sorted(served))
-
-
 def registry_of(app: App) -> ZooKeeperRegistry:
     registry = app.registries[0]
     assert isinstance(registry, ZooKeeperRegistry)
@@ -145,7 +138,7 @@ async def moved_within_the_session(
     await asyncio.to_thread(write, ensemble.by_address(moved).address, "10.20.0.9")
     await client.wait_for(lambda c: "10.20.0.9" in endpoints(c), 20)
     await past_next_rebuild(app)
-    every_response_holds(client, ["10.20.0.1", "10.20.0.2"])
+    every_response_holds(client, HOST, ["10.20.0.1", "10.20.0.2"])
     return victim
 
 
@@ -232,7 +225,7 @@ async def test_a_quorum_lost_keeps_a_listed_view_and_lists_a_new_replica(
     for client in (client_a, client_b):
         await client.wait_for(lambda c: endpoints(c) == ["10.21.0.1", "10.21.0.2", "10.21.0.3"], 20)
     await past_next_rebuild(app_a)
-    every_response_holds(client_a, ["10.21.0.1", "10.21.0.2"])
+    every_response_holds(client_a, HOST, ["10.21.0.1", "10.21.0.2"])
 
 
 def test_a_client_on_a_read_only_server_moves_to_a_read_write_one(

@@ -57,6 +57,12 @@ WEIGHT_SCALE = 100
 MAX_WEIGHT = 2**32 - 1  # Istio's weight is a uint32
 EPOCH_2000_MS = int(EPOCH_2000.timestamp() * 1000)
 DUBBO_PREFIX = "providers:"
+DUBBO_OTHER_CATEGORIES = frozenset(
+    ["consumers", "routers", "configurators", "dynamicrouters", "dynamicconfigurators"]
+)
+"""The categories Dubbo's NacosRegistry writes beside `providers` (`<category>:<interface>:
+<version>:<group>`; org.apache.dubbo.common.constants.RegistryConstants): consumers register
+at port 0, routers and configurators are rules; none of them is a service to serve."""
 GROUPED = "@@"  # Nacos' grouped service name: GROUP@@service
 
 
@@ -173,10 +179,19 @@ def parse_hosts(
     return served, problems
 
 
+def dubbo_non_provider(name: str) -> bool:
+    """A Dubbo category other than providers (`consumers:org.example.DemoService::`)."""
+    category, sep, _ = name.partition(":")
+    return bool(sep) and category in DUBBO_OTHER_CATEGORIES
+
+
 def convert(
     options: NacosOptions, key: ServiceKey, info: object
 ) -> tuple[list[Service], list[Problem]]:
-    """A service's instance list to its Services and the records skipped."""
+    """A service's instance list to its Services and the records skipped. Dubbo's other
+    categories are no services: nothing, and nothing skipped."""
+    if dubbo_non_provider(key.name):
+        return [], []
     instances, problems = parse_hosts(options, key, hosts_of(info))
     if not instances:
         return [], problems
