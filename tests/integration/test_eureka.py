@@ -527,6 +527,35 @@ async def test_a_disabled_port_is_never_an_endpoints_port_and_a_default_port_los
         eureka.deregister("ledger", ident)
 
 
+async def test_500_metadata_keys_are_bounded_and_each_dropped_key_counted_once(
+    tmp_path: Path, servers: Servers, serve: ServeFactory
+) -> None:
+    """An instance with 500 metadata keys: 32 labels (version among them, though it sorts
+    last), the other 469 keys counted once each, however many instances carry them."""
+    eureka = servers.shared
+    meta = {f"key{i:03d}": "x" for i in range(500)} | {"version": "v7"}
+    one = eureka.register("inventory", "10.49.0.1", metadata=meta)
+    settings = eureka_settings(tmp_path, [eureka.url], ["inventory"], **with_auth())
+    app, client = await serve(settings, within=60)
+    host = "inventory.eureka"
+    await client.wait_for(lambda c: addresses(c, host) == ["10.49.0.1"], 30)
+    labels = dict(endpoint(client, host, "10.49.0.1").labels)
+    assert len(labels) == 33 and labels["version"] == "v7" and labels["registry"] == "eureka"
+
+    def dropped() -> float:
+        value = app.metrics.registry.get_sample_value(
+            "mcpserver_registry_dropped_labels_total", {"registry": "eureka", "reason": "too-many"}
+        )
+        return value or 0
+
+    assert dropped() == 469
+    two = eureka.register("inventory", "10.49.0.2", metadata=meta)
+    await client.wait_for(lambda c: addresses(c, host) == ["10.49.0.1", "10.49.0.2"], 30)
+    assert dropped() == 469
+    for ident in (one, two):
+        eureka.deregister("inventory", ident)
+
+
 async def test_eureka_services_reach_istiod(
     tmp_path: Path, servers: Servers, start_app: AppFactory, start_istiod: IstiodFactory
 ) -> None:

@@ -661,3 +661,23 @@ async def test_dubbo_categories_other_than_providers_are_left_out_silently(
     assert [r.name for r in client.latest("ServiceEntry")] == [host]
     assert app.registries[0].view().problems == ()
     assert "skipped record" not in caplog.text
+
+
+async def test_an_allow_list_keeps_only_the_keys_it_names(
+    tmp_path: Path, nacos: RNacos, serve: ServeFactory
+) -> None:
+    meta = {"version": "v1", "team": "pay", "build.commit": "0a1b2c"}
+    nacos.register("orders", "10.42.0.1", metadata=meta)
+    nacos.register("orders", "10.42.0.2", metadata=meta)
+    settings = nacos_settings(tmp_path, nacos, labels={"allow": ["version", "nacos-*"]})
+    app, client = await serve(settings)
+    await client.wait_for(lambda c: addresses(c) == ["10.42.0.1", "10.42.0.2"], 30)
+    assert dict(endpoint(client, "10.42.0.1").labels) == {
+        "version": "v1",
+        "nacos-cluster": "DEFAULT",
+        "registry": "nacos",
+    }
+    dropped = app.metrics.registry.get_sample_value(
+        "mcpserver_registry_dropped_labels_total", {"registry": "nacos", "reason": "not-allowed"}
+    )
+    assert dropped == 2  # team and build.commit, once each for both instances

@@ -52,7 +52,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import timedelta
 
-from mcpserver.convert.naming import sanitize_host, sanitize_label_key, sanitize_label_value
+from mcpserver.convert.labels import DEFAULT_MAPPER, Mapper
+from mcpserver.convert.naming import sanitize_host, sanitize_label_value
 from mcpserver.convert.ports import METADATA, istio_port
 from mcpserver.model import EPOCH_2000, Instance, Port, Problem, Service
 
@@ -79,6 +80,7 @@ class EurekaOptions:
     default_protocol: str
     region: str
     endpoints_mode: str
+    labels: Mapper = DEFAULT_MAPPER  # metadata -> endpoint labels (convert/labels.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -314,13 +316,8 @@ def _ports(options: EurekaOptions, instance: EurekaInstance) -> tuple[tuple[str,
     return tuple(ports)
 
 
-def _labels(instance: EurekaInstance) -> tuple[tuple[str, str], ...]:
-    out: dict[str, str] = {}
-    for key, value in instance.metadata:
-        clean = sanitize_label_value(value)
-        if clean:
-            out[sanitize_label_key(key)] = clean
-    return tuple(sorted(out.items()))
+def _labels(options: EurekaOptions, instance: EurekaInstance) -> tuple[tuple[str, str], ...]:
+    return options.labels(instance.metadata)
 
 
 def hosts_of(options: EurekaOptions, instance: EurekaInstance) -> list[str]:
@@ -461,7 +458,7 @@ def _service(
             Instance(
                 address=member.address,
                 ports=tuple(sorted((n, p) for n, p in own.items() if numbers[n] != p)),
-                labels=_labels(member.instance),
+                labels=_labels(options, member.instance),
                 weight=member.instance.weight or 0,
                 locality=f"{options.region}/{zone}" if zone and options.region else zone,
             ),

@@ -17,6 +17,7 @@ from mcpserver.config import (
     ClientTLSSettings,
     Duration,
     Frozen,
+    LabelSettings,
     RegistrySettings,
     SecretSettings,
     check_address,
@@ -67,6 +68,7 @@ class NacosRegistrySettings(RegistrySettings):
     refresh_interval: Duration = 60.0
     page_size: int = Field(default=500, ge=1, le=10000)
     request_timeout: Duration = 10.0
+    labels: LabelSettings = Field(default_factory=LabelSettings)
     auth: NacosAuthSettings | None = None
     tls: ClientTLSSettings | None = None
 

@@ -41,7 +41,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from mcpserver.convert.naming import sanitize_host, sanitize_label_key, sanitize_label_value
+from mcpserver.convert.labels import DEFAULT_MAPPER, Mapper
+from mcpserver.convert.naming import sanitize_host, sanitize_label_value
 from mcpserver.convert.ports import DUBBO, METADATA, istio_port
 from mcpserver.model import EPOCH_2000, Instance, Port, Problem, Service
 from mcpserver.registry.dubbo.application import AppInstance, Endpoint, dubbo_endpoints
@@ -76,6 +77,7 @@ class NacosOptions:
     include_unhealthy: bool
     endpoints_mode: str
     dubbo: DubboOptions
+    labels: Mapper = DEFAULT_MAPPER  # metadata -> endpoint labels (convert/labels.py)
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -232,14 +234,13 @@ def _endpoints(options: NacosOptions, instance: NacosInstance) -> tuple[Endpoint
     return (Endpoint(protocol, instance.port),)
 
 
-def _labels(instance: NacosInstance, host_metadata: str) -> tuple[tuple[str, str], ...]:
-    out: dict[str, str] = {}
-    for key, value in instance.metadata:
-        if key == host_metadata or key.startswith(("dubbo.", "preserved.")):
-            continue
-        clean = sanitize_label_value(value)
-        if clean:
-            out[sanitize_label_key(key)] = clean
+def _labels(instance: NacosInstance, options: NacosOptions) -> tuple[tuple[str, str], ...]:
+    pairs = tuple(
+        (key, value)
+        for key, value in instance.metadata
+        if key != options.host_metadata and not key.startswith(("dubbo.", "preserved."))
+    )
+    out = dict(options.labels(pairs))
     cluster = sanitize_label_value(instance.cluster)
     if cluster:
         out["nacos-cluster"] = cluster
@@ -291,7 +292,7 @@ def plain_services(
                 Instance(
                     address=instance.address,
                     ports=tuple(sorted((n, p) for n, p in served.items() if numbers[n] != p)),
-                    labels=_labels(instance, options.host_metadata),
+                    labels=_labels(instance, options),
                     weight=instance.weight,
                 ),
             )

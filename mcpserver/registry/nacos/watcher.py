@@ -48,6 +48,7 @@ from mcpserver.metrics import Metrics
 from mcpserver.model import Problem, Service
 from mcpserver.registry.base import Registry, Troubles, backoff
 from mcpserver.registry.dubbo.mapping import DubboOptions
+from mcpserver.registry.labels import LabelFilter
 from mcpserver.registry.ledger import Ledger, keep_empty
 from mcpserver.registry.nacos.auth import LoginError, TokenKeeper
 from mcpserver.registry.nacos.client import (
@@ -122,6 +123,7 @@ class NacosRegistry(Registry):
         super().__init__(settings.name, metrics)
         self._settings = settings
         self._env = env
+        labels = LabelFilter(settings.name, settings.labels, metrics)
         self._options = NacosOptions(
             registry=settings.name,
             namespace=settings.namespace,
@@ -138,7 +140,9 @@ class NacosRegistry(Registry):
                 label_params=tuple(settings.label_params),
                 endpoints_mode=settings.endpoints,
                 default_protocol=settings.default_protocol.lower(),
+                labels=labels,
             ),
+            labels=labels,
         )
         self._servers = Servers(settings.servers(), settings.name)
         self._keeper: TokenKeeper | None = None

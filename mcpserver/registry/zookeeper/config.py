@@ -11,6 +11,7 @@ from mcpserver.config import (
     ClientTLSSettings,
     Duration,
     Frozen,
+    LabelSettings,
     RegistrySettings,
     SecretSettings,
     check_address,
@@ -56,6 +57,7 @@ class ZooKeeperRegistrySettings(RegistrySettings):
     default_protocol: str = "http"
     session_timeout: Duration = 30.0
     connect_timeout: Duration = 15.0
+    labels: LabelSettings = Field(default_factory=LabelSettings)
     auth: ZooKeeperAuthSettings | None = None
     sasl: ZooKeeperSaslSettings | None = None
     tls: ZooKeeperTLSSettings | None = None

@@ -44,6 +44,7 @@ from collections.abc import Mapping
 from mcpserver.config import format_duration
 from mcpserver.metrics import Metrics
 from mcpserver.registry.base import Change, Registry, Status, backoff
+from mcpserver.registry.labels import LabelFilter
 from mcpserver.registry.zookeeper.assembly import EMPTY, Assembly, assemble
 from mcpserver.registry.zookeeper.client import (
     AUTH_FAILED,
@@ -94,6 +95,7 @@ class ZooKeeperRegistry(Registry):
             endpoints_mode=settings.endpoints,
             default_protocol=settings.default_protocol,
             keep_when_empty=settings.keep_when_empty,
+            labels=LabelFilter(settings.name, settings.labels, metrics),
         )
         self._client = new_client(
             settings.hosts,
