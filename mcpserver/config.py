@@ -168,6 +168,15 @@ class ClientTLSSettings(Frozen):
         return self
 
 
+class LabelSettings(Frozen):
+    """Which registry metadata become endpoint labels (README "Endpoint labels")."""
+
+    # glob patterns of label keys (as they appear on the endpoint); ["*"]: every key
+    allow: list[str] = Field(default_factory=lambda: ["*"])
+    max_count: int = Field(default=32, ge=0, le=1024)  # labels from metadata per endpoint
+    max_size: int = Field(default=63, ge=1, le=63)  # a longer key name or value is dropped
+
+
 class SecretSettings(Frozen):
     """A secret from exactly one source; its value is never logged or shown."""
 

@@ -123,6 +123,13 @@ class Metrics:
             ["registry", "reason"],
             registry=r,
         )
+        self.registry_dropped_labels = Counter(
+            "mcpserver_registry_dropped_labels",
+            "Distinct metadata keys not made endpoint labels (each counted once, by reason: "
+            "not-allowed, too-long, too-many).",
+            ["registry", "reason"],
+            registry=r,
+        )
         self.registry_up = Gauge(
             "mcpserver_registry_status",
             "1 for the registry's current status: starting, ready, or degraded (its source "
@@ -133,7 +140,7 @@ class Metrics:
         self.registry_errors = Counter(
             "mcpserver_registry_errors",
             "Failed registry calls, lost connections and crashed watcher tasks (timeout, error, "
-            "suspended, lost, noauth, crash, acl-filtered).",
+            "suspended, lost, noauth, auth-failed, read-only, crash, acl-filtered, ...).",
             ["registry", "kind"],
             registry=r,
         )

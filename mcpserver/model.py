@@ -69,6 +69,12 @@ class Service:
     resolution: str = "STATIC"
     endpoints_mode: str = "inline"
     create_time: datetime = field(default=EPOCH_2000)
+    shares_host_with: str = ""
+    """The key of the service whose hosts this one serves too, by design: a part of it with
+    fewer ports, for endpoints that must not get the others. istiod joins ServiceEntries of
+    one host in one namespace (the oldest gives the service, each endpoint serves the ports
+    of its own ServiceEntry), so such a part is created later than the service it belongs
+    to; the merge lets it share the host instead of withholding it."""
     key: str = field(init=False, repr=False, compare=False)
     """The Istio resource name, `namespace/name`, unique across registries (computed once:
     every rebuild reads it for every service)."""

@@ -17,7 +17,7 @@ from grpc_health.v1 import health_pb2
 
 from mcpserver.app import App
 from mcpserver.settings import Settings, load_settings
-from mcpserver.xds.client import IstiodLikeClient
+from mcpserver.xds.client import IstiodLikeClient, decode_resource
 from mcpserver.xds.typeurls import ISTIO_1_29
 from tests.integration.kube import ControlPlane, Kubectl
 from tests.integration.real import (
@@ -52,6 +52,31 @@ async def past_next_rebuild(app: App) -> None:
     runs = app.debouncer.runs
     app.debouncer.trigger()
     await eventually(lambda: app.debouncer.runs > runs and not app.debouncer.busy)
+
+
+def registry_errors(app: App, kind: str, registry: str = "zk") -> float:
+    """mcpserver_registry_errors_total{registry, kind} as the app counts it."""
+    return sum(
+        s.value
+        for m in app.metrics.registry.collect()
+        for s in m.samples
+        if s.name == "mcpserver_registry_errors_total"
+        and s.labels == {"registry": registry, "kind": kind}
+    )
+
+
+def every_response_holds(client: IstiodLikeClient, host: str, addresses: list[str]) -> None:
+    """No ServiceEntry set `client` was ever sent lacked one of `addresses` under `host`:
+    nothing was withdrawn, not even for one response."""
+    type_url = next(u for u in client.type_urls if u.endswith("/ServiceEntry"))
+    for response in client.responses[type_url]:
+        served = {
+            e.address
+            for r in map(decode_resource, response.resources)
+            if r.name == host
+            for e in r.service_entry.endpoints
+        }
+        assert set(addresses) <= served, (host, addresses, sorted(served))
 
 
 def write_services(path: Path, services: list[dict[str, Any]]) -> None:

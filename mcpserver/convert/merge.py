@@ -4,7 +4,11 @@ Policy (README "Several registries"), chosen by the top-level `merge` setting:
 - `first` (default): registries are ranked in config order. A service whose resource name
   (`namespace/name`) or any host is already served by an earlier registry is withheld and
   reported as a problem. Nothing is merged silently, and istiod never sees two
-  ServiceEntries competing for one host.
+  ServiceEntries competing for one host. The one exception is a service that says it is a
+  part of the host's owner (`Service.shares_host_with`, same registry): a registry that
+  must give some endpoints fewer ports than others (Eureka's disabled ports) splits one
+  host into ServiceEntries by port set, which istiod joins (one service, each endpoint on
+  the ports of its own ServiceEntry).
 - `union`: services that share a host are served as one ServiceEntry, under the first
   registry's name: ports are joined by name, endpoints by address (the first registry's
   endpoint wins a clash), each endpoint keeping its own `registry` label. A name clash
@@ -67,6 +71,16 @@ def merge(
                 by_name[clash] = _union(_own_registry_label(by_name[clash]), service)
                 for host in service.hosts:
                     host_owner.setdefault(host, clash)
+                continue
+            if (
+                clash is not None
+                and service.shares_host_with == clash
+                and by_name[clash].registry == service.registry
+                and service.key not in by_name
+            ):
+                # a part of the owner's own service (its host split by port set, as istiod
+                # merges ServiceEntries of one host in one namespace): not a clash
+                by_name[service.key] = service
                 continue
             winner = by_name.get(service.key) or (by_name[clash] if clash else None)
             if winner is not None:

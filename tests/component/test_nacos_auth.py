@@ -17,8 +17,13 @@ pytestmark = pytest.mark.component
 
 
 class LoginServer:
-    def __init__(self, *, v1: bool = True, ttl: float = 18000) -> None:
+    def __init__(
+        self, *, v1: bool = True, ttl: float = 18000, compatibility: bool = False, v3: bool = True
+    ) -> None:
         self.v1 = v1
+        self.v3 = v3
+        # Nacos 3.0.3's v1 compatibility filter: a refused v1 login is an HTTP 500
+        self.compatibility = compatibility
         self.ttl = ttl
         self.logins: list[str] = []
         self.port = free_port()
@@ -30,8 +35,13 @@ class LoginServer:
         async def login(request: web.Request) -> web.Response:
             if request.path.startswith("/nacos/v1") and not self.v1:
                 return web.Response(status=410, text="gone")
+            if request.path.startswith("/nacos/v3") and not self.v3:
+                return web.Response(status=404, text="no such path")
             form = await request.post()
             if form.get("password") != "right":
+                if self.compatibility and request.path.startswith("/nacos/v1"):
+                    body = '{"code":500,"message":"Handle API Compatibility failed"}'
+                    return web.Response(status=500, text=body)
                 return web.Response(status=403, text="unknown user!")
             self.logins.append(request.path)
             token = f"token-{len(self.logins)}"
@@ -105,3 +115,28 @@ async def test_an_unreachable_server_is_a_login_error() -> None:
     keeper = TokenKeeper(f"http://127.0.0.1:{free_port()}", "mcp", "right", timeout=2)
     with pytest.raises(LoginError, match="cannot log in"):
         await keeper.token()
+
+
+async def test_nacos_3_compatibility_500_asks_v3_for_the_real_refusal() -> None:
+    server = LoginServer(compatibility=True)
+    await server.start()
+    try:
+        assert await server.keeper().token() == "token-1"  # v1 still logs a known user in
+        with pytest.raises(LoginError) as caught:
+            await server.keeper("wrong").token()
+        assert "/nacos/v3/auth/user/login refused: HTTP 403 unknown user!" in str(caught.value)
+        assert caught.value.refused
+    finally:
+        await server.stop()
+
+
+async def test_a_v1_500_without_v3_is_reported_as_the_server_error() -> None:
+    server = LoginServer(compatibility=True, v3=False)  # a Nacos 2 failing
+    await server.start()
+    try:
+        with pytest.raises(LoginError) as caught:
+            await server.keeper("wrong").token()
+        assert "/nacos/v1/auth/login refused: HTTP 500" in str(caught.value)
+        assert not caught.value.refused  # a server error: another server may do
+    finally:
+        await server.stop()

@@ -9,11 +9,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import json
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import grpc
 import pytest
+from aiohttp import web
 
 from mcpserver.metrics import Metrics
 from mcpserver.registry.base import Status
@@ -261,6 +263,8 @@ async def test_reset_and_a_lost_server_keep_the_view_and_reconcile() -> None:
         # Nacos asks us to reconnect: a new connection, a full re-list
         await fake.send("ConnectResetRequest", {})
         await eventually(lambda: fake.connections == 2, within=10)
+        # (listed again: else the degradation the reset caused would pass for the next one)
+        await eventually(lambda: registry.view().status is Status.READY, within=10)
         # the server goes away: degraded, the view stays
         await fake.stop()
         await eventually(lambda: registry.view().status is Status.DEGRADED, within=20)
@@ -277,3 +281,108 @@ async def test_reset_and_a_lost_server_keep_the_view_and_reconcile() -> None:
             assert addresses(registry) == ["10.0.0.1"]
         finally:
             await fake2.stop()
+
+
+class FakeNacosHTTP:
+    """Nacos' HTTP port: a login that refuses every password, and a catalog API that answers
+    410 with a long body (as Nacos 3 does by default)."""
+
+    def __init__(self) -> None:
+        self.logins = 0
+        self.port = 0
+        self._runner: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        app = web.Application()
+
+        async def login(_: web.Request) -> web.Response:
+            self.logins += 1
+            return web.Response(status=403, text="user not found!")
+
+        async def catalog(_: web.Request) -> web.Response:
+            body = json.dumps({"code": 410, "message": "API gone: " + "x" * 5000})
+            return web.Response(status=410, text=body, content_type="application/json")
+
+        app.router.add_post("/nacos/v1/auth/login", login)
+        app.router.add_get("/nacos/v1/ns/catalog/services", catalog)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+
+@pytest.fixture
+async def nacos_http() -> AsyncIterator[FakeNacosHTTP]:
+    server = FakeNacosHTTP()
+    await server.start()
+    yield server
+    await server.stop()
+
+
+async def test_our_advice_is_never_cut_by_a_long_error_body(nacos_http: FakeNacosHTTP) -> None:
+    """groups: ["*"] on a server whose catalog API is gone: the detail names the HTTP call
+    (not gRPC), cuts the server's 5 KB body, and ends with our advice."""
+    fake = FakeNacos(setup_ack=True)
+    fake.services["orders"] = [host("10.0.0.1")]
+    await fake.start()
+    try:
+        registry = NacosRegistry(
+            settings(fake.port, groups=["*"]).model_copy(
+                update={"address": f"http://127.0.0.1:{nacos_http.port}"}
+            ),
+            Metrics(),
+            {},
+        )
+        await registry.start(lambda: None)
+        try:
+            await eventually(lambda: registry.view().status is Status.DEGRADED, within=10)
+            detail = registry.view().detail
+            assert detail.startswith(
+                f"namespace public: Nacos HTTP API at http://127.0.0.1:{nacos_http.port}: "
+                'Nacos error 410: groups: ["*"] needs Nacos\' catalog API '
+                "(/nacos/v1/ns/catalog/services), which answered HTTP 410 "
+            )
+            assert detail.endswith(
+                "...; list the groups instead (Nacos 3 serves no catalog API by default); "
+                "nothing served from it yet"
+            )
+            assert len(detail) < 600
+        finally:
+            await registry.stop()
+    finally:
+        await fake.stop()
+
+
+async def test_a_refused_login_opens_no_connection_and_backs_off(
+    nacos_http: FakeNacosHTTP, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A wrong password: logins 0.5, 1, 2, 4 s apart (jittered; not once a second forever),
+    no gRPC connection opened for any of them, one WARNING."""
+    fake = FakeNacos(setup_ack=True)
+    await fake.start()
+    try:
+        registry = NacosRegistry(
+            settings(
+                fake.port, auth={"username": "mcp", "password": {"value": "wrong"}}
+            ).model_copy(update={"address": f"http://127.0.0.1:{nacos_http.port}"}),
+            Metrics(),
+            {},
+        )
+        await registry.start(lambda: None)
+        try:
+            await eventually(lambda: registry.view().status is Status.DEGRADED, within=10)
+            await asyncio.sleep(6)  # the window the attempts are counted in
+            assert 3 <= nacos_http.logins <= 5, nacos_http.logins
+            assert fake.requests == []  # not even a ServerCheckRequest
+            assert "login as 'mcp'" in registry.view().detail
+            assert caplog.text.count("registry degraded registry=nacos") == 1
+            assert "still degraded" not in caplog.text
+        finally:
+            await registry.stop()
+    finally:
+        await fake.stop()

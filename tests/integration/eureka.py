@@ -198,8 +198,9 @@ class EurekaServer:
         self,
         app: str,
         ip: str,
-        port: int = 8080,
+        port: int | None = 8080,
         *,
+        port_enabled: bool = True,
         instance_id: str | None = None,
         host_name: str | None = None,
         status: str = "UP",
@@ -211,13 +212,13 @@ class EurekaServer:
         """Register (or re-register: a new lastDirtyTimestamp wins) an instance, as the Java
         client's POST /apps/{APP}; returns its id."""
         ident = instance_id or f"{ip}:{app.lower()}:{port}"
-        instance = {
+        instance: dict[str, Any] = {
             "instanceId": ident,
             "hostName": host_name or ip,
             "app": app.upper(),
             "ipAddr": ip,
             "status": status,
-            "port": {"$": port, "@enabled": "true"},
+            "port": {"$": port, "@enabled": str(port_enabled).lower()},
             "securePort": {
                 "$": secure_port or 443,
                 "@enabled": str(secure_port is not None).lower(),
@@ -229,6 +230,8 @@ class EurekaServer:
             "metadata": metadata or {},
             "lastDirtyTimestamp": str(now_ms()),
         }
+        if port is None:
+            del instance["port"]  # Eureka records its default, 7001
         code, _ = self.request("POST", f"/apps/{app.upper()}", {"instance": instance})
         assert code == 204, code
         return ident

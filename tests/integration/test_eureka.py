@@ -115,8 +115,15 @@ def addresses_in(entry: DecodedResource | None) -> list[str]:
     return [] if entry is None else sorted(e.address for e in entry.service_entry.endpoints)
 
 
+def of_host(client: IstiodLikeClient, host: str) -> list[DecodedResource]:
+    """Every ServiceEntry serving `host`: its own, and the parts of it with fewer ports
+    (instances with a port disabled)."""
+    return [r for r in client.latest("ServiceEntry") if host in r.service_entry.hosts]
+
+
 def addresses(client: IstiodLikeClient, host: str) -> list[str]:
-    return addresses_in(entry_for(client, host))
+    """The host's endpoints, whichever of its ServiceEntries holds them."""
+    return sorted(e.address for r in of_host(client, host) for e in r.service_entry.endpoints)
 
 
 def every_set(client: IstiodLikeClient, host: str) -> list[list[str]]:
@@ -130,9 +137,9 @@ def every_set(client: IstiodLikeClient, host: str) -> list[list[str]]:
 
 
 def endpoint(client: IstiodLikeClient, host: str, address: str) -> Any:
-    entry = entry_for(client, host)
-    assert entry is not None, f"{host} is not served"
-    return next(e for e in entry.service_entry.endpoints if e.address == address)
+    entries = of_host(client, host)
+    assert entries, f"{host} is not served"
+    return next(e for r in entries for e in r.service_entry.endpoints if e.address == address)
 
 
 def registry_of(app: App) -> EurekaRegistry:
@@ -484,6 +491,71 @@ async def test_basic_auth_and_tls(
         await proxy.stop()
 
 
+async def test_a_disabled_port_is_never_an_endpoints_port_and_a_default_port_loses_a_tie(
+    tmp_path: Path, servers: Servers, serve: ServeFactory
+) -> None:
+    """An instance registered with its non-secure port disabled (`port.@enabled=false`) gets
+    only the https port (a part of the host with that port alone); an instance registered
+    without a port (Eureka records 7001) does not win a 1-1 tie for the service port."""
+    eureka = servers.shared
+    eureka.register("payments", "10.48.0.1", secure_port=8443)
+    eureka.register("payments", "10.48.0.2", port_enabled=False, secure_port=8443)
+    eureka.register("ledger", "10.48.1.1", None)
+    eureka.register("ledger", "10.48.1.2", 8080)
+    settings = eureka_settings(tmp_path, [eureka.url], ["payments", "ledger"], **with_auth())
+    app, client = await serve(settings, within=60)
+    await client.wait_for(
+        lambda c: addresses(c, "payments.eureka") == ["10.48.0.1", "10.48.0.2"], 30
+    )
+    await client.wait_for(lambda c: addresses(c, "ledger.eureka") == ["10.48.1.1", "10.48.1.2"], 30)
+    entries = {r.name: r.service_entry for r in of_host(client, "payments.eureka")}
+    assert sorted(entries) == ["payments.eureka", "payments.eureka.only-https"]
+    main, secure = entries["payments.eureka"], entries["payments.eureka.only-https"]
+    assert [(p.name, p.number) for p in main.ports] == [("http", 8080), ("https", 8443)]
+    assert [e.address for e in main.endpoints] == ["10.48.0.1"]
+    assert list(secure.hosts) == ["payments.eureka"]
+    assert [(p.name, p.number) for p in secure.ports] == [("https", 8443)]
+    assert [e.address for e in secure.endpoints] == ["10.48.0.2"]
+    assert app.registries[0].view().problems == ()
+    ledger = entry_for(client, "ledger.eureka")
+    assert ledger is not None
+    assert [(p.name, p.number) for p in ledger.service_entry.ports] == [("http", 8080)]
+    assert dict(endpoint(client, "ledger.eureka", "10.48.1.1").ports) == {"http": 7001}
+    for ident in ("10.48.0.1:payments:8080", "10.48.0.2:payments:8080"):
+        eureka.deregister("payments", ident)
+    for ident in ("10.48.1.1:ledger:None", "10.48.1.2:ledger:8080"):
+        eureka.deregister("ledger", ident)
+
+
+async def test_500_metadata_keys_are_bounded_and_each_dropped_key_counted_once(
+    tmp_path: Path, servers: Servers, serve: ServeFactory
+) -> None:
+    """An instance with 500 metadata keys: 32 labels (version among them, though it sorts
+    last), the other 469 keys counted once each, however many instances carry them."""
+    eureka = servers.shared
+    meta = {f"key{i:03d}": "x" for i in range(500)} | {"version": "v7"}
+    one = eureka.register("inventory", "10.49.0.1", metadata=meta)
+    settings = eureka_settings(tmp_path, [eureka.url], ["inventory"], **with_auth())
+    app, client = await serve(settings, within=60)
+    host = "inventory.eureka"
+    await client.wait_for(lambda c: addresses(c, host) == ["10.49.0.1"], 30)
+    labels = dict(endpoint(client, host, "10.49.0.1").labels)
+    assert len(labels) == 33 and labels["version"] == "v7" and labels["registry"] == "eureka"
+
+    def dropped() -> float:
+        value = app.metrics.registry.get_sample_value(
+            "mcpserver_registry_dropped_labels_total", {"registry": "eureka", "reason": "too-many"}
+        )
+        return value or 0
+
+    assert dropped() == 469
+    two = eureka.register("inventory", "10.49.0.2", metadata=meta)
+    await client.wait_for(lambda c: addresses(c, host) == ["10.49.0.1", "10.49.0.2"], 30)
+    assert dropped() == 469
+    for ident in (one, two):
+        eureka.deregister("inventory", ident)
+
+
 async def test_eureka_services_reach_istiod(
     tmp_path: Path, servers: Servers, start_app: AppFactory, start_istiod: IstiodFactory
 ) -> None:
@@ -505,6 +577,17 @@ async def test_eureka_services_reach_istiod(
     assert f"eureka/{host}" in istiod.configs()
     assert host in istiod.hosts()
     eureka.set_status("reviews", two, "OUT_OF_SERVICE")
+    await wait_for(["10.47.0.1:8080"])
+
+    # an instance with its non-secure port disabled: istiod joins the part of the host that
+    # has the https port alone, and sends it https traffic only, never http
+    eureka.register("reviews", "10.47.0.3", port_enabled=False, secure_port=8443)
+    secure = f"outbound|8443||{host}"
+    deadline = time.monotonic() + 60
+    while (found := (await endpoints(istiod.grpc_port, secure))[1]) != ["10.47.0.3:8443"]:
+        assert time.monotonic() < deadline, found
+        await asyncio.sleep(0.2)
+    assert f"eureka/{host}.only-https" in istiod.configs()
     await wait_for(["10.47.0.1:8080"])
 
 

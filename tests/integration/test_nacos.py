@@ -24,7 +24,13 @@ import pytest
 from mcpserver.registry.base import Registry, Status
 from mcpserver.xds.client import DecodedResource, IstiodLikeClient, decode_resource
 from tests.certs import make_certs
-from tests.conftest import AppFactory, eventually, past_next_rebuild, settings_for
+from tests.conftest import (
+    AppFactory,
+    eventually,
+    every_response_holds,
+    past_next_rebuild,
+    settings_for,
+)
 from tests.integration.conftest import IstiodFactory, ServeFactory, assert_kept_without_endpoints
 from tests.integration.nacos import (
     ADMIN,
@@ -554,3 +560,124 @@ async def test_a_restart_withdraws_nothing_whose_client_has_not_registered_again
     finally:
         for connection in clients:
             await connection.close()
+
+
+# ---------------------------------------------------------------- clusters and edges
+
+
+async def test_addresses_fail_over_and_rotate(
+    tmp_path: Path, rnacos_bin: Path, serve: ServeFactory
+) -> None:
+    """Two servers (a cluster's, holding the same instances), the first one down at the
+    start: served from the second; the second stopped: on to the first again, nothing
+    withdrawn on the way, and a change made on it flows."""
+    first = RNacos(rnacos_bin, tmp_path / "first")
+    second = RNacos(rnacos_bin, tmp_path / "second")
+    try:
+        for server in (first, second):
+            server.start()
+            server.register("orders", "10.40.0.1")
+            server.register("orders", "10.40.0.2")
+        await asyncio.to_thread(first.stop)
+        settings = nacos_settings(
+            tmp_path, first, address=None, addresses=[first.address, second.address]
+        )
+        app, client = await serve(settings)
+        await client.wait_for(lambda c: addresses(c) == ["10.40.0.1", "10.40.0.2"], 30)
+        registry = app.registries[0]
+        await eventually(lambda: registry.view().status is Status.READY, within=30)
+
+        await asyncio.to_thread(first.start)
+        first.register("orders", "10.40.0.1")
+        first.register("orders", "10.40.0.2")
+        await asyncio.to_thread(second.stop)
+        first.register("orders", "10.40.0.3")  # only the first server has it
+        await client.wait_for(lambda c: addresses(c) == ["10.40.0.1", "10.40.0.2", "10.40.0.3"], 60)
+        await eventually(lambda: registry.view().status is Status.READY, within=30)
+        await past_next_rebuild(app)
+        every_response_holds(client, HOST, ["10.40.0.1", "10.40.0.2"])
+    finally:
+        first.stop()
+        second.stop()
+
+
+async def test_a_refused_login_backs_off_and_is_shown_once(
+    tmp_path: Path,
+    rnacos_bin: Path,
+    start_app: AppFactory,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A wrong password: logins back off (0.5 s doubling, jittered; not once a second for
+    ever), one WARNING, the reason shown."""
+    server = RNacos(rnacos_bin, tmp_path / "rnacos-auth", auth=True)
+    server.start()
+    try:
+        monkeypatch.setenv("TEST_NACOS_WRONG", "not-the-password")
+        auth = {"username": ADMIN[0], "password": {"env": "TEST_NACOS_WRONG"}}
+        app = await start_app(nacos_settings(tmp_path, server, auth=auth))
+        registry = app.registries[0]
+        await eventually(degraded(registry), within=30)
+
+        def refused() -> float:
+            value = app.metrics.registry.get_sample_value(
+                "mcpserver_registry_errors_total", {"registry": "nacos", "kind": "unauthorized"}
+            )
+            return value or 0
+
+        began = refused()
+        await asyncio.sleep(8)  # the window the logins are counted in
+        assert refused() - began <= 5  # 36 in 28 s before
+        assert registry.view().detail.startswith(
+            f"namespace public: login as 'admin' at {server.address}/nacos/v1/auth/login "
+            "refused: HTTP 403"
+        )
+        assert caplog.text.count("registry degraded registry=nacos") == 1
+        assert "still degraded" not in caplog.text
+    finally:
+        server.stop()
+
+
+async def test_dubbo_categories_other_than_providers_are_left_out_silently(
+    tmp_path: Path, nacos: RNacos, serve: ServeFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Dubbo registers consumers (at port 0) and may hold routers and configurators beside
+    its providers: none of them is a service, a problem or a log line."""
+    iface = "org.example.DemoService"
+    meta = {"interface": iface, "version": "1.0.0", "protocol": "dubbo"}
+    nacos.register(
+        f"providers:{iface}:1.0.0:", "10.41.0.1", 20880, metadata=meta | {"side": "provider"}
+    )
+    nacos.register(
+        f"consumers:{iface}:1.0.0:", "10.41.0.9", 0, metadata=meta | {"side": "consumer"}
+    )
+    nacos.register(f"consumers:{iface}::", "10.41.0.8", 20881, metadata=meta | {"side": "consumer"})
+    nacos.register(f"routers:{iface}::", "10.41.0.7", 1, metadata={"category": "routers"})
+    nacos.register(f"configurators:{iface}::", "10.41.0.6", 1, metadata={})
+    app, client = await serve(nacos_settings(tmp_path, nacos))
+    host = "org.example.demoservice"
+    await client.wait_for(lambda c: addresses(c, host) == ["10.41.0.1"], 30)
+    await past_next_rebuild(app)
+    assert [r.name for r in client.latest("ServiceEntry")] == [host]
+    assert app.registries[0].view().problems == ()
+    assert "skipped record" not in caplog.text
+
+
+async def test_an_allow_list_keeps_only_the_keys_it_names(
+    tmp_path: Path, nacos: RNacos, serve: ServeFactory
+) -> None:
+    meta = {"version": "v1", "team": "pay", "build.commit": "0a1b2c"}
+    nacos.register("orders", "10.42.0.1", metadata=meta)
+    nacos.register("orders", "10.42.0.2", metadata=meta)
+    settings = nacos_settings(tmp_path, nacos, labels={"allow": ["version", "nacos-*"]})
+    app, client = await serve(settings)
+    await client.wait_for(lambda c: addresses(c) == ["10.42.0.1", "10.42.0.2"], 30)
+    assert dict(endpoint(client, "10.42.0.1").labels) == {
+        "version": "v1",
+        "nacos-cluster": "DEFAULT",
+        "registry": "nacos",
+    }
+    dropped = app.metrics.registry.get_sample_value(
+        "mcpserver_registry_dropped_labels_total", {"registry": "nacos", "reason": "not-allowed"}
+    )
+    assert dropped == 2  # team and build.commit, once each for both instances

@@ -17,7 +17,14 @@ from mcpserver.app import App
 from mcpserver.registry.base import Status
 from mcpserver.registry.zookeeper import assembly, watcher
 from mcpserver.xds.client import DecodedResource, IstiodLikeClient
-from tests.conftest import AppFactory, ClientFactory, admin_get, eventually, settings_for
+from tests.conftest import (
+    AppFactory,
+    ClientFactory,
+    admin_get,
+    eventually,
+    registry_errors,
+    settings_for,
+)
 from tests.integration.conftest import ServeFactory
 from tests.integration.zookeeper import ZooKeeper
 
@@ -360,16 +367,6 @@ async def test_providers_node_removed_and_recreated(
             and [e.address for e in entries(c)[HOST].service_entry.endpoints] == ["10.10.0.2"]
         ),
         20,
-    )
-
-
-def registry_errors(app: App, kind: str) -> float:
-    return sum(
-        s.value
-        for m in app.metrics.registry.collect()
-        for s in m.samples
-        if s.name == "mcpserver_registry_errors_total"
-        and s.labels == {"registry": "zk", "kind": kind}
     )
 
 

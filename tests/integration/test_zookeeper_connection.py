@@ -23,6 +23,7 @@ from mcpserver.registry.zookeeper.connection import (
     Connection,
     ConnectionLossError,
     ConnectTimeoutError,
+    Credentials,
     NoAuthError,
     NoNodeError,
     Result,
@@ -163,7 +164,7 @@ def test_digest_auth_opens_what_the_acl_closes(
     acl = make_digest_acl("mesh", "s3cret", all=True)
     zk_writer.create("/secret", b"payload", acl=[acl])
     anonymous = Connection(zookeeper.address, 10.0)
-    with_auth = Connection(zookeeper.address, 10.0, ("digest", "mesh:s3cret"))
+    with_auth = Connection(zookeeper.address, 10.0, Credentials(digest=("digest", "mesh:s3cret")))
     try:
         anonymous.start(15)
         with_auth.start(15)

@@ -333,6 +333,9 @@ def test_curator_instances_raise_only_record_errors(data: bytes) -> None:
 
 
 @given(st.lists(st.tuples(NAMES, curator_instances()), min_size=1, max_size=4), NAMES)
+@example(  # the port and the sslPort on one number (found by this test)
+    [("A", b'{"name": "A", "id": "A", "address": "0.0.0.0", "port": 1, "sslPort": 1}')], "C"
+)
 def test_curator_instances_that_parse_are_served_valid(
     instances: list[tuple[str, bytes]], application: str
 ) -> None:

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 
+from mcpserver.convert.merge import merge as merge_registries
 from mcpserver.registry.eureka.config import EurekaRegistrySettings
 from mcpserver.registry.eureka.parser import (
     Document,
@@ -217,7 +218,7 @@ def test_non_secure_and_secure_ports_with_the_protocol_from_metadata() -> None:
     (service,), _ = convert(
         raw("10.0.0.1", secure=8443),
         raw("10.0.0.2", port=8081, secure=8443),
-        raw("10.0.0.3"),
+        raw("10.0.0.3", secure=8443),
     )
     assert [(p.name, p.number, p.protocol) for p in service.ports] == [
         ("http", 8080, "HTTP"),
@@ -230,6 +231,51 @@ def test_non_secure_and_secure_ports_with_the_protocol_from_metadata() -> None:
     assert [(p.name, p.protocol) for p in odd.ports] == [("tcp-thrift", "TCP")]
     (secure_only,), _ = convert(raw("10.0.0.1", port=None, secure=443))
     assert [(p.name, p.number, p.protocol) for p in secure_only.ports] == [("https", 443, "HTTPS")]
+
+
+def test_a_disabled_port_is_never_an_endpoints_port() -> None:
+    """Istio gives every endpoint of a ServiceEntry every port of it: an instance with its
+    non-secure port disabled goes into a part of the host with the https port only, which
+    istiod joins to the host's ServiceEntry (the older one, with every port)."""
+    main, plain, secure = convert(
+        raw("10.0.0.1", secure=8443),  # both
+        raw("10.0.0.2", port=None, secure=8443),  # port.@enabled=false
+        raw("10.0.0.3"),  # the non-secure port only
+    )[0]
+    assert main.key == "eureka/orders.eureka" and main.shares_host_with == ""
+    assert [(p.name, p.number) for p in main.ports] == [("http", 8080), ("https", 8443)]
+    assert [i.address for i in main.instances] == ["10.0.0.1"]
+    assert secure.key == "eureka/orders.eureka.only-https"
+    assert (secure.hosts, secure.shares_host_with) == (("orders.eureka",), main.key)
+    assert [(p.name, p.number) for p in secure.ports] == [("https", 8443)]
+    assert [i.address for i in secure.instances] == ["10.0.0.2"]
+    assert plain.key == "eureka/orders.eureka.only-http"
+    assert [(p.name, p.number) for p in plain.ports] == [("http", 8080)]
+    assert [i.address for i in plain.instances] == ["10.0.0.3"]
+    # istiod takes the oldest ServiceEntry of a host as the service
+    assert main.create_time < secure.create_time == plain.create_time
+    assert ("mcpserver.io/part-of", main.key) in secure.annotations
+    # the merge serves the parts beside their host's ServiceEntry, not as a clash
+    served, problems = merge_registries([[main, secure, plain]])
+    assert (len(served), problems) == (3, [])
+    # nobody enables both: the host's ServiceEntry has both ports and no endpoint
+    main, *parts = convert(raw("10.0.0.2", port=None, secure=8443), raw("10.0.0.3"))[0]
+    assert ([p.name for p in main.ports], main.instances) == (["http", "https"], ())
+    assert [[i.address for i in p.instances] for p in parts] == [["10.0.0.3"], ["10.0.0.2"]]
+    assert [p.name for p in parts] == ["orders.eureka.only-http", "orders.eureka.only-https"]
+
+
+def test_a_tie_for_the_service_port_is_not_won_by_eurekas_default_port() -> None:
+    """An instance registered without a port gets Eureka's default 7001; it used to win a
+    1-1 tie (the lowest number). Most instances first; of a tie, not 7001/7002; then the
+    lowest."""
+    (service,), _ = convert(raw("10.0.0.1", port=7001), raw("10.0.0.2", port=8080))
+    assert [(p.name, p.number) for p in service.ports] == [("http", 8080)]
+    assert [i.ports for i in service.instances] == [(("http", 7001),), ()]
+    (service,), _ = convert(raw("10.0.0.1", port=7001), raw("10.0.0.2", port=7001), raw("10.0.0.3"))
+    assert service.ports[0].number == 7001  # most instances still win
+    (service,), _ = convert(raw("10.0.0.1", port=9090), raw("10.0.0.2", port=8080))
+    assert service.ports[0].number == 8080  # a tie of two real ports: the lowest
 
 
 def test_an_instance_without_an_ip_is_skipped_alone() -> None:

@@ -18,10 +18,12 @@ from mcpserver.registry.nacos.parser import (
     NacosOptions,
     ServiceKey,
     convert,
+    dubbo_non_provider,
     scale_weight,
     service_names,
     split_name,
 )
+from mcpserver.registry.nacos.servers import Servers
 from mcpserver.registry.zookeeper.curator import parse_instance as parse_curator
 from mcpserver.registry.zookeeper.dubbo import parse_provider
 from mcpserver.registry.zookeeper.services import (
@@ -319,12 +321,65 @@ def test_settings_defaults_and_the_grpc_port(tmp_path: Path) -> None:
         ({"list_interval": "0s"}, "list_interval"),
         ({"auth": {"username": "u"}}, "auth.password"),
         ({"grpc_port": 70000}, "grpc_port"),
+        ({"addresses": ["http://a:8848", "nacos-2:8848"]}, "addresses"),
+        ({"addresses": ["http://a:8848", "http://a:8848/"]}, "addresses"),
     ],
 )
 def test_a_bad_setting_names_its_field(entry: dict[str, Any], field: str) -> None:
     with pytest.raises(ValidationError) as caught:
         NacosRegistrySettings.model_validate({"kind": "nacos", "name": "n", **entry})
     assert field in {".".join(str(p) for p in e["loc"]) for e in caught.value.errors()}
+
+
+def test_addresses_a_cluster_or_one_address() -> None:
+    cluster = NacosRegistrySettings.model_validate(
+        {"kind": "nacos", "name": "n", "addresses": ["http://a:8848", "http://[::1]:18848"]}
+    )
+    assert cluster.servers() == ["http://a:8848", "http://[::1]:18848"]
+    assert [cluster.grpc_target(u) for u in cluster.servers()] == ["a:9848", "[::1]:19848"]
+    one = NacosRegistrySettings.model_validate(
+        {"kind": "nacos", "name": "n", "address": "http://b:8848/"}
+    )
+    assert one.servers() == ["http://b:8848"]
+    both = {"address": "http://b:8848", "addresses": ["http://a:8848"]}
+    with pytest.raises(ValidationError, match=r"address \(one server\) or addresses"):
+        NacosRegistrySettings.model_validate({"kind": "nacos", "name": "n", **both})
+    plain = {"addresses": ["https://a:8848", "http://b:8848"], "tls": {}}
+    with pytest.raises(ValidationError, match="an address is http://"):
+        NacosRegistrySettings.model_validate({"kind": "nacos", "name": "n", **plain})
+
+
+def test_servers_move_on_from_the_current_one_only() -> None:
+    servers = Servers(["http://a:1", "http://b:1", "http://c:1"], "n", start=0)
+    servers.failed("http://b:1", "not the current one: nothing")
+    assert servers.current == "http://a:1"
+    servers.failed("http://a:1", "refused")
+    assert servers.current == "http://b:1"
+    servers.failed("http://a:1", "a second namespace saw a fail too: one step only")
+    assert servers.current == "http://b:1"
+    servers.failed("http://b:1", "down")
+    servers.failed("http://c:1", "down")
+    assert servers.current == "http://a:1"  # round and round
+    alone = Servers(["http://a:1"], "n")
+    alone.failed("http://a:1", "down")
+    assert alone.current == "http://a:1"
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "consumers:org.example.DemoService:1.0.0:",
+        "routers:org.example.DemoService::",
+        "configurators:org.example.DemoService::",
+    ],
+)
+def test_dubbo_categories_other_than_providers_are_no_services(name: str) -> None:
+    info = {"hosts": [{"ip": "10.0.0.9", "port": 0, "weight": 1.0, "healthy": True}]}
+    assert dubbo_non_provider(name)
+    assert convert(OPTIONS, ServiceKey("public", "DEFAULT_GROUP", name), info) == ([], [])
+    assert not dubbo_non_provider("providers:org.example.DemoService::")
+    assert not dubbo_non_provider("orders")
+    assert not dubbo_non_provider("consumer-api:v2")
 
 
 def test_the_password_is_not_in_the_settings_repr() -> None:

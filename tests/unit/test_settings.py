@@ -127,6 +127,23 @@ registries:
     assert "registries[3]" in text and "etcd" in text and "'static', 'zookeeper', 'consul'" in text
 
 
+def test_zookeeper_security_settings_name_their_field(tmp_path: Path) -> None:
+    (tmp_path / "c.pem").write_text("x\n")
+    text = """
+registries:
+  - kind: zookeeper
+    name: z
+    hosts: "127.0.0.1:2281"
+    sasl: {mechanism: GSSAPI, username: mesh, password: {value: x}}
+    tls: {cert_file: c.pem}
+    auth_retry: 100ms
+"""
+    problems = "\n".join(problems_of(tmp_path, text))
+    assert "registries[0].sasl.mechanism: Input should be 'DIGEST-MD5'" in problems
+    assert "registries[0].tls: cert_file and key_file go together" in problems
+    assert "registries[0].auth_retry: must be between 1s and 24h" in problems
+
+
 def test_a_hold_cannot_end_above_where_it_starts(tmp_path: Path) -> None:
     text = "protection: {max_removed_share: 0.3, release_share: 0.4}\nregistries: []\n"
     assert problems_of(tmp_path, text) == [
@@ -158,7 +175,12 @@ registries:
     name: c
     token: {file: token}
     tls: {ca_file: ca.pem, cert_file: c.pem, key_file: k.pem}
-  - {kind: zookeeper, name: z, hosts: "127.0.0.1:2181", auth: {credential: {file: digest}}}
+  - kind: zookeeper
+    name: z
+    hosts: "127.0.0.1:2281"
+    auth: {credential: {file: digest}}
+    sasl: {username: mesh, password: {file: token}}
+    tls: {ca_file: ca.pem, cert_file: c.pem, key_file: k.pem, server_name: zk.example}
 """
     )
     monkeypatch.chdir(tmp_path)  # not the config's folder
@@ -174,6 +196,9 @@ registries:
     assert consul.token.file == etc / "token"
     assert isinstance(zk, ZooKeeperRegistrySettings) and zk.auth
     assert zk.auth.credential.file == etc / "digest"
+    assert zk.sasl and zk.sasl.password.file == etc / "token"
+    assert zk.tls and (zk.tls.ca_file, zk.tls.key_file) == (etc / "ca.pem", etc / "k.pem")
+    assert zk.tls.server_name == "zk.example"
     assert settings.server.tls and settings.server.tls.cert_file == etc / "tls.pem"
 
 

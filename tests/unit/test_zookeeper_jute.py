@@ -28,6 +28,9 @@ def test_connect_request_carries_the_session_to_resume() -> None:
     # a new session: id 0 and a password of 16 zero bytes, as ZooKeeper's client sends
     fresh = struct.pack(">iqiq", 0, 0, 4000, 0) + ustring(bytes(16)) + b"\x00"
     assert jute.connect_request(0, 4000, 0, b"") == framed(fresh)
+    # canBeReadOnly: the last byte says a read-only server will do
+    read_only = struct.pack(">iqiq", 0, 0, 4000, 0) + ustring(bytes(16)) + b"\x01"
+    assert jute.connect_request(0, 4000, 0, b"", read_only=True) == framed(read_only)
 
 
 @pytest.mark.parametrize(
@@ -43,6 +46,11 @@ def test_ping_close_and_auth_use_their_reserved_xids() -> None:
     assert jute.close_session(5) == framed(struct.pack(">ii", 5, -11))
     auth = struct.pack(">iii", -4, 100, 0) + ustring(b"digest") + ustring(b"mesh:s3cret")
     assert jute.auth("digest", b"mesh:s3cret") == framed(auth)
+
+
+def test_a_sasl_token_goes_under_an_ordinary_xid() -> None:
+    assert jute.sasl(3, b"") == framed(struct.pack(">ii", 3, 102) + ustring(b""))
+    assert jute.sasl(4, b"token") == framed(struct.pack(">ii", 4, 102) + ustring(b"token"))
 
 
 STAT = (1, 2, 1_700_000_000_000, 4, 5, 6, 7, 0, 9, 2, 11)
@@ -74,6 +82,10 @@ def test_data_null_and_empty_buffers() -> None:
 def test_session_and_event_records() -> None:
     session = struct.pack(">iiq", 0, 4000, 0xABC) + ustring(b"p" * 16) + b"\x00"
     assert jute.Reader(session).session() == jute.Session(4000, 0xABC, b"p" * 16)
+    # a read-only server says so in the last byte; a server before 3.4 leaves it out
+    read_only = jute.Reader(session[:-1] + b"\x01").session()
+    assert read_only == jute.Session(4000, 0xABC, b"p" * 16, read_only=True)
+    assert not jute.Reader(session[:-1]).session().read_only
     event = struct.pack(">ii", jute.NODE_CHILDREN_CHANGED, 3) + ustring(b"/dubbo")
     assert jute.Reader(event).event() == jute.Event(4, 3, "/dubbo")
 

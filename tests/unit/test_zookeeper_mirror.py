@@ -85,6 +85,8 @@ class FakeZooKeeper:
     no_auth: set[str] = field(default_factory=set)
     sync_calls: list[str] = field(default_factory=list)
     clock: int = 1000
+    server: str = "fake:2181"
+    last_error: str = ""
 
     # ------------------------------------------------------------- the tree
 

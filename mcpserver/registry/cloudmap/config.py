@@ -14,7 +14,13 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from mcpserver.config import Duration, RegistrySettings, check_address, check_template
+from mcpserver.config import (
+    Duration,
+    LabelSettings,
+    RegistrySettings,
+    check_address,
+    check_template,
+)
 from mcpserver.convert.ports import check_istio_protocol
 
 _REGION = re.compile(r"^[a-z]{2}(-[a-z0-9]+)+-\d+$")
@@ -42,6 +48,7 @@ class CloudMapRegistrySettings(RegistrySettings):
     reconcile_interval: Duration = 300.0  # DiscoverInstances for every service regardless
     request_timeout: Duration = 10.0
     max_concurrency: int = Field(default=8, ge=1, le=64)  # API calls in flight (threads)
+    labels: LabelSettings = Field(default_factory=LabelSettings)
 
     def source(self) -> str:
         if self.endpoint_url:

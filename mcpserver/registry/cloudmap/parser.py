@@ -21,10 +21,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
+from mcpserver.convert.labels import DEFAULT_MAPPER, Mapper
 from mcpserver.convert.naming import (
     is_dns1123_subdomain,
     sanitize_host,
-    sanitize_label_key,
     sanitize_label_value,
 )
 from mcpserver.convert.ports import ISTIO, istio_port, known_port
@@ -76,6 +76,7 @@ class CloudMapOptions:
     include_unknown: bool
     endpoints_mode: str
     region: str = ""  # the locality's region when an instance names a zone but no region
+    labels: Mapper = DEFAULT_MAPPER  # metadata -> endpoint labels (convert/labels.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,14 +141,12 @@ def _protocol(attributes: Mapping[str, str], options: CloudMapOptions) -> str:
 
 def _labels(attributes: Mapping[str, str], options: CloudMapOptions) -> tuple[tuple[str, str], ...]:
     skip = {options.protocol_attribute, options.port_attribute, ZONE, REGION}
-    labels: dict[str, str] = {}
-    for key, value in sorted(attributes.items()):
-        if key in skip or key.startswith(RESERVED_PREFIX):
-            continue
-        clean = sanitize_label_value(value)
-        if clean:
-            labels[sanitize_label_key(key)] = clean
-    return tuple(sorted(labels.items()))
+    pairs = tuple(
+        (key, value)
+        for key, value in sorted(attributes.items())
+        if key not in skip and not key.startswith(RESERVED_PREFIX)
+    )
+    return options.labels(pairs)
 
 
 def _locality(attributes: Mapping[str, str], options: CloudMapOptions) -> str:

@@ -35,6 +35,7 @@ from mcpserver.registry.cloudmap.parser import (
     convert,
     health_filter,
 )
+from mcpserver.registry.labels import LabelFilter
 from mcpserver.registry.ledger import Ledger, keep_empty
 
 log = logging.getLogger("mcpserver.registry.cloudmap")
@@ -55,6 +56,7 @@ class CloudMapRegistry(Registry):
         super().__init__(settings.name, metrics)
         self._settings = settings
         self._client = client if client is not None else CloudMapClient(settings)
+        self._labels = LabelFilter(settings.name, settings.labels, metrics)
         self._options = self._options_for("")
         self._listed: dict[ServiceKey, ServiceInfo] = {}
         self._listed_once = False
@@ -87,6 +89,7 @@ class CloudMapRegistry(Registry):
             include_unknown=s.include_unknown,
             endpoints_mode=s.endpoints,
             region=region,
+            labels=self._labels,
         )
 
     # ---------------------------------------------------------------- lifecycle

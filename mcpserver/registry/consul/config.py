@@ -9,6 +9,7 @@ from pydantic import Field, field_validator
 from mcpserver.config import (
     ClientTLSSettings,
     Duration,
+    LabelSettings,
     RegistrySettings,
     SecretSettings,
     check_address,
@@ -41,6 +42,7 @@ class ConsulRegistrySettings(RegistrySettings):
     max_connections: int = Field(default=1024, ge=8)
     token: SecretSettings | None = None
     tls: ConsulTLSSettings | None = None
+    labels: LabelSettings = Field(default_factory=LabelSettings)
 
     @field_validator("default_protocol")
     @classmethod

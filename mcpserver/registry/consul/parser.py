@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
+from mcpserver.convert.labels import DEFAULT_MAPPER, Mapper
 from mcpserver.convert.naming import sanitize_host, sanitize_label_key, sanitize_label_value
 from mcpserver.convert.ports import ISTIO, METADATA, istio_port, known_port
 from mcpserver.model import EPOCH_2000, Instance, Port, Problem, Service
@@ -34,6 +35,7 @@ class ConsulOptions:
     default_protocol: str
     include_warning: bool
     endpoints_mode: str
+    labels: Mapper = DEFAULT_MAPPER  # metadata -> endpoint labels (convert/labels.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,11 +107,7 @@ def parse_entry(
     pairs = dict(_tag_pairs(service.get("Tags") or []))
     if isinstance(meta, Mapping):
         pairs.update({str(k): str(v) for k, v in meta.items()})
-    labels: dict[str, str] = {}
-    for key, value in pairs.items():
-        clean = sanitize_label_value(value)
-        if clean:
-            labels[sanitize_label_key(key)] = clean
+    labels = options.labels(tuple(sorted(pairs.items())))
     zone = pairs.get("zone", "")
     region = str(node.get("Datacenter") or datacenter)
     weights = service.get("Weights") or {}
@@ -120,7 +118,7 @@ def parse_entry(
         address=address,
         port=port,
         protocol=_protocol(pairs, options.default_protocol),
-        labels=tuple(sorted(labels.items())),
+        labels=labels,
         weight=int(weight) if isinstance(weight, int) and weight > 0 else 0,
         locality=f"{region}/{zone}" if zone else region,
         create_index=int(service.get("CreateIndex") or 0),

@@ -52,6 +52,7 @@ from mcpserver.registry.consul.parser import (
     parse_health,
     service_host,
 )
+from mcpserver.registry.labels import LabelFilter
 from mcpserver.registry.ledger import Ledger, keep_empty
 
 log = logging.getLogger("mcpserver.registry.consul")
@@ -141,6 +142,7 @@ class ConsulRegistry(Registry):
             default_protocol=settings.default_protocol,
             include_warning=settings.include_warning,
             endpoints_mode=settings.endpoints,
+            labels=LabelFilter(settings.name, settings.labels, metrics),
         )
         self._client = client
         self._wait = f"{int(settings.wait)}s"

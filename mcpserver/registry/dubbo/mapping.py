@@ -28,6 +28,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
+from mcpserver.convert.labels import DEFAULT_MAPPER, Mapper
 from mcpserver.convert.naming import sanitize_host, sanitize_label_key, sanitize_label_value
 from mcpserver.model import Instance, Port, Service
 from mcpserver.registry.dubbo.application import AppInstance
@@ -48,6 +49,7 @@ class DubboOptions:
     # keep_when_empty, where the kind builds its Services through this mapping alone (the
     # ZooKeeper assembly); a kind that keeps empty Services itself leaves it False
     keep_when_empty: bool = False
+    labels: Mapper = DEFAULT_MAPPER  # metadata -> endpoint labels (convert/labels.py)
 
 
 @functools.lru_cache(maxsize=65536)
@@ -152,7 +154,7 @@ def member(options: DubboOptions, provider: Provider) -> Member:
         if served
         else None
     )
-    labels = _clean_labels(tuple([(k, v) for k in options.label_params if (v := params.get(k))]))
+    labels = options.labels(tuple([(k, v) for k in options.label_params if (v := params.get(k))]))
     return Member(
         provider=provider,
         host=host,
@@ -213,7 +215,7 @@ def _order(one: Member) -> tuple[str, str, int, tuple[tuple[str, str], ...]]:
     return one.order
 
 
-def _instance_labels(instance: AppInstance) -> tuple[tuple[str, str], ...]:
+def _instance_labels(options: DubboOptions, instance: AppInstance) -> tuple[tuple[str, str], ...]:
     pairs = [(k, v) for k, v in instance.metadata if not k.startswith("dubbo.")]
     if instance.dubbo:
         params = dict(instance.metadata).get("dubbo.metadata-service.url-params", "")
@@ -223,8 +225,10 @@ def _instance_labels(instance: AppInstance) -> tuple[tuple[str, str], ...]:
             decoded = {}
         if isinstance(decoded, dict):
             pairs += [(k, str(decoded[k])) for k in ("release",) if k in decoded]
-    pairs.append(("application", instance.name))
-    return _labels(pairs)
+    labels = dict(options.labels(tuple(pairs)))
+    # ours, not the instance's metadata: never filtered
+    labels.update(_labels([("application", instance.name)]))
+    return tuple(sorted(labels.items()))
 
 
 def application_service(
@@ -243,7 +247,7 @@ def application_service(
             Instance(
                 address=instance.address,
                 ports=tuple(sorted((n, v) for n, v in served.items() if numbers[n] != v)),
-                labels=_instance_labels(instance),
+                labels=_instance_labels(options, instance),
             ),
         )
     return Service(

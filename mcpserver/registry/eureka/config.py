@@ -12,6 +12,7 @@ from mcpserver.config import (
     ClientTLSSettings,
     Duration,
     Frozen,
+    LabelSettings,
     RegistrySettings,
     SecretSettings,
     check_address,
@@ -47,6 +48,7 @@ class EurekaRegistrySettings(RegistrySettings):
     # a missed delta that changed an address or metadata (not a status) would go unnoticed
     resync_interval: Duration = 300.0
     request_timeout: Duration = 10.0
+    labels: LabelSettings = Field(default_factory=LabelSettings)
     auth: EurekaAuthSettings | None = None
     tls: ClientTLSSettings | None = None
 

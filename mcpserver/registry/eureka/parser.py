@@ -26,7 +26,16 @@ Mapping (README "Eureka registry"):
   ServiceEntry per host;
 - the non-secure port when enabled (protocol from metadata `protocol`, else
   `default_protocol`, HTTP by default) and the secure port when enabled (HTTPS); each service
-  port numbered by the port most instances use, the others keeping theirs;
+  port numbered by the port most instances use (a tie: not Eureka's default 7001/7002, which
+  is what Eureka records for a client that gave no port, then the lowest), the others
+  keeping theirs;
+- a disabled port is never an endpoint's: Istio gives every endpoint of a ServiceEntry every
+  port of it, so when the instances of a host enable different ports, the host is split by
+  port set: its ServiceEntry (`<host>`) has every port and the instances that enable them
+  all, and one more ServiceEntry per other set (`<host>.only-https`) has that set's ports and
+  instances, created a second later and marked as a part of the first
+  (`Service.shares_host_with`). istiod joins them: one service with the first one's ports,
+  each endpoint on the ports of its own ServiceEntry;
 - the address is `ipAddr` (or `hostName` when that is the IP): an instance that has no IP
   address is skipped and counted (`not-an-ip`), the rest of its application flows;
 - metadata become labels (sanitised), `zone` metadata (or an AWS data center's
@@ -40,13 +49,21 @@ from __future__ import annotations
 import ipaddress
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from datetime import timedelta
 
-from mcpserver.convert.naming import sanitize_host, sanitize_label_key, sanitize_label_value
+from mcpserver.convert.labels import DEFAULT_MAPPER, Mapper
+from mcpserver.convert.naming import sanitize_host, sanitize_label_value
 from mcpserver.convert.ports import METADATA, istio_port
 from mcpserver.model import EPOCH_2000, Instance, Port, Problem, Service
 
 ADDED, MODIFIED, DELETED = "ADDED", "MODIFIED", "DELETED"
+EUREKA_DEFAULT_PORTS = frozenset([7001, 7002])
+"""What Eureka records for an instance registered without a port (InstanceInfo's defaults,
+non-secure and secure): a port number that says nothing, so it loses a tie."""
+PART_DELAY = timedelta(seconds=1)
+"""How much later than its host's ServiceEntry a part with fewer ports is created: istiod
+takes the oldest ServiceEntry of a host as the service."""
 MAX_WEIGHT = 2**32 - 1  # Istio's weight is a uint32
 SECURE = ("https", "HTTPS")
 
@@ -63,6 +80,7 @@ class EurekaOptions:
     default_protocol: str
     region: str
     endpoints_mode: str
+    labels: Mapper = DEFAULT_MAPPER  # metadata -> endpoint labels (convert/labels.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -298,13 +316,8 @@ def _ports(options: EurekaOptions, instance: EurekaInstance) -> tuple[tuple[str,
     return tuple(ports)
 
 
-def _labels(instance: EurekaInstance) -> tuple[tuple[str, str], ...]:
-    out: dict[str, str] = {}
-    for key, value in instance.metadata:
-        clean = sanitize_label_value(value)
-        if clean:
-            out[sanitize_label_key(key)] = clean
-    return tuple(sorted(out.items()))
+def _labels(options: EurekaOptions, instance: EurekaInstance) -> tuple[tuple[str, str], ...]:
+    return options.labels(instance.metadata)
 
 
 def hosts_of(options: EurekaOptions, instance: EurekaInstance) -> list[str]:
@@ -357,32 +370,85 @@ def convert_app(
     for member in members:
         for host in hosts_of(options, member.instance):
             by_host.setdefault(host, []).append(member)
-    services = [_service(options, app, host, group) for host, group in sorted(by_host.items())]
+    services = [
+        service
+        for host, group in sorted(by_host.items())
+        for service in _services(options, app, host, group)
+    ]
     return services, problems
 
 
-def _service(options: EurekaOptions, app: str, host: str, members: Sequence[_Member]) -> Service:
+def rank_ports(counts: Counter[int]) -> list[int]:
+    """Port numbers in the order they claim a service port: the one most instances use
+    first; of a tie, a port other than Eureka's defaults (7001, 7002: what Eureka records
+    when a client gave none), then the lowest."""
+    return sorted(counts, key=lambda n: (-counts[n], n in EUREKA_DEFAULT_PORTS, n))
+
+
+def _services(
+    options: EurekaOptions, app: str, host: str, members: Sequence[_Member]
+) -> list[Service]:
+    """The ServiceEntries of one host: one with every port, and a part with fewer ports
+    for each other set of ports its instances enable (see the module docstring)."""
     counts: dict[str, Counter[int]] = {}
     protocols: dict[str, str] = {}
     for member in members:
         for name, protocol, number in member.ports:
             counts.setdefault(name, Counter())[number] += 1
             protocols[name] = protocol
-    # each port numbered by the number most instances use (the lowest of a tie); two names
-    # on one number would be an invalid ServiceEntry (istiod: "port already defined"), so the
-    # first name in order keeps it and the other's endpoints keep their own number
+    # each port numbered by rank_ports; two names on one number would be an invalid
+    # ServiceEntry (istiod: "port already defined"), so the first name in order keeps it
+    # and the other's endpoints keep their own number
     numbers: dict[str, int] = {}
     for name in sorted(counts):
-        ranked = sorted(counts[name].items(), key=lambda kv: (-kv[1], kv[0]))
         taken = set(numbers.values())
-        free = [number for number, _ in ranked if number not in taken]
+        free = [number for number in rank_ports(counts[name]) if number not in taken]
         if free:
             numbers[name] = free[0]
+    by_set: dict[frozenset[str], list[_Member]] = {}
+    for member in members:
+        names = frozenset(name for name, _, _ in member.ports if name in numbers)
+        if names:  # else its only port's name lost its number: nothing to reach
+            by_set.setdefault(names, []).append(member)
+    everything = frozenset(numbers)
+    main = _service(options, app, host, host, everything, numbers, protocols, by_set)
+    parts = [
+        replace(
+            _service(
+                options,
+                app,
+                host,
+                f"{host}.only-{'-'.join(sorted(names))}",
+                names,
+                numbers,
+                protocols,
+                by_set,
+            ),
+            create_time=EPOCH_2000 + PART_DELAY,
+            shares_host_with=main.key,
+            annotations=(("mcpserver.io/eureka-app", app), ("mcpserver.io/part-of", main.key)),
+        )
+        for names in sorted(by_set, key=sorted)
+        if names != everything
+    ]
+    return [main, *parts]
+
+
+def _service(
+    options: EurekaOptions,
+    app: str,
+    host: str,
+    name: str,
+    names: frozenset[str],
+    numbers: Mapping[str, int],
+    protocols: Mapping[str, str],
+    by_set: Mapping[frozenset[str], Sequence[_Member]],
+) -> Service:
+    """One ServiceEntry of `host`: the ports `names`, the instances enabling exactly those."""
     by_key: dict[str, Instance] = {}
+    members = by_set.get(names, ())
     for member in sorted(members, key=lambda m: (m.address, m.ports, m.instance.id)):
-        own = {name: number for name, _, number in member.ports if name in numbers}
-        if not own:  # its only port's name lost its number to another name: nothing to reach
-            continue
+        own = {port: number for port, _, number in member.ports if port in names}
         first = min(own.values())
         # several instances on one host (another port each) are several endpoints
         key = member.address if member.address not in by_key else f"{member.address}:{first}"
@@ -392,7 +458,7 @@ def _service(options: EurekaOptions, app: str, host: str, members: Sequence[_Mem
             Instance(
                 address=member.address,
                 ports=tuple(sorted((n, p) for n, p in own.items() if numbers[n] != p)),
-                labels=_labels(member.instance),
+                labels=_labels(options, member.instance),
                 weight=member.instance.weight or 0,
                 locality=f"{options.region}/{zone}" if zone and options.region else zone,
             ),
@@ -400,9 +466,9 @@ def _service(options: EurekaOptions, app: str, host: str, members: Sequence[_Mem
     return Service(
         registry=options.registry,
         namespace=options.namespace,
-        name=host,
+        name=name,
         hosts=(host,),
-        ports=tuple(Port(n, numbers[n], protocols[n]) for n in sorted(numbers)),
+        ports=tuple(Port(n, numbers[n], protocols[n]) for n in sorted(names)),
         instances=tuple(by_key[k] for k in sorted(by_key)),
         labels=(("eureka-app", sanitize_label_value(app.lower()) or "x"),),
         annotations=(("mcpserver.io/eureka-app", app),),

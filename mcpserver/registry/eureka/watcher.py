@@ -49,6 +49,7 @@ from mcpserver.registry.eureka.parser import (
     parse_document,
     reconcile_hash,
 )
+from mcpserver.registry.labels import LabelFilter
 from mcpserver.registry.ledger import Ledger, keep_empty
 
 log = logging.getLogger("mcpserver.registry.eureka")
@@ -77,6 +78,7 @@ class EurekaRegistry(Registry):
             default_protocol=settings.default_protocol.lower(),
             region=settings.region,
             endpoints_mode=settings.endpoints,
+            labels=LabelFilter(settings.name, settings.labels, metrics),
         )
         self._client: EurekaClient | None = None
         self._mirror: Mirror | None = None  # None: the next round fetches everything

@@ -53,11 +53,24 @@ OnPush = Callable[[Mapping[str, Any]], None]
 TokenSource = Callable[[], Awaitable[str]]
 
 
+EXCERPT = 200  # characters of a server's own text (an error body) we show
+
+
+def excerpt(text: str, limit: int = EXCERPT) -> str:
+    """A server's text (an error body, a message) cut to `limit` characters on one line:
+    what we add around it (the call, our advice) is never cut."""
+    line = " ".join(text.split())
+    return line if len(line) <= limit else line[: limit - 3].rstrip() + "..."
+
+
 class NacosError(Exception):
-    """Nacos refused a request (resultCode != 200)."""
+    """Nacos refused a request (resultCode != 200). `message` is whole: cut the server's
+    part of it (`excerpt`) before, never our own words after."""
+
+    via = "gRPC"  # which API answered: the status detail names it
 
     def __init__(self, code: int, message: str) -> None:
-        super().__init__(f"Nacos error {code}: {message.strip()[:300]}")
+        super().__init__(f"Nacos error {code}: {message.strip()}")
         self.code = code
 
 
@@ -81,7 +94,7 @@ def check(response: Payload) -> Mapping[str, Any]:
         return body
     code = body.get("errorCode") or result
     code = int(code) if isinstance(code, int) else 500
-    message = str(body.get("message") or response.type)
+    message = excerpt(str(body.get("message") or response.type))
     if code == UNREGISTERED:
         raise NacosUnregisteredError(code, message)
     if code in UNAUTHORIZED or "permission" in message.lower() or "token" in message.lower():

@@ -1,9 +1,10 @@
-"""The Nacos registry's settings: server address, API (gRPC for Nacos 2.x/3.x, HTTP v1 for
+"""The Nacos registry's settings: server addresses, API (gRPC for Nacos 2.x/3.x, HTTP v1 for
 1.x), what to watch (namespaces, groups), how instances become endpoints, login and TLS.
 
-`address` is the HTTP port (8848), as every Nacos client is configured; the gRPC port is
-Nacos' fixed offset from it (+1000: 9848), overridable with `grpc_port`. Users mix the two up
-(higress#1931), so the field says which one it is and the errors name both.
+`addresses` are the HTTP ports (8848) of a cluster's servers, as every Nacos client is
+configured (`serverAddr=a:8848,b:8848`); `address` is the one-server shorthand. The gRPC port
+is Nacos' fixed offset from the HTTP port (+1000: 9848), overridable with `grpc_port`. Users
+mix the two up (higress#1931), so the field says which one it is and the errors name both.
 """
 
 from __future__ import annotations
@@ -16,12 +17,14 @@ from mcpserver.config import (
     ClientTLSSettings,
     Duration,
     Frozen,
+    LabelSettings,
     RegistrySettings,
     SecretSettings,
     check_address,
     check_template,
 )
 
+DEFAULT_ADDRESS = "http://127.0.0.1:8848"
 GRPC_PORT_OFFSET = 1000
 """Nacos 2.x/3.x: the SDK gRPC port is the HTTP port + 1000 (com.alibaba.nacos.api.common
 .Constants / RpcConstants, `nacos.server.grpc.port.offset`)."""
@@ -36,12 +39,15 @@ class NacosAuthSettings(Frozen):
 
 class NacosRegistrySettings(RegistrySettings):
     kind: Literal["nacos"]
-    address: str = "http://127.0.0.1:8848"  # the HTTP port; gRPC is this + 1000
+    # the HTTP ports of a cluster's servers (gRPC is each + 1000), used one at a time: the next
+    # when one fails; `address` is the one-server shorthand (default 127.0.0.1:8848)
+    address: str | None = None
+    addresses: list[str] = Field(default_factory=list)
     api: Literal["grpc", "http"] = "grpc"  # grpc: Nacos 2.x/3.x; http: 1.x (v1 open API)
     grpc_port: int | None = Field(default=None, ge=1, le=65535)
     namespaces: list[str] = Field(default_factory=lambda: ["public"], min_length=1)
     # "*": every group, found through the catalog API (/nacos/v1/ns/catalog/services, Nacos
-    # 1.x/2.x; Nacos 3 answers 410 there by default: list the groups)
+    # 1.x/2.x; Nacos 3 serves it not by default: list the groups)
     groups: list[str] = Field(default_factory=lambda: ["DEFAULT_GROUP"], min_length=1)
     services: list[str] = Field(default_factory=lambda: ["*"])  # glob patterns of names
     host_template: str = "{service}.{group}.{namespace}.nacos"
@@ -66,17 +72,22 @@ class NacosRegistrySettings(RegistrySettings):
     refresh_interval: Duration = 60.0
     page_size: int = Field(default=500, ge=1, le=10000)
     request_timeout: Duration = 10.0
+    labels: LabelSettings = Field(default_factory=LabelSettings)
     auth: NacosAuthSettings | None = None
     tls: ClientTLSSettings | None = None
 
     @field_validator("address")
     @classmethod
-    def _url(cls, value: str) -> str:
-        scheme, sep, rest = value.partition("://")
-        if not sep or scheme not in ("http", "https"):
-            raise ValueError("expected http://HOST:PORT or https://HOST:PORT (the HTTP port, 8848)")
-        check_address(rest.rstrip("/"))
-        return value.rstrip("/")
+    def _url(cls, value: str | None) -> str | None:
+        return None if value is None else check_url(value)
+
+    @field_validator("addresses")
+    @classmethod
+    def _urls(cls, value: list[str]) -> list[str]:
+        urls = [check_url(v) for v in value]
+        if len(set(urls)) != len(urls):
+            raise ValueError("an address is listed twice")
+        return urls
 
     @field_validator("namespaces")
     @classmethod
@@ -120,19 +131,29 @@ class NacosRegistrySettings(RegistrySettings):
         return value
 
     @model_validator(mode="after")
-    def _tls_scheme(self) -> NacosRegistrySettings:
-        if self.tls is not None and not self.address.startswith("https://"):
-            raise ValueError("tls is set but address is http://; use https://HOST:8848")
+    def _servers(self) -> NacosRegistrySettings:
+        if self.address is not None and self.addresses:
+            raise ValueError("give address (one server) or addresses (a cluster), not both")
+        if self.tls is not None and not all(u.startswith("https://") for u in self.servers()):
+            raise ValueError("tls is set but an address is http://; use https://HOST:8848")
         return self
 
-    def http_port(self) -> int:
-        return int(self.address.rpartition(":")[2])
+    def servers(self) -> list[str]:
+        """The HTTP base URLs of every server, in the order given."""
+        return self.addresses or [self.address or DEFAULT_ADDRESS]
 
-    def host(self) -> str:
-        return self.address.partition("://")[2].rpartition(":")[0].strip("[]")
-
-    def grpc_target(self) -> str:
-        """host:port of Nacos' gRPC SDK port."""
-        port = self.grpc_port or self.http_port() + GRPC_PORT_OFFSET
-        host = self.host()
+    def grpc_target(self, url: str | None = None) -> str:
+        """host:port of Nacos' gRPC SDK port on the server at `url` (the first one)."""
+        url = url or self.servers()[0]
+        port = self.grpc_port or int(url.rpartition(":")[2]) + GRPC_PORT_OFFSET
+        host = url.partition("://")[2].rpartition(":")[0].strip("[]")
         return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def check_url(value: str) -> str:
+    """http(s)://HOST:PORT of Nacos' HTTP port."""
+    scheme, sep, rest = value.partition("://")
+    if not sep or scheme not in ("http", "https"):
+        raise ValueError("expected http://HOST:PORT or https://HOST:PORT (the HTTP port, 8848)")
+    check_address(rest.rstrip("/"))
+    return value.rstrip("/")

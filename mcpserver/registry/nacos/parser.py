@@ -41,7 +41,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from mcpserver.convert.naming import sanitize_host, sanitize_label_key, sanitize_label_value
+from mcpserver.convert.labels import DEFAULT_MAPPER, Mapper
+from mcpserver.convert.naming import sanitize_host, sanitize_label_value
 from mcpserver.convert.ports import DUBBO, METADATA, istio_port
 from mcpserver.model import EPOCH_2000, Instance, Port, Problem, Service
 from mcpserver.registry.dubbo.application import AppInstance, Endpoint, dubbo_endpoints
@@ -57,6 +58,12 @@ WEIGHT_SCALE = 100
 MAX_WEIGHT = 2**32 - 1  # Istio's weight is a uint32
 EPOCH_2000_MS = int(EPOCH_2000.timestamp() * 1000)
 DUBBO_PREFIX = "providers:"
+DUBBO_OTHER_CATEGORIES = frozenset(
+    ["consumers", "routers", "configurators", "dynamicrouters", "dynamicconfigurators"]
+)
+"""The categories Dubbo's NacosRegistry writes beside `providers` (`<category>:<interface>:
+<version>:<group>`; org.apache.dubbo.common.constants.RegistryConstants): consumers register
+at port 0, routers and configurators are rules; none of them is a service to serve."""
 GROUPED = "@@"  # Nacos' grouped service name: GROUP@@service
 
 
@@ -70,6 +77,7 @@ class NacosOptions:
     include_unhealthy: bool
     endpoints_mode: str
     dubbo: DubboOptions
+    labels: Mapper = DEFAULT_MAPPER  # metadata -> endpoint labels (convert/labels.py)
 
 
 @dataclass(frozen=True, slots=True, order=True)
@@ -173,10 +181,19 @@ def parse_hosts(
     return served, problems
 
 
+def dubbo_non_provider(name: str) -> bool:
+    """A Dubbo category other than providers (`consumers:org.example.DemoService::`)."""
+    category, sep, _ = name.partition(":")
+    return bool(sep) and category in DUBBO_OTHER_CATEGORIES
+
+
 def convert(
     options: NacosOptions, key: ServiceKey, info: object
 ) -> tuple[list[Service], list[Problem]]:
-    """A service's instance list to its Services and the records skipped."""
+    """A service's instance list to its Services and the records skipped. Dubbo's other
+    categories are no services: nothing, and nothing skipped."""
+    if dubbo_non_provider(key.name):
+        return [], []
     instances, problems = parse_hosts(options, key, hosts_of(info))
     if not instances:
         return [], problems
@@ -217,14 +234,13 @@ def _endpoints(options: NacosOptions, instance: NacosInstance) -> tuple[Endpoint
     return (Endpoint(protocol, instance.port),)
 
 
-def _labels(instance: NacosInstance, host_metadata: str) -> tuple[tuple[str, str], ...]:
-    out: dict[str, str] = {}
-    for key, value in instance.metadata:
-        if key == host_metadata or key.startswith(("dubbo.", "preserved.")):
-            continue
-        clean = sanitize_label_value(value)
-        if clean:
-            out[sanitize_label_key(key)] = clean
+def _labels(instance: NacosInstance, options: NacosOptions) -> tuple[tuple[str, str], ...]:
+    pairs = tuple(
+        (key, value)
+        for key, value in instance.metadata
+        if key != options.host_metadata and not key.startswith(("dubbo.", "preserved."))
+    )
+    out = dict(options.labels(pairs))
     cluster = sanitize_label_value(instance.cluster)
     if cluster:
         out["nacos-cluster"] = cluster
@@ -276,7 +292,7 @@ def plain_services(
                 Instance(
                     address=instance.address,
                     ports=tuple(sorted((n, p) for n, p in served.items() if numbers[n] != p)),
-                    labels=_labels(instance, options.host_metadata),
+                    labels=_labels(instance, options),
                     weight=instance.weight,
                 ),
             )

@@ -15,9 +15,13 @@ so, like the Java client, we keep one connection per namespace):
   and read each one's instances (`/nacos/v1/ns/instance/list`, always `healthyOnly=false`:
   r-nacos defaults to true), giving the same resources as gRPC mode.
 
-A service no longer listed is dropped (and unsubscribed). A lost connection, an unreachable
-server or a refused login keeps the last view (DEGRADED with the reason) and is retried with
-jittered backoff; a new connection re-lists and re-subscribes everything, and what is not
+A service no longer listed is dropped (and unsubscribed). Dubbo's other categories
+(`consumers:...`, `routers:...`, `configurators:...`) are not services and are never listed.
+A lost connection, an unreachable server or a refused login keeps the last view (DEGRADED
+with the reason) and is retried with jittered backoff that only a good listing resets (a
+login is tried before a connection is opened, so a refused one costs one HTTP call per
+attempt); an unreachable server moves the registry to the next of its `addresses`
+(servers.py). A new connection re-lists and re-subscribes everything, and what is not
 listed any more is dropped only then (full reconcile). A new connection after a lost one (or
 an answer after failed polls) is a recovery (`Registry.came_back`): a restarted Nacos lost
 every ephemeral instance whose client has not registered again yet, so protection holds
@@ -44,6 +48,7 @@ from mcpserver.metrics import Metrics
 from mcpserver.model import Problem, Service
 from mcpserver.registry.base import Registry, Troubles, backoff
 from mcpserver.registry.dubbo.mapping import DubboOptions
+from mcpserver.registry.labels import LabelFilter
 from mcpserver.registry.ledger import Ledger, keep_empty
 from mcpserver.registry.nacos.auth import LoginError, TokenKeeper
 from mcpserver.registry.nacos.client import (
@@ -51,16 +56,19 @@ from mcpserver.registry.nacos.client import (
     ConnectionLostError,
     NacosError,
     NacosUnauthorizedError,
+    excerpt,
 )
 from mcpserver.registry.nacos.config import NacosRegistrySettings
 from mcpserver.registry.nacos.parser import (
     NacosOptions,
     ServiceKey,
     convert,
+    dubbo_non_provider,
     hosts_of,
     service_names,
     split_name,
 )
+from mcpserver.registry.nacos.servers import Servers
 
 log = logging.getLogger("mcpserver.registry.nacos")
 
@@ -85,6 +93,7 @@ ERRORS = (
 )
 
 ALL = "*"  # groups: every group
+CATALOG = "/nacos/v1/ns/catalog/services"  # lists services across groups (1.x and 2.x)
 
 Held = tuple[int, bytes, list[Service], list[Problem]]
 """What one Nacos service contributes: its lastRefTime, a digest of its instance list (an
@@ -95,7 +104,14 @@ Fetch = Callable[[str, str, int], Awaitable[Mapping[str, Any]]]
 
 
 class NacosHTTPError(NacosError):
-    """The 1.x HTTP API answered with an error status."""
+    """The HTTP API answered with an error status; `body` is (an excerpt of) its text."""
+
+    via = "HTTP"
+
+    def __init__(self, code: int, path: str, body: str) -> None:
+        super().__init__(code, f"{path}: {excerpt(body)}")
+        self.path = path
+        self.body = excerpt(body)
 
 
 class NacosRegistry(Registry):
@@ -107,6 +123,7 @@ class NacosRegistry(Registry):
         super().__init__(settings.name, metrics)
         self._settings = settings
         self._env = env
+        labels = LabelFilter(settings.name, settings.labels, metrics)
         self._options = NacosOptions(
             registry=settings.name,
             namespace=settings.namespace,
@@ -123,8 +140,11 @@ class NacosRegistry(Registry):
                 label_params=tuple(settings.label_params),
                 endpoints_mode=settings.endpoints,
                 default_protocol=settings.default_protocol.lower(),
+                labels=labels,
             ),
+            labels=labels,
         )
+        self._servers = Servers(settings.servers(), settings.name)
         self._keeper: TokenKeeper | None = None
         self._ssl: ssl.SSLContext | None = None
         self._http: aiohttp.ClientSession | None = None
@@ -153,7 +173,7 @@ class NacosRegistry(Registry):
                 self._ssl.load_cert_chain(str(s.tls.cert_file), str(s.tls.key_file))
         if s.auth is not None:
             self._keeper = TokenKeeper(
-                s.address,
+                lambda: self._servers.current,
                 s.auth.username,
                 s.auth.password.resolve(self._env),
                 ssl_context=self._ssl,
@@ -237,9 +257,15 @@ class NacosRegistry(Registry):
     async def _grpc_namespace(self, namespace: str) -> None:
         """Connect, follow, and on any failure keep the view, back off and start over."""
         attempt = 0
+
+        def listed() -> None:  # a good listing: the next failure starts the backoff over
+            nonlocal attempt
+            attempt = 0
+
         while True:
+            url = self._servers.current
             connection = Connection(
-                self._settings.grpc_target(),
+                self._settings.grpc_target(url),
                 namespace,
                 functools.partial(self._pushed, namespace),
                 token=self._token if self._keeper is not None else None,
@@ -247,23 +273,30 @@ class NacosRegistry(Registry):
                 timeout=self._settings.request_timeout,
             )
             try:
+                # a login first: a refused one opens no gRPC connection (which would be set
+                # up, registered and dropped again at every attempt)
+                await self._token()
                 await connection.open()
-                attempt = 0
                 if namespace in self._listed:
                     # a new connection after a lost one: a restarted Nacos lost every
                     # ephemeral instance its clients have not registered again yet
                     self.came_back(f"reconnected to Nacos (namespace {namespace})")
-                await self._grpc_session(namespace, connection)
+                await self._grpc_session(namespace, connection, listed)
             except ERRORS as err:
-                self._fail(namespace, err)
+                if _server_failed(err):
+                    self._servers.failed(url, describe(err))
+                self._fail(namespace, err, url)
             finally:
                 await connection.close()
             await asyncio.sleep(backoff(attempt, cap=ERROR_BACKOFF_CAP))
             attempt += 1
 
-    async def _grpc_session(self, namespace: str, connection: Connection) -> None:
-        """List, subscribe, reconcile; again every list_interval, until the connection is
-        lost (ConnectionLostError) or a request fails."""
+    async def _grpc_session(
+        self, namespace: str, connection: Connection, listed: Callable[[], None]
+    ) -> None:
+        """List, subscribe, reconcile (calling `listed()` after each); again every
+        list_interval, until the connection is lost (ConnectionLostError) or a request
+        fails."""
         subscribed: set[ServiceKey] = set()
         self._subscribed[namespace] = subscribed
         keepalive = asyncio.create_task(self._keepalive(connection))
@@ -300,6 +333,7 @@ class NacosRegistry(Registry):
                 self._reconcile(namespace, keys)
                 self._listed.add(namespace)
                 self._troubles.clear(namespace)
+                listed()
                 self._publish_if_changed()
                 await asyncio.wait(
                     {keepalive, lost},
@@ -397,24 +431,36 @@ class NacosRegistry(Registry):
             await asyncio.sleep(delay)
 
     async def _get(self, path: str, params: dict[str, str]) -> Mapping[str, Any]:
+        """GET from the current server; one that cannot be reached (or fails with a 5xx)
+        makes the next one current for the next call."""
         if self._http is None:
             timeout = aiohttp.ClientTimeout(total=self._settings.request_timeout)
             self._http = aiohttp.ClientSession(timeout=timeout)
-        headers = {}
-        if self._keeper is not None:
-            # in headers, not the `accessToken` parameter Nacos also reads: a URL may end up
-            # in an error message, and the token must not
-            token = await self._keeper.token()
-            headers = {"Authorization": f"Bearer {token}", "accessToken": token}
-        url = self._settings.address + path
-        async with self._http.get(
-            url, params=params, headers=headers, ssl=self._ssl or True
-        ) as reply:
-            text = await reply.text()
-            if reply.status in (401, 403):
-                raise NacosUnauthorizedError(reply.status, f"{path}: {text}")
-            if reply.status != 200:
-                raise NacosHTTPError(reply.status, f"{path}: {text}")
+        base = self._servers.current
+        try:
+            headers = {}
+            if self._keeper is not None:
+                # in headers, not the `accessToken` parameter Nacos also reads: a URL may
+                # end up in an error message, and the token must not
+                token = await self._keeper.token()
+                headers = {"Authorization": f"Bearer {token}", "accessToken": token}
+            async with self._http.get(
+                base + path, params=params, headers=headers, ssl=self._ssl or True
+            ) as reply:
+                text = await reply.text()
+                status = reply.status
+        except (aiohttp.ClientError, OSError, TimeoutError, LoginError) as err:
+            if _server_failed(err):
+                self._servers.failed(base, describe(err))
+            raise
+        if status in (401, 403):
+            refused = NacosUnauthorizedError(status, f"{path}: {excerpt(text)}")
+            refused.via = "HTTP"
+            raise refused
+        if status != 200:
+            if status >= 500:
+                self._servers.failed(base, f"{path}: HTTP {status}")
+            raise NacosHTTPError(status, path, text)
         body = json.loads(text)
         if not isinstance(body, dict):
             raise ValueError(f"{path} answered a {type(body).__name__}, not an object")
@@ -450,6 +496,8 @@ class NacosRegistry(Registry):
     # ------------------------------------------------------------------ shared
 
     def _wanted(self, name: str) -> bool:
+        if dubbo_non_provider(name):
+            return False  # Dubbo's consumers, routers...: not services (left out silently)
         return any(fnmatch.fnmatchcase(name, p) for p in self._settings.services)
 
     async def _list(self, namespace: str, fetch: Fetch) -> set[ServiceKey]:
@@ -481,7 +529,7 @@ class NacosRegistry(Registry):
         while True:
             try:
                 body = await self._get(
-                    "/nacos/v1/ns/catalog/services",
+                    CATALOG,
                     {
                         "namespaceId": namespace,
                         "pageNo": str(number),
@@ -490,10 +538,12 @@ class NacosRegistry(Registry):
                     },
                 )
             except NacosHTTPError as err:
-                raise NacosHTTPError(
+                # our advice after the server's text, which alone is cut (`excerpt`)
+                raise GroupsUnlistedError(
                     err.code,
-                    f'groups: ["*"] needs Nacos\' catalog API, which answered {err}; '
-                    "list the groups instead",
+                    f'groups: ["*"] needs Nacos\' catalog API ({err.path}), which answered '
+                    f"HTTP {err.code} {err.body}; list the groups instead (Nacos 3 serves no "
+                    "catalog API by default)",
                 ) from None
             page = body.get("serviceList") or []
             if not isinstance(page, list):
@@ -550,7 +600,7 @@ class NacosRegistry(Registry):
 
     # ------------------------------------------------------------------ status
 
-    def _fail(self, namespace: str, err: BaseException) -> None:
+    def _fail(self, namespace: str, err: BaseException, url: str | None = None) -> None:
         kind = "error"
         if isinstance(err, NacosUnauthorizedError | LoginError):
             kind = "unauthorized"
@@ -558,18 +608,33 @@ class NacosRegistry(Registry):
                 self._keeper.forget()
         self._metrics.registry_errors.labels(self.name, kind).inc()
         s = self._settings
-        where = (
-            f"Nacos gRPC at {s.grpc_target()} (the HTTP port + 1000 unless grpc_port is set)"
-            if s.api == "grpc" and namespace != DISCOVERY
-            else f"Nacos HTTP API at {s.address}"
-        )
+        url = url or self._servers.current
+        if isinstance(err, LoginError):
+            where = ""  # the message says where it logged in
+        elif (
+            s.api == "grpc"
+            and namespace != DISCOVERY
+            and getattr(err, "via", "gRPC") == "gRPC"
+            and not isinstance(err, aiohttp.ClientError)
+        ):
+            where = (
+                f"Nacos gRPC at {s.grpc_target(url)} (the HTTP port + 1000 unless grpc_port "
+                "is set): "
+            )
+        else:
+            where = f"Nacos HTTP API at {url}: "
         if isinstance(err, grpc.aio.AioRpcError):
             what = f"{err.code().name}: {err.details() or ''}".strip()
         else:
             what = describe(err)
+        # With several servers, each failing in turn is one trouble, not a new reason to
+        # log every time the next server fails the same way.
+        same = None
+        if len(self._servers.urls) > 1:
+            code = err.code().name if isinstance(err, grpc.aio.AioRpcError) else ""
+            same = f"{type(err).__name__}:{code}"
         self._troubles.set(
-            namespace,
-            f"namespace {namespace}: {where}: {what}; serving the last known view",
+            namespace, f"namespace {namespace}: {where}{what}; {self.keeping()}", kind=same
         )
 
     # --------------------------------------------------------------- publishing
@@ -608,6 +673,28 @@ class NacosRegistry(Registry):
         # what changed, relative to what the view shows: rebuilds cost what changed
         change = self._ledger.take(self.view().services)
         self.publish(services, problems, synced=self.view().synced or self._synced(), change=change)
+
+
+class GroupsUnlistedError(NacosHTTPError):
+    """`groups: ["*"]` on a server without the catalog API."""
+
+    def __init__(self, code: int, message: str) -> None:
+        NacosError.__init__(self, code, message)
+        self.path = CATALOG
+        self.body = ""
+
+
+def _server_failed(err: BaseException) -> bool:
+    """The server could not be used (unreachable, timed out, the connection lost), as
+    opposed to a server that answered with a refusal: the next server may do."""
+    if isinstance(err, LoginError):
+        return not err.refused
+    if isinstance(err, NacosError):
+        return False
+    return isinstance(
+        err,
+        ConnectionLostError | grpc.aio.AioRpcError | aiohttp.ClientError | OSError | TimeoutError,
+    )
 
 
 def _subscription(key: ServiceKey) -> dict[str, Any]:

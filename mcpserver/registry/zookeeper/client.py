@@ -14,8 +14,10 @@ from typing import Protocol, TypeVar
 
 from mcpserver.registry.zookeeper import connection
 from mcpserver.registry.zookeeper.connection import (
+    AuthFailedError,
     Connection,
     ConnectionLossError,
+    CredentialSource,
     NoAuthError,
     NoNodeError,
     ZooKeeperError,
@@ -62,15 +64,25 @@ Watch = Callable[[WatchedEvent], object]
 """A one-shot ZooKeeper watch: called once (on the client's thread), at the next change."""
 
 StateListener = Callable[[str], object]
-"""Called on the client's thread with CONNECTED, SUSPENDED or LOST."""
+"""Called on the client's thread with CONNECTED, READ_ONLY, SUSPENDED, LOST or AUTH_FAILED."""
 
 CONNECTED: str = connection.CONNECTED
+READ_ONLY: str = connection.READ_ONLY  # on a read-only server (its ensemble lost its quorum)
 SUSPENDED: str = connection.SUSPENDED  # connection lost; the session may still be alive
 LOST: str = connection.LOST  # session expired: its ephemeral nodes and watches are gone
+AUTH_FAILED: str = connection.AUTH_FAILED  # our credentials were refused (see `last_error`)
 
 
 class ZkClient(Protocol):
     """The client calls the registry makes."""
+
+    @property
+    def server(self) -> str:
+        """host:port of the server it is connected to ("" when none)."""
+
+    @property
+    def last_error(self) -> str:
+        """What went wrong last, for the registry's detail ("" after a connection)."""
 
     def start(self, timeout: float = ...) -> None: ...
 
@@ -96,10 +108,17 @@ class ZkClient(Protocol):
         or goes (ZooKeeper keeps it for a node that does not exist yet)."""
 
 
-def new_client(hosts: str, session_timeout: float, auth: tuple[str, str] | None = None) -> ZkClient:
+def new_client(
+    hosts: str, session_timeout: float, credentials: CredentialSource, auth_retry: float
+) -> ZkClient:
     """A client that, once started, reconnects forever; a read cut off by a lost connection
     is answered by the mirror (re-read after the reconnect, or retried with backoff)."""
-    return Connection(hosts, session_timeout, auth)
+    return Connection(hosts, session_timeout, credentials, auth_retry=auth_retry)
+
+
+def is_auth_failed(err: BaseException) -> bool:
+    """start() gave up because the servers refused our credentials."""
+    return isinstance(err, AuthFailedError)
 
 
 def is_no_node(err: BaseException) -> bool:

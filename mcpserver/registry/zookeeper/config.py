@@ -1,4 +1,5 @@
-"""The ZooKeeper registry's settings: ensemble, roots to watch, naming templates, auth."""
+"""The ZooKeeper registry's settings: ensemble, roots to watch, naming templates, and how
+we authenticate: TLS to the secure client port, SASL DIGEST-MD5, digest auth."""
 
 from __future__ import annotations
 
@@ -7,8 +8,10 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from mcpserver.config import (
+    ClientTLSSettings,
     Duration,
     Frozen,
+    LabelSettings,
     RegistrySettings,
     SecretSettings,
     check_address,
@@ -21,6 +24,23 @@ class ZooKeeperAuthSettings(Frozen):
 
     scheme: Literal["digest"] = "digest"
     credential: SecretSettings
+
+
+class ZooKeeperSaslSettings(Frozen):
+    """SASL as ZooKeeper's `SASLAuthenticationProvider` checks it (the user of the JAAS
+    `Server` section's DigestLoginModule); the password is never logged."""
+
+    mechanism: Literal["DIGEST-MD5"] = "DIGEST-MD5"
+    username: str = Field(min_length=1)
+    password: SecretSettings
+
+
+class ZooKeeperTLSSettings(ClientTLSSettings):
+    """TLS to ZooKeeper's secure client port (`secureClientPort`, 3.5+)."""
+
+    # the name each server's certificate must carry; unset: the host as `hosts` gives it
+    # (an IP address matches an IP SAN)
+    server_name: str | None = None
 
 
 class ZooKeeperRegistrySettings(RegistrySettings):
@@ -41,7 +61,13 @@ class ZooKeeperRegistrySettings(RegistrySettings):
     default_protocol: str = "http"
     session_timeout: Duration = 30.0
     connect_timeout: Duration = 15.0
+    labels: LabelSettings = Field(default_factory=LabelSettings)
     auth: ZooKeeperAuthSettings | None = None
+    sasl: ZooKeeperSaslSettings | None = None
+    tls: ZooKeeperTLSSettings | None = None
+    # after the servers refused our credentials: tried again when a credential or TLS file
+    # changes, or after this long
+    auth_retry: Duration = 300.0
 
     @field_validator("hosts")
     @classmethod
@@ -49,6 +75,13 @@ class ZooKeeperRegistrySettings(RegistrySettings):
         servers = value.split("/", 1)[0]
         for server in servers.split(","):
             check_address(server.strip())
+        return value
+
+    @field_validator("auth_retry")
+    @classmethod
+    def _auth_retry(cls, value: float) -> float:
+        if not 1 <= value <= 86400:
+            raise ValueError("must be between 1s and 24h")
         return value
 
     @field_validator("roots", "services_roots")

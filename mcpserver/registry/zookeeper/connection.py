@@ -17,8 +17,24 @@ What it keeps of ZooKeeper's client contract (org.apache.zookeeper.ClientCnxn):
   the server has expired it, which is reported (LOST) before a new session is made;
 - pings after a third of the negotiated timeout without sending, and the connection given
   up after two thirds without hearing anything (the server frozen, the path dropped);
-- servers tried in a shuffled ring, a chroot after the host list (`h1:2181,h2:2181/app`),
-  digest auth sent before any read;
+- servers tried in a shuffled ring, a chroot after the host list (`h1:2181,h2:2181/app`);
+- TLS (ZooKeeper 3.5+'s secure client port), then SASL DIGEST-MD5 (`digestmd5.py`), then
+  digest auth, each answered before any read is sent; the credentials are read afresh for
+  each connection (`CredentialSource`), so rotated files are used from the next one;
+- an authentication the server refuses (AUTH_FAILED, or a server that requires SASL) is
+  final for these credentials, as in ZooKeeper's own client: AUTH_FAILED is told, and the
+  client waits until the credential files change or `auth_retry` has passed, instead of
+  knocking every few milliseconds;
+- answers matched to requests by xid: ZooKeeper answers a session's requests in order,
+  so an answer whose xid is not the oldest request's means the stream is broken, and the
+  connection is dropped (the reads fail with ConnectionLossError and are read again);
+- read-only servers (`canBeReadOnly`): a server whose ensemble lost its quorum serves
+  reads to clients that accept it; we do (READ_ONLY is told instead of CONNECTED), and
+  while on one we ask the other servers `isro` (the four-letter word ZooKeeper's client and
+  kazoo use, enabled with `readonlymode.enabled`), with backoff, and move to the first
+  that answers `rw`. A read-only server refuses a session made on the quorum ("global"),
+  so a running client stays SUSPENDED while the quorum is gone; one that starts then, or
+  whose session expired, gets a session of the read-only server's own;
 - watches registered when the read that set them answers (an exists that finds no node
   leaves an exists watch), and fired once, by event type, as ZooKeeper's ZKWatchManager
   does.
@@ -33,7 +49,7 @@ not refuse us forever (ZooKeeper's own client stays locked out until restarted).
 
 Threads: callbacks (a read's answer, a watch, a state listener) run on the client's own
 thread and must not block. Reads may be requested from any thread; they are queued and the
-client's thread is woken through an eventfd.
+client's thread is woken through an eventfd (`os.eventfd`: Linux only, as is the server).
 """
 
 from __future__ import annotations
@@ -45,20 +61,24 @@ import os
 import random
 import select
 import socket
+import ssl
 import threading
 import time
-from collections.abc import Callable
-from typing import Generic, NamedTuple, TypeVar
+from collections.abc import Callable, Hashable
+from typing import Generic, NamedTuple, Protocol, TypeVar
 
 from mcpserver.registry.zookeeper import jute
+from mcpserver.registry.zookeeper.digestmd5 import DigestMD5, SaslError
 
 log = logging.getLogger("mcpserver.registry.zookeeper")
 
 T = TypeVar("T")
 
 CONNECTED = "CONNECTED"
+READ_ONLY = "READ_ONLY"  # connected to a read-only server: reads answer, nothing changes
 SUSPENDED = "SUSPENDED"  # connection lost; the session may still be alive
 LOST = "LOST"  # session expired (or the client stopped): ephemeral nodes and watches gone
+AUTH_FAILED = "AUTH_FAILED"  # the server refused our credentials: not retried at once
 
 EVENT_NAMES = {
     jute.NODE_CREATED: "CREATED",
@@ -72,6 +92,12 @@ RECEIVE_SIZE = 1 << 18
 BACKOFF_FIRST = 0.1
 BACKOFF_CAP = 2.0
 HANDSHAKE_STEP = 0.25  # how long a blocked handshake read waits before checking stop()
+AUTH_RETRY = 300.0  # seconds after a refused authentication before trying the same again
+CREDENTIALS_CHECK = 1.0  # how often the credential files are checked while refused
+PROBE_FIRST = 0.5  # on a read-only server: first wait before asking another for `isro`
+PROBE_CAP = 60.0  # ... doubling up to this (ZooKeeper's client: maxPingRwTimeout)
+TLS_SEND = 1 << 16  # bytes handed to one TLS write
+_REPLY_SIZE = 16  # a ReplyHeader alone: xid, zxid, err
 
 
 # ------------------------------------------------------------------------ errors
@@ -102,7 +128,13 @@ class ConnectionClosedError(ConnectionLossError):
 
 
 class ConnectTimeoutError(ZooKeeperError):
-    """start() gave up waiting for a session."""
+    """start() gave up waiting for a session (the client keeps trying)."""
+
+
+class AuthFailedError(ZooKeeperError):
+    """The server refused our credentials; the client waits for new ones (or `auth_retry`)."""
+
+    code = jute.AUTH_FAILED
 
 
 def error_for(code: int, path: str) -> ZooKeeperError:
@@ -126,6 +158,14 @@ class _DroppedError(Exception):
 
 class _ExpiredError(Exception):
     """The server says the session has expired."""
+
+
+class _RefusedError(Exception):
+    """The server refused our credentials, or they cannot be used: final until they change."""
+
+
+class _MovingError(Exception):
+    """A read-write server answers while we read from a read-only one: move there."""
 
 
 # ------------------------------------------------------------------------ values
@@ -210,6 +250,53 @@ def parse_hosts(hosts: str) -> tuple[list[Server], str]:
     return servers, chroot
 
 
+class Credentials(NamedTuple):
+    """What a connection authenticates with. Secrets are never logged: `describe()` names
+    the methods and the user only."""
+
+    digest: tuple[str, str] | None = None  # AuthPacket (scheme, "user:password")
+    sasl: tuple[str, str] | None = None  # SASL DIGEST-MD5 (user, password)
+    tls: ssl.SSLContext | None = None  # TLS to the (secure) client port
+    server_name: str | None = None  # the name the servers' certificates must carry
+
+    def describe(self) -> str:
+        parts = []
+        if self.tls is not None:
+            parts.append("TLS")
+        if self.sasl is not None:
+            parts.append(f"SASL DIGEST-MD5 as {self.sasl[0]}")
+        if self.digest is not None:
+            parts.append(f"{self.digest[0]} auth as {self.digest[1].partition(':')[0]}")
+        return ", ".join(parts) or "no credentials"
+
+
+NO_CREDENTIALS = Credentials()
+
+
+class CredentialSource(Protocol):
+    """Credentials read from files that may change (rotated certificates, a new password)."""
+
+    def load(self) -> Credentials:
+        """The credentials to connect with now; raise (OSError, ValueError, ssl.SSLError)
+        if there are none that can be used."""
+
+    def version(self) -> Hashable:
+        """Changes when a file the credentials come from changes."""
+
+
+class _Fixed:
+    """Credentials that never change."""
+
+    def __init__(self, credentials: Credentials) -> None:
+        self._credentials = credentials
+
+    def load(self) -> Credentials:
+        return self._credentials
+
+    def version(self) -> Hashable:
+        return 0
+
+
 # ------------------------------------------------------------------------ client
 
 
@@ -217,18 +304,31 @@ class Connection:
     """A ZooKeeper session that reads with watches (the `ZkClient` protocol)."""
 
     def __init__(
-        self, hosts: str, session_timeout: float, auth: tuple[str, str] | None = None
+        self,
+        hosts: str,
+        session_timeout: float,
+        credentials: Credentials | CredentialSource = NO_CREDENTIALS,
+        *,
+        auth_retry: float = AUTH_RETRY,
+        shuffle: bool = True,
     ) -> None:
         self._servers, self._chroot = parse_hosts(hosts)
-        random.shuffle(self._servers)  # spreads clients over the ensemble
+        if shuffle:
+            random.shuffle(self._servers)  # spreads clients over the ensemble
         self._requested_ms = int(session_timeout * 1000)
-        self._auth = auth
+        self._credentials: CredentialSource = (
+            _Fixed(credentials) if isinstance(credentials, Credentials) else credentials
+        )
+        self._auth_retry = auth_retry
         self._listeners: list[StateListener] = []
         # guarded by _lock: whether reads may be queued, and the queue
         self._lock = threading.Lock()
         self._up = False
         self._queued: list[_Read] = []
         self._woken = False
+        # start() waits on it for a session or a refusal
+        self._outcome = threading.Condition()
+        self._refused = ""  # why the server refused our credentials ("" when it did not)
         # the client thread's own (start/stop only touch them while it is not running)
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
@@ -239,25 +339,40 @@ class Connection:
         self._last_zxid = 0
         self._xid = 0
         self._next_server = 0
-        self._in_flight: collections.deque[_Read] = collections.deque()
+        self._in_flight: collections.deque[tuple[int, _Read]] = collections.deque()
         self._data_watches: dict[str, list[Watch]] = {}
         self._exist_watches: dict[str, list[Watch]] = {}
         self._child_watches: dict[str, list[Watch]] = {}
+        self._tls: ssl.SSLContext | None = None  # the connection's, while it is up
+        self._probe_at = 0.0
+        self._probe_delay = PROBE_FIRST
+        self._probed = 0
+        # read by other threads for status and logs (each a single assignment)
         self.negotiated_timeout = 0.0
+        self.server = ""  # "host:port" of the server we are connected to, "" when none
+        self.read_only = False  # that server is a read-only one
+        self.last_error = ""  # what went wrong last (a server, the network, credentials)
 
     # ------------------------------------------------------------- lifecycle
 
     def start(self, timeout: float = 15.0) -> None:
-        """Connect (in the background from now on) and wait for a session; raise
-        ConnectTimeoutError, stopped again, if none comes within `timeout`."""
+        """Connect (in the background from now on) and wait for a session. Raises
+        AuthFailedError as soon as the server refuses our credentials, ConnectTimeoutError
+        if no session comes within `timeout`; either way the client keeps trying (as
+        described above) until stop()."""
         if self._thread is None or not self._thread.is_alive():
             self._stopping.clear()
             self._thread = threading.Thread(target=self._run, name="zookeeper", daemon=True)
             self._thread.start()
-        if not self._connected.wait(timeout):
-            self.stop()
-            names = ",".join(f"{s.host}:{s.port}" for s in self._servers)
-            raise ConnectTimeoutError(f"no ZooKeeper session from {names} within {timeout:g}s")
+        with self._outcome:
+            self._outcome.wait_for(lambda: self._connected.is_set() or self._refused, timeout)
+        if self._connected.is_set():
+            return
+        if self._refused:
+            raise AuthFailedError(self._refused)
+        names = ",".join(f"{s.host}:{s.port}" for s in self._servers)
+        why = f" (last error: {self.last_error})" if self.last_error else ""
+        raise ConnectTimeoutError(f"no ZooKeeper session from {names} within {timeout:g}s{why}")
 
     def stop(self) -> None:
         """Close the session and the thread; pending reads fail with ConnectionClosedError."""
@@ -324,27 +439,39 @@ class Connection:
         while not self._stopping.is_set():
             server = self._servers[self._next_server % len(self._servers)]
             self._next_server += 1
+            version = self._credentials.version()
             try:
                 sock = self._open(server)
             except _ExpiredError:
                 self._expire()
-                continue  # a new session, from the same server, at once
+                self._next_server -= 1  # a new session, from the same server, at once
+                continue
+            except _RefusedError as err:
+                self._refuse(server, str(err), version)
+                delay, tried = BACKOFF_FIRST, 0
+                continue
             except Exception as err:  # the server or the network; a bug is logged whole
                 if isinstance(err, OSError | jute.ProtocolError | _DroppedError):
                     log.debug("ZooKeeper %s:%s: %s", server.host, server.port, err)
                 else:
                     log.exception("connecting to ZooKeeper %s:%s failed", server.host, server.port)
+                self.last_error = f"{server.host}:{server.port}: {_describe(err)}"
                 tried += 1
                 if tried % len(self._servers) == 0:
                     self._stopping.wait(delay * random.uniform(0.5, 1.0))  # noqa: S311  # jitter
                     delay = min(delay * 2, BACKOFF_CAP)
                 continue
             delay, tried = BACKOFF_FIRST, 0
+            refused = ""
             try:
                 self._serve(sock)
                 reason = "client stopped"
+            except _MovingError as err:
+                reason = str(err)
+            except _RefusedError as err:
+                reason = refused = str(err)
             except (OSError, jute.ProtocolError, _DroppedError) as err:
-                reason = str(err) or type(err).__name__
+                reason = _describe(err)
             except Exception as err:  # a bug: never let it end the thread (and the registry)
                 log.exception("the ZooKeeper connection failed")
                 reason = f"{type(err).__name__}: {err}"
@@ -352,21 +479,56 @@ class Connection:
                 if self._stopping.is_set():
                     self._close_session(sock)
                 sock.close()
+            self.last_error = f"{server.host}:{server.port}: {reason}"
             self._disconnected(reason)
+            if refused:
+                self._refuse(server, refused, version)
         if self._session_id:
             self._session_id, self._password = 0, b""
             self._notify(LOST)
 
+    def _refuse(self, server: Server, reason: str, version: Hashable) -> None:
+        """The server refused our credentials: say so once, then wait until they change, or
+        `auth_retry` has passed, or stop(), without knocking again meanwhile."""
+        self.last_error = f"{server.host}:{server.port}: {reason}"
+        log.warning(
+            "ZooKeeper %s:%s refused our credentials: %s; trying again when they change or in %gs",
+            server.host,
+            server.port,
+            reason,
+            self._auth_retry,
+        )
+        with self._outcome:
+            self._refused = self.last_error
+            self._outcome.notify_all()
+        self._notify(AUTH_FAILED)
+        until = time.monotonic() + self._auth_retry
+        while not self._stopping.wait(min(CREDENTIALS_CHECK, self._auth_retry)):
+            if self._credentials.version() != version:
+                log.info("ZooKeeper credentials changed; connecting again")
+                break
+            if time.monotonic() >= until:
+                break
+        with self._outcome:
+            self._refused = ""
+        self._next_server -= 1  # the same server first: it is the one that refused
+
     def _open(self, server: Server) -> socket.socket:
-        """Connect, make or resume the session, send the auth: a socket ready for reads.
+        """Connect, make or resume the session, authenticate: a socket ready for reads.
         Waits at most the session timeout shared among the servers (as ZooKeeper's own
         client), in short steps, so that stop() is never kept waiting long."""
+        try:
+            credentials = self._credentials.load()
+        except (OSError, ValueError, ssl.SSLError) as err:
+            raise _RefusedError(f"the credentials cannot be used: {_describe(err)}") from err
         budget = max(self._requested_ms / 1000 / len(self._servers), 1.0)
         deadline = time.monotonic() + budget
         sock = socket.create_connection((server.host, server.port), timeout=min(budget, 5.0))
         try:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             sock.settimeout(HANDSHAKE_STEP)
+            if credentials.tls is not None:
+                sock = self._handshake_tls(sock, credentials, server, deadline)
             # The last zxid seen keeps a resumed session from going back in time on a
             # lagging server. A new session sends 0: a server that has seen less (an
             # ensemble rebuilt from empty disks) would otherwise refuse us forever, and the
@@ -374,10 +536,16 @@ class Connection:
             last_zxid = self._last_zxid if self._session_id else 0
             sock.sendall(
                 jute.connect_request(
-                    last_zxid, self._requested_ms, self._session_id, self._password
+                    last_zxid, self._requested_ms, self._session_id, self._password, True
                 )
             )
             body = self._receive_packet(sock, deadline)
+            if len(body) == _REPLY_SIZE and jute.Reader(body).reply().err == jute.NOT_READ_ONLY:
+                # a read-only server answers a new session with an error, not a session,
+                # unless it makes local ones
+                raise _DroppedError(
+                    "a read-only server that makes no sessions (it needs localSessionsEnabled=true)"
+                )
             session = jute.Reader(body).session()
             if session.timeout_ms <= 0:
                 raise _ExpiredError()
@@ -386,25 +554,109 @@ class Connection:
                 self._notify(LOST)
             self._session_id, self._password = session.session_id, session.password
             self.negotiated_timeout = session.timeout_ms / 1000
-            if self._auth is not None:
-                scheme, credential = self._auth
+            self._xid = 0
+            if credentials.sasl is not None:
+                self._authenticate_sasl(sock, credentials.sasl, deadline)
+            if credentials.digest is not None:
+                scheme, credential = credentials.digest
                 sock.sendall(jute.auth(scheme, credential.encode()))
+                reply = self._receive_reply(sock, jute.AUTH_XID, deadline)[0]
+                if reply.err != jute.OK:
+                    raise _RefusedError(f"{scheme} auth refused (ZooKeeper error {reply.err})")
             sock.setblocking(False)
         except BaseException:
             sock.close()
             raise
+        self._tls = credentials.tls
+        self.server = f"{server.host}:{server.port}"
+        self.read_only = session.read_only
+        self.last_error = ""
+        self._probe_delay = PROBE_FIRST
+        self._probe_at = time.monotonic() + PROBE_FIRST
         with self._lock:
             self._up = True
-        self._connected.set()
+        with self._outcome:
+            self._connected.set()
+            self._outcome.notify_all()
         log.info(
-            "ZooKeeper session 0x%x on %s:%s (timeout %gs)",
+            "ZooKeeper session 0x%x on %s:%s (timeout %gs%s%s)",
             self._session_id,
             server.host,
             server.port,
             self.negotiated_timeout,
+            f"; {credentials.describe()}" if credentials != NO_CREDENTIALS else "",
+            "; a read-only server" if session.read_only else "",
         )
-        self._notify(CONNECTED)
+        self._notify(READ_ONLY if session.read_only else CONNECTED)
         return sock
+
+    def _handshake_tls(
+        self, sock: socket.socket, credentials: Credentials, server: Server, deadline: float
+    ) -> ssl.SSLSocket:
+        assert credentials.tls is not None
+        tls = credentials.tls.wrap_socket(
+            sock,
+            server_hostname=credentials.server_name or server.host,
+            do_handshake_on_connect=False,
+        )
+        while True:
+            if self._stopping.is_set():
+                raise _DroppedError("stopped during the TLS handshake")
+            if time.monotonic() > deadline:
+                raise _DroppedError("no answer to the TLS handshake")
+            try:
+                tls.do_handshake()
+                return tls
+            except TimeoutError:
+                continue
+
+    def _authenticate_sasl(
+        self, sock: socket.socket, login: tuple[str, str], deadline: float
+    ) -> None:
+        """SASL DIGEST-MD5, as ZooKeeper's client runs it: an empty token first (the
+        mechanism has no initial response), the server's challenge answered, its proof
+        checked. A refusal is AUTH_FAILED (or "SASL required") and the server closes."""
+        user, password = login
+        digest = DigestMD5(user, password)
+        token = b""
+        try:
+            for step in range(3):
+                xid = self._next_xid()
+                sock.sendall(jute.sasl(xid, token))
+                reply, reader = self._receive_reply(sock, xid, deadline)
+                if reply.err in (jute.AUTH_FAILED, jute.SESSION_CLOSED_REQUIRE_SASL_AUTH):
+                    raise _RefusedError(f"SASL DIGEST-MD5 as {user} refused")
+                if reply.err != jute.OK:
+                    raise _RefusedError(f"SASL refused (ZooKeeper error {reply.err})")
+                answer = reader.buffer()
+                if step == 0:
+                    if not answer:
+                        raise _RefusedError(
+                            "the server offers no SASL (is SASLAuthenticationProvider set, "
+                            "with a JAAS Server section?)"
+                        )
+                    token = digest.respond(answer)
+                else:
+                    digest.verify(answer)
+                    return
+        except SaslError as err:
+            raise _RefusedError(f"SASL DIGEST-MD5 as {user}: {err}") from None
+
+    def _receive_reply(
+        self, sock: socket.socket, xid: int, deadline: float
+    ) -> tuple[jute.Reply, jute.Reader]:
+        """The answer to the one request in flight during the handshake."""
+        while True:
+            body = self._receive_packet(sock, deadline)
+            reader = jute.Reader(body)
+            reply = reader.reply()
+            if reply.xid == jute.PING_XID:
+                continue
+            if reply.xid != xid:
+                raise jute.ProtocolError(f"answer xid {reply.xid} to request xid {xid}")
+            if reply.zxid > 0:
+                self._last_zxid = reply.zxid
+            return reply, reader
 
     def _receive_packet(self, sock: socket.socket, deadline: float) -> bytes:
         """One framed packet, blocking in short steps (the handshake only)."""
@@ -436,8 +688,8 @@ class Connection:
         self._notify(LOST)
 
     def _serve(self, sock: socket.socket) -> None:
-        """Send what is queued, read what comes, ping; until the connection drops or the
-        client stops."""
+        """Send what is queued, read what comes, ping; on a read-only server, look for a
+        read-write one; until the connection drops or the client stops."""
         poller = select.poll()
         poller.register(self._wake_fd, select.POLLIN)
         fd = sock.fileno()
@@ -449,19 +701,15 @@ class Connection:
         heard = sent = now
         while not self._stopping.is_set():
             self._take_queued(outgoing)
-            if outgoing:
-                try:
-                    count = sock.send(outgoing)
-                except BlockingIOError:
-                    count = 0
-                if count:
-                    del outgoing[:count]
-                    sent = time.monotonic()
+            if outgoing and self._send(sock, outgoing):
+                sent = time.monotonic()
             poller.register(fd, select.POLLIN | (select.POLLOUT if outgoing else 0))
             now = time.monotonic()
             wait = heard + read_timeout - now
             if not outgoing:  # a ping is due only once what was queued has gone
                 wait = min(wait, sent + ping_after - now)
+            if self.read_only:
+                wait = min(wait, self._probe_at - now)
             ready = poller.poll(max(wait, 0) * 1000)
             now = time.monotonic()
             for ready_fd, events in ready:
@@ -475,6 +723,47 @@ class Connection:
                 raise _DroppedError(f"nothing heard for {now - heard:.1f}s")
             if now - sent >= ping_after and not outgoing:
                 outgoing += jute.ping()
+            if self.read_only and now >= self._probe_at:
+                self._probe(min(1.0, read_timeout / 4))
+
+    def _send(self, sock: socket.socket, outgoing: bytearray) -> bool:
+        """Write what the socket takes now; True if anything went."""
+        try:
+            if self._tls is None:
+                count = sock.send(outgoing)
+            else:
+                # A TLS write that would block must be retried with the same bytes first:
+                # `outgoing` only grows at its end until a write succeeds, so it is.
+                with memoryview(outgoing) as view:
+                    count = sock.send(view[:TLS_SEND])
+        except (BlockingIOError, ssl.SSLWantWriteError, ssl.SSLWantReadError):
+            return False
+        del outgoing[:count]
+        return count > 0
+
+    def _probe(self, timeout: float) -> None:
+        """On a read-only server: ask the next other server whether it is read-write (the
+        `isro` four-letter word); move there if it is. Backs off as ZooKeeper's client."""
+        self._probe_delay = min(self._probe_delay * 2, PROBE_CAP)
+        self._probe_at = time.monotonic() + self._probe_delay * random.uniform(0.75, 1.0)  # noqa: S311
+        others = [s for s in self._servers if f"{s.host}:{s.port}" != self.server]
+        if not others:
+            return
+        self._probed += 1
+        server = others[self._probed % len(others)]
+        try:
+            with socket.create_connection((server.host, server.port), timeout=timeout) as raw:
+                probe: socket.socket = raw
+                if self._tls is not None:
+                    probe = self._tls.wrap_socket(raw, server_hostname=server.host)
+                probe.sendall(b"isro")
+                answer = probe.recv(16)
+        except (OSError, ssl.SSLError) as err:
+            log.debug("isro %s:%s: %s", server.host, server.port, err)
+            return
+        if answer == b"rw":
+            self._next_server = self._servers.index(server)
+            raise _MovingError(f"{server.host}:{server.port} serves read-write again")
 
     def _drain_wake(self) -> None:
         with self._lock:
@@ -497,21 +786,29 @@ class Connection:
             xid = self._next_xid()
             path = chroot + read.path if read.path != "/" or not chroot else chroot
             outgoing += jute.request(xid, read.op, path, read.watch is not None)
-            self._in_flight.append(read)
+            self._in_flight.append((xid, read))
 
     def _receive(self, sock: socket.socket, incoming: bytearray) -> bool:
-        try:
-            data = sock.recv(RECEIVE_SIZE)
-        except BlockingIOError:
-            return False
-        if not data:
-            raise _DroppedError("the server closed the connection")
-        incoming += data
-        spans, end = jute.packets(incoming)
-        for start, stop in spans:
-            self._dispatch(incoming, start, stop)
-        del incoming[:end]
-        return True
+        """Read what has come (all of it: TLS may hold decrypted bytes the poll cannot see)
+        and handle every complete packet."""
+        got = False
+        while True:
+            try:
+                data = sock.recv(RECEIVE_SIZE)
+            except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError):
+                break
+            if not data:
+                raise _DroppedError("the server closed the connection")
+            incoming += data
+            got = True
+            if self._tls is None and len(data) < RECEIVE_SIZE:
+                break
+        if got:
+            spans, end = jute.packets(incoming)
+            for start, stop in spans:
+                self._dispatch(incoming, start, stop)
+            del incoming[:end]
+        return got
 
     def _dispatch(self, buffer: bytearray, start: int, stop: int) -> None:
         reader = jute.Reader(buffer, start, stop)
@@ -523,15 +820,21 @@ class Connection:
         if xid == jute.PING_XID:
             return
         if xid == jute.AUTH_XID:
-            if reply.err != jute.OK:
-                raise _DroppedError(f"ZooKeeper refused the {self._auth and self._auth[0]} auth")
-            return
+            raise jute.ProtocolError("an auth answer after the handshake")
         if reply.zxid > 0:
             self._last_zxid = reply.zxid
         if not self._in_flight:
             raise jute.ProtocolError(f"an answer (xid {xid}) to no request")
-        read = self._in_flight.popleft()
+        expected, read = self._in_flight.popleft()
+        if xid != expected:
+            # ZooKeeper answers a session's requests in order: this is a broken stream,
+            # not a late answer. Put it back: it fails with the connection.
+            self._in_flight.appendleft((expected, read))
+            raise jute.ProtocolError(f"answer xid {xid} where xid {expected} was due")
         err = reply.err
+        if err == jute.SESSION_CLOSED_REQUIRE_SASL_AUTH:
+            self._in_flight.appendleft((expected, read))
+            raise _RefusedError("the server requires SASL authentication")
         value: object = None
         if err == jute.OK:
             if read.op == jute.GET_CHILDREN2:
@@ -579,10 +882,13 @@ class Connection:
     def _disconnected(self, reason: str) -> None:
         """The connection is over: fail what was asked, drop every watch, tell."""
         self._connected.clear()
+        self.server = ""
+        self.read_only = False
+        self._tls = None
         with self._lock:
             self._up = False
             queued, self._queued = self._queued, []
-        failed = list(self._in_flight) + queued
+        failed = [read for _, read in self._in_flight] + queued
         self._in_flight.clear()
         stopping = self._stopping.is_set()
         for read in failed:
@@ -616,3 +922,21 @@ class Connection:
                 listener(state)
             except Exception:
                 log.exception("a ZooKeeper state listener failed")
+
+
+def _describe(err: BaseException) -> str:
+    """An error in words for the status page: the TLS library's reason where it has one."""
+    if isinstance(err, ssl.SSLCertVerificationError):
+        return f"TLS: certificate verify failed: {err.verify_message or err.reason}"
+    if isinstance(err, ssl.SSLError):
+        reason = err.reason or str(err)
+        if "ALERT" in reason and "CERTIFICATE" in reason:
+            return f"TLS: the server refused our client certificate ({reason})"
+        if "ALERT" in reason:
+            return f"TLS: the server ended the handshake ({reason})"
+        return f"TLS: {reason}"
+    if isinstance(err, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(err, TimeoutError):
+        return "timed out"
+    return str(err) or type(err).__name__

@@ -44,7 +44,11 @@ def parse_instance(data: bytes, default_protocol: str) -> CuratorInstance:
         if doc.get("port") is not None:
             endpoints += (Endpoint(default_protocol, _port(doc.get("port"), "port")),)
         if doc.get("sslPort") is not None:
-            endpoints += (Endpoint("https", _port(doc.get("sslPort"), "sslPort")),)
+            ssl_port = _port(doc.get("sslPort"), "sslPort")
+            # one number is one listener: an sslPort equal to the port is kept once (two
+            # ServiceEntry ports on one number are invalid: "port already defined")
+            if all(e.port != ssl_port for e in endpoints):
+                endpoints += (Endpoint("https", ssl_port),)
     if not endpoints:
         raise RecordError("bad-port", "instance has no port")
     return CuratorInstance(

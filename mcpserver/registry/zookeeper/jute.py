@@ -4,7 +4,8 @@ Pure encoding and decoding, no I/O, so the client (`connection.py`) is a loop ar
 and the codec is tested byte for byte. Every message is big-endian and framed by a 4-byte
 length. The records mirror ZooKeeper's `zookeeper.jute` (org.apache.zookeeper.proto):
 ConnectRequest/ConnectResponse, RequestHeader/ReplyHeader, GetDataRequest,
-GetChildren2Request, ExistsRequest (the same shape), AuthPacket, WatcherEvent and Stat.
+GetChildren2Request, ExistsRequest (the same shape), AuthPacket, GetSASLRequest and
+SetSASLResponse, WatcherEvent and Stat.
 Strings and buffers are a signed 4-byte length (-1 for null) and the bytes.
 """
 
@@ -19,6 +20,7 @@ GET_DATA = 4
 PING = 11
 GET_CHILDREN2 = 12
 AUTH = 100
+SASL = 102
 CLOSE_SESSION = -11
 
 # reserved xids (org.apache.zookeeper.ClientCnxn)
@@ -32,8 +34,10 @@ CONNECTION_LOSS = -4
 MARSHALLING_ERROR = -5
 NO_NODE = -101
 NO_AUTH = -102
+NOT_READ_ONLY = -119  # a write (or a global session) asked of a read-only server
 SESSION_EXPIRED = -112
 AUTH_FAILED = -115
+SESSION_CLOSED_REQUIRE_SASL_AUTH = -124
 
 # Watcher.Event.EventType
 EVENT_NONE = -1
@@ -75,11 +79,13 @@ class Stat(NamedTuple):
 
 class Session(NamedTuple):
     """What ConnectResponse grants: a negotiated timeout of 0 means the session asked
-    for has expired."""
+    for has expired. `read_only`: the server is a read-only one (its ensemble has lost its
+    quorum); servers before 3.4 leave the flag out."""
 
     timeout_ms: int
     session_id: int
     password: bytes
+    read_only: bool = False
 
 
 class Reply(NamedTuple):
@@ -107,10 +113,13 @@ def frame(body: bytes) -> bytes:
     return _INT.pack(len(body)) + body
 
 
-def connect_request(last_zxid: int, timeout_ms: int, session_id: int, password: bytes) -> bytes:
-    """The framed ConnectRequest (protocol version 0, not read-only)."""
+def connect_request(
+    last_zxid: int, timeout_ms: int, session_id: int, password: bytes, read_only: bool = False
+) -> bytes:
+    """The framed ConnectRequest (protocol version 0); `read_only` says a read-only server
+    will do (ZooKeeper's `canBeReadOnly`)."""
     head = _CONNECT_HEAD.pack(0, last_zxid, timeout_ms, session_id)
-    return frame(head + _string(password or bytes(16)) + b"\x00")
+    return frame(head + _string(password or bytes(16)) + bytes([read_only]))
 
 
 def request(xid: int, op: int, path: str, watch: bool) -> bytes:
@@ -124,6 +133,12 @@ def ping() -> bytes:
 
 def close_session(xid: int) -> bytes:
     return frame(_INT.pack(xid) + _INT.pack(CLOSE_SESSION))
+
+
+def sasl(xid: int, token: bytes) -> bytes:
+    """GetSASLRequest: one SASL token, under an ordinary xid (as ZooKeeper's client sends
+    them, before any other request)."""
+    return frame(_INT.pack(xid) + _INT.pack(SASL) + _string(token))
 
 
 def auth(scheme: str, credential: bytes) -> bytes:
@@ -189,7 +204,9 @@ class Reader:
         _version, timeout, session_id = _CONNECTED_HEAD.unpack_from(
             self._data, self._take(_CONNECTED_HEAD.size)
         )
-        return Session(timeout, session_id, self.buffer())
+        password = self.buffer()
+        read_only = self._pos < self._end and self._data[self._take(1)] != 0
+        return Session(timeout, session_id, password, read_only)
 
     def event(self) -> Event:
         return Event(self.int(), self.int(), self.string())

@@ -23,6 +23,15 @@ held, while providers whose sessions expired with ours create their nodes again.
 A node we may not read (its ACL, our credentials) is DEGRADED with the path in the detail,
 counted in `mcpserver_registry_errors_total{kind="noauth"}` and retried with backoff until
 it reads; what was read before stays served.
+
+Credentials the servers refuse (SASL, a server that requires it) are not knocked with again
+at once: the client waits until a credential or TLS file changes, or `auth_retry`
+(AUTH_FAILED: DEGRADED, `mcpserver_registry_errors_total{kind="auth-failed"}`). A read-only
+server (its ensemble lost its quorum) lists a registry that has no view yet, so a replica
+started during the outage serves what the ensemble held; a registry that has a view keeps
+it and reads nothing from a read-only server (its data may be older than ours, and nothing
+changes there), until the client finds a read-write server again and the tree is re-read
+(a recovery, as any reconnect).
 """
 
 from __future__ import annotations
@@ -32,26 +41,35 @@ import contextlib
 import logging
 from collections.abc import Mapping
 
+from mcpserver.config import format_duration
 from mcpserver.metrics import Metrics
 from mcpserver.registry.base import Change, Registry, Status, backoff
+from mcpserver.registry.labels import LabelFilter
 from mcpserver.registry.zookeeper.assembly import EMPTY, Assembly, assemble
 from mcpserver.registry.zookeeper.client import (
+    AUTH_FAILED,
     CLIENT_ERRORS,
     CONNECTED,
     LOST,
+    READ_ONLY,
     SUSPENDED,
+    is_auth_failed,
     new_client,
 )
 from mcpserver.registry.zookeeper.config import ZooKeeperRegistrySettings
+from mcpserver.registry.zookeeper.credentials import SettingsCredentials
 from mcpserver.registry.zookeeper.mirror import Mirror, ReadFailure
 from mcpserver.registry.zookeeper.services import ZkOptions
 
 log = logging.getLogger("mcpserver.registry.zookeeper")
 
-CONNECTION_DETAILS = {
-    SUSPENDED: "connection suspended; serving the last known view",
-    LOST: "session lost; serving the last known view until re-listed",
+ERROR_KINDS = {
+    SUSPENDED: "suspended",
+    LOST: "lost",
+    AUTH_FAILED: "auth-failed",
+    READ_ONLY: "read-only",
 }
+"""Connection states counted in mcpserver_registry_errors_total{kind}."""
 CONNECT_RETRY_CAP = 10.0  # seconds between attempts to reach an unreachable ensemble, at most
 READ_RETRY_CAP = 30.0  # ... and between attempts to read a node we may not read
 SHOWN_PATHS = 3  # unreadable paths named in the detail; the rest are counted
@@ -77,12 +95,13 @@ class ZooKeeperRegistry(Registry):
             endpoints_mode=settings.endpoints,
             default_protocol=settings.default_protocol,
             keep_when_empty=settings.keep_when_empty,
+            labels=LabelFilter(settings.name, settings.labels, metrics),
         )
-        auth = settings.auth
         self._client = new_client(
             settings.hosts,
             settings.session_timeout,
-            (auth.scheme, auth.credential.resolve(env)) if auth else None,
+            SettingsCredentials(settings, env),
+            settings.auth_retry,
         )
         self._mirror = Mirror(
             self._client,
@@ -99,7 +118,8 @@ class ZooKeeperRegistry(Registry):
         self._states: asyncio.Queue[str] = asyncio.Queue()  # from the client's thread
         self._assembly: Assembly = EMPTY
         self._synced = False
-        self._connection_problem = ""
+        self._connection_problem = ""  # from the client's state
+        self._start_problem = ""  # the first connection has not come yet
         self._unreadable: tuple[ReadFailure, ...] = ()
         self._lost = False  # reads cut off by a lost connection wait for a re-read
         self._retry_now = False
@@ -107,6 +127,7 @@ class ZooKeeperRegistry(Registry):
         self._session_lost = False  # LOST since the last CONNECTED
         self._relist_now = False  # reconnected: read the whole tree again
         self._crashed = False  # the watch task failed and waits for its restart
+        self._hold_reads = False  # on a read-only server with a view to keep: read nothing
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -116,6 +137,10 @@ class ZooKeeperRegistry(Registry):
         self.set_status(Status.STARTING, "connecting")
         self.spawn("connection", self._follow_connection)
         self.spawn("watch", self._watch)
+
+    def server(self) -> str:
+        """host:port of the ZooKeeper server the client is connected to ("" when none)."""
+        return self._client.server
 
     async def close(self) -> None:
         self._mirror.close()
@@ -145,18 +170,22 @@ class ZooKeeperRegistry(Registry):
     # ---------------------------------------------------------------- the loop
 
     async def _follow_connection(self) -> None:
-        """SUSPENDED and LOST degrade (and count); CONNECTED recovers, and after a loss
-        re-reads the whole tree and retries what could not be read, at once."""
+        """SUSPENDED, LOST and AUTH_FAILED degrade (and count); CONNECTED recovers, and
+        after a loss re-reads the whole tree and retries what could not be read, at once.
+        READ_ONLY degrades, and reads only for a registry that has no view yet."""
         while True:
             state = await self._states.get()
-            if state in CONNECTION_DETAILS:
-                self._metrics.registry_errors.labels(self.name, state.lower()).inc()
-                self._connection_problem = CONNECTION_DETAILS[state]
+            if state in ERROR_KINDS:
+                self._metrics.registry_errors.labels(self.name, ERROR_KINDS[state]).inc()
+            connected = state == CONNECTED or (state == READ_ONLY and not self._synced)
+            self._hold_reads = state == READ_ONLY and not connected
+            if state in (SUSPENDED, LOST, AUTH_FAILED) or self._hold_reads:
+                self._connection_problem = self._describe_state(state)
                 self._disconnected = True
                 self._session_lost = self._session_lost or state == LOST
-            elif state == CONNECTED:
-                self._connection_problem = ""
-                if self._disconnected:
+            elif connected:
+                self._connection_problem = self._describe_state(state) if state == READ_ONLY else ""
+                if self._disconnected and state == CONNECTED:
                     # before the re-read publishes: providers whose sessions expired with
                     # ours (a partition) re-create their nodes only once they reconnect
                     self.came_back(
@@ -170,6 +199,30 @@ class ZooKeeperRegistry(Registry):
                 self._retry_now = True
                 self._wakeup.set()
             self._update_status()
+
+    def _describe_state(self, state: str) -> str:
+        client = self._client
+        why = client.last_error
+        if state == SUSPENDED:
+            return f"connection suspended ({why or 'lost'}); {self.keeping()}"
+        if state == LOST:
+            return "session lost; serving the last known view until re-listed"
+        if state == AUTH_FAILED:
+            retry = format_duration(self._settings.auth_retry)
+            return (
+                f"authentication refused: {why}; tried again when a credential or TLS file "
+                f"changes, or in {retry}; {self.keeping()}"
+            )
+        # READ_ONLY
+        server = client.server or "a server"
+        if self._hold_reads:
+            what = "serving the last known view (reading nothing from it)"
+        else:
+            what = "listing what it holds"
+        return (
+            f"connected to a read-only ZooKeeper server {server} (its ensemble has lost its "
+            f"quorum): {what}; looking for a read-write server"
+        )
 
     async def _watch(self) -> None:
         try:
@@ -201,7 +254,7 @@ class ZooKeeperRegistry(Registry):
             if (rest := rest_until - loop.time()) > 0:
                 await asyncio.sleep(rest)
             self._wakeup.clear()
-            if self._relist_now:
+            if self._relist_now and not self._hold_reads:
                 self._relist_now = False
                 await asyncio.to_thread(self._mirror.relist)
             began = loop.time()
@@ -220,7 +273,8 @@ class ZooKeeperRegistry(Registry):
             timeout = None if retry_at is None else max(0.0, retry_at - loop.time())
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), timeout)
-            if retry_at is not None and (self._retry_now or loop.time() >= retry_at):
+            due = retry_at is not None and (self._retry_now or loop.time() >= retry_at)
+            if due and not self._hold_reads:
                 # a reconnect is a good moment: ZooKeeper answers again, start over
                 attempt = 0 if self._retry_now else attempt + 1
                 retry_at = None
@@ -235,11 +289,14 @@ class ZooKeeperRegistry(Registry):
                 await asyncio.to_thread(self._client.start, self._settings.connect_timeout)
                 break
             except CLIENT_ERRORS as err:
-                self._connection_problem = f"cannot connect to {self._settings.hosts}: {err}"
-                self._update_status()
+                # a refusal is shown as the client's AUTH_FAILED state says (the client
+                # waits for new credentials by itself); anything else is said here
+                if not is_auth_failed(err):
+                    self._start_problem = f"cannot connect to {self._settings.hosts}: {err}"
+                    self._update_status()
                 await asyncio.sleep(backoff(attempt, cap=CONNECT_RETRY_CAP))
                 attempt += 1
-        self._connection_problem = ""
+        self._start_problem = ""
         self._update_status()
 
     async def _refresh(self) -> int:
@@ -296,7 +353,7 @@ class ZooKeeperRegistry(Registry):
     def _update_status(self) -> None:
         if self._crashed:
             return  # the supervisor's detail stands until the restart
-        problem = self._connection_problem or self._unreadable_detail()
+        problem = self._connection_problem or self._start_problem or self._unreadable_detail()
         if problem:
             self.degrade(problem)
         else:
