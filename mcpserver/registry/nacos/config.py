@@ -53,9 +53,6 @@ class NacosRegistrySettings(RegistrySettings):
     host_template: str = "{service}.{group}.{namespace}.nacos"
     host_metadata: str = "istio.hostname"  # an instance's own host, as Nacos' Istio module
 
-    def source(self) -> str:
-        return self.address
-
     default_protocol: str = "http"  # when no `protocol` metadata says otherwise
     include_unhealthy: bool = False
     # Dubbo on Nacos: `providers:<interface>:<version>:<group>` services and Dubbo 3
@@ -137,6 +134,9 @@ class NacosRegistrySettings(RegistrySettings):
         if self.tls is not None and not all(u.startswith("https://") for u in self.servers()):
             raise ValueError("tls is set but an address is http://; use https://HOST:8848")
         return self
+
+    def source(self) -> str:
+        return ", ".join(self.servers())
 
     def servers(self) -> list[str]:
         """The HTTP base URLs of every server, in the order given."""
