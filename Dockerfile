@@ -50,7 +50,7 @@ EXPOSE 15051/tcp 15052/tcp
 # admin port the server was told (`-e MCPSERVER_SERVER__ADMIN=0.0.0.0:PORT` moves both)
 HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
   CMD ["/opt/mcpserver/bin/python", "-c", "import os, urllib.request; port = os.environ.get('MCPSERVER_SERVER__ADMIN', ':15052').rpartition(':')[2]; urllib.request.urlopen(f'http://127.0.0.1:{port}/healthz', timeout=2)"]
-# mcpserver is PID 1 and handles SIGTERM itself (drain, then stop: README "Deploy")
+# mcpserver is PID 1 and handles SIGTERM itself (drain, then stop: docs/deployment.md "Deploy")
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["/opt/mcpserver/bin/mcpserver"]
 CMD ["serve", "--config", "/etc/mcpserver/config.yaml"]

@@ -169,7 +169,7 @@ class ClientTLSSettings(Frozen):
 
 
 class LabelSettings(Frozen):
-    """Which registry metadata become endpoint labels (README "Endpoint labels")."""
+    """Which registry metadata become endpoint labels (docs/configuration.md "Endpoint labels")."""
 
     # glob patterns of label keys (as they appear on the endpoint); ["*"]: every key
     allow: list[str] = Field(default_factory=lambda: ["*"])

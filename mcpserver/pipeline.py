@@ -5,7 +5,7 @@ when the service is unchanged (identity first, then equality), so a rebuild re-e
 changed services; joining the full set per type is the one O(all) step, as state of the
 world requires.
 
-What istiod holds is protected at every step (README "What mcpserver does when things go
+What istiod holds is protected at every step (docs/operations.md "What mcpserver does when things go
 wrong"): the first snapshot waits for every registry (answering istiod from a half-filled
 store would delete what it holds: pkg/adsc/adsc.go handleMCP replaces the whole set); a
 registry update that removes everything, or most instances at once, is held (protection.py);

@@ -132,7 +132,7 @@ class Grace:
 
 
 class Release(Enum):
-    """How a hold ended: each is said differently to operators (README "Logs")."""
+    """How a hold ended: each is said differently to operators (docs/operations.md "Logs")."""
 
     APPLIED = "applied"
     """The removal persisted for `hold_for`: it is served now."""

@@ -194,14 +194,14 @@ def _grace_durations(value: object) -> object:
 
 
 class ProtectionSettings(Frozen):
-    """Protection against mass removal (README "What mcpserver does when things go wrong")."""
+    """Protection against mass removal (docs/operations.md "What mcpserver does when things go wrong")."""
 
     max_removed_share: float = Field(default=0.5, gt=0, le=1)
     min_instances: int = Field(default=5, ge=1)
     hold_empty: bool = True
     hold_for: Annotated[Duration | None, WithJsonSchema(NEVER_SCHEMA)] = 180.0
     release_share: float = Field(default=0.1, ge=0, le=1)
-    # Removals add up over this long (README "What mcpserver does when things go wrong"):
+    # Removals add up over this long (docs/operations.md "What mcpserver does when things go wrong"):
     # a loss that arrives in slices (Eureka's eviction runs, ZooKeeper sessions expiring one
     # by one) is judged as one. 1m: longer than the spread of one fault's slices in the
     # registries we watch (ZooKeeper caps session timeouts at 40 s by default; Nacos marks a
@@ -212,7 +212,7 @@ class ProtectionSettings(Frozen):
     # After a registry's source came back (a reconnect, a server restart, a new session),
     # every removal is held this long while its clients register again: one duration for
     # every kind, or per kind ({eureka: 2m}); a kind not named keeps its own default (the
-    # kind table's recovery_grace, README says why each is what it is).
+    # kind table's recovery_grace, docs/configuration.md says why each is what it is).
     recovery_grace: Annotated[
         float | dict[str, float] | None,
         BeforeValidator(_grace_durations),
@@ -272,7 +272,7 @@ class ProtectionSettings(Frozen):
 
 
 class PeersSettings(Frozen):
-    """The other replicas (README "Several replicas"): a starting replica takes what they
+    """The other replicas (docs/deployment.md "Several replicas"): a starting replica takes what they
     accepted as its own reference, and a confirmation reaches each of them."""
 
     # Their admin ports, HOST:PORT; a host that resolves to several addresses names each of
@@ -327,7 +327,7 @@ class Settings(Frozen):
     protection: ProtectionSettings = ProtectionSettings()
     shutdown: ShutdownSettings = ShutdownSettings()
     peers: Annotated[PeersSettings | None, WithJsonSchema(PEERS_SCHEMA)] = None
-    # Where each registry's protection memory is kept for the next run (README "Several
+    # Where each registry's protection memory is kept for the next run (docs/deployment.md "Several
     # replicas": a lone replica restarted during a refill holds as well); unset: nowhere.
     state_dir: ConfigPath | None = None
     # Its files are rewritten at most this often (the first change at once).

@@ -210,7 +210,7 @@ class Activity:
 
 @dataclass(frozen=True, slots=True)
 class HeldRemoval:
-    """A mass removal protection holds back (README "What mcpserver does when things go
+    """A mass removal protection holds back (docs/operations.md "What mcpserver does when things go
     wrong")."""
 
     reason: str

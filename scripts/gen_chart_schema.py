@@ -27,7 +27,7 @@ from mcpserver.settings import settings_model
 ROOT = Path(__file__).resolve().parent.parent
 SCHEMA = ROOT / "charts" / "mcpserver" / "values.schema.json"
 DESCRIPTION = (
-    "mcpserver's config file (README 'Configuration'), generated from its settings models "
+    "mcpserver's config file (docs/configuration.md), generated from its settings models "
     "(scripts/gen_chart_schema.py); server.listen and server.admin come from `service`"
 )
 

@@ -1,6 +1,6 @@
 """Combining several registries' services into one set, with one owner per name and host.
 
-Policy (README "Several registries"), chosen by the top-level `merge` setting:
+Policy (docs/configuration.md "Several registries"), chosen by the top-level `merge` setting:
 - `first` (default): registries are ranked in config order. A service whose resource name
   (`namespace/name`) or any host is already served by an earlier registry is withheld and
   reported as a problem. Nothing is merged silently, and istiod never sees two

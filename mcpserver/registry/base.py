@@ -428,5 +428,5 @@ class Kind(Generic[S]):
     offline: Callable[[S, RegistryContext], OfflineView] | None = None
     recovery_grace: float = 0.0
     """Seconds protection holds removals after the source came back (`Recovery`) by
-    default: how long this kind's clients take to register again (README "What mcpserver
+    default: how long this kind's clients take to register again (docs/operations.md "What mcpserver
     does when things go wrong" says why each kind's is what it is)."""

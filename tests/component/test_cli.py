@@ -64,7 +64,9 @@ def test_serve_with_bad_config_exits_2(tmp_path: Path) -> None:
 
 
 def readme_blocks(language: str) -> list[str]:
-    text = (ROOT / "README.md").read_text()
+    """The code blocks of README and the documents in docs/ (the config reference)."""
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    text = "\n".join(page.read_text() for page in pages)
     return re.findall(rf"```{language}\n(.*?)```", text, flags=re.S)
 
 

@@ -361,7 +361,7 @@ async def test_same_host_from_kubernetes_and_from_us(
     applied: list[str],
 ) -> None:
     """The same host from a ServiceEntry in the apiserver and from us: what istiod does, as
-    observed (README, "Run it in a cluster"), pinned so that a change in istiod shows."""
+    observed (docs/deployment.md "Run it in a cluster"), pinned so that a change in istiod shows."""
     static = tmp_path / "services.yaml"
     write_services(static, [service("web", "10.1.0.1", namespace=namespace)])
     app = await start_app(

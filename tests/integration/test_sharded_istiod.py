@@ -4,7 +4,7 @@
   exactly what an istiod reading the whole set holds: names, resourceVersions, creation
   times, labels and specs (VIPs included), from ZooKeeper, Consul and a static file at once;
   and a change to one service is sent on its shard's stream only.
-- Changing the shard count 1 -> 4 -> 1, as README "Sharded serving" orders it (mcpserver
+- Changing the shard count 1 -> 4 -> 1, as docs/deployment.md "Sharded serving" orders it (mcpserver
   restarted with each new config, istiods replaced by ones with the new configSources), never
   takes a host out of any istiod's store (sampled every 100 ms), and every istiod keeps
   receiving changes throughout.

@@ -57,7 +57,7 @@ grpc-s{{ $n }}-{{ $k }} {{ add $base (mul 100 $n) $k }}
 {{- end }}
 {{- end }}
 
-{{/* The configSources istiod needs for `shards` (NOTES.txt, README "Sharded serving"). */}}
+{{/* The configSources istiod needs for `shards` (NOTES.txt, docs/deployment.md "Sharded serving"). */}}
 {{- define "mcpserver.configSources" -}}
 {{- $host := printf "%s.%s.svc" (include "mcpserver.fullname" .) .Release.Namespace }}
 {{- $base := int .Values.service.grpcPort }}

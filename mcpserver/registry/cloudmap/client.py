@@ -2,7 +2,7 @@
 
 botocore is synchronous; each call runs in this registry's own ThreadPoolExecutor (at most
 `max_concurrency` threads, as many pooled HTTP connections), never in the event loop's default
-executor, which the rest of the server shares. Measured against aiobotocore (README,
+executor, which the rest of the server shares. Measured against aiobotocore (docs/design.md
 "Dependencies, chosen on purpose"): the same time per DiscoverInstances of 1,000 instances,
 half the import time and 14 MB less RSS, and no pin of botocore to one narrow release.
 

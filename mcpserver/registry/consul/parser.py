@@ -1,6 +1,6 @@
 """Pure conversion of Consul health entries (`/v1/health/service/<name>`) into Services.
 
-Mapping (README "Consul registry"): host from `host_template` (default
+Mapping (docs/configuration.md "Consul registry"): host from `host_template` (default
 `{service}.service.consul`; `{datacenter}` available); only instances whose checks all pass
 become endpoints (warning too with `include_warning`); `key=value` and `key|value` tags and
 service meta become sanitised labels; the datacenter is the locality's region and a `zone`

@@ -2,7 +2,7 @@
 Services, for every registry that carries them (ZooKeeper, Nacos): one mapping, so a Dubbo
 interface gets the same host, ports and labels whichever registry it was registered in.
 
-Naming rules (README "ZooKeeper registry", "Nacos registry"):
+Naming rules (docs/configuration.md "ZooKeeper registry", "Nacos registry"):
 - interface-level providers: host from `host_template` (default `{interface}`, lower-cased and
   DNS-1123 sanitised, e.g. `org.apache.dubbo.demo.demoservice`); resource name = host;
 - Curator/Dubbo 3 applications: host from `application_host_template` (default

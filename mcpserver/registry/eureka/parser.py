@@ -19,7 +19,7 @@ instances per status, statuses sorted by name, each written `STATUS_count_`: `DO
 So the mirror must hold instances of every status; which ones we serve is decided only when
 converting.
 
-Mapping (README "Eureka registry"):
+Mapping (docs/configuration.md "Eureka registry"):
 - only instances whose status is in `statuses` (default UP) are endpoints;
 - host from `host_template` (default `{app}.eureka`; `{vip}` renders one host per VIP of an
   instance's comma-separated `vipAddress`), lower-cased and DNS-1123 sanitised; one

@@ -6,7 +6,7 @@ The same JSON arrives from the gRPC API (a `SubscribeServiceResponse` or a
 enabled, ephemeral, clusterName, metadata, instanceId}]}`, so one parser serves both APIs and
 both give the same resources.
 
-Mapping (README "Nacos registry"):
+Mapping (docs/configuration.md "Nacos registry"):
 - only `healthy && enabled` instances are endpoints (`include_unhealthy` adds unhealthy ones;
   disabled ones never); ephemeral and persistent instances alike;
 - the host is `host_template` (default `{service}.{group}.{namespace}.nacos`) sanitised to

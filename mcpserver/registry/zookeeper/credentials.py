@@ -8,7 +8,7 @@ client certificate is used from the next connection, and a client refused by the
 tries again as soon as the password file or a TLS file changes. A set of files that cannot
 be used (a half-written key, a certificate that does not match it) is refused with one
 WARNING and the previous set stays in use, as the server's own TLS files are reloaded
-(README "TLS certificate rotation"); at the first load there is no previous set, and the
+(docs/operations.md "TLS certificate rotation"); at the first load there is no previous set, and the
 connection fails with the reason until the files are fixed.
 """
 

@@ -13,7 +13,7 @@ Three parts, split where the threads are:
   paths with backoff. Any unexpected exception in it is the supervisor's: logged, DEGRADED,
   restarted.
 
-Failure policy (README "ZooKeeper registry"): a suspended connection or lost session keeps the
+Failure policy (docs/configuration.md "ZooKeeper registry"): a suspended connection or lost session keeps the
 last view (DEGRADED); after the reconnect (same session or a new one) the mirror re-reads
 every node (the client drops all watches with the connection), which reconciles what changed
 meanwhile, so a session expiry removes only what is really gone. The reconnect is a
