@@ -194,14 +194,16 @@ def _grace_durations(value: object) -> object:
 
 
 class ProtectionSettings(Frozen):
-    """Protection against mass removal (docs/operations.md "What mcpserver does when things go wrong")."""
+    """Protection against mass removal (docs/operations.md "What mcpserver does when things
+    go wrong")."""
 
     max_removed_share: float = Field(default=0.5, gt=0, le=1)
     min_instances: int = Field(default=5, ge=1)
     hold_empty: bool = True
     hold_for: Annotated[Duration | None, WithJsonSchema(NEVER_SCHEMA)] = 180.0
     release_share: float = Field(default=0.1, ge=0, le=1)
-    # Removals add up over this long (docs/operations.md "What mcpserver does when things go wrong"):
+    # Removals add up over this long (docs/operations.md "What mcpserver does when things go
+    # wrong"):
     # a loss that arrives in slices (Eureka's eviction runs, ZooKeeper sessions expiring one
     # by one) is judged as one. 1m: longer than the spread of one fault's slices in the
     # registries we watch (ZooKeeper caps session timeouts at 40 s by default; Nacos marks a
@@ -272,8 +274,8 @@ class ProtectionSettings(Frozen):
 
 
 class PeersSettings(Frozen):
-    """The other replicas (docs/deployment.md "Several replicas"): a starting replica takes what they
-    accepted as its own reference, and a confirmation reaches each of them."""
+    """The other replicas (docs/deployment.md "Several replicas"): a starting replica takes
+    what they accepted as its own reference, and a confirmation reaches each of them."""
 
     # Their admin ports, HOST:PORT; a host that resolves to several addresses names each of
     # them (one name for a headless Service is enough). This replica is skipped.

@@ -9,9 +9,9 @@ every istiod and every sidecar that reads the service. A rule bounds it per regi
 - `allow`: glob patterns of label keys (as they appear on the endpoint, after sanitising);
   `["*"]` by default, so nothing a DestinationRule may use today is dropped on upgrade;
 - `max_count`: labels from metadata per endpoint (32); past it, the keys Istio and routing
-  rely on (`PRIORITY`: `version`, `app`, Istio's own label keys, the Dubbo parameters docs/configuration.md
-  names, `zone`) go first, then the others in key order, so the cut is the same on every
-  replica;
+  rely on (`PRIORITY`: `version`, `app`, Istio's own label keys, the Dubbo parameters
+  docs/configuration.md names, `zone`) go first, then the others in key order, so the cut is
+  the same on every replica;
 - `max_size`: a key name or value longer than this (63, Kubernetes' own limit) is dropped,
   not cut and hashed into a value nobody wrote.
 
@@ -47,7 +47,8 @@ PRIORITY = (
     "zone",
 )
 """Kept ahead of other keys when an endpoint has more than `max_count`: what Istio reads
-(telemetry's app/version, mTLS mode, locality, network) and what docs/configuration.md's examples route by."""
+(telemetry's app/version, mTLS mode, locality, network) and what docs/configuration.md's
+examples route by."""
 _RANK = {key: rank for rank, key in enumerate(PRIORITY)}
 
 NOT_ALLOWED = "not-allowed"

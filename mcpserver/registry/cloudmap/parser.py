@@ -1,8 +1,8 @@
 """Pure conversion of Cloud Map DiscoverInstances answers into Services (no I/O).
 
-Mapping (docs/configuration.md "AWS Cloud Map registry"): one ServiceEntry per Cloud Map service, its host
-from `host_template` (default `{service}.{namespace}`, which for a DNS namespace is the name
-Cloud Map itself serves), sanitised to DNS-1123. An instance's address is `AWS_INSTANCE_IPV4`,
+Mapping (docs/configuration.md "AWS Cloud Map registry"): one ServiceEntry per Cloud Map
+service, its host from `host_template` (default `{service}.{namespace}`, which for a DNS
+namespace is the name Cloud Map itself serves), sanitised to DNS-1123. An instance's address is `AWS_INSTANCE_IPV4`,
 else `AWS_INSTANCE_IPV6`, else `AWS_INSTANCE_CNAME` (a host name: the service then resolves
 by DNS); its port the `port_attribute` attribute, else `AWS_INSTANCE_PORT`, else
 `default_port`; its protocol the `protocol_attribute` attribute, else `default_protocol`.
