@@ -2,15 +2,16 @@
 
 Mapping (docs/configuration.md "AWS Cloud Map registry"): one ServiceEntry per Cloud Map
 service, its host from `host_template` (default `{service}.{namespace}`, which for a DNS
-namespace is the name Cloud Map itself serves), sanitised to DNS-1123. An instance's address is `AWS_INSTANCE_IPV4`,
-else `AWS_INSTANCE_IPV6`, else `AWS_INSTANCE_CNAME` (a host name: the service then resolves
-by DNS); its port the `port_attribute` attribute, else `AWS_INSTANCE_PORT`, else
-`default_port`; its protocol the `protocol_attribute` attribute, else `default_protocol`.
-Other custom attributes become sanitised endpoint labels; `AVAILABILITY_ZONE` (and `REGION`,
-which ECS registers) the locality. Only HEALTHY instances are served, and UNKNOWN ones (no
-health check) with `include_unknown`. The service port is the port most instances use; an
-instance on another port keeps it through the endpoint's `ports`. The creation time is the
-service's CreateDate, a stable AWS fact, so VIPs agree across replicas and restarts.
+namespace is the name Cloud Map itself serves), sanitised to DNS-1123. An instance's address
+is `AWS_INSTANCE_IPV4`, else `AWS_INSTANCE_IPV6`, else `AWS_INSTANCE_CNAME` (a host name:
+the service then resolves by DNS); its port the `port_attribute` attribute, else
+`AWS_INSTANCE_PORT`, else `default_port`; its protocol the `protocol_attribute` attribute,
+else `default_protocol`. Other custom attributes become sanitised endpoint labels;
+`AVAILABILITY_ZONE` (and `REGION`, which ECS registers) the locality. Only HEALTHY instances
+are served, and UNKNOWN ones (no health check) with `include_unknown`. The service port is
+the port most instances use; an instance on another port keeps it through the endpoint's
+`ports`. The creation time is the service's CreateDate, a stable AWS fact, so VIPs agree
+across replicas and restarts.
 """
 
 from __future__ import annotations

@@ -15,10 +15,11 @@ Three parts, split where the threads are:
 
 Failure policy (docs/configuration.md "ZooKeeper registry"): a suspended connection or lost
 session keeps the last view (DEGRADED); after the reconnect (same session or a new one) the
-mirror re-reads every node (the client drops all watches with the connection), which reconciles what changed
-meanwhile, so a session expiry removes only what is really gone. The reconnect is a
-recovery (`Registry.came_back`): for `protection.recovery_grace` what the re-read lacks is
-held, while providers whose sessions expired with ours create their nodes again.
+mirror re-reads every node (the client drops all watches with the connection), which
+reconciles what changed meanwhile, so a session expiry removes only what is really gone. The
+reconnect is a recovery (`Registry.came_back`): for `protection.recovery_grace` what the
+re-read lacks is held, while providers whose sessions expired with ours create their nodes
+again.
 
 A node we may not read (its ACL, our credentials) is DEGRADED with the path in the detail,
 counted in `mcpserver_registry_errors_total{kind="noauth"}` and retried with backoff until
