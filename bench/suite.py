@@ -7,12 +7,16 @@ Parts (each alone with --parts; letters or names):
                    JSON) and ZooKeeper, vs CSafeLoader parse / json.loads / async kazoo
                    walk, each + a bare protobuf build of the same ServiceEntries
   e memory         peak RSS of those same server runs vs the bare build's
-  b change_latency one provider added/removed, debounce 0, vs kazoo's own watch on the write
+  b change_latency one provider added/removed, debounce 0, vs kazoo's own watch on the write;
+                   unsharded and with 16 shards (the probe reading the service's shard)
   c churn          1,000 writes/s for N seconds: lag p50/p99 and exact final equality, vs a
                    kazoo watcher on the same writes
   d fanout         1/8/32 clients take a new 10k set, vs a bare grpc.aio server, same bytes
   f istiod_cpu     real istiod's CPU for a push where one of 10k changed, our versions vs
-                   every version changed
+                   every version changed; and istiod reading 1, 4 and 16 shards: CPU and
+                   bytes per one-service change
+  g istiod_churn   churn with the real istiod consuming, 1 and 16 shards, uniform and a
+                   rolling restart: istiod CPU-s per second, lag to a sidecar's endpoints
 
 Writes results.json (every figure with its baseline, the machine, the configuration), the PNG
 plots and README.md (the table) into --out. A part given alone is merged into an existing
@@ -41,9 +45,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from bench import churn, coldstart, fanout, istiodcpu, latency
+from bench import churn, coldstart, fanout, istiodchurn, istiodcpu, latency
 from bench.coldstart import SOURCES
-from bench.context import Bench, SuiteConfig
+from bench.context import Bench, SkipPart, SuiteConfig
 from bench.machine import REPO, describe, pin_code
 from bench.plots import draw
 
@@ -54,6 +58,7 @@ PARTS: dict[str, str] = {
     "c": "churn",
     "d": "fanout",
     "f": "istiod_cpu",
+    "g": "istiod_churn",
 }
 ORDER = list(PARTS.values())
 
@@ -83,6 +88,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--clients", type=_ints, help="fan-out client counts, e.g. 1,8,32")
     parser.add_argument("--fanout-rounds", type=int)
     parser.add_argument("--istiod-pushes", type=int)
+    parser.add_argument(
+        "--shards",
+        type=_ints,
+        help="shard counts for parts b, f and g, e.g. 1,16 (f: at most two above 1)",
+    )
+    parser.add_argument("--istiod-shard-pushes", type=int, help="part f: pushes per layout")
+    parser.add_argument("--istiod-churn-scales", type=_ints, help="part g: services, e.g. 30000")
+    parser.add_argument("--istiod-churn-seconds", type=float)
+    parser.add_argument("--churn-patterns", help="part g: comma list of uniform,rolling")
+    parser.add_argument("--rolling-services", type=int, help="rolling restart: services at once")
+    parser.add_argument(
+        "--istiod-profile", type=float, help="part g: seconds of istiod CPU profile per pass"
+    )
     parser.add_argument("--deadline", type=float, help="seconds any one wait may take")
     return parser.parse_args(argv)
 
@@ -102,6 +120,15 @@ def configure(args: argparse.Namespace) -> SuiteConfig:
         "fanout_clients": args.clients,
         "fanout_rounds": args.fanout_rounds,
         "istiod_pushes": args.istiod_pushes,
+        "latency_shards": args.shards,
+        "istiod_shards": args.shards,
+        "istiod_churn_shards": args.shards,
+        "istiod_shard_pushes": args.istiod_shard_pushes,
+        "istiod_churn_scales": args.istiod_churn_scales,
+        "istiod_churn_seconds": args.istiod_churn_seconds,
+        "churn_patterns": tuple(args.churn_patterns.split(",")) if args.churn_patterns else None,
+        "rolling_services": args.rolling_services,
+        "istiod_profile_seconds": args.istiod_profile,
         "deadline": args.deadline,
     }
     return replace(config, **{k: v for k, v in overrides.items() if v is not None})
@@ -126,6 +153,7 @@ async def run_parts(bench: Bench, parts: list[str]) -> dict[str, Any]:
         "churn": churn.run,
         "fanout": fanout.run,
         "istiod_cpu": istiodcpu.run,
+        "istiod_churn": istiodchurn.run,
     }
     try:
         for part in parts:
@@ -139,6 +167,8 @@ async def run_parts(bench: Bench, parts: list[str]) -> dict[str, Any]:
                     result = coldstart.memory(cold)
                 else:
                     result = await runners[part](bench)
+            except SkipPart as skipped:
+                result = {"skipped": str(skipped)}
             except Exception:
                 result = {"error": traceback.format_exc()}
                 bench.log(f"part {part} failed:\n{result['error']}")
@@ -202,6 +232,19 @@ def summarize(parts: dict[str, Any]) -> list[dict[str, Any]]:
                 change["target"]["met"],
             )
         )
+    for shards, entry in sorted(change.get("shards", {}).items(), key=lambda kv: int(kv[0])):
+        ours, kazoo = entry["all"]["ours"], entry["all"]["kazoo_watch"]
+        rows.append(
+            _row(
+                f"(b) change latency, {change['services']:,} services, debounce 0, {shards} shards",
+                f"p50 {_ms(ours['p50'])}, p99 {_ms(ours['p99'])} (from the ack; "
+                f"p99 {_ms(entry['all']['ours_from_write']['p99'])} from the write call)",
+                f"kazoo watch p50 {_ms(kazoo['p50'])}, p99 {_ms(kazoo['p99'])} "
+                "(from the write call)",
+                "p99 <= 2x kazoo p99 + 10 ms",
+                entry["target"]["met"],
+            )
+        )
     for debounce, run in parts.get("churn", {}).get("runs", {}).items():
         lag, kazoo = run["lag"]["ours"], run["lag"]["kazoo_watch"]
         rate, seconds = run["rate_achieved"], run["seconds"]
@@ -242,6 +285,7 @@ def summarize(parts: dict[str, Any]) -> list[dict[str, Any]]:
                 None,
             )
         )
+    rows += sharded_rows(parts)
     for source, (label, _) in SOURCES.items():
         entry = cold.get(source, {}).get("50000")
         if entry:
@@ -258,10 +302,86 @@ def summarize(parts: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def sharded_rows(parts: dict[str, Any]) -> list[dict[str, Any]]:
+    """Issue 23's targets: istiod reading N shards (part f), churn with istiod (part g)."""
+    rows: list[dict[str, Any]] = []
+    sharded = parts.get("istiod_cpu", {}).get("sharded", {})
+    layouts = sharded.get("layouts", {})
+    one = layouts.get("1")
+    for shards, entry in sorted(layouts.items(), key=lambda kv: int(kv[0])):
+        if one is None or shards == "1":
+            continue
+        pushes = len(entry["pushes"])
+        rows.append(
+            _row(
+                f"(f) istiod CPU per one-change push, {sharded['services']:,} services, "
+                f"{shards} shards",
+                f"{entry['cpu_seconds_amortized']:.3f} s amortized over {pushes} pushes "
+                f"(median {entry['cpu_seconds_median']:.3f} s; {entry['go_collections']} Go "
+                f"collections) = {entry['cpu_ratio']:.3f}x",
+                f"{one['cpu_seconds_amortized']:.3f} s (median "
+                f"{one['cpu_seconds_median']:.3f} s; {one['go_collections']} collections), "
+                "istiod reading 1 source",
+                "<= 1/8 of N = 1" if shards == "16" else "report",
+                entry["cpu_ratio"] <= 1 / 8 if shards == "16" else None,
+            )
+        )
+        rows.append(
+            _row(
+                f"(f) bytes sent per one-service change, {shards} shards",
+                f"{entry['bytes_per_change'] / 1e3:,.0f} kB = {entry['bytes_ratio']:.3f}x",
+                f"{one['bytes_per_change'] / 1e3:,.0f} kB, 1 source",
+                "<= 1/10 of N = 1" if shards == "16" else "report",
+                entry["bytes_ratio"] <= 1 / 10 if shards == "16" else None,
+            )
+        )
+    churn = parts.get("istiod_churn", {}).get("scales", {})
+    for scale, entry in sorted(churn.items(), key=lambda kv: int(kv[0])):
+        layouts = entry["layouts"]
+        most = max(layouts, key=int)
+        for pattern, goal in entry["targets"].items():
+            run = layouts[most]["patterns"][pattern]
+            base = layouts.get("1", {}).get("patterns", {}).get(pattern)
+            what = f"{run['rate_achieved']:.0f}/s for {run['seconds']:.0f} s, {pattern}"
+            load = run["load_average"]["end"][0]
+            if "cpu" in goal and base is not None:
+                rows.append(
+                    _row(
+                        f"(c) istiod CPU under churn, {int(scale):,} services, {what}, "
+                        f"{most} shards",
+                        f"{run['istiod_cpu_per_second']:.2f} CPU-s/s = "
+                        f"{goal['cpu']['ratio']:.2f}x ({run['shards_changed_per_snapshot']:.1f}"
+                        f" shards changed per snapshot; load {load:.1f})",
+                        f"{base['istiod_cpu_per_second']:.2f} CPU-s/s, 1 source (load "
+                        f"{base['load_average']['end'][0]:.1f})",
+                        "<= 1/4 of N = 1",
+                        goal["cpu"]["met"],
+                    )
+                )
+            lag = run["lag"]
+            baseline = "-"
+            if base is not None and most != "1":
+                baseline = (
+                    f"1 source: p50 {base['lag']['p50']:.3f} s, p99 {base['lag']['p99']:.3f} s"
+                )
+            rows.append(
+                _row(
+                    f"(c) registry write -> sidecar endpoints from istiod, {int(scale):,} "
+                    f"services, {what}, {most} shards",
+                    f"p50 {lag['p50']:.3f} s, p99 {lag['p99']:.3f} s; final equal: "
+                    f"{run['final_equal']}",
+                    baseline,
+                    "p99 < 1 s",
+                    goal["end_to_end"]["met"],
+                )
+            )
+    return rows
+
+
 def markdown(results: dict[str, Any], images: list[Path]) -> str:
     m = results["machine"]
     lines = [
-        "# Benchmark results (issue 17)",
+        "# Benchmark results (issues 17 and 23)",
         "",
         "Generated by `make bench` (`python -m bench.suite`); every figure beside its baseline",
         "measured in the same run. Numbers: `results.json`.",
@@ -315,16 +435,22 @@ def _clean(value: Any) -> Any:
 
 def merge(previous: dict[str, Any], measured: dict[str, Any]) -> dict[str, Any]:
     """Parts measured now replace earlier ones; cold start and memory are merged per source
-    and scale, so one scale can be measured on its own (e.g. 50k, capped from the full run)."""
+    and scale, so one scale can be measured on its own (e.g. 50k, capped from the full run);
+    istiod churn per scale (a scale's shard counts and patterns always come from one run)."""
     parts = dict(previous)
     for name, part in measured.items():
         old = previous.get(name)
-        if name in ("cold_start", "memory") and old and "error" not in old and "error" not in part:
+        fine = old and "error" not in old and "error" not in part and "skipped" not in part
+        if name in ("cold_start", "memory") and fine:
+            assert old is not None
             merged = {**old, **part}
             for source in SOURCES:
                 if source in old and source in part:
                     merged[source] = {**old[source], **part[source]}
             parts[name] = merged
+        elif name == "istiod_churn" and fine and "scales" in (old or {}):
+            assert old is not None
+            parts[name] = {**old, **part, "scales": {**old["scales"], **part["scales"]}}
         else:
             parts[name] = part
     return parts
