@@ -90,15 +90,18 @@ async def write(
     directory: Path,
     seconds: float | None = None,
     pattern: str = "uniform",
+    rate: float | None = None,
 ) -> Any:
     """Run the writer (its own process: it holds the rate and stamps the acks) for
-    `seconds` (default: config.churn_seconds), in `pattern` (bench/zkwriter.py)."""
+    `seconds` at `rate` (defaults: config.churn_seconds, config.churn_rate), in `pattern`
+    (bench/zkwriter.py)."""
     config = bench.config
     seconds = config.churn_seconds if seconds is None else seconds
+    rate = config.churn_rate if rate is None else rate
     common = ["--hosts", bench.zookeeper.address, "--root", root]
     writer = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "bench.zkwriter", *common, "--services", str(estate.services),
-        "--instances", str(estate.instances), "--rate", str(config.churn_rate),
+        "--instances", str(estate.instances), "--rate", str(rate),
         "--seconds", str(seconds), "--out", str(directory / "ops.json"),
         "--pattern", pattern, "--rolling-services", str(config.rolling_services),
     )  # fmt: skip

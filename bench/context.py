@@ -43,6 +43,7 @@ class SuiteConfig:
     istiod_churn_scales: tuple[int, ...] = (10_000,)  # services for part g
     istiod_churn_shards: tuple[int, ...] = (1, 16)  # server.shards for part g
     istiod_churn_seconds: float = 60.0
+    istiod_churn_rates: tuple[float, ...] = (1_000.0,)  # writes per second, part g
     churn_patterns: tuple[str, ...] = ("uniform", "rolling")  # part g (bench/zkwriter.py)
     rolling_services: int = 4  # services a rolling restart replaces at a time
     istiod_profile_seconds: float = 0.0  # > 0: a CPU profile of istiod during each pass of g
@@ -70,6 +71,7 @@ class SuiteConfig:
             istiod_churn_scales=(200,),
             istiod_churn_shards=(1, 4),
             istiod_churn_seconds=2.0,
+            istiod_churn_rates=(100.0,),
             fanout_clients=(1, 4),
             fanout_rounds=1,
             istiod_pushes=1,

@@ -29,6 +29,7 @@ import asyncio
 import contextlib
 import math
 import os
+import resource
 import shutil
 import subprocess
 import time
@@ -39,13 +40,14 @@ from typing import Any
 
 from bench.churn import first_seen, lags_of, restore, write
 from bench.context import Bench
-from bench.process import ServerProcess, bench_settings, cpu_seconds, quiet
+from bench.process import ServerProcess, bench_settings, cpu_seconds, machine_cpu, quiet
 from bench.scrape import Samples, scrape
 from bench.shardpush import collections_in, gc_traced
 from bench.sidecar import Sidecar
 from bench.stats import cdf_points, summary
-from bench.workload import Estate, zk_endpoints, zk_host
+from bench.workload import ZK_NAMESPACE, Estate, zk_endpoints, zk_host
 from bench.zk import read_endpoints
+from mcpserver.xds.shards import shard_of
 from tests.integration.istiod import Istiod
 from tests.integration.kube import ControlPlane
 
@@ -64,11 +66,21 @@ ISTIOD_FAMILIES = (
 _count of histograms)."""
 
 
+WINDOW = 0.5
+"""The default debounce's longest wait (debounce.max): under steady churn a snapshot carries
+about this long of writes."""
+
+
 @dataclass
 class Reading:
+    """CPU seconds so far of each process of a pass, and of the whole machine."""
+
     at: float
     istiod: float
     server: float
+    zookeeper: float
+    suite: float  # this process: the sidecar, the sampler
+    machine: float  # every process's, everyone's (/proc/stat)
 
 
 @dataclass
@@ -105,13 +117,21 @@ def at_time(readings: list[Reading], at: float, who: str) -> float:
 
 
 def rate_timeline(readings: list[Reading], start: float) -> list[list[float]]:
-    """[[seconds since start, istiod CPU/s, mcpserver CPU/s], ...] per 1 s."""
+    """[[seconds since start, istiod CPU/s, mcpserver CPU/s, machine busy CPU/s], ...] per
+    1 s."""
     out: list[list[float]] = []
     step = max(1, round(1.0 / SAMPLE_EVERY))
     for a, b in zip(readings[::step], readings[step::step], strict=False):
         span = b.at - a.at
         if span > 0:
-            out.append([a.at - start, (b.istiod - a.istiod) / span, (b.server - a.server) / span])
+            out.append(
+                [
+                    a.at - start,
+                    (b.istiod - a.istiod) / span,
+                    (b.server - a.server) / span,
+                    (b.machine - a.machine) / span,
+                ]
+            )
     return out
 
 
@@ -172,16 +192,46 @@ async def profile(istiod: Istiod, delay: float, seconds: float, path: Path) -> l
     return await asyncio.to_thread(fetch)
 
 
-async def sample(readings: list[Reading], layout: Layout, stop: asyncio.Event) -> None:
+async def sample(
+    readings: list[Reading], layout: Layout, zookeeper: int, stop: asyncio.Event
+) -> None:
     assert layout.istiod.process is not None
     istiod, server = layout.istiod.process.pid, layout.server.pid
+
+    def read() -> Reading:
+        return Reading(
+            time.perf_counter(),
+            cpu_seconds(istiod),
+            cpu_seconds(server),
+            cpu_seconds(zookeeper),
+            time.process_time(),
+            machine_cpu()[0],
+        )
+
     while True:
-        readings.append(Reading(time.perf_counter(), cpu_seconds(istiod), cpu_seconds(server)))
+        readings.append(read())
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), SAMPLE_EVERY)
         if stop.is_set():
-            readings.append(Reading(time.perf_counter(), cpu_seconds(istiod), cpu_seconds(server)))
+            readings.append(read())
             return
+
+
+def spread(ops: list[list[Any]], shards: int) -> dict[str, float]:
+    """How the writes fell on services and shards: per WINDOW of writes (by issue time), the
+    mean number of distinct services written, and of distinct shards of `shards` they are
+    in (what a snapshot changes at most, and so what istiod re-reads)."""
+    windows: dict[int, tuple[set[int], set[int]]] = {}
+    first = min(op[3] for op in ops)
+    for _kind, service, _address, issued, _acked, _error in ops:
+        services, parts = windows.setdefault(int((issued - first) / WINDOW), (set(), set()))
+        services.add(service)
+        parts.add(shard_of(f"{ZK_NAMESPACE}/{zk_host(service)}", shards))
+    return {
+        "window_seconds": WINDOW,
+        "services_per_window": sum(len(v[0]) for v in windows.values()) / len(windows),
+        "shards_per_window": sum(len(v[1]) for v in windows.values()) / len(windows),
+    }
 
 
 async def start_layout(
@@ -256,16 +306,25 @@ async def stop_layout(layout: Layout) -> None:
     layout.server.stop()
 
 
-async def churn_pass(bench: Bench, layout: Layout, pattern: str) -> dict[str, Any]:
+def run_key(pattern: str, rate: float) -> str:
+    """How a pass is named in the results: `uniform@1000` (writes per second)."""
+    return f"{pattern}@{rate:g}"
+
+
+async def churn_pass(bench: Bench, layout: Layout, pattern: str, rate: float) -> dict[str, Any]:
     """One churn against a running layout; the estate restored afterwards."""
     config = bench.config
     istiod = layout.istiod
     assert istiod.process is not None
+    zookeeper = bench.zookeeper.server
+    assert zookeeper is not None
+    assert zookeeper.process is not None
     sidecar = layout.sidecar
     seconds = config.istiod_churn_seconds
     deadline = max(60.0, 4 * seconds)
     await quiet(istiod.process.pid, 0.05, config.deadline)
-    directory = bench.scratch(f"istiod-churn-{layout.estate.services}-{layout.shards}-{pattern}")
+    name = f"istiod-churn-{layout.estate.services}-{layout.shards}-{pattern}-{rate:g}"
+    directory = bench.scratch(name)
     istiod_url = f"http://127.0.0.1:{istiod.monitoring_port}/metrics"
     events: list[tuple[float, str, str, int]] = []
     sidecar.view.events = events
@@ -274,25 +333,24 @@ async def churn_pass(bench: Bench, layout: Layout, pattern: str) -> dict[str, An
     load_start = os.getloadavg()
     istiod_before, server_before = scrape(istiod_url), layout.server.metrics()
     gcs_before = collections_in(istiod.log())
-    sampler = asyncio.create_task(sample(readings, layout, stop))
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    sampler = asyncio.create_task(sample(readings, layout, zookeeper.process.pid, stop))
     profiling: asyncio.Task[list[str]] | None = None
     if config.istiod_profile_seconds > 0:
         delay = max(0.0, (seconds - config.istiod_profile_seconds) / 2)
         at = directory / "istiod.cpu.pprof"
         profiling = asyncio.create_task(profile(istiod, delay, config.istiod_profile_seconds, at))
-    bench.log(
-        f"istiod churn ({layout.shards} shard(s), {pattern}): {config.churn_rate:.0f}/s for "
-        f"{seconds:.0f}s"
-    )
+    bench.log(f"istiod churn ({layout.shards} shard(s), {pattern}): {rate:g}/s for {seconds:g}s")
     try:
-        written = await write(bench, layout.root, layout.estate, directory, seconds, pattern)
+        written = await write(bench, layout.root, layout.estate, directory, seconds, pattern, rate)
+        after_writer = resource.getrusage(resource.RUSAGE_CHILDREN)
         ops: list[list[Any]] = written["ops"]
         expected = await read_endpoints(bench.zookeeper.admin, layout.root)
         try:
             converged = await sidecar.until(lambda: layout.held() == expected, deadline)
             equal = True
         except TimeoutError:
-            converged, equal = float("nan"), layout.held() == expected
+            converged, equal = math.nan, layout.held() == expected
         gave_up = time.perf_counter()
         held = layout.held()
         mismatched = sum(1 for h in expected.keys() | held.keys() if expected.get(h) != held.get(h))
@@ -308,13 +366,18 @@ async def churn_pass(bench: Bench, layout: Layout, pattern: str) -> dict[str, An
     original = zk_endpoints(layout.estate)
     await sidecar.until(lambda: layout.held() == original, deadline)
 
-    first, last_ack = min(op[3] for op in ops), max(op[4] for op in ops)
+    first: float = min(op[3] for op in ops)
+    last_ack: float = max(op[4] for op in ops)
     span = last_ack - first
     end = gave_up if math.isnan(converged) else converged
 
-    def used(who: str, start: float, stop_at: float) -> float:
-        return at_time(readings, stop_at, who) - at_time(readings, start, who)
+    def per_second(who: str, stop_at: float = last_ack) -> float:
+        """CPU seconds per second of churn, from the first write to `stop_at`."""
+        return (at_time(readings, stop_at, who) - at_time(readings, first, who)) / span
 
+    writer_cpu = (after_writer.ru_utime + after_writer.ru_stime) - (
+        children.ru_utime + children.ru_stime
+    )
     found, censored = lags_of(ops, first_seen(events), gave_up)
     lag = summary(found, censored)
     responses = entry_responses(server_after, server_before)
@@ -323,11 +386,12 @@ async def churn_pass(bench: Bench, layout: Layout, pattern: str) -> dict[str, An
     )
     step = max(1, len(ops) // 1500)
     seen = first_seen(events)
+    cores = os.cpu_count() or 1
     result: dict[str, Any] = {
         "pattern": pattern,
         "shards": layout.shards,
         "services": layout.estate.services,
-        "rate_target": config.churn_rate,
+        "rate_target": rate,
         "rate_achieved": len(ops) / written["took"],
         "seconds": written["took"],
         "writes": len(ops),
@@ -336,16 +400,23 @@ async def churn_pass(bench: Bench, layout: Layout, pattern: str) -> dict[str, An
         "final_equal": equal,
         "final_mismatched_hosts": mismatched,
         "converged_after_last_ack_s": end - last_ack,
-        "istiod_cpu_per_second": used("istiod", first, last_ack) / span,
-        "istiod_cpu_per_churn_second_to_converged": used("istiod", first, end) / span,
-        "server_cpu_per_second": used("server", first, last_ack) / span,
-        "server_cpu_per_churn_second_to_converged": used("server", first, end) / span,
+        "istiod_cpu_per_second": per_second("istiod"),
+        "istiod_cpu_per_churn_second_to_converged": per_second("istiod", end),
+        "server_cpu_per_second": per_second("server"),
+        "server_cpu_per_churn_second_to_converged": per_second("server", end),
+        "zookeeper_cpu_per_second": per_second("zookeeper"),
+        "writer_cpu_per_second": writer_cpu / span,
+        "suite_cpu_per_second": per_second("suite"),
+        "machine_busy_share": per_second("machine") / cores,
         "istiod_go_collections": len(gcs),
         "istiod_go_collection_cpu_seconds": sum(gcs.values()) / 1e3,
         "istiod_metrics": changes(istiod_after, istiod_before, ISTIOD_FAMILIES),
         "server_snapshots": builds,
         "server_entry_responses_by_shard": responses,
-        "shards_changed_per_snapshot": sum(responses.values()) / builds if builds else 0.0,
+        # a response per changed shard, unless istiod was still reading the last one
+        # (then the stream sends the newest set once it can: fewer responses)
+        "responses_per_snapshot": sum(responses.values()) / builds if builds else 0.0,
+        "writes_spread": spread(ops, layout.shards),
         "sidecar_cla_updates": sidecar.cla_updates,
         "load_average": {"start": list(load_start), "end": list(load_end)},
         "cdf": cdf_points(found + censored),
@@ -361,11 +432,13 @@ async def churn_pass(bench: Bench, layout: Layout, pattern: str) -> dict[str, An
     if top:
         result["istiod_profile_top"] = top
     bench.log(
-        f"istiod churn ({layout.shards} shard(s), {pattern}): istiod "
+        f"istiod churn ({layout.shards} shard(s), {pattern}, {rate:g}/s): istiod "
         f"{result['istiod_cpu_per_second']:.2f} CPU-s/s, mcpserver "
-        f"{result['server_cpu_per_second']:.2f}; sidecar lag p50 {lag['p50']:.3f}s p99 "
-        f"{lag['p99']:.3f}s; final equal {equal}; {result['shards_changed_per_snapshot']:.1f} "
-        f"shard(s) changed per snapshot; load {load_end[0]:.1f}"
+        f"{result['server_cpu_per_second']:.2f}, machine busy "
+        f"{result['machine_busy_share']:.0%}; sidecar lag p50 {lag['p50']:.3f}s p99 "
+        f"{lag['p99']:.3f}s; final equal {equal}; {result['responses_per_snapshot']:.1f} "
+        f"responses per snapshot, {result['writes_spread']['shards_per_window']:.1f} shards "
+        f"written per {WINDOW:g}s; load {load_end[0]:.1f}"
     )
     return result
 
@@ -386,7 +459,11 @@ async def run(bench: Bench) -> dict[str, Any]:
         for shards in config.istiod_churn_shards:
             layout = await start_layout(bench, kit.binary, kit.plane, estate, shards)
             try:
-                passes = {p: await churn_pass(bench, layout, p) for p in config.churn_patterns}
+                passes = {
+                    run_key(pattern, rate): await churn_pass(bench, layout, pattern, rate)
+                    for rate in config.istiod_churn_rates
+                    for pattern in config.churn_patterns
+                }
             finally:
                 await stop_layout(layout)
             entry["layouts"][str(shards)] = {**layout.facts, "patterns": passes}

@@ -350,12 +350,13 @@ def istiod_churn(results: dict[str, Any], out: Path) -> Path | None:
         lag.set_xscale("log")
         lag.set_xlabel("ZooKeeper ack -> a sidecar's endpoints from istiod, seconds")
         lag.set_ylabel("fraction of writes")
-        lag.set_title(f"{int(scale):,} services, {pattern} churn: lag at the sidecar", fontsize=9)
+        what = pattern.replace("@", ", ") + "/s"
+        lag.set_title(f"{int(scale):,} services, {what}: lag at the sidecar", fontsize=9)
         lag.grid(True, which="both", alpha=0.3)
         lag.legend(fontsize=8)
         cpu.set_xlabel("seconds since the first write")
         cpu.set_ylabel("CPU seconds per second")
-        cpu.set_title(f"{int(scale):,} services, {pattern} churn: CPU over time", fontsize=9)
+        cpu.set_title(f"{int(scale):,} services, {what}: CPU over time", fontsize=9)
         cpu.grid(True, alpha=0.3)
         cpu.legend(fontsize=7)
     path = out / "istiod_churn.png"

@@ -70,6 +70,15 @@ async def quiet(
             await asyncio.sleep(0.02)
 
 
+def machine_cpu() -> tuple[float, float]:
+    """(busy, total) seconds of every CPU of the machine so far, from /proc/stat: what all
+    processes, ours and everyone else's, used."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle, iowait
+    total = sum(fields[:8])  # user nice system idle iowait irq softirq steal (guest is in user)
+    return (total - idle) / CLOCK_TICKS, total / CLOCK_TICKS
+
+
 def status_kib(pid: int, key: str) -> int:
     """A /proc/<pid>/status figure in KiB (VmHWM: peak RSS so far, VmRSS: current)."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():

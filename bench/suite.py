@@ -67,6 +67,10 @@ def _ints(text: str) -> tuple[int, ...]:
     return tuple(int(x) for x in text.split(",") if x)
 
 
+def _floats(text: str) -> tuple[float, ...]:
+    return tuple(float(x) for x in text.split(",") if x)
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m bench.suite", description=__doc__.split("\n\n")[0]
@@ -96,6 +100,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--istiod-shard-pushes", type=int, help="part f: pushes per layout")
     parser.add_argument("--istiod-churn-scales", type=_ints, help="part g: services, e.g. 30000")
     parser.add_argument("--istiod-churn-seconds", type=float)
+    parser.add_argument(
+        "--istiod-churn-rates", type=_floats, help="part g: writes per second, e.g. 1000,100"
+    )
     parser.add_argument("--churn-patterns", help="part g: comma list of uniform,rolling")
     parser.add_argument("--rolling-services", type=int, help="rolling restart: services at once")
     parser.add_argument(
@@ -126,6 +133,7 @@ def configure(args: argparse.Namespace) -> SuiteConfig:
         "istiod_shard_pushes": args.istiod_shard_pushes,
         "istiod_churn_scales": args.istiod_churn_scales,
         "istiod_churn_seconds": args.istiod_churn_seconds,
+        "istiod_churn_rates": args.istiod_churn_rates,
         "churn_patterns": tuple(args.churn_patterns.split(",")) if args.churn_patterns else None,
         "rolling_services": args.rolling_services,
         "istiod_profile_seconds": args.istiod_profile,
@@ -342,17 +350,20 @@ def sharded_rows(parts: dict[str, Any]) -> list[dict[str, Any]]:
         for pattern, goal in entry["targets"].items():
             run = layouts[most]["patterns"][pattern]
             base = layouts.get("1", {}).get("patterns", {}).get(pattern)
-            what = f"{run['rate_achieved']:.0f}/s for {run['seconds']:.0f} s, {pattern}"
+            what = f"{run['pattern']} {run['rate_achieved']:.0f}/s for {run['seconds']:.0f} s"
             load = run["load_average"]["end"][0]
             if "cpu" in goal and base is not None:
+                spread = run["writes_spread"]
                 rows.append(
                     _row(
                         f"(c) istiod CPU under churn, {int(scale):,} services, {what}, "
                         f"{most} shards",
                         f"{run['istiod_cpu_per_second']:.2f} CPU-s/s = "
-                        f"{goal['cpu']['ratio']:.2f}x ({run['shards_changed_per_snapshot']:.1f}"
-                        f" shards changed per snapshot; load {load:.1f})",
-                        f"{base['istiod_cpu_per_second']:.2f} CPU-s/s, 1 source (load "
+                        f"{goal['cpu']['ratio']:.2f}x ({spread['shards_per_window']:.1f} of "
+                        f"{most} shards written per {spread['window_seconds']:g} s; machine "
+                        f"busy {run['machine_busy_share']:.0%}, load {load:.1f})",
+                        f"{base['istiod_cpu_per_second']:.2f} CPU-s/s, 1 source (machine busy "
+                        f"{base['machine_busy_share']:.0%}, load "
                         f"{base['load_average']['end'][0]:.1f})",
                         "<= 1/4 of N = 1",
                         goal["cpu"]["met"],

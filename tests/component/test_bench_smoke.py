@@ -127,11 +127,13 @@ def test_the_suite_runs_every_part_and_writes_sane_results(tmp_path: Path) -> No
             layouts = istiod_churn["scales"][str(scale)]["layouts"]
             for shards in config["istiod_churn_shards"]:
                 passes = layouts[str(shards)]["patterns"]
-                assert sorted(passes) == sorted(config["churn_patterns"])
+                assert sorted(passes) == sorted(
+                    f"{pattern}@{rate:g}"
+                    for pattern in config["churn_patterns"]
+                    for rate in config["istiod_churn_rates"]
+                )
                 for run in passes.values():
-                    assert run["writes"] == int(
-                        config["istiod_churn_seconds"] * config["churn_rate"]
-                    )
+                    assert run["writes"] == int(config["istiod_churn_seconds"] * run["rate_target"])
                     assert run["write_errors"] == 0
                     assert run["final_equal"] is True, (shards, run["final_mismatched_hosts"])
                     assert run["lag"]["censored"] == 0
