@@ -51,6 +51,8 @@ from mcpserver.xds.shards import shard_of
 from tests.integration.istiod import Istiod
 from tests.integration.kube import ControlPlane
 
+ISSUE_RATE = 1_000.0
+"""Writes per second of issue 23's churn targets."""
 SAMPLE_EVERY = 0.25  # seconds between CPU readings of istiod and mcpserver
 ISTIOD_FAMILIES = (
     "pilot_inbound_updates",
@@ -164,19 +166,43 @@ def entry_responses(after: Samples, before: Samples) -> dict[str, float]:
     return out
 
 
-def profile_top(path: Path, lines: int = 30) -> list[str]:
-    """`go tool pprof -top` of a CPU profile (the profile carries its symbols)."""
+PROFILED = {
+    "adsc.handleMCP (config sources: every resource of each response)": "adsc.(*ADSC).handleMCP",
+    "memory store updates": "memory.(*Store).Update",
+    "Go garbage collection (background marking)": "runtime.gcBgMarkWorker",
+    "xDS pushes to the sidecar": "xds.(*DiscoveryServer).pushXds",
+}
+"""Where istiod's CPU goes: functions whose cumulative share a profile reports (nested:
+the store updates run inside handleMCP)."""
+
+
+def profile_top(path: Path, lines: int = 45) -> list[str]:
+    """`go tool pprof -top -cum` of a CPU profile (the profile carries its symbols)."""
     go = shutil.which("go")
     if go is None:
         return ["go not found: no summary"]
     done = subprocess.run(
-        [go, "tool", "pprof", "-top", f"-nodecount={lines}", str(path)],
+        [go, "tool", "pprof", "-top", "-cum", f"-nodecount={lines}", str(path)],
         capture_output=True,
         text=True,
         timeout=120,
         check=False,
     )
     return (done.stdout or done.stderr).splitlines()
+
+
+def shares(top: list[str]) -> dict[str, float]:
+    """The cumulative share (0..1) of each PROFILED function in a `-top -cum` listing
+    (columns: flat, flat%, sum%, cum, cum%, name)."""
+    found: dict[str, float] = {}
+    for line in top:
+        fields = line.split()
+        if len(fields) < 6 or not fields[4].endswith("%"):
+            continue
+        for what, function in PROFILED.items():
+            if fields[5].endswith(function) and what not in found:
+                found[what] = float(fields[4].rstrip("%")) / 100
+    return found
 
 
 async def profile(istiod: Istiod, delay: float, seconds: float, path: Path) -> list[str]:
@@ -431,6 +457,7 @@ async def churn_pass(bench: Bench, layout: Layout, pattern: str, rate: float) ->
     }
     if top:
         result["istiod_profile_top"] = top
+        result["istiod_profile_shares"] = shares(top)
     bench.log(
         f"istiod churn ({layout.shards} shard(s), {pattern}, {rate:g}/s): istiod "
         f"{result['istiod_cpu_per_second']:.2f} CPU-s/s, mcpserver "
@@ -473,25 +500,29 @@ async def run(bench: Bench) -> dict[str, Any]:
 
 
 def targets(layouts: dict[str, Any]) -> dict[str, Any]:
-    """Issue 23's churn targets, per pattern: istiod CPU/s with the most shards <= 1/4 of
-    N = 1's; end to end p99 < 1 s with the most shards."""
+    """Issue 23's churn targets, per pass of the most shards: istiod CPU/s <= 1/4 of N = 1's
+    and end to end p99 < 1 s. They are set at ISSUE_RATE; a pass at another rate (a
+    diagnostic) is reported with `met` None."""
     found: dict[str, Any] = {}
     most = max(layouts, key=int)
-    for pattern, sharded in layouts[most]["patterns"].items():
+    for key, sharded in layouts[most]["patterns"].items():
+        issue = sharded["rate_target"] == ISSUE_RATE
         goal: dict[str, Any] = {
             "end_to_end": {
                 "rule": f"sidecar lag p99 < 1 s with {most} shards",
                 "p99": sharded["lag"]["p99"],
-                "met": bool(sharded["lag"]["p99"] < 1.0 and sharded["final_equal"]),
+                "met": bool(sharded["lag"]["p99"] < 1.0 and sharded["final_equal"])
+                if issue
+                else None,
             }
         }
-        one = layouts.get("1", {}).get("patterns", {}).get(pattern)
+        one = layouts.get("1", {}).get("patterns", {}).get(key)
         if one is not None and most != "1":
             ratio = sharded["istiod_cpu_per_second"] / one["istiod_cpu_per_second"]
             goal["cpu"] = {
                 "rule": f"istiod CPU/s with {most} shards <= 1/4 of N = 1",
                 "ratio": ratio,
-                "met": ratio <= 0.25,
+                "met": ratio <= 0.25 if issue else None,
             }
-        found[pattern] = goal
+        found[key] = goal
     return found

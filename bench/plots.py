@@ -16,6 +16,7 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt
 from matplotlib.axes import Axes
+from matplotlib.ticker import NullFormatter
 
 from bench.coldstart import SOURCES
 
@@ -348,6 +349,7 @@ def istiod_churn(results: dict[str, Any], out: Path) -> Path | None:
                      label=f"mcpserver, {shards} shard(s)")  # fmt: skip
         lag.axvline(1.0, color="#7f8c8d", linestyle="--", linewidth=0.8)
         lag.set_xscale("log")
+        lag.xaxis.set_minor_formatter(NullFormatter())
         lag.set_xlabel("ZooKeeper ack -> a sidecar's endpoints from istiod, seconds")
         lag.set_ylabel("fraction of writes")
         what = pattern.replace("@", ", ") + "/s"
