@@ -46,7 +46,7 @@ class SuiteConfig:
     istiod_churn_rates: tuple[float, ...] = (1_000.0,)  # writes per second, part g
     churn_patterns: tuple[str, ...] = ("uniform", "rolling")  # part g (bench/zkwriter.py)
     rolling_services: int = 4  # services a rolling restart replaces at a time
-    istiod_profile_seconds: float = 0.0  # > 0: a CPU profile of istiod during each pass of g
+    istiod_profile_seconds: float = 20.0  # > 0: a CPU profile of istiod in each pass of g
     fanout_clients: tuple[int, ...] = (1, 8, 32)
     fanout_rounds: int = 3
     istiod_pushes: int = 3
@@ -72,6 +72,7 @@ class SuiteConfig:
             istiod_churn_shards=(1, 4),
             istiod_churn_seconds=2.0,
             istiod_churn_rates=(100.0,),
+            istiod_profile_seconds=0.0,
             fanout_clients=(1, 4),
             fanout_rounds=1,
             istiod_pushes=1,

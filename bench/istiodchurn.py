@@ -18,9 +18,10 @@ istiod's xDS (bench/sidecar.py). Reported per shard count and churn pattern:
 Patterns (bench/zkwriter.py): `uniform` spreads the writes over every service; `rolling` is
 a rolling restart, a few services at a time replacing their instances one by one.
 
-Each shard count has its own server (default debounce, as deployed) and istiod; the server
-of a scale is the only one watching its estate while it runs. The estate is restored after
-each pass and the sidecar holds it again before the next.
+Each pass has a server (default debounce, as deployed), an istiod and a sidecar of its own,
+started for it; the server is the only one watching the estate while it runs. The shard
+counts compared take the same churn back to back, in alternating order. The estate is
+restored after each pass.
 """
 
 from __future__ import annotations
@@ -338,7 +339,7 @@ def run_key(pattern: str, rate: float) -> str:
 
 
 async def churn_pass(bench: Bench, layout: Layout, pattern: str, rate: float) -> dict[str, Any]:
-    """One churn against a running layout; the estate restored afterwards."""
+    """One churn against a running layout (which it leaves with the churned estate)."""
     config = bench.config
     istiod = layout.istiod
     assert istiod.process is not None
@@ -388,9 +389,6 @@ async def churn_pass(bench: Bench, layout: Layout, pattern: str, rate: float) ->
     istiod_after, server_after = scrape(istiod_url), layout.server.metrics()
     load_end = os.getloadavg()
     gcs = {n: ms for n, ms in collections_in(istiod.log()).items() if n not in gcs_before}
-    await restore(bench, layout.root, layout.estate)
-    original = zk_endpoints(layout.estate)
-    await sidecar.until(lambda: layout.held() == original, deadline)
 
     first: float = min(op[3] for op in ops)
     last_ack: float = max(op[4] for op in ops)
@@ -480,21 +478,25 @@ async def run(bench: Bench) -> dict[str, Any]:
         "baseline": "N = 1 (istiod reading the whole set as one source), same churn, same run",
         "scales": {},
     }
+    shards_of = list(config.istiod_churn_shards)
     for scale in config.istiod_churn_scales:
         estate = Estate(scale, config.instances)
-        entry: dict[str, Any] = {"layouts": {}}
-        for shards in config.istiod_churn_shards:
-            layout = await start_layout(bench, kit.binary, kit.plane, estate, shards)
-            try:
-                passes = {
-                    run_key(pattern, rate): await churn_pass(bench, layout, pattern, rate)
-                    for rate in config.istiod_churn_rates
-                    for pattern in config.churn_patterns
-                }
-            finally:
-                await stop_layout(layout)
-            entry["layouts"][str(shards)] = {**layout.facts, "patterns": passes}
-        entry["targets"] = targets(entry["layouts"])
+        layouts: dict[str, Any] = {str(n): {"starts": [], "patterns": {}} for n in shards_of}
+        # each churn is measured for every shard count back to back, in alternating order
+        # (1, 16, then 16, 1, ...): what the rest of the machine does drifts over minutes,
+        # and the figures compared should see the same of it
+        runs = [(p, r) for r in config.istiod_churn_rates for p in config.churn_patterns]
+        for i, (pattern, rate) in enumerate(runs):
+            for shards in shards_of if i % 2 == 0 else shards_of[::-1]:
+                layout = await start_layout(bench, kit.binary, kit.plane, estate, shards)
+                try:
+                    measured = await churn_pass(bench, layout, pattern, rate)
+                finally:
+                    await stop_layout(layout)
+                    await restore(bench, layout.root, estate)  # nobody watching: quick
+                layouts[str(shards)]["starts"].append(layout.facts)
+                layouts[str(shards)]["patterns"][run_key(pattern, rate)] = measured
+        entry: dict[str, Any] = {"layouts": layouts, "targets": targets(layouts)}
         result["scales"][str(scale)] = entry
     return result
 
