@@ -41,7 +41,14 @@ from typing import Any
 
 from bench.churn import first_seen, lags_of, restore, write
 from bench.context import Bench
-from bench.process import ServerProcess, bench_settings, cpu_seconds, machine_cpu, quiet
+from bench.process import (
+    ServerProcess,
+    bench_settings,
+    cpu_seconds,
+    machine_cpu,
+    quiet,
+    status_kib,
+)
 from bench.scrape import Samples, scrape
 from bench.shardpush import collections_in, gc_traced
 from bench.sidecar import Sidecar
@@ -387,6 +394,10 @@ async def churn_pass(bench: Bench, layout: Layout, pattern: str, rate: float) ->
         await sampler
     top = await profiling if profiling is not None else []
     istiod_after, server_after = scrape(istiod_url), layout.server.metrics()
+    peaks = {
+        "istiod": status_kib(istiod.process.pid, "VmHWM") / 1024,
+        "server": status_kib(layout.server.pid, "VmHWM") / 1024,
+    }
     load_end = os.getloadavg()
     gcs = {n: ms for n, ms in collections_in(istiod.log()).items() if n not in gcs_before}
 
@@ -432,6 +443,7 @@ async def churn_pass(bench: Bench, layout: Layout, pattern: str, rate: float) ->
         "writer_cpu_per_second": writer_cpu / span,
         "suite_cpu_per_second": per_second("suite"),
         "machine_busy_share": per_second("machine") / cores,
+        "peak_rss_mib": peaks,
         "istiod_go_collections": len(gcs),
         "istiod_go_collection_cpu_seconds": sum(gcs.values()) / 1e3,
         "istiod_metrics": changes(istiod_after, istiod_before, ISTIOD_FAMILIES),
