@@ -21,7 +21,8 @@ Parts (each alone with --parts; letters or names):
 Writes results.json (every figure with its baseline, the machine, the configuration), the PNG
 plots and README.md (the table) into --out. A part given alone is merged into an existing
 results.json (each part carries its own timestamp) unless --fresh. `--smoke` runs every part
-at tiny scale (tests/component/test_bench_smoke.py). Exit status 1 if any part failed.
+at tiny scale (tests/component/test_bench_smoke.py); `--render` rewrites README.md and the
+plots from results.json without measuring. Exit status 1 if any part failed.
 
 The older single-purpose scripts stay runnable alone: `python -m bench.snapshot` (rebuild
 cost of one changed service), `bench.zookeeper` and `bench.consul` (first listing).
@@ -79,6 +80,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--parts", default="all", help="comma list of letters or names")
     parser.add_argument("--smoke", action="store_true", help="tiny scales, seconds per part")
     parser.add_argument("--fresh", action="store_true", help="do not merge into results.json")
+    parser.add_argument(
+        "--render", action="store_true", help="rewrite README.md and plots from results.json"
+    )
     parser.add_argument("--workdir", type=Path, help="scratch directory (default: a temp dir)")
     parser.add_argument("--scales", type=_ints, help="cold start scales, e.g. 1000,10000,50000")
     parser.add_argument("--sources", help="cold start sources: static,static-json,zookeeper")
@@ -394,6 +398,16 @@ def _metric(run: dict[str, Any], key: str) -> float:
     return float(run["istiod_metrics"].get(key, 0.0))
 
 
+def _profiled(run: dict[str, Any]) -> str:
+    """handleMCP's and GC marking's shares of istiod's CPU in the pass's profile."""
+    found = run.get("istiod_profile_shares")
+    if not found:
+        return "-"
+    mcp = next((v for k, v in found.items() if k.startswith("adsc.handleMCP")), 0.0)
+    gc = next((v for k, v in found.items() if k.startswith("Go garbage")), 0.0)
+    return f"{mcp:.0%}, {gc:.0%}"
+
+
 def sharded_details(parts: dict[str, Any]) -> list[str]:
     """Issue 23's figures behind the summary rows: per layout, istiod's cost of one change
     (part f), and per churn pass what istiod, mcpserver and the machine did (part g)."""
@@ -425,8 +439,9 @@ def sharded_details(parts: dict[str, Any]) -> list[str]:
             "| sources | churn | istiod CPU-s/s (to converged) | mcpserver CPU-s/s | "
             "ZooKeeper + writer | machine busy (load) | sidecar lag p50 / p99 | final equal "
             "| shards written per 0.5 s | snapshots / ServiceEntry responses | istiod: "
-            "config updates in, EDS pushes, Go collections |",
-            "|---|---|---|---|---|---|---|---|---|---|---|",
+            "config updates in, EDS pushes, Go collections | istiod profile: adsc.handleMCP, "
+            "GC marking |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
         ]
         for shards, layout in sorted(entry["layouts"].items(), key=lambda kv: int(kv[0])):
             for run in layout["patterns"].values():
@@ -445,7 +460,7 @@ def sharded_details(parts: dict[str, Any]) -> list[str]:
                     f"{sum(run['server_entry_responses_by_shard'].values()):.0f} | "
                     f"{_metric(run, 'pilot_inbound_updates_total{type=config}'):.0f}, "
                     f"{_metric(run, 'pilot_xds_pushes_total{type=eds}'):.0f}, "
-                    f"{run['istiod_go_collections']} |"
+                    f"{run['istiod_go_collections']} | {_profiled(run)} |"
                 )
     return lines
 
@@ -529,11 +544,25 @@ def merge(previous: dict[str, Any], measured: dict[str, Any]) -> dict[str, Any]:
     return parts
 
 
+def render(out: Path) -> None:
+    """The summary, README.md and plots again from results.json, measuring nothing (after a
+    change to how figures are shown)."""
+    path = out / "results.json"
+    results = json.loads(path.read_text())
+    results["summary"] = summarize(results["parts"])
+    path.write_text(json.dumps(_clean(results), indent=1) + "\n")
+    images = draw(results, out)
+    (out / "README.md").write_text(markdown(results, images))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     config = configure(args)
     parts = selected(args.parts)
     out: Path = args.out.resolve()
+    if args.render:
+        render(out)
+        return 0
     out.mkdir(parents=True, exist_ok=True)
     workdir = (args.workdir or Path(tempfile.mkdtemp(prefix="mcpserver-bench-"))).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
