@@ -419,7 +419,7 @@ async def churn_pass(bench: Bench, layout: Layout, pattern: str, rate: float) ->
     builds = server_after.get(("mcpserver_snapshot_builds_total", frozenset()), 0.0) - (
         server_before.get(("mcpserver_snapshot_builds_total", frozenset()), 0.0)
     )
-    step = max(1, len(ops) // 1500)
+    step = max(1, len(ops) // 300)  # the lag over time, thinned for the results file
     seen = first_seen(events)
     cores = os.cpu_count() or 1
     result: dict[str, Any] = {
