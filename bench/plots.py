@@ -147,7 +147,7 @@ def change_latency(results: dict[str, Any], out: Path) -> Path | None:
     if not part or "cdf" not in part:
         return None
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    _cdf(ax, part["cdf"]["ours"], "mcpserver: ZooKeeper ack -> client holds it", OURS, 1e3)
+    _cdf(ax, part["cdf"]["ours"], "mcpserver, whole set: ack -> client holds it", OURS, 1e3)
     _cdf(ax, part["cdf"]["kazoo_watch"], "baseline: write call -> kazoo watch fires", BASE, 1e3)
     _cdf(ax, part["cdf"]["kazoo_watch_from_ack"], "kazoo watch, from the ack", "#7f8c8d", 1e3)
     for (shards, entry), color in zip(
