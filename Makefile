@@ -61,10 +61,10 @@ component: $(STAMP)
 # Cold start stops at 10k for now: 50k adds ~12 min today (the suite's own default is 1k/10k/50k;
 # `make bench BENCH_ARGS=` runs it, `BENCH_ARGS="--parts a,e --scales 50000"` adds just that).
 BENCH_ARGS ?= --scales 1000,10000
-bench: $(STAMP)           ## issue 17's suite (<15 min): docs/bench/{results.json,README.md,*.png}
+bench: $(STAMP)           ## issues 17 and 23's suite (~20 min): docs/bench/{results.json,README.md,*.png}
 	$(BIN)/python -m bench.suite --out docs/bench $(BENCH_ARGS)
 
-bench-smoke: $(STAMP)     ## the suite at tiny scale (~40 s), as the test suite runs it
+bench-smoke: $(STAMP)     ## the suite at tiny scale (~75 s), as the test suite runs it
 	$(BIN)/pytest tests/component/test_bench_smoke.py
 
 # issue 16's soak: 10 minutes of churn, 16 clients and istiod; SOAK_ARGS="--seed N --out DIR"

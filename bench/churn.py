@@ -83,16 +83,29 @@ class Pass:
     caught_up: bool
 
 
-async def write(bench: Bench, root: str, estate: Estate, directory: Path) -> Any:
-    """Run the writer (its own process: it holds the rate and stamps the acks)."""
+async def write(
+    bench: Bench,
+    root: str,
+    estate: Estate,
+    directory: Path,
+    seconds: float | None = None,
+    pattern: str = "uniform",
+    rate: float | None = None,
+) -> Any:
+    """Run the writer (its own process: it holds the rate and stamps the acks) for
+    `seconds` at `rate` (defaults: config.churn_seconds, config.churn_rate), in `pattern`
+    (bench/zkwriter.py)."""
     config = bench.config
+    seconds = config.churn_seconds if seconds is None else seconds
+    rate = config.churn_rate if rate is None else rate
     common = ["--hosts", bench.zookeeper.address, "--root", root]
     writer = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "bench.zkwriter", *common, "--services", str(estate.services),
-        "--instances", str(estate.instances), "--rate", str(config.churn_rate),
-        "--seconds", str(config.churn_seconds), "--out", str(directory / "ops.json"),
+        "--instances", str(estate.instances), "--rate", str(rate),
+        "--seconds", str(seconds), "--out", str(directory / "ops.json"),
+        "--pattern", pattern, "--rolling-services", str(config.rolling_services),
     )  # fmt: skip
-    async with asyncio.timeout(config.churn_seconds + config.deadline):
+    async with asyncio.timeout(seconds + config.deadline):
         if await writer.wait() != 0:
             raise RuntimeError("the churn writer failed")
     return json.loads((directory / "ops.json").read_text())
@@ -144,8 +157,7 @@ async def baseline_pass(bench: Bench) -> Pass:
     on a 2-core machine."""
     config = bench.config
     estate = Estate(config.scale, config.instances)
-    for key in [k for k in bench.servings if k[0] == estate.services]:
-        await bench.servings.pop(key).close()
+    await bench.close_servings(estate.services)
     root = await bench.zookeeper.estate(estate)
     directory = bench.scratch("churn-baseline")
     deadline = max(30.0, 4 * config.churn_seconds)
@@ -187,15 +199,23 @@ async def baseline_pass(bench: Bench) -> Pass:
 
 def lags(run: Pass) -> tuple[list[float], list[float]]:
     """Each write's lag (ack -> seen), and the waits of those never seen (censored)."""
-    seen: list[float] = []
+    return lags_of(run.ops, run.seen, run.gave_up)
+
+
+def lags_of(
+    ops: list[list[Any]], seen: dict[tuple[str, str, int], float], gave_up: float
+) -> tuple[list[float], list[float]]:
+    """Each write's lag (ack -> first seen after), and the waits of those never seen by
+    `gave_up` (censored)."""
+    found: list[float] = []
     censored: list[float] = []
-    for kind, service, address, _issued, acked, _error in run.ops:
-        at = run.seen.get((zk_host(service), address, 1 if kind == "add" else -1))
+    for kind, service, address, _issued, acked, _error in ops:
+        at = seen.get((zk_host(service), address, 1 if kind == "add" else -1))
         if at is None:
-            censored.append(run.gave_up - acked)
+            censored.append(gave_up - acked)
         else:
-            seen.append(at - acked)
-    return seen, censored
+            found.append(at - acked)
+    return found, censored
 
 
 def report(debounce: str, ours: Pass, base: Pass, services: int, rate: float) -> dict[str, Any]:

@@ -13,11 +13,17 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from bench import controlplane
+from bench.controlplane import IstiodKit
 from bench.machine import zookeeper_version
 from bench.zk import BenchZooKeeper
 
 if TYPE_CHECKING:
     from bench.serving import Serving
+
+
+class SkipPart(Exception):  # noqa: N818  # an outcome, not an error
+    """A part cannot run here (a component it needs cannot be built): recorded as skipped."""
 
 
 @dataclass(frozen=True)
@@ -30,12 +36,22 @@ class SuiteConfig:
     cold_repeats: int = 2  # at scales up to `scale`; the fastest run counts
     scale: int = 10_000  # services for change latency, churn, fan-out and istiod
     latency_samples: int = 40  # provider additions; as many removals
+    latency_shards: tuple[int, ...] = (1, 16)  # server.shards for part b
     churn_seconds: float = 30.0
     churn_rate: float = 1_000.0
     churn_debounces: tuple[str, ...] = ("0", "default")  # "0" first: reuses part b's server
+    istiod_churn_scales: tuple[int, ...] = (10_000,)  # services for part g
+    istiod_churn_shards: tuple[int, ...] = (1, 16)  # server.shards for part g
+    istiod_churn_seconds: float = 60.0
+    istiod_churn_rates: tuple[float, ...] = (1_000.0,)  # writes per second, part g
+    churn_patterns: tuple[str, ...] = ("uniform", "rolling")  # part g (bench/zkwriter.py)
+    rolling_services: int = 4  # services a rolling restart replaces at a time
+    istiod_profile_seconds: float = 20.0  # > 0: a CPU profile of istiod in each pass of g
     fanout_clients: tuple[int, ...] = (1, 8, 32)
     fanout_rounds: int = 3
     istiod_pushes: int = 3
+    istiod_shards: tuple[int, ...] = (1, 4, 16)  # part f's layouts (at most two above 1)
+    istiod_shard_pushes: int = 64  # per layout: Go's collections amortize over a series
     istiod_required: bool = True  # False: part f skips (not fails) without Go to build istiod
     deadline: float = 900.0  # for any one wait on a condition
 
@@ -48,12 +64,20 @@ class SuiteConfig:
             cold_repeats=1,
             scale=200,
             latency_samples=3,
+            latency_shards=(1, 4),
             churn_seconds=2.0,
             churn_rate=100.0,
             churn_debounces=("0",),
+            istiod_churn_scales=(200,),
+            istiod_churn_shards=(1, 4),
+            istiod_churn_seconds=2.0,
+            istiod_churn_rates=(100.0,),
+            istiod_profile_seconds=0.0,
             fanout_clients=(1, 4),
             fanout_rounds=1,
             istiod_pushes=1,
+            istiod_shards=(1, 4),
+            istiod_shard_pushes=2,
             istiod_required=False,
             deadline=60.0,
         )
@@ -68,10 +92,12 @@ class Bench:
     workdir: Path
     out: Path
     started: float = field(default_factory=time.perf_counter)
-    servings: dict[tuple[int, str], Serving] = field(default_factory=dict)
-    """Servers under test kept for the run, by (services, debounce) (bench/serving.py)."""
+    servings: dict[tuple[int, str, int], Serving] = field(default_factory=dict)
+    """Servers under test kept for the run, by (services, debounce, shards)
+    (bench/serving.py)."""
     zookeeper_version: str = ""  # what the shared ZooKeeper said it is, once started
     _zk: BenchZooKeeper | None = None
+    _istiod: IstiodKit | str | None = None
 
     @property
     def zookeeper(self) -> BenchZooKeeper:
@@ -95,6 +121,22 @@ class Bench:
         path.mkdir(parents=True)
         return path
 
+    async def istiod(self) -> IstiodKit:
+        """istiod and its control plane, started on first use; raises if they cannot be
+        (SkipPart when Go is missing and config.istiod_required is False)."""
+        if self._istiod is None:
+            self._istiod = await controlplane.start(self.scratch("kube"))
+        if isinstance(self._istiod, str):
+            if self.config.istiod_required:
+                raise RuntimeError(self._istiod)
+            raise SkipPart(self._istiod)
+        return self._istiod
+
+    async def close_servings(self, services: int) -> None:
+        """Stop the kept servers of one scale (each takes every write to its estate)."""
+        for key in [k for k in self.servings if k[0] == services]:
+            await self.servings.pop(key).close()
+
     async def close(self) -> None:
         for serving in self.servings.values():
             await serving.close()
@@ -102,3 +144,6 @@ class Bench:
         if self._zk is not None:
             self._zk.stop()
             self._zk = None
+        if isinstance(self._istiod, IstiodKit):
+            self._istiod.plane.stop()
+        self._istiod = None

@@ -10,12 +10,14 @@ pipeline, the store, the ADS streams) is the server as deployed.
 from __future__ import annotations
 
 import asyncio
+import math
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 
 import yaml
 
+from bench.process import cpu_seconds
 from bench.workload import STATIC_NAMESPACE, STATIC_PORT, Estate, address, static_host, static_name
 from mcpserver.app import App
 from mcpserver.metrics import Metrics
@@ -26,28 +28,29 @@ from mcpserver.settings import load_settings
 REGISTRY = "fixed"
 
 
-def services(estate: Estate, first_octet: int, moved: Sequence[int] = ()) -> list[Service]:
-    """The estate as registry Services, instances in `first_octet`/8; the services in
-    `moved` have their first instance in 13/8 instead (a one-service edit)."""
-    out = []
-    for i in range(estate.services):
-        instances = [
-            Instance(address(i, j, first_octet), labels=(("version", "v1"), ("zone", f"z{j % 3}")))
-            for j in range(estate.instances)
-        ]
-        if i in moved:
-            instances[0] = Instance(address(i, 0, 13), labels=instances[0].labels)
-        out.append(
-            Service(
-                registry=REGISTRY,
-                namespace=STATIC_NAMESPACE,
-                name=static_name(i),
-                hosts=(static_host(i),),
-                ports=(Port("http", STATIC_PORT, "HTTP"),),
-                instances=tuple(instances),
-            )
-        )
-    return out
+def service(estate: Estate, i: int, first_octet: int, moved: bool = False) -> Service:
+    """Service `i` of the estate, instances in `first_octet`/8; `moved`: its first instance
+    in 13/8 instead (a one-service edit)."""
+    instances = [
+        Instance(address(i, j, first_octet), labels=(("version", "v1"), ("zone", f"z{j % 3}")))
+        for j in range(estate.instances)
+    ]
+    if moved:
+        instances[0] = Instance(address(i, 0, 13), labels=instances[0].labels)
+    return Service(
+        registry=REGISTRY,
+        namespace=STATIC_NAMESPACE,
+        name=static_name(i),
+        hosts=(static_host(i),),
+        ports=(Port("http", STATIC_PORT, "HTTP"),),
+        instances=tuple(instances),
+    )
+
+
+def services(estate: Estate, first_octet: int, moved: Collection[int] = ()) -> list[Service]:
+    """The estate as registry Services (`service`), the ones in `moved` edited."""
+    edited = frozenset(moved)
+    return [service(estate, i, first_octet, i in edited) for i in range(estate.services)]
 
 
 class FixedRegistry(Registry):
@@ -65,23 +68,33 @@ class FixedRegistry(Registry):
 
 
 class InProcessServer:
-    """App + FixedRegistry; `published` is stamped by a store listener at every publish."""
+    """App + FixedRegistry; `published` is stamped by a store listener at every publish
+    (and `published_cpu` with the CPU time of process `watched` at that moment, if set).
 
-    def __init__(self, directory: Path, initial: list[Service]) -> None:
+    `layouts` are the shard counts served besides the whole set (server.shards and
+    previous_shards: at most two), each on ephemeral ports (`app.shard_ports(N)`)."""
+
+    def __init__(
+        self, directory: Path, initial: list[Service], layouts: Sequence[int] = ()
+    ) -> None:
+        extra = sorted({n for n in layouts if n > 1}, reverse=True)
+        if len(extra) > 2:
+            raise ValueError(f"one server serves at most two shard layouts besides 1: {extra}")
+        server: dict[str, object] = {"listen": "127.0.0.1:0", "admin": "127.0.0.1:0"}
+        if extra:
+            server["shards"] = extra[0]
+        if len(extra) > 1:
+            server["previous_shards"] = extra[1]
         config = directory / "mcpserver.yaml"
         config.write_text(
-            yaml.safe_dump(
-                {
-                    "server": {"listen": "127.0.0.1:0", "admin": "127.0.0.1:0"},
-                    "log_level": "warning",
-                    "registries": [],
-                }
-            )
+            yaml.safe_dump({"server": server, "log_level": "warning", "registries": []})
         )
         metrics = Metrics()
         self.registry = FixedRegistry(metrics, initial)
         self.app = App(load_settings(config, {}), metrics, [self.registry])
         self.published: list[float] = []
+        self.published_cpu: list[float] = []
+        self.watched: int | None = None
         self.publish_seen = asyncio.Event()
 
     @property
@@ -93,6 +106,9 @@ class InProcessServer:
         await self.app.start()
 
     def _published(self) -> None:
+        # on the loop, before any stream task can send the new set: what the watched
+        # process (istiod) has used before the change reaches it
+        self.published_cpu.append(cpu_seconds(self.watched) if self.watched else math.nan)
         self.published.append(time.perf_counter())
         self.publish_seen.set()
 

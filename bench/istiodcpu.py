@@ -31,34 +31,17 @@ import grpc
 from envoy.service.discovery.v3 import discovery_pb2
 from mcpserver_protos.istio.mcp.v1alpha1 import resource_pb2
 
+from bench import shardpush
 from bench.bare import ADS_SERVICE
 from bench.context import Bench
 from bench.inprocess import InProcessServer, services
 from bench.probe import SERVICE_ENTRY_URL, channel
-from bench.process import cpu_seconds
+from bench.process import QUIET_WINDOW, cpu_seconds, quiet
 from bench.stats import median
 from bench.workload import Estate, address
 from mcpserver.xds.client import ADS_METHOD
 from tests.integration.istiod import Istiod
 from tests.integration.kube import ControlPlane
-from tests.integration.real import istio_module_dir, kube_binaries, pilot_discovery_binary
-
-QUIET_WINDOW = 1.0
-"""Seconds without CPU beyond the idle rate that count as "istiod is done"."""
-
-
-def built(workdir: Path) -> tuple[Path, ControlPlane] | str:
-    """pilot-discovery and a control plane to start, built (or taken from the cache) as the
-    integration tier builds them; or why they cannot be (pytest's skip/fail outcomes, which
-    tests/integration/real.py raises when Go is missing or a build fails)."""
-    try:
-        binary = pilot_discovery_binary()
-        plane = ControlPlane(kube_binaries(), workdir)
-    except BaseException as err:
-        if type(err).__name__ not in ("Skipped", "Failed"):
-            raise
-        return f"istiod or the control plane unavailable: {err}"
-    return binary, plane
 
 
 def salt(response: discovery_pb2.DiscoveryResponse, suffix: str) -> bytes:
@@ -153,20 +136,6 @@ class VersionRelay:
             await upstream.close()
 
 
-async def quiet(pid: int, allowance: float, within: float) -> tuple[float, float]:
-    """Wait until the process used at most `allowance` CPU seconds over a whole
-    QUIET_WINDOW; returns (time, cpu) at the start of that quiet window."""
-    history: list[tuple[float, float]] = []
-    async with asyncio.timeout(within):
-        while True:
-            history.append((time.perf_counter(), cpu_seconds(pid)))
-            at, cpu = history[-1]
-            old = [h for h in history if h[0] <= at - QUIET_WINDOW]
-            if old and cpu - old[-1][1] <= allowance:
-                return old[-1]
-            await asyncio.sleep(0.05)
-
-
 async def push(
     bench: Bench,
     server: InProcessServer,
@@ -198,23 +167,12 @@ async def push(
 
 async def run(bench: Bench) -> dict[str, Any]:
     config = bench.config
-    # minutes when cold: not on the loop
-    made = await asyncio.to_thread(built, bench.scratch("kube"))
-    if isinstance(made, str):
-        if config.istiod_required:
-            raise RuntimeError(made)
-        return {"skipped": made}
-    binary, plane = made
-    crds = istio_module_dir() / "manifests" / "charts" / "base" / "files" / "crd-all.gen.yaml"
-    try:
-        await asyncio.to_thread(plane.start, crds)
-    except BaseException:
-        plane.stop()
-        raise
-    try:
-        return await measure(bench, binary, plane)
-    finally:
-        await asyncio.to_thread(plane.stop)
+    kit = await bench.istiod()
+    result = await measure(bench, kit.binary, kit.plane)
+    if len(config.istiod_shards) > 1:
+        estate = Estate(config.scale, config.instances)
+        result["sharded"] = await shardpush.measure(bench, kit.binary, kit.plane, estate, [])
+    return result
 
 
 async def measure(bench: Bench, binary: Path, plane: ControlPlane) -> dict[str, Any]:

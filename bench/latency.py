@@ -9,6 +9,10 @@ not queue behind each other. The ack is stamped on kazoo's thread as ZooKeeper a
 client side is stamped when gRPC hands over the response. ZooKeeper sends watch events
 before the writer's reply, so measured from the ack a watch fires at about 0 ms (reported
 too, as `kazoo_watch_from_ack`); the target compares both sides from the write call.
+
+With shards (issue 23), the server runs with server.shards: N and a probe reads every shard,
+as istiod reads N sources; a write is held when the probe of its service's shard holds it.
+Each shard count is its own server and pass over the same writes, N = 1 in the same run.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from typing import Any
 from kazoo.client import KazooClient
 
 from bench.context import Bench
-from bench.probe import Probe
+from bench.probe import EndpointView, Probe
 from bench.serving import zookeeper_serving
 from bench.stats import cdf_points, summary
 from bench.workload import Estate, fresh_address, provider_node, providers_path, zk_host
@@ -94,11 +98,12 @@ async def one_write(
     return sample
 
 
-async def run(bench: Bench) -> dict[str, Any]:
+async def measure(bench: Bench, estate: Estate, shards: int) -> dict[str, Any]:
+    """The samples against a server serving `shards` shards; each write is waited for on
+    the probe of the shard that serves its service."""
     config = bench.config
-    estate = Estate(config.scale, config.instances)
-    serving = await zookeeper_serving(bench, estate, "0")
-    view = serving.view
+    serving = await zookeeper_serving(bench, estate, "0", shards)
+    home = serving.shard_of_host()
     watcher = KazooClient(hosts=bench.zookeeper.address, timeout=30)
     watcher.start(30)
     rng = random.Random(17)
@@ -110,28 +115,26 @@ async def run(bench: Bench) -> dict[str, Any]:
             host = zk_host(service)
             path = providers_path(serving.root, service)
             node = provider_node(serving.root, service, address)
+            shard = home[host]
+            view = serving.views[shard]
             for kind in ("add", "remove"):
                 present = kind == "add"
 
-                def held(h: str = host, a: str = address, p: bool = present) -> bool:
-                    return (a in view.endpoints.get(h, ())) == p
+                def held(
+                    h: str = host, a: str = address, p: bool = present, v: EndpointView = view
+                ) -> bool:
+                    return (a in v.endpoints.get(h, ())) == p
 
+                probe = serving.probes[shard]
+                writer = bench.zookeeper.admin
                 samples.append(
-                    await one_write(
-                        bench, serving.probe, watcher, bench.zookeeper.admin, path, node, kind, held
-                    )
+                    await one_write(bench, probe, watcher, writer, path, node, kind, held)
                 )
     finally:
         watcher.stop()
         watcher.close()
     figures = [s.figures() for s in samples]
-    result: dict[str, Any] = {
-        "what": "ZooKeeper ack of one provider add/remove -> the client holds it; debounce 0",
-        "baseline": "kazoo's watch latency on the same write: the write call -> a kazoo "
-        "children watch on that providers node fires",
-        "services": estate.services,
-        "samples": len(samples),
-    }
+    result: dict[str, Any] = {"shards": shards, "samples": len(samples)}
     for kind in ("add", "remove", "all"):
         chosen = [f for s, f in zip(samples, figures, strict=True) if kind in ("all", s.kind)]
         result[kind] = {name: summary([f[name] for f in chosen]) for name in figures[0]}
@@ -144,7 +147,30 @@ async def run(bench: Bench) -> dict[str, Any]:
         "met": result["all"]["ours_from_write"]["p99"] <= limit,
     }
     bench.log(
-        f"change latency p50 {ours['p50'] * 1e3:.1f} ms p99 {ours['p99'] * 1e3:.1f} ms; kazoo "
-        f"watch p50 {kazoo['p50'] * 1e3:.1f} ms p99 {kazoo['p99'] * 1e3:.1f} ms"
+        f"change latency ({shards} shard(s)): p50 {ours['p50'] * 1e3:.1f} ms p99 "
+        f"{ours['p99'] * 1e3:.1f} ms; kazoo watch p50 {kazoo['p50'] * 1e3:.1f} ms p99 "
+        f"{kazoo['p99'] * 1e3:.1f} ms"
     )
+    return result
+
+
+async def run(bench: Bench) -> dict[str, Any]:
+    """Every shard count of config.latency_shards; N = 1's figures at the top (as before
+    shards), the others under `shards`. N = 1 is measured last: its server (debounce 0)
+    is the one part c's first pass reuses."""
+    config = bench.config
+    estate = Estate(config.scale, config.instances)
+    result: dict[str, Any] = {
+        "what": "ZooKeeper ack of one provider add/remove -> the client holds it; debounce 0",
+        "baseline": "kazoo's watch latency on the same write: the write call -> a kazoo "
+        "children watch on that providers node fires",
+        "services": estate.services,
+        "shards": {},
+    }
+    for shards in sorted(set(config.latency_shards), key=lambda n: (n == 1, n)):
+        measured = await measure(bench, estate, shards)
+        if shards == 1:
+            result.update({k: v for k, v in measured.items() if k != "shards"})
+        else:
+            result["shards"][str(shards)] = measured
     return result

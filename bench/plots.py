@@ -16,11 +16,13 @@ matplotlib.use("Agg")
 
 import matplotlib.pyplot as plt
 from matplotlib.axes import Axes
+from matplotlib.ticker import NullFormatter
 
 from bench.coldstart import SOURCES
 
 OURS = "#c0392b"
 BASE = "#2c3e50"
+SHARD_COLORS = ("#e67e22", "#27ae60", "#8e44ad")
 
 
 def _machine_line(results: dict[str, Any]) -> str:
@@ -145,9 +147,17 @@ def change_latency(results: dict[str, Any], out: Path) -> Path | None:
     if not part or "cdf" not in part:
         return None
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    _cdf(ax, part["cdf"]["ours"], "mcpserver: ZooKeeper ack -> client holds it", OURS, 1e3)
+    _cdf(ax, part["cdf"]["ours"], "mcpserver, whole set: ack -> client holds it", OURS, 1e3)
     _cdf(ax, part["cdf"]["kazoo_watch"], "baseline: write call -> kazoo watch fires", BASE, 1e3)
     _cdf(ax, part["cdf"]["kazoo_watch_from_ack"], "kazoo watch, from the ack", "#7f8c8d", 1e3)
+    for (shards, entry), color in zip(
+        sorted(part.get("shards", {}).items(), key=lambda kv: int(kv[0])),
+        SHARD_COLORS,
+        strict=False,
+    ):
+        p99 = entry["all"]["ours"]["p99"] * 1e3
+        label = f"mcpserver, {shards} shards (probe on the service's shard), p99 {p99:.0f} ms"
+        _cdf(ax, entry["cdf"]["ours"], label, color, 1e3)
     ax.set_xscale("symlog", linthresh=1.0)
     ax.set_xlabel("milliseconds")
     ax.set_ylabel("fraction of writes")
@@ -265,11 +275,103 @@ def istiod_cpu(results: dict[str, Any], out: Path) -> Path | None:
     return path
 
 
+def shards_istiod(results: dict[str, Any], out: Path) -> Path | None:
+    """Part f with shards: istiod CPU and bytes per one-service change, per shard count."""
+    part = results["parts"].get("istiod_cpu", {}).get("sharded", {})
+    layouts = part.get("layouts", {})
+    if not layouts:
+        return None
+    keys = sorted(layouts, key=int)
+    fig, (cpu, wire) = plt.subplots(1, 2, figsize=(11, 4.2))
+    xs = range(len(keys))
+    width = 0.38
+    amortized = [layouts[k]["cpu_seconds_amortized"] for k in keys]
+    medians = [layouts[k]["cpu_seconds_median"] for k in keys]
+    cpu.bar([x - width / 2 for x in xs], amortized, width, color=OURS, label="amortized")
+    cpu.bar([x + width / 2 for x in xs], medians, width, color=BASE, label="median push")
+    for x, k, v in zip(xs, keys, amortized, strict=True):
+        ratio = layouts[k].get("cpu_ratio", 1.0)
+        cpu.annotate(f"{v:.3f}s\n{ratio:.3f}x", (x - width / 2, v), textcoords="offset points",
+                     xytext=(0, 3), ha="center", fontsize=8)  # fmt: skip
+    cpu.set_xticks(list(xs), [f"{k} source(s)" for k in keys])
+    cpu.margins(y=0.15)  # room for the labels
+    cpu.set_ylabel("istiod CPU seconds per push")
+    cpu.set_title(
+        f"istiod CPU per one-change push, {part['services']} services "
+        "(amortized: Go's collections included)",
+        fontsize=9,
+    )
+    cpu.legend(fontsize=8)
+    cpu.grid(True, axis="y", alpha=0.3)
+    sent = [layouts[k]["bytes_per_change"] / 1e6 for k in keys]
+    wire.bar(list(xs), sent, color=OURS)
+    for x, v in zip(xs, sent, strict=True):
+        wire.annotate(f"{v:.2f} MB", (x, v), textcoords="offset points", xytext=(0, 3),
+                      ha="center", fontsize=8)  # fmt: skip
+    wire.set_xticks(list(xs), [f"{k} source(s)" for k in keys])
+    wire.margins(y=0.1)
+    wire.set_ylabel("MB sent per one-service change")
+    wire.set_title("bytes on the wire per one-service change", fontsize=9)
+    wire.grid(True, axis="y", alpha=0.3)
+    path = out / "shards_istiod_cpu.png"
+    _finish(fig, results, "istiod reading the set as N shards: the cost of one change", path)
+    return path
+
+
+def istiod_churn(results: dict[str, Any], out: Path) -> Path | None:
+    """Part g: per scale and pattern, the sidecar lag CDF and istiod's CPU over time, per
+    shard count."""
+    scales = results["parts"].get("istiod_churn", {}).get("scales", {})
+    rows = [
+        (scale, pattern, entry["layouts"])
+        for scale, entry in sorted(scales.items(), key=lambda kv: int(kv[0]))
+        for pattern in next(iter(entry["layouts"].values()))["patterns"]
+    ]
+    if not rows:
+        return None
+    fig, axes = plt.subplots(len(rows), 2, figsize=(12, 4 * len(rows)), squeeze=False)
+    for (scale, pattern, layouts), (lag, cpu) in zip(rows, axes, strict=True):
+        for (shards, layout), color in zip(
+            sorted(layouts.items(), key=lambda kv: int(kv[0])), (BASE, *SHARD_COLORS), strict=False
+        ):
+            run = layout["patterns"][pattern]
+            p99 = run["lag"]["p99"]
+            _cdf(lag, run["cdf"], f"{shards} source(s): p99 {p99:.2f}s", color, 1.0)
+            timeline = run["cpu_timeline"]
+            cpu.plot(
+                [t[0] for t in timeline],
+                [t[1] for t in timeline],
+                "-",
+                color=color,
+                label=f"istiod, {shards} source(s): {run['istiod_cpu_per_second']:.2f} CPU-s/s",
+            )
+            cpu.plot([t[0] for t in timeline], [t[2] for t in timeline], ":", color=color,
+                     label=f"mcpserver, {shards} shard(s)")  # fmt: skip
+        lag.axvline(1.0, color="#7f8c8d", linestyle="--", linewidth=0.8)
+        lag.set_xscale("log")
+        lag.xaxis.set_minor_formatter(NullFormatter())
+        lag.set_xlabel("ZooKeeper ack -> a sidecar's endpoints from istiod, seconds")
+        lag.set_ylabel("fraction of writes")
+        what = pattern.replace("@", ", ") + "/s"
+        lag.set_title(f"{int(scale):,} services, {what}: lag at the sidecar", fontsize=9)
+        lag.grid(True, which="both", alpha=0.3)
+        lag.legend(fontsize=8)
+        cpu.set_xlabel("seconds since the first write")
+        cpu.set_ylabel("CPU seconds per second")
+        cpu.set_title(f"{int(scale):,} services, {what}: CPU over time", fontsize=9)
+        cpu.grid(True, alpha=0.3)
+        cpu.legend(fontsize=7)
+    path = out / "istiod_churn.png"
+    _finish(fig, results, "Churn with the real istiod consuming: one source vs shards", path)
+    return path
+
+
 def draw(results: dict[str, Any], out: Path) -> list[Path]:
     """Every figure the results allow; returns the files written."""
-    drawn = [
-        f(results, out) for f in (cold_start, memory, change_latency, churn, fanout, istiod_cpu)
-    ]
+    figures = (
+        cold_start, memory, change_latency, churn, fanout, istiod_cpu, shards_istiod, istiod_churn,
+    )  # fmt: skip
+    drawn = [f(results, out) for f in figures]
     return [p for p in drawn if p is not None]
 
 

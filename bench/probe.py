@@ -50,14 +50,15 @@ Listener = Callable[[Arrival], None]
 
 
 @dataclass
-class Probe:
-    """One istiod-like ADS stream; `listeners` run on every ServiceEntry response."""
+class AdsStream:
+    """One ADS stream's plumbing, shared by the probe (mcpserver's side) and the sidecar
+    (istiod's side, bench/sidecar.py): the request queue, the call's task and channel, and
+    waiting for a condition on what arrived. A subclass reads the responses in `_run` and
+    calls `_arrived(at)` once it has applied each."""
 
     port: int
-    type_urls: tuple[str, ...] = ISTIO_1_29
-    latest: Arrival | None = None
-    responses: int = 0
-    listeners: list[Listener] = field(default_factory=list)
+    arrived_at: float = 0.0  # time.perf_counter() when the last response was handed over
+    _checks: list[Callable[[], None]] = field(default_factory=list)
     _outbox: asyncio.Queue[discovery_pb2.DiscoveryRequest | None] = field(
         default_factory=asyncio.Queue
     )
@@ -66,7 +67,8 @@ class Probe:
 
     def start(self) -> None:
         self._channel = channel(self.port)
-        self._task = asyncio.create_task(self._run(), name=f"probe-{self.port}")
+        name = f"{type(self).__name__.lower()}-{self.port}"
+        self._task = asyncio.create_task(self._run(), name=name)
 
     async def stop(self) -> None:
         self._outbox.put_nowait(None)
@@ -76,27 +78,84 @@ class Probe:
         if self._channel is not None:
             await self._channel.close()
 
+    def send(self, request: discovery_pb2.DiscoveryRequest) -> None:
+        self._outbox.put_nowait(request)
+
     async def _requests(self) -> AsyncIterator[discovery_pb2.DiscoveryRequest]:
         while (request := await self._outbox.get()) is not None:
             yield request
 
-    async def _run(self) -> None:
+    def call(self) -> grpc.aio.StreamStreamCall[discovery_pb2.DiscoveryRequest, bytes]:
+        """The stream, its responses as raw bytes (stamped before any parsing)."""
         assert self._channel is not None
-        for i, type_url in enumerate(self.type_urls):
-            self._outbox.put_nowait(initial_request(type_url, first=i == 0))
         stream: grpc.aio.StreamStreamMultiCallable[discovery_pb2.DiscoveryRequest, bytes]
         stream = self._channel.stream_stream(
             ADS_METHOD,
             request_serializer=discovery_pb2.DiscoveryRequest.SerializeToString,
-            response_deserializer=None,  # raw bytes: stamped before any parsing
+            response_deserializer=None,
         )
-        call = stream(self._requests(), wait_for_ready=True)
-        async for raw in call:
+        return stream(self._requests(), wait_for_ready=True)
+
+    async def _run(self) -> None:
+        raise NotImplementedError
+
+    def _arrived(self, at: float) -> None:
+        self.arrived_at = at
+        for check in tuple(self._checks):
+            check()
+
+    async def until(self, predicate: Callable[[], bool], within: float) -> float:
+        """Wait until predicate() holds; return the arrival time of the response after which
+        it first held (checked right after that response was applied, in the same step, so
+        a later response cannot be mistaken for it). TimeoutError past `within`; an error
+        at once if the stream ends."""
+        if predicate() and self.arrived_at:
+            return self.arrived_at
+        done: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+
+        def check() -> None:
+            if not done.done() and predicate():
+                done.set_result(self.arrived_at)
+
+        def ended(task: asyncio.Task[None]) -> None:
+            if not done.done():
+                done.set_exception(RuntimeError(f"the stream to port {self.port} ended: {task}"))
+
+        assert self._task is not None
+        self._checks.append(check)
+        self._task.add_done_callback(ended)
+        try:
+            async with asyncio.timeout(within):
+                return await done
+        finally:
+            self._checks.remove(check)
+            self._task.remove_done_callback(ended)
+
+    def failed(self) -> BaseException | None:
+        """The stream's error, if it ended with one."""
+        if self._task is None or not self._task.done() or self._task.cancelled():
+            return None
+        return self._task.exception()
+
+
+@dataclass
+class Probe(AdsStream):
+    """One istiod-like ADS stream; `listeners` run on every ServiceEntry response."""
+
+    type_urls: tuple[str, ...] = ISTIO_1_29
+    latest: Arrival | None = None
+    responses: int = 0
+    listeners: list[Listener] = field(default_factory=list)
+
+    async def _run(self) -> None:
+        for i, type_url in enumerate(self.type_urls):
+            self.send(initial_request(type_url, first=i == 0))
+        async for raw in self.call():
             at = time.perf_counter()
             assert isinstance(raw, bytes)
             response = discovery_pb2.DiscoveryResponse.FromString(raw)
             if response.type_url != MESH_CONFIG:  # adsc does not ACK MeshConfig
-                self._outbox.put_nowait(ack(response))
+                self.send(ack(response))
             if response.type_url != SERVICE_ENTRY_URL:
                 continue
             arrival = Arrival(at, raw, response)
@@ -104,32 +163,7 @@ class Probe:
             self.responses += 1
             for listener in tuple(self.listeners):
                 listener(arrival)
-
-    async def until(self, predicate: Callable[[], bool], within: float) -> float:
-        """Wait until predicate() holds; return the arrival time of the response after which
-        it first held (checked right after the listeners registered before it ran, in the
-        same step, so a later response cannot be mistaken for it). TimeoutError past
-        `within`."""
-        if predicate() and self.latest is not None:
-            return self.latest.at
-        done: asyncio.Future[float] = asyncio.get_running_loop().create_future()
-
-        def check(arrival: Arrival) -> None:
-            if not done.done() and predicate():
-                done.set_result(arrival.at)
-
-        self.listeners.append(check)
-        try:
-            async with asyncio.timeout(within):
-                return await done
-        finally:
-            self.listeners.remove(check)
-
-    def failed(self) -> BaseException | None:
-        """The stream's error, if it ended with one."""
-        if self._task is None or not self._task.done() or self._task.cancelled():
-            return None
-        return self._task.exception()
+            self._arrived(at)
 
 
 def decode_entry(value: bytes) -> tuple[str, frozenset[str]]:
@@ -140,35 +174,15 @@ def decode_entry(value: bytes) -> tuple[str, frozenset[str]]:
 
 
 @dataclass
-class EndpointView:
-    """host -> endpoint addresses of the newest ServiceEntry set a probe holds.
-
-    Applied to every response; only resources whose bytes differ from the previous
-    response's are decoded, so following a 10k set costs a hash per resource. While `events`
-    is a list, every address that appears or disappears is logged there with the arrival
-    time of the response that showed it: (time, host, address, +1 or -1)."""
+class EndpointLog:
+    """host -> endpoint addresses as a client last learnt them. While `events` is a list,
+    every address that appears or disappears is logged there with the arrival time of the
+    response that showed it: (time, host, address, +1 or -1)."""
 
     endpoints: dict[str, frozenset[str]] = field(default_factory=dict)
     events: list[tuple[float, str, str, int]] | None = None
-    _hosts_by_value: dict[bytes, str] = field(default_factory=dict)
 
-    def apply(self, arrival: Arrival) -> None:
-        previous = self._hosts_by_value
-        current: dict[bytes, str] = {}
-        seen: set[str] = set()
-        for resource in arrival.response.resources:
-            value = resource.value
-            host = previous.get(value)
-            if host is None:
-                host, addresses = decode_entry(value)
-                self._set(arrival.at, host, addresses)
-            current[value] = host
-            seen.add(host)
-        for host in [h for h in self.endpoints if h not in seen]:
-            self._set(arrival.at, host, frozenset())
-        self._hosts_by_value = current
-
-    def _set(self, at: float, host: str, addresses: frozenset[str]) -> None:
+    def set(self, at: float, host: str, addresses: frozenset[str]) -> None:
         old = self.endpoints.get(host, frozenset())
         if addresses:
             self.endpoints[host] = addresses
@@ -180,3 +194,29 @@ class EndpointView:
 
     def count(self) -> int:
         return sum(len(a) for a in self.endpoints.values())
+
+
+@dataclass
+class EndpointView(EndpointLog):
+    """The endpoints of the newest ServiceEntry set a probe holds.
+
+    Applied to every response; only resources whose bytes differ from the previous
+    response's are decoded, so following a 10k set costs a hash per resource."""
+
+    _hosts_by_value: dict[bytes, str] = field(default_factory=dict)
+
+    def apply(self, arrival: Arrival) -> None:
+        previous = self._hosts_by_value
+        current: dict[bytes, str] = {}
+        seen: set[str] = set()
+        for resource in arrival.response.resources:
+            value = resource.value
+            host = previous.get(value)
+            if host is None:
+                host, addresses = decode_entry(value)
+                self.set(arrival.at, host, addresses)
+            current[value] = host
+            seen.add(host)
+        for host in [h for h in self.endpoints if h not in seen]:
+            self.set(arrival.at, host, frozenset())
+        self._hosts_by_value = current

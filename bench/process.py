@@ -12,11 +12,14 @@ space's high-water mark into it), so a small child of a 200 MB suite would repor
 from __future__ import annotations
 
 import asyncio
+import collections
 import os
+import random
 import subprocess
 import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,17 +27,56 @@ from typing import Any, TypeVar
 
 import yaml
 
-from tests.integration.real import free_port
+from bench.scrape import Samples, scrape
+from mcpserver.xds.shards import PORT_STRIDE, shard_port
+from tests.integration.real import bindable, free_port
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 T = TypeVar("T")
 
+QUIET_WINDOW = 1.0
+"""Seconds without CPU beyond the idle rate that count as "the process is done"."""
+
 
 def cpu_seconds(pid: int) -> float:
-    """utime + stime of a process so far, from /proc/<pid>/stat (clock-tick resolution)."""
-    text = Path(f"/proc/{pid}/stat").read_text()
-    fields = text[text.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # fields 14 and 15 of stat
+    """CPU time of a process so far, every thread's (live and exited), in seconds.
+
+    Read from the process's CPU-time clock (nanosecond resolution): a push that costs istiod
+    15 ms is two clock ticks of /proc/<pid>/stat's utime+stime, which cannot tell 15 ms from
+    25 ms. The clock's id is Linux's encoding of a process CPU clock (include/linux/posix-timers.h
+    MAKE_PROCESS_CPUCLOCK with CPUCLOCK_SCHED); /proc/<pid>/stat where it cannot be read."""
+    try:
+        return time.clock_gettime(((~pid) << 3) | 2)
+    except OSError:
+        text = Path(f"/proc/{pid}/stat").read_text()
+        fields = text[text.rindex(")") + 2 :].split()
+        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # fields 14 and 15 of stat
+
+
+async def quiet(
+    pid: int, allowance: float, within: float, window: float = QUIET_WINDOW
+) -> tuple[float, float]:
+    """Wait until the process used at most `allowance` CPU seconds over a whole `window`
+    (seconds); returns (time, cpu) at the start of that quiet window."""
+    history: collections.deque[tuple[float, float]] = collections.deque()
+    async with asyncio.timeout(within):
+        while True:
+            at, cpu = time.perf_counter(), cpu_seconds(pid)
+            history.append((at, cpu))
+            while len(history) > 1 and history[1][0] <= at - window:
+                history.popleft()  # the newest reading a whole window old stays first
+            if history[0][0] <= at - window and cpu - history[0][1] <= allowance:
+                return history[0]
+            await asyncio.sleep(0.02)
+
+
+def machine_cpu() -> tuple[float, float]:
+    """(busy, total) seconds of every CPU of the machine so far, from /proc/stat: what all
+    processes, ours and everyone else's, used."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle, iowait
+    total = sum(fields[:8])  # user nice system idle iowait irq softirq steal (guest is in user)
+    return (total - idle) / CLOCK_TICKS, total / CLOCK_TICKS
 
 
 def status_kib(pid: int, key: str) -> int:
@@ -73,16 +115,33 @@ def run_measured(command: list[str], within: float) -> tuple[float, str]:
     return elapsed, out
 
 
+def sharded_listen_port(shards: int) -> int:
+    """A port for server.listen whose shard ports (listen + 100*N + k) are free too, below the
+    ephemeral range: there no outgoing connection takes one of them as its source port
+    between this check and the server's bind."""
+    low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    highest = PORT_STRIDE * shards + shards  # past listen, the last shard port
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(10_000, low - highest - 1)
+        if all(bindable(p) for p in (port, *(shard_port(port, shards, k) for k in range(shards)))):
+            return port
+    raise RuntimeError(f"no free listen port with {shards} free shard ports")
+
+
 def bench_settings(
-    directory: Path, registries: list[dict[str, Any]], debounce: tuple[str, str] | None
+    directory: Path,
+    registries: list[dict[str, Any]],
+    debounce: tuple[str, str] | None,
+    shards: int = 1,
 ) -> dict[str, Any]:
     """A config for the server under test: loopback ports, these registries, a debounce
-    (None: the default), logs at info as deployed."""
-    data: dict[str, Any] = {
-        "server": {"listen": f"127.0.0.1:{free_port()}", "admin": f"127.0.0.1:{free_port()}"},
-        "log_level": "info",
-        "registries": registries,
-    }
+    (None: the default), `shards` (server.shards), logs at info as deployed."""
+    listen = sharded_listen_port(shards) if shards > 1 else free_port()
+    server: dict[str, Any] = {"listen": f"127.0.0.1:{listen}", "admin": f"127.0.0.1:{free_port()}"}
+    if shards > 1:
+        server["shards"] = shards
+    data: dict[str, Any] = {"server": server, "log_level": "info", "registries": registries}
     if debounce is not None:
         data["debounce"] = {"after": debounce[0], "max": debounce[1]}
     return data
@@ -101,6 +160,28 @@ class ServerProcess:
     @property
     def port(self) -> int:
         return int(str(self.settings["server"]["listen"]).rsplit(":", 1)[1])
+
+    @property
+    def admin_port(self) -> int:
+        return int(str(self.settings["server"]["admin"]).rsplit(":", 1)[1])
+
+    def shard_ports(self, shards: int) -> list[int]:
+        """The ports of layout `shards` ([port] for 1: the whole set)."""
+        return [shard_port(self.port, shards, k) for k in range(shards)]
+
+    def metrics(self) -> Samples:
+        """The server's /metrics now."""
+        return scrape(f"http://127.0.0.1:{self.admin_port}/metrics")
+
+    def ready(self) -> bool:
+        """Its /readyz says ready (the first complete snapshot is served)."""
+        try:
+            with urllib.request.urlopen(
+                f"http://127.0.0.1:{self.admin_port}/readyz", timeout=5
+            ) as response:
+                return bool(response.status == 200)
+        except OSError:
+            return False
 
     @property
     def pid(self) -> int:

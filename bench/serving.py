@@ -1,10 +1,14 @@
-"""A server under test watching one ZooKeeper estate, with a probe that holds its full set:
-what change latency and churn both start from. Kept for the suite's run (by debounce), so
-parts that need the same server do not pay for its cold start twice.
+"""A server under test watching one ZooKeeper estate, with probes that hold its full set:
+what change latency and churn both start from. Kept for the suite's run (by scale, debounce
+and shard count), so parts that need the same server do not pay for its cold start twice.
+
+With `shards` N > 1 the server runs with server.shards: N and one probe reads each shard's
+port, as istiod reads N sources; `views[k]` is what shard k serves.
 """
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
 from bench.context import Bench
@@ -21,42 +25,66 @@ class Serving:
     estate: Estate
     root: str
     debounce: str
+    shards: int
     server: ServerProcess
-    probe: Probe
-    view: EndpointView
+    probes: list[Probe]
+    views: list[EndpointView]
     ready_seconds: float
 
+    @property
+    def probe(self) -> Probe:
+        """The probe of an unsharded serving (the whole set)."""
+        assert len(self.probes) == 1
+        return self.probes[0]
+
+    @property
+    def view(self) -> EndpointView:
+        assert len(self.views) == 1
+        return self.views[0]
+
     def full(self) -> bool:
-        return len(self.view.endpoints) == self.estate.services and (
-            self.view.count() == self.estate.endpoints
+        hosts = sum(len(v.endpoints) for v in self.views)
+        return hosts == self.estate.services and (
+            sum(v.count() for v in self.views) == self.estate.endpoints
         )
 
+    def shard_of_host(self) -> dict[str, int]:
+        """host -> the shard serving it (once full)."""
+        return {host: k for k, view in enumerate(self.views) for host in view.endpoints}
+
     async def close(self) -> None:
-        await self.probe.stop()
+        for probe in self.probes:
+            await probe.stop()
         self.server.stop()
 
 
-async def zookeeper_serving(bench: Bench, estate: Estate, debounce: str) -> Serving:
-    """The server for this estate and debounce, started (and its full set held) once."""
-    key = (estate.services, debounce)
+async def zookeeper_serving(
+    bench: Bench, estate: Estate, debounce: str, shards: int = 1
+) -> Serving:
+    """The server for this estate, debounce and shard count, started (and its full set held)
+    once."""
+    key = (estate.services, debounce, shards)
     kept = bench.servings.get(key)
     if kept is not None and kept.server.alive():
-        await kept.probe.until(kept.full, bench.config.deadline)  # after a restored churn
+        await kept.probes[0].until(kept.full, bench.config.deadline)  # after a restored churn
         return kept
-    for other in [k for k in bench.servings if k[0] == estate.services]:
-        await bench.servings.pop(other).close()  # it would take every write too
+    await bench.close_servings(estate.services)  # another would take every write too
     root = await bench.zookeeper.estate(estate)
-    directory = bench.scratch(f"zk-serving-{estate.services}-debounce-{debounce}")
+    name = f"zk-serving-{estate.services}-debounce-{debounce}-shards-{shards}"
+    directory = bench.scratch(name)
     registry = bench.zookeeper.registry(root)
-    server = ServerProcess(directory, bench_settings(directory, [registry], DEBOUNCES[debounce]))
+    settings = bench_settings(directory, [registry], DEBOUNCES[debounce], shards)
+    server = ServerProcess(directory, settings)
     server.start()
-    probe = Probe(server.port)
-    view = EndpointView()
-    probe.listeners.append(view.apply)
-    probe.start()
-    serving = Serving(estate, root, debounce, server, probe, view, 0.0)
+    probes = [Probe(port) for port in server.shard_ports(shards)]
+    views = [EndpointView() for _ in probes]
+    for probe, view in zip(probes, views, strict=True):
+        probe.listeners.append(view.apply)
+        probe.start()
+    serving = Serving(estate, root, debounce, shards, server, probes, views, 0.0)
     try:
-        held = await server.running(probe.until(serving.full, bench.config.deadline))
+        # any probe's response may be the one that completes the set
+        held = await server.running(wait_full(serving, bench.config.deadline))
     except TimeoutError:
         await serving.close()
         raise RuntimeError(f"no full set in time; server log:\n{server.log_tail()}") from None
@@ -65,8 +93,21 @@ async def zookeeper_serving(bench: Bench, estate: Estate, debounce: str) -> Serv
         raise
     serving.ready_seconds = held - server.spawned_at
     bench.log(
-        f"serving {estate.services} ZooKeeper services (debounce {debounce}) after "
-        f"{serving.ready_seconds:.1f}s"
+        f"serving {estate.services} ZooKeeper services (debounce {debounce}, {shards} "
+        f"shard(s)) after {serving.ready_seconds:.1f}s"
     )
     bench.servings[key] = serving
     return serving
+
+
+async def wait_full(serving: Serving, within: float) -> float:
+    """The arrival time of the response after which the probes together held the whole set
+    (whichever probe's response completed it)."""
+    waits = [asyncio.ensure_future(p.until(serving.full, within)) for p in serving.probes]
+    try:
+        done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        return max(task.result() for task in done)
+    finally:
+        for task in waits:
+            task.cancel()
+        await asyncio.gather(*waits, return_exceptions=True)

@@ -7,17 +7,22 @@ Parts (each alone with --parts; letters or names):
                    JSON) and ZooKeeper, vs CSafeLoader parse / json.loads / async kazoo
                    walk, each + a bare protobuf build of the same ServiceEntries
   e memory         peak RSS of those same server runs vs the bare build's
-  b change_latency one provider added/removed, debounce 0, vs kazoo's own watch on the write
+  b change_latency one provider added/removed, debounce 0, vs kazoo's own watch on the write;
+                   unsharded and with 16 shards (the probe reading the service's shard)
   c churn          1,000 writes/s for N seconds: lag p50/p99 and exact final equality, vs a
                    kazoo watcher on the same writes
   d fanout         1/8/32 clients take a new 10k set, vs a bare grpc.aio server, same bytes
   f istiod_cpu     real istiod's CPU for a push where one of 10k changed, our versions vs
-                   every version changed
+                   every version changed; and istiod reading 1, 4 and 16 shards: CPU and
+                   bytes per one-service change
+  g istiod_churn   churn with the real istiod consuming, 1 and 16 shards, uniform and a
+                   rolling restart: istiod CPU-s per second, lag to a sidecar's endpoints
 
 Writes results.json (every figure with its baseline, the machine, the configuration), the PNG
 plots and README.md (the table) into --out. A part given alone is merged into an existing
 results.json (each part carries its own timestamp) unless --fresh. `--smoke` runs every part
-at tiny scale (tests/component/test_bench_smoke.py). Exit status 1 if any part failed.
+at tiny scale (tests/component/test_bench_smoke.py); `--render` rewrites README.md and the
+plots from results.json without measuring. Exit status 1 if any part failed.
 
 The older single-purpose scripts stay runnable alone: `python -m bench.snapshot` (rebuild
 cost of one changed service), `bench.zookeeper` and `bench.consul` (first listing).
@@ -41,9 +46,9 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from bench import churn, coldstart, fanout, istiodcpu, latency
+from bench import churn, coldstart, fanout, istiodchurn, istiodcpu, latency
 from bench.coldstart import SOURCES
-from bench.context import Bench, SuiteConfig
+from bench.context import Bench, SkipPart, SuiteConfig
 from bench.machine import REPO, describe, pin_code
 from bench.plots import draw
 
@@ -54,12 +59,17 @@ PARTS: dict[str, str] = {
     "c": "churn",
     "d": "fanout",
     "f": "istiod_cpu",
+    "g": "istiod_churn",
 }
 ORDER = list(PARTS.values())
 
 
 def _ints(text: str) -> tuple[int, ...]:
     return tuple(int(x) for x in text.split(",") if x)
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    return tuple(float(x) for x in text.split(",") if x)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -70,6 +80,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--parts", default="all", help="comma list of letters or names")
     parser.add_argument("--smoke", action="store_true", help="tiny scales, seconds per part")
     parser.add_argument("--fresh", action="store_true", help="do not merge into results.json")
+    parser.add_argument(
+        "--render", action="store_true", help="rewrite README.md and plots from results.json"
+    )
     parser.add_argument("--workdir", type=Path, help="scratch directory (default: a temp dir)")
     parser.add_argument("--scales", type=_ints, help="cold start scales, e.g. 1000,10000,50000")
     parser.add_argument("--sources", help="cold start sources: static,static-json,zookeeper")
@@ -83,6 +96,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--clients", type=_ints, help="fan-out client counts, e.g. 1,8,32")
     parser.add_argument("--fanout-rounds", type=int)
     parser.add_argument("--istiod-pushes", type=int)
+    parser.add_argument(
+        "--shards",
+        type=_ints,
+        help="shard counts for parts b, f and g, e.g. 1,16 (f: at most two above 1)",
+    )
+    parser.add_argument("--istiod-shard-pushes", type=int, help="part f: pushes per layout")
+    parser.add_argument("--istiod-churn-scales", type=_ints, help="part g: services, e.g. 30000")
+    parser.add_argument("--istiod-churn-seconds", type=float)
+    parser.add_argument(
+        "--istiod-churn-rates", type=_floats, help="part g: writes per second, e.g. 1000,100"
+    )
+    parser.add_argument("--churn-patterns", help="part g: comma list of uniform,rolling")
+    parser.add_argument("--rolling-services", type=int, help="rolling restart: services at once")
+    parser.add_argument(
+        "--istiod-profile", type=float, help="part g: seconds of istiod CPU profile per pass"
+    )
     parser.add_argument("--deadline", type=float, help="seconds any one wait may take")
     return parser.parse_args(argv)
 
@@ -102,6 +131,16 @@ def configure(args: argparse.Namespace) -> SuiteConfig:
         "fanout_clients": args.clients,
         "fanout_rounds": args.fanout_rounds,
         "istiod_pushes": args.istiod_pushes,
+        "latency_shards": args.shards,
+        "istiod_shards": args.shards,
+        "istiod_churn_shards": args.shards,
+        "istiod_shard_pushes": args.istiod_shard_pushes,
+        "istiod_churn_scales": args.istiod_churn_scales,
+        "istiod_churn_seconds": args.istiod_churn_seconds,
+        "istiod_churn_rates": args.istiod_churn_rates,
+        "churn_patterns": tuple(args.churn_patterns.split(",")) if args.churn_patterns else None,
+        "rolling_services": args.rolling_services,
+        "istiod_profile_seconds": args.istiod_profile,
         "deadline": args.deadline,
     }
     return replace(config, **{k: v for k, v in overrides.items() if v is not None})
@@ -126,6 +165,7 @@ async def run_parts(bench: Bench, parts: list[str]) -> dict[str, Any]:
         "churn": churn.run,
         "fanout": fanout.run,
         "istiod_cpu": istiodcpu.run,
+        "istiod_churn": istiodchurn.run,
     }
     try:
         for part in parts:
@@ -139,6 +179,8 @@ async def run_parts(bench: Bench, parts: list[str]) -> dict[str, Any]:
                     result = coldstart.memory(cold)
                 else:
                     result = await runners[part](bench)
+            except SkipPart as skipped:
+                result = {"skipped": str(skipped)}
             except Exception:
                 result = {"error": traceback.format_exc()}
                 bench.log(f"part {part} failed:\n{result['error']}")
@@ -202,6 +244,19 @@ def summarize(parts: dict[str, Any]) -> list[dict[str, Any]]:
                 change["target"]["met"],
             )
         )
+    for shards, entry in sorted(change.get("shards", {}).items(), key=lambda kv: int(kv[0])):
+        ours, kazoo = entry["all"]["ours"], entry["all"]["kazoo_watch"]
+        rows.append(
+            _row(
+                f"(b) change latency, {change['services']:,} services, debounce 0, {shards} shards",
+                f"p50 {_ms(ours['p50'])}, p99 {_ms(ours['p99'])} (from the ack; "
+                f"p99 {_ms(entry['all']['ours_from_write']['p99'])} from the write call)",
+                f"kazoo watch p50 {_ms(kazoo['p50'])}, p99 {_ms(kazoo['p99'])} "
+                "(from the write call)",
+                "p99 <= 2x kazoo p99 + 10 ms",
+                entry["target"]["met"],
+            )
+        )
     for debounce, run in parts.get("churn", {}).get("runs", {}).items():
         lag, kazoo = run["lag"]["ours"], run["lag"]["kazoo_watch"]
         rate, seconds = run["rate_achieved"], run["seconds"]
@@ -242,6 +297,7 @@ def summarize(parts: dict[str, Any]) -> list[dict[str, Any]]:
                 None,
             )
         )
+    rows += sharded_rows(parts)
     for source, (label, _) in SOURCES.items():
         entry = cold.get(source, {}).get("50000")
         if entry:
@@ -258,10 +314,161 @@ def summarize(parts: dict[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def sharded_rows(parts: dict[str, Any]) -> list[dict[str, Any]]:
+    """Issue 23's targets: istiod reading N shards (part f), churn with istiod (part g)."""
+    rows: list[dict[str, Any]] = []
+    sharded = parts.get("istiod_cpu", {}).get("sharded", {})
+    layouts = sharded.get("layouts", {})
+    one = layouts.get("1")
+    for shards, entry in sorted(layouts.items(), key=lambda kv: int(kv[0])):
+        if one is None or shards == "1":
+            continue
+        pushes = len(entry["pushes"])
+        rows.append(
+            _row(
+                f"(f) istiod CPU per one-change push, {sharded['services']:,} services, "
+                f"{shards} shards",
+                f"{entry['cpu_seconds_amortized']:.3f} s amortized over {pushes} pushes "
+                f"(median {entry['cpu_seconds_median']:.3f} s; {entry['go_collections']} Go "
+                f"collections) = {entry['cpu_ratio']:.3f}x",
+                f"{one['cpu_seconds_amortized']:.3f} s (median "
+                f"{one['cpu_seconds_median']:.3f} s; {one['go_collections']} collections), "
+                "istiod reading 1 source",
+                "<= 1/8 of N = 1" if shards == "16" else "report",
+                entry["cpu_ratio"] <= 1 / 8 if shards == "16" else None,
+            )
+        )
+        rows.append(
+            _row(
+                f"(f) bytes sent per one-service change, {shards} shards",
+                f"{entry['bytes_per_change'] / 1e3:,.0f} kB = {entry['bytes_ratio']:.3f}x",
+                f"{one['bytes_per_change'] / 1e3:,.0f} kB, 1 source",
+                "<= 1/10 of N = 1" if shards == "16" else "report",
+                entry["bytes_ratio"] <= 1 / 10 if shards == "16" else None,
+            )
+        )
+    churn = parts.get("istiod_churn", {}).get("scales", {})
+    for scale, entry in sorted(churn.items(), key=lambda kv: int(kv[0])):
+        layouts = entry["layouts"]
+        most = max(layouts, key=int)
+        for pattern, goal in entry["targets"].items():
+            run = layouts[most]["patterns"][pattern]
+            base = layouts.get("1", {}).get("patterns", {}).get(pattern)
+            what = f"{run['pattern']} {run['rate_achieved']:.0f}/s for {run['seconds']:.0f} s"
+            load = run["load_average"]["end"][0]
+            if "cpu" in goal and base is not None:
+                spread = run["writes_spread"]
+                rows.append(
+                    _row(
+                        f"(c) istiod CPU under churn, {int(scale):,} services, {what}, "
+                        f"{most} shards",
+                        f"{run['istiod_cpu_per_second']:.2f} CPU-s/s = "
+                        f"{goal['cpu']['ratio']:.2f}x ({spread['shards_per_window']:.1f} of "
+                        f"{most} shards written per {spread['window_seconds']:g} s; machine "
+                        f"busy {run['machine_busy_share']:.0%}, load {load:.1f})",
+                        f"{base['istiod_cpu_per_second']:.2f} CPU-s/s, 1 source (machine busy "
+                        f"{base['machine_busy_share']:.0%}, load "
+                        f"{base['load_average']['end'][0]:.1f})",
+                        "<= 1/4 of N = 1" if goal["cpu"]["met"] is not None else "report",
+                        goal["cpu"]["met"],
+                    )
+                )
+            lag = run["lag"]
+            baseline = "-"
+            if base is not None and most != "1":
+                baseline = (
+                    f"1 source: p50 {base['lag']['p50']:.3f} s, p99 {base['lag']['p99']:.3f} s"
+                )
+            rows.append(
+                _row(
+                    f"(c) registry write -> sidecar endpoints from istiod, {int(scale):,} "
+                    f"services, {what}, {most} shards",
+                    f"p50 {lag['p50']:.3f} s, p99 {lag['p99']:.3f} s; final equal: "
+                    f"{run['final_equal']}",
+                    baseline,
+                    "p99 < 1 s" if goal["end_to_end"]["met"] is not None else "report",
+                    goal["end_to_end"]["met"],
+                )
+            )
+    return rows
+
+
+def _metric(run: dict[str, Any], key: str) -> float:
+    """One of istiod's counters over a pass (`name{label=value}`), 0 if it did not move."""
+    return float(run["istiod_metrics"].get(key, 0.0))
+
+
+def _profiled(run: dict[str, Any]) -> str:
+    """handleMCP's and GC marking's shares of istiod's CPU in the pass's profile."""
+    found = run.get("istiod_profile_shares")
+    if not found:
+        return "-"
+    mcp = next((v for k, v in found.items() if k.startswith("adsc.handleMCP")), 0.0)
+    gc = next((v for k, v in found.items() if k.startswith("Go garbage")), 0.0)
+    return f"{mcp:.0%}, {gc:.0%}"
+
+
+def sharded_details(parts: dict[str, Any]) -> list[str]:
+    """Issue 23's figures behind the summary rows: per layout, istiod's cost of one change
+    (part f), and per churn pass what istiod, mcpserver and the machine did (part g)."""
+    lines: list[str] = []
+    layouts = parts.get("istiod_cpu", {}).get("sharded", {}).get("layouts", {})
+    if layouts:
+        lines += [
+            "",
+            "### istiod reading N sources: one changed service (part f)",
+            "",
+            "| sources | istiod CPU per push, amortized | median push | Go collections "
+            "(CPU) | bytes per change | pushes sent on the service's shard only |",
+            "|---|---|---|---|---|---|",
+        ]
+        for shards, e in sorted(layouts.items(), key=lambda kv: int(kv[0])):
+            lines.append(
+                f"| {shards} | {e['cpu_seconds_amortized']:.4f} s | "
+                f"{e['cpu_seconds_median']:.4f} s | {e['go_collections']} "
+                f"({e['go_collection_cpu_seconds']:.2f} s) | "
+                f"{e['bytes_per_change'] / 1e3:,.0f} kB | "
+                f"{e['pushes_on_the_home_shard_only']} of {len(e['pushes'])} |"
+            )
+    scales = parts.get("istiod_churn", {}).get("scales", {})
+    for scale, entry in sorted(scales.items(), key=lambda kv: int(kv[0])):
+        lines += [
+            "",
+            f"### Churn with the real istiod, {int(scale):,} services (part g)",
+            "",
+            "| sources | churn | istiod CPU-s/s (to converged) | mcpserver CPU-s/s | "
+            "ZooKeeper + writer | machine busy (load) | sidecar lag p50 / p99 | final equal "
+            "| shards written per 0.5 s | snapshots / ServiceEntry responses | istiod: "
+            "config updates in, EDS pushes, Go collections | istiod profile: adsc.handleMCP, "
+            "GC marking |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for shards, layout in sorted(entry["layouts"].items(), key=lambda kv: int(kv[0])):
+            for run in layout["patterns"].values():
+                spread = run["writes_spread"]
+                lines.append(
+                    f"| {shards} | {run['pattern']} {run['rate_achieved']:.0f}/s x "
+                    f"{run['seconds']:.0f} s | {run['istiod_cpu_per_second']:.2f} "
+                    f"({run['istiod_cpu_per_churn_second_to_converged']:.2f}) | "
+                    f"{run['server_cpu_per_second']:.2f} | "
+                    f"{run['zookeeper_cpu_per_second'] + run['writer_cpu_per_second']:.2f} | "
+                    f"{run['machine_busy_share']:.0%} ({run['load_average']['end'][0]:.1f}) | "
+                    f"{run['lag']['p50']:.2f} s / {run['lag']['p99']:.2f} s | "
+                    f"{run['final_equal']} | {spread['shards_per_window']:.1f} of {shards} "
+                    f"({spread['services_per_window']:.0f} services) | "
+                    f"{run['server_snapshots']:.0f} / "
+                    f"{sum(run['server_entry_responses_by_shard'].values()):.0f} | "
+                    f"{_metric(run, 'pilot_inbound_updates_total{type=config}'):.0f}, "
+                    f"{_metric(run, 'pilot_xds_pushes_total{type=eds}'):.0f}, "
+                    f"{run['istiod_go_collections']} | {_profiled(run)} |"
+                )
+    return lines
+
+
 def markdown(results: dict[str, Any], images: list[Path]) -> str:
     m = results["machine"]
     lines = [
-        "# Benchmark results (issue 17)",
+        "# Benchmark results (issues 17 and 23)",
         "",
         "Generated by `make bench` (`python -m bench.suite`); every figure beside its baseline",
         "measured in the same run. Numbers: `results.json`.",
@@ -291,6 +498,7 @@ def markdown(results: dict[str, Any], images: list[Path]) -> str:
         verdict = {True: "yes", False: "**no**", None: "-"}[row["met"]]
         cells = (row["target"], row["measured"], row["baseline"], row["goal"], verdict)
         lines.append("| " + " | ".join(cells) + " |")
+    lines += sharded_details(results["parts"])
     failed = [p for p, r in results["parts"].items() if "error" in r]
     skipped = [f"{p}: {r['skipped']}" for p, r in results["parts"].items() if "skipped" in r]
     if failed:
@@ -315,19 +523,36 @@ def _clean(value: Any) -> Any:
 
 def merge(previous: dict[str, Any], measured: dict[str, Any]) -> dict[str, Any]:
     """Parts measured now replace earlier ones; cold start and memory are merged per source
-    and scale, so one scale can be measured on its own (e.g. 50k, capped from the full run)."""
+    and scale, so one scale can be measured on its own (e.g. 50k, capped from the full run);
+    istiod churn per scale (a scale's shard counts and patterns always come from one run)."""
     parts = dict(previous)
     for name, part in measured.items():
         old = previous.get(name)
-        if name in ("cold_start", "memory") and old and "error" not in old and "error" not in part:
+        fine = old and "error" not in old and "error" not in part and "skipped" not in part
+        if name in ("cold_start", "memory") and fine:
+            assert old is not None
             merged = {**old, **part}
             for source in SOURCES:
                 if source in old and source in part:
                     merged[source] = {**old[source], **part[source]}
             parts[name] = merged
+        elif name == "istiod_churn" and fine and "scales" in (old or {}):
+            assert old is not None
+            parts[name] = {**old, **part, "scales": {**old["scales"], **part["scales"]}}
         else:
             parts[name] = part
     return parts
+
+
+def render(out: Path) -> None:
+    """The summary, README.md and plots again from results.json, measuring nothing (after a
+    change to how figures are shown)."""
+    path = out / "results.json"
+    results = json.loads(path.read_text())
+    results["summary"] = summarize(results["parts"])
+    path.write_text(json.dumps(_clean(results), indent=1) + "\n")
+    images = draw(results, out)
+    (out / "README.md").write_text(markdown(results, images))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -335,6 +560,9 @@ def main(argv: list[str] | None = None) -> int:
     config = configure(args)
     parts = selected(args.parts)
     out: Path = args.out.resolve()
+    if args.render:
+        render(out)
+        return 0
     out.mkdir(parents=True, exist_ok=True)
     workdir = (args.workdir or Path(tempfile.mkdtemp(prefix="mcpserver-bench-"))).resolve()
     workdir.mkdir(parents=True, exist_ok=True)

@@ -1,11 +1,12 @@
 """The benchmark suite (bench/suite.py, `make bench`) at tiny scale, so that it cannot rot.
 
 It runs the very command `make bench` runs, with `--smoke`: every part, a few seconds each,
-against a real ZooKeeper, and part (f) against the unmodified pilot-discovery on a real
-kube-apiserver (built, or taken from the cache, as the integration tier does; without Go the
-part is skipped locally, and in CI, where every real component is required, that fails).
-The numbers are only checked for sanity:
-a smoke on a busy CI machine says nothing about performance.
+against a real ZooKeeper, and parts (f) and (g) against the unmodified pilot-discovery on a
+real kube-apiserver (built, or taken from the cache, as the integration tier does; without Go
+those parts are skipped locally, and in CI, where every real component is required, that
+fails). The numbers are only checked for sanity: a smoke on a busy CI machine says nothing
+about performance, but what must hold whatever the load does (a change sent on its own shard
+only, every write reaching the sidecar, the final state exact) is asserted.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from tests.integration.zookeeper import ZOOKEEPER_JAR
 pytestmark = pytest.mark.component
 
 REPO = Path(__file__).resolve().parents[2]
-PARTS = ("cold_start", "memory", "change_latency", "churn", "fanout", "istiod_cpu")
+PARTS = ("cold_start", "memory", "change_latency", "churn", "fanout", "istiod_cpu", "istiod_churn")
 
 
 def finite(value: Any) -> bool:
@@ -82,6 +83,13 @@ def test_the_suite_runs_every_part_and_writes_sane_results(tmp_path: Path) -> No
     assert 0 < change["all"]["kazoo_watch"]["p99"] < 1
     assert change["cdf"]["ours"]
 
+    for shards in config["latency_shards"]:
+        if shards == 1:
+            continue
+        sharded = change["shards"][str(shards)]
+        assert sharded["samples"] == 2 * config["latency_samples"]
+        assert 0 < sharded["all"]["ours"]["p50"] <= sharded["all"]["ours"]["p99"] < 10
+
     churn = parts["churn"]["runs"]["0"]
     assert churn["writes"] == int(config["churn_seconds"] * config["churn_rate"])
     assert churn["write_errors"] == 0
@@ -101,8 +109,43 @@ def test_the_suite_runs_every_part_and_writes_sane_results(tmp_path: Path) -> No
         assert istiod["istiod_holds_last_edit"] is True
         assert finite(istiod["versions"]["cpu_seconds"])
         assert finite(istiod["salted"]["cpu_seconds"])
+        layouts = istiod["sharded"]["layouts"]
+        assert sorted(layouts, key=int) == [str(n) for n in config["istiod_shards"]]
+        for shards, layout in layouts.items():
+            assert layout["istiod_holds_last_edit"] is True, shards
+            # one changed service: a response on its own shard's stream, none elsewhere
+            assert layout["pushes_on_the_home_shard_only"] == config["istiod_shard_pushes"]
+            assert finite(layout["cpu_seconds_amortized"]) and layout["bytes_per_change"] > 0
+        biggest = layouts[str(max(config["istiod_shards"]))]
+        assert biggest["bytes_ratio"] < 1  # one shard's set is smaller than the whole
+
+    istiod_churn = parts["istiod_churn"]
+    if os.environ.get("MCPTEST_REQUIRE_REAL") == "1":
+        assert "skipped" not in istiod_churn, istiod_churn["skipped"]
+    if "skipped" not in istiod_churn:
+        for scale in config["istiod_churn_scales"]:
+            layouts = istiod_churn["scales"][str(scale)]["layouts"]
+            for shards in config["istiod_churn_shards"]:
+                passes = layouts[str(shards)]["patterns"]
+                assert sorted(passes) == sorted(
+                    f"{pattern}@{rate:g}"
+                    for pattern in config["churn_patterns"]
+                    for rate in config["istiod_churn_rates"]
+                )
+                for run in passes.values():
+                    assert run["writes"] == int(config["istiod_churn_seconds"] * run["rate_target"])
+                    assert run["write_errors"] == 0
+                    assert run["final_equal"] is True, (shards, run["final_mismatched_hosts"])
+                    assert run["lag"]["censored"] == 0
+                    assert 0 < run["lag"]["p99"] < 30
+                    assert run["istiod_cpu_per_second"] > 0 and run["server_cpu_per_second"] > 0
 
     assert results["summary"]
-    for png in ("cold_start", "memory", "change_latency_cdf", "churn_lag", "fanout"):
+    drawn = ["cold_start", "memory", "change_latency_cdf", "churn_lag", "fanout"]
+    if "skipped" not in istiod:
+        drawn += ["istiod_cpu", "shards_istiod_cpu"]
+    if "skipped" not in istiod_churn:
+        drawn.append("istiod_churn")
+    for png in drawn:
         assert (out / f"{png}.png").stat().st_size > 1000
     assert "| target |" in (out / "README.md").read_text()

@@ -267,6 +267,22 @@ class Kubectl:
 PORT_ATTEMPTS = 3
 
 
+def established(kubectl: Kubectl, within: float) -> None:
+    """Wait for every CRD to be established. `kubectl wait` fails at once ("accessor
+    error: <nil>") on a CRD the apiserver has not given a status yet, which happens just
+    after the apply: then asked again, within the same deadline."""
+    deadline = time.monotonic() + within
+    while True:
+        left = max(1, int(deadline - time.monotonic()))
+        try:
+            kubectl.run("wait", "--for=condition=established", f"--timeout={left}s", "crd", "--all")
+            return
+        except AssertionError as err:
+            if "accessor error" not in str(err) or time.monotonic() > deadline:
+                raise
+        time.sleep(0.2)
+
+
 def lost_a_port(log: Path) -> bool:
     return "address already in use" in tail(log, 20000)
 
@@ -311,7 +327,7 @@ class ControlPlane:
         kubectl = self.kubectl()
         # server-side: the CRDs are too large for client-side apply's annotation
         kubectl.run("apply", "--server-side", f"--filename={crds}", timeout=120)
-        kubectl.run("wait", "--for=condition=established", "--timeout=60s", "crd", "--all")
+        established(kubectl, within=60)
         kubectl.run("create", "namespace", "istio-system")
         self.crds_seconds = time.monotonic() - started - self.startup_seconds
 

@@ -267,6 +267,16 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def bindable(port: int) -> bool:
+    """Whether a loopback port is free to bind now."""
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def accepts(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket() as s:
         s.settimeout(0.5)

@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import os
 import random
-import socket
 import subprocess
 import sys
 import threading
@@ -36,7 +35,7 @@ from tests.integration.conftest import IstiodFactory
 from tests.integration.consulagent import ConsulAgent, Health
 from tests.integration.istiod import Istiod
 from tests.integration.kube import ControlPlane, wait_for
-from tests.integration.real import dying_with_us, free_port, terminate
+from tests.integration.real import bindable, dying_with_us, free_port, terminate
 from tests.integration.test_consul import register
 from tests.integration.test_istio_config import mesh_key, point_at
 from tests.integration.test_istiod import until
@@ -202,15 +201,6 @@ def free_listen_port() -> int:
         if all(bindable(p) for p in (port, *(port + 400 + k for k in range(4)))):
             return port
     raise AssertionError("no free port with free shard ports")
-
-
-def bindable(port: int) -> bool:
-    with socket.socket() as probe:
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 class Sampler:
