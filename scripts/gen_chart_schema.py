@@ -16,7 +16,6 @@ values) is kept as it is.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
@@ -24,7 +23,9 @@ from typing import Any
 
 from mcpserver.settings import settings_model
 
-ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from scripts.generated_file import ROOT, write_or_check  # run as a file
+
 SCHEMA = ROOT / "charts" / "mcpserver" / "values.schema.json"
 DESCRIPTION = (
     "mcpserver's config file (docs/configuration.md), generated from its settings models "
@@ -81,23 +82,13 @@ def generated(current: dict[str, Any]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--check", action="store_true", help="exit 1 if the file is stale")
-    args = parser.parse_args(argv)
-    text = SCHEMA.read_text(encoding="utf-8")
-    fresh = generated(json.loads(text))
-    if args.check:
-        if fresh != text:
-            print(
-                f"{SCHEMA.relative_to(ROOT)} is stale: run python scripts/gen_chart_schema.py",
-                file=sys.stderr,
-            )
-            return 1
-        print(f"{SCHEMA.relative_to(ROOT)} is current")
-        return 0
-    SCHEMA.write_text(fresh, encoding="utf-8")
-    print(f"wrote {SCHEMA.relative_to(ROOT)}")
-    return 0
+    return write_or_check(
+        SCHEMA,
+        lambda: generated(json.loads(SCHEMA.read_text(encoding="utf-8"))),
+        "gen_chart_schema.py",
+        argv,
+        __doc__.split("\n\n")[0],
+    )
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ once and caches it under ~/.cache/mcpserver/).
 
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 from pathlib import Path
@@ -26,6 +25,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from scripts.generated_file import write_or_check  # noqa: E402
 from tests.integration.helm import Helm  # noqa: E402  # the repository root is on sys.path now
 from tests.integration.real import helm_binary  # noqa: E402
 
@@ -100,19 +100,13 @@ def text(objects: list[dict[str, Any]]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--check", action="store_true", help="exit 1 if the file is stale")
-    args = parser.parse_args(argv)
-    fresh = text(rendered(Helm(helm_binary())))
-    if args.check:
-        if TARGET.read_text(encoding="utf-8") != fresh:
-            print(f"{TARGET.relative_to(ROOT)} is stale: run python scripts/gen_plain_manifest.py")
-            return 1
-        print(f"{TARGET.relative_to(ROOT)} is current")
-        return 0
-    TARGET.write_text(fresh, encoding="utf-8")
-    print(f"wrote {TARGET.relative_to(ROOT)}")
-    return 0
+    return write_or_check(
+        TARGET,
+        lambda: text(rendered(Helm(helm_binary()))),
+        "gen_plain_manifest.py",
+        argv,
+        __doc__.split("\n\n")[0],
+    )
 
 
 if __name__ == "__main__":

@@ -9,11 +9,11 @@ import shutil
 import signal
 import subprocess
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
+from tests.component.test_logs import ready
 from tests.integration.real import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -31,14 +31,6 @@ def tracked_copy(target: Path) -> None:
         if source.is_file():
             (target / name.decode()).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, target / name.decode())
-
-
-def ready(admin: int) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{admin}/readyz", timeout=2) as r:
-            return bool(r.status == 200)
-    except OSError:
-        return False
 
 
 def test_make_run_serves_the_demo_without_dev_tools(tmp_path: Path) -> None:

@@ -1,0 +1,1 @@
+"""Developer scripts: code generation and the checks that generated files are current."""
