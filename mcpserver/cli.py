@@ -11,7 +11,7 @@ traceback: every failure is one line on stderr.
 from __future__ import annotations
 
 # isort: off
-from mcpserver import logs, runtime
+from mcpserver import failure, logs, runtime
 
 # isort: on
 import argparse
@@ -280,7 +280,7 @@ def open_channel(server: str, ca: Path | None, server_name: str | None) -> grpc.
 def _reason(error: BaseException | None) -> str:
     if isinstance(error, grpc.aio.AioRpcError):
         return f"{error.code().name}: {error.details()}"
-    return repr(error)
+    return "no reason given" if error is None else failure.describe(error)
 
 
 class DumpError(Exception):
