@@ -93,13 +93,20 @@ async def test_four_shards_give_istiod_what_the_whole_set_gives(
         server={"listen": "127.0.0.1:0", "admin": "127.0.0.1:0", "shards": 4},
     )
     app = await start_app(settings)
-    await until(lambda: app.store.snapshot is not None, 30)
+
+    def served() -> set[str]:
+        snapshot = app.store.snapshot
+        return (
+            set() if snapshot is None else {r.name for r in snapshot.sets["ServiceEntry"].resources}
+        )
+
+    # Consul's instances are served once their first health check passes (interval 1 s)
+    await until(lambda: len(served()) == 3 + 1 + 9, 30)
     whole = await start_istiod(app.port)
     sources = mesh_key("sharded")["configSources"]  # istio-config's overlay, as users paste it
     point_at(sources, app)
     sharded = await start_istiod(app.port, sources)
-    names = {r.name for r in app.store.snapshot.sets["ServiceEntry"].resources}  # type: ignore[union-attr]
-    assert len(names) == 3 + 1 + 9, names
+    names = served()
     assert len({shard_of(n, 4) for n in names}) == 4, "every shard serves something"
 
     def both_hold_all() -> bool:
