@@ -103,8 +103,10 @@ class Admin:
         shard_ports: Mapping[int, Sequence[int]] | None = None,
         replica: str = "",
         forward: Forward | None = None,
+        sink: Callable[[], Mapping[str, object]] | None = None,
     ) -> None:
         self._replica = replica
+        self._sink = sink
         self._forward = forward
         self._kinds = kinds
         # layout N > 1 -> the ports of its shards (server.shards, previous_shards)
@@ -133,6 +135,7 @@ class Admin:
             ("/debug/registries", self.registries),
             ("/debug/problems", self.problems),
             ("/debug/accepted", self.accepted),
+            ("/debug/sink", self.sink),
         )
         for path, handler in routes:
             app.router.add_get(path, handler)  # type: ignore[arg-type]  # aiohttp's handler type is invariant in the return type
@@ -399,6 +402,15 @@ class Admin:
         )
         body = await asyncio.to_thread(lambda: json.dumps(encode_document(document)).encode())
         return web.Response(body=body, content_type="application/json")
+
+    async def sink(self, _: web.Request) -> web.Response:
+        """The Kubernetes sink: whether this replica leads, what it owns, what it could not
+        write (404 when `sink` does not name kubernetes)."""
+        if self._sink is None:
+            return web.json_response(
+                {"error": "the kubernetes sink is off (sink: [mcp])"}, status=404
+            )
+        return web.json_response(dict(self._sink()))
 
     async def problems(self, _: web.Request) -> web.Response:
         return web.json_response(
