@@ -41,7 +41,6 @@ from mcpserver.debounce import Debouncer
 from mcpserver.metrics import Metrics
 from mcpserver.peers import Peers, describe, pick
 from mcpserver.pipeline import Pipeline, PipelineOptions
-from mcpserver.protection import ProtectionPolicy
 from mcpserver.registry.base import Registry, RegistryContext, View
 from mcpserver.registry.kinds import kind_of
 from mcpserver.settings import Settings
@@ -64,8 +63,6 @@ from mcpserver.xds.store import ShardStore, SnapshotSource, SnapshotStore
 log = logging.getLogger("mcpserver")
 changes_log = logging.getLogger("mcpserver.snapshot")
 
-DRAIN_DEFAULT: Final = 5.0
-GRACE_DEFAULT: Final = 10.0
 STREAM_GRACE: Final = 0.5
 """Seconds unary calls in flight (health checks) get before open streams are cut."""
 ORIGINS_KEPT: Final = 16
@@ -101,14 +98,7 @@ def pipeline_options(settings: Settings) -> PipelineOptions:
         keep_when_empty={r.name: r.keep_when_empty for r in settings.registries},
         vip_cidr=settings.vip.cidr,
         merge_policy=settings.merge,
-        protection=ProtectionPolicy(
-            p.max_removed_share,
-            p.min_instances,
-            p.hold_empty,
-            p.hold_for,
-            p.release_share,
-            p.window,
-        ),
+        protection=p.policy(),
         serve_partial_after=settings.startup.serve_partial_after,
         layouts=settings.server.layouts()[1:],
         recovery_grace={r.name: p.grace_for(r.kind) for r in settings.registries},
@@ -116,18 +106,14 @@ def pipeline_options(settings: Settings) -> PipelineOptions:
 
 
 def shutdown_times(settings: Settings) -> tuple[float, float]:
-    """`shutdown.drain` and `shutdown.grace` in seconds (defaults until the setting exists)."""
-    shutdown = getattr(settings, "shutdown", None)
-    return (
-        float(getattr(shutdown, "drain", DRAIN_DEFAULT)),
-        float(getattr(shutdown, "grace", GRACE_DEFAULT)),
-    )
+    """`shutdown.drain` and `shutdown.grace` in seconds."""
+    return settings.shutdown.drain, settings.shutdown.grace
 
 
 def admin_token(settings: Settings) -> str | None:
     """The admin bearer token, if `server.admin_token` is set; an empty one is refused (it
     would silently leave the admin port open)."""
-    secret = getattr(settings.server, "admin_token", None)
+    secret = settings.server.admin_token
     if secret is None:
         return None
     token: str = secret.resolve(os.environ)
