@@ -413,12 +413,10 @@ class Admin:
 
     async def sink(self, _: web.Request) -> web.Response:
         """The Kubernetes sink: whether this replica leads, what it owns, what it could not
-        write (404 when `sink` does not name kubernetes)."""
+        write; `{"enabled": false}` when `sink` does not name kubernetes."""
         if self._sink is None:
-            return web.json_response(
-                {"error": "the kubernetes sink is off (sink: [mcp])"}, status=404
-            )
-        return web.json_response(dict(self._sink()))
+            return web.json_response({"enabled": False, "sink": ["mcp"]})
+        return web.json_response({"enabled": True, **self._sink()})
 
     async def problems(self, _: web.Request) -> web.Response:
         return web.json_response(

@@ -87,8 +87,9 @@ ENDPOINTS: Final = (
     Endpoint(
         "GET",
         "/debug/sink",
-        "the Kubernetes sink (sink: [kubernetes]; 404 when off): whether this replica leads, "
-        "what it owns, what it could not write",
+        "the Kubernetes sink (sink: [kubernetes]): whether this replica leads, what it owns, "
+        "what it could not write",
+        links=(("/debug/sink", "sink"),),
     ),
     Endpoint("GET", "/metrics", "Prometheus metrics", open=True, links=(("/metrics", "metrics"),)),
     Endpoint(
