@@ -29,7 +29,9 @@ from tests.conftest import (
     static_entry,
     write_services,
 )
+from tests.integration.conftest import IstiodFactory
 from tests.integration.kube import ADMIN_TOKEN, ControlPlane, Kubectl
+from tests.integration.xdsprobe import workload_addresses
 
 pytestmark = pytest.mark.integration
 
@@ -278,3 +280,42 @@ async def test_restart_and_leader_change_write_nothing_new(
         if not stopped:
             await first.stop()
         await second.stop()
+
+
+async def test_what_the_sink_writes_reaches_ztunnel_in_ambient_mode(
+    tmp_path: Path,
+    start_app: AppFactory,
+    start_istiod: IstiodFactory,
+    control_plane: ControlPlane,
+    kubectl: Kubectl,
+    namespace: str,
+) -> None:
+    """Ambient's workload discovery reads ServiceEntries from the apiserver only (what an
+    `xds://` source serves never reaches ztunnel: docs/deployment.md "Ambient mode"): with the
+    sink, our services and their endpoints do, as Service and Workload addresses."""
+    kubectl.run("label", "--overwrite", "namespace", namespace, "istio.io/dataplane-mode=ambient")
+    path = tmp_path / "services.yaml"
+    write_services(path, [service("cart", "10.6.0.1", "10.6.0.2", namespace=namespace)])
+    app = await start_app(sink_settings(tmp_path, control_plane, namespace, static_entry(path)))
+    await synced(app)
+    host = objects(kubectl, namespace)["cart"]["spec"]["hosts"][0]
+    # the apiserver is istiod's only source here: with xds:// as well it would get every
+    # service twice
+    istiod = await start_istiod(
+        app.port, sources=[{"address": "k8s://"}], env={"PILOT_ENABLE_AMBIENT": "true"}
+    )
+    service_name = f"{namespace}/{host}"
+
+    def has_service_and_workloads(names: set[str]) -> bool:
+        workloads = [n for n in names if f"/ServiceEntry/{namespace}/cart" in n]
+        return service_name in names and len(workloads) == 2
+
+    names = await workload_addresses(istiod.grpc_port, has_service_and_workloads, within=60)
+    assert service_name in names
+    # a removal reaches ztunnel as well
+    write_services(path, [service("cart", "10.6.0.1", namespace=namespace)])
+    await workload_addresses(
+        istiod.grpc_port,
+        lambda n: len([x for x in n if f"/ServiceEntry/{namespace}/cart" in x]) == 1,
+        within=60,
+    )
