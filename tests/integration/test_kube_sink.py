@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,12 +38,15 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def namespace(kubectl: Kubectl, request: pytest.FixtureRequest) -> str:
-    """A namespace of this test's own (namespaces outlive a test: nothing finalises them)."""
+def namespace(kubectl: Kubectl, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A namespace of this test's own (namespaces outlive a test: nothing finalises them),
+    emptied of Istio objects afterwards: other tests of the session's apiserver assert that
+    nothing of ours is stored there when the sink is off."""
     name = re.sub(r"[^a-z0-9]+", "-", request.node.name.removeprefix("test_"))[:40].strip("-")
     name = f"sink-{name}"
     kubectl.ensure_namespace(name)
-    return name
+    yield name
+    kubectl.run("delete", "serviceentries,workloadentries", "--all", "-n", name, "--wait")
 
 
 def sink_settings(
