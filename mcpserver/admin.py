@@ -32,6 +32,7 @@ from mcpserver.metrics import Metrics, build_labels
 from mcpserver.model import Problem
 from mcpserver.peers import FORWARDED
 from mcpserver.pipeline import Pipeline
+from mcpserver.sink.config import SINK
 from mcpserver.status_page import (
     ENDPOINTS,
     HeldRemoval,
@@ -243,7 +244,23 @@ class Admin:
         """Every problem: degraded registries first, then what the pipeline withheld,
         skipped or holds (the status page and /debug/problems show the same list)."""
         served = self._store.snapshot is not None
-        return [*registry_problems(rows, served), *self._pipeline.problems]
+        return [*registry_problems(rows, served), *self._pipeline.problems, *self.sink_problems()]
+
+    def sink_problems(self) -> list[Problem]:
+        """The Kubernetes sink's troubles, as the page and /debug/problems show them: a
+        sync that did not complete (objects refused, names others hold), a Lease it cannot
+        reach."""
+        if self._sink is None:
+            return []
+        status = self._sink()
+        found = []
+        for subject, key in (
+            ("kubernetes sink", "error"),
+            ("kubernetes sink lease", "lease_error"),
+        ):
+            if status.get(key):
+                found.append(Problem(SINK, subject, str(status[key]), "sink"))
+        return found
 
     async def page(self, request: web.Request) -> web.Response:
         """The status page: server-rendered HTML, refreshed by the browser itself."""

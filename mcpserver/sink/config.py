@@ -50,3 +50,7 @@ class KubernetesSinkSettings(Frozen):
             return (SERVICE_ACCOUNT / "namespace").read_text().strip() or "default"
         except OSError:
             return "default"
+
+
+SINK = "kubernetes-sink"
+"""What the sink's troubles are filed under on /debug/problems and the status page."""

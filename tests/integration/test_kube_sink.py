@@ -237,8 +237,10 @@ spec:
     await eventually(lambda: "pay" in objects(kubectl, namespace), within=60)
     await eventually(lambda: f"ServiceEntry/{namespace}/cart" in sink.status()["failed"], within=30)
     assert sink.status()["foreign"] == [f"ServiceEntry/{namespace}/cart"]
-    # what the sink left unsynced is said: not synced, with the reason
+    # what the sink left unsynced is said: not synced, with the reason, as a problem too
     assert not sink.status()["synced"]
+    (problem,) = app.admin.sink_problems()
+    assert "1 objects not written" in problem.message
     write_services(path, [])  # ours go; theirs stay
     await eventually(lambda: "pay" not in objects(kubectl, namespace), within=30)
     after = {n: o["metadata"]["resourceVersion"] for n, o in objects(kubectl, namespace).items()}
