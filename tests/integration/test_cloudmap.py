@@ -15,10 +15,10 @@ from mcpserver.app import App
 from mcpserver.registry.base import Status
 from mcpserver.registry.cloudmap.watcher import CloudMapRegistry
 from mcpserver.xds.client import DecodedResource, IstiodLikeClient
+from testbed.cloudmap import REGION, SECRET_KEY, SESSION_TOKEN, CloudMap, Moto, aws_env
+from testbed.xdsprobe import endpoints
 from tests.conftest import AppFactory, admin_get, eventually, past_next_rebuild, settings_for
-from tests.integration.cloudmap import REGION, SECRET_KEY, SESSION_TOKEN, CloudMap, Moto, aws_env
 from tests.integration.conftest import IstiodFactory, ServeFactory, assert_kept_without_endpoints
-from tests.integration.xdsprobe import endpoints
 
 HOST = "orders.shop"
 

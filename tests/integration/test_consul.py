@@ -12,12 +12,12 @@ import pytest
 
 from mcpserver.registry.base import Status
 from mcpserver.xds.client import DecodedResource, IstiodLikeClient
+from testbed.consulagent import ConsulAgent, Health
+from testbed.ports import free_port
+from testbed.xdsprobe import endpoints
 from tests.certs import make_certs
 from tests.conftest import AppFactory, eventually, past_next_rebuild, settings_for
 from tests.integration.conftest import IstiodFactory, ServeFactory
-from tests.integration.consulagent import ConsulAgent, Health
-from tests.integration.real import free_port
-from tests.integration.xdsprobe import endpoints
 
 HOST = "web.service.consul"
 

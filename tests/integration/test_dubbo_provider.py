@@ -14,13 +14,14 @@ from typing import Any
 
 import pytest
 
+from testbed.builds import dubbo_provider_classpath
+from testbed.ports import free_port
+from testbed.xdsprobe import endpoints
+from testbed.zookeeper import ZooKeeper
 from tests.conftest import AppFactory
 from tests.integration.conftest import IstiodFactory
-from tests.integration.real import dubbo_provider_classpath, free_port
 from tests.integration.test_istiod import until
 from tests.integration.test_zookeeper import REMOVE_ALL, zk_settings
-from tests.integration.xdsprobe import endpoints
-from tests.integration.zookeeper import ZooKeeper
 
 HOST = "mcpserver.demo.greetingservice"
 

@@ -25,13 +25,13 @@ from mcpserver.registry.base import Status
 from mcpserver.registry.eureka.watcher import EurekaRegistry
 from mcpserver.xds.client import DecodedResource, IstiodLikeClient, decode_resource
 from mcpserver.xds.typeurls import served_kind
+from testbed.eureka import USER, EurekaServer, eureka_server_jar
+from testbed.tlsproxy import TlsProxy
+from testbed.xdsprobe import endpoints
 from tests.certs import make_certs
 from tests.conftest import AppFactory, eventually, past_next_rebuild, settings_for
 from tests.integration.conftest import IstiodFactory, ServeFactory, assert_kept_without_endpoints
-from tests.integration.eureka import USER, EurekaServer, eureka_server_jar
 from tests.integration.test_nacos import listening
-from tests.integration.tlsproxy import TlsProxy
-from tests.integration.xdsprobe import endpoints
 
 AUTH = {"mcpserver.test.basic-auth": "true"}
 WINDOW = {

@@ -35,16 +35,17 @@ from kazoo.client import KazooClient
 
 from mcpserver.xds.client import DecodedResource, IstiodLikeClient
 from mcpserver.xds.typeurls import ISTIO_1_29
+from testbed.envoy import Envoy
+from testbed.forwarder import Forwarder
+from testbed.istiod import Istiod
+from testbed.kube import tail, wait_for
+from testbed.ports import free_port
+from testbed.process import dying_with_us, terminate
+from testbed.zookeeper import ZooKeeper
 from tests.conftest import service, write_services
 from tests.integration.conftest import IstiodFactory
-from tests.integration.envoy import Envoy
-from tests.integration.forwarder import Forwarder
-from tests.integration.istiod import Istiod
-from tests.integration.kube import tail, wait_for
-from tests.integration.real import dying_with_us, free_port, terminate
 from tests.integration.test_istiod import until
 from tests.integration.test_zookeeper import add_provider, provider_url
-from tests.integration.zookeeper import ZooKeeper
 
 INTERFACES = [f"org.example.failover.Service{i}" for i in range(3)]
 

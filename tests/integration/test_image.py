@@ -3,7 +3,7 @@ Docker engine): it serves an istiod-like client through a published port, runs a
 non-root user on a read-only root filesystem, its HEALTHCHECK passes, and SIGTERM stops it
 cleanly within the grace period.
 
-The base image is Debian bookworm's own Python 3.11 (tests/integration/podman.py), the
+The base image is Debian bookworm's own Python 3.11 (testbed/podman.py), the
 build reaches the package index the way pip on this machine does (its settings as a build
 secret), and the Dockerfile stays as users get it.
 """
@@ -24,10 +24,10 @@ import yaml
 
 from mcpserver.xds.client import IstiodLikeClient
 from mcpserver.xds.typeurls import ISTIO_1_29
+from testbed.kube import wait_for
+from testbed.podman import Podman, base_image, pip_conf
+from testbed.ports import free_port
 from tests.conftest import service
-from tests.integration.kube import wait_for
-from tests.integration.podman import Podman, base_image, pip_conf
-from tests.integration.real import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGE = "localhost/mcpserver:test"

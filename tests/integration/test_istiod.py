@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import TypeVar
 
 from mcpserver.xds.typeurls import ISTIO_1_30
+from testbed.xdsprobe import endpoints
 from tests.conftest import AppFactory, make_settings, service, write_services
 from tests.integration.conftest import IstiodFactory
-from tests.integration.xdsprobe import endpoints
 
 T = TypeVar("T")
 

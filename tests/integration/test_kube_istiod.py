@@ -18,17 +18,17 @@ from kazoo.client import KazooClient
 
 from mcpserver.app import App
 from mcpserver.settings import Settings
+from testbed.builds import consul_binary
+from testbed.consulagent import ConsulAgent
+from testbed.istiod import Istiod
+from testbed.kube import ISTIOD_USER, ControlPlane, Kubectl
+from testbed.xdsprobe import endpoints
+from testbed.zookeeper import ZooKeeper
 from tests.conftest import AppFactory, service, settings_for, write_services
 from tests.integration.conftest import IstiodFactory
-from tests.integration.consulagent import ConsulAgent
-from tests.integration.istiod import Istiod
-from tests.integration.kube import ISTIOD_USER, ControlPlane, Kubectl
-from tests.integration.real import consul_binary
 from tests.integration.test_istiod import until
 from tests.integration.test_zookeeper import HOST as DUBBO_HOST
 from tests.integration.test_zookeeper import add_provider, provider_url
-from tests.integration.xdsprobe import endpoints
-from tests.integration.zookeeper import ZooKeeper
 
 OUR_KINDS = ("ServiceEntry", "WorkloadEntry")
 # what a lock's holder is recorded in: an annotation on a ConfigMap lock, the spec of a Lease

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from testbed.ports import free_port
 from tests.component.test_logs import ready
-from tests.integration.real import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 DEV_ONLY = ("pytest", "mypy", "ruff", "selenium", "matplotlib", "hypothesis", "moto", "kazoo")

@@ -23,6 +23,15 @@ import pytest
 
 from mcpserver.registry.base import Registry, Status
 from mcpserver.xds.client import DecodedResource, IstiodLikeClient, decode_resource
+from testbed.nacos import (
+    ADMIN,
+    Heartbeats,
+    RNacos,
+    ephemeral_instance,
+    rnacos_binary,
+)
+from testbed.tlsproxy import TlsProxy
+from testbed.xdsprobe import endpoints
 from tests.certs import make_certs
 from tests.conftest import (
     AppFactory,
@@ -32,15 +41,6 @@ from tests.conftest import (
     settings_for,
 )
 from tests.integration.conftest import IstiodFactory, ServeFactory, assert_kept_without_endpoints
-from tests.integration.nacos import (
-    ADMIN,
-    Heartbeats,
-    RNacos,
-    ephemeral_instance,
-    rnacos_binary,
-)
-from tests.integration.tlsproxy import TlsProxy
-from tests.integration.xdsprobe import endpoints
 
 HOST = "orders.default-group.public.nacos"
 
@@ -149,7 +149,7 @@ async def test_an_unhealthy_instance_is_out_until_healthy_again(
         _, client = await serve(settings)
         await client.wait_for(lambda c: addresses(c) == ["10.30.1.1", "10.30.1.2"], 30)
         # its heartbeats stop: Nacos marks it unhealthy, and it leaves the endpoints (one
-        # stays healthy: see tests/integration/nacos.py)
+        # stays healthy: see testbed/nacos.py)
         beats.beating.discard("10.30.1.2")
         await client.wait_for(lambda c: addresses(c) == ["10.30.1.1"], 30)
         beats.beating.add("10.30.1.2")

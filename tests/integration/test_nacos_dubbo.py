@@ -16,19 +16,20 @@ from typing import Any
 
 import pytest
 
+from testbed.builds import dubbo_provider_classpath
+from testbed.nacos import RNacos, rnacos_binary
+from testbed.ports import free_port
+from testbed.xdsprobe import endpoints
 from tests.conftest import AppFactory, settings_for
 from tests.integration.conftest import IstiodFactory
-from tests.integration.nacos import RNacos, rnacos_binary
-from tests.integration.real import dubbo_provider_classpath, free_port
 from tests.integration.test_istiod import until
-from tests.integration.xdsprobe import endpoints
 
 HOST = "mcpserver.demo.greetingservice"
 APP_HOST = "greeter.dubbo"
 
 
 class NacosProvider:
-    """The Maven-built provider (tests/integration/dubbo) with a nacos:// registry."""
+    """The Maven-built provider (testbed/dubbo) with a nacos:// registry."""
 
     def __init__(self, classpath: str, nacos: RNacos, workdir: Path) -> None:
         self.port = free_port()

@@ -30,17 +30,18 @@ import yaml
 from kazoo.client import KazooClient
 
 from mcpserver.xds.shards import shard_of, shard_port
+from testbed.consulagent import ConsulAgent, Health
+from testbed.istiod import Istiod
+from testbed.kube import ControlPlane, wait_for
+from testbed.ports import bindable, free_port
+from testbed.process import dying_with_us, terminate
+from testbed.zookeeper import ZooKeeper
 from tests.conftest import AppFactory, service, settings_for, write_services
 from tests.integration.conftest import IstiodFactory
-from tests.integration.consulagent import ConsulAgent, Health
-from tests.integration.istiod import Istiod
-from tests.integration.kube import ControlPlane, wait_for
-from tests.integration.real import bindable, dying_with_us, free_port, terminate
 from tests.integration.test_consul import register
 from tests.integration.test_istio_config import mesh_key, point_at
 from tests.integration.test_istiod import until
 from tests.integration.test_zookeeper import add_provider, provider_url
-from tests.integration.zookeeper import ZooKeeper
 
 OURS = ("ServiceEntry", "WorkloadEntry")
 

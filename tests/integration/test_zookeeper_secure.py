@@ -26,6 +26,13 @@ from mcpserver.app import App
 from mcpserver.registry.base import Status
 from mcpserver.registry.zookeeper.connection import Connection, ConnectTimeoutError, Credentials
 from mcpserver.xds.client import IstiodLikeClient
+from testbed.zookeeper import (
+    SUPER_PASSWORD,
+    ServerTLS,
+    ZooKeeper,
+    make_keystore,
+    tls_handshake_ok,
+)
 from tests.certs import make_certs
 from tests.conftest import (
     AppFactory,
@@ -36,13 +43,6 @@ from tests.conftest import (
     settings_for,
 )
 from tests.integration.conftest import ServeFactory
-from tests.integration.zookeeper import (
-    SUPER_PASSWORD,
-    ServerTLS,
-    ZooKeeper,
-    make_keystore,
-    tls_handshake_ok,
-)
 
 IFACE = "org.example.SecureService"
 HOST = "org.example.secureservice"

@@ -35,16 +35,16 @@ from kazoo.exceptions import NoNodeError
 
 from mcpserver.xds.client import ADS_METHOD, ack, decode_resource, initial_request
 from mcpserver.xds.typeurls import ISTIO_1_30, MESH_CONFIG, served_kind
-from tests.integration.consulagent import ConsulAgent
-from tests.integration.eureka import EurekaServer
-from tests.integration.istiod import Istiod
-from tests.integration.kube import tail
-from tests.integration.nacos import RNacos
-from tests.integration.real import accepts
+from testbed.consulagent import ConsulAgent
+from testbed.eureka import EurekaServer
+from testbed.istiod import Istiod
+from testbed.kube import tail
+from testbed.nacos import RNacos
+from testbed.ports import accepts
+from testbed.xdsprobe import CDS, EDS, sidecar_node
+from testbed.zookeeper import ZooKeeper
 from tests.integration.test_eureka import Heartbeats
 from tests.integration.test_failover import Replica
-from tests.integration.xdsprobe import CDS, EDS, sidecar_node
-from tests.integration.zookeeper import ZooKeeper
 from tests.resilience.faults_proxy import StallProxy
 
 Endpoint = tuple[str, str, int]

@@ -28,19 +28,13 @@ import yaml
 from kazoo.client import KazooClient
 
 from bench.probe import Probe
-from tests.integration.consulagent import ConsulAgent
-from tests.integration.istiod import Istiod
-from tests.integration.kube import ControlPlane, wait_for
-from tests.integration.real import (
-    consul_binary,
-    dying_with_us,
-    free_port,
-    istio_module_dir,
-    kube_binaries,
-    pilot_discovery_binary,
-    terminate,
-)
-from tests.integration.zookeeper import ZooKeeper
+from testbed.builds import consul_binary, istio_module_dir, kube_binaries, pilot_discovery_binary
+from testbed.consulagent import ConsulAgent
+from testbed.istiod import Istiod
+from testbed.kube import ControlPlane, wait_for
+from testbed.ports import free_port
+from testbed.process import dying_with_us, terminate
+from testbed.zookeeper import ZooKeeper
 from tests.resilience.soak.churn import ConsulChurn, DubboChurn, StaticChurn
 from tests.resilience.soak.truth import (
     ClientView,

@@ -27,7 +27,9 @@ from typing import Any
 import botocore.config
 import botocore.session
 
-from tests.integration.real import dying_with_us, free_port, missing, terminate
+from testbed.builds import missing
+from testbed.ports import free_port
+from testbed.process import dying_with_us, terminate
 
 REGION = "us-east-1"
 ACCESS_KEY = "AKIAMCPSERVERTEST01"

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import yaml
 
-from tests.integration.real import free_port, terminate
+from testbed.ports import free_port
+from testbed.process import terminate
 
 
 def bootstrap(node_id: str, istiod_port: int, admin_port: int) -> dict[str, object]:

@@ -1,7 +1,7 @@
 """A real Spring Cloud Netflix Eureka server for the tests, and a client that registers
 instances the way Eureka's Java client does.
 
-The server is our own tiny Spring Boot application (tests/integration/eureka: a pom, one
+The server is our own tiny Spring Boot application (testbed/eureka: a pom, one
 class, its properties; `@EnableEurekaServer` from spring-cloud-starter-netflix-eureka-server),
 built with Maven from Maven Central once per content of its sources, then extracted with
 Spring Boot's `jarmode=tools` (an exploded class path starts in a fraction of the time of the
@@ -26,7 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.integration.real import CACHE, HERE, dying_with_us, free_port, locked, missing, terminate
+from testbed.builds import CACHE, HERE, locked, missing
+from testbed.ports import free_port
+from testbed.process import dying_with_us, terminate
 
 USER = ("eureka", "eureka-test-password")  # application.properties
 JVM = ["-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC", "-Xmx256m"]  # starts ~3x faster

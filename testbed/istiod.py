@@ -1,7 +1,7 @@
 """Running Istio's discovery server against mcpserver, and reading istiod's own surfaces.
 
 The integration tier and bench/istiodcpu.py run the unmodified `pilot-discovery discovery`
-against a real kube-apiserver (tests/integration/kube.py), with the config sources our users
+against a real kube-apiserver (testbed/kube.py), with the config sources our users
 deploy: `xds://` mcpserver, then `k8s://`.
 """
 
@@ -19,7 +19,8 @@ from typing import Any
 
 import yaml
 
-from tests.integration.real import accepts, dying_with_us, free_port, terminate
+from testbed.ports import accepts, free_port
+from testbed.process import dying_with_us, terminate
 
 
 @dataclass

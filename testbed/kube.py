@@ -24,7 +24,9 @@ from typing import Any
 
 import yaml
 
-from tests.integration.real import KubeBinaries, dying_with_us, free_port, terminate
+from testbed.builds import KubeBinaries
+from testbed.ports import free_port
+from testbed.process import dying_with_us, terminate
 
 ADMIN_TOKEN = "mcptest-admin-token"  # the tests' own kubectl
 ISTIOD_TOKEN = "mcptest-istiod-token"  # istiod, so the audit log can tell its writes apart

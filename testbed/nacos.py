@@ -32,7 +32,9 @@ from pathlib import Path
 from typing import Any
 
 from mcpserver.registry.nacos.client import Connection
-from tests.integration.real import CACHE, free_port, locked, missing, terminate
+from testbed.builds import CACHE, locked, missing
+from testbed.ports import free_port
+from testbed.process import terminate
 
 RNACOS_VERSION = "0.8.8"
 RNACOS_STARTS = 3  # attempts to start r-nacos (see RNacos.start)

@@ -13,7 +13,8 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.integration.real import free_port, terminate
+from testbed.ports import free_port
+from testbed.process import terminate
 
 
 @dataclass
