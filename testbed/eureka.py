@@ -28,7 +28,7 @@ from typing import Any
 
 from testbed.builds import CACHE, HERE, locked, missing
 from testbed.ports import free_port
-from testbed.process import dying_with_us, terminate
+from testbed.process import Process, terminate
 
 USER = ("eureka", "eureka-test-password")  # application.properties
 JVM = ["-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC", "-Xmx256m"]  # starts ~3x faster
@@ -106,7 +106,7 @@ class EurekaServer:
     workdir: Path
     properties: dict[str, str] = field(default_factory=dict)
     port: int = field(default_factory=free_port)
-    process: subprocess.Popen[bytes] | None = None
+    process: Process | None = None
     started_in: float = 0.0
 
     @property
@@ -137,24 +137,12 @@ class EurekaServer:
             *(f"--{k}={v}" for k, v in settings.items()),
         ]
         self.started_in = time.monotonic()
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                dying_with_us(command), cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT
-            )
+        self.process = Process(command, self.log_path, cwd=self.workdir, die_with_us=True)
 
     def wait_ready(self, within: float = 180.0) -> None:
-        deadline = time.monotonic() + within
-        assert self.process is not None
-        while True:
-            try:
-                self.apps()
-                self.started_in = time.monotonic() - self.started_in
-                return
-            except (OSError, urllib.error.HTTPError):
-                pass
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError("Eureka did not answer:\n" + self.log_path.read_text()[-3000:])
-            time.sleep(0.1)
+        assert self.process is not None, "Eureka not launched"
+        self.process.wait_ready("Eureka", self.apps, within)
+        self.started_in = time.monotonic() - self.started_in
 
     def start(self) -> None:
         """Launch and wait. From async tests, `launch()` on the event loop's thread and

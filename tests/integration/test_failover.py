@@ -19,7 +19,6 @@ import contextlib
 import os
 import re
 import signal
-import subprocess
 import sys
 import urllib.error
 import urllib.request
@@ -38,9 +37,8 @@ from mcpserver.xds.typeurls import ISTIO_1_29
 from testbed.envoy import Envoy
 from testbed.forwarder import Forwarder
 from testbed.istiod import Istiod
-from testbed.kube import tail, wait_for
 from testbed.ports import free_port
-from testbed.process import dying_with_us, terminate
+from testbed.process import Process, tail, terminate
 from testbed.zookeeper import ZooKeeper
 from tests.conftest import service, write_services
 from tests.integration.conftest import IstiodFactory
@@ -65,7 +63,7 @@ class Replica:
     name: str
     port: int = field(default_factory=free_port)
     admin_port: int = field(default_factory=free_port)
-    process: subprocess.Popen[bytes] | None = None
+    process: Process | None = None
     env: dict[str, str] = field(default_factory=dict)
     """More MCPSERVER_ settings (peers, state_dir) for this replica."""
     token: str | None = None
@@ -84,14 +82,8 @@ class Replica:
             "MCPSERVER_SERVER__ADMIN": f"127.0.0.1:{self.admin_port}",
             **self.env,
         }
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                dying_with_us(command),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env={**_environ(), **env},
-            )
-        wait_for(f"replica {self.name}", self.ready, self.process, self.log_path)
+        self.process = Process(command, self.log_path, env={**_environ(), **env}, die_with_us=True)
+        self.process.wait_ready(f"replica {self.name}", self.ready)
 
     def ready(self) -> bool:
         url = f"http://127.0.0.1:{self.admin_port}/readyz"

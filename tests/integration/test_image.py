@@ -24,9 +24,9 @@ import yaml
 
 from mcpserver.xds.client import IstiodLikeClient
 from mcpserver.xds.typeurls import ISTIO_1_29
-from testbed.kube import wait_for
 from testbed.podman import Podman, base_image, pip_conf
 from testbed.ports import free_port
+from testbed.process import wait_ready
 from tests.conftest import service
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -146,7 +146,7 @@ async def test_the_container_serves_istiod_as_non_root_and_stops_on_sigterm(
             raise AssertionError(f"container exited:\n{log.read_text()[-3000:]}")
         return ready(admin_port)
 
-    wait_for("the container's /readyz", alive_and_ready, None, log)
+    wait_ready("the container's /readyz", alive_and_ready, None, log)
 
     # what istiod would receive, through the published port
     async with grpc.aio.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:

@@ -20,7 +20,7 @@ import yaml
 from testbed.eureka import EurekaServer, eureka_server_jar
 from testbed.forwarder import Forwarder
 from testbed.istiod import Istiod
-from testbed.kube import tail
+from testbed.process import tail
 from tests.conftest import service, write_services
 from tests.integration.conftest import IstiodFactory
 from tests.integration.test_eureka import Heartbeats

@@ -38,9 +38,9 @@ from mcpserver.xds.typeurls import ISTIO_1_30, MESH_CONFIG, served_kind
 from testbed.consulagent import ConsulAgent
 from testbed.eureka import EurekaServer
 from testbed.istiod import Istiod
-from testbed.kube import tail
 from testbed.nacos import RNacos
 from testbed.ports import accepts
+from testbed.process import tail
 from testbed.xdsprobe import CDS, EDS, sidecar_node
 from testbed.zookeeper import ZooKeeper
 from tests.integration.test_eureka import Heartbeats
