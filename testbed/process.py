@@ -17,6 +17,9 @@ import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 # What a readiness check may raise while the server is not up yet: a refused or reset
 # connection, an HTTP error status (urllib's HTTPError is an OSError), a half-written answer.
@@ -56,30 +59,35 @@ def tail(log: Path, size: int = 4000) -> str:
 
 def wait_ready(
     what: str,
-    ready: Callable[[], object],
-    process: subprocess.Popen[bytes] | None,
-    log: Path,
+    ready: Callable[[], T],
+    process: subprocess.Popen[Any] | None,
+    log: Path | None,
     within: float = 60.0,
     every: float = 0.1,
-) -> None:
-    """Poll `ready()` until it is truthy; fail early, with the end of the log, if the process
-    exits first, and with it too once `within` seconds have passed. `ready` may raise what a
-    server not up yet makes a client raise (NOT_YET). `process` None: a server this test does
-    not own (a container), whose log is read all the same."""
+) -> T:
+    """Poll `ready()` until it is truthy, and return its value; fail early, with the end of
+    the log, if the process exits first, and with it too once `within` seconds have passed.
+    `ready` may raise what a server not up yet makes a client raise (NOT_YET). `process`
+    None: a server this test does not own (a container), whose log is read all the same;
+    `log` None: a process whose output the test reads itself."""
     deadline = time.monotonic() + within
     while True:
         try:
-            if ready():
-                return
+            value = ready()
+            if value:
+                return value
         except NOT_YET:
             pass
         if process is not None and process.poll() is not None:
-            raise AssertionError(
-                f"{what} exited (status {process.returncode}, log {log}):\n{tail(log)}"
-            )
+            raise AssertionError(f"{what} exited (status {process.returncode}){said(log)}")
         if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not ready in {within:g}s (log {log}):\n{tail(log)}")
+            raise AssertionError(f"{what} not ready in {within:g}s{said(log)}")
         time.sleep(every)
+
+
+def said(log: Path | None) -> str:
+    """The log's name and end, for a failure message."""
+    return "" if log is None else f" (log {log}):\n{tail(log)}"
 
 
 class Process(subprocess.Popen[bytes]):
@@ -128,10 +136,10 @@ class Process(subprocess.Popen[bytes]):
         return tail(self.log_path, size)
 
     def wait_ready(
-        self, what: str, ready: Callable[[], object], within: float = 60.0, every: float = 0.1
-    ) -> None:
+        self, what: str, ready: Callable[[], T], within: float = 60.0, every: float = 0.1
+    ) -> T:
         """`wait_ready` (the module's) for this process and its log."""
-        wait_ready(what, ready, self, self.log_path, within, every)
+        return wait_ready(what, ready, self, self.log_path, within, every)
 
     def stop(self, sig: int = signal.SIGTERM, grace: float = 15.0) -> None:
         """Signal it (its whole group, with `own_group`) and wait `grace` seconds before

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -33,14 +34,26 @@ def free_port() -> int:
 
 
 async def eventually(check: Callable[[], Any], within: float = 10.0, every: float = 0.02) -> Any:
-    """Poll a condition until it is truthy or the deadline passes (no blind sleeps)."""
+    """Poll a condition until it is truthy or the deadline passes (no blind sleeps), and
+    return its value. `check` may be a coroutine function (awaited each time) and may
+    assert: its AssertionError counts as "not yet" until the deadline, then is raised as is,
+    so that a check can say what it found."""
     deadline = time.monotonic() + within
     while True:
-        value = check()
-        if value:
+        failed: AssertionError | None = None
+        value: Any = None
+        try:
+            value = check()
+            if inspect.isawaitable(value):
+                value = await value
+        except AssertionError as err:
+            failed = err
+        if failed is None and value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {within}s: {check}")
+            if failed is not None:
+                raise failed
+            raise AssertionError(f"condition not met within {within}s: {check}; last: {value!r}")
         await asyncio.sleep(every)
 
 

@@ -40,7 +40,7 @@ from testbed.istiod import Istiod
 from testbed.ports import free_port
 from testbed.process import Process, tail, terminate
 from testbed.zookeeper import ZooKeeper
-from tests.conftest import service, write_services
+from tests.conftest import eventually, service, write_services
 from tests.integration.conftest import IstiodFactory
 from tests.integration.test_istiod import until
 from tests.integration.test_zookeeper import add_provider, provider_url
@@ -327,11 +327,13 @@ def _acked_everything(replica: Replica) -> bool:
 
 async def _eventually_identical(a: Replica, b: Replica, expected: int) -> bool:
     """Both replicas serve `expected` ServiceEntries, byte-identical (within 30 s)."""
-    deadline = asyncio.get_running_loop().time() + 30
-    while True:
+
+    async def identical() -> bool:
         left, right = await served(a.port), await served(b.port)
-        if len(left["ServiceEntry"]) == expected and left == right:
-            return True
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"replicas differ or incomplete:\n{left}\n{right}")
-        await asyncio.sleep(0.2)
+        assert len(left["ServiceEntry"]) == expected and left == right, (
+            f"replicas differ or incomplete:\n{left}\n{right}"
+        )
+        return True
+
+    identical_now: bool = await eventually(identical, within=30, every=0.2)
+    return identical_now

@@ -24,7 +24,7 @@ from testbed.istiod import Istiod
 from testbed.kube import ISTIOD_USER, ControlPlane, Kubectl
 from testbed.xdsprobe import endpoints
 from testbed.zookeeper import ZooKeeper
-from tests.conftest import AppFactory, service, settings_for, write_services
+from tests.conftest import AppFactory, eventually, service, settings_for, write_services
 from tests.integration.conftest import IstiodFactory
 from tests.integration.test_istiod import until
 from tests.integration.test_zookeeper import HOST as DUBBO_HOST
@@ -85,10 +85,13 @@ def holds(istiod: Istiod, app: App) -> bool:
 
 async def eds(istiod: Istiod, host: str, expected: list[str], within: float = 30) -> None:
     """Wait until a sidecar asking istiod gets `expected` as the endpoints of HOST:8080."""
-    deadline = time.monotonic() + within
-    while (found := (await endpoints(istiod.grpc_port, f"outbound|8080||{host}"))[1]) != expected:
-        assert time.monotonic() < deadline, f"{host}: {found} != {expected}"
-        await asyncio.sleep(0.2)
+
+    async def served() -> bool:
+        found = (await endpoints(istiod.grpc_port, f"outbound|8080||{host}"))[1]
+        assert found == expected, f"{host}: {found} != {expected}"
+        return True
+
+    await eventually(served, within=within, every=0.2)
 
 
 def configz(istiod: Istiod) -> set[tuple[str, str, str, str]]:

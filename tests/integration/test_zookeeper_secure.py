@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -72,10 +71,10 @@ def secure_zookeeper(
     try:
         server.start()
         # the secure port accepts TCP before its TLS server answers
-        deadline = time.monotonic() + 30
-        while not tls_handshake_ok(server.secure_port or 0, certs):
-            assert time.monotonic() < deadline, server.log_path.read_text()[-3000:]
-            time.sleep(0.1)
+        assert server.process is not None
+        server.process.wait_ready(
+            "ZooKeeper's TLS port", lambda: tls_handshake_ok(server.secure_port or 0, certs), 30
+        )
         writer = KazooClient(
             hosts=server.address, auth_data=[("digest", f"super:{SUPER_PASSWORD}")]
         )
