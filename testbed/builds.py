@@ -233,16 +233,22 @@ def envoy_binary() -> Path:
     return binary
 
 
-def dubbo_provider_classpath() -> str:
-    """Build the test Dubbo 3 provider (testbed/dubbo) with Maven, once per content
-    of its sources, in the cache; return the java classpath to run it."""
-    source = HERE / "dubbo"
+def source_digest(source: Path) -> str:
+    """The cache key of a Maven build from `source`: every file's path under it and its
+    bytes (a local build's target/ aside)."""
     files = sorted(p for p in source.rglob("*") if p.is_file() and "target" not in p.parts)
     digest = hashlib.sha256()
     for path in files:
         digest.update(str(path.relative_to(source)).encode())
         digest.update(path.read_bytes())
-    home = CACHE / f"dubbo-provider-{digest.hexdigest()[:16]}"
+    return digest.hexdigest()[:16]
+
+
+def dubbo_provider_classpath() -> str:
+    """Build the test Dubbo 3 provider (testbed/dubbo) with Maven, once per content
+    of its sources, in the cache; return the java classpath to run it."""
+    source = HERE / "dubbo"
+    home = CACHE / f"dubbo-provider-{source_digest(source)}"
     jar = home / "target" / "dubbo-provider-1.jar"
     classpath = f"{jar}:{home / 'target' / 'lib'}/*"
     if jar.exists():

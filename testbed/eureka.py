@@ -13,7 +13,6 @@ secures a Eureka server.
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import shutil
 import subprocess
@@ -26,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from testbed.builds import CACHE, HERE, locked, missing
+from testbed.builds import CACHE, HERE, locked, missing, source_digest
 from testbed.ports import free_port
 from testbed.process import Process, terminate
 
@@ -38,12 +37,7 @@ DATA_CENTER = {"@class": "com.netflix.appinfo.InstanceInfo$DefaultDataCenterInfo
 def eureka_server_jar() -> Path:
     """The test Eureka server, built once per content of its sources, extracted, cached."""
     source = HERE / "eureka"
-    files = sorted(p for p in source.rglob("*") if p.is_file() and "target" not in p.parts)
-    digest = hashlib.sha256()
-    for path in files:
-        digest.update(str(path.relative_to(source)).encode())
-        digest.update(path.read_bytes())
-    home = CACHE / f"eureka-server-{digest.hexdigest()[:16]}"
+    home = CACHE / f"eureka-server-{source_digest(source)}"
     jar = home / "eureka-server.jar"
     if jar.exists():
         return jar
