@@ -478,15 +478,16 @@ def build(views: Sequence[View], inputs: BuildInputs) -> BuildResult:
 
 @dataclass(frozen=True, slots=True)
 class PipelineOptions:
-    """Settings the pipeline needs, as plain values."""
+    """Settings the pipeline needs, as plain values: built once from the settings
+    (`app.pipeline_options`), which hold every default."""
 
     keep_when_empty: Mapping[str, bool]
     vip_cidr: str
-    merge_policy: str = "first"
-    protection: ProtectionPolicy = field(default_factory=ProtectionPolicy)
-    serve_partial_after: float | None = None  # None: the first snapshot waits for every registry
-    layouts: tuple[int, ...] = ()  # shard layouts N > 1 to serve (xds/shards.py)
-    recovery_grace: Mapping[str, float] = field(default_factory=dict)
+    merge_policy: str
+    protection: ProtectionPolicy
+    serve_partial_after: float | None  # None: the first snapshot waits for every registry
+    layouts: tuple[int, ...]  # shard layouts N > 1 to serve (xds/shards.py)
+    recovery_grace: Mapping[str, float]
     """Seconds each registry (by name) holds removals after its source came back."""
 
 
