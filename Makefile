@@ -31,8 +31,8 @@ test: check              ## everything CI runs: static checks, then the whole te
 check: lint typecheck imports protos-check chart-schema-check
 
 lint: $(STAMP)
-	$(BIN)/ruff check mcpserver tests scripts bench
-	$(BIN)/ruff format --check mcpserver tests scripts bench
+	$(BIN)/ruff check mcpserver tests scripts bench testbed
+	$(BIN)/ruff format --check mcpserver tests scripts bench testbed
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

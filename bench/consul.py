@@ -18,8 +18,8 @@ import consul.aio
 from mcpserver.metrics import Metrics
 from mcpserver.registry.consul.config import ConsulRegistrySettings
 from mcpserver.registry.consul.watcher import ConsulRegistry
-from tests.integration.consulagent import ConsulAgent
-from tests.integration.real import consul_binary
+from testbed.builds import consul_binary
+from testbed.consulagent import ConsulAgent
 
 
 async def baseline(port: int, names: list[str]) -> float:

@@ -56,8 +56,8 @@ from bench.stats import cdf_points, summary
 from bench.workload import ZK_NAMESPACE, Estate, zk_endpoints, zk_host
 from bench.zk import read_endpoints
 from mcpserver.xds.shards import shard_of
-from tests.integration.istiod import Istiod
-from tests.integration.kube import ControlPlane
+from testbed.istiod import Istiod
+from testbed.kube import ControlPlane
 
 ISSUE_RATE = 1_000.0
 """Writes per second of issue 23's churn targets."""

@@ -32,7 +32,7 @@ from mcpserver.registry.nacos.client import Connection
 from mcpserver.registry.nacos.config import NacosRegistrySettings
 from mcpserver.registry.nacos.parser import ServiceKey, service_names
 from mcpserver.registry.nacos.watcher import NacosRegistry, run_bounded
-from tests.integration.nacos import RNacos, rnacos_binary
+from testbed.nacos import RNacos, rnacos_binary
 
 
 def address(i: int, j: int) -> str:

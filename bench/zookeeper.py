@@ -67,7 +67,7 @@ from mcpserver.registry.zookeeper import watcher as watcher_module
 from mcpserver.registry.zookeeper.assembly import EMPTY, Assembly, Changes
 from mcpserver.registry.zookeeper.config import ZooKeeperRegistrySettings
 from mcpserver.registry.zookeeper.watcher import ZooKeeperRegistry
-from tests.integration.zookeeper import ZooKeeper
+from testbed.zookeeper import ZooKeeper
 
 ROOT = "/dubbo"
 # 110k znodes do not fit the tests' 256 MB heap; the JVM reads _JAVA_OPTIONS after its

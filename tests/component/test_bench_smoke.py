@@ -22,8 +22,8 @@ from typing import Any
 
 import pytest
 
-from tests.integration.real import kube_binaries, missing, pilot_discovery_binary
-from tests.integration.zookeeper import ZOOKEEPER_JAR
+from testbed.builds import kube_binaries, missing, pilot_discovery_binary
+from testbed.zookeeper import ZOOKEEPER_JAR
 
 pytestmark = pytest.mark.component
 

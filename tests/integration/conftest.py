@@ -15,12 +15,12 @@ from kazoo.client import KazooClient
 from mcpserver.app import App
 from mcpserver.settings import Settings
 from mcpserver.xds.client import DecodedResource, IstiodLikeClient
+from testbed.builds import consul_binary
+from testbed.consulagent import ConsulAgent, Health
+from testbed.istiod import Istiod
+from testbed.kube import ControlPlane
+from testbed.zookeeper import ZooKeeper
 from tests.conftest import AppFactory, ClientFactory
-from tests.integration.consulagent import ConsulAgent, Health
-from tests.integration.istiod import Istiod
-from tests.integration.kube import ControlPlane
-from tests.integration.real import consul_binary
-from tests.integration.zookeeper import ZooKeeper
 
 STARTED_ISTIODS = pytest.StashKey[list[Istiod]]()
 

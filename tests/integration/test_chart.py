@@ -18,9 +18,9 @@ import yaml
 
 from mcpserver.settings import load_settings
 from mcpserver.xds.shards import shard_port
-from tests.integration.helm import Helm
-from tests.integration.kube import Kubectl
-from tests.integration.real import helm_binary
+from testbed.builds import helm_binary
+from testbed.helm import Helm
+from testbed.kube import Kubectl
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "mcpserver"
