@@ -33,8 +33,8 @@ from mcpserver.metrics import Metrics
 from mcpserver.settings import load_settings
 from mcpserver.sink.client import KubeClient
 from mcpserver.sink.objects import KINDS, desired, to_object
-from tests.integration.kube import ADMIN_TOKEN, ControlPlane
-from tests.integration.real import istio_module_dir, kube_binaries
+from testbed.builds import istio_module_dir, kube_binaries
+from testbed.kube import ADMIN_TOKEN, ControlPlane
 
 CONCURRENCY = 16
 BASELINE_NAMESPACE = "bench-baseline"

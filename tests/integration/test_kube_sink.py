@@ -21,6 +21,8 @@ from mcpserver.app import App
 from mcpserver.settings import Settings
 from mcpserver.sink.client import USER_AGENT
 from mcpserver.sink.objects import OWNER_LABEL, VERSION_ANNOTATION
+from testbed.kube import ADMIN_TOKEN, ControlPlane, Kubectl
+from testbed.xdsprobe import workload_addresses
 from tests.conftest import (
     AppFactory,
     eventually,
@@ -31,8 +33,6 @@ from tests.conftest import (
     write_services,
 )
 from tests.integration.conftest import IstiodFactory
-from tests.integration.kube import ADMIN_TOKEN, ControlPlane, Kubectl
-from tests.integration.xdsprobe import workload_addresses
 
 pytestmark = pytest.mark.integration
 
