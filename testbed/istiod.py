@@ -38,6 +38,8 @@ class Istiod:
     starts: int = 0
     started_at: float = 0.0
     ready_seconds: float = 0.0  # from the last start to 15010 accepting
+    env: dict[str, str] = field(default_factory=dict)
+    """More environment (PILOT_ENABLE_AMBIENT...)."""
     sources: list[dict[str, Any]] | None = None
     """configSources in place of [xds://127.0.0.1:mcpserver_port, k8s://] (an istio-config
     overlay, several shards)."""
@@ -93,6 +95,7 @@ class Istiod:
             # upstream Envoy (the PyPI build) lacks istio-proxy's metadata-exchange filters
             "PILOT_ENABLE_METADATA_EXCHANGE": "false",
             "PILOT_ENABLE_ALPN_FILTER": "false",
+            **self.env,
         }
         self.process = Process(command, self.log_path, env=env, fresh_log=True, die_with_us=True)
 

@@ -64,12 +64,22 @@ async def start_istiod(
     request.node.stash[STARTED_ISTIODS] = started
     kubeconfig = control_plane.istiod_kubeconfig()
 
-    async def start(mcpserver_port: int, sources: list[dict[str, Any]] | None = None) -> Istiod:
-        """`sources` replaces [xds://127.0.0.1:mcpserver_port, k8s://] (shards, overlays)."""
+    async def start(
+        mcpserver_port: int,
+        sources: list[dict[str, Any]] | None = None,
+        env: dict[str, str] | None = None,
+    ) -> Istiod:
+        """`sources` replaces [xds://127.0.0.1:mcpserver_port, k8s://] (shards, overlays);
+        `env` adds to istiod's environment."""
         workdir = tmp_path / f"istiod{len(started)}"
         workdir.mkdir()
         istiod = Istiod(
-            pilot_discovery_bin, workdir, mcpserver_port, kubeconfig=kubeconfig, sources=sources
+            pilot_discovery_bin,
+            workdir,
+            mcpserver_port,
+            kubeconfig=kubeconfig,
+            sources=sources,
+            env=env or {},
         )
         started.append(istiod)
         # blocking waits run in a thread: the in-process mcpserver must keep answering
