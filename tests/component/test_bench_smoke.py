@@ -79,7 +79,9 @@ def test_the_suite_runs_every_part_and_writes_sane_results(tmp_path: Path) -> No
 
     change = parts["change_latency"]
     assert change["samples"] == 2 * config["latency_samples"]
+    assert change["timed_out"] == 0
     assert 0 < change["all"]["ours"]["p50"] <= change["all"]["ours"]["p99"] < 10
+    assert change["all"]["ours_from_ack"]["p50"] >= 0
     assert 0 < change["all"]["kazoo_watch"]["p99"] < 1
     assert change["cdf"]["ours"]
 
