@@ -88,6 +88,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--scales", type=_ints, help="cold start scales, e.g. 1000,10000,50000")
     parser.add_argument("--sources", help="cold start sources: static,static-json,zookeeper")
     parser.add_argument("--cold-repeats", type=int, help="runs per scale up to --scale")
+    parser.add_argument(
+        "--zk-walks", help="ZooKeeper baseline walks, e.g. own:500,kazoo:1000:nostat"
+    )
     parser.add_argument("--scale", type=int, help="services for parts b, c, d, f")
     parser.add_argument("--instances", type=int, help="instances per service")
     parser.add_argument("--latency-samples", type=int)
@@ -123,6 +126,7 @@ def configure(args: argparse.Namespace) -> SuiteConfig:
         "cold_scales": args.scales,
         "cold_sources": tuple(args.sources.split(",")) if args.sources else None,
         "cold_repeats": args.cold_repeats,
+        "zk_walks": tuple(args.zk_walks.split(",")) if args.zk_walks else None,
         "scale": args.scale,
         "instances": args.instances,
         "latency_samples": args.latency_samples,
@@ -213,6 +217,35 @@ def _at_most(value: object, limit: float) -> bool | None:
     return value <= limit if is_figure(value) else None
 
 
+def _walk(baseline: dict[str, Any]) -> str:
+    """Which ZooKeeper walk the baseline figure is (client, window, stat or not)."""
+    walk = baseline.get("walk")
+    if not walk:
+        return ""
+    client, window, *rest = walk.split(":")
+    return f": {client} client, {window} in flight, {'no stat' if rest else 'with stat'}"
+
+
+def _previous(entry: dict[str, Any], key: str, spec: str, unit: str) -> str:
+    """The baseline before issue 29 beside the new one, where it was measured."""
+    previous = entry.get("previous_baseline")
+    if not previous:
+        return ""
+    return (
+        f"; previous baseline (all listings in flight, whole walk held) "
+        f"{shown(previous[key], spec, unit)} = {shown(previous['ratio'], '.2f', 'x')}"
+    )
+
+
+def _previous_rss(entry: dict[str, Any]) -> str:
+    if "previous_baseline_mib" not in entry:
+        return ""
+    return (
+        f"; previous baseline {shown(entry['previous_baseline_mib'], '.0f', ' MiB')} = "
+        f"{shown(entry.get('previous_ratio'), '.2f', 'x')}"
+    )
+
+
 def _latency(entry: dict[str, Any]) -> str:
     """Part b's figure for one server: from the write call, and from the ack. Results from
     before the write call was the origin kept `ours` from the ack, `ours_from_write` beside."""
@@ -237,7 +270,8 @@ def summarize(parts: dict[str, Any]) -> list[dict[str, Any]]:
                 _row(
                     f"(a) cold start, {label}, {int(scale):,} services",
                     shown(entry["ours"]["seconds"], ".2f", " s"),
-                    f"{shown(entry['baseline']['seconds'], '.2f', ' s')} ({base})",
+                    f"{shown(entry['baseline']['seconds'], '.2f', ' s')} ({base}"
+                    f"{_walk(entry['baseline'])}){_previous(entry, 'seconds', '.2f', ' s')}",
                     "<= 1.5x baseline",
                     _at_most(entry.get("ratio"), 1.5),
                 )
@@ -249,7 +283,9 @@ def summarize(parts: dict[str, Any]) -> list[dict[str, Any]]:
                 _row(
                     f"(e) peak RSS, {label}, {int(scale):,} services",
                     shown(entry["ours_mib"], ".0f", " MiB"),
-                    f"{shown(entry['baseline_mib'], '.0f', ' MiB')} (bare build)",
+                    f"{shown(entry['baseline_mib'], '.0f', ' MiB')} (bare build"
+                    f"{_walk({'walk': entry.get('baseline_walk')})})"
+                    f"{_previous_rss(entry)}",
                     "<= 2x baseline",
                     _at_most(entry.get("ratio"), 2.0),
                 )

@@ -73,6 +73,9 @@ def test_the_suite_runs_every_part_and_writes_sane_results(tmp_path: Path) -> No
             assert 0 < entry["ours"]["seconds"] < 60
             assert 0 < entry["baseline"]["seconds"] < 60
             assert entry["baseline"]["phases"]["endpoints"] == int(scale) * per
+            if source == "zookeeper":  # the fastest of the walks tried, the old one beside
+                assert entry["baseline"]["walk"] in config["zk_walks"]
+                assert 0 < entry["previous_baseline"]["seconds"] < 60
             assert finite(entry["ratio"])
             memory = parts["memory"][source][scale]
             assert memory["ours_mib"] > 10 and memory["baseline_mib"] > 10
