@@ -222,6 +222,8 @@ def _walk(baseline: dict[str, Any]) -> str:
     walk = baseline.get("walk")
     if not walk:
         return ""
+    if walk == "previous":
+        return ": all listings in flight, the whole walk held, then built"
     client, window, *rest = walk.split(":")
     return f": {client} client, {window} in flight, {'no stat' if rest else 'with stat'}"
 

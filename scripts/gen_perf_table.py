@@ -45,6 +45,8 @@ def walk(entry: dict[str, Any]) -> str:
     found = entry.get("walk")
     if not found:
         return ""
+    if found == "previous":
+        return "; all listings in flight, the whole walk held"
     client, window, *rest = str(found).split(":")
     return f"; {client} client, {window} listings in flight{', no stat' if rest else ''}"
 
