@@ -32,6 +32,7 @@ import json
 import queue as queues
 import sys
 import time
+import types
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -136,9 +137,7 @@ class ZkWalk:
 def zk_connect(hosts: str, client: str) -> Any:
     """A started client of the kind asked for."""
     if client == "own":
-        from mcpserver.registry.zookeeper.connection import Connection
-
-        own = Connection(hosts, 30.0)
+        own = own_connection_class()(hosts, 30.0)
         own.start(30)
         return own
     from kazoo.client import KazooClient
@@ -146,6 +145,29 @@ def zk_connect(hosts: str, client: str) -> Any:
     kazoo = KazooClient(hosts=hosts, timeout=30)
     kazoo.start(30)
     return kazoo
+
+
+def own_connection_class() -> Any:
+    """mcpserver's reader (registry/zookeeper/connection.py, which needs only jute.py and
+    digestmd5.py) without running its packages' __init__: the ZooKeeper package imports the
+    registry's base (config, pydantic; ~0.7 s) that a standalone reader would not pay."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("mcpserver")
+    assert spec is not None
+    assert spec.submodule_search_locations
+    registry = Path(next(iter(spec.submodule_search_locations))) / "registry"
+    for name, path in (
+        ("mcpserver.registry", registry),
+        ("mcpserver.registry.zookeeper", registry / "zookeeper"),
+    ):
+        if name not in sys.modules:
+            package = types.ModuleType(name)
+            package.__path__ = [str(path)]
+            sys.modules[name] = package
+    from mcpserver.registry.zookeeper.connection import Connection
+
+    return Connection
 
 
 def zk_children(client: Any, path: str, stat: bool, kind: str) -> Any:
