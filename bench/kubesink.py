@@ -194,6 +194,11 @@ async def scale(
         "requests": again.sink.client.requests,
     }
     await again.stop()
+    # the next scale writes the same names under another owner: leave it a clean namespace
+    cleaner = KubeClient(settings.kubernetes, {})
+    for kind in KINDS.values():
+        await cleaner.request("DELETE", kind.path(STATIC_NAMESPACE))
+    await cleaner.close()
     return result
 
 
