@@ -42,8 +42,10 @@ from mcpserver.metrics import Metrics
 from mcpserver.peers import Peers, describe, pick
 from mcpserver.pipeline import Pipeline, PipelineOptions
 from mcpserver.protection import ProtectionPolicy
-from mcpserver.registry.base import Registry, RegistryContext, View
+from mcpserver.registry.base import Registry
+from mcpserver.registry.kind import RegistryContext
 from mcpserver.registry.kinds import kind_of
+from mcpserver.registry.view import View
 from mcpserver.settings import Settings
 from mcpserver.statefiles import StateWriter, check_writable, read_states
 from mcpserver.status import Activity, describe_change

@@ -17,8 +17,9 @@ import pytest
 
 from mcpserver.app import App
 from mcpserver.metrics import Metrics
-from mcpserver.registry.base import Registry, Status
+from mcpserver.registry.base import Registry
 from mcpserver.registry.kinds import KINDS, register
+from mcpserver.registry.view import Status
 from mcpserver.settings import load_settings
 from tests.conftest import AppFactory, eventually, free_port
 from tests.testkind import KIND, EchoRegistry

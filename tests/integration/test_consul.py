@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from mcpserver.registry.base import Status
+from mcpserver.registry.view import Status
 from mcpserver.xds.client import DecodedResource, IstiodLikeClient
 from tests.certs import make_certs
 from tests.conftest import AppFactory, eventually, past_next_rebuild, settings_for
