@@ -144,7 +144,11 @@ def _convert_inline(
     errors = list(spec_errors)
     names = frozenset(p.name for p in subject.ports)
     context = (subject.registry, names)
-    # the previous conversion's endpoints, by the id of their (still living) Instance
+    # the previous conversion's endpoints, by the id of their Instance: `previous` holds its
+    # Service, so these are live objects and their ids unique. Keyed by Instance value
+    # instead, hashing every endpoint on both sides costs about five times as much as the
+    # whole lookup (10 endpoints: ~55 us against ~10), and watchers keep unchanged
+    # Instance objects anyway.
     old_index: dict[int, int] = {}
     old_body = b""
     spans = array("I")

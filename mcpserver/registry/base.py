@@ -173,28 +173,21 @@ class Registry(abc.ABC):
         now_synced = old.synced if synced is None else synced
         if not self.table.pending() and now_synced == old.synced and old.table:
             return
-        contents = self.table.commit()
+        shown = self.table.commit()
         status = old.status
         if status is Status.STARTING and now_synced:
             status = Status.READY
-        if contents.problems is not old.problems:
-            self._report(contents.problems)
+        if shown.problems is not old.problems:
+            self._report(shown.problems)
+        detail = "" if status is Status.READY and old.status is Status.STARTING else old.detail
         self._set_view(
-            View(
+            replace(
+                shown,
                 registry=self.name,
-                services=contents.services,
                 synced=now_synced,
                 status=status,
-                detail=""
-                if status is Status.READY and old.status is Status.STARTING
-                else old.detail,
-                problems=contents.problems,
+                detail=detail,
                 recovered=old.recovered,
-                table=contents.table,
-                revision=contents.revision,
-                log=contents.log,
-                by_key=contents.by_key,
-                shadowed=contents.shadowed,
             )
         )
 

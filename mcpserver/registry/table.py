@@ -1,36 +1,32 @@
 """One registry's services by key, versioned: what every kind publishes through.
 
 A kind reduces its source to parts (a Consul service, a Nacos service, a Eureka app, a
-ZooKeeper key, a file) and says, whenever one changes, what it shows now:
-`replace(part, services, problems)`. The table compares the part's Services with what it
-showed before, key by key (equal by value is no change, and keeps the old object, so the
-builder's caches hold), and notes the keys that changed. `commit()` then closes one
-revision, with the keys it changed, and gives what a View is made of: changes keyed by
+ZooKeeper key, a file) and says, when one changes, what it shows now: `replace(part,
+services, problems)`. The table compares them with what the part showed, key by key (equal
+by value is no change, and the old object stays, so the builder's caches hold), and notes
+the keys that changed. `commit()` closes one revision with those keys: changes keyed by
 name, batched, one revision per batch, as go-control-plane's `LinearCache.UpdateResources`
-(pkg/cache/v3/linear.go). Work is per changed part; the one O(all) step per revision is
-copying the key map and the services tuple (in C), and only when something changed.
+(pkg/cache/v3/linear.go). Work is per changed part; per revision, the key map and the
+services tuple are copied (in C), and only when something changed.
 
 `keep_when_empty` lives here: a part still listed whose Service lost its last instance
-keeps that Service without instances (`keep_empty`), so istiod keeps its host, ports and
-address; a part dropped (`drop`, `retain`) takes its Services with it.
+keeps it without instances (`keep_empty`), so istiod keeps its host, ports and address; a
+dropped part takes its Services with it. Two parts may show one key (two ZooKeeper roots
+with one interface, Consul names that sanitize alike): both are kept, the view shows one
+(view.precedence) and shadows the others, and the merge withholds all but one.
 
-Two parts may show a Service under one key (two ZooKeeper roots with one interface, two
-Consul services whose names sanitize alike): the table keeps both, shows one in `by_key`
-(view.precedence) and the others as shadowed, and the merge withholds all but one.
-
-Pure (no event loop, no I/O): the Registry base owns one; the ZooKeeper assembly, which
-runs in a worker thread, uses `keep_empty` too.
+Pure: the Registry base owns one, on its event loop.
 """
 
 from __future__ import annotations
 
 import itertools
-from collections.abc import Container, Hashable, Iterable, KeysView, Mapping, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Container, Hashable, Iterable, KeysView, Sequence
+from dataclasses import replace
 from types import MappingProxyType
 
 from mcpserver.model import Problem, Service
-from mcpserver.registry.view import NO_SHADOWS, Revision, precedence
+from mcpserver.registry.view import NO_SHADOWS, Revision, View, precedence
 
 LOG_LIMIT = 4096
 """Keys a table's log may name before it starts a new one."""
@@ -41,31 +37,16 @@ _serials = itertools.count(1)
 
 Part = Hashable
 Slot = Hashable
-"""Which of the Services under one key: its part, or (part, (key, n)) for the n-th repeat
-of the key within one part."""
-
-
-@dataclass(frozen=True, slots=True)
-class Contents:
-    """What one revision of a table shows (a View is made of it)."""
-
-    table: int
-    revision: int
-    services: tuple[Service, ...]
-    by_key: Mapping[str, Service]
-    shadowed: Mapping[str, tuple[Service, ...]]
-    problems: tuple[Problem, ...]
-    log: Revision | None
+"""Which Service under a key: its part, or (part, (key, n)) for a key's n-th repeat in it."""
 
 
 class ServiceTable:
-    """One registry's Services, by part and by key, and the keys changed since the last
+    """One registry's Services by part and by key, and the keys changed since the last
     revision. Not thread-safe: the registry's event loop owns it."""
 
     def __init__(self, keep_when_empty: bool = False) -> None:
         self.keep_when_empty = keep_when_empty
         self._serial = next(_serials)
-        self._revision = 0
         self._parts: dict[Part, tuple[Service, ...]] = {}
         self._problems: dict[Part, tuple[Problem, ...]] = {}
         self._entries: dict[str, Service] = {}  # key -> the Service shown under it
@@ -73,29 +54,16 @@ class ServiceTable:
         self._shared: dict[str, dict[Slot, Service]] = {}  # keys shown by several slots
         self._changed: set[str] = set()
         self._problems_changed = False
-        self._handed = False  # the last Contents holds _entries: copy before changing it
-        self._log: Revision | None = None
-        self._last: Contents | None = None
-
-    # ------------------------------------------------------------------ reading
-
-    @property
-    def revision(self) -> int:
-        return self._revision
+        self._handed = False  # the last view holds _entries: copy it before a change
+        self._last = View("", table=self._serial)
 
     def parts(self) -> KeysView[Part]:
         """The parts that show a Service now."""
         return self._parts.keys()
 
-    def part(self, part: Part) -> tuple[Service, ...]:
-        """What `part` shows now (after keep_when_empty)."""
-        return self._parts.get(part, ())
-
     def pending(self) -> bool:
         """Whether anything changed since the last commit."""
         return bool(self._changed) or self._problems_changed
-
-    # ------------------------------------------------------------------ writing
 
     def replace(
         self,
@@ -104,11 +72,10 @@ class ServiceTable:
         problems: Iterable[Problem] = (),
         *,
         listed: bool | Container[str] = True,
-    ) -> bool:
+    ) -> None:
         """`part` shows `services` (and `problems`) now. `listed`: whether the registry
-        still lists the part, so that with keep_when_empty a Service it showed before and
-        lacks now only for want of instances stays, without them; a container: the names
-        still listed within the part. True if anything changed."""
+        still lists the part (with keep_when_empty, a Service it lacks now only for want of
+        instances stays, without them); a container: the names still listed in it."""
         old = self._parts.get(part, ())
         new = tuple(services)
         if self.keep_when_empty and listed is not False and old:
@@ -116,18 +83,13 @@ class ServiceTable:
         problems = tuple(problems)
         if problems != self._problems.get(part, ()):
             self._problems_changed = True
-            if problems:
-                self._problems[part] = problems
-            else:
-                self._problems.pop(part, None)
-        if not old and not new:
-            return self._problems_changed
-        kept = self._update(part, old, new)
-        if kept:
-            self._parts[part] = kept
-        else:
-            self._parts.pop(part, None)
-        return bool(self._changed) or self._problems_changed
+            self._problems[part] = problems
+            if not problems:
+                del self._problems[part]
+        if old or new:
+            self._parts[part] = self._update(part, old, new)
+            if not new:
+                del self._parts[part]
 
     def drop(self, part: Part) -> None:
         """The registry no longer lists `part`: its Services and problems go."""
@@ -138,48 +100,42 @@ class ServiceTable:
         for part in [p for p in itertools.chain(self._parts, self._problems) if p not in keep]:
             self.drop(part)
 
-    def commit(self) -> Contents:
-        """Close the revision: what the table shows now, with the keys changed since the
-        last commit logged under a new revision number (the same contents again if nothing
-        changed)."""
+    def commit(self) -> View:
+        """What the table shows now (a View of no registry: the Registry base names it),
+        the keys changed since the last commit logged under a new revision; the same view
+        again if nothing changed."""
         last = self._last
-        if last is not None and not self.pending():
+        if not self.pending() and last.revision:
             return last
-        if self._changed or last is None:
-            self._revision += 1
+        changes: dict[str, object] = {}
+        if self._changed or not last.revision:
             keys = tuple(self._changed)
-            logged = (self._log.logged if self._log is not None else 0) + len(keys)
-            limit = min(LOG_LIMIT, max(LOG_MIN, len(self._entries)))
-            before = self._log if logged <= limit else None
-            if before is None:
-                logged = len(keys)
-            self._log = Revision(self._revision, keys, before, logged)
-            self._changed = set()
-            services = tuple(self._entries.values())
-            shadowed: Mapping[str, tuple[Service, ...]] = NO_SHADOWS
+            logged = (last.log.logged if last.log is not None else 0) + len(keys)
+            before = (
+                last.log if logged <= min(LOG_LIMIT, max(LOG_MIN, len(self._entries))) else None
+            )
+            shadowed = NO_SHADOWS
             if self._shared:
                 shadowed = MappingProxyType(
                     {
-                        key: tuple(s for slot, s in slots.items() if slot != self._slots[key])
-                        for key, slots in self._shared.items()
+                        key: tuple(s for slot, s in group.items() if slot != self._slots[key])
+                        for key, group in self._shared.items()
                     }
                 )
-                services += tuple(itertools.chain.from_iterable(shadowed.values()))
-            by_key: Mapping[str, Service] = MappingProxyType(self._entries)
-            self._handed = True
-        else:
-            assert last is not None
-            services, by_key, shadowed = last.services, last.by_key, last.shadowed
-        problems = last.problems if last is not None and not self._problems_changed else ()
-        if self._problems_changed or last is None:
-            problems = tuple(itertools.chain.from_iterable(self._problems.values()))
+            services = tuple(self._entries.values())
+            changes = {
+                "revision": last.revision + 1,
+                "log": Revision(last.revision + 1, keys, before, logged if before else len(keys)),
+                "services": services + tuple(itertools.chain.from_iterable(shadowed.values())),
+                "by_key": MappingProxyType(self._entries),
+                "shadowed": shadowed,
+            }
+            self._changed, self._handed = set(), True
+        if self._problems_changed:
+            changes["problems"] = tuple(itertools.chain.from_iterable(self._problems.values()))
             self._problems_changed = False
-        self._last = Contents(
-            self._serial, self._revision, services, by_key, shadowed, problems, self._log
-        )
+        self._last = replace(last, **changes)  # type: ignore[arg-type]
         return self._last
-
-    # ---------------------------------------------------------------- internals
 
     def _update(
         self, part: Part, old: tuple[Service, ...], new: tuple[Service, ...]
@@ -202,8 +158,7 @@ class ServiceTable:
     def _set(self, slot: Slot, key: str, service: Service | None) -> None:
         """Put (None: remove) the Service of `slot` under `key`."""
         if self._handed:
-            self._entries = dict(self._entries)
-            self._handed = False
+            self._entries, self._handed = dict(self._entries), False
         self._changed.add(key)
         entries, slots, shared = self._entries, self._slots, self._shared
         group = shared.get(key)
@@ -216,30 +171,25 @@ class ServiceTable:
                 entries[key], slots[key] = service, slot
                 return
             group = shared[key] = {slots[key]: entries[key]}
-        if service is None:
-            group.pop(slot, None)
-        else:
+        group.pop(slot, None)
+        if service is not None:
             group[slot] = service
-        if len(group) == 1:
+        if len(group) < 2:
             del shared[key]
         if not group:
             del entries[key], slots[key]
             return
-        slot, entries[key] = min(group.items(), key=lambda item: precedence(item[1]))
-        slots[key] = slot
+        slots[key], entries[key] = min(group.items(), key=lambda item: precedence(item[1]))
 
 
 def _slotted(services: tuple[Service, ...]) -> dict[Hashable, Service]:
     """One part's Services by key; the n-th repeat of a key within the part by (key, n)."""
     slotted: dict[Hashable, Service] = {s.key: s for s in services}
-    if len(slotted) == len(services):
-        return slotted
-    slotted = {}
-    seen: dict[str, int] = {}
-    for service in services:
-        key = service.key
-        n = seen[key] = seen.get(key, -1) + 1
-        slotted[(key, n) if n else key] = service
+    if len(slotted) < len(services):
+        slotted, seen = {}, dict[str, int]()
+        for service in services:
+            n = seen[service.key] = seen.get(service.key, -1) + 1
+            slotted[(service.key, n) if n else service.key] = service
     return slotted
 
 
@@ -248,8 +198,8 @@ def keep_empty(
 ) -> list[Service]:
     """`keep_when_empty` for one part: what it makes now, plus each Service it made before
     that is gone from `new` only because no instance is left, kept without instances.
-    `listed` (names of Services the registry still lists within the part; None: all) says
-    which are still there. A Service already kept empty is the same object again."""
+    `listed` (names still listed within the part; None: all) says which are still there.
+    A Service already kept empty is the same object again."""
     names = {s.name for s in new}
     kept = [
         s if not s.instances else replace(s, instances=())

@@ -54,7 +54,7 @@ class Revision:
     """Keys named from the start of this log up to here (the table bounds it)."""
 
 
-EMPTY_MAP: Mapping[str, Service] = MappingProxyType({})
+NO_SERVICES: Mapping[str, Service] = MappingProxyType({})
 NO_SHADOWS: Mapping[str, tuple[Service, ...]] = MappingProxyType({})
 
 
@@ -81,34 +81,27 @@ class View:
     """Which service table this view was taken from (0: none); revisions count per table."""
     revision: int = field(default=0, compare=False)
     log: Revision | None = field(default=None, repr=False, compare=False)
-    by_key: Mapping[str, Service] | None = field(default=None, repr=False, compare=False)
+    """The revisions that led here, newest first (their keys), as far as the table keeps."""
+    by_key: Mapping[str, Service] = field(
+        default_factory=lambda: NO_SERVICES, repr=False, compare=False
+    )
     shadowed: Mapping[str, tuple[Service, ...]] = field(
         default_factory=lambda: NO_SHADOWS, repr=False, compare=False
     )
 
     def __post_init__(self) -> None:
-        # a view without a table indexes its own services (also one made by replace())
-        if self.by_key is None or not self.table:
+        if not self.table:  # a view without a table indexes its own services
             keyed, shadowed = index(self.services)
             object.__setattr__(self, "by_key", keyed)
             object.__setattr__(self, "shadowed", shadowed)
 
-    @property
-    def keyed(self) -> Mapping[str, Service]:
-        """`by_key`, typed as always present (it is, after construction)."""
-        keyed = self.by_key
-        assert keyed is not None
-        return keyed
-
     def with_services(self, services: tuple[Service, ...]) -> Self:
         """The same view with other services and no table (protection's held view)."""
-        return replace(
-            self, services=services, table=0, revision=0, log=None, by_key=None, shadowed=NO_SHADOWS
-        )
+        return replace(self, services=services, table=0, revision=0, log=None)
 
     def candidates(self, key: str) -> tuple[Service, ...]:
         """Every Service this view shows under `key` (nearly always one, or none)."""
-        found = self.keyed.get(key)
+        found = self.by_key.get(key)
         if found is None:
             return ()
         more = self.shadowed.get(key)
@@ -119,11 +112,11 @@ class View:
         either when `earlier` is None): from the log when both views come from one table
         and the log reaches back to `earlier`, else by comparing the two key by key."""
         if earlier is None:
-            return self.keyed.keys()
+            return self.by_key.keys()
         logged = self._logged_since(earlier)
         if logged is not None:
             return logged
-        mine, theirs = self.keyed, earlier.keyed
+        mine, theirs = self.by_key, earlier.by_key
         if mine is theirs:
             return ()
         changed = {k for k, s in mine.items() if (o := theirs.get(k)) is not s and o != s}

@@ -197,7 +197,7 @@ class _Source(Registry):
 
 def _differing(now: View, earlier: View) -> set[str]:
     """Keys whose Services differ by value between two views (compared whole)."""
-    keys = now.keyed.keys() | earlier.keyed.keys()
+    keys = now.by_key.keys() | earlier.by_key.keys()
     return {
         k
         for k in keys
@@ -275,7 +275,7 @@ def test_a_whole_publish_logs_only_the_keys_that_changed() -> None:
     # the same service again, as another object, and a new one
     source.publish([replace(a), b])
     assert source.view().changed_since(first) == {b.key}
-    assert source.view().keyed[a.key] is a  # equal: the table keeps the object it had
+    assert source.view().by_key[a.key] is a  # equal: the table keeps the object it had
 
 
 def varied_service(rng: random.Random) -> Service:

@@ -319,11 +319,7 @@ def test_a_decision_over_10k_services_with_one_changed_is_cheap() -> None:
         table.replace(service.key, (service,))
 
     def view() -> View:
-        c = table.commit()
-        return View(
-            "zk", c.services, True, Status.READY, table=c.table, revision=c.revision, log=c.log,
-            by_key=c.by_key, shadowed=c.shadowed,
-        )  # fmt: skip
+        return replace(table.commit(), registry="zk", synced=True, status=Status.READY)
 
     mind = memory()
     current = view()

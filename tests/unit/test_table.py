@@ -9,8 +9,7 @@ import dataclasses
 import pytest
 
 from mcpserver.model import Instance, Port, Problem, Service
-from mcpserver.registry.table import LOG_MIN, Contents, ServiceTable
-from mcpserver.registry.view import Status, View
+from mcpserver.registry.table import LOG_MIN, ServiceTable
 
 pytestmark = pytest.mark.unit
 
@@ -26,27 +25,13 @@ def service(name: str, *addresses: str, host: str = "") -> Service:
     )
 
 
-def view_of(contents: Contents) -> View:
-    return View(
-        "r",
-        contents.services,
-        True,
-        Status.READY,
-        table=contents.table,
-        revision=contents.revision,
-        log=contents.log,
-        by_key=contents.by_key,
-        shadowed=contents.shadowed,
-    )
-
-
 def test_a_new_part_is_shown_and_its_keys_logged() -> None:
     table = ServiceTable()
-    first = view_of(table.commit())
+    first = table.commit()
     a, b = service("a", "10.0.0.1"), service("b", "10.0.0.2")
     table.replace("part", [a, b])
-    now = view_of(table.commit())
-    assert now.keyed == {a.key: a, b.key: b}
+    now = table.commit()
+    assert now.by_key == {a.key: a, b.key: b}
     assert now.revision == first.revision + 1
     assert set(now.changed_since(first)) == {a.key, b.key}
 
@@ -56,7 +41,7 @@ def test_equal_by_value_is_no_change_and_keeps_the_object() -> None:
     a = service("a", "10.0.0.1")
     table.replace("part", [a])
     before = table.commit()
-    assert not table.replace("part", [dataclasses.replace(a)])
+    table.replace("part", [dataclasses.replace(a)])
     assert not table.pending()
     after = table.commit()
     assert after is before  # nothing changed: the same revision, nothing new to build
@@ -67,12 +52,12 @@ def test_a_replaced_part_logs_what_left_and_what_changed() -> None:
     table = ServiceTable()
     kept, gone, changed = service("kept", "10.0.0.1"), service("gone"), service("c", "10.0.0.3")
     table.replace("part", [kept, gone, changed])
-    first = view_of(table.commit())
+    first = table.commit()
     table.replace("part", [kept, service("c", "10.0.0.4"), service("came")])
-    now = view_of(table.commit())
+    now = table.commit()
     assert set(now.changed_since(first)) == {"default/gone", "default/c", "default/came"}
-    assert now.keyed["default/kept"] is kept
-    assert "default/gone" not in now.keyed
+    assert now.by_key["default/kept"] is kept
+    assert "default/gone" not in now.by_key
 
 
 def test_problems_alone_make_a_view_but_no_revision() -> None:
@@ -101,8 +86,8 @@ def test_two_parts_with_one_key_show_one_and_shadow_the_other(order: str) -> Non
     assert shown.shadowed == {one.key: (two,)}
     assert sorted(map(repr, shown.services)) == sorted(map(repr, (one, two)))
     table.drop("a")
-    after = view_of(table.commit())
-    assert after.keyed[one.key] is two
+    after = table.commit()
+    assert after.by_key[one.key] is two
     assert after.candidates(one.key) == (two,)
     assert not after.shadowed
 
@@ -122,12 +107,12 @@ def test_an_old_view_beyond_the_log_is_compared_whole() -> None:
     table = ServiceTable()
     for n in range(LOG_MIN):
         table.replace(n, [service(f"s{n}", "10.0.0.1")])
-    old = view_of(table.commit())
+    old = table.commit()
     for round_ in range(3 * LOG_MIN):  # more keys than the log keeps for a table this size
         n = round_ % LOG_MIN
         table.replace(n, [service(f"s{n}", f"10.0.{round_ % 7}.{round_ % 5 + 2}")])
         table.commit()
-    now = view_of(table.commit())
+    now = table.commit()
     assert now.log is not None and now.log.logged <= LOG_MIN
     changed = set(now.changed_since(old))
-    assert changed == {k for k in now.keyed if now.keyed[k] != old.keyed[k]}
+    assert changed == {k for k in now.by_key if now.by_key[k] != old.by_key[k]}

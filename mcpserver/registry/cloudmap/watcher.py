@@ -63,7 +63,6 @@ class CloudMapRegistry(Registry):
         self._namespace_ids: dict[str, str] = {}  # watched namespaces: name -> id
         self._revisions: dict[ServiceKey, int] = {}
         self._raw: dict[ServiceKey, list[dict[str, Any]]] = {}  # the last DiscoverInstances answer
-        self._read: set[ServiceKey] = set()  # services whose instances were converted
         # what is wrong, per scope (LISTING or a service), newest last: (kind, detail)
         self._troubles = Troubles(self)
         self.rounds = 0
@@ -204,7 +203,7 @@ class CloudMapRegistry(Registry):
             return False  # dropped while we asked
         self._revisions[key] = revision
         self._troubles.clear(str(key))
-        if self._raw.get(key) == found.instances and key in self._read:
+        if key in self._raw and self._raw[key] == found.instances:
             return False
         # converted in a thread, as the static registry parses: a service of 1,000
         # instances must not stall every gRPC stream on the loop while it is built
@@ -214,7 +213,6 @@ class CloudMapRegistry(Registry):
         if self._listed.get(key) is not info:
             return False  # dropped while we converted
         self._raw[key] = found.instances
-        self._read.add(key)
         # listed: with keep_when_empty, a service without served instances keeps its host,
         # ports and address for istiod
         self.table.replace(key, services, problems)
@@ -225,7 +223,6 @@ class CloudMapRegistry(Registry):
     def _drop(self, key: ServiceKey) -> None:
         self._revisions.pop(key, None)
         self._raw.pop(key, None)
-        self._read.discard(key)
         self._troubles.clear(str(key))
         self.table.drop(key)
 
