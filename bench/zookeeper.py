@@ -61,11 +61,11 @@ from bench import bare
 from bench.workload import address, interface, provider_node, providers_path
 from mcpserver.metrics import Metrics
 from mcpserver.model import Service
+from mcpserver.registry.dubbo.mapping import DubboOptions
 from mcpserver.registry.zookeeper import assembly as assembly_module
 from mcpserver.registry.zookeeper import watcher as watcher_module
 from mcpserver.registry.zookeeper.assembly import EMPTY, Assembly, Changes
 from mcpserver.registry.zookeeper.config import ZooKeeperRegistrySettings
-from mcpserver.registry.zookeeper.services import ZkOptions
 from mcpserver.registry.zookeeper.watcher import ZooKeeperRegistry
 from tests.integration.zookeeper import ZooKeeper
 
@@ -276,7 +276,7 @@ def instrumented(times: list[float], touched: set[str]) -> Iterator[None]:
     real = assembly_module.assemble
 
     def timed(
-        options: ZkOptions, changes: Changes, previous: Assembly = EMPTY, handover: bool = False
+        options: DubboOptions, changes: Changes, previous: Assembly = EMPTY, handover: bool = False
     ) -> Assembly:
         began = time.perf_counter()
         try:

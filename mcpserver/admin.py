@@ -26,13 +26,14 @@ from typing import Final, Protocol
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from mcpserver.changes import Activity
 from mcpserver.codec import Document, encode_document
 from mcpserver.metrics import Metrics, build_labels
 from mcpserver.model import Problem
 from mcpserver.peers import FORWARDED
 from mcpserver.pipeline import Pipeline
-from mcpserver.status import (
-    Activity,
+from mcpserver.status_page import (
+    ENDPOINTS,
     HeldRemoval,
     Page,
     RegistryRow,
@@ -47,7 +48,7 @@ from mcpserver.xds.store import SnapshotStore
 
 log = logging.getLogger("mcpserver.admin")
 
-OPEN_PATHS: Final = frozenset(("/healthz", "/readyz", "/metrics"))
+OPEN_PATHS: Final = frozenset(e.path for e in ENDPOINTS if e.open)
 """Paths every prober and scraper may read without the admin token."""
 REFRESH_SECONDS: Final = 5
 """The status page's default refresh; `?refresh=N` changes it (0 turns it off)."""
@@ -123,20 +124,27 @@ class Admin:
         self.port = self._port
         self.shutting_down = False
         app = web.Application(middlewares=[self._guard])
-        routes: Sequence[tuple[str, Callable[[web.Request], object]]] = (
-            ("/", self.page),
-            ("/healthz", self.healthz),
-            ("/readyz", self.readyz),
-            ("/metrics", self.metrics),
-            ("/debug/snapshot", self.snapshot),
-            ("/debug/clients", self.clients),
-            ("/debug/registries", self.registries),
-            ("/debug/problems", self.problems),
-            ("/debug/accepted", self.accepted),
-        )
-        for path, handler in routes:
-            app.router.add_get(path, handler)  # type: ignore[arg-type]  # aiohttp's handler type is invariant in the return type
-        app.router.add_post("/debug/registries/{name}/confirm", self.confirm)
+        # what answers each endpoint of the table (status_page.ENDPOINTS), which says what
+        # each is for and which are open: a path of one without the other fails here
+        handlers: Mapping[str, Callable[[web.Request], Awaitable[web.Response]]] = {
+            "/": self.page,
+            "/healthz": self.healthz,
+            "/readyz": self.readyz,
+            "/metrics": self.metrics,
+            "/debug/snapshot": self.snapshot,
+            "/debug/clients": self.clients,
+            "/debug/registries": self.registries,
+            "/debug/registries/{name}/confirm": self.confirm,
+            "/debug/problems": self.problems,
+            "/debug/accepted": self.accepted,
+        }
+        if handlers.keys() != {e.path for e in ENDPOINTS}:
+            raise AssertionError("admin handlers and status_page.ENDPOINTS disagree")
+        for endpoint in ENDPOINTS:
+            if endpoint.method == "GET":  # and HEAD, as aiohttp adds a GET route
+                app.router.add_get(endpoint.path, handlers[endpoint.path])
+            else:
+                app.router.add_route(endpoint.method, endpoint.path, handlers[endpoint.path])
         self._app = app
 
     @web.middleware

@@ -14,7 +14,7 @@ stopping registry does can reach istiod; everything after the drain is bounded b
 
 The app also keeps what only it can see: when each registry reports a change (the start of
 the push latency histogram, and "last change" on the status page) and what each published
-snapshot changed (one INFO line per publish that names it).
+snapshot changed (one INFO line per publish that names it): its ChangeTracker (changes.py).
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ import contextlib
 import functools
 import itertools
 import logging
-import math
 import os
 import signal
 import socket
@@ -36,21 +35,18 @@ from typing import Final
 
 from mcpserver import failure, runtime
 from mcpserver.admin import Admin
+from mcpserver.changes import ChangeTracker
 from mcpserver.codec import Record
 from mcpserver.debounce import Debouncer
 from mcpserver.metrics import Metrics
 from mcpserver.peers import Peers, describe, pick
 from mcpserver.pipeline import Pipeline, PipelineOptions
-from mcpserver.protection import ProtectionPolicy
 from mcpserver.registry.base import Registry
 from mcpserver.registry.kind import RegistryContext
 from mcpserver.registry.kinds import kind_of
-from mcpserver.registry.view import View
 from mcpserver.settings import Settings
 from mcpserver.statefiles import StateWriter, check_writable, read_states
-from mcpserver.status import Activity, describe_change
 from mcpserver.xds.callbacks import DefaultCallbacks
-from mcpserver.xds.resources import PackedResource
 from mcpserver.xds.server import ServerOptions, TLSError, XdsServer
 from mcpserver.xds.shards import (
     SHARD_HEADER,
@@ -59,18 +55,13 @@ from mcpserver.xds.shards import (
     WHOLE,
     shard_label,
 )
-from mcpserver.xds.snapshot import Snapshot
 from mcpserver.xds.sotw import AdsHandler, Clients
 from mcpserver.xds.store import ShardStore, SnapshotSource, SnapshotStore
 
 log = logging.getLogger("mcpserver")
-changes_log = logging.getLogger("mcpserver.snapshot")
 
-DRAIN_DEFAULT: Final = 5.0
-GRACE_DEFAULT: Final = 10.0
 STREAM_GRACE: Final = 0.5
 """Seconds unary calls in flight (health checks) get before open streams are cut."""
-ORIGINS_KEPT: Final = 16
 
 
 class StartError(Exception):
@@ -103,14 +94,7 @@ def pipeline_options(settings: Settings) -> PipelineOptions:
         keep_when_empty={r.name: r.keep_when_empty for r in settings.registries},
         vip_cidr=settings.vip.cidr,
         merge_policy=settings.merge,
-        protection=ProtectionPolicy(
-            p.max_removed_share,
-            p.min_instances,
-            p.hold_empty,
-            p.hold_for,
-            p.release_share,
-            p.window,
-        ),
+        protection=p.policy(),
         serve_partial_after=settings.startup.serve_partial_after,
         layouts=settings.server.layouts()[1:],
         recovery_grace={r.name: p.grace_for(r.kind) for r in settings.registries},
@@ -118,107 +102,20 @@ def pipeline_options(settings: Settings) -> PipelineOptions:
 
 
 def shutdown_times(settings: Settings) -> tuple[float, float]:
-    """`shutdown.drain` and `shutdown.grace` in seconds (defaults until the setting exists)."""
-    shutdown = getattr(settings, "shutdown", None)
-    return (
-        float(getattr(shutdown, "drain", DRAIN_DEFAULT)),
-        float(getattr(shutdown, "grace", GRACE_DEFAULT)),
-    )
+    """`shutdown.drain` and `shutdown.grace` in seconds."""
+    return settings.shutdown.drain, settings.shutdown.grace
 
 
 def admin_token(settings: Settings) -> str | None:
     """The admin bearer token, if `server.admin_token` is set; an empty one is refused (it
     would silently leave the admin port open)."""
-    secret = getattr(settings.server, "admin_token", None)
+    secret = settings.server.admin_token
     if secret is None:
         return None
     token: str = secret.resolve(os.environ)
     if not token:
         raise StartError("server.admin_token is set but resolves to an empty value")
     return token
-
-
-class Changes:
-    """Follows registry changes and published snapshots for the log, the status page and
-    the push latency histogram.
-
-    A registry change (its on_change call) starts a clock unless one runs; the rebuild that
-    the debouncer starts next takes it, and the snapshot that rebuild publishes carries it:
-    streams then measure from it to the response they write. A rebuild that fails hands its
-    clock back to the next one.
-    """
-
-    def __init__(
-        self, store: SnapshotStore, views: Callable[[], Sequence[View]], metrics: Metrics
-    ) -> None:
-        self._store = store
-        self._views = views
-        self._metrics = metrics
-        self.activity = Activity()
-        self._previous: Snapshot | None = None
-        self._pending: float | None = None  # monotonic time of the oldest unbuilt change
-        self._building: float | None = None
-        self._origins: dict[str, float] = {}
-        store.subscribe(self._published)
-
-    def registry_changed(self, name: str) -> None:
-        self.activity.registry_changed[name] = time.time()
-        if self._pending is None:
-            self._pending = time.monotonic()
-
-    def rebuild_started(self) -> None:
-        self._building, self._pending = self._pending, None
-
-    def rebuild_ended(self, failed: bool) -> None:
-        if failed and self._building is not None:
-            self._pending = min(self._building, self._pending or math.inf)
-        self._building = None
-
-    def origin(self, snapshot: Snapshot) -> float | None:
-        """When the oldest registry change this snapshot carries was reported (monotonic)."""
-        return self._origins.get(snapshot.version)
-
-    def _owner_lookup(self) -> Callable[[PackedResource], str]:
-        """Which registry a ServiceEntry came from, where the snapshot does not say: the
-        registries' current views, else the resource's own `registry` label."""
-        # Only asked for what the snapshot does not attribute itself (a snapshot not built
-        # on the one before): then worth one pass over the views.
-        current: dict[str, str] = {}
-
-        def owner(resource: PackedResource) -> str:
-            if not current:
-                for view in self._views():
-                    for service in view.services:
-                        current.setdefault(service.key, view.registry)  # config order wins
-            found = current.get(resource.name)
-            if found is None:
-                found = resource.decode().metadata.labels.get("registry", "")
-            return found
-
-        return owner
-
-    def _published(self) -> None:
-        """The store's listener: runs on the loop right after each publish."""
-        snapshot = self._store.snapshot
-        if snapshot is None or snapshot is self._previous:
-            return
-        if self._building is not None:
-            # the streams of a shard see that shard's snapshot: each changed one carries it
-            previous = self._previous
-            self._origins[snapshot.version] = self._building
-            for n, parts in snapshot.layouts.items():
-                for k, part in enumerate(parts):
-                    if previous is None or part is not previous.part(n, k):
-                        self._origins[part.version] = self._building
-            kept = ORIGINS_KEPT * (1 + sum(snapshot.layouts))
-            while len(self._origins) > kept:
-                del self._origins[next(iter(self._origins))]
-        change = describe_change(self._previous, snapshot, self._owner_lookup())
-        self._previous = snapshot
-        self.activity.published_at = time.time()
-        self._metrics.last_publish.set(self.activity.published_at)
-        self.activity.last_change = change
-        changes_log.info(change.summary(), extra=change.fields())
 
 
 class App:
@@ -254,7 +151,7 @@ class App:
         self.registries = (
             list(registries) if registries is not None else build_registries(s, self.metrics)
         )
-        self.changes = Changes(self.store, lambda: self.pipeline.views(), self.metrics)  # noqa: PLW0108  # built after this
+        self.changes = ChangeTracker(self.store, lambda: self.pipeline.views(), self.metrics)  # noqa: PLW0108  # built after this
         ids = itertools.count(1)
 
         def handler(source: SnapshotSource, shard: str) -> AdsHandler:

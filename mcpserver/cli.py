@@ -521,9 +521,7 @@ def _serve(args: argparse.Namespace) -> int:
         settings = _settings(getattr(args, "config", None))
     except ConfigError as err:
         return _config_failure(err)
-    log_format: logs.LogFormat = getattr(
-        args, "log_format", getattr(settings, "log_format", "text")
-    )
+    log_format: logs.LogFormat = getattr(args, "log_format", settings.log_format)
     logs.configure(settings.log_level, log_format)
     runtime.tune()
     try:

@@ -20,7 +20,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from mcpserver.backoff import backoff
 from mcpserver.builder import Builder, BuildInputs, BuildResult, Known
@@ -43,15 +43,16 @@ WAITING_LOG_EVERY = 30.0
 
 @dataclass(frozen=True, slots=True)
 class PipelineOptions:
-    """Settings the pipeline needs, as plain values."""
+    """Settings the pipeline needs, as plain values: built once from the settings
+    (`app.pipeline_options`), which hold every default."""
 
     keep_when_empty: Mapping[str, bool]
     vip_cidr: str
-    merge_policy: str = "first"
-    protection: ProtectionPolicy = field(default_factory=ProtectionPolicy)
-    serve_partial_after: float | None = None  # None: the first snapshot waits for every registry
-    layouts: tuple[int, ...] = ()  # shard layouts N > 1 to serve (xds/shards.py)
-    recovery_grace: Mapping[str, float] = field(default_factory=dict)
+    merge_policy: str
+    protection: ProtectionPolicy
+    serve_partial_after: float | None  # None: the first snapshot waits for every registry
+    layouts: tuple[int, ...]  # shard layouts N > 1 to serve (xds/shards.py)
+    recovery_grace: Mapping[str, float]
     """Seconds each registry (by name) holds removals after its source came back."""
 
 

@@ -75,20 +75,21 @@ V = TypeVar("V", bound=ViewLike)
 
 @dataclass(frozen=True, slots=True)
 class ProtectionPolicy:
-    """When an update counts as a mass removal, and how it is released."""
+    """When an update counts as a mass removal, and how it is released: built once from
+    the settings (`ProtectionSettings.policy()`), where the defaults are."""
 
-    max_removed_share: float = 0.5
+    max_removed_share: float
     """Hold an update removing more than this share of instances; 1.0 disables the rule."""
-    min_instances: int = 5
+    min_instances: int
     """The share rule applies to registries with at least this many instances."""
-    hold_empty: bool = True
+    hold_empty: bool
     """Hold an update that removes every served service, whatever the registry's size."""
-    hold_for: float | None = 180.0
+    hold_for: float | None
     """Seconds a held update must persist before it is applied; None: confirmation only."""
-    release_share: float = 0.1
+    release_share: float
     """A hold ends by itself once a listing removes at most this share of the instances
     (whatever the registry's size); max_removed_share: no hysteresis."""
-    window: float = 0.0
+    window: float
     """Seconds over which removals add up: an update is judged against what was accepted
     this long ago (memory.py keeps it), not only against the update before; 0: per update."""
 
@@ -294,8 +295,16 @@ def guard(
     )
 
 
-ANY_REMOVAL = ProtectionPolicy(max_removed_share=0.0, min_instances=0, release_share=0.0)
-"""The share rule a recovery grace applies: any removal at all."""
+ANY_REMOVAL = ProtectionPolicy(
+    max_removed_share=0.0,
+    min_instances=0,
+    hold_empty=True,
+    hold_for=None,
+    release_share=0.0,
+    window=0.0,
+)
+"""The share rule a recovery grace applies: any removal at all (only its share rule is read:
+how long the hold lasts is the grace's)."""
 
 
 def held_view(accepted: V, incoming: V, withheld: Collection[str] = NOTHING) -> V:

@@ -41,6 +41,7 @@ from mcpserver.config import (
     SecretSettings,
     parse_duration,
 )
+from mcpserver.protection import ProtectionPolicy
 from mcpserver.registry.kinds import KINDS
 from mcpserver.xds.shards import MAX_SHARDS, PORT_STRIDE, highest_port, layouts, shard_port
 
@@ -262,6 +263,17 @@ class ProtectionSettings(Frozen):
         if value is not None:
             return value
         return KINDS[kind].recovery_grace
+
+    def policy(self) -> ProtectionPolicy:
+        """The protection rules as the pure code reads them (protection.py), built once."""
+        return ProtectionPolicy(
+            max_removed_share=self.max_removed_share,
+            min_instances=self.min_instances,
+            hold_empty=self.hold_empty,
+            hold_for=self.hold_for,
+            release_share=self.release_share,
+            window=self.window,
+        )
 
     @model_validator(mode="after")
     def _hysteresis(self) -> ProtectionSettings:

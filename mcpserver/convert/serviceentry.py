@@ -22,7 +22,7 @@ from mcpserver_protos.istio.networking.v1alpha3 import (
 
 from mcpserver.convert.naming import sanitize_label
 from mcpserver.model import Instance, Service
-from mcpserver.xds.resources import encode_varint
+from mcpserver.wire import encode_varint
 
 REGISTRY_LABEL = "registry"
 SELECTOR_LABEL = "mcpserver.io/service"

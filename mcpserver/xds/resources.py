@@ -23,31 +23,13 @@ from google.protobuf import any_pb2
 from google.protobuf.message import Message
 from mcpserver_protos.istio.mcp.v1alpha1 import resource_pb2
 
+from mcpserver.wire import decode_varint, encode_varint
 from mcpserver.xds.typeurls import BODY_TYPE, RESOURCE_TYPE
 
 _RESOURCES_FIELD = b"\x12"  # DiscoveryResponse.resources = 2, length-delimited
 _VERSION_FIELD = b"\x0a"  # version_info = 1
 _TYPE_URL_FIELD = b"\x22"  # type_url = 4
 _NONCE_FIELD = b"\x2a"  # nonce = 5
-
-
-_SHORT_VARINTS: tuple[bytes, ...] = tuple(
-    bytes([v]) if v < 0x80 else bytes([(v & 0x7F) | 0x80, v >> 7]) for v in range(1 << 14)
-)
-"""The one- and two-byte varints, made once (about 0.5 MB): nearly every length we frame is
-below 16 KiB, and a changed service frames about thirty of them."""
-
-
-def encode_varint(value: int) -> bytes:
-    """Protobuf base-128 varint of a non-negative int."""
-    if value < 0x4000:
-        return _SHORT_VARINTS[value]
-    out = bytearray()
-    while value > 0x7F:
-        out.append((value & 0x7F) | 0x80)
-        value >>= 7
-    out.append(value)
-    return bytes(out)
 
 
 def _field(tag: bytes, payload: bytes) -> bytes:
@@ -86,17 +68,8 @@ class PackedResource:
 
 def _unframe(framed: bytes) -> bytes:
     """Strip the field tag and length prefix that frame an Any inside DiscoveryResponse."""
-    pos = 1
-    shift = 0
-    length = 0
-    while True:
-        byte = framed[pos]
-        length |= (byte & 0x7F) << shift
-        pos += 1
-        if byte < 0x80:
-            break
-        shift += 7
-    return framed[pos : pos + length]
+    length, start = decode_varint(framed, 1)
+    return framed[start : start + length]
 
 
 def content_version(

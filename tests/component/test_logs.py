@@ -268,7 +268,7 @@ def test_a_change_names_services_by_registry_and_keeps_big_ones_short() -> None:
 
     from mcpserver_protos.istio.networking.v1alpha3 import service_entry_pb2, workload_entry_pb2
 
-    from mcpserver.status import describe_change
+    from mcpserver.changes import describe_change
     from mcpserver.xds.resources import PackedResource, pack
     from mcpserver.xds.snapshot import build_snapshot
 

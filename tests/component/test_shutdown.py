@@ -18,9 +18,9 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2
 
-from mcpserver.app import DRAIN_DEFAULT, GRACE_DEFAULT, App
+from mcpserver.app import App
 from mcpserver.registry.base import Registry
-from mcpserver.settings import Settings
+from mcpserver.settings import Settings, ShutdownSettings
 from mcpserver.xds.client import IstiodLikeClient
 from mcpserver.xds.typeurls import ISTIO_1_29
 from tests.conftest import eventually, free_port, health_status, make_settings
@@ -31,6 +31,8 @@ ADS = "envoy.service.discovery.v3.AggregatedDiscoveryService"
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 SERVING = health_pb2.HealthCheckResponse.SERVING
 CONFIGURABLE = "shutdown" in Settings.model_fields
+DRAIN_DEFAULT = ShutdownSettings().drain  # the defaults, where they are written
+GRACE_DEFAULT = ShutdownSettings().grace
 
 
 def readyz(admin: int) -> int:

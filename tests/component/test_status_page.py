@@ -30,7 +30,7 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
 
 from mcpserver.model import Problem
-from mcpserver.status import HeldRemoval, Page, RegistryRow, registry_problems, render
+from mcpserver.status_page import HeldRemoval, Page, RegistryRow, registry_problems, render
 from mcpserver.xds.callbacks import ClientInfo, NackRecord
 from mcpserver.xds.client import IstiodLikeClient
 from mcpserver.xds.protocol import TypeState

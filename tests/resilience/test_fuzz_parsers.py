@@ -64,7 +64,6 @@ from mcpserver.registry.zookeeper.assembly import (
 )
 from mcpserver.registry.zookeeper.curator import parse_instance
 from mcpserver.registry.zookeeper.dubbo import parse_provider
-from mcpserver.registry.zookeeper.services import ZkOptions
 from mcpserver.settings import ConfigError, load_settings
 
 pytestmark = pytest.mark.unit
@@ -73,7 +72,7 @@ CORPUS = Path(__file__).parent / "corpus"
 INPUTS = BuildInputs({}, "240.0.0.0/8")
 BUGS = ("invalid", "conversion")  # what the pipeline withholds that a parser let through
 
-ZK = ZkOptions(
+ZK = DubboOptions(
     registry="zk",
     namespace="dubbo",
     host_template="{interface}",

@@ -14,11 +14,12 @@ from mcpserver.model import Instance, Port, Service
 from mcpserver.protection import ProtectionPolicy
 from mcpserver.registry.table import ServiceTable
 from mcpserver.registry.view import Recovery, Status, View
+from mcpserver.settings import ProtectionSettings
 
 pytestmark = pytest.mark.unit
 
 WINDOW = 60.0
-POLICY = ProtectionPolicy(window=WINDOW)  # share 0.5, min 5, hold_for 180 s, release 0.1
+POLICY = ProtectionSettings(window=WINDOW).policy()  # share 0.5, min 5, hold_for 180 s, release 0.1
 
 
 def app(name: str, *addresses: str) -> Service:

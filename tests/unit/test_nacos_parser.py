@@ -12,7 +12,11 @@ import pytest
 from pydantic import ValidationError
 
 from mcpserver.model import Problem, Service
-from mcpserver.registry.dubbo.mapping import DubboOptions
+from mcpserver.registry.dubbo.mapping import (
+    DubboOptions,
+    application_service,
+    interface_services,
+)
 from mcpserver.registry.nacos.config import NacosRegistrySettings
 from mcpserver.registry.nacos.parser import (
     NacosOptions,
@@ -26,11 +30,6 @@ from mcpserver.registry.nacos.parser import (
 from mcpserver.registry.nacos.servers import Servers
 from mcpserver.registry.zookeeper.curator import parse_instance as parse_curator
 from mcpserver.registry.zookeeper.dubbo import parse_provider
-from mcpserver.registry.zookeeper.services import (
-    ZkOptions,
-    application_service,
-    interface_services,
-)
 from tests.conftest import settings_for
 
 pytestmark = pytest.mark.unit
@@ -49,7 +48,7 @@ OPTIONS = NacosOptions(
     dubbo=DUBBO,
 )
 # the ZooKeeper kind's options are the same Dubbo options: one mapping
-ZK: ZkOptions = DUBBO
+ZK: DubboOptions = DUBBO
 KEY = ServiceKey("public", "DEFAULT_GROUP", "order_service")
 
 

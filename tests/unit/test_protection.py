@@ -20,10 +20,11 @@ from mcpserver.protection import (
     release_message,
 )
 from mcpserver.registry.view import Status, View
+from mcpserver.settings import ProtectionSettings
 
 pytestmark = pytest.mark.unit
 
-POLICY = ProtectionPolicy()  # share 0.5, min 5 instances, hold_empty, 180 s
+POLICY = ProtectionSettings(window=0.0).policy()  # share 0.5, min 5 instances, hold_empty, 180 s
 
 
 def address(n: int) -> str:
@@ -279,12 +280,12 @@ def test_the_reason_says_how_the_hold_ends() -> None:
 @pytest.mark.parametrize(
     ("make", "field"),
     [
-        (lambda: ProtectionPolicy(max_removed_share=1.5), "max_removed_share"),
-        (lambda: ProtectionPolicy(max_removed_share=-0.1), "max_removed_share"),
-        (lambda: ProtectionPolicy(min_instances=-1), "min_instances"),
-        (lambda: ProtectionPolicy(hold_for=-1.0), "hold_for"),
-        (lambda: ProtectionPolicy(release_share=-0.1), "release_share"),
-        (lambda: ProtectionPolicy(max_removed_share=0.3, release_share=0.4), "release_share"),
+        (lambda: replace(POLICY, max_removed_share=1.5), "max_removed_share"),
+        (lambda: replace(POLICY, max_removed_share=-0.1), "max_removed_share"),
+        (lambda: replace(POLICY, min_instances=-1), "min_instances"),
+        (lambda: replace(POLICY, hold_for=-1.0), "hold_for"),
+        (lambda: replace(POLICY, release_share=-0.1), "release_share"),
+        (lambda: replace(POLICY, max_removed_share=0.3, release_share=0.4), "release_share"),
     ],
 )
 def test_a_nonsensical_policy_is_refused(make: Callable[[], ProtectionPolicy], field: str) -> None:

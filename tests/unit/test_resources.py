@@ -9,8 +9,9 @@ from envoy.service.discovery.v3 import discovery_pb2
 from mcpserver_protos.istio.mcp.v1alpha1 import resource_pb2
 from mcpserver_protos.istio.networking.v1alpha3 import service_entry_pb2
 
+from mcpserver.wire import encode_varint
 from mcpserver.xds.client import decode_resource
-from mcpserver.xds.resources import encode_response, encode_varint, pack
+from mcpserver.xds.resources import encode_response, pack
 from mcpserver.xds.snapshot import EMPTY, build_snapshot
 
 pytestmark = pytest.mark.unit
@@ -72,21 +73,6 @@ def test_map_order_does_not_change_bytes() -> None:
         pack("ServiceEntry", "n", "s", one, WHEN).framed
         == pack("ServiceEntry", "n", "s", two, WHEN).framed
     )
-
-
-@pytest.mark.parametrize("value", [0, 1, 127, 128, 300, 16383, 16384, 2**21, 2**35])
-def test_varint_matches_protobuf(value: int) -> None:
-    from google.protobuf.internal import encoder
-
-    assert encode_varint(value) == encoder._VarintBytes(value)  # type: ignore[attr-defined]  # protobuf's private varint encoder, the reference
-
-
-def test_every_tabled_varint_matches_protobuf() -> None:
-    """The one- and two-byte varints come from a table made at import: all of it is right."""
-    from google.protobuf.internal import encoder
-
-    wrong = [v for v in range(1 << 14) if encode_varint(v) != encoder._VarintBytes(v)]  # type: ignore[attr-defined]
-    assert not wrong
 
 
 def test_snapshot_groups_sorts_and_versions() -> None:

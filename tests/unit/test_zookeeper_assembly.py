@@ -14,6 +14,7 @@ from urllib.parse import quote
 import pytest
 
 from mcpserver.model import Service
+from mcpserver.registry.dubbo.mapping import DubboOptions
 from mcpserver.registry.table import ServiceTable
 from mcpserver.registry.zookeeper import assembly as assembly_module
 from mcpserver.registry.zookeeper.assembly import (
@@ -27,11 +28,10 @@ from mcpserver.registry.zookeeper.assembly import (
     assemble,
 )
 from mcpserver.registry.zookeeper.dubbo import Provider, parse_provider
-from mcpserver.registry.zookeeper.services import ZkOptions
 
 pytestmark = pytest.mark.unit
 
-OPTIONS = ZkOptions(
+OPTIONS = DubboOptions(
     registry="zk",
     namespace="dubbo",
     host_template="{interface}",

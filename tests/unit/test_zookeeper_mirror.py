@@ -18,12 +18,12 @@ import pytest
 
 from mcpserver.registry.zookeeper import mirror as mirror_module
 from mcpserver.registry.zookeeper.assembly import AppRecord, InterfaceRecord, MappingRecord
-from mcpserver.registry.zookeeper.client import Pending, Watch, ZkClient, ZnodeStat
 from mcpserver.registry.zookeeper.connection import (
     ConnectionLossError,
     NoAuthError,
     NoNodeError,
 )
+from mcpserver.registry.zookeeper.interface import Pending, Watch, ZkClient, ZnodeStat
 from mcpserver.registry.zookeeper.mirror import Mirror, ReadFailure
 
 pytestmark = pytest.mark.unit

@@ -11,19 +11,19 @@ from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 import pytest
 
-from mcpserver.registry.zookeeper import dubbo
-from mcpserver.registry.zookeeper.curator import parse_instance
-from mcpserver.registry.zookeeper.dubbo import Provider, RecordError, istio_port, parse_provider
-from mcpserver.registry.zookeeper.services import (
-    ZkOptions,
+from mcpserver.registry.dubbo.mapping import (
+    DubboOptions,
     application_service,
     interface_services,
     mapped_service,
 )
+from mcpserver.registry.zookeeper import dubbo
+from mcpserver.registry.zookeeper.curator import parse_instance
+from mcpserver.registry.zookeeper.dubbo import Provider, RecordError, istio_port, parse_provider
 
 pytestmark = pytest.mark.unit
 
-OPTIONS = ZkOptions(
+OPTIONS = DubboOptions(
     "zk",
     "dubbo",
     "{interface}",
@@ -112,7 +112,9 @@ def test_interface_services_merge_protocols_and_keep_ports() -> None:
 
 
 def test_host_template_with_version_splits_services() -> None:
-    options = ZkOptions("zk", "dubbo", "{version}.{interface}", "{application}.dubbo", (), "inline")
+    options = DubboOptions(
+        "zk", "dubbo", "{version}.{interface}", "{application}.dubbo", (), "inline"
+    )
     providers = [
         parse_provider(node(f"dubbo://10.0.0.{i}:20880/com.example.Api?version={v}"))
         for i, v in ((1, "1.0"), (2, "2.0"))

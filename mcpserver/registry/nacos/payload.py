@@ -8,9 +8,9 @@ Every Nacos gRPC call carries the same message (Nacos' `nacos_grpc_service.proto
 `type` names the request or response class (`SubscribeServiceRequest`), `body.value` is that
 object as JSON, and `body.type_url` is unused. Three small messages do not earn a proto file,
 generated code and a descriptor pool: this module writes and reads their protobuf wire format
-directly (varint tags and lengths, length-delimited strings; a map is a repeated entry message
-{1: key, 2: value}), and skips fields it does not know, as protobuf parsers must. The unit
-tests check it against the protobuf runtime.
+directly (varint tags and lengths, with wire.py; length-delimited strings; a map is a repeated
+entry message {1: key, 2: value}), and skips fields it does not know, as protobuf parsers
+must. The unit tests check it against the protobuf runtime.
 """
 
 from __future__ import annotations
@@ -19,6 +19,8 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+from mcpserver.wire import WireError, decode_varint, encode_varint
 
 _LEN = 2  # wire type: length-delimited
 _VARINT = 0
@@ -38,20 +40,8 @@ class Payload:
     client_ip: str = ""
 
 
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        bits = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(bits | 0x80)
-        else:
-            out.append(bits)
-            return bytes(out)
-
-
 def _field(number: int, data: bytes) -> bytes:
-    return _varint(number << 3 | _LEN) + _varint(len(data)) + data
+    return encode_varint(number << 3 | _LEN) + encode_varint(len(data)) + data
 
 
 def encode(payload: Payload) -> bytes:
@@ -66,16 +56,10 @@ def encode(payload: Payload) -> bytes:
 
 
 def _read_varint(data: bytes, at: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        if at >= len(data) or shift > 63:
-            raise PayloadError("truncated varint")
-        byte = data[at]
-        at += 1
-        value |= (byte & 0x7F) << shift
-        shift += 7
-        if not byte & 0x80:
-            return value, at
+    try:
+        return decode_varint(data, at)
+    except WireError as err:  # a bad message is a PayloadError, whatever part of it is bad
+        raise PayloadError(str(err)) from None
 
 
 def _fields(data: bytes) -> list[tuple[int, bytes]]:

@@ -18,6 +18,12 @@ from __future__ import annotations
 import logging
 import random
 
+import aiohttp
+import grpc
+
+from mcpserver.registry.nacos.auth import LoginError
+from mcpserver.registry.nacos.client import ConnectionLostError, NacosError
+
 log = logging.getLogger("mcpserver.registry.nacos")
 
 
@@ -53,3 +59,16 @@ class Servers:
             why,
             self.current,
         )
+
+
+def server_failed(err: BaseException) -> bool:
+    """The server could not be used (unreachable, timed out, the connection lost), as
+    opposed to a server that answered with a refusal: the next server may do."""
+    if isinstance(err, LoginError):
+        return not err.refused
+    if isinstance(err, NacosError):
+        return False
+    return isinstance(
+        err,
+        ConnectionLostError | grpc.aio.AioRpcError | aiohttp.ClientError | OSError | TimeoutError,
+    )

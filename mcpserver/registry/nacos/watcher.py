@@ -11,9 +11,8 @@ so, like the Java client, we keep one connection per namespace):
   `refresh_interval` each service is also re-read (`ServiceQueryRequest`), as Nacos' own
   client's update task does: a lost push (or one a server never sends: r-nacos does not push
   an instance's recovery by heartbeat) is made up for.
-- `api: http` (Nacos 1.x): every `poll_interval`, list the services (`/nacos/v1/ns/service/list`)
-  and read each one's instances (`/nacos/v1/ns/instance/list`, always `healthyOnly=false`:
-  r-nacos defaults to true), giving the same resources as gRPC mode.
+- `api: http` (Nacos 1.x): every `poll_interval`, list the services and read each one's
+  instances through the HTTP v1 API (http.py), giving the same resources as gRPC mode.
 
 A service no longer listed is dropped (and unsubscribed). Dubbo's other categories
 (`consumers:...`, `routers:...`, `configurators:...`) are not services and are never listed.
@@ -56,9 +55,9 @@ from mcpserver.registry.nacos.client import (
     ConnectionLostError,
     NacosError,
     NacosUnauthorizedError,
-    excerpt,
 )
 from mcpserver.registry.nacos.config import NacosRegistrySettings
+from mcpserver.registry.nacos.http import NacosHTTP
 from mcpserver.registry.nacos.parser import (
     NacosOptions,
     ServiceKey,
@@ -68,12 +67,11 @@ from mcpserver.registry.nacos.parser import (
     service_names,
     split_name,
 )
-from mcpserver.registry.nacos.servers import Servers
+from mcpserver.registry.nacos.servers import Servers, server_failed
 
 log = logging.getLogger("mcpserver.registry.nacos")
 
 ALL_NAMESPACES = "*"
-NAMESPACE_LIST = "/nacos/v1/console/namespaces"  # Nacos 1.x/2.x console API (r-nacos too)
 DISCOVERY = "(namespace list)"  # the trouble key of namespace discovery
 ERROR_BACKOFF_CAP = 10.0  # a Nacos that comes back is noticed within ~10 s
 KEEPALIVE = 5.0  # the Java client's health check interval on an idle connection
@@ -92,7 +90,6 @@ ERRORS = (
 )
 
 ALL = "*"  # groups: every group
-CATALOG = "/nacos/v1/ns/catalog/services"  # lists services across groups (1.x and 2.x)
 
 Seen = tuple[int, bytes]
 """What one Nacos service's Services were converted from: its lastRefTime and a digest of
@@ -100,17 +97,6 @@ its instance list (an identical one changes nothing); the Services are in the ta
 
 Fetch = Callable[[str, str, int], Awaitable[Mapping[str, Any]]]
 """(namespace, group, page number) -> one page of the service list."""
-
-
-class NacosHTTPError(NacosError):
-    """The HTTP API answered with an error status; `body` is (an excerpt of) its text."""
-
-    via = "HTTP"
-
-    def __init__(self, code: int, path: str, body: str) -> None:
-        super().__init__(code, f"{path}: {excerpt(body)}")
-        self.path = path
-        self.body = excerpt(body)
 
 
 class NacosRegistry(Registry):
@@ -146,7 +132,7 @@ class NacosRegistry(Registry):
         self._servers = Servers(settings.servers(), settings.name)
         self._keeper: TokenKeeper | None = None
         self._ssl: ssl.SSLContext | None = None
-        self._http: aiohttp.ClientSession | None = None
+        self._http: NacosHTTP | None = None  # made in open(), with the login and TLS
         self._seen: dict[ServiceKey, Seen] = {}
         self._subscribed: dict[str, set[ServiceKey]] = {}
         self._listed: set[str] = set()  # namespaces listed (and their services read) once
@@ -174,6 +160,13 @@ class NacosRegistry(Registry):
                 ssl_context=self._ssl,
                 timeout=s.request_timeout,
             )
+        self._http = NacosHTTP(
+            self._servers,
+            self._keeper,
+            self._ssl,
+            timeout=s.request_timeout,
+            page_size=s.page_size,
+        )
         if s.namespaces == [ALL_NAMESPACES]:
             self.spawn("namespace discovery", self._discover)
             return
@@ -195,12 +188,7 @@ class NacosRegistry(Registry):
         it too); Nacos 3 answers it 410, and the registry says so."""
         while True:
             try:
-                body = await self._get(NAMESPACE_LIST, {})
-                found = {
-                    str(entry.get("namespace") or "public")
-                    for entry in body.get("data") or ()
-                    if isinstance(entry, dict)
-                }
+                found = await self._api.namespaces()
             except ERRORS as err:
                 self._fail(DISCOVERY, err)
             else:
@@ -227,7 +215,11 @@ class NacosRegistry(Registry):
     async def close(self) -> None:
         if self._http is not None:
             await self._http.close()
-            self._http = None
+
+    @property
+    def _api(self) -> NacosHTTP:
+        assert self._http is not None, "open() makes the HTTP client"
+        return self._http
 
     async def _token(self) -> str:
         return await self._keeper.token() if self._keeper is not None else ""
@@ -275,7 +267,7 @@ class NacosRegistry(Registry):
                     self.came_back(f"reconnected to Nacos (namespace {namespace})")
                 await self._grpc_session(namespace, connection, listed)
             except ERRORS as err:
-                if _server_failed(err):
+                if server_failed(err):
                     self._servers.failed(url, describe(err))
                 self._fail(namespace, err, url)
             finally:
@@ -406,7 +398,7 @@ class NacosRegistry(Registry):
         attempt = 0
         while True:
             try:
-                keys = await self._list(namespace, self._http_page)
+                keys = await self._list(namespace, self._api.service_page)
                 await self._fetch_all(keys)
                 self._reconcile(namespace, keys)
                 if attempt and namespace in self._listed:
@@ -422,66 +414,9 @@ class NacosRegistry(Registry):
                 attempt += 1
             await asyncio.sleep(delay)
 
-    async def _get(self, path: str, params: dict[str, str]) -> Mapping[str, Any]:
-        """GET from the current server; one that cannot be reached (or fails with a 5xx)
-        makes the next one current for the next call."""
-        if self._http is None:
-            timeout = aiohttp.ClientTimeout(total=self._settings.request_timeout)
-            self._http = aiohttp.ClientSession(timeout=timeout)
-        base = self._servers.current
-        try:
-            headers = {}
-            if self._keeper is not None:
-                # in headers, not the `accessToken` parameter Nacos also reads: a URL may
-                # end up in an error message, and the token must not
-                token = await self._keeper.token()
-                headers = {"Authorization": f"Bearer {token}", "accessToken": token}
-            async with self._http.get(
-                base + path, params=params, headers=headers, ssl=self._ssl or True
-            ) as reply:
-                text = await reply.text()
-                status = reply.status
-        except (aiohttp.ClientError, OSError, TimeoutError, LoginError) as err:
-            if _server_failed(err):
-                self._servers.failed(base, describe(err))
-            raise
-        if status in (401, 403):
-            refused = NacosUnauthorizedError(status, f"{path}: {excerpt(text)}")
-            refused.via = "HTTP"
-            raise refused
-        if status != 200:
-            if status >= 500:
-                self._servers.failed(base, f"{path}: HTTP {status}")
-            raise NacosHTTPError(status, path, text)
-        body = json.loads(text)
-        if not isinstance(body, dict):
-            raise ValueError(f"{path} answered a {type(body).__name__}, not an object")
-        return body
-
-    async def _http_page(self, namespace: str, group: str, number: int) -> Mapping[str, Any]:
-        return await self._get(
-            "/nacos/v1/ns/service/list",
-            {
-                "namespaceId": namespace,
-                "groupName": group,
-                "pageNo": str(number),
-                "pageSize": str(self._settings.page_size),
-            },
-        )
-
     async def _fetch_all(self, keys: set[ServiceKey]) -> None:
         async def fetch(key: ServiceKey) -> None:
-            info = await self._get(
-                "/nacos/v1/ns/instance/list",
-                {
-                    "namespaceId": key.namespace,
-                    "groupName": key.group,
-                    "serviceName": key.name,
-                    # r-nacos defaults to healthy instances only; Nacos to all
-                    "healthyOnly": "false",
-                },
-            )
-            self._apply(key, info)
+            self._apply(key, await self._api.instances(key))
 
         await run_bounded(sorted(keys), fetch, FETCH_CONCURRENCY)
 
@@ -498,7 +433,7 @@ class NacosRegistry(Registry):
         size = self._settings.page_size
         groups = {g for g in self._settings.groups if g != ALL}
         if ALL in self._settings.groups:
-            groups |= await self._all_groups(namespace)
+            groups |= await self._api.groups(namespace)
         for group in sorted(groups):
             number = 1
             while True:
@@ -511,43 +446,6 @@ class NacosRegistry(Registry):
                     break
                 number += 1
         return keys
-
-    async def _all_groups(self, namespace: str) -> set[str]:
-        """Every group that has a service (`groups: ["*"]`): Nacos' service lists are per
-        group, and only the catalog API (1.x and 2.x, on the HTTP port) lists across them."""
-        found: set[str] = set()
-        size = self._settings.page_size
-        number = 1
-        while True:
-            try:
-                body = await self._get(
-                    CATALOG,
-                    {
-                        "namespaceId": namespace,
-                        "pageNo": str(number),
-                        "pageSize": str(size),
-                        "withInstances": "false",
-                    },
-                )
-            except NacosHTTPError as err:
-                # our advice after the server's text, which alone is cut (`excerpt`)
-                raise GroupsUnlistedError(
-                    err.code,
-                    f'groups: ["*"] needs Nacos\' catalog API ({err.path}), which answered '
-                    f"HTTP {err.code} {err.body}; list the groups instead (Nacos 3 serves no "
-                    "catalog API by default)",
-                ) from None
-            page = body.get("serviceList") or []
-            if not isinstance(page, list):
-                raise ValueError("catalog serviceList is not a list")
-            for item in page:
-                group = item.get("groupName") if isinstance(item, dict) else None
-                if isinstance(group, str) and group:
-                    found.add(group)
-            count = body.get("count")
-            if len(page) < size or not isinstance(count, int) or number * size >= count:
-                return found
-            number += 1
 
     def _apply(self, key: ServiceKey, info: object) -> bool:
         """A service's instance list (subscribe reply, push or HTTP answer): convert it,
@@ -637,28 +535,6 @@ class NacosRegistry(Registry):
         just completed), not one per `list_interval`."""
         if self.table.pending() or not self.view().synced:
             self._publish()
-
-
-class GroupsUnlistedError(NacosHTTPError):
-    """`groups: ["*"]` on a server without the catalog API."""
-
-    def __init__(self, code: int, message: str) -> None:
-        NacosError.__init__(self, code, message)
-        self.path = CATALOG
-        self.body = ""
-
-
-def _server_failed(err: BaseException) -> bool:
-    """The server could not be used (unreachable, timed out, the connection lost), as
-    opposed to a server that answered with a refusal: the next server may do."""
-    if isinstance(err, LoginError):
-        return not err.refused
-    if isinstance(err, NacosError):
-        return False
-    return isinstance(
-        err,
-        ConnectionLostError | grpc.aio.AioRpcError | aiohttp.ClientError | OSError | TimeoutError,
-    )
 
 
 def _subscription(key: ServiceKey) -> dict[str, Any]:

@@ -38,17 +38,17 @@ from typing import Generic, TypeVar
 
 from mcpserver.model import Problem, Service
 from mcpserver.registry.dubbo.application import AppInstance as CuratorInstance
-from mcpserver.registry.table import keep_empty
-from mcpserver.registry.zookeeper.curator import parse_instance
-from mcpserver.registry.zookeeper.dubbo import Provider, RecordError, parse_provider
-from mcpserver.registry.zookeeper.services import (
+from mcpserver.registry.dubbo.mapping import (
+    DubboOptions,
     Member,
-    ZkOptions,
     application_service,
     mapped_service,
     member,
     member_services,
 )
+from mcpserver.registry.table import keep_empty
+from mcpserver.registry.zookeeper.curator import parse_instance
+from mcpserver.registry.zookeeper.dubbo import Provider, RecordError, parse_provider
 
 Key = tuple[str, str]
 """(root path, child name): `("/dubbo", "com.example.Greeter")`, `("/services", "shop")`."""
@@ -186,7 +186,7 @@ EMPTY = Assembly()
 
 
 def assemble(
-    options: ZkOptions, changes: Changes, previous: Assembly = EMPTY, handover: bool = False
+    options: DubboOptions, changes: Changes, previous: Assembly = EMPTY, handover: bool = False
 ) -> Assembly:
     """The registry's Services after `changes`, reusing every result of `previous` whose
     inputs did not change. Returns `previous` itself when nothing changed (also when the
@@ -404,7 +404,7 @@ class _Mappings:
     def by_app(self) -> Mapping[str, frozenset[Key]]:
         return self._by_app.value
 
-    def update(self, options: ZkOptions, changes: Changes, changed_apps: set[str]) -> None:
+    def update(self, options: DubboOptions, changes: Changes, changed_apps: set[str]) -> None:
         stale: dict[Key, MappingRecord] = {}
         for key, record in changes.mappings.items():
             if record is None:
@@ -469,7 +469,7 @@ def _kept(made: Member) -> Member:
     return Member(provider=provider, host=made.host, order=made.order, instance=made.instance)
 
 
-def _problem(options: ZkOptions, subject: str, err: RecordError) -> Problem:
+def _problem(options: DubboOptions, subject: str, err: RecordError) -> Problem:
     return Problem(options.registry, subject, str(err), err.reason)
 
 
@@ -489,7 +489,7 @@ def _same_or_new(old: Service | None, new: Service) -> Service:
 
 
 def _interface(
-    options: ZkOptions, key: Key, record: InterfaceRecord, old: InterfaceResult | None
+    options: DubboOptions, key: Key, record: InterfaceRecord, old: InterfaceResult | None
 ) -> InterfaceResult:
     if old is not None and old.record == record:
         return old
@@ -524,7 +524,7 @@ def _interface(
     )
 
 
-def _app(options: ZkOptions, key: Key, record: AppRecord, old: AppResult | None) -> AppResult:
+def _app(options: DubboOptions, key: Key, record: AppRecord, old: AppResult | None) -> AppResult:
     if old is not None and old.record == record:
         return old
     seen = old.parsed if old is not None else {}

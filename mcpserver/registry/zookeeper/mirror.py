@@ -83,7 +83,7 @@ from mcpserver.registry.zookeeper.assembly import (
     Key,
     MappingRecord,
 )
-from mcpserver.registry.zookeeper.client import (
+from mcpserver.registry.zookeeper.interface import (
     NONE_EVENT,
     Pending,
     WatchedEvent,

@@ -46,10 +46,13 @@ from mcpserver.backoff import backoff
 from mcpserver.config import format_duration
 from mcpserver.metrics import Metrics
 from mcpserver.registry.base import Registry
+from mcpserver.registry.dubbo.mapping import DubboOptions
 from mcpserver.registry.labels import LabelFilter
 from mcpserver.registry.view import Status
 from mcpserver.registry.zookeeper.assembly import EMPTY, Assembly, assemble
-from mcpserver.registry.zookeeper.client import (
+from mcpserver.registry.zookeeper.config import ZooKeeperRegistrySettings
+from mcpserver.registry.zookeeper.credentials import SettingsCredentials
+from mcpserver.registry.zookeeper.interface import (
     AUTH_FAILED,
     CLIENT_ERRORS,
     CONNECTED,
@@ -59,10 +62,7 @@ from mcpserver.registry.zookeeper.client import (
     is_auth_failed,
     new_client,
 )
-from mcpserver.registry.zookeeper.config import ZooKeeperRegistrySettings
-from mcpserver.registry.zookeeper.credentials import SettingsCredentials
 from mcpserver.registry.zookeeper.mirror import Mirror, ReadFailure
-from mcpserver.registry.zookeeper.services import ZkOptions
 
 log = logging.getLogger("mcpserver.registry.zookeeper")
 
@@ -89,7 +89,7 @@ class ZooKeeperRegistry(Registry):
     ) -> None:
         super().__init__(settings.name, metrics)
         self._settings = settings
-        self._options = ZkOptions(
+        self._options = DubboOptions(
             registry=settings.name,
             namespace=settings.namespace,
             host_template=settings.host_template,

@@ -1,10 +1,11 @@
-"""What the ZooKeeper registry needs of a ZooKeeper client, as Protocols, and the client.
+"""What the ZooKeeper registry needs of a ZooKeeper client, as Protocols, and where to get one.
 
-The mirror and the watcher talk to ZooKeeper only through `ZkClient`: asynchronous reads
-(`get_children_async`, `get_async`, `exists_async`), each with a one-shot ZooKeeper watch,
-and connection-state listeners. There are no synchronous calls on purpose: each would be a
-round trip that blocks the calling thread. `new_client()` returns the registry's own client
-(`connection.Connection`); the unit tests give the mirror a fake of this Protocol.
+The seam between the registry and its client (connection.py): the mirror and the watcher
+talk to ZooKeeper only through `ZkClient`, so the unit tests can give the mirror a fake of
+it. Its reads are asynchronous (`get_children_async`, `get_async`, `exists_async`), each
+with a one-shot ZooKeeper watch, and there are connection-state listeners. There are no
+synchronous calls on purpose: each would be a round trip that blocks the calling thread.
+`new_client()` returns the registry's own client (`connection.Connection`).
 """
 
 from __future__ import annotations
