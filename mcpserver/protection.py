@@ -392,7 +392,7 @@ def _mass_removal(
         after = incoming.candidates(key)
         new = next((s for s in reversed(after) if counts(s)), None)
         for old in before:
-            if any(old is s or old == s for s in after):
+            if old in after:  # equal by value (or the same object): nothing lost
                 continue
             if new is None:
                 removed_services += 1
