@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 RUN_STAMP := $(VENV)/.installed-run
 
-.PHONY: setup run test check lint typecheck imports protos protos-check chart-schema chart-schema-check unit component bench bench-smoke soak clean
+.PHONY: setup run test check lint typecheck imports protos protos-check chart-schema chart-schema-check perf-table perf-table-check unit component bench bench-smoke soak clean
 
 # `make run` installs what serving needs and grpcurl (extra `tools`); `make test` and the
 # other targets add the development tools (extra `dev`) to the same virtualenv.
@@ -28,11 +28,11 @@ run: $(RUN_STAMP)        ## serve the embedded demo registry on 127.0.0.1:15051 
 test: check              ## everything CI runs: static checks, then the whole test suite
 	$(BIN)/pytest
 
-check: lint typecheck imports protos-check chart-schema-check
+check: lint typecheck imports protos-check chart-schema-check perf-table-check
 
 lint: $(STAMP)
-	$(BIN)/ruff check mcpserver tests scripts bench
-	$(BIN)/ruff format --check mcpserver tests scripts bench
+	$(BIN)/ruff check mcpserver tests scripts bench testbed
+	$(BIN)/ruff format --check mcpserver tests scripts bench testbed
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
@@ -52,6 +52,12 @@ chart-schema: $(STAMP)   ## regenerate the chart's values.schema.json `config` f
 chart-schema-check: $(STAMP)
 	$(BIN)/python scripts/gen_chart_schema.py --check
 
+perf-table: $(STAMP)     ## regenerate docs/performance.md's table from docs/bench/results.json
+	$(BIN)/python scripts/gen_perf_table.py
+
+perf-table-check: $(STAMP)
+	$(BIN)/python scripts/gen_perf_table.py --check
+
 unit: $(STAMP)
 	$(BIN)/pytest -m unit
 
@@ -62,7 +68,8 @@ component: $(STAMP)
 # `make bench BENCH_ARGS=` runs it, `BENCH_ARGS="--parts a,e --scales 50000"` adds just that).
 BENCH_ARGS ?= --scales 1000,10000
 bench: $(STAMP)           ## issues 17 and 23's suite (~20 min): docs/bench/{results.json,README.md,*.png}
-	$(BIN)/python -m bench.suite --out docs/bench $(BENCH_ARGS)
+	$(BIN)/python -m bench.suite --out docs/bench $(BENCH_ARGS); status=$$?; \
+		$(BIN)/python scripts/gen_perf_table.py && exit $$status
 
 bench-smoke: $(STAMP)     ## the suite at tiny scale (~75 s), as the test suite runs it
 	$(BIN)/pytest tests/component/test_bench_smoke.py

@@ -1,16 +1,26 @@
 """Baselines: the least work anyone must do to get the same ServiceEntries onto the wire.
 
-- `zk`: an async kazoo walk of the same tree (every providers node's children requested at
-  once, pipelined on one session) plus a direct protobuf build and serialization of the same
-  ServiceEntries (the provider URLs parsed just enough to get address and labels);
+- `zk`: a walk of the same tree with a sliding window of listings in flight on one session
+  (`--window`; `--client` kazoo, or mcpserver's own reader; `--no-stat` for listings
+  without the node's stat), each listing parsed just enough for address, port and labels
+  and built into its ServiceEntry (protobuf, versioned, wrapped) by the main thread while
+  the client's thread reads the next, then dropped: one process that walks and builds,
+  never holding the whole walk; then the set serialized. Issue 29 measured why: with every
+  listing in flight at once the walk took 5.5-9.1 s at 10k where windows of 500 took
+  1.8-2.8 s, and holding the whole walk made a 194 MiB baseline of what a bare build does
+  in ~85 MiB;
+- `zk-previous`: that earlier baseline (all at once, held, then built), kept so that one
+  run shows both and a reader sees why the ratios moved;
 - `static`: the fastest YAML parse of the same file (libyaml through yaml.CSafeLoader) plus
-  the same direct build; `static-json`: json.loads of the same estate as JSON, same build;
+  the same direct build, each parsed service dropped once built; `static-json`: json.loads
+  of the same estate as JSON, same build;
 - `BareAdsServer`: a grpc.aio server that streams given bytes to every ADS client, with no
-  logic at all (the fan-out baseline).
+  logic at all (the fan-out baseline). grpc is imported only there: the import costs a
+  baseline process ~0.1 s that the others do not need.
 
-Run as `python -m bench.bare zk|static|static-json ...` in a subprocess of its own, so its wall time
-(from spawn, imports included, as the server's cold start is) and its peak RSS compare with
-the server's. It prints its phases as JSON.
+Run as `python -m bench.bare zk|static|static-json ...` in a subprocess of its own, so its
+wall time (from spawn, imports included, as the server's cold start is) and its peak RSS
+compare with the server's. It prints its phases as JSON.
 """
 
 from __future__ import annotations
@@ -19,14 +29,16 @@ import argparse
 import asyncio
 import hashlib
 import json
+import queue as queues
 import sys
 import time
+import types
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
-import grpc
 from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf import any_pb2, timestamp_pb2
 from mcpserver_protos.istio.mcp.v1alpha1 import metadata_pb2, resource_pb2
@@ -34,10 +46,14 @@ from mcpserver_protos.istio.networking.v1alpha3 import service_entry_pb2, worklo
 
 from bench.workload import STATIC_NAMESPACE, ZK_NAMESPACE
 
+if TYPE_CHECKING:  # grpc only for the bare server: importing it costs a baseline ~0.1 s
+    import grpc
+
 SE_BODY = "type.googleapis.com/istio.networking.v1alpha3.ServiceEntry"
 RESOURCE_TYPE = "type.googleapis.com/istio.mcp.v1alpha1.Resource"
 LABEL_PARAMS = ("version", "group", "application", "revision", "release")
 ADS_SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
+DEFAULT_CREATED_MS = 946684800000  # 2000-01-01, mcpserver's default create_time
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,42 +65,44 @@ class Spec:
     port: tuple[str, int, str]  # name, number, protocol
     endpoints: tuple[tuple[str, dict[str, str]], ...]  # address, labels
     vip: str = ""
-    created_ms: int = 946684800000  # 2000-01-01, mcpserver's default
+    created_ms: int = DEFAULT_CREATED_MS
 
 
 def build(specs: Iterable[Spec], registry: str) -> list[any_pb2.Any]:
     """ServiceEntries wrapped as istiod reads them (Any of mcp Resource of Any of the spec),
     each with a content version, as mcpserver sends them."""
-    out = []
-    for spec in specs:
-        entry = service_entry_pb2.ServiceEntry(
-            hosts=[spec.name],
-            addresses=[spec.vip] if spec.vip else [],
-            ports=[
-                service_entry_pb2.ServicePort(
-                    name=spec.port[0], number=spec.port[1], protocol=spec.port[2]
-                )
-            ],
-            location=service_entry_pb2.ServiceEntry.MESH_INTERNAL,
-            resolution=service_entry_pb2.ServiceEntry.STATIC,
-            endpoints=[
-                workload_entry_pb2.WorkloadEntry(address=a, labels={**labels, "registry": registry})
-                for a, labels in spec.endpoints
-            ],
-        )
-        body = entry.SerializeToString(deterministic=True)
-        full_name = f"{spec.namespace}/{spec.name}"
-        version = hashlib.blake2b(full_name.encode() + body, digest_size=10).hexdigest()
-        created = timestamp_pb2.Timestamp()
-        created.FromMilliseconds(spec.created_ms)
-        wrapped = resource_pb2.Resource(
-            metadata=metadata_pb2.Metadata(
-                name=full_name, version=version, create_time=created, labels={"registry": registry}
-            ),
-            body=any_pb2.Any(type_url=SE_BODY, value=body),
-        )
-        out.append(any_pb2.Any(type_url=RESOURCE_TYPE, value=wrapped.SerializeToString()))
-    return out
+    return [build_one(spec, registry) for spec in specs]
+
+
+def build_one(spec: Spec, registry: str) -> any_pb2.Any:
+    """One ServiceEntry, wrapped and versioned."""
+    entry = service_entry_pb2.ServiceEntry(
+        hosts=[spec.name],
+        addresses=[spec.vip] if spec.vip else [],
+        ports=[
+            service_entry_pb2.ServicePort(
+                name=spec.port[0], number=spec.port[1], protocol=spec.port[2]
+            )
+        ],
+        location=service_entry_pb2.ServiceEntry.MESH_INTERNAL,
+        resolution=service_entry_pb2.ServiceEntry.STATIC,
+        endpoints=[
+            workload_entry_pb2.WorkloadEntry(address=a, labels={**labels, "registry": registry})
+            for a, labels in spec.endpoints
+        ],
+    )
+    body = entry.SerializeToString(deterministic=True)
+    full_name = f"{spec.namespace}/{spec.name}"
+    version = hashlib.blake2b(full_name.encode() + body, digest_size=10).hexdigest()
+    created = timestamp_pb2.Timestamp()
+    created.FromMilliseconds(spec.created_ms)
+    wrapped = resource_pb2.Resource(
+        metadata=metadata_pb2.Metadata(
+            name=full_name, version=version, create_time=created, labels={"registry": registry}
+        ),
+        body=any_pb2.Any(type_url=SE_BODY, value=body),
+    )
+    return any_pb2.Any(type_url=RESOURCE_TYPE, value=wrapped.SerializeToString())
 
 
 def serialize(resources: list[any_pb2.Any], type_url: str) -> bytes:
@@ -96,9 +114,135 @@ def serialize(resources: list[any_pb2.Any], type_url: str) -> bytes:
 
 # ------------------------------------------------------------------------ ZooKeeper
 
+ZK_CLIENTS = ("kazoo", "own")
+"""kazoo, or mcpserver's own reader (registry/zookeeper/connection.py: one thread, no
+hand-offs between threads; the fastest Python ZooKeeper reader we know of)."""
+
+
+@dataclass(frozen=True, slots=True)
+class ZkWalk:
+    """How the baseline reads the tree: requests in flight at once (a sliding window),
+    whether each listing carries the node's stat (kazoo's include_data: the providers node's
+    ctime, which mcpserver sends as create_time), and which client."""
+
+    window: int = 500
+    stat: bool = True
+    client: str = "kazoo"
+
+    def describe(self) -> str:
+        data = "with stat" if self.stat else "without stat"
+        return f"{self.client}, window {self.window}, {data}"
+
+
+def zk_connect(hosts: str, client: str) -> Any:
+    """A started client of the kind asked for."""
+    if client == "own":
+        own = own_connection_class()(hosts, 30.0)
+        own.start(30)
+        return own
+    from kazoo.client import KazooClient
+
+    kazoo = KazooClient(hosts=hosts, timeout=30)
+    kazoo.start(30)
+    return kazoo
+
+
+def own_connection_class() -> Any:
+    """mcpserver's reader (registry/zookeeper/connection.py, which needs only jute.py and
+    digestmd5.py) without running its packages' __init__: the ZooKeeper package imports the
+    registry's base (config, pydantic; ~0.7 s) that a standalone reader would not pay."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("mcpserver")
+    assert spec is not None
+    assert spec.submodule_search_locations
+    registry = Path(next(iter(spec.submodule_search_locations))) / "registry"
+    for name, path in (
+        ("mcpserver.registry", registry),
+        ("mcpserver.registry.zookeeper", registry / "zookeeper"),
+    ):
+        if name not in sys.modules:
+            package = types.ModuleType(name)
+            package.__path__ = [str(path)]
+            sys.modules[name] = package
+    from mcpserver.registry.zookeeper.connection import Connection
+
+    return Connection
+
+
+def zk_children(client: Any, path: str, stat: bool, kind: str) -> Any:
+    """An async listing of `path` (children, or (children, stat))."""
+    if kind == "own":
+        return client.get_children_async(path)
+    return client.get_children_async(path, include_data=stat)
+
+
+def zk_build(
+    hosts: str, root: str, registry: str, walk: ZkWalk
+) -> tuple[list[any_pb2.Any], float, int]:
+    """Walk the tree and build as the answers come: `walk.window` listings in flight, each
+    answer parsed and built into its ServiceEntry by this thread while the client's thread
+    reads the next ones, and then dropped (so the process never holds the whole walk). The
+    resources in name order, when the last answer arrived (seconds from the start), and the
+    endpoints built."""
+    started = time.perf_counter()
+    client = zk_connect(hosts, walk.client)
+    answers: queues.SimpleQueue[tuple[int, str, Any]] = queues.SimpleQueue()
+
+    def ask(n: int, iface: str, path: str) -> None:
+        zk_children(client, path, walk.stat, walk.client).rawlink(
+            lambda result: answers.put((n, iface, result))
+        )
+
+    try:
+        ask(-1, "", root)
+        _, _, listed = answers.get(timeout=60)
+        interfaces = listed.get_nowait()
+        interfaces = interfaces[0] if isinstance(interfaces, tuple) else interfaces
+        built: list[tuple[str, any_pb2.Any]] = []
+        issued = pending = endpoints = 0
+        while issued < len(interfaces) or pending:
+            while pending < walk.window and issued < len(interfaces):
+                iface = interfaces[issued]
+                ask(issued, iface, f"{root}/{iface}/providers")
+                issued, pending = issued + 1, pending + 1
+            n, iface, result = answers.get(timeout=60)
+            pending -= 1
+            answer = result.get_nowait()
+            children, stat = answer if isinstance(answer, tuple) else (answer, None)
+            spec = zk_spec(n, iface, children, stat.ctime if stat is not None else 0)
+            built.append((spec.name, build_one(spec, registry)))
+            endpoints += len(spec.endpoints)
+        walked = time.perf_counter() - started
+    finally:
+        client.stop()
+        client.close()
+    built.sort(key=lambda nb: nb[0])
+    return [b for _, b in built], walked, endpoints
+
+
+def zk_spec(n: int, iface: str, children: list[str], ctime: int) -> Spec:
+    """One interface's provider URLs parsed just enough for address, port and labels."""
+    endpoints = []
+    port = 0
+    for child in children:
+        url = unquote(child)
+        rest = url.split("://", 1)[1]
+        authority, _, tail = rest.partition("/")
+        host, _, number = authority.rpartition(":")
+        port = int(number)
+        params = dict(p.partition("=")[::2] for p in tail.partition("?")[2].split("&"))
+        endpoints.append((host, {k: params[k] for k in LABEL_PARAMS if k in params}))
+    vip = f"240.{n // 65536 % 256}.{n // 256 % 256}.{n % 256}"
+    created = ctime or DEFAULT_CREATED_MS
+    endpoints.sort(key=lambda e: e[0])
+    return Spec(ZK_NAMESPACE, iface.lower(), ("tcp-dubbo", port, "TCP"), tuple(endpoints), vip,
+                created)  # fmt: skip
+
 
 def zk_walk(hosts: str, root: str) -> dict[str, tuple[list[str], int]]:
-    """interface -> (provider node names, providers ctime): every read in flight at once."""
+    """The previous baseline's walk: interface -> (provider node names, providers ctime),
+    every read in flight at once, the whole walk held."""
     from kazoo.client import KazooClient
 
     client = KazooClient(hosts=hosts, timeout=30)
@@ -120,65 +264,63 @@ def zk_walk(hosts: str, root: str) -> dict[str, tuple[list[str], int]]:
 
 
 def zk_specs(tree: dict[str, tuple[list[str], int]]) -> list[Spec]:
-    """Provider URLs parsed just enough for address, port and labels."""
-    specs = []
-    for n, (iface, (children, ctime)) in enumerate(sorted(tree.items())):
-        endpoints = []
-        port = 0
-        for child in children:
-            url = unquote(child)
-            rest = url.split("://", 1)[1]
-            authority, _, tail = rest.partition("/")
-            host, _, number = authority.rpartition(":")
-            port = int(number)
-            params = dict(p.partition("=")[::2] for p in tail.partition("?")[2].split("&"))
-            endpoints.append((host, {k: params[k] for k in LABEL_PARAMS if k in params}))
-        vip = f"240.{n // 65536 % 256}.{n // 256 % 256}.{n % 256}"
-        specs.append(
-            Spec(
-                ZK_NAMESPACE,
-                iface.lower(),
-                ("tcp-dubbo", port, "TCP"),
-                tuple(sorted(endpoints, key=lambda e: e[0])),
-                vip,
-                ctime,
-            )
-        )
-    return specs
+    """The previous baseline's parse of the whole walk at once."""
+    return [
+        zk_spec(n, iface, children, ctime)
+        for n, (iface, (children, ctime)) in enumerate(sorted(tree.items()))
+    ]
 
 
 # --------------------------------------------------------------------------- static
 
 
-def static_specs(path: Path, loader: str) -> list[Spec]:
-    """The file parsed with libyaml's C loader (or json.loads for a JSON file), hosts
-    rendered as the default template does."""
+def static_entries(path: Path, loader: str) -> list[dict[str, Any]]:
+    """The file's services, parsed with libyaml's C loader (or json.loads for JSON)."""
     if loader == "json":
         data = json.loads(path.read_bytes())
     else:
         import yaml
 
         data = yaml.load(path.read_bytes(), Loader=yaml.CSafeLoader)
-    specs = []
-    for entry in data["services"]:
-        namespace = entry.get("namespace", STATIC_NAMESPACE)
-        port = entry["ports"][0]
-        specs.append(
-            Spec(
-                namespace,
-                f"{entry['name']}.{namespace}.svc.mesh",
-                (port["name"], port["number"], port.get("protocol", "TCP")),
-                tuple((i["address"], i.get("labels", {})) for i in entry["instances"]),
-            )
-        )
-    return specs
+    services: list[dict[str, Any]] = data.pop("services")
+    return services
+
+
+def static_spec(entry: dict[str, Any]) -> Spec:
+    """One service entry, hosts rendered as the default template does."""
+    namespace = entry.get("namespace", STATIC_NAMESPACE)
+    port = entry["ports"][0]
+    return Spec(
+        namespace,
+        f"{entry['name']}.{namespace}.svc.mesh",
+        (port["name"], port["number"], port.get("protocol", "TCP")),
+        tuple((i["address"], i.get("labels", {})) for i in entry["instances"]),
+    )
+
+
+def static_build(entries: list[dict[str, Any]], registry: str) -> tuple[list[any_pb2.Any], int]:
+    """Build each service and drop its parsed form as it goes (the parsed file and the
+    built set are never both whole); the resources and the endpoints built."""
+    entries.reverse()  # popped from the end: in file order
+    resources = []
+    endpoints = 0
+    while entries:
+        spec = static_spec(entries.pop())
+        resources.append(build_one(spec, registry))
+        endpoints += len(spec.endpoints)
+    return resources, endpoints
 
 
 # ----------------------------------------------------------------------------- main
 
 
-def measure(kind: str, source: str, root: str, registry: str) -> dict[str, float]:
-    """Every phase of the baseline, timed; the serialized bytes are counted, not kept."""
+def measure(
+    kind: str, source: str, root: str, registry: str, walk: ZkWalk | None = None
+) -> dict[str, float]:
+    """Every phase of the baseline, timed; the serialized bytes are counted, not kept.
+    `zk`: the walk of `walk`, built as it goes; `zk-previous`: the suite's baseline before
+    issue 29 (every listing in flight at once, the whole walk held, then built), kept to
+    show once why the ratios moved."""
     phases: dict[str, float] = {}
     started = mark = time.perf_counter()
 
@@ -189,21 +331,30 @@ def measure(kind: str, source: str, root: str, registry: str) -> dict[str, float
         mark = now
 
     if kind == "zk":
+        resources, walked, endpoints = zk_build(source, root, registry, walk or ZkWalk())
+        phases["walk"] = walked
+        phase("walk_and_build")
+    elif kind == "zk-previous":
         tree = zk_walk(source, root)
         phase("walk")
         specs = zk_specs(tree)
         del tree
+        phase("parse")
+        resources = build(specs, registry)
+        endpoints = sum(len(s.endpoints) for s in specs)
+        del specs
+        phase("build")
     else:
-        specs = static_specs(Path(source), "json" if kind == "static-json" else "yaml")
-    phase("parse")
-    resources = build(specs, registry)
-    phase("build")
+        entries = static_entries(Path(source), "json" if kind == "static-json" else "yaml")
+        phase("parse")
+        resources, endpoints = static_build(entries, registry)
+        phase("build")
     payload = serialize(resources, "networking.istio.io/v1/ServiceEntry")
     phase("serialize")
     phases["work"] = time.perf_counter() - started
     phases["bytes"] = float(len(payload))
-    phases["services"] = float(len(specs))
-    phases["endpoints"] = float(sum(len(s.endpoints) for s in specs))
+    phases["services"] = float(len(resources))
+    phases["endpoints"] = float(endpoints)
     phases["peak_rss_mib"] = peak_rss_mib()
     return phases
 
@@ -218,12 +369,16 @@ def peak_rss_mib() -> float:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.bare")
-    parser.add_argument("kind", choices=["zk", "static", "static-json"])
+    parser.add_argument("kind", choices=["zk", "zk-previous", "static", "static-json"])
     parser.add_argument("source", help="ZooKeeper hosts, or the static file")
     parser.add_argument("--root", default="/dubbo", help="the Dubbo root to walk")
     parser.add_argument("--registry", default="bench", help="the `registry` label")
+    parser.add_argument("--window", type=int, default=500, help="zk: listings in flight")
+    parser.add_argument("--no-stat", action="store_true", help="zk: list without the stat")
+    parser.add_argument("--client", choices=ZK_CLIENTS, default="kazoo", help="zk: client")
     args = parser.parse_args(argv)
-    json.dump(measure(args.kind, args.source, args.root, args.registry), sys.stdout)
+    walk = ZkWalk(args.window, not args.no_stat, args.client)
+    json.dump(measure(args.kind, args.source, args.root, args.registry, walk), sys.stdout)
     return 0
 
 
@@ -242,6 +397,8 @@ class BareAdsServer:
         self.port = 0
 
     async def start(self) -> None:
+        import grpc
+
         handler = grpc.method_handlers_generic_handler(
             ADS_SERVICE,
             {

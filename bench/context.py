@@ -34,6 +34,9 @@ class SuiteConfig:
     cold_scales: tuple[int, ...] = (1_000, 10_000, 50_000)
     cold_sources: tuple[str, ...] = ("static", "static-json", "zookeeper")
     cold_repeats: int = 2  # at scales up to `scale`; the fastest run counts
+    # the ZooKeeper baseline's walks, client:window[:nostat] (bench/bare.py), each tried in
+    # every repeat; the fastest counts for time, the leanest for peak RSS
+    zk_walks: tuple[str, ...] = ("own:250", "own:500", "own:1000", "kazoo:500")
     scale: int = 10_000  # services for change latency, churn, fan-out and istiod
     latency_samples: int = 40  # provider additions; as many removals
     latency_shards: tuple[int, ...] = (1, 16)  # server.shards for part b
@@ -62,6 +65,7 @@ class SuiteConfig:
             instances=3,
             cold_scales=(50, 200),
             cold_repeats=1,
+            zk_walks=("own:100", "kazoo:100:nostat"),
             scale=200,
             latency_samples=3,
             latency_shards=(1, 4),

@@ -9,8 +9,8 @@ import asyncio
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.integration.kube import ControlPlane
-from tests.integration.real import istio_module_dir, kube_binaries, pilot_discovery_binary
+from testbed.builds import istio_module_dir, kube_binaries, pilot_discovery_binary
+from testbed.kube import ControlPlane
 
 
 @dataclass(frozen=True)

@@ -40,8 +40,8 @@ from bench.process import QUIET_WINDOW, cpu_seconds, quiet
 from bench.stats import median
 from bench.workload import Estate, address
 from mcpserver.xds.client import ADS_METHOD
-from tests.integration.istiod import Istiod
-from tests.integration.kube import ControlPlane
+from testbed.istiod import Istiod
+from testbed.kube import ControlPlane
 
 
 def salt(response: discovery_pb2.DiscoveryResponse, suffix: str) -> bytes:

@@ -6,7 +6,9 @@ same run; written next to results.json. Rendering only: every number comes from 
 from __future__ import annotations
 
 import json
+import math
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +21,7 @@ from matplotlib.axes import Axes
 from matplotlib.ticker import NullFormatter
 
 from bench.coldstart import SOURCES
+from bench.stats import is_figure, shown
 
 OURS = "#c0392b"
 BASE = "#2c3e50"
@@ -40,15 +43,24 @@ def _finish(fig: Any, results: dict[str, Any], title: str, path: Path) -> None:
     plt.close(fig)
 
 
-def _cdf(ax: Axes, points: list[list[float]], label: str, color: str, scale: float) -> None:
-    if points:
+def _cdf(
+    ax: Axes, points: list[list[float | None]] | None, label: str, color: str, scale: float
+) -> None:
+    """A CDF's step line, drawn from the points that have both a value and a fraction
+    (a results file writes a NaN as null); nothing when none has."""
+    kept = [
+        (v, f) for v, f in (p for p in points or () if len(p) == 2) if is_figure(v) and is_figure(f)
+    ]
+    if kept:
         ax.step(
-            [p[0] * scale for p in points],
-            [p[1] for p in points],
-            where="post",
-            label=label,
+            [v * scale for v, _ in kept], [f for _, f in kept], where="post", label=label,
             color=color,
-        )
+        )  # fmt: skip
+
+
+def _values(figures: Iterable[object]) -> list[float]:
+    """Figures to draw, a missing one (null in results.json) as NaN: matplotlib leaves a gap."""
+    return [float(v) if is_figure(v) else math.nan for v in figures]
 
 
 def cold_start(results: dict[str, Any], out: Path) -> Path | None:
@@ -62,7 +74,7 @@ def cold_start(results: dict[str, Any], out: Path) -> Path | None:
         xs = [int(s) for s in scales]
         ax.plot(
             xs,
-            [cold[source][s]["ours"]["seconds"] for s in scales],
+            _values(cold[source][s]["ours"]["seconds"] for s in scales),
             "o-",
             color=OURS,
             label="mcpserver: spawn -> client holds full set",
@@ -70,14 +82,16 @@ def cold_start(results: dict[str, Any], out: Path) -> Path | None:
         base = SOURCES[source][1]
         ax.plot(
             xs,
-            [cold[source][s]["baseline"]["seconds"] for s in scales],
+            _values(cold[source][s]["baseline"]["seconds"] for s in scales),
             "s--",
             color=BASE,
             label=f"baseline: {base}",
         )
         for x, s in zip(xs, scales, strict=True):
+            if not is_figure(cold[source][s]["ours"]["seconds"]):
+                continue
             ax.annotate(
-                f"{cold[source][s]['ratio']:.1f}x",
+                shown(cold[source][s].get("ratio"), ".1f", "x"),
                 (x, cold[source][s]["ours"]["seconds"]),
                 textcoords="offset points",
                 xytext=(4, 6),
@@ -109,21 +123,23 @@ def memory(results: dict[str, Any], out: Path) -> Path | None:
         xs = [int(s) for s in scales]
         ax.plot(
             xs,
-            [mem[source][s]["ours_mib"] for s in scales],
+            _values(mem[source][s]["ours_mib"] for s in scales),
             "o-",
             color=OURS,
             label="mcpserver peak RSS (VmHWM at full set)",
         )
         ax.plot(
             xs,
-            [mem[source][s]["baseline_mib"] for s in scales],
+            _values(mem[source][s]["baseline_mib"] for s in scales),
             "s--",
             color=BASE,
             label="baseline: bare build of the same resources",
         )
         for x, s in zip(xs, scales, strict=True):
+            if not is_figure(mem[source][s]["ours_mib"]):
+                continue
             ax.annotate(
-                f"{mem[source][s]['ratio']:.1f}x",
+                shown(mem[source][s].get("ratio"), ".1f", "x"),
                 (x, mem[source][s]["ours_mib"]),
                 textcoords="offset points",
                 xytext=(4, 6),
@@ -147,24 +163,25 @@ def change_latency(results: dict[str, Any], out: Path) -> Path | None:
     if not part or "cdf" not in part:
         return None
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    _cdf(ax, part["cdf"]["ours"], "mcpserver, whole set: ack -> client holds it", OURS, 1e3)
+    _cdf(ax, part["cdf"]["ours"], "mcpserver, whole set: write call -> client holds it", OURS, 1e3)
     _cdf(ax, part["cdf"]["kazoo_watch"], "baseline: write call -> kazoo watch fires", BASE, 1e3)
-    _cdf(ax, part["cdf"]["kazoo_watch_from_ack"], "kazoo watch, from the ack", "#7f8c8d", 1e3)
+    _cdf(ax, part["cdf"].get("kazoo_watch_from_ack"), "kazoo watch, from the ack", "#7f8c8d", 1e3)
     for (shards, entry), color in zip(
         sorted(part.get("shards", {}).items(), key=lambda kv: int(kv[0])),
         SHARD_COLORS,
         strict=False,
     ):
-        p99 = entry["all"]["ours"]["p99"] * 1e3
-        label = f"mcpserver, {shards} shards (probe on the service's shard), p99 {p99:.0f} ms"
+        p99 = shown(entry["all"]["ours"]["p99"], ".0f", " ms", 1e3)
+        label = f"mcpserver, {shards} shards (probe on the service's shard), p99 {p99}"
         _cdf(ax, entry["cdf"]["ours"], label, color, 1e3)
     ax.set_xscale("symlog", linthresh=1.0)
     ax.set_xlabel("milliseconds")
     ax.set_ylabel("fraction of writes")
-    ours, kazoo = part["all"]["ours"]["p99"] * 1e3, part["all"]["kazoo_watch"]["p99"] * 1e3
+    ours = shown(part["all"]["ours"]["p99"], ".0f", " ms", 1e3)
+    kazoo = shown(part["all"]["kazoo_watch"]["p99"], ".1f", " ms", 1e3)
     ax.set_title(
         f"change latency, {part['services']} services, debounce 0, {part['samples']} writes; "
-        f"p99 {ours:.0f} ms vs {kazoo:.1f} ms",
+        f"p99 {ours} vs {kazoo}",
         fontsize=9,
     )
     ax.grid(True, which="both", alpha=0.3)
@@ -180,21 +197,24 @@ def churn(results: dict[str, Any], out: Path) -> Path | None:
         return None
     fig, axes = plt.subplots(len(runs), 2, figsize=(12, 4 * len(runs)), squeeze=False)
     for row, (debounce, run) in zip(axes, runs.items(), strict=True):
-        _cdf(row[0], run["cdf"]["ours"], "mcpserver: ack -> client holds it", OURS, 1.0)
+        since = run.get("lag_from", "the ack")  # results before the write call was the origin
+        _cdf(row[0], run["cdf"]["ours"], f"mcpserver: {since} -> client holds it", OURS, 1.0)
         _cdf(
-            row[0], run["cdf"]["kazoo_watch"], "baseline: ack -> kazoo watcher holds it", BASE, 1.0
-        )
+            row[0], run["cdf"]["kazoo_watch"], f"baseline: {since} -> kazoo watcher holds it",
+            BASE, 1.0,
+        )  # fmt: skip
         row[0].set_xscale("log")
         row[0].set_xlabel("lag, seconds")
         row[0].set_ylabel("fraction of writes")
         row[0].set_title(
             f"debounce {debounce}: {run['rate_achieved']:.0f} writes/s for {run['seconds']:.0f}s, "
-            f"p99 {run['lag']['ours']['p99']:.2f}s, final equal: {run['final_equal']}",
+            f"p99 {shown(run['lag']['ours']['p99'], '.2f', 's')}, "
+            f"final equal: {run['final_equal']}",
             fontsize=9,
         )
         row[0].grid(True, which="both", alpha=0.3)
         row[0].legend(fontsize=8)
-        timeline = run["timeline"]
+        timeline = [t for t in run["timeline"] if is_figure(t[0]) and is_figure(t[1])]
         row[1].plot(
             [t[0] for t in timeline], [t[1] for t in timeline], ".", markersize=2, color=OURS
         )
@@ -218,21 +238,23 @@ def fanout(results: dict[str, Any], out: Path) -> Path | None:
     width = 0.38
     ax.bar(
         [x - width / 2 for x in xs],
-        [clients[k]["ours"]["p50"] for k in keys],
+        _values(clients[k]["ours"]["p50"] for k in keys),
         width,
         color=OURS,
         label="mcpserver: publish -> every client holds the set",
     )
     ax.bar(
         [x + width / 2 for x in xs],
-        [clients[k]["bare"]["p50"] for k in keys],
+        _values(clients[k]["bare"]["p50"] for k in keys),
         width,
         color=BASE,
         label="baseline: bare grpc.aio server, same bytes",
     )
     for x, k in zip(xs, keys, strict=True):
+        if not is_figure(clients[k]["ours"]["p50"]):
+            continue
         ax.annotate(
-            f"{clients[k]['ratio']:.2f}x",
+            shown(clients[k].get("ratio"), ".2f", "x"),
             (x - width / 2, clients[k]["ours"]["p50"]),
             textcoords="offset points",
             xytext=(0, 3),
@@ -335,8 +357,8 @@ def istiod_churn(results: dict[str, Any], out: Path) -> Path | None:
             sorted(layouts.items(), key=lambda kv: int(kv[0])), (BASE, *SHARD_COLORS), strict=False
         ):
             run = layout["patterns"][pattern]
-            p99 = run["lag"]["p99"]
-            _cdf(lag, run["cdf"], f"{shards} source(s): p99 {p99:.2f}s", color, 1.0)
+            p99 = shown(run["lag"]["p99"], ".2f", "s")
+            _cdf(lag, run["cdf"], f"{shards} source(s): p99 {p99}", color, 1.0)
             timeline = run["cpu_timeline"]
             cpu.plot(
                 [t[0] for t in timeline],

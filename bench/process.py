@@ -29,7 +29,7 @@ import yaml
 
 from bench.scrape import Samples, scrape
 from mcpserver.xds.shards import PORT_STRIDE, shard_port
-from tests.integration.real import bindable, free_port
+from testbed.ports import bindable, free_port
 
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 T = TypeVar("T")

@@ -42,8 +42,8 @@ from bench.workload import STATIC_NAMESPACE, Estate, address, static_name
 from mcpserver.metrics import Metrics
 from mcpserver.xds.shards import shard_label, shard_of
 from mcpserver.xds.typeurls import MESH_CONFIG
-from tests.integration.istiod import Istiod
-from tests.integration.kube import ControlPlane
+from testbed.istiod import Istiod
+from testbed.kube import ControlPlane
 
 SETTLE_WINDOW = 0.3
 """Seconds of idle after a push's ACK that end the push (istiod's own debounce is 100 ms)."""

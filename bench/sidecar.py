@@ -25,7 +25,7 @@ from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 
 from bench.probe import AdsStream, EndpointLog
-from tests.integration.xdsprobe import CDS, EDS, sidecar_node
+from testbed.xdsprobe import CDS, EDS, sidecar_node
 
 
 def host_of(cluster: str) -> str:

@@ -24,7 +24,7 @@ from typing import Any
 from kazoo.client import KazooClient
 
 from bench.workload import Estate, address, interface, provider_node, providers_path, zk_root
-from tests.integration.zookeeper import ZooKeeper
+from testbed.zookeeper import ZooKeeper
 
 JAVA_OPTIONS = "-Xmx3g -Djute.maxbuffer=67108864"
 

@@ -8,8 +8,8 @@ to `Registry.publish()` of a view that holds the write, in this process:
 
 - cold start: `start()` to the first synced view of N interfaces x M providers, beside the
   least work that gets the same ServiceEntries onto the wire (bench/bare.py, the suite's
-  baseline): an async kazoo walk of the same tree (every providers node requested at once,
-  pipelined on one session) plus a direct protobuf build and serialization. Target: within
+  baseline): a kazoo walk of the same tree (500 listings in flight, each built into its
+  ServiceEntry as it arrives) plus the serialization. Target: within
   1.5x. The registry's time is split into the walk (until the first assembly starts) and the
   assembly (`assemble()` on the loop);
 - change latency: one provider added to (then removed from) an interface, one write at a
@@ -67,7 +67,7 @@ from mcpserver.registry.zookeeper import watcher as watcher_module
 from mcpserver.registry.zookeeper.assembly import EMPTY, Assembly, Changes
 from mcpserver.registry.zookeeper.config import ZooKeeperRegistrySettings
 from mcpserver.registry.zookeeper.watcher import ZooKeeperRegistry
-from tests.integration.zookeeper import ZooKeeper
+from testbed.zookeeper import ZooKeeper
 
 ROOT = "/dubbo"
 # 110k znodes do not fit the tests' 256 MB heap; the JVM reads _JAVA_OPTIONS after its

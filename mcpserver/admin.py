@@ -32,6 +32,7 @@ from mcpserver.metrics import Metrics, build_labels
 from mcpserver.model import Problem
 from mcpserver.peers import FORWARDED
 from mcpserver.pipeline import Pipeline
+from mcpserver.sink.config import SINK
 from mcpserver.status_page import (
     ENDPOINTS,
     HeldRemoval,
@@ -104,8 +105,10 @@ class Admin:
         shard_ports: Mapping[int, Sequence[int]] | None = None,
         replica: str = "",
         forward: Forward | None = None,
+        sink: Callable[[], Mapping[str, object]] | None = None,
     ) -> None:
         self._replica = replica
+        self._sink = sink
         self._forward = forward
         self._kinds = kinds
         # layout N > 1 -> the ports of its shards (server.shards, previous_shards)
@@ -137,6 +140,7 @@ class Admin:
             "/debug/registries/{name}/confirm": self.confirm,
             "/debug/problems": self.problems,
             "/debug/accepted": self.accepted,
+            "/debug/sink": self.sink,
         }
         if handlers.keys() != {e.path for e in ENDPOINTS}:
             raise AssertionError("admin handlers and status_page.ENDPOINTS disagree")
@@ -240,7 +244,23 @@ class Admin:
         """Every problem: degraded registries first, then what the pipeline withheld,
         skipped or holds (the status page and /debug/problems show the same list)."""
         served = self._store.snapshot is not None
-        return [*registry_problems(rows, served), *self._pipeline.problems]
+        return [*registry_problems(rows, served), *self._pipeline.problems, *self.sink_problems()]
+
+    def sink_problems(self) -> list[Problem]:
+        """The Kubernetes sink's troubles, as the page and /debug/problems show them: a
+        sync that did not complete (objects refused, names others hold), a Lease it cannot
+        reach."""
+        if self._sink is None:
+            return []
+        status = self._sink()
+        found = []
+        for subject, key in (
+            ("kubernetes sink", "error"),
+            ("kubernetes sink lease", "lease_error"),
+        ):
+            if status.get(key):
+                found.append(Problem(SINK, subject, str(status[key]), "sink"))
+        return found
 
     async def page(self, request: web.Request) -> web.Response:
         """The status page: server-rendered HTML, refreshed by the browser itself."""
@@ -407,6 +427,13 @@ class Admin:
         )
         body = await asyncio.to_thread(lambda: json.dumps(encode_document(document)).encode())
         return web.Response(body=body, content_type="application/json")
+
+    async def sink(self, _: web.Request) -> web.Response:
+        """The Kubernetes sink: whether this replica leads, what it owns, what it could not
+        write; `{"enabled": false}` when `sink` does not name kubernetes."""
+        if self._sink is None:
+            return web.json_response({"enabled": False, "sink": ["mcp"]})
+        return web.json_response({"enabled": True, **self._sink()})
 
     async def problems(self, _: web.Request) -> web.Response:
         return web.json_response(

@@ -45,6 +45,8 @@ from mcpserver.registry.base import Registry
 from mcpserver.registry.kind import RegistryContext
 from mcpserver.registry.kinds import kind_of
 from mcpserver.settings import Settings
+from mcpserver.sink.client import ApiError
+from mcpserver.sink.writer import KubernetesSink
 from mcpserver.statefiles import StateWriter, check_writable, read_states
 from mcpserver.xds.callbacks import DefaultCallbacks
 from mcpserver.xds.server import ServerOptions, TLSError, XdsServer
@@ -225,6 +227,15 @@ class App:
                 self.pipeline.remembered,
             )
             self.pipeline.on_decided = self.state.changed
+        self.sink: KubernetesSink | None = None
+        if "kubernetes" in s.sink:
+            identity = f"{os.environ.get('HOSTNAME') or socket.gethostname()}-{self.replica[:8]}"
+            try:
+                self.sink = KubernetesSink(
+                    s.kubernetes, self.store, self.metrics, identity, os.environ
+                )
+            except ApiError as err:
+                raise StartError(str(err)) from None
         self.admin = Admin(
             s.server.admin,
             self.store,
@@ -237,6 +248,7 @@ class App:
             shard_ports={n: self.shard_ports(n) for n in self.layouts},
             replica=self.replica,
             forward=self.peers.forward_confirm if self.peers is not None else None,
+            sink=self.sink.status if self.sink is not None else None,
         )
         self._waiter: asyncio.Task[None] | None = None
         self._taking_over: asyncio.Task[None] | None = None
@@ -300,6 +312,8 @@ class App:
             await registry.start(self._registry_changed(registry.name))
         self._waiter = asyncio.create_task(self._first_snapshot(), name="first-snapshot")
         self.debouncer.trigger()
+        if self.sink is not None:
+            await self.sink.start()  # it writes nothing before the first snapshot
 
     async def _take_over(self) -> None:
         """Before the first snapshot: what the last run wrote to the state directory,
@@ -393,6 +407,8 @@ class App:
         steps: list[tuple[str, Callable[[], Awaitable[None]]]] = [
             # streams end first, so nothing a stopping registry does reaches istiod
             ("xds", functools.partial(self.xds.stop, STREAM_GRACE)),
+            # the sink stops writing and hands its lease over before registries stop
+            *((("kubernetes sink", self.sink.stop),) if self.sink is not None else ()),
             *((f"registry {r.name}", r.stop) for r in reversed(self.registries)),
             ("debouncer", self.debouncer.stop),
             *((("state_dir", self.state.stop),) if self.state is not None else ()),

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 log = logging.getLogger("mcpserver.debounce")
 
@@ -20,13 +21,38 @@ def fire_at(first: float, last: float, after: float, max_wait: float) -> float:
     return min(last + after, first + max_wait)
 
 
+class Clock(Protocol):
+    """The time the debouncer reads and waits on: the event loop's, or a test's own."""
+
+    def now(self) -> float: ...
+
+    async def wait(self, event: asyncio.Event, seconds: float) -> None:
+        """Return when `event` is set or `seconds` have passed, whichever is first."""
+
+
+class LoopClock:
+    """The running event loop's monotonic clock and timers."""
+
+    def now(self) -> float:
+        return asyncio.get_running_loop().time()
+
+    async def wait(self, event: asyncio.Event, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(event.wait(), seconds)
+
+
 class Debouncer:
     """Runs `action` once per burst of trigger() calls."""
 
     def __init__(
-        self, action: Callable[[], Awaitable[None]], after: float, max_wait: float
+        self,
+        action: Callable[[], Awaitable[None]],
+        after: float,
+        max_wait: float,
+        clock: Clock | None = None,
     ) -> None:
         self._action = action
+        self._clock: Clock = clock or LoopClock()
         self._after = after
         self._max = max_wait
         self._event = asyncio.Event()
@@ -43,7 +69,7 @@ class Debouncer:
 
     def trigger(self) -> None:
         """Note a change; cheap and non-blocking (call on the loop)."""
-        now = asyncio.get_running_loop().time()
+        now = self._clock.now()
         if self._first is None:
             self._first = now
         self._last = now
@@ -59,16 +85,15 @@ class Debouncer:
                 await self._task
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             await self._event.wait()
             while self._first is not None:
-                delay = fire_at(self._first, self._last, self._after, self._max) - loop.time()
+                delay = fire_at(self._first, self._last, self._after, self._max)
+                delay -= self._clock.now()
                 if delay <= 0:
                     break
                 self._event.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._event.wait(), delay)
+                await self._clock.wait(self._event, delay)
             self._event.clear()
             self._first = None
             self.runs += 1

@@ -151,6 +151,29 @@ class Metrics:
             ["registry"],
             registry=r,
         )
+        # the Kubernetes sink (sink: [kubernetes])
+        self.sink_leader = Gauge(
+            "mcpserver_sink_leader",
+            "1 while this replica holds the Kubernetes sink's Lease (the one that writes).",
+            registry=r,
+        )
+        self.sink_writes = Counter(
+            "mcpserver_sink_writes",
+            "Writes the Kubernetes sink sent (verb: apply, delete; result: ok, error).",
+            ["kind", "verb", "result"],
+            registry=r,
+        )
+        self.sink_objects = Gauge(
+            "mcpserver_sink_objects",
+            "Objects in the apiserver that the Kubernetes sink owns (as listed or written).",
+            registry=r,
+        )
+        self.sink_failed = Gauge(
+            "mcpserver_sink_failed_objects",
+            "Served objects the Kubernetes sink could not write at its last sync (refused, or "
+            "a name held by an object it does not own).",
+            registry=r,
+        )
         # xds
         # `shard`: `all` on server.listen (the whole set), `k/N` for shard k of server.shards
         # N (or previous_shards): at most 1 + shards + previous_shards values

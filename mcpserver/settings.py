@@ -43,6 +43,7 @@ from mcpserver.config import (
 )
 from mcpserver.protection import ProtectionPolicy
 from mcpserver.registry.kinds import KINDS
+from mcpserver.sink.config import KubernetesSinkSettings
 from mcpserver.xds.shards import MAX_SHARDS, PORT_STRIDE, highest_port, layouts, shard_port
 
 ENV_PREFIX = "MCPSERVER_"
@@ -333,6 +334,18 @@ def demo_registry_path() -> Path:
     return Path(str(resources.files("mcpserver") / "data" / "demo.yaml"))
 
 
+SinkName = Literal["mcp", "kubernetes"]
+
+
+def _mcp_only() -> list[SinkName]:
+    return ["mcp"]
+
+
+def _listed(value: object) -> object:
+    """`sink: kubernetes` is `sink: [kubernetes]`."""
+    return [value] if isinstance(value, str) else value
+
+
 class Settings(Frozen):
     server: ServerSettings = ServerSettings()
     debounce: DebounceSettings = DebounceSettings()
@@ -349,7 +362,20 @@ class Settings(Frozen):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["text", "json"] = "text"
     merge: Literal["first", "union"] = "first"
+    # Where the served set goes: `mcp` (istiod reads it over xDS: the default), `kubernetes`
+    # (written into the apiserver: docs/deployment.md "Kubernetes sink"), or both.
+    sink: Annotated[list[SinkName], BeforeValidator(_listed)] = Field(
+        default_factory=_mcp_only, min_length=1
+    )
+    kubernetes: KubernetesSinkSettings = KubernetesSinkSettings()
     registries: list[RegistrySettings]
+
+    @field_validator("sink")
+    @classmethod
+    def _once(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError("a sink is named twice")
+        return value
 
     @field_validator("registries")
     @classmethod

@@ -84,6 +84,13 @@ ENDPOINTS: Final = (
         "/debug/accepted",
         "what protection remembers of each registry: what a starting peer takes over",
     ),
+    Endpoint(
+        "GET",
+        "/debug/sink",
+        "the Kubernetes sink (sink: [kubernetes]): whether this replica leads, what it owns, "
+        "what it could not write",
+        links=(("/debug/sink", "sink"),),
+    ),
     Endpoint("GET", "/metrics", "Prometheus metrics", open=True, links=(("/metrics", "metrics"),)),
     Endpoint(
         "GET",

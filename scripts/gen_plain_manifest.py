@@ -9,7 +9,7 @@ included; tests/integration/test_istio_config.py checks it is current.
     python scripts/gen_plain_manifest.py            # rewrite istio-config/mcpserver.yaml
     python scripts/gen_plain_manifest.py --check    # exit 1 if it differs from a fresh render
 
-Helm comes from the test bed (tests/integration/real.py builds it from the Go module proxy
+Helm comes from the test bed (testbed/builds.py builds it from the Go module proxy
 once and caches it under ~/.cache/mcpserver/).
 """
 
@@ -26,8 +26,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from scripts.generated_file import write_or_check  # noqa: E402
-from tests.integration.helm import Helm  # noqa: E402  # the repository root is on sys.path now
-from tests.integration.real import helm_binary  # noqa: E402
+from testbed.builds import helm_binary  # noqa: E402  # the repository root is on sys.path now
+from testbed.helm import Helm  # noqa: E402
 
 TARGET = ROOT / "istio-config" / "mcpserver.yaml"
 CHART = ROOT / "charts" / "mcpserver"

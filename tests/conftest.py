@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import socket
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import grpc
@@ -19,13 +20,11 @@ from mcpserver.app import App
 from mcpserver.settings import Settings, load_settings
 from mcpserver.xds.client import IstiodLikeClient, decode_resource
 from mcpserver.xds.typeurls import ISTIO_1_29
-from tests.integration.kube import ControlPlane, Kubectl
-from tests.integration.real import (
-    envoy_binary,
-    istio_module_dir,
-    kube_binaries,
-    pilot_discovery_binary,
-)
+
+if TYPE_CHECKING:
+    # the test bed is imported by the fixtures that start it, never here: a unit-test
+    # session does not load it (tests/component/test_testbed_boundary.py checks)
+    from testbed.kube import ControlPlane, Kubectl
 
 
 def free_port() -> int:
@@ -35,14 +34,26 @@ def free_port() -> int:
 
 
 async def eventually(check: Callable[[], Any], within: float = 10.0, every: float = 0.02) -> Any:
-    """Poll a condition until it is truthy or the deadline passes (no blind sleeps)."""
+    """Poll a condition until it is truthy or the deadline passes (no blind sleeps), and
+    return its value. `check` may be a coroutine function (awaited each time) and may
+    assert: its AssertionError counts as "not yet" until the deadline, then is raised as is,
+    so that a check can say what it found."""
     deadline = time.monotonic() + within
     while True:
-        value = check()
-        if value:
+        failed: AssertionError | None = None
+        value: Any = None
+        try:
+            value = check()
+            if inspect.isawaitable(value):
+                value = await value
+        except AssertionError as err:
+            failed = err
+        if failed is None and value:
             return value
         if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {within}s: {check}")
+            if failed is not None:
+                raise failed
+            raise AssertionError(f"condition not met within {within}s: {check}; last: {value!r}")
         await asyncio.sleep(every)
 
 
@@ -209,11 +220,15 @@ async def admin_get(port: int, path: str, token: str | None = None) -> tuple[int
 
 @pytest.fixture(scope="session")
 def envoy_bin() -> Path:
+    from testbed.builds import envoy_binary
+
     return envoy_binary()
 
 
 @pytest.fixture(scope="session")
 def pilot_discovery_bin() -> Path:
+    from testbed.builds import pilot_discovery_binary
+
     return pilot_discovery_binary()
 
 
@@ -225,6 +240,9 @@ def control_plane(
     namespaces and delete what they apply (without kube-controller-manager a namespace is
     never finalised). pilot_discovery_bin comes first: its build fetches the istio module
     whose CRDs are installed here."""
+    from testbed.builds import istio_module_dir, kube_binaries
+    from testbed.kube import ControlPlane
+
     plane = ControlPlane(kube_binaries(), tmp_path_factory.mktemp("kube"))
     crds = istio_module_dir() / "manifests" / "charts" / "base" / "files" / "crd-all.gen.yaml"
     try:

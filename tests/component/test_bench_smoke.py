@@ -22,8 +22,8 @@ from typing import Any
 
 import pytest
 
-from tests.integration.real import kube_binaries, missing, pilot_discovery_binary
-from tests.integration.zookeeper import ZOOKEEPER_JAR
+from testbed.builds import kube_binaries, missing, pilot_discovery_binary
+from testbed.zookeeper import ZOOKEEPER_JAR
 
 pytestmark = pytest.mark.component
 
@@ -73,14 +73,22 @@ def test_the_suite_runs_every_part_and_writes_sane_results(tmp_path: Path) -> No
             assert 0 < entry["ours"]["seconds"] < 60
             assert 0 < entry["baseline"]["seconds"] < 60
             assert entry["baseline"]["phases"]["endpoints"] == int(scale) * per
+            if source == "zookeeper":  # the fastest of the walks tried, the old one beside
+                assert entry["baseline"]["walk"] in [*config["zk_walks"], "previous"]
+                assert 0 < entry["previous_baseline"]["seconds"] < 60
             assert finite(entry["ratio"])
             memory = parts["memory"][source][scale]
             assert memory["ours_mib"] > 10 and memory["baseline_mib"] > 10
 
     change = parts["change_latency"]
     assert change["samples"] == 2 * config["latency_samples"]
-    assert 0 < change["all"]["ours"]["p50"] <= change["all"]["ours"]["p99"] < 10
-    assert 0 < change["all"]["kazoo_watch"]["p99"] < 1
+    assert change["timed_out"] == 0
+    # figures are positive and within the deadline of a wait; how fast says nothing here (a
+    # loaded CI machine once took a kazoo watch past 1 s)
+    within = config["deadline"]
+    assert 0 < change["all"]["ours"]["p50"] <= change["all"]["ours"]["p99"] < within
+    assert change["all"]["ours_from_ack"]["p50"] >= 0
+    assert 0 < change["all"]["kazoo_watch"]["p99"] < within
     assert change["cdf"]["ours"]
 
     for shards in config["latency_shards"]:
@@ -88,7 +96,7 @@ def test_the_suite_runs_every_part_and_writes_sane_results(tmp_path: Path) -> No
             continue
         sharded = change["shards"][str(shards)]
         assert sharded["samples"] == 2 * config["latency_samples"]
-        assert 0 < sharded["all"]["ours"]["p50"] <= sharded["all"]["ours"]["p99"] < 10
+        assert 0 < sharded["all"]["ours"]["p50"] <= sharded["all"]["ours"]["p99"] < within
 
     churn = parts["churn"]["runs"]["0"]
     assert churn["writes"] == int(config["churn_seconds"] * config["churn_rate"])

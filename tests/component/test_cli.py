@@ -11,12 +11,13 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 import yaml
 
+from testbed.process import wait_ready
+from tests.component.test_logs import ready
 from tests.conftest import AppFactory, eventually, free_port, make_settings
 
 pytestmark = pytest.mark.component
@@ -115,17 +116,7 @@ def test_embedded_default_serves_and_dump_prints_it() -> None:
         text=True,
     )
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{admin}/readyz", timeout=2) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, "server never became ready"
-            assert server.poll() is None, server.stderr.read() if server.stderr else ""
-            time.sleep(0.1)
+        wait_ready("the server", lambda: ready(admin), server, None, within=30)
         done = run("dump", "--server", f"127.0.0.1:{port}", "--kind", "ServiceEntry")
         assert done.returncode == 0, done.stderr
         items = list(yaml.safe_load_all(done.stdout))
@@ -296,14 +287,7 @@ def test_a_closed_stdout_pipe_is_one_line(tmp_path: Path) -> None:
         stderr=subprocess.DEVNULL,
     )
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{admin}/readyz", timeout=2):
-                    break
-            except OSError:
-                assert time.monotonic() < deadline
-                time.sleep(0.1)
+        wait_ready("the server", lambda: ready(admin), server, None, within=30)
         reader_gone = subprocess.run(
             # `true` exits at once: the reader is gone long before dump has anything to print
             f"{sys.executable} -m mcpserver dump --server 127.0.0.1:{port} | true",

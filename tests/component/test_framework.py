@@ -8,7 +8,6 @@ import logging
 import signal
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from mcpserver.registry.base import Registry
 from mcpserver.registry.kinds import KINDS, register
 from mcpserver.registry.view import Status
 from mcpserver.settings import load_settings
+from testbed.process import wait_ready
 from tests.conftest import AppFactory, eventually, free_port
 from tests.testkind import KIND, EchoRegistry
 
@@ -82,17 +82,12 @@ def test_a_new_kind_is_one_module_and_one_table_entry(tmp_path: Path) -> None:
         text=True,
     )
     try:
-        deadline = time.monotonic() + 30
-        registries: Any = None
-        while time.monotonic() < deadline:
-            try:
-                get_json(f"http://127.0.0.1:{admin}/readyz")  # 503 (an OSError) until primed
-                registries = get_json(f"http://127.0.0.1:{admin}/debug/registries")
-                break
-            except OSError:
-                pass
-            assert server.poll() is None, server.stderr.read() if server.stderr else ""
-            time.sleep(0.1)
+
+        def primed() -> Any:
+            get_json(f"http://127.0.0.1:{admin}/readyz")  # 503 (an OSError) until primed
+            return get_json(f"http://127.0.0.1:{admin}/debug/registries")
+
+        registries = wait_ready("the server", primed, server, None, within=30)
         assert registries[0].pop("last_change") is not None
         assert registries == [
             {

@@ -12,7 +12,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -22,6 +21,7 @@ import pytest
 from envoy.service.discovery.v3 import discovery_pb2
 
 from mcpserver.logs import JsonFormatter, TextFormatter
+from testbed.process import wait_ready
 from tests.conftest import (
     AppFactory,
     ClientFactory,
@@ -73,11 +73,7 @@ def server(
         text=True,
     )
     try:
-        deadline = time.monotonic() + 30
-        while not ready(admin):
-            assert process.poll() is None, process.communicate()[1]
-            assert time.monotonic() < deadline, "server never became ready"
-            time.sleep(0.05)
+        wait_ready("the server", lambda: ready(admin), process, None, within=30, every=0.05)
         yield process, port, admin
     finally:
         if process.poll() is None:
@@ -99,10 +95,7 @@ def dump(port: int) -> None:
 
 def wait_for_publish(admin: int, before: str) -> None:
     """Until /readyz reports a snapshot version other than `before`."""
-    deadline = time.monotonic() + 15
-    while version(admin) == before:
-        assert time.monotonic() < deadline, "no new snapshot"
-        time.sleep(0.05)
+    wait_ready("a new snapshot", lambda: version(admin) != before, None, None, 15, 0.05)
 
 
 def version(admin: int) -> str:
@@ -314,10 +307,7 @@ def test_serve_takes_its_startup_heap_out_of_the_collectors_scans(static_file: P
         return float(found.group(1))
 
     with server(static_file) as (process, _, admin):
-        deadline = time.monotonic() + 30
-        while (count := frozen(admin)) == 0:
-            assert time.monotonic() < deadline, "the heap was never settled"
-            time.sleep(0.05)
+        count = wait_ready("a settled heap", lambda: frozen(admin), process, None, 30, 0.05)
         assert count > 10_000  # the interpreter, the modules and the first snapshot at least
         stop_now(process)
         _, stderr = process.communicate(timeout=30)

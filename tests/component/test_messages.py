@@ -4,7 +4,6 @@ promise of a "last known view" that does not exist."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -29,11 +28,13 @@ T = TypeVar("T")
 
 async def until(check: Callable[[], Awaitable[T | None]], within: float = 10.0) -> T:
     """Await an asynchronous check (an admin page) until it answers, or fail."""
-    deadline = asyncio.get_running_loop().time() + within
-    while (found := await check()) is None:
-        assert asyncio.get_running_loop().time() < deadline, f"not met within {within}s"
-        await asyncio.sleep(0.05)
-    return found
+
+    async def answered() -> tuple[T] | None:
+        found = await check()
+        return None if found is None else (found,)  # a falsy answer is an answer too
+
+    answer: tuple[T] = await eventually(answered, within=within, every=0.05)
+    return answer[0]
 
 
 async def registry(app_port: int, name: str) -> dict[str, object]:

@@ -4,7 +4,6 @@ and the series the operations surface promises are there and move."""
 
 from __future__ import annotations
 
-import asyncio
 import re
 import time
 from collections.abc import Iterable
@@ -18,6 +17,7 @@ from prometheus_client.samples import Sample
 from tests.conftest import (
     AppFactory,
     ClientFactory,
+    eventually,
     make_settings,
     service,
     write_services,
@@ -114,11 +114,16 @@ async def test_every_metric_follows_prometheus_naming_and_the_promised_ones_move
     text = await scrape(app.admin.port)
     # histograms with labels only show once they have children: wait for an ACK first
     node = "sidecar~~test-1.istio-system~istio-system.svc.cluster.local"
-    deadline = time.monotonic() + 10
-    while value(text, "mcpserver_xds_ack_latency_seconds_count", node=node) is None:
-        assert time.monotonic() < deadline, "no ACK latency observed"
-        await asyncio.sleep(0.05)
+
+    async def acked() -> str:
         text = await scrape(app.admin.port)
+        assert value(text, "mcpserver_xds_ack_latency_seconds_count", node=node) is not None, (
+            "no ACK latency observed"
+        )
+        return text
+
+    if value(text, "mcpserver_xds_ack_latency_seconds_count", node=node) is None:
+        text = await eventually(acked, within=10, every=0.05)
 
     # a registry change reaches the client: one push observed, no longer than it took
     before = value(text, "mcpserver_push_latency_seconds_count") or 0.0
@@ -155,11 +160,16 @@ async def test_every_metric_follows_prometheus_naming_and_the_promised_ones_move
 
     # a client that leaves takes its ACK series with it (node ids would pile up)
     client.close()
-    deadline = time.monotonic() + 10
-    while value(text, "mcpserver_xds_ack_latency_seconds_count", node=node) is not None:
-        assert time.monotonic() < deadline, "the ACK series outlived its client"
-        await asyncio.sleep(0.05)
+
+    async def gone() -> str:
         text = await scrape(app.admin.port)
+        assert value(text, "mcpserver_xds_ack_latency_seconds_count", node=node) is None, (
+            "the ACK series outlived its client"
+        )
+        return text
+
+    if value(text, "mcpserver_xds_ack_latency_seconds_count", node=node) is not None:
+        text = await eventually(gone, within=10, every=0.05)
 
 
 def test_the_checker_catches_what_it_should() -> None:

@@ -11,7 +11,7 @@ import pytest
 from aiohttp import web
 
 from mcpserver.registry.nacos.auth import LoginError, TokenKeeper
-from tests.conftest import free_port
+from tests.conftest import eventually, free_port
 
 pytestmark = pytest.mark.component
 
@@ -84,11 +84,13 @@ async def test_the_token_is_renewed_before_it_expires() -> None:
     try:
         keeper = server.keeper()
         assert await keeper.token() == "token-1"
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 5
-        while (token := await keeper.token()) == "token-1":
-            assert loop.time() < deadline, "the token was never renewed"
-            await asyncio.sleep(0.05)
+
+        async def renewed() -> str:
+            token = await keeper.token()
+            assert token != "token-1", "the token was never renewed"
+            return token
+
+        token = await eventually(renewed, within=5, every=0.05)
         assert token == "token-2"
     finally:
         await server.stop()

@@ -105,9 +105,12 @@ async def test_sigterm_unready_at_once_drains_then_closes_streams_and_exits(
             signalled = time.monotonic()
             # at once: probes say go away, on HTTP and on gRPC
             await eventually(lambda: readyz(server.admin) == 503, 1.0)
-            while await health(channel) != {NOT_SERVING}:
-                assert time.monotonic() - signalled < 1.0, "gRPC health still SERVING"
-                await asyncio.sleep(0.02)
+
+            async def not_serving() -> bool:
+                assert await health(channel) == {NOT_SERVING}, "gRPC health still SERVING"
+                return True
+
+            await eventually(not_serving, 1.0 - (time.monotonic() - signalled), every=0.02)
             unready = time.monotonic() - signalled
             # during the drain the stream stays open and served
             await asyncio.sleep(0)  # let the loop notice a stream that ended

@@ -18,6 +18,7 @@ import pytest
 from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2
 
+from testbed.process import wait_ready
 from tests.component.test_ads import ControlledRegistry, svc
 from tests.conftest import AppFactory, ClientFactory, eventually, make_settings
 
@@ -60,11 +61,13 @@ async def health(port: int) -> dict[str, int]:
 
 async def wait_for_health(port: int, status: int) -> None:
     """Poll until "" and ADS both report `status` (health changes after the publish)."""
-    for _ in range(250):
-        if set((await health(port)).values()) == {status}:
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"health never became {status}: {await health(port)}")
+
+    async def reported() -> bool:
+        found = await health(port)
+        assert set(found.values()) == {status}, f"health never became {status}: {found}"
+        return True
+
+    await eventually(reported, within=5)
 
 
 async def test_health_is_not_serving_until_the_first_snapshot(
@@ -133,9 +136,8 @@ def test_grpcurl_lists_and_streams(static_file: Path, tmp_path: Path) -> None:
         stderr=subprocess.DEVNULL,
     )
     try:
-        listed = ""
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
+
+        def listed() -> str:
             done = subprocess.run(
                 [grpcurl(), "-plaintext", f"127.0.0.1:{port}", "list"],
                 capture_output=True,
@@ -143,11 +145,9 @@ def test_grpcurl_lists_and_streams(static_file: Path, tmp_path: Path) -> None:
                 timeout=20,
                 check=False,
             )
-            listed = done.stdout
-            if done.returncode == 0 and ready(admin):
-                break
-            time.sleep(0.1)
-        assert ADS in listed
+            return done.stdout if done.returncode == 0 and ready(admin) else ""
+
+        assert ADS in wait_ready("grpcurl list", listed, server, None, within=30)
         streamed = subprocess.run(
             [
                 grpcurl(),

@@ -7,6 +7,7 @@ and changed files that cannot be used leave the previous ones in use."""
 
 from __future__ import annotations
 
+import os
 import socket
 import ssl
 import struct
@@ -62,9 +63,12 @@ def reply(conn: socket.socket, xid: int, err: int = 0, body: bytes = b"") -> Non
 class ScriptedZooKeeper:
     """Answers the handshake, then each read as `answer(connection, xid, op)` says."""
 
-    def __init__(self, *, shift_first: int = 0, refuse_sasl: bool = False) -> None:
+    def __init__(
+        self, *, shift_first: int = 0, refuse_sasl: bool = False, session_ms: int = 6000
+    ) -> None:
         self.shift_first = shift_first  # added to the xid of the first connection's answers
         self.refuse_sasl = refuse_sasl
+        self.session_ms = session_ms  # the negotiated session timeout
         self.connections = 0
         self.sasl_attempts = 0
         self._listener = socket.create_server(("127.0.0.1", 0))
@@ -93,7 +97,8 @@ class ScriptedZooKeeper:
         with conn:
             try:
                 receive(conn)  # ConnectRequest
-                session = struct.pack(">iiq", 0, 6000, 0x77) + struct.pack(">i", 16) + bytes(16)
+                session = struct.pack(">iiq", 0, self.session_ms, 0x77) + struct.pack(">i", 16)
+                session += bytes(16)
                 conn.sendall(jute.frame(session + b"\x00"))
                 while True:
                     body = receive(conn)
@@ -177,6 +182,36 @@ def test_answers_in_order_keep_the_connection(server: ScriptedZooKeeper) -> None
         results = [client.exists_async(f"/n{i}", None) for i in range(50)]
         assert all(wait(r) is not None for r in results)
         assert server.connections == 1
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize("server", [{"session_ms": 60_000}], indirect=True)
+def test_a_read_queued_while_the_client_drains_its_wake_up_loses_no_later_wake_up(
+    server: ScriptedZooKeeper, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read queued from another thread just as the client's thread handles a wake-up must
+    not leave the wake-up flag set with nothing to wake it: every later read from another
+    thread then waited for the next ping (20 s here) to be sent. (The first walk of a 10k
+    tree by a reader building on its own thread took 35-65 s instead of 5 s so.)"""
+    client = Connection(f"127.0.0.1:{server.port}", 60.0)
+    real = os.eventfd_read
+    raced: list[Result[Any]] = []
+
+    def racing(fd: int) -> int:
+        if threading.current_thread().name == "zookeeper" and not raced:
+            reader = threading.Thread(target=lambda: raced.append(client.exists_async("/r")))
+            reader.start()
+            reader.join()
+        return real(fd)
+
+    monkeypatch.setattr(os, "eventfd_read", racing)
+    try:
+        client.start(5)
+        assert wait(client.exists_async("/first")) is not None  # from this thread: a wake-up
+        assert raced and wait(raced[0]) is not None
+        # pings are 20 s apart: a lost wake-up leaves this read unsent for that long
+        assert wait(client.exists_async("/later"), within=5.0) is not None
     finally:
         client.close()
 

@@ -15,12 +15,12 @@ from kazoo.client import KazooClient
 from mcpserver.app import App
 from mcpserver.settings import Settings
 from mcpserver.xds.client import DecodedResource, IstiodLikeClient
+from testbed.builds import consul_binary
+from testbed.consulagent import ConsulAgent, Health
+from testbed.istiod import Istiod
+from testbed.kube import ControlPlane
+from testbed.zookeeper import ZooKeeper
 from tests.conftest import AppFactory, ClientFactory
-from tests.integration.consulagent import ConsulAgent, Health
-from tests.integration.istiod import Istiod
-from tests.integration.kube import ControlPlane
-from tests.integration.real import consul_binary
-from tests.integration.zookeeper import ZooKeeper
 
 STARTED_ISTIODS = pytest.StashKey[list[Istiod]]()
 
@@ -64,12 +64,22 @@ async def start_istiod(
     request.node.stash[STARTED_ISTIODS] = started
     kubeconfig = control_plane.istiod_kubeconfig()
 
-    async def start(mcpserver_port: int, sources: list[dict[str, Any]] | None = None) -> Istiod:
-        """`sources` replaces [xds://127.0.0.1:mcpserver_port, k8s://] (shards, overlays)."""
+    async def start(
+        mcpserver_port: int,
+        sources: list[dict[str, Any]] | None = None,
+        env: dict[str, str] | None = None,
+    ) -> Istiod:
+        """`sources` replaces [xds://127.0.0.1:mcpserver_port, k8s://] (shards, overlays);
+        `env` adds to istiod's environment."""
         workdir = tmp_path / f"istiod{len(started)}"
         workdir.mkdir()
         istiod = Istiod(
-            pilot_discovery_bin, workdir, mcpserver_port, kubeconfig=kubeconfig, sources=sources
+            pilot_discovery_bin,
+            workdir,
+            mcpserver_port,
+            kubeconfig=kubeconfig,
+            sources=sources,
+            env=env or {},
         )
         started.append(istiod)
         # blocking waits run in a thread: the in-process mcpserver must keep answering

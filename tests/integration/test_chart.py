@@ -18,9 +18,9 @@ import yaml
 
 from mcpserver.settings import load_settings
 from mcpserver.xds.shards import shard_port
-from tests.integration.helm import Helm
-from tests.integration.kube import Kubectl
-from tests.integration.real import helm_binary
+from testbed.builds import helm_binary
+from testbed.helm import Helm
+from testbed.kube import Kubectl
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "mcpserver"
@@ -28,6 +28,7 @@ VALUES = sorted((CHART / "ci").glob("*-values.yaml"))
 NAMESPACE = "mcpserver-chart"
 CONFIG_DIR = PurePosixPath("/etc/mcpserver")
 CASES = [None, *VALUES]
+SINK_NAMESPACES = ("legacy", "payments")
 IDS = ["defaults", *(v.name.removesuffix("-values.yaml") for v in VALUES)]
 
 # The Prometheus Operator's CRD is not ours to copy: this is the least of it that lets the
@@ -78,6 +79,8 @@ def helm() -> Helm:
 def chart_cluster(kubectl: Kubectl) -> Iterator[Kubectl]:
     """The session's apiserver with the chart's namespace and the ServiceMonitor CRD."""
     kubectl.ensure_namespace(NAMESPACE)
+    for namespace in SINK_NAMESPACES:  # where ci/kubernetes-sink-values.yaml lets it write
+        kubectl.ensure_namespace(namespace)
     kubectl.apply(SERVICE_MONITOR_CRD)
     kubectl.run("wait", "--for=condition=established", "--timeout=60s",
                 "crd/servicemonitors.monitoring.coreos.com")  # fmt: skip
@@ -348,3 +351,41 @@ def test_sharded_ports_follow_the_servers_rule(helm: Helm, tmp_path: Path) -> No
         *(f"xds://{host}:{service_ports[f'grpc-s4-{k}']}" for k in range(4)),
         "k8s://",
     ]
+
+
+def test_the_kubernetes_sink_gets_a_token_and_rbac_and_nothing_more(helm: Helm) -> None:
+    """Only with `config.sink` naming kubernetes: a token, a Role for the Lease in the
+    release's namespace, and the right to write Istio's two kinds where it may (a Role per
+    namespace when listed, a ClusterRole otherwise); the config names the owner and where
+    the Lease lives."""
+    sink = CHART / "ci" / "kubernetes-sink-values.yaml"
+    objects = helm.objects(CHART, "mcpserver", NAMESPACE, sink)
+    roles = {
+        (o["kind"], o["metadata"].get("namespace", "")) for o in objects if "Role" in o["kind"]
+    }
+    assert roles == {
+        ("Role", NAMESPACE),
+        ("RoleBinding", NAMESPACE),
+        ("Role", "legacy"),
+        ("RoleBinding", "legacy"),
+        ("Role", "payments"),
+        ("RoleBinding", "payments"),
+    }
+    writers = [o for o in objects if o["kind"] == "Role" and o["metadata"]["namespace"] == "legacy"]
+    (rule,) = writers[0]["rules"]
+    assert rule["resources"] == ["serviceentries", "workloadentries"]
+    assert "delete" in rule["verbs"] and "*" not in rule["verbs"]
+    by_kind = {o["kind"]: o for o in objects}
+    assert by_kind["ServiceAccount"]["automountServiceAccountToken"] is True
+    assert by_kind["Deployment"]["spec"]["template"]["spec"]["automountServiceAccountToken"]
+    config = yaml.safe_load(by_kind["ConfigMap"]["data"]["config.yaml"])
+    assert config["kubernetes"] == {"owner": "mcpserver", "lease_namespace": NAMESPACE}
+    # every namespace: a ClusterRole instead
+    everywhere = rendered(helm, "config.sink={mcp,kubernetes}")
+    kinds = {o["kind"] for o in everywhere}
+    assert {"ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"} <= kinds
+    # the sink off (the default): no token, no RBAC
+    default = rendered(helm)
+    assert not {"Role", "ClusterRole", "RoleBinding", "ClusterRoleBinding"} & {
+        o["kind"] for o in default
+    }

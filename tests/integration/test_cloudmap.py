@@ -15,10 +15,10 @@ from mcpserver.app import App
 from mcpserver.registry.cloudmap.watcher import CloudMapRegistry
 from mcpserver.registry.view import Status
 from mcpserver.xds.client import DecodedResource, IstiodLikeClient
+from testbed.cloudmap import REGION, SECRET_KEY, SESSION_TOKEN, CloudMap, Moto, aws_env
+from testbed.xdsprobe import endpoints
 from tests.conftest import AppFactory, admin_get, eventually, past_next_rebuild, settings_for
-from tests.integration.cloudmap import REGION, SECRET_KEY, SESSION_TOKEN, CloudMap, Moto, aws_env
 from tests.integration.conftest import IstiodFactory, ServeFactory, assert_kept_without_endpoints
-from tests.integration.xdsprobe import endpoints
 
 HOST = "orders.shop"
 
@@ -327,10 +327,12 @@ async def test_cloudmap_services_reach_istiod(
     cluster = f"outbound|8080||{HOST}"
 
     async def wait_for(expected: list[str]) -> None:
-        deadline = asyncio.get_running_loop().time() + 60
-        while (found := (await endpoints(istiod.grpc_port, cluster))[1]) != expected:
-            assert asyncio.get_running_loop().time() < deadline, found
-            await asyncio.sleep(0.2)
+        async def served() -> bool:
+            found = (await endpoints(istiod.grpc_port, cluster))[1]
+            assert found == expected, found
+            return True
+
+        await eventually(served, within=60, every=0.2)
 
     await wait_for(["10.45.0.1:8080", "10.45.0.2:8080"])
     assert f"cloudmap/{HOST}" in istiod.configs()

@@ -12,12 +12,12 @@ import pytest
 
 from mcpserver.registry.view import Status
 from mcpserver.xds.client import DecodedResource, IstiodLikeClient
+from testbed.consulagent import ConsulAgent, Health
+from testbed.ports import free_port
+from testbed.xdsprobe import endpoints
 from tests.certs import make_certs
 from tests.conftest import AppFactory, eventually, past_next_rebuild, settings_for
 from tests.integration.conftest import IstiodFactory, ServeFactory
-from tests.integration.consulagent import ConsulAgent, Health
-from tests.integration.real import free_port
-from tests.integration.xdsprobe import endpoints
 
 HOST = "web.service.consul"
 
@@ -337,10 +337,12 @@ async def test_consul_services_and_health_reach_istiod(
         return (await endpoints(istiod.grpc_port, cluster))[1]
 
     async def wait_for(expected: list[str]) -> None:
-        deadline = asyncio.get_running_loop().time() + 60
-        while (found := await istiod_endpoints()) != expected:
-            assert asyncio.get_running_loop().time() < deadline, found
-            await asyncio.sleep(0.2)
+        async def served() -> bool:
+            found = await istiod_endpoints()
+            assert found == expected, found
+            return True
+
+        await eventually(served, within=60, every=0.2)
 
     await wait_for(["10.25.0.1:8080", "10.25.0.2:8080"])
     assert f"consul/{HOST}" in istiod.configs()

@@ -11,11 +11,11 @@ from pathlib import Path
 import pytest
 from aiohttp import web
 
+from testbed.envoy import Envoy
+from testbed.kube import Kubectl
+from testbed.ports import free_port
 from tests.conftest import AppFactory, make_settings, service, write_services
 from tests.integration.conftest import IstiodFactory
-from tests.integration.envoy import Envoy
-from tests.integration.kube import Kubectl
-from tests.integration.real import free_port
 from tests.integration.test_istiod import until
 
 ROUTES = """\

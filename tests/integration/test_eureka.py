@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,13 +24,13 @@ from mcpserver.registry.eureka.watcher import EurekaRegistry
 from mcpserver.registry.view import Status
 from mcpserver.xds.client import DecodedResource, IstiodLikeClient, decode_resource
 from mcpserver.xds.typeurls import served_kind
+from testbed.eureka import USER, EurekaServer, eureka_server_jar
+from testbed.tlsproxy import TlsProxy
+from testbed.xdsprobe import endpoints
 from tests.certs import make_certs
 from tests.conftest import AppFactory, eventually, past_next_rebuild, settings_for
 from tests.integration.conftest import IstiodFactory, ServeFactory, assert_kept_without_endpoints
-from tests.integration.eureka import USER, EurekaServer, eureka_server_jar
 from tests.integration.test_nacos import listening
-from tests.integration.tlsproxy import TlsProxy
-from tests.integration.xdsprobe import endpoints
 
 AUTH = {"mcpserver.test.basic-auth": "true"}
 WINDOW = {
@@ -567,11 +566,13 @@ async def test_eureka_services_reach_istiod(
     istiod = await start_istiod(app.port)
     cluster = f"outbound|8080||{host}"
 
-    async def wait_for(expected: list[str]) -> None:
-        deadline = time.monotonic() + 60
-        while (found := (await endpoints(istiod.grpc_port, cluster))[1]) != expected:
-            assert time.monotonic() < deadline, found
-            await asyncio.sleep(0.2)
+    async def wait_for(expected: list[str], cluster: str = cluster) -> None:
+        async def served() -> bool:
+            found = (await endpoints(istiod.grpc_port, cluster))[1]
+            assert found == expected, found
+            return True
+
+        await eventually(served, within=60, every=0.2)
 
     await wait_for(["10.47.0.1:8080", "10.47.0.2:8080"])
     assert f"eureka/{host}" in istiod.configs()
@@ -583,10 +584,7 @@ async def test_eureka_services_reach_istiod(
     # has the https port alone, and sends it https traffic only, never http
     eureka.register("reviews", "10.47.0.3", port_enabled=False, secure_port=8443)
     secure = f"outbound|8443||{host}"
-    deadline = time.monotonic() + 60
-    while (found := (await endpoints(istiod.grpc_port, secure))[1]) != ["10.47.0.3:8443"]:
-        assert time.monotonic() < deadline, found
-        await asyncio.sleep(0.2)
+    await wait_for(["10.47.0.3:8443"], secure)
     assert f"eureka/{host}.only-https" in istiod.configs()
     await wait_for(["10.47.0.1:8080"])
 

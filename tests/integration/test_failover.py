@@ -19,7 +19,6 @@ import contextlib
 import os
 import re
 import signal
-import subprocess
 import sys
 import urllib.error
 import urllib.request
@@ -35,16 +34,16 @@ from kazoo.client import KazooClient
 
 from mcpserver.xds.client import DecodedResource, IstiodLikeClient
 from mcpserver.xds.typeurls import ISTIO_1_29
-from tests.conftest import service, write_services
+from testbed.envoy import Envoy
+from testbed.forwarder import Forwarder
+from testbed.istiod import Istiod
+from testbed.ports import free_port
+from testbed.process import Process, tail, terminate
+from testbed.zookeeper import ZooKeeper
+from tests.conftest import eventually, service, write_services
 from tests.integration.conftest import IstiodFactory
-from tests.integration.envoy import Envoy
-from tests.integration.forwarder import Forwarder
-from tests.integration.istiod import Istiod
-from tests.integration.kube import tail, wait_for
-from tests.integration.real import dying_with_us, free_port, terminate
 from tests.integration.test_istiod import until
 from tests.integration.test_zookeeper import add_provider, provider_url
-from tests.integration.zookeeper import ZooKeeper
 
 INTERFACES = [f"org.example.failover.Service{i}" for i in range(3)]
 
@@ -64,7 +63,7 @@ class Replica:
     name: str
     port: int = field(default_factory=free_port)
     admin_port: int = field(default_factory=free_port)
-    process: subprocess.Popen[bytes] | None = None
+    process: Process | None = None
     env: dict[str, str] = field(default_factory=dict)
     """More MCPSERVER_ settings (peers, state_dir) for this replica."""
     token: str | None = None
@@ -83,14 +82,8 @@ class Replica:
             "MCPSERVER_SERVER__ADMIN": f"127.0.0.1:{self.admin_port}",
             **self.env,
         }
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                dying_with_us(command),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                env={**_environ(), **env},
-            )
-        wait_for(f"replica {self.name}", self.ready, self.process, self.log_path)
+        self.process = Process(command, self.log_path, env={**_environ(), **env}, die_with_us=True)
+        self.process.wait_ready(f"replica {self.name}", self.ready)
 
     def ready(self) -> bool:
         url = f"http://127.0.0.1:{self.admin_port}/readyz"
@@ -334,11 +327,13 @@ def _acked_everything(replica: Replica) -> bool:
 
 async def _eventually_identical(a: Replica, b: Replica, expected: int) -> bool:
     """Both replicas serve `expected` ServiceEntries, byte-identical (within 30 s)."""
-    deadline = asyncio.get_running_loop().time() + 30
-    while True:
+
+    async def identical() -> bool:
         left, right = await served(a.port), await served(b.port)
-        if len(left["ServiceEntry"]) == expected and left == right:
-            return True
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"replicas differ or incomplete:\n{left}\n{right}")
-        await asyncio.sleep(0.2)
+        assert len(left["ServiceEntry"]) == expected and left == right, (
+            f"replicas differ or incomplete:\n{left}\n{right}"
+        )
+        return True
+
+    identical_now: bool = await eventually(identical, within=30, every=0.2)
+    return identical_now

@@ -3,7 +3,7 @@ Docker engine): it serves an istiod-like client through a published port, runs a
 non-root user on a read-only root filesystem, its HEALTHCHECK passes, and SIGTERM stops it
 cleanly within the grace period.
 
-The base image is Debian bookworm's own Python 3.11 (tests/integration/podman.py), the
+The base image is Debian bookworm's own Python 3.11 (testbed/podman.py), the
 build reaches the package index the way pip on this machine does (its settings as a build
 secret), and the Dockerfile stays as users get it.
 """
@@ -24,10 +24,10 @@ import yaml
 
 from mcpserver.xds.client import IstiodLikeClient
 from mcpserver.xds.typeurls import ISTIO_1_29
+from testbed.podman import Podman, base_image, pip_conf
+from testbed.ports import free_port
+from testbed.process import wait_ready
 from tests.conftest import service
-from tests.integration.kube import wait_for
-from tests.integration.podman import Podman, base_image, pip_conf
-from tests.integration.real import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGE = "localhost/mcpserver:test"
@@ -146,7 +146,7 @@ async def test_the_container_serves_istiod_as_non_root_and_stops_on_sigterm(
             raise AssertionError(f"container exited:\n{log.read_text()[-3000:]}")
         return ready(admin_port)
 
-    wait_for("the container's /readyz", alive_and_ready, None, log)
+    wait_ready("the container's /readyz", alive_and_ready, None, log)
 
     # what istiod would receive, through the published port
     async with grpc.aio.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:

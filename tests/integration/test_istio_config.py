@@ -18,12 +18,12 @@ import yaml
 
 from mcpserver.app import App
 from mcpserver.xds.shards import shard_port
+from testbed.builds import helm_binary, istio_module_dir
+from testbed.helm import Helm
+from testbed.istiod import Istiod
+from testbed.kube import ControlPlane, Kubectl
 from tests.certs import make_certs
 from tests.conftest import AppFactory, make_settings
-from tests.integration.helm import Helm
-from tests.integration.istiod import Istiod
-from tests.integration.kube import ControlPlane, Kubectl
-from tests.integration.real import helm_binary, istio_module_dir
 from tests.integration.test_istiod import until
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -3,33 +3,29 @@
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
 from mcpserver.xds.typeurls import ISTIO_1_30
-from tests.conftest import AppFactory, make_settings, service, write_services
+from testbed.xdsprobe import endpoints
+from tests.conftest import AppFactory, eventually, make_settings, service, write_services
 from tests.integration.conftest import IstiodFactory
-from tests.integration.xdsprobe import endpoints
 
 T = TypeVar("T")
 
 
 async def until(check: Callable[[], T | None], within: float = 30.0) -> T:
     """Poll a blocking check (istiod's HTTP debug pages) off the loop until it is truthy."""
-    deadline = time.monotonic() + within
-    last: T | Exception | None = None
-    while True:
+
+    async def attempt() -> T | None:
         try:
-            last = await asyncio.to_thread(check)
-        except (OSError, ValueError) as err:
-            last = err
-        if last is not None and not isinstance(last, Exception) and last:
-            return last
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not met within {within}s; last: {last!r}")
-        await asyncio.sleep(0.1)
+            return await asyncio.to_thread(check)
+        except (OSError, ValueError) as err:  # istiod not answering yet
+            raise AssertionError(f"not met within {within}s; last: {err!r}") from err
+
+    found: T = await eventually(attempt, within=within, every=0.1)
+    return found
 
 
 async def test_istiod_stores_registers_and_serves_our_services(
@@ -176,7 +172,9 @@ async def test_workloadentry_mode_is_selected_by_istiod(
     async def current() -> list[str]:
         return (await endpoints(istiod.grpc_port, "outbound|8080||cart.shop.svc.mesh"))[1]
 
-    deadline = asyncio.get_running_loop().time() + 30
-    while (found := await current()) != ["10.1.0.2:8080", "10.1.0.3:8080"]:
-        assert asyncio.get_running_loop().time() < deadline, found
-        await asyncio.sleep(0.2)
+    async def both() -> bool:
+        found = await current()
+        assert found == ["10.1.0.2:8080", "10.1.0.3:8080"], found
+        return True
+
+    await eventually(both, within=30, every=0.2)

@@ -18,17 +18,17 @@ from kazoo.client import KazooClient
 
 from mcpserver.app import App
 from mcpserver.settings import Settings
-from tests.conftest import AppFactory, service, settings_for, write_services
+from testbed.builds import consul_binary
+from testbed.consulagent import ConsulAgent
+from testbed.istiod import Istiod
+from testbed.kube import ISTIOD_USER, ControlPlane, Kubectl
+from testbed.xdsprobe import endpoints
+from testbed.zookeeper import ZooKeeper
+from tests.conftest import AppFactory, eventually, service, settings_for, write_services
 from tests.integration.conftest import IstiodFactory
-from tests.integration.consulagent import ConsulAgent
-from tests.integration.istiod import Istiod
-from tests.integration.kube import ISTIOD_USER, ControlPlane, Kubectl
-from tests.integration.real import consul_binary
 from tests.integration.test_istiod import until
 from tests.integration.test_zookeeper import HOST as DUBBO_HOST
 from tests.integration.test_zookeeper import add_provider, provider_url
-from tests.integration.xdsprobe import endpoints
-from tests.integration.zookeeper import ZooKeeper
 
 OUR_KINDS = ("ServiceEntry", "WorkloadEntry")
 # what a lock's holder is recorded in: an annotation on a ConfigMap lock, the spec of a Lease
@@ -85,10 +85,13 @@ def holds(istiod: Istiod, app: App) -> bool:
 
 async def eds(istiod: Istiod, host: str, expected: list[str], within: float = 30) -> None:
     """Wait until a sidecar asking istiod gets `expected` as the endpoints of HOST:8080."""
-    deadline = time.monotonic() + within
-    while (found := (await endpoints(istiod.grpc_port, f"outbound|8080||{host}"))[1]) != expected:
-        assert time.monotonic() < deadline, f"{host}: {found} != {expected}"
-        await asyncio.sleep(0.2)
+
+    async def served() -> bool:
+        found = (await endpoints(istiod.grpc_port, f"outbound|8080||{host}"))[1]
+        assert found == expected, f"{host}: {found} != {expected}"
+        return True
+
+    await eventually(served, within=within, every=0.2)
 
 
 def configz(istiod: Istiod) -> set[tuple[str, str, str, str]]:

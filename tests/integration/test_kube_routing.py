@@ -18,12 +18,13 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from testbed.builds import consul_binary
+from testbed.consulagent import ConsulAgent
+from testbed.envoy import Envoy
+from testbed.kube import Kubectl
+from testbed.ports import free_port
 from tests.conftest import AppFactory, settings_for, write_services
 from tests.integration.conftest import IstiodFactory
-from tests.integration.consulagent import ConsulAgent
-from tests.integration.envoy import Envoy
-from tests.integration.kube import Kubectl
-from tests.integration.real import consul_binary, free_port
 from tests.integration.test_istiod import until
 
 VERSIONS = {"v1": "127.0.0.3", "v2": "127.0.0.4"}

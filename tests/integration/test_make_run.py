@@ -6,15 +6,15 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
+from testbed.ports import free_port
+from testbed.process import Process
 from tests.component.test_logs import ready
-from tests.integration.real import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 DEV_ONLY = ("pytest", "mypy", "ruff", "selenium", "matplotlib", "hypothesis", "moto", "kazoo")
@@ -44,17 +44,14 @@ def test_make_run_serves_the_demo_without_dev_tools(tmp_path: Path) -> None:
         "MCPSERVER_SERVER__LISTEN": f"127.0.0.1:{free_port()}",
         "MCPSERVER_SERVER__ADMIN": f"127.0.0.1:{admin}",
     }
-    log = (tmp_path / "make-run.log").open("wb")
     started = time.monotonic()
-    process = subprocess.Popen(
-        ["make", "run"], cwd=repo, env=env, stdout=log, stderr=subprocess.STDOUT,
-        start_new_session=True,
+    # its own process group: `make` starts the virtualenv's pip, then mcpserver
+    process = Process(
+        ["make", "run"], tmp_path / "make-run.log", cwd=repo, env=env, fresh_log=True,
+        own_group=True,
     )  # fmt: skip
     try:
-        while not ready(admin):
-            assert process.poll() is None, (tmp_path / "make-run.log").read_text()[-3000:]
-            assert time.monotonic() - started < 180, "make run did not serve within 180 s"
-            time.sleep(0.2)
+        process.wait_ready("make run", lambda: ready(admin), within=180, every=0.2)
         took = time.monotonic() - started
         print(f"make run served the demo {took:.1f} s after a fresh copy")
         installed = subprocess.run(
@@ -67,6 +64,4 @@ def test_make_run_serves_the_demo_without_dev_tools(tmp_path: Path) -> None:
         # a warm pip cache makes it ~25 s here; 85 s when it installed the dev tools too
         assert took < 75, f"make run took {took:.0f} s"
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(30)
-        log.close()
+        process.stop(grace=30)

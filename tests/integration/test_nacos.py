@@ -11,7 +11,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -24,6 +23,15 @@ import pytest
 from mcpserver.registry.base import Registry
 from mcpserver.registry.view import Status
 from mcpserver.xds.client import DecodedResource, IstiodLikeClient, decode_resource
+from testbed.nacos import (
+    ADMIN,
+    Heartbeats,
+    RNacos,
+    ephemeral_instance,
+    rnacos_binary,
+)
+from testbed.tlsproxy import TlsProxy
+from testbed.xdsprobe import endpoints
 from tests.certs import make_certs
 from tests.conftest import (
     AppFactory,
@@ -33,15 +41,6 @@ from tests.conftest import (
     settings_for,
 )
 from tests.integration.conftest import IstiodFactory, ServeFactory, assert_kept_without_endpoints
-from tests.integration.nacos import (
-    ADMIN,
-    Heartbeats,
-    RNacos,
-    ephemeral_instance,
-    rnacos_binary,
-)
-from tests.integration.tlsproxy import TlsProxy
-from tests.integration.xdsprobe import endpoints
 
 HOST = "orders.default-group.public.nacos"
 
@@ -150,7 +149,7 @@ async def test_an_unhealthy_instance_is_out_until_healthy_again(
         _, client = await serve(settings)
         await client.wait_for(lambda c: addresses(c) == ["10.30.1.1", "10.30.1.2"], 30)
         # its heartbeats stop: Nacos marks it unhealthy, and it leaves the endpoints (one
-        # stays healthy: see tests/integration/nacos.py)
+        # stays healthy: see testbed/nacos.py)
         beats.beating.discard("10.30.1.2")
         await client.wait_for(lambda c: addresses(c) == ["10.30.1.1"], 30)
         beats.beating.add("10.30.1.2")
@@ -317,10 +316,12 @@ async def test_nacos_services_reach_istiod(
     cluster = f"outbound|8080||{HOST}"
 
     async def wait_for(expected: list[str]) -> None:
-        deadline = asyncio.get_running_loop().time() + 60
-        while (found := (await endpoints(istiod.grpc_port, cluster))[1]) != expected:
-            assert asyncio.get_running_loop().time() < deadline, found
-            await asyncio.sleep(0.2)
+        async def served() -> bool:
+            found = (await endpoints(istiod.grpc_port, cluster))[1]
+            assert found == expected, found
+            return True
+
+        await eventually(served, within=60, every=0.2)
 
     await wait_for(["10.36.0.1:8080", "10.36.0.2:8080"])
     assert f"nacos/{HOST}" in istiod.configs()
@@ -416,15 +417,15 @@ async def test_every_namespace_followed_as_they_come_and_go(
     await client.wait_for(lambda c: addresses(c) == ["10.37.0.1"], 30)
     assert app.registries[0].view().synced
 
-    namespaces(nacos, "POST", customNamespaceId="dev", namespaceName="dev")
+    await namespaces(nacos, "POST", customNamespaceId="dev", namespaceName="dev")
     nacos.register("billing", "10.37.0.9", namespace="dev")
     billing = "billing.default-group.dev.nacos"
     await client.wait_for(lambda c: addresses(c, billing) == ["10.37.0.9"], 30)
 
     # a deleted namespace is no longer followed (r-nacos deletes only empty namespaces)
-    namespaces(nacos, "POST", customNamespaceId="staging", namespaceName="staging")
+    await namespaces(nacos, "POST", customNamespaceId="staging", namespaceName="staging")
     await eventually(lambda: "staging" in following(caplog, "following namespace"), 30)
-    namespaces(nacos, "DELETE", namespaceId="staging")
+    await namespaces(nacos, "DELETE", namespaceId="staging")
     await eventually(lambda: "staging" in following(caplog, "namespace gone"), 30)
     assert addresses(client) == ["10.37.0.1"]  # the others stay
     assert addresses(client, billing) == ["10.37.0.9"]
@@ -439,12 +440,12 @@ def following(caplog: pytest.LogCaptureFixture, what: str) -> set[str]:
     }
 
 
-def namespaces(server: RNacos, method: str, **form: str) -> None:
+async def namespaces(server: RNacos, method: str, **form: str) -> None:
     """Nacos' console API for namespaces, which takes a form body. r-nacos writes namespaces
     through its raft log and answers 500 now and then while that settles (seen in CI):
     asked again until it takes the change, for up to 20 s."""
-    deadline = time.monotonic() + 20
-    while True:
+
+    def change() -> bool:
         request = urllib.request.Request(
             f"{server.address}/nacos/v1/console/namespaces",
             data=urllib.parse.urlencode(form).encode(),
@@ -452,13 +453,18 @@ def namespaces(server: RNacos, method: str, **form: str) -> None:
         )
         try:
             with urllib.request.urlopen(request, timeout=10) as reply:
-                assert reply.read().strip() in (b"true", b"ok"), "namespace not changed"
-            return
+                answer = reply.read().strip()
         except urllib.error.HTTPError as err:
-            if err.code != 500 or time.monotonic() > deadline:
-                body = err.read().decode(errors="replace")[:500]
-                raise AssertionError(f"{method} {form}: HTTP {err.code}: {body}") from err
-        time.sleep(0.2)
+            body = err.read().decode(errors="replace")[:500]
+            failed = AssertionError(f"{method} {form}: HTTP {err.code}: {body}")
+            if err.code != 500:
+                raise RuntimeError(failed) from err  # not retried
+            raise failed from err  # retried until the deadline
+        if answer not in (b"true", b"ok"):
+            raise RuntimeError("namespace not changed")
+        return True
+
+    await eventually(lambda: asyncio.to_thread(change), within=20, every=0.2)
 
 
 def test_every_namespace_stands_alone(tmp_path: Path, nacos: RNacos) -> None:

@@ -5,76 +5,22 @@ with the same hosts and ports as from ZooKeeper."""
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
-import signal
-import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from testbed.builds import dubbo_provider_classpath
+from testbed.dubboprovider import DubboProvider
+from testbed.nacos import RNacos, rnacos_binary
+from testbed.xdsprobe import endpoints
 from tests.conftest import AppFactory, settings_for
 from tests.integration.conftest import IstiodFactory
-from tests.integration.nacos import RNacos, rnacos_binary
-from tests.integration.real import dubbo_provider_classpath, free_port
 from tests.integration.test_istiod import until
-from tests.integration.xdsprobe import endpoints
 
 HOST = "mcpserver.demo.greetingservice"
 APP_HOST = "greeter.dubbo"
-
-
-class NacosProvider:
-    """The Maven-built provider (tests/integration/dubbo) with a nacos:// registry."""
-
-    def __init__(self, classpath: str, nacos: RNacos, workdir: Path) -> None:
-        self.port = free_port()
-        self.log = workdir / "provider.log"
-        workdir.mkdir(parents=True, exist_ok=True)
-        java = shutil.which("java") or "java"
-        # Dubbo refuses 127.x and takes ::1 (see test_dubbo_provider.py); nacos-client writes
-        # its logs and cache under user.home: the test's own directory
-        env = {**os.environ, "DUBBO_IP_TO_BIND": "::1"}
-        with self.log.open("wb") as out:
-            self.process = subprocess.Popen(
-                [
-                    java,
-                    "-Xmx256m",
-                    f"-Duser.home={workdir}",
-                    f"-DJM.LOG.PATH={workdir / 'logs'}",
-                    f"-DJM.SNAPSHOT.PATH={workdir}",
-                    "-cp",
-                    classpath,
-                    "mcpserver.demo.Provider",
-                    f"nacos://127.0.0.1:{nacos.http_port}",
-                    str(self.port),
-                    "greeter",
-                    "1.0.0",
-                ],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=env,
-                cwd=workdir,
-            )
-
-    def wait_ready(self, within: float = 180) -> None:
-        deadline = time.monotonic() + within
-        while "PROVIDER READY" not in self.log.read_text(errors="replace"):
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError(self.log.read_text(errors="replace")[-4000:])
-            time.sleep(0.2)
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
 
 
 @pytest.fixture(scope="session")
@@ -91,8 +37,13 @@ def nacos(tmp_path: Path) -> Iterator[RNacos]:
 
 
 @pytest.fixture
-def provider(provider_classpath: str, nacos: RNacos, tmp_path: Path) -> Iterator[NacosProvider]:
-    running = NacosProvider(provider_classpath, nacos, tmp_path / "provider")
+def provider(provider_classpath: str, nacos: RNacos, tmp_path: Path) -> Iterator[DubboProvider]:
+    running = DubboProvider(
+        provider_classpath,
+        f"nacos://127.0.0.1:{nacos.http_port}",
+        tmp_path / "provider",
+        own_home=True,
+    )
     try:
         running.wait_ready()
         yield running
@@ -103,7 +54,7 @@ def provider(provider_classpath: str, nacos: RNacos, tmp_path: Path) -> Iterator
 async def test_dubbo_provider_on_nacos_reaches_istiod(
     tmp_path: Path,
     nacos: RNacos,
-    provider: NacosProvider,
+    provider: DubboProvider,
     start_app: AppFactory,
     start_istiod: IstiodFactory,
 ) -> None:

@@ -15,9 +15,9 @@ from kazoo.client import KazooClient
 
 from mcpserver.app import App
 from mcpserver.xds.client import IstiodLikeClient, decode_resource
+from testbed.zookeeper import ZooKeeper
 from tests.conftest import AppFactory, ClientFactory, eventually, past_next_rebuild, settings_for
 from tests.integration.test_zookeeper import provider_url
-from tests.integration.zookeeper import ZooKeeper
 from tests.resilience.faults_proxy import StallProxy
 
 INTERFACES = [f"org.example.Service{i}" for i in range(10)]

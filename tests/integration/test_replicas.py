@@ -17,12 +17,12 @@ from typing import Any
 import pytest
 import yaml
 
+from testbed.eureka import EurekaServer, eureka_server_jar
+from testbed.forwarder import Forwarder
+from testbed.istiod import Istiod
+from testbed.process import tail
 from tests.conftest import service, write_services
 from tests.integration.conftest import IstiodFactory
-from tests.integration.eureka import EurekaServer, eureka_server_jar
-from tests.integration.forwarder import Forwarder
-from tests.integration.istiod import Istiod
-from tests.integration.kube import tail
 from tests.integration.test_eureka import Heartbeats
 from tests.integration.test_failover import Replica, _acked_everything, served
 from tests.integration.test_istiod import until

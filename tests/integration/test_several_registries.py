@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 from kazoo.client import KazooClient
 
+from testbed.zookeeper import ZooKeeper
 from tests.conftest import AppFactory, ClientFactory, settings_for, write_services
 from tests.integration.test_zookeeper import HOST, add_provider, provider_url
-from tests.integration.zookeeper import ZooKeeper
 
 
 def settings(tmp_path: Path, zookeeper: ZooKeeper, policy: str) -> Any:

@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import os
 import random
-import subprocess
 import sys
 import threading
 import time
@@ -30,17 +29,18 @@ import yaml
 from kazoo.client import KazooClient
 
 from mcpserver.xds.shards import shard_of, shard_port
+from testbed.consulagent import ConsulAgent, Health
+from testbed.istiod import Istiod
+from testbed.kube import ControlPlane
+from testbed.ports import bindable, free_port
+from testbed.process import Process, terminate
+from testbed.zookeeper import ZooKeeper
 from tests.conftest import AppFactory, service, settings_for, write_services
 from tests.integration.conftest import IstiodFactory
-from tests.integration.consulagent import ConsulAgent, Health
-from tests.integration.istiod import Istiod
-from tests.integration.kube import ControlPlane, wait_for
-from tests.integration.real import bindable, dying_with_us, free_port, terminate
 from tests.integration.test_consul import register
 from tests.integration.test_istio_config import mesh_key, point_at
 from tests.integration.test_istiod import until
 from tests.integration.test_zookeeper import add_provider, provider_url
-from tests.integration.zookeeper import ZooKeeper
 
 OURS = ("ServiceEntry", "WorkloadEntry")
 
@@ -147,7 +147,7 @@ class Server:
         self.static = static
         self.listen = free_listen_port()
         self.admin = free_port()
-        self.process: subprocess.Popen[bytes] | None = None
+        self.process: Process | None = None
         self.starts = 0
 
     def start(self, shards: int, previous: int | None = None) -> None:
@@ -172,14 +172,9 @@ class Server:
         )
         log = self.workdir / f"mcpserver-{self.starts}.log"
         env = {k: v for k, v in os.environ.items() if not k.startswith("MCPSERVER_")}
-        with log.open("ab") as out:
-            self.process = subprocess.Popen(
-                dying_with_us([sys.executable, "-m", "mcpserver", "serve", f"--config={config}"]),
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                env=env,
-            )
-        wait_for(f"mcpserver ({shards} shards)", self.ready, self.process, log)
+        command = [sys.executable, "-m", "mcpserver", "serve", f"--config={config}"]
+        self.process = Process(command, log, env=env, die_with_us=True)
+        self.process.wait_ready(f"mcpserver ({shards} shards)", self.ready)
 
     def ready(self) -> bool:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.admin}/readyz", timeout=2) as r:

@@ -17,6 +17,7 @@ from mcpserver.app import App
 from mcpserver.registry.view import Status
 from mcpserver.registry.zookeeper import assembly, watcher
 from mcpserver.xds.client import DecodedResource, IstiodLikeClient
+from testbed.zookeeper import ZooKeeper
 from tests.conftest import (
     AppFactory,
     ClientFactory,
@@ -26,7 +27,6 @@ from tests.conftest import (
     settings_for,
 )
 from tests.integration.conftest import ServeFactory
-from tests.integration.zookeeper import ZooKeeper
 
 IFACE = "org.apache.dubbo.demo.DemoService"
 HOST = "org.apache.dubbo.demo.demoservice"

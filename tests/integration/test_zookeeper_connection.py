@@ -29,8 +29,8 @@ from mcpserver.registry.zookeeper.connection import (
     Result,
     WatchedEvent,
 )
-from tests.integration.real import free_port
-from tests.integration.zookeeper import ZooKeeper
+from testbed.ports import free_port
+from testbed.zookeeper import ZooKeeper
 from tests.resilience.faults_proxy import StallProxy
 
 pytestmark = pytest.mark.integration

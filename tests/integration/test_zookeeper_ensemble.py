@@ -35,6 +35,7 @@ from mcpserver.registry.zookeeper.connection import (
 )
 from mcpserver.registry.zookeeper.watcher import ZooKeeperRegistry
 from mcpserver.xds.client import IstiodLikeClient
+from testbed.zookeeper import Ensemble, ZooKeeper
 from tests.conftest import (
     eventually,
     every_response_holds,
@@ -43,7 +44,6 @@ from tests.conftest import (
     settings_for,
 )
 from tests.integration.conftest import ServeFactory
-from tests.integration.zookeeper import Ensemble, ZooKeeper
 
 IFACE = "org.example.EnsembleService"
 HOST = "org.example.ensembleservice"
@@ -233,7 +233,7 @@ def test_a_client_on_a_read_only_server_moves_to_a_read_write_one(
 ) -> None:
     """A member cut off from its ensemble (its peers' ports answer nothing) stays read-only;
     the client, put there first, asks the others `isro` and moves to one that says `rw`."""
-    from tests.integration.real import free_port
+    from testbed.ports import free_port
 
     lonely = ZooKeeper(
         tmp_path / "lonely",
@@ -245,10 +245,8 @@ def test_a_client_on_a_read_only_server_moves_to_a_read_write_one(
     )
     try:
         lonely.launch()
-        deadline = time.monotonic() + 60
-        while lonely.mode() != "read-only":
-            assert time.monotonic() < deadline, lonely.log_path.read_text()[-3000:]
-            time.sleep(0.1)
+        assert lonely.process is not None
+        lonely.process.wait_ready("ZooKeeper, read-only", lambda: lonely.mode() == "read-only")
         read_write = ensemble.servers[0]
         states: list[str] = []
         changed = threading.Condition()

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,6 +25,13 @@ from mcpserver.app import App
 from mcpserver.registry.view import Status
 from mcpserver.registry.zookeeper.connection import Connection, ConnectTimeoutError, Credentials
 from mcpserver.xds.client import IstiodLikeClient
+from testbed.zookeeper import (
+    SUPER_PASSWORD,
+    ServerTLS,
+    ZooKeeper,
+    make_keystore,
+    tls_handshake_ok,
+)
 from tests.certs import make_certs
 from tests.conftest import (
     AppFactory,
@@ -36,13 +42,6 @@ from tests.conftest import (
     settings_for,
 )
 from tests.integration.conftest import ServeFactory
-from tests.integration.zookeeper import (
-    SUPER_PASSWORD,
-    ServerTLS,
-    ZooKeeper,
-    make_keystore,
-    tls_handshake_ok,
-)
 
 IFACE = "org.example.SecureService"
 HOST = "org.example.secureservice"
@@ -72,10 +71,10 @@ def secure_zookeeper(
     try:
         server.start()
         # the secure port accepts TCP before its TLS server answers
-        deadline = time.monotonic() + 30
-        while not tls_handshake_ok(server.secure_port or 0, certs):
-            assert time.monotonic() < deadline, server.log_path.read_text()[-3000:]
-            time.sleep(0.1)
+        assert server.process is not None
+        server.process.wait_ready(
+            "ZooKeeper's TLS port", lambda: tls_handshake_ok(server.secure_port or 0, certs), 30
+        )
         writer = KazooClient(
             hosts=server.address, auth_data=[("digest", f"super:{SUPER_PASSWORD}")]
         )

@@ -35,16 +35,17 @@ from kazoo.exceptions import NoNodeError
 
 from mcpserver.xds.client import ADS_METHOD, ack, decode_resource, initial_request
 from mcpserver.xds.typeurls import ISTIO_1_30, MESH_CONFIG, served_kind
-from tests.integration.consulagent import ConsulAgent
-from tests.integration.eureka import EurekaServer
-from tests.integration.istiod import Istiod
-from tests.integration.kube import tail
-from tests.integration.nacos import RNacos
-from tests.integration.real import accepts
+from testbed.consulagent import ConsulAgent
+from testbed.eureka import EurekaServer
+from testbed.istiod import Istiod
+from testbed.nacos import RNacos
+from testbed.ports import accepts
+from testbed.process import tail
+from testbed.xdsprobe import CDS, EDS, sidecar_node
+from testbed.zookeeper import ZooKeeper
+from tests.conftest import eventually
 from tests.integration.test_eureka import Heartbeats
 from tests.integration.test_failover import Replica
-from tests.integration.xdsprobe import CDS, EDS, sidecar_node
-from tests.integration.zookeeper import ZooKeeper
 from tests.resilience.faults_proxy import StallProxy
 
 Endpoint = tuple[str, str, int]
@@ -481,18 +482,18 @@ async def until(
 ) -> Any:
     """Poll a blocking check off the loop until it is truthy; fail naming `what` and the
     last value (or error) seen."""
-    deadline = time.monotonic() + within
-    last: Any = None
-    while True:
+
+    async def attempt() -> Any:
         try:
-            last = await asyncio.to_thread(check)
+            value = await asyncio.to_thread(check)
         except (OSError, ValueError, KeyError) as err:
-            last = err
-        if last and not isinstance(last, Exception):
-            return last
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {within}s; last: {last!r}")
-        await asyncio.sleep(every)
+            value = err
+        assert value and not isinstance(value, Exception), (
+            f"{what}: not within {within}s; last: {value!r}"
+        )
+        return value
+
+    return await eventually(attempt, within=within, every=every)
 
 
 @dataclass
@@ -545,8 +546,8 @@ async def exact(mesh: Mesh, watch: Watch | None = None, within: float = 60.0) ->
     the registries' state."""
     istiod = mesh.istiod
     assert istiod is not None
-    deadline = time.monotonic() + within
-    while True:
+
+    async def agree() -> set[Endpoint]:
         truth = await asyncio.to_thread(mesh.truth)
         views: dict[str, set[Endpoint] | Exception] = {}
         if watch is not None:
@@ -564,11 +565,11 @@ async def exact(mesh: Mesh, watch: Watch | None = None, within: float = 60.0) ->
             for name, view in views.items()
             if view != truth
         }  # fmt: skip
-        if not wrong:
-            return truth
-        if time.monotonic() > deadline:
-            raise AssertionError(f"views differ from the registries after {within}s: {wrong}")
-        await asyncio.sleep(0.2)
+        assert not wrong, f"views differ from the registries after {within}s: {wrong}"
+        return truth
+
+    agreed: set[Endpoint] = await eventually(agree, within=within, every=0.2)
+    return agreed
 
 
 @contextlib.asynccontextmanager

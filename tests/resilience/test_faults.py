@@ -29,15 +29,15 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.integration.consulagent import ConsulAgent
-from tests.integration.eureka import EurekaServer, eureka_server_jar
-from tests.integration.istiod import Istiod
-from tests.integration.kube import ControlPlane
-from tests.integration.nacos import RNacos, rnacos_binary
-from tests.integration.real import consul_binary
+from testbed.builds import consul_binary
+from testbed.consulagent import ConsulAgent
+from testbed.eureka import EurekaServer, eureka_server_jar
+from testbed.istiod import Istiod
+from testbed.kube import ControlPlane
+from testbed.nacos import RNacos, rnacos_binary
+from testbed.zookeeper import ZooKeeper
 from tests.integration.test_eureka import Heartbeats
 from tests.integration.test_failover import Replica
-from tests.integration.zookeeper import ZooKeeper
 from tests.resilience.faults_mesh import (
     CONSUL_PORT,
     DUBBO_PORT,

@@ -21,8 +21,8 @@ import yaml
 
 from mcpserver.registry.view import Status
 from mcpserver.settings import load_settings
+from testbed.ports import free_port
 from tests.conftest import AppFactory, admin_get, eventually
-from tests.integration.real import free_port
 
 pytestmark = pytest.mark.component
 

@@ -95,5 +95,18 @@ grpc-s{{ $n }}-{{ $k }} {{ add $base (mul 100 $n) $k }}
 {{- if and .Values.stateDir.enabled (not (hasKey $config "state_dir")) }}
 {{- $_ := set $config "state_dir" .Values.stateDir.path }}
 {{- end }}
+{{- if include "mcpserver.sinkEnabled" . }}
+{{- $kube := deepCopy (default (dict) $config.kubernetes) }}
+{{- if not (hasKey $kube "owner") }}{{- $_ := set $kube "owner" (include "mcpserver.fullname" .) }}{{- end }}
+{{- if not (hasKey $kube "lease_namespace") }}{{- $_ := set $kube "lease_namespace" .Release.Namespace }}{{- end }}
+{{- $_ := set $config "kubernetes" $kube }}
+{{- end }}
 {{- toYaml $config }}
+{{- end }}
+
+{{/* "true" when config.sink names kubernetes (the sink needs a token and RBAC), else "". */}}
+{{- define "mcpserver.sinkEnabled" -}}
+{{- $sink := .Values.config.sink | default (list "mcp") }}
+{{- if kindIs "string" $sink }}{{- $sink = list $sink }}{{- end }}
+{{- if has "kubernetes" $sink }}true{{- end }}
 {{- end }}

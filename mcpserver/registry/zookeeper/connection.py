@@ -766,10 +766,14 @@ class Connection:
             raise _MovingError(f"{server.host}:{server.port} serves read-write again")
 
     def _drain_wake(self) -> None:
-        with self._lock:
-            self._woken = False
+        # Read the eventfd before clearing the flag, never after: a reader that queued (and
+        # wrote the eventfd) between the two would have its write consumed while the flag
+        # stayed set, and from then on every read queued from another thread waited for
+        # the next answer or ping to be sent (seconds) instead of waking this thread.
         with contextlib.suppress(BlockingIOError):
             os.eventfd_read(self._wake_fd)
+        with self._lock:
+            self._woken = False
 
     def _next_xid(self) -> int:
         """Request ids count up from 1 and wrap before the reserved negative ones."""

@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     options = Options(args.minutes, out, seed, args.clients, args.max_rss_slope)
     try:
         result = run(options)
-    except (pytest.skip.Exception, pytest.fail.Exception) as err:  # tests.integration.real.missing
+    except (pytest.skip.Exception, pytest.fail.Exception) as err:  # testbed.builds.missing
         print(f"soak: {err}", file=sys.stderr)
         return 2
     except AssertionError as err:  # a component that would not start

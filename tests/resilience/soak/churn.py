@@ -26,7 +26,7 @@ from urllib.parse import quote
 import yaml
 from kazoo.client import KazooClient
 
-from tests.integration.consulagent import ConsulAgent
+from testbed.consulagent import ConsulAgent
 from tests.resilience.soak.truth import DUBBO_ROOT
 
 LOW, HIGH = 12, 40  # instances per registry

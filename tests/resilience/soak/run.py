@@ -15,7 +15,6 @@ import contextlib
 import json
 import os
 import random
-import subprocess
 import sys
 import time
 import urllib.request
@@ -28,19 +27,13 @@ import yaml
 from kazoo.client import KazooClient
 
 from bench.probe import Probe
-from tests.integration.consulagent import ConsulAgent
-from tests.integration.istiod import Istiod
-from tests.integration.kube import ControlPlane, wait_for
-from tests.integration.real import (
-    consul_binary,
-    dying_with_us,
-    free_port,
-    istio_module_dir,
-    kube_binaries,
-    pilot_discovery_binary,
-    terminate,
-)
-from tests.integration.zookeeper import ZooKeeper
+from testbed.builds import consul_binary, istio_module_dir, kube_binaries, pilot_discovery_binary
+from testbed.consulagent import ConsulAgent
+from testbed.istiod import Istiod
+from testbed.kube import ControlPlane
+from testbed.ports import free_port
+from testbed.process import Process, terminate
+from testbed.zookeeper import ZooKeeper
 from tests.resilience.soak.churn import ConsulChurn, DubboChurn, StaticChurn
 from tests.resilience.soak.truth import (
     ClientView,
@@ -99,7 +92,7 @@ class Mcpserver:
     registries: list[dict[str, Any]]
     port: int = field(default_factory=free_port)
     admin_port: int = field(default_factory=free_port)
-    process: subprocess.Popen[bytes] | None = None
+    process: Process | None = None
 
     @property
     def log_path(self) -> Path:
@@ -124,11 +117,8 @@ class Mcpserver:
         config.write_text(yaml.safe_dump(settings))
         environ = {k: v for k, v in os.environ.items() if not k.startswith("MCPSERVER_")}
         command = [sys.executable, "-m", "mcpserver", "serve", f"--config={config}"]
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                dying_with_us(command), stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=environ
-            )
-        wait_for("mcpserver", self.ready, self.process, self.log_path)
+        self.process = Process(command, self.log_path, cwd=REPO, env=environ, die_with_us=True)
+        self.process.wait_ready("mcpserver", self.ready)
 
     def ready(self) -> bool:
         url = f"http://127.0.0.1:{self.admin_port}/readyz"

@@ -23,7 +23,7 @@ from mcpserver_protos.istio.mcp.v1alpha1 import resource_pb2
 from mcpserver_protos.istio.networking.v1alpha3 import service_entry_pb2
 
 from bench.probe import Arrival
-from tests.integration.consulagent import ConsulAgent
+from testbed.consulagent import ConsulAgent
 
 Endpoints = dict[str, frozenset[str]]  # host -> {"address:port"}
 DUBBO_ROOT = "/dubbo"

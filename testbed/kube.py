@@ -17,14 +17,15 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from tests.integration.real import KubeBinaries, dying_with_us, free_port, terminate
+from testbed.builds import KubeBinaries
+from testbed.ports import free_port
+from testbed.process import Process, tail, terminate
 
 ADMIN_TOKEN = "mcptest-admin-token"  # the tests' own kubectl
 ISTIOD_TOKEN = "mcptest-istiod-token"  # istiod, so the audit log can tell its writes apart
@@ -42,35 +43,13 @@ rules:
 """
 
 
-def wait_for(
-    what: str, check: Callable[[], bool], process: subprocess.Popen[bytes] | None, log: Path
-) -> None:
-    """Poll `check()` until truthy; fail early, with the log, if the process died."""
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if check():
-                return
-        except (OSError, ValueError):
-            pass
-        if process is not None and process.poll() is not None:
-            raise AssertionError(f"{what} exited:\n{tail(log)}")
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not ready in 60s (log {log}):\n{tail(log)}")
-        time.sleep(0.1)
-
-
-def tail(log: Path, size: int = 4000) -> str:
-    return log.read_text(errors="replace")[-size:] if log.exists() else ""
-
-
 @dataclass
 class Etcd:
     binary: Path
     workdir: Path
     client_port: int = field(default_factory=free_port)
     peer_port: int = field(default_factory=free_port)
-    process: subprocess.Popen[bytes] | None = None
+    process: Process | None = None
 
     @property
     def url(self) -> str:
@@ -95,11 +74,8 @@ class Etcd:
             "--unsafe-no-fsync",  # test data: durability across power loss is not the point
             "--log-level=warn",
         ]
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                dying_with_us(command), stdout=log, stderr=subprocess.STDOUT
-            )
-        wait_for("etcd", self.healthy, self.process, self.log_path)
+        self.process = Process(command, self.log_path, die_with_us=True)
+        self.process.wait_ready("etcd", self.healthy)
 
     def healthy(self) -> bool:
         with urllib.request.urlopen(f"{self.url}/health", timeout=2) as response:
@@ -116,7 +92,7 @@ class KubeApiserver:
     workdir: Path
     etcd_url: str
     port: int = field(default_factory=free_port)
-    process: subprocess.Popen[bytes] | None = None
+    process: Process | None = None
 
     @property
     def url(self) -> str:
@@ -179,11 +155,8 @@ class KubeApiserver:
             f"--cert-dir={directory / 'certs'}",
             "--v=1",
         ]
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                dying_with_us(command), stdout=log, stderr=subprocess.STDOUT
-            )
-        wait_for("kube-apiserver", self.ready, self.process, self.log_path)
+        self.process = Process(command, self.log_path, die_with_us=True)
+        self.process.wait_ready("kube-apiserver", self.ready)
 
     def ready(self) -> bool:
         request = urllib.request.Request(

@@ -1,7 +1,7 @@
 """A real Spring Cloud Netflix Eureka server for the tests, and a client that registers
 instances the way Eureka's Java client does.
 
-The server is our own tiny Spring Boot application (tests/integration/eureka: a pom, one
+The server is our own tiny Spring Boot application (testbed/eureka: a pom, one
 class, its properties; `@EnableEurekaServer` from spring-cloud-starter-netflix-eureka-server),
 built with Maven from Maven Central once per content of its sources, then extracted with
 Spring Boot's `jarmode=tools` (an exploded class path starts in a fraction of the time of the
@@ -13,7 +13,6 @@ secures a Eureka server.
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import shutil
 import subprocess
@@ -26,7 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.integration.real import CACHE, HERE, dying_with_us, free_port, locked, missing, terminate
+from testbed.builds import CACHE, HERE, locked, missing, source_digest
+from testbed.ports import free_port
+from testbed.process import Process, terminate
 
 USER = ("eureka", "eureka-test-password")  # application.properties
 JVM = ["-XX:TieredStopAtLevel=1", "-XX:+UseSerialGC", "-Xmx256m"]  # starts ~3x faster
@@ -36,12 +37,7 @@ DATA_CENTER = {"@class": "com.netflix.appinfo.InstanceInfo$DefaultDataCenterInfo
 def eureka_server_jar() -> Path:
     """The test Eureka server, built once per content of its sources, extracted, cached."""
     source = HERE / "eureka"
-    files = sorted(p for p in source.rglob("*") if p.is_file() and "target" not in p.parts)
-    digest = hashlib.sha256()
-    for path in files:
-        digest.update(str(path.relative_to(source)).encode())
-        digest.update(path.read_bytes())
-    home = CACHE / f"eureka-server-{digest.hexdigest()[:16]}"
+    home = CACHE / f"eureka-server-{source_digest(source)}"
     jar = home / "eureka-server.jar"
     if jar.exists():
         return jar
@@ -104,7 +100,7 @@ class EurekaServer:
     workdir: Path
     properties: dict[str, str] = field(default_factory=dict)
     port: int = field(default_factory=free_port)
-    process: subprocess.Popen[bytes] | None = None
+    process: Process | None = None
     started_in: float = 0.0
 
     @property
@@ -135,24 +131,12 @@ class EurekaServer:
             *(f"--{k}={v}" for k, v in settings.items()),
         ]
         self.started_in = time.monotonic()
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                dying_with_us(command), cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT
-            )
+        self.process = Process(command, self.log_path, cwd=self.workdir, die_with_us=True)
 
     def wait_ready(self, within: float = 180.0) -> None:
-        deadline = time.monotonic() + within
-        assert self.process is not None
-        while True:
-            try:
-                self.apps()
-                self.started_in = time.monotonic() - self.started_in
-                return
-            except (OSError, urllib.error.HTTPError):
-                pass
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError("Eureka did not answer:\n" + self.log_path.read_text()[-3000:])
-            time.sleep(0.1)
+        assert self.process is not None, "Eureka not launched"
+        self.process.wait_ready("Eureka", self.apps, within)
+        self.started_in = time.monotonic() - self.started_in
 
     def start(self) -> None:
         """Launch and wait. From async tests, `launch()` on the event loop's thread and

@@ -7,7 +7,7 @@ tests can check that istiod turned our ServiceEntries into clusters and endpoint
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import grpc
 from envoy.config.cluster.v3 import cluster_pb2
@@ -81,3 +81,62 @@ async def endpoints(port: int, cluster: str, within: float = 10.0) -> tuple[list
                         call.cancel()
                         return names, sorted(found)
     return names, sorted(found)
+
+
+ADDRESS = "type.googleapis.com/istio.workload.Address"
+DELTA_ADS_METHOD = "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources"
+
+
+def ztunnel_node() -> base_pb2.Node:
+    """What ztunnel says it is: workload discovery (WDS) is asked for by a ztunnel node."""
+    metadata = struct_pb2.Struct()
+    metadata.update(
+        {"NAMESPACE": "istio-system", "CLUSTER_ID": "Kubernetes", "INSTANCE_IPS": "127.0.0.3"}
+    )
+    return base_pb2.Node(
+        id="ztunnel~127.0.0.3~ztunnel-probe.istio-system~istio-system.svc.cluster.local",
+        metadata=metadata,
+    )
+
+
+async def workload_addresses(
+    port: int, wanted: Callable[[set[str]], bool], within: float = 30.0
+) -> set[str]:
+    """The names of the `istio.workload.Address` resources istiod's WDS gives a ztunnel-like
+    delta xDS client (ztunnel's wildcard subscription), once `wanted(names)` holds; names are
+    `namespace/hostname` for services and a uid for workloads."""
+    outbox: asyncio.Queue[discovery_pb2.DeltaDiscoveryRequest | None] = asyncio.Queue()
+
+    async def requests() -> AsyncIterator[discovery_pb2.DeltaDiscoveryRequest]:
+        while (request := await outbox.get()) is not None:
+            yield request
+
+    names: set[str] = set()
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+        call = channel.stream_stream(
+            DELTA_ADS_METHOD,
+            request_serializer=discovery_pb2.DeltaDiscoveryRequest.SerializeToString,
+            response_deserializer=discovery_pb2.DeltaDiscoveryResponse.FromString,
+        )(requests())
+        outbox.put_nowait(
+            discovery_pb2.DeltaDiscoveryRequest(type_url=ADDRESS, node=ztunnel_node())
+        )
+        try:
+            async with asyncio.timeout(within):
+                async for response in call:
+                    names |= {r.name for r in response.resources}
+                    names -= set(response.removed_resources)
+                    outbox.put_nowait(
+                        discovery_pb2.DeltaDiscoveryRequest(
+                            type_url=response.type_url, response_nonce=response.nonce
+                        )
+                    )
+                    if wanted(names):
+                        break
+        except TimeoutError:
+            raise AssertionError(
+                f"WDS never gave what was wanted; it gave {sorted(names)}"
+            ) from None
+        finally:
+            outbox.put_nowait(None)
+    return names

@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from tests.integration.real import CACHE, locked, missing
+from testbed.builds import CACHE, locked, missing
 
 SUITE = "bookworm"  # Debian 12: its python3 is 3.11, as the Dockerfile's default base
 PACKAGES = ("python3", "python3-venv")

@@ -15,9 +15,7 @@ is how a refused credential is tested.
 from __future__ import annotations
 
 import shutil
-import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
@@ -27,7 +25,9 @@ from typing import Any
 import botocore.config
 import botocore.session
 
-from tests.integration.real import dying_with_us, free_port, missing, terminate
+from testbed.builds import missing
+from testbed.ports import free_port
+from testbed.process import Process, terminate
 
 REGION = "us-east-1"
 ACCESS_KEY = "AKIAMCPSERVERTEST01"
@@ -64,7 +64,7 @@ class Moto:
     workdir: Path
     check_auth: bool = False
     port: int = field(default_factory=free_port)
-    process: subprocess.Popen[bytes] | None = None
+    process: Process | None = None
 
     @property
     def url(self) -> str:
@@ -80,21 +80,8 @@ class Moto:
         if self.check_auth:
             env["INITIAL_NO_AUTH_ACTION_COUNT"] = "0"
         command = [str(moto_binary()), "-H", "127.0.0.1", "-p", str(self.port)]
-        with self.log_path.open("ab") as log:
-            self.process = subprocess.Popen(
-                dying_with_us(command),
-                cwd=self.workdir,
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        deadline = time.monotonic() + within
-        while not self._answers():
-            if self.process.poll() is not None:
-                raise AssertionError("moto_server exited:\n" + self.log_path.read_text()[-3000:])
-            if time.monotonic() > deadline:
-                raise AssertionError("moto_server did not answer:\n" + self.log_path.read_text())
-            time.sleep(0.05)
+        self.process = Process(command, self.log_path, cwd=self.workdir, env=env, die_with_us=True)
+        self.process.wait_ready("moto_server", self._answers, within, every=0.05)
 
     def _answers(self) -> bool:
         try:

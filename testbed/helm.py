@@ -10,7 +10,7 @@ from typing import Any
 
 import yaml
 
-from tests.integration.real import KUBE_VERSION
+from testbed.builds import KUBE_VERSION
 
 
 @dataclass

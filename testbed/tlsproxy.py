@@ -12,6 +12,8 @@ import contextlib
 import ssl
 from pathlib import Path
 
+from testbed.forwarder import pipe
+
 
 class TlsProxy:
     """127.0.0.1:<port> (TLS) -> 127.0.0.1:<upstream> (plaintext)."""
@@ -43,15 +45,5 @@ class TlsProxy:
             writer.close()
             return
         await asyncio.gather(
-            _pipe(reader, up_writer), _pipe(up_reader, writer), return_exceptions=True
+            pipe(reader, up_writer), pipe(up_reader, writer), return_exceptions=True
         )
-
-
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    try:
-        while data := await reader.read(65536):
-            writer.write(data)
-            await writer.drain()
-    finally:
-        with contextlib.suppress(Exception):
-            writer.close()

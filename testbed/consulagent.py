@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
-import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,7 +11,8 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.integration.real import free_port, terminate
+from testbed.ports import free_port
+from testbed.process import Process, terminate
 
 
 @dataclass
@@ -29,7 +28,7 @@ class ConsulAgent:
     serf_lan: int = field(default_factory=free_port)
     serf_wan: int = field(default_factory=free_port)
     server_port: int = field(default_factory=free_port)
-    process: subprocess.Popen[bytes] | None = None
+    process: Process | None = None
 
     @property
     def address(self) -> str:
@@ -79,24 +78,16 @@ class ConsulAgent:
 
     def start(self, within: float = 60.0) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        log = (self.workdir / "consul.log").open("ab")
-        self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + within
-        while True:
-            try:
-                # a leader, and (with ACLs) the management token already accepted: Consul
-                # creates it a moment after winning the election
-                if self.request("GET", "/v1/status/leader").strip('"') and (
-                    not self.acl_token or self.request("GET", "/v1/acl/token/self")
-                ):
-                    return
-            except OSError:  # urllib's HTTPError (403 until ACLs are ready) is an OSError
-                pass
-            if self.process.poll() is not None:
-                raise AssertionError((self.workdir / "consul.log").read_text()[-3000:])
-            if time.monotonic() > deadline:
-                raise AssertionError("Consul has no leader")
-            time.sleep(0.1)
+        self.process = Process(self.command(), self.workdir / "consul.log")
+        self.process.wait_ready("Consul (a leader)", self.ready, within)
+
+    def ready(self) -> bool:
+        """A leader, and (with ACLs) the management token already accepted: Consul creates
+        it a moment after winning the election (until then urllib's HTTPError, 403, is the
+        OSError `wait_ready` waits through)."""
+        if not self.request("GET", "/v1/status/leader").strip('"'):
+            return False
+        return not self.acl_token or bool(self.request("GET", "/v1/acl/token/self"))
 
     def stop(self) -> None:
         terminate(self.process, signal.SIGINT, 20)

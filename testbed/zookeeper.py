@@ -10,13 +10,14 @@ import shutil
 import signal
 import socket
 import ssl
-import subprocess
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.integration.real import accepts, free_port, missing, terminate
+from testbed.builds import missing
+from testbed.ports import accepts, free_port
+from testbed.process import Process, terminate
 
 ZOOKEEPER_JAR = Path("/usr/share/java/zookeeper.jar")
 ZOOKEEPER_CONF = Path("/etc/zookeeper/conf")
@@ -61,7 +62,7 @@ class ZooKeeper:
     # makes none otherwise (it cannot write a global session)
     local_sessions: bool = False
     tick_ms: int = 500
-    process: subprocess.Popen[bytes] | None = None
+    process: Process | None = None
 
     @property
     def address(self) -> str:
@@ -129,39 +130,26 @@ class ZooKeeper:
             )
         config = self.workdir / "zoo.cfg"
         config.write_text("\n".join(lines) + "\n")
-        log = self.log_path.open("ab")
-        self.process = subprocess.Popen(
-            [
-                str(java),
-                "-Xmx256m",
-                "-XX:TieredStopAtLevel=1",
-                *(f"-D{k}={v}" for k, v in properties.items()),
-                "-cp",
-                ":".join(
-                    str(p)
-                    for p in (ZOOKEEPER_JAR, ZOOKEEPER_CONF, LOGGER_JAR, *NETTY_JARS)
-                    if p.exists()
-                ),
-                main,
-                str(config),
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+        classpath = (ZOOKEEPER_JAR, ZOOKEEPER_CONF, LOGGER_JAR, *NETTY_JARS)
+        command = [
+            str(java),
+            "-Xmx256m",
+            "-XX:TieredStopAtLevel=1",
+            *(f"-D{k}={v}" for k, v in properties.items()),
+            "-cp",
+            ":".join(str(p) for p in classpath if p.exists()),
+            main,
+            str(config),
+        ]
+        self.process = Process(command, self.log_path)
 
     def start(self, within: float = 60.0) -> None:
         self.launch()
         self.wait_serving(within)
 
     def wait_serving(self, within: float = 60.0) -> None:
-        deadline = time.monotonic() + within
-        while not self.serving():
-            assert self.process is not None
-            if self.process.poll() is not None:
-                raise AssertionError(self.log_path.read_text()[-3000:])
-            if time.monotonic() > deadline:
-                raise AssertionError(f"ZooKeeper did not start: {self.log_path}")
-            time.sleep(0.05)
+        assert self.process is not None, "ZooKeeper not launched"
+        self.process.wait_ready("ZooKeeper", self.serving, within, every=0.05)
 
     def four_letter(self, word: str, timeout: float = 2.0) -> str:
         """A four-letter word on the plaintext client port ("" if it does not answer)."""

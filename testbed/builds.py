@@ -14,8 +14,6 @@ import fcntl
 import hashlib
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -29,9 +27,9 @@ HERE = Path(__file__).resolve().parent
 CACHE = Path(os.environ.get("MCPTEST_CACHE", Path.home() / ".cache" / "mcpserver"))
 ENVOY_VERSION = "1.40.0"
 # Modules the module proxy serves but whose checksums the checksum database does not list;
-# tests/integration/istiod/go.sum pins their hashes.
+# testbed/istiod/go.sum pins their hashes.
 NO_SUMDB = "github.com/agentgateway,github.com/envoyproxy/go-control-plane/contrib,istio.io/client-go,istio.io/api"
-KUBE_VERSION = "1.35.3"  # k8s.io/kubernetes in tests/integration/kube/go.mod
+KUBE_VERSION = "1.35.3"  # k8s.io/kubernetes in testbed/kube/go.mod
 GO_ENV = {
     "GOFLAGS": "-mod=mod",
     "GOTOOLCHAIN": os.environ.get("GOTOOLCHAIN", "auto"),
@@ -59,7 +57,7 @@ def locked(name: str) -> Iterator[None]:
 
 
 def pilot_discovery_binary() -> Path:
-    """The unmodified `pilot-discovery` at the Istio version tests/integration/istiod/go.mod
+    """The unmodified `pilot-discovery` at the Istio version testbed/istiod/go.mod
     pins (its go.mod/go.sum decide every dependency)."""
     built = go_build(
         "istiod",
@@ -79,7 +77,7 @@ class KubeBinaries:
 
 
 def kube_binaries() -> KubeBinaries:
-    """etcd, kube-apiserver and kubectl from tests/integration/kube/go.mod (Kubernetes
+    """etcd, kube-apiserver and kubectl from testbed/kube/go.mod (Kubernetes
     KUBE_VERSION, staging modules replaced by their published versions), stamped with that
     version: kubectl refuses to parse an unstamped one."""
     major, minor, _ = KUBE_VERSION.split(".")
@@ -108,7 +106,7 @@ def kube_binaries() -> KubeBinaries:
 
 
 def istio_module_dir() -> Path:
-    """Where the Go module cache holds the istio.io/istio tests/integration/istiod pins: Istio's
+    """Where the Go module cache holds the istio.io/istio testbed/istiod pins: Istio's
     CRDs are read from there at test time rather than copied into this repo."""
     go = shutil.which("go")
     if go is None:
@@ -129,7 +127,7 @@ def istio_module_dir() -> Path:
 
 
 def go_tool(name: str, package: str, extra_env: dict[str, str]) -> Path:
-    """Build `package` from the Go module in tests/integration/<name>, once per content of
+    """Build `package` from the Go module in testbed/<name>, once per content of
     its go.mod/go.sum (and main.go, if any), into the cache."""
     return go_build(name, {name: package}, extra_env)[name]
 
@@ -143,7 +141,7 @@ def go_build(
     cache_name: str | None = None,
 ) -> dict[str, Path]:
     """Build each package of `outputs` (binary name -> package) from the Go module in
-    tests/integration/<module>, once per content of its key files and flags, into one cache
+    testbed/<module>, once per content of its key files and flags, into one cache
     directory that appears whole or not at all (built aside, then renamed)."""
     name = cache_name or module
     source = HERE / module
@@ -190,11 +188,11 @@ def go_build(
     return targets
 
 
-HELM_VERSION = "3.22.0"  # helm.sh/helm/v3 in tests/integration/helm/go.mod
+HELM_VERSION = "3.22.0"  # helm.sh/helm/v3 in testbed/helm/go.mod
 
 
 def helm_binary() -> Path:
-    """Helm's CLI from tests/integration/helm/go.mod, stamped with its version (the chart
+    """Helm's CLI from testbed/helm/go.mod, stamped with its version (the chart
     tests: lint, template, values schema)."""
     built = go_build(
         "helm",
@@ -207,7 +205,7 @@ def helm_binary() -> Path:
 
 
 def consul_binary() -> Path:
-    """A real Consul agent built from the module proxy (tests/integration/consul/go.mod)."""
+    """A real Consul agent built from the module proxy (testbed/consul/go.mod)."""
     return go_tool(
         "consul", "github.com/hashicorp/consul", {"GONOSUMDB": "github.com/hashicorp/consul"}
     )
@@ -235,64 +233,22 @@ def envoy_binary() -> Path:
     return binary
 
 
-def dying_with_us(command: list[str]) -> list[str]:
-    """The command, SIGTERMed by the kernel when the test process dies (util-linux setpriv),
-    so that a pytest killed without teardown (a CI timeout) leaves no server behind.
-
-    The kernel ties the signal to the *thread* that started the child: a server started in
-    a worker thread (`asyncio.to_thread(server.start)`) dies when that thread ends, which
-    for the loop's default executor is when the test's event loop closes. Start servers
-    that must outlive the test from the main thread (wait for them in a worker)."""
-    setpriv = shutil.which("setpriv")
-    return command if setpriv is None else [setpriv, "--pdeathsig", "TERM", "--", *command]
-
-
-def terminate(
-    process: subprocess.Popen[bytes] | None, sig: int = signal.SIGTERM, grace: float = 15.0
-) -> None:
-    """Ask a test server to stop, and kill it if it does not within `grace` seconds."""
-    if process is None or process.poll() is not None:
-        return
-    process.send_signal(sig)
-    try:
-        process.wait(grace)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(5)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def bindable(port: int) -> bool:
-    """Whether a loopback port is free to bind now."""
-    with socket.socket() as probe:
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def accepts(port: int, host: str = "127.0.0.1") -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.5)
-        return s.connect_ex((host, port)) == 0
-
-
-def dubbo_provider_classpath() -> str:
-    """Build the test Dubbo 3 provider (tests/integration/dubbo) with Maven, once per content
-    of its sources, in the cache; return the java classpath to run it."""
-    source = HERE / "dubbo"
+def source_digest(source: Path) -> str:
+    """The cache key of a Maven build from `source`: every file's path under it and its
+    bytes (a local build's target/ aside)."""
     files = sorted(p for p in source.rglob("*") if p.is_file() and "target" not in p.parts)
     digest = hashlib.sha256()
     for path in files:
         digest.update(str(path.relative_to(source)).encode())
         digest.update(path.read_bytes())
-    home = CACHE / f"dubbo-provider-{digest.hexdigest()[:16]}"
+    return digest.hexdigest()[:16]
+
+
+def dubbo_provider_classpath() -> str:
+    """Build the test Dubbo 3 provider (testbed/dubbo) with Maven, once per content
+    of its sources, in the cache; return the java classpath to run it."""
+    source = HERE / "dubbo"
+    home = CACHE / f"dubbo-provider-{source_digest(source)}"
     jar = home / "target" / "dubbo-provider-1.jar"
     classpath = f"{jar}:{home / 'target' / 'lib'}/*"
     if jar.exists():

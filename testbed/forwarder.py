@@ -49,13 +49,15 @@ class Forwarder:
                 writer.close()
                 return
             await asyncio.gather(
-                _pipe(reader, up_writer), _pipe(up_reader, writer), return_exceptions=True
+                pipe(reader, up_writer), pipe(up_reader, writer), return_exceptions=True
             )
         finally:
             self._tasks.discard(task)
 
 
-async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+async def pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Copy `reader` to `writer` until it ends, then close `writer` (one direction of a
+    proxied connection; tlsproxy.py uses it too)."""
     try:
         while data := await reader.read(65536):
             writer.write(data)

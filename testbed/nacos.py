@@ -32,12 +32,18 @@ from pathlib import Path
 from typing import Any
 
 from mcpserver.registry.nacos.client import Connection
-from tests.integration.real import CACHE, free_port, locked, missing, terminate
+from testbed.builds import CACHE, locked, missing
+from testbed.ports import free_port
+from testbed.process import Process, terminate
 
 RNACOS_VERSION = "0.8.8"
 RNACOS_STARTS = 3  # attempts to start r-nacos (see RNacos.start)
 ADMIN = ("admin", "nacos-test-password")
 PROBE_NAMESPACE = "mcpserver-start-probe"  # created and deleted once r-nacos answers
+
+
+class PanicError(Exception):
+    """r-nacos logged a panic while starting: it will not answer, and is started again."""
 
 
 def rnacos_binary() -> Path:
@@ -97,7 +103,7 @@ class RNacos:
     workdir: Path
     auth: bool = False
     http_port: int = field(default_factory=_free_pair)
-    process: subprocess.Popen[bytes] | None = None
+    process: Process | None = None
     _token: str = ""
 
     @property
@@ -152,29 +158,34 @@ class RNacos:
         return self.workdir / "rnacos.log"
 
     def _start_once(self, env: dict[str, str], deadline: float) -> bool:
-        """Start the process; True once it answers, False if it panicked or ran out of time."""
-        offset = self.log_path.stat().st_size if self.log_path.exists() else 0
-        log = self.log_path.open("ab")
+        """Start the process; True once it answers, False if it panicked or ran out of time
+        (an exit fails at once)."""
         # cwd is the work dir: r-nacos reads a `.env` from its working directory
-        self.process = subprocess.Popen(
-            [str(self.binary)], cwd=self.workdir, env=env, stdout=log, stderr=subprocess.STDOUT
+        process = self.process = Process(
+            [str(self.binary)], self.log_path, cwd=self.workdir, env=env
         )
         self._token = ""
-        while True:
-            try:
-                self.request("GET", "/nacos/v1/ns/service/list", pageNo="1", pageSize="1")
-                return self._actors_alive(deadline)
-            except OSError:
-                pass
-            if self.process.poll() is not None:
-                raise AssertionError(self.log_path.read_text()[-3000:])
-            with self.log_path.open("rb") as written:
-                written.seek(offset)
-                if b"panicked at" in written.read():
-                    return False
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(0.05)
+        try:
+            process.wait_ready("r-nacos", self._answers, deadline - time.monotonic(), every=0.05)
+        except PanicError:
+            return False
+        except AssertionError:
+            if process.poll() is not None:
+                raise
+            return False
+        return self._actors_alive(deadline)
+
+    def _answers(self) -> bool:
+        """Whether r-nacos answers its HTTP API; PanicError once it has logged a panic since
+        this start (it lives on then, never answering)."""
+        assert self.process is not None
+        try:
+            self.request("GET", "/nacos/v1/ns/service/list", pageNo="1", pageSize="1")
+        except OSError:
+            if "panicked at" in self.process.output():
+                raise PanicError from None
+            raise
+        return True
 
     def _actors_alive(self, deadline: float) -> bool:
         """Whether the namespace actor lives: r-nacos 0.8.8 now and then starts with it dead

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
-import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
-from tests.integration.real import free_port, terminate
+from testbed.ports import free_port
+from testbed.process import Process, terminate
 
 
 def bootstrap(node_id: str, istiod_port: int, admin_port: int) -> dict[str, object]:
@@ -83,7 +82,7 @@ class Envoy:
     workdir: Path
     istiod_port: int
     admin_port: int = field(default_factory=free_port)
-    process: subprocess.Popen[bytes] | None = None
+    process: Process | None = None
 
     @property
     def log_path(self) -> Path:
@@ -93,22 +92,18 @@ class Envoy:
         config = self.workdir / "envoy.yaml"
         node = "router~127.0.0.1~gateway.istio-system~istio-system.svc.cluster.local"
         config.write_text(yaml.safe_dump(bootstrap(node, self.istiod_port, self.admin_port)))
-        with self.log_path.open("wb") as log:
-            self.process = subprocess.Popen(
-                [
-                    str(self.binary),
-                    "-c",
-                    str(config),
-                    "--concurrency",
-                    "1",
-                    "--base-id",
-                    str(self.admin_port),
-                    "-l",
-                    "info",
-                ],
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
+        command = [
+            str(self.binary),
+            "-c",
+            str(config),
+            "--concurrency",
+            "1",
+            "--base-id",
+            str(self.admin_port),
+            "-l",
+            "info",
+        ]
+        self.process = Process(command, self.log_path, fresh_log=True)
 
     def stats(self) -> dict[str, int]:
         url = f"http://127.0.0.1:{self.admin_port}/stats?format=json"
@@ -133,14 +128,5 @@ class Envoy:
         return self.process is not None and self.process.poll() is None
 
     def wait_admin(self, within: float = 30.0) -> None:
-        deadline = time.monotonic() + within
-        while True:
-            try:
-                self.stats()
-                return
-            except OSError:
-                if not self.alive():
-                    raise AssertionError(f"envoy exited:\n{self.log()[-3000:]}") from None
-                if time.monotonic() > deadline:
-                    raise AssertionError(f"envoy admin not up:\n{self.log()[-3000:]}") from None
-                time.sleep(0.1)
+        assert self.process is not None, "envoy not started"
+        self.process.wait_ready("envoy's admin", self.stats, within)

@@ -1,7 +1,7 @@
 """Running Istio's discovery server against mcpserver, and reading istiod's own surfaces.
 
 The integration tier and bench/istiodcpu.py run the unmodified `pilot-discovery discovery`
-against a real kube-apiserver (tests/integration/kube.py), with the config sources our users
+against a real kube-apiserver (testbed/kube.py), with the config sources our users
 deploy: `xds://` mcpserver, then `k8s://`.
 """
 
@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import time
 import urllib.request
 from dataclasses import dataclass, field
@@ -19,7 +18,8 @@ from typing import Any
 
 import yaml
 
-from tests.integration.real import accepts, dying_with_us, free_port, terminate
+from testbed.ports import accepts, free_port
+from testbed.process import Process, terminate
 
 
 @dataclass
@@ -34,10 +34,12 @@ class Istiod:
     grpc_port: int = field(default_factory=free_port)
     http_port: int = field(default_factory=free_port)
     monitoring_port: int = field(default_factory=free_port)
-    process: subprocess.Popen[bytes] | None = None
+    process: Process | None = None
     starts: int = 0
     started_at: float = 0.0
     ready_seconds: float = 0.0  # from the last start to 15010 accepting
+    env: dict[str, str] = field(default_factory=dict)
+    """More environment (PILOT_ENABLE_AMBIENT...)."""
     sources: list[dict[str, Any]] | None = None
     """configSources in place of [xds://127.0.0.1:mcpserver_port, k8s://] (an istio-config
     overlay, several shards)."""
@@ -93,21 +95,14 @@ class Istiod:
             # upstream Envoy (the PyPI build) lacks istio-proxy's metadata-exchange filters
             "PILOT_ENABLE_METADATA_EXCHANGE": "false",
             "PILOT_ENABLE_ALPN_FILTER": "false",
+            **self.env,
         }
-        with self.log_path.open("wb") as log:
-            self.process = subprocess.Popen(
-                dying_with_us(command), stdout=log, stderr=subprocess.STDOUT, env=env
-            )
+        self.process = Process(command, self.log_path, env=env, fresh_log=True, die_with_us=True)
 
     def wait_ready(self, within: float = 120.0) -> None:
         """istiod opens 15010 only after every config type is synced (adsc HasSynced)."""
-        deadline = time.monotonic() + within
-        while not accepts(self.grpc_port):
-            if self.process is None or self.process.poll() is not None:
-                raise AssertionError(f"istiod exited:\n{self.log()[-4000:]}")
-            if time.monotonic() > deadline:
-                raise AssertionError(f"istiod not ready in {within}s:\n{self.log()[-4000:]}")
-            time.sleep(0.1)
+        assert self.process is not None, "istiod not started"
+        self.process.wait_ready("istiod", lambda: accepts(self.grpc_port), within)
         self.ready_seconds = time.monotonic() - self.started_at
 
     def start_ready(self, attempts: int = 3) -> None:
