@@ -233,7 +233,7 @@ class Memory:
         asked: list[tuple[View, Collection[str]]] = []
 
         def judge(reference: Checkpoint, grace: Grace | None) -> Guarded[View]:
-            changed = view.changed_since(reference.view)
+            changed = view.changed_since(reference.view, by_value=False)
             asked.append((reference.view, changed))
             return guard(
                 reference.view,

@@ -65,8 +65,9 @@ class ViewLike(Protocol):
         """The view's Services under `key`."""
         ...
 
-    def changed_since(self, earlier: Self | None) -> Collection[str]:
-        """The keys whose Services may differ from `earlier`'s."""
+    def changed_since(self, earlier: Self | None, *, by_value: bool = True) -> Collection[str]:
+        """The keys whose Services may differ from `earlier`'s (`by_value` False: every
+        Service that is not the same object)."""
         ...
 
 
@@ -382,7 +383,7 @@ def _mass_removal(
     # Only the keys that changed are looked at; a Service equal to the accepted one under
     # its key loses nothing.
     if changed is None:
-        changed = incoming.changed_since(accepted)
+        changed = incoming.changed_since(accepted, by_value=False)
     removed_services = 0
     removed_instances = 0
     for key in changed:
@@ -392,8 +393,10 @@ def _mass_removal(
         after = incoming.candidates(key)
         new = next((s for s in reversed(after) if counts(s)), None)
         for old in before:
-            if old in after:  # equal by value (or the same object): nothing lost
+            if any(old is s for s in after):  # the same object: nothing lost
                 continue
+            # (an equal but other object loses nothing either: its instance count is the
+            # same, counted below; never compared deeply, see View.changed_since)
             if new is None:
                 removed_services += 1
                 removed_instances += len(old.instances)

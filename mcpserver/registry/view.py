@@ -107,10 +107,17 @@ class View:
         more = self.shadowed.get(key)
         return (found, *more) if more else (found,)
 
-    def changed_since(self, earlier: View | None) -> Collection[str]:
+    def changed_since(self, earlier: View | None, *, by_value: bool = True) -> Collection[str]:
         """The keys whose Services may differ between `earlier` and this view (every key of
         either when `earlier` is None): from the log when both views come from one table
-        and the log reaches back to `earlier`, else by comparing the two key by key."""
+        and the log reaches back to `earlier`, else by comparing the two key by key.
+
+        `by_value` False: a Service that is not the same object counts as changed without
+        comparing it further (a superset, for protection, which only counts instances). A
+        registry's table keeps the old object for an equal Service, so within one table the
+        answer is the same; against a view a minute old under churn (protection's window
+        checkpoint) nearly every Service differs, and comparing 10k of them deeply per
+        rebuild cost the event loop tenths of a second."""
         if earlier is None:
             return self.by_key.keys()
         logged = self._logged_since(earlier)
@@ -119,7 +126,10 @@ class View:
         mine, theirs = self.by_key, earlier.by_key
         if mine is theirs:
             return ()
-        changed = {k for k, s in mine.items() if (o := theirs.get(k)) is not s and o != s}
+        if by_value:
+            changed = {k for k, s in mine.items() if (o := theirs.get(k)) is not s and o != s}
+        else:
+            changed = {k for k, s in mine.items() if theirs.get(k) is not s}
         changed.update(theirs.keys() - mine.keys())
         for key in self.shadowed.keys() | earlier.shadowed.keys():
             if self.candidates(key) != earlier.candidates(key):
