@@ -10,7 +10,10 @@ from unittest import mock
 from urllib.parse import parse_qsl, quote, unquote, urlsplit
 
 import pytest
+from mcpserver_protos.istio.networking.v1alpha3 import service_entry_pb2
 
+from mcpserver.convert.serviceentry import convert
+from mcpserver.convert.validate import validate_service_entry
 from mcpserver.registry.dubbo.mapping import (
     DubboOptions,
     application_service,
@@ -109,6 +112,21 @@ def test_interface_services_merge_protocols_and_keep_ports() -> None:
     assert by_address["10.0.0.1"].ports == ()
     assert dict(by_address["10.0.0.1"].labels) == {"application": "a", "version": "1"}
     assert service.create_time.year == 2023
+
+
+def test_two_protocols_on_one_port_number_share_one_service_port() -> None:
+    """A ServiceEntry cannot list a port number twice (istiod refuses it whole): the first
+    protocol's port carries the other's providers (found by the parsers' property test)."""
+    providers = [
+        parse_provider(node(f"{proto}://10.0.0.{i}:20880/com.example.Api?application=a"))
+        for i, proto in ((1, "dubbo"), (2, "tri"))
+    ]
+    (service,) = interface_services(OPTIONS, providers, 0)
+    assert [(p.name, p.number) for p in service.ports] == [("tcp-dubbo", 20880)]
+    assert all(i.ports == () for i in service.instances)
+    (entry,) = convert(service)
+    assert isinstance(entry.spec, service_entry_pb2.ServiceEntry)
+    assert validate_service_entry(entry.spec, entry.namespace) == []
 
 
 def test_host_template_with_version_splits_services() -> None:

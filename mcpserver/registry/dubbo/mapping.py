@@ -95,9 +95,17 @@ def _ports(served: Sequence[tuple[str, int]]) -> tuple[tuple[Port, ...], dict[st
         counter[number] += 1
     ports: list[Port] = []
     names: dict[str, str] = {}
+    taken: dict[int, Port] = {}
     for protocol in sorted(by_protocol):
         number = min(by_protocol[protocol].items(), key=lambda kv: (-kv[1], kv[0]))[0]
-        port = _port(protocol, number)
+        claimed = taken.get(number)
+        if claimed is not None:
+            # two protocols on one port number (providers that say `dubbo://h:1` and
+            # `tri://h:1`): a ServiceEntry cannot list one number twice (Istio refuses it
+            # whole), so the first protocol's port carries both
+            names[protocol] = claimed.name
+            continue
+        port = taken[number] = _port(protocol, number)
         ports.append(port)
         names[protocol] = port.name
     return tuple(ports), names
