@@ -11,6 +11,7 @@ import pytest
 from aiohttp import web
 
 from mcpserver.metrics import Metrics
+from mcpserver.registry.base import Status
 from mcpserver.registry.eureka.client import (
     EurekaClient,
     EurekaHTTPError,
@@ -18,7 +19,6 @@ from mcpserver.registry.eureka.client import (
 )
 from mcpserver.registry.eureka.config import EurekaRegistrySettings
 from mcpserver.registry.eureka.watcher import EurekaRegistry
-from mcpserver.registry.view import Status
 from tests.conftest import eventually
 
 pytestmark = pytest.mark.component

@@ -20,8 +20,7 @@ from typing import Any
 
 import pytest
 
-from mcpserver.registry.base import Registry
-from mcpserver.registry.view import Status
+from mcpserver.registry.base import Registry, Status
 from mcpserver.xds.client import DecodedResource, IstiodLikeClient, decode_resource
 from testbed.nacos import (
     ADMIN,

@@ -8,8 +8,7 @@ import logging
 import pytest
 
 from mcpserver.metrics import Metrics
-from mcpserver.registry.base import Registry
-from mcpserver.registry.view import Status
+from mcpserver.registry.base import Registry, Status
 
 pytestmark = pytest.mark.unit
 
