@@ -11,7 +11,6 @@ import pytest
 from aiohttp import web
 
 from mcpserver.metrics import Metrics
-from mcpserver.registry.base import Status
 from mcpserver.registry.eureka.client import (
     EurekaClient,
     EurekaHTTPError,
@@ -19,6 +18,7 @@ from mcpserver.registry.eureka.client import (
 )
 from mcpserver.registry.eureka.config import EurekaRegistrySettings
 from mcpserver.registry.eureka.watcher import EurekaRegistry
+from mcpserver.registry.view import Status
 from tests.conftest import eventually
 
 pytestmark = pytest.mark.component

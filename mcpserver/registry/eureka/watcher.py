@@ -29,9 +29,10 @@ import logging
 import ssl
 from collections.abc import Mapping
 
+from mcpserver.backoff import backoff
 from mcpserver.metrics import Metrics
-from mcpserver.model import Problem, Service
-from mcpserver.registry.base import Registry, backoff
+from mcpserver.model import Problem
+from mcpserver.registry.base import Registry
 from mcpserver.registry.eureka.client import (
     EurekaClient,
     EurekaHTTPError,
@@ -50,15 +51,12 @@ from mcpserver.registry.eureka.parser import (
     reconcile_hash,
 )
 from mcpserver.registry.labels import LabelFilter
-from mcpserver.registry.ledger import Ledger, keep_empty
 
 log = logging.getLogger("mcpserver.registry.eureka")
 
 ERROR_BACKOFF_CAP = 10.0  # a server that comes back is noticed within ~10 s
 ERRORS = (EurekaHTTPError, EurekaUnavailableError, DocumentError)
-
-Held = tuple[dict[str, EurekaInstance], list[Service], list[Problem]]
-"""What one app contributes: the instances it was converted from, its Services, Problems."""
+BAD_RECORDS = "(unreadable records)"  # the table part of records that could not be read
 
 
 class EurekaRegistry(Registry):
@@ -67,7 +65,7 @@ class EurekaRegistry(Registry):
     def __init__(
         self, settings: EurekaRegistrySettings, metrics: Metrics, env: Mapping[str, str]
     ) -> None:
-        super().__init__(settings.name, metrics)
+        super().__init__(settings.name, metrics, keep_when_empty=settings.keep_when_empty)
         self._settings = settings
         self._env = env
         self._options = EurekaOptions(
@@ -85,8 +83,8 @@ class EurekaRegistry(Registry):
         # records that could not be read at all, by subject and message (a delta repeats
         # its records for minutes); replaced by each full fetch
         self._bad: dict[tuple[str, str], Problem] = {}
-        self._held: dict[str, Held] = {}
-        self._ledger = Ledger()  # what left and came since the last view
+        # each app's instances as last converted (its Services are in the table)
+        self._converted: dict[str, dict[str, EurekaInstance]] = {}
         self._resync_at = 0.0  # loop time of the next full fetch, whatever the hash says
         self._outage = False  # the last round failed: the next answer is a recovery
         self.full_fetches = 0
@@ -178,7 +176,7 @@ class EurekaRegistry(Registry):
         self._resync_at = asyncio.get_running_loop().time() + self._settings.resync_interval
         self._mirror = mirror_of(document)
         self._bad = {(p.subject, p.message): p for p in document.problems}
-        self._convert(set(self._mirror) | set(self._held))
+        self._convert(set(self._mirror) | set(self._converted))
 
     # --------------------------------------------------------------- conversion
 
@@ -192,42 +190,28 @@ class EurekaRegistry(Registry):
         assert self._mirror is not None
         for app in sorted(apps):
             instances = self._mirror.get(app, {}) if self._wanted(app) else {}
-            old = self._held.get(app)
-            if old is not None and old[0] == instances:
+            if self._converted.get(app) == instances and app in self._converted:
                 continue
+            if not instances:
+                self._converted.pop(app, None)
+                self.table.drop(app)
+                continue
+            # while Eureka lists the app (every instance DOWN, STARTING...), keep_when_empty
+            # keeps its hosts, without endpoints, until the app itself is gone
             services, problems = convert_app(self._options, app, instances.values())
-            if self._settings.keep_when_empty and instances and old is not None:
-                # Eureka still lists the app (every instance DOWN, STARTING...): its hosts
-                # stay, without endpoints, until the app itself is gone
-                services = keep_empty(old[1], services)
-            if old is not None and old[1] == services:
-                services = old[1]  # equal: the same objects, so the pipeline reuses them
-            self._hold(app, (dict(instances), services, problems) if instances else None)
+            self._converted[app] = dict(instances)
+            self.table.replace(app, services, problems)
         self._publish()
-
-    def _hold(self, app: str, entry: Held | None) -> None:
-        old = self._held.pop(app, None)
-        if entry is not None:
-            self._held[app] = entry
-        self._ledger.replace(old[1] if old is not None else (), entry[1] if entry else ())
 
     def _publish(self) -> None:
         view = self.view()
-        problems = list(self._bad.values())
-        services: list[Service] = []
-        for app in sorted(self._held):
-            services.extend(self._held[app][1])
-            problems.extend(self._held[app][2])
         if self._outage and view.synced:
             # the first answer after an outage: a restarted server lists only the
             # instances that renewed (and registered again) since
             self.came_back("Eureka answers again after an outage")
             self._outage = False
-            view = self.view()
-        if view.synced and not self._ledger.pending() and tuple(problems) == view.problems:
-            return
-        change = self._ledger.take(view.services)
-        self.publish(services, problems, synced=True, change=change)
+        self.table.replace(BAD_RECORDS, (), self._bad.values())
+        self.flush(synced=True)
 
     # ------------------------------------------------------------------ status
 
