@@ -17,9 +17,9 @@ from dataclasses import replace
 
 from envoy.service.discovery.v3 import discovery_pb2
 
+from mcpserver.builder import Builder, BuildInputs, build
 from mcpserver.model import Instance, Port, Service
-from mcpserver.pipeline import Builder, BuildInputs, build
-from mcpserver.registry.base import Status, View
+from mcpserver.registry.view import Status, View
 from mcpserver.xds.resources import encode_response
 
 INPUTS = BuildInputs({}, "240.0.0.0/8")

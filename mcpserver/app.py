@@ -41,7 +41,8 @@ from mcpserver.debounce import Debouncer
 from mcpserver.metrics import Metrics
 from mcpserver.peers import Peers, describe, pick
 from mcpserver.pipeline import Pipeline, PipelineOptions
-from mcpserver.registry.base import Registry, RegistryContext
+from mcpserver.registry.base import Registry
+from mcpserver.registry.kind import RegistryContext
 from mcpserver.registry.kinds import kind_of
 from mcpserver.settings import Settings
 from mcpserver.sink.client import ApiError

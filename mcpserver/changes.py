@@ -22,7 +22,7 @@ from operator import attrgetter
 from typing import Final
 
 from mcpserver.metrics import Metrics
-from mcpserver.registry.base import View
+from mcpserver.registry.view import View
 from mcpserver.xds.resources import PackedResource
 from mcpserver.xds.snapshot import SetChange, Snapshot, TypeSet
 from mcpserver.xds.store import SnapshotStore

@@ -28,11 +28,12 @@ import grpc
 import yaml
 
 from mcpserver.app import StartError, serve
+from mcpserver.builder import BuildInputs, build
 from mcpserver.config import check_address
 from mcpserver.metrics import Metrics, build_labels
-from mcpserver.pipeline import BuildInputs, build
-from mcpserver.registry.base import RegistryContext, View
+from mcpserver.registry.kind import RegistryContext
 from mcpserver.registry.kinds import kind_of
+from mcpserver.registry.view import View
 from mcpserver.settings import CONFIG_ENV, ConfigError, Settings, load_settings
 from mcpserver.xds.client import IstiodLikeClient, dump_node
 from mcpserver.xds.shards import SHARD_PORTS_HEADER, SHARDS_HEADER, shard_label

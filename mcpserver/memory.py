@@ -43,7 +43,7 @@ from mcpserver.protection import (
     guard,
     next_deadline,
 )
-from mcpserver.registry.base import Status, View
+from mcpserver.registry.view import Status, View
 
 CHECKPOINTS_PER_WINDOW = 4
 """Checkpoints kept per window (at least): the window's start is exact to 1/4 window."""
@@ -95,6 +95,10 @@ class Decision:
     deadline: float | None = None
     released: Release | None = None
     """How a hold that was on ended (protection.Release), for the log line that says so."""
+    since: View | None = None
+    changed: Collection[str] | None = None
+    """The keys `served` changed since the view `since` (the one accepted before), when
+    the decision asked: the builder, which built `since` last, need not ask again."""
 
 
 class Memory:
@@ -226,7 +230,11 @@ class Memory:
             return Decision(view, None)
         keep = self._keep.get(view.registry, False)
 
+        asked: list[tuple[View, Collection[str]]] = []
+
         def judge(reference: Checkpoint, grace: Grace | None) -> Guarded[View]:
+            changed = view.changed_since(reference.view, by_value=False)
+            asked.append((reference.view, changed))
             return guard(
                 reference.view,
                 view,
@@ -235,7 +243,7 @@ class Memory:
                 self._policy,
                 confirmed,
                 keep,
-                view.changes_since(reference.view),
+                changed,
                 withheld=withheld,
                 compared_with=self._compared_with(reference, kept, now),
                 grace=grace,
@@ -293,7 +301,8 @@ class Memory:
             kept.revision += 1
         released = outcome.released if ended else None
         due = self._due(kept, grace, now)
-        return Decision(outcome.served, outcome.hold, ended, due, released)
+        since, changed = asked[-1] if asked and outcome.served is view else (None, None)
+        return Decision(outcome.served, outcome.hold, ended, due, released, since, changed)
 
     def _grace(self, kept: Kept, view: View, now: float) -> Grace | None:
         """The recovery grace in effect: the registry's own (its last recovery, unless a

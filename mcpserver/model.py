@@ -8,7 +8,6 @@ packed resource instead of re-encoding it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -93,15 +92,8 @@ class Problem:
     reason: str = ""  # a few words for metric labels (bad-port, not-a-url, ...)
 
 
-def identity_changes(
-    before: Sequence[Service], after: Sequence[Service]
-) -> tuple[dict[int, Service], dict[int, Service]]:
-    """(removed, added) by id(): the services of `before` not in `after` and those of
-    `after` not in `before`, compared in C (id dicts and their key-set differences). Both
-    sequences must be alive while the result is used, so ids stay unique."""
-    old = dict(zip(map(id, before), before, strict=True))
-    new = dict(zip(map(id, after), after, strict=True))
-    return (
-        {i: old[i] for i in old.keys() - new.keys()},
-        {i: new[i] for i in new.keys() - old.keys()},
-    )
+def is_served(service: Service, keep_when_empty: bool) -> bool:
+    """Whether a service reaches istiod: one without instances is removed, unless its
+    registry keeps empty services (`keep_when_empty`) or it is not resolved from endpoints.
+    The builder serves by it and protection counts by it."""
+    return bool(service.instances) or service.resolution != "STATIC" or keep_when_empty

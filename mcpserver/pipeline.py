@@ -1,17 +1,17 @@
-"""Registry views -> protection -> merge -> convert -> validate -> pack -> snapshot -> store.
+"""Registry views -> protection -> build (builder.py) -> store, one rebuild at a time.
 
-Work is proportional to what changed: each service's packed resources are cached and reused
-when the service is unchanged (identity first, then equality), so a rebuild re-encodes only
-changed services; joining the full set per type is the one O(all) step, as state of the
-world requires.
+The async half of a rebuild: the gate before the first snapshot, protection's state
+(memory.py) and its timers, the build in a worker thread, retries with backoff, metrics and
+the log lines that say what happened. The build itself is pure and costs what changed
+(builder.py).
 
-What istiod holds is protected at every step (docs/operations.md "What mcpserver does when things go
-wrong"): the first snapshot waits for every registry (answering istiod from a half-filled
-store would delete what it holds: pkg/adsc/adsc.go handleMCP replaces the whole set); a
-registry update that removes everything, or most instances at once, is held (protection.py);
-a service whose conversion fails is withheld alone, never the whole rebuild; and a rebuild
-that fails anyway keeps the last snapshot, says so on /readyz and gRPC health, and is retried
-with backoff.
+What istiod holds is protected at every step (docs/operations.md "What mcpserver does when
+things go wrong"): the first snapshot waits for every registry (answering istiod from a
+half-filled store would delete what it holds: pkg/adsc/adsc.go handleMCP replaces the whole
+set); a registry update that removes everything, or most instances at once, is held
+(protection.py); a service whose conversion fails is withheld alone, never the whole
+rebuild; and a rebuild that fails anyway keeps the last snapshot, says so on /readyz and
+gRPC health, and is retried with backoff.
 """
 
 from __future__ import annotations
@@ -19,461 +19,26 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from array import array
-from collections import Counter
 from collections.abc import Awaitable, Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass, field, replace
-from datetime import datetime
-from types import MappingProxyType
+from dataclasses import dataclass
 
-from mcpserver_protos.istio.networking.v1alpha3 import service_entry_pb2, workload_entry_pb2
-
+from mcpserver.backoff import backoff
+from mcpserver.builder import Builder, BuildInputs, BuildResult, Known
 from mcpserver.codec import Record
-from mcpserver.convert.merge import MergeIndex
-from mcpserver.convert.serviceentry import (
-    IstioResource,
-    convert,
-    inline_endpoint,
-    inline_parts,
-    join_inline,
-    resource_labels,
-)
-from mcpserver.convert.validate import (
-    validate_name,
-    validate_service_entry,
-    validate_workload_entry,
-)
-from mcpserver.convert.vip import allocate, capacity, needs_vip
 from mcpserver.failure import describe
 from mcpserver.memory import Memory
 from mcpserver.metrics import Metrics
-from mcpserver.model import Problem, Service
+from mcpserver.model import Problem
 from mcpserver.protection import Hold, ProtectionPolicy, release_message
-from mcpserver.registry.base import Registry, Status, View, backoff
-from mcpserver.xds.resources import PackedResource, pack, pack_bytes
-from mcpserver.xds.shards import shard_label, shard_of
-from mcpserver.xds.snapshot import SetChange, Snapshot, TypeIndex, TypeSet, snapshot_version
+from mcpserver.registry.base import Registry
+from mcpserver.registry.view import Status, View
+from mcpserver.xds.shards import shard_label
 from mcpserver.xds.store import SnapshotStore
-from mcpserver.xds.typeurls import SERVED_KINDS
 
 log = logging.getLogger("mcpserver.pipeline")
 
 WAITING_LOG_EVERY = 30.0
 """Seconds between warnings while the first snapshot waits for a registry."""
-
-
-@dataclass(frozen=True, slots=True)
-class Converted:
-    """One service's outcome: what we serve and what we withheld."""
-
-    service: Service
-    packed: tuple[PackedResource, ...]
-    problems: tuple[Problem, ...]
-    vip: str | None = None
-    needs_vip: bool = False
-    spans: array[int] | None = field(default=None, repr=False, compare=False)
-    """Inline endpoints: where each instance's endpoint bytes lie in the spec's bytes (the
-    end of the packed resource), as flat (start, end) pairs in `service.instances` order.
-    The next conversion of this service reuses them for every Instance object it still has
-    (usually all but the one that changed); 4 bytes per endpoint, nothing copied."""
-    body_length: int = 0
-    endpoint_context: tuple[str, frozenset[str]] | None = None
-    """(registry, port names): what the endpoints' bytes and validation depended on."""
-    spec: tuple[tuple[object, ...], bytes, bytes, tuple[str, ...]] | None = field(
-        default=None, repr=False, compare=False
-    )
-    """Inline services: (what the spec without endpoints is made of, the bytes before and
-    after the endpoints, its errors), reused while those fields are unchanged."""
-
-
-def check(resource: IstioResource) -> list[str]:
-    """Istio's validation errors for one resource."""
-    errors = validate_name(resource.namespace, resource.name)
-    spec = resource.spec
-    if isinstance(spec, service_entry_pb2.ServiceEntry):
-        errors += validate_service_entry(spec, resource.namespace)
-    elif isinstance(spec, workload_entry_pb2.WorkloadEntry):
-        errors += validate_workload_entry(spec, None, allow_fqdn=True)
-    else:
-        errors.append(f"unexpected spec type {type(spec).__name__}")
-    return errors
-
-
-def convert_service(
-    service: Service,
-    vip: str | None = None,
-    wants_vip: bool = False,
-    previous: Converted | None = None,
-) -> Converted:
-    """Convert, validate and pack one service (with its allocated VIP, if any), reusing the
-    endpoints of `previous` (this service's last conversion) whose Instance is unchanged. A
-    service whose ServiceEntry is invalid is withheld whole (its WorkloadEntries would
-    select nothing). Nothing raises: a failure of any kind withholds this service alone."""
-    try:
-        subject = replace(service, addresses=(vip,)) if vip else service
-        if subject.endpoints_mode != "workloadentry" and subject.resolution == "STATIC":
-            return _convert_inline(service, subject, vip, wants_vip, previous)
-        return _convert_service(service, vip, wants_vip)
-    except Exception as err:  # one poisoned record must never fail every push
-        log.exception("conversion failed registry=%s service=%s", service.registry, service.key)
-        message = f"conversion failed: {describe(err)}"
-        problem = Problem(service.registry, f"ServiceEntry {service.key}", message, "conversion")
-        return Converted(service, (), (problem,), vip, wants_vip)
-
-
-def _convert_inline(
-    service: Service,
-    subject: Service,
-    vip: str | None,
-    wants_vip: bool,
-    previous: Converted | None,
-) -> Converted:
-    """The common case, STATIC resolution with inline endpoints, endpoint by endpoint: the
-    same bytes and the same validation as service_entry() and check() of the whole spec
-    (a test holds them equal), but an endpoint whose Instance object is unchanged since the
-    last conversion is neither built, validated nor serialized again."""
-    spec_key = (
-        subject.namespace,
-        subject.name,
-        subject.hosts,
-        subject.addresses,
-        subject.ports,
-        subject.location,
-        subject.resolution,
-        subject.export_to,
-    )
-    if previous is not None and previous.spec is not None and previous.spec[0] == spec_key:
-        _, head, tail, spec_errors = previous.spec  # only endpoints changed, as usual
-    else:
-        bare, head, tail = inline_parts(subject)
-        spec_errors = tuple(validate_name(subject.namespace, subject.name)) + tuple(
-            validate_service_entry(bare, subject.namespace)
-        )
-    errors = list(spec_errors)
-    names = frozenset(p.name for p in subject.ports)
-    context = (subject.registry, names)
-    # the previous conversion's endpoints, by the id of their (still living) Instance
-    old_index: dict[int, int] = {}
-    old_body = b""
-    spans = array("I")
-    if previous is not None and previous.spans is not None and previous.endpoint_context == context:
-        old_index = {id(i): n for n, i in enumerate(previous.service.instances)}
-        framed = previous.packed[0].framed
-        old_body = framed[len(framed) - previous.body_length :]
-        spans = previous.spans
-    parts: list[bytes] = []
-    for instance in subject.instances:
-        n = old_index.get(id(instance))
-        if n is not None:
-            parts.append(old_body[spans[2 * n] : spans[2 * n + 1]])
-            continue
-        message = inline_endpoint(instance, subject.registry)
-        parts.append(message.SerializeToString(deterministic=True))
-        errors += validate_workload_entry(message, set(names), allow_fqdn=False)
-    if errors:
-        problem = Problem(
-            service.registry, f"ServiceEntry {subject.key}", "; ".join(errors), "invalid"
-        )
-        return Converted(service, (), (problem,), vip, wants_vip)
-    body, body_spans = join_inline(head, parts, tail)
-    packed = pack_bytes(
-        "ServiceEntry",
-        subject.namespace,
-        subject.name,
-        body,
-        subject.create_time,
-        resource_labels(subject),
-        subject.annotations,
-    )
-    return Converted(
-        service,
-        (packed,),
-        (),
-        vip,
-        wants_vip,
-        body_spans,
-        len(body),
-        context,
-        (spec_key, head, tail, spec_errors),
-    )
-
-
-def _convert_service(service: Service, vip: str | None, wants_vip: bool = False) -> Converted:
-    packed: list[PackedResource] = []
-    problems: list[Problem] = []
-    subject = replace(service, addresses=(vip,)) if vip else service
-    for resource in convert(subject):
-        errors = check(resource)
-        if errors:
-            problems.append(
-                Problem(
-                    service.registry,
-                    f"{resource.kind} {resource.key}",
-                    "; ".join(errors),
-                    "invalid",
-                )
-            )
-            if resource.kind == "ServiceEntry":
-                return Converted(service, (), tuple(problems), vip, wants_vip)
-            continue
-        packed.append(
-            pack(
-                resource.kind,
-                resource.namespace,
-                resource.name,
-                resource.spec,
-                resource.create_time,
-                resource.labels,
-                resource.annotations,
-            )
-        )
-    return Converted(service, tuple(packed), tuple(problems), vip, wants_vip)
-
-
-@dataclass(frozen=True, slots=True)
-class BuildResult:
-    snapshot: Snapshot
-    problems: tuple[Problem, ...]
-    encoded: int
-    vips: int
-    vip_capacity: int
-    served: Mapping[str, tuple[int, int]] = field(default_factory=dict)
-    """(services, instances) in the snapshot by registry: a merged service counts for its
-    owner; one withheld, merged away or not served for want of instances counts nowhere."""
-    withheld: frozenset[str] = frozenset()
-    """Keys of the services withheld whole (no ServiceEntry served): protection counts
-    them neither as served nor as removed."""
-
-
-@dataclass(frozen=True, slots=True)
-class BuildInputs:
-    """What a rebuild depends on besides the registry views."""
-
-    keep_when_empty: Mapping[str, bool]
-    vip_cidr: str
-    merge_policy: str = "first"
-    layouts: tuple[int, ...] = ()
-    """Layouts N > 1 to cut the set into (server.shards and previous_shards; xds/shards.py)."""
-
-
-def served(service: Service, keep_when_empty: Mapping[str, bool]) -> bool:
-    """Services without instances are removed, unless kept or not resolved from endpoints."""
-    return (
-        bool(service.instances)
-        or service.resolution != "STATIC"
-        or keep_when_empty.get(service.registry, False)
-    )
-
-
-EMPTY_VIEW = View("")
-
-
-class Builder:
-    """The pure part of a rebuild, kept between rebuilds so that each one costs what changed.
-
-    A registry's view is compared with the one built before by object identity (registries
-    reuse the Service objects they did not change): from the deltas registries publish, in
-    O(changed), or else by comparing ids in C (View.changes_since). Only the services that
-    differ go through merge (re-merging the services
-    they share a name or host with), VIP claims, conversion and validation, and into the
-    per-kind indexes; a new snapshot is then one byte join per changed kind. The VIP table is
-    recomputed only when the set of claims (or of users' own addresses) changes.
-
-    Runs in a worker thread, one build at a time (the debouncer guarantees it). If a build
-    raises halfway, the builder is discarded (the pipeline starts a new one), never reused.
-    """
-
-    def __init__(self, inputs: BuildInputs) -> None:
-        self._inputs = inputs
-        self._keep = inputs.keep_when_empty
-        self._built: dict[str, View] = {}  # the view each registry was last built from
-        self._ranks: dict[str, int] = {}
-        self._merge = MergeIndex(inputs.merge_policy)
-        self._converted: dict[str, Converted] = {}  # served key -> its conversion
-        self._claims: dict[str, datetime] = {}  # key -> create_time, services wanting a VIP
-        self._explicit: Counter[str] = Counter()  # users' own addresses
-        self._vips: dict[str, str] = {}
-        self._vip_problems: dict[str, Problem] = {}
-        self._withheld: dict[str, tuple[Problem, ...]] = {}  # key -> conversion problems
-        self._served: Counter[str] = Counter()  # registry -> services in the snapshot
-        self._served_instances: Counter[str] = Counter()  # registry -> their instances
-        self._types = {kind: TypeIndex(kind) for kind in SERVED_KINDS}
-        # layout N -> shard -> kind -> index: each resource also sits in its service's shard
-        self._parts = {
-            n: [{kind: TypeIndex(kind) for kind in SERVED_KINDS} for _ in range(n)]
-            for n in inputs.layouts
-        }
-        self._snapshot: Snapshot | None = None
-
-    def build(self, views: Sequence[View]) -> BuildResult:
-        merge_index = self._merge
-        for rank, view in enumerate(views):
-            name = view.registry
-            if self._ranks.setdefault(name, rank) != rank:
-                raise ValueError(f"registry {name!r} changed rank")
-            removed, added = view.changes_since(self._built.get(name, EMPTY_VIEW))
-            for service in removed.values():
-                merge_index.remove(rank, service)
-            for service in added.values():
-                merge_index.add(rank, service)
-            self._built[name] = view
-        changed = merge_index.settle()
-        dirty = set(changed)
-        if self._claim(changed):
-            allocated = allocate(self._claims.items(), self._inputs.vip_cidr, self._explicit.keys())
-            dirty.update(k for k, _ in allocated.items() ^ self._vips.items())
-            self._vips = allocated
-        encoded = 0
-        owners: dict[str, str] = {}
-        for key in dirty:
-            encoded += self._convert(key, owners)
-        previous = self._snapshot
-        # only the shards whose sets changed are new objects (and join their bytes)
-        layouts = {
-            n: tuple(
-                _commit(indexes, previous.part(n, k) if previous is not None else None, owners)
-                for k, indexes in enumerate(parts)
-            )
-            for n, parts in self._parts.items()
-        }
-        snapshot = _commit(self._types, previous, owners)
-        if snapshot is not previous and layouts:
-            snapshot = replace(snapshot, layouts=MappingProxyType(layouts))
-        self._snapshot = snapshot
-        problems: list[Problem] = merge_index.problems()
-        for view in views:
-            problems.extend(view.problems)
-        for found in self._withheld.values():
-            problems.extend(found)
-        problems.extend(self._vip_problems.values())
-        return BuildResult(
-            snapshot,
-            tuple(problems),
-            encoded,
-            len(self._vips),
-            capacity(self._inputs.vip_cidr),
-            {
-                registry: (count, self._served_instances[registry])
-                for registry, count in self._served.items()
-                if count
-            },
-            self._withheld_whole(),
-        )
-
-    def _withheld_whole(self) -> frozenset[str]:
-        """The keys withheld whole: a conversion with problems and no ServiceEntry (a
-        WorkloadEntry withheld alone leaves its service served). O(withheld)."""
-        return frozenset(
-            key
-            for key in self._withheld
-            if not any(r.kind == "ServiceEntry" for r in self._converted[key].packed)
-        )
-
-    def _claim(self, changed: Mapping[str, tuple[Service | None, Service | None]]) -> bool:
-        """Update VIP claims and users' addresses from the merged services that changed
-        (served or not: a service whose instances drop to zero for a moment keeps its
-        address and moves nobody else's); True if the allocation must be redone."""
-        redo = False
-        claims, explicit = self._claims, self._explicit
-        for key, (old, new) in changed.items():
-            if old is not None:
-                for address in old.addresses:
-                    explicit[address] -= 1
-                    if not explicit[address]:
-                        del explicit[address]
-                        redo = True
-            if new is not None:
-                for address in new.addresses:
-                    redo = redo or address not in explicit
-                    explicit[address] += 1
-            claim = new.create_time if new is not None and needs_vip(new) else None
-            if claims.get(key) != claim:
-                redo = True
-                if claim is None:
-                    del claims[key]
-                else:
-                    claims[key] = claim
-        return redo
-
-    def _convert(self, key: str, owners: dict[str, str]) -> int:
-        """Bring one served name up to date in the per-kind indexes; returns how many
-        resources were encoded. Notes the registry of the service in `owners`."""
-        service = self._merge.merged.get(key)
-        old = self._converted.get(key)
-        if service is not None:
-            owners[key] = service.registry
-        elif old is not None:
-            owners[key] = old.service.registry
-        self._vip_problems.pop(key, None)
-        if service is None or not served(service, self._keep):
-            done = None
-        else:
-            vip = self._vips.get(key)
-            wants = key in self._claims
-            if wants and vip is None:
-                self._vip_problems[key] = Problem(
-                    "", key, f"no free address left in vip.cidr {self._inputs.vip_cidr}", "vip"
-                )
-            if old is not None and old.vip == vip and old.needs_vip == wants:
-                if old.service is service:
-                    return 0
-                if old.service == service:
-                    # equal but new (a re-parsed file): keep the newest object, so the next
-                    # rebuild's identity check hits instead of comparing deeply again
-                    self._converted[key] = replace(old, service=service)
-                    return 0
-            done = convert_service(service, vip, wants, old)
-        indexes = [self._types, *(parts[shard_of(key, n)] for n, parts in self._parts.items())]
-        if old is not None:
-            keep = {(r.kind, r.name) for r in done.packed} if done is not None else set()
-            for resource in old.packed:
-                if (resource.kind, resource.name) not in keep:
-                    for index in indexes:
-                        index[resource.kind].remove(resource.name)
-            if old.packed:
-                self._served[old.service.registry] -= 1
-                self._served_instances[old.service.registry] -= len(old.service.instances)
-        if done is not None and done.packed:
-            self._served[done.service.registry] += 1
-            self._served_instances[done.service.registry] += len(done.service.instances)
-        self._withheld.pop(key, None)
-        if done is None:
-            self._converted.pop(key, None)
-            return 0
-        for resource in done.packed:
-            for index in indexes:
-                index[resource.kind].put(resource)
-        self._converted[key] = done
-        if done.problems:
-            self._withheld[key] = done.problems
-        return len(done.packed)
-
-
-def _commit(
-    indexes: Mapping[str, TypeIndex], previous: Snapshot | None, owners: Mapping[str, str]
-) -> Snapshot:
-    """The snapshot of one set of per-kind indexes (the whole set, or one shard): `previous`
-    itself when none of them changed."""
-    sets: dict[str, TypeSet] = {}
-    changes: dict[str, SetChange] = {}
-    for kind, index in indexes.items():
-        sets[kind], change = index.commit()
-        if change:
-            changes[kind] = change
-    if previous is not None and not changes:
-        return previous
-    return Snapshot(
-        snapshot_version(sets),
-        MappingProxyType(sets),
-        base=previous.version if previous is not None else "",
-        changes=MappingProxyType(changes),
-        owners=MappingProxyType(owners),
-    )
-
-
-def build(views: Sequence[View], inputs: BuildInputs) -> BuildResult:
-    """A one-off build of everything (check-config, tests): a fresh Builder's first build."""
-    return Builder(inputs).build(views)
 
 
 @dataclass(frozen=True, slots=True)
@@ -707,7 +272,8 @@ class Pipeline:
                     "gets none of their services and deletes any it held from an earlier run",
                     ",".join(waiting),
                 )
-        served_views = [self._protect(view) for view in views]
+        known: dict[str, Known] = {}
+        served_views = [self._protect(view, known) for view in views]
         if self.on_decided is not None:
             self.on_decided()
         started = time.perf_counter()
@@ -719,7 +285,7 @@ class Pipeline:
         )
         builder = self._builder or Builder(inputs)
         self._builder = None  # a build that raises leaves it half-updated: never reused
-        result = await asyncio.to_thread(builder.build, served_views)
+        result = await asyncio.to_thread(builder.build, served_views, known)
         self._builder = builder
         self._withheld = result.withheld
         self._report(result.problems + self._hold_problems())
@@ -750,13 +316,16 @@ class Pipeline:
             result.encoded,
         )
 
-    def _protect(self, view: View) -> View:
+    def _protect(self, view: View, known: dict[str, Known]) -> View:
         """The view to serve for one registry: its own, or the last accepted one while a
-        mass removal is held (memory.py keeps what protection remembers)."""
+        mass removal is held (memory.py keeps what protection remembers). Notes in `known`
+        the keys changed that protection asked for, so the build need not ask again."""
         name = view.registry
         now = time.monotonic()
         held = self._memory.hold(name)
         outcome = self._memory.decide(view, now, name in self._confirmed, self._withheld)
+        if outcome.since is not None and outcome.changed is not None:
+            known[name] = (outcome.since, outcome.changed)
         timer = self._timers.pop(name, None)
         if timer is not None:
             timer.cancel()

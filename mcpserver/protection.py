@@ -30,20 +30,20 @@ nothing live, and holding that update would serve only dead addresses; the failu
 remove instances without replacing them, and count in full. New services do not offset
 removed ones.
 
-Cheap at 10k services / 100k instances (a few ms): a service object identical (`is`) to the
-accepted one is set aside without looking at it further, the few that changed are compared by
-key and instance count, and the total is summed only as far as the share rule needs, unless
-the update is held.
+Cheap at 10k services / 100k instances (a few ms): only the keys the registry changed since
+the accepted view (`View.changed_since`, from its table's log) are looked at, compared by
+instance count, and the total is summed only as far as the share rule needs, unless the
+update is held.
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Generic, Protocol, Self, TypeVar
 
-from mcpserver.model import Service, identity_changes
+from mcpserver.model import Service, is_served
 
 
 class ViewLike(Protocol):
@@ -58,14 +58,20 @@ class ViewLike(Protocol):
     @property
     def synced(self) -> bool: ...
     def with_services(self, services: tuple[Service, ...]) -> Self:
-        """The same view with other services (and no delta log)."""
+        """The same view with other services (and no table)."""
+        ...
+
+    def candidates(self, key: str) -> tuple[Service, ...]:
+        """The view's Services under `key`."""
+        ...
+
+    def changed_since(self, earlier: Self | None, *, by_value: bool = True) -> Collection[str]:
+        """The keys whose Services may differ from `earlier`'s (`by_value` False: every
+        Service that is not the same object)."""
         ...
 
 
 V = TypeVar("V", bound=ViewLike)
-
-Changes = tuple[Mapping[int, Service], Mapping[int, Service]]
-"""(removed, added) services between two views, by id()."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,11 +164,6 @@ class Guarded(Generic[V]):
     none). An explanation of the decision, not part of it: not compared."""
 
 
-def is_served(service: Service, keep_when_empty: bool) -> bool:
-    """Whether a service really reaches istiod (the predicate pipeline.build applies)."""
-    return bool(service.instances) or service.resolution != "STATIC" or keep_when_empty
-
-
 NOTHING: frozenset[str] = frozenset()
 
 
@@ -174,7 +175,7 @@ def guard(
     policy: ProtectionPolicy,
     confirmed: bool,
     keep_when_empty: bool,
-    changes: Changes | None = None,
+    changed: Collection[str] | None = None,
     *,
     withheld: Collection[str] = NOTHING,
     compared_with: str = "",
@@ -192,9 +193,8 @@ def guard(
       `policy.hold_for` (measured from the first hold, however the update changed since);
       otherwise serve `accepted` and return the hold.
 
-    `changes`, if the caller knows them: (removed, added), the services of `accepted` not in
-    `incoming` and those of `incoming` not in `accepted`, by id (View.changes_since);
-    otherwise they are found by comparing ids.
+    `changed`, if the caller knows them: the keys whose Services differ between `accepted`
+    and `incoming` (`incoming.changed_since(accepted)`, which is asked otherwise).
 
     `released` says how a hold that was on (`hold`) ended: APPLIED, CONFIRMED, or RECOVERED
     when the listing no longer removes too much (or is the accepted view again); a hold the
@@ -235,7 +235,7 @@ def guard(
     against = f" (compared with {compared_with})" if compared_with else ""
     if grace is not None and now < grace.until and not confirmed:
         found = _mass_removal(
-            accepted, incoming, ANY_REMOVAL, keep_when_empty, changes, False, withheld
+            accepted, incoming, ANY_REMOVAL, keep_when_empty, changed, False, withheld
         )
         if found is None:
             return Guarded(incoming, None, came_back)
@@ -261,11 +261,11 @@ def guard(
     # a hold the grace made is judged afresh when the grace is over (the entry share), a
     # mass-removal hold by the release share
     releasing = hold is not None and hold.cause != "recovery"
-    found = _mass_removal(accepted, incoming, policy, keep_when_empty, changes, releasing, withheld)
+    found = _mass_removal(accepted, incoming, policy, keep_when_empty, changed, releasing, withheld)
     if found is None:
         if hold is not None and hold.cause == "recovery":
             left = _mass_removal(
-                accepted, incoming, ANY_REMOVAL, keep_when_empty, changes, False, withheld
+                accepted, incoming, ANY_REMOVAL, keep_when_empty, changed, False, withheld
             )
             if left is not None:  # something is still missing, and it is applied now
                 return Guarded(
@@ -362,11 +362,11 @@ def held_view(accepted: V, incoming: V, withheld: Collection[str] = NOTHING) -> 
 
 
 def _mass_removal(
-    accepted: ViewLike,
-    incoming: ViewLike,
+    accepted: V,
+    incoming: V,
     policy: ProtectionPolicy,
     keep_when_empty: bool,
-    changes: Changes | None,
+    changed: Collection[str] | None,
     held: bool,
     withheld: Collection[str] = NOTHING,
 ) -> tuple[int, int, int, str] | None:
@@ -380,24 +380,28 @@ def _mass_removal(
     def counts(service: Service) -> bool:
         return is_served(service, keep_when_empty) and service.key not in withheld
 
-    # Services present in both views as the very same object lose nothing: set them aside by
-    # identity (both views are alive, so equal ids are the same object) and compare the few
-    # that changed by key.
-    if changes is None:
-        changes = identity_changes(accepted.services, incoming.services)
-    gone, came = changes
-    changed = {s.key: s for s in came.values() if counts(s)}
+    # Only the keys that changed are looked at; a Service equal to the accepted one under
+    # its key loses nothing.
+    if changed is None:
+        changed = incoming.changed_since(accepted, by_value=False)
     removed_services = 0
     removed_instances = 0
-    for old in gone.values():
-        if not counts(old):
+    for key in changed:
+        before = [s for s in accepted.candidates(key) if counts(s)]
+        if not before:
             continue
-        new = changed.get(old.key)
-        if new is None:
-            removed_services += 1
-            removed_instances += len(old.instances)
-        else:
-            removed_instances += max(0, len(old.instances) - len(new.instances))
+        after = incoming.candidates(key)
+        new = next((s for s in reversed(after) if counts(s)), None)
+        for old in before:
+            if any(old is s for s in after):  # the same object: nothing lost
+                continue
+            # (an equal but other object loses nothing either: its instance count is the
+            # same, counted below; never compared deeply, see View.changed_since)
+            if new is None:
+                removed_services += 1
+                removed_instances += len(old.instances)
+            else:
+                removed_instances += max(0, len(old.instances) - len(new.instances))
     if removed_services == 0 and removed_instances == 0:
         return None
     if policy.hold_empty and not any(counts(s) for s in incoming.services):

@@ -18,8 +18,10 @@ from mcpserver.cli import main
 from mcpserver.config import ExistingFile, RegistrySettings
 from mcpserver.metrics import Metrics
 from mcpserver.model import Instance, Port, Service
-from mcpserver.registry.base import Kind, OfflineView, Registry, RegistryContext, View
+from mcpserver.registry.base import Registry
+from mcpserver.registry.kind import Kind, OfflineView, RegistryContext
 from mcpserver.registry.kinds import register
+from mcpserver.registry.view import View
 
 
 class EchoSettings(RegistrySettings):

@@ -135,46 +135,52 @@ class MergeIndex:
 
     def __init__(self, policy: str = "first") -> None:
         self._policy = policy
-        self._candidates: dict[str, dict[int, Candidate]] = {}  # key -> id(service) -> candidate
+        self._candidates: dict[str, dict[int, tuple[Service, ...]]] = {}  # key -> rank -> them
         self._by_host: dict[str, set[str]] = {}  # host -> keys with a candidate serving it
         self._dirty: set[str] = set()
         self._problems: dict[str, tuple[Problem, ...]] = {}  # key -> clashes reported for it
         self.merged: dict[str, Service] = {}
         """Key -> the service served under that name (the winner, or the union)."""
 
-    def add(self, rank: int, service: Service) -> None:
-        key = service.key
-        self._candidates.setdefault(key, {})[id(service)] = (rank, service)
-        for host in service.hosts:
-            self._by_host.setdefault(host, set()).add(key)
-        self._dirty.add(key)
-
-    def remove(self, rank: int, service: Service) -> None:
-        key = service.key
+    def put(self, rank: int, key: str, services: tuple[Service, ...]) -> None:
+        """The registry of `rank` shows `services` under `key` now (usually one; none:
+        it shows nothing there any more)."""
         candidates = self._candidates.get(key)
-        if candidates is None or candidates.pop(id(service), None) is None:
+        old = candidates.get(rank, ()) if candidates is not None else ()
+        if old == services:
             return
+        if candidates is None:
+            candidates = self._candidates[key] = {}
+        if services:
+            candidates[rank] = services
+        else:
+            candidates.pop(rank, None)
         self._dirty.add(key)
-        still = {h for _, s in candidates.values() for h in s.hosts}
+        still = {h for group in candidates.values() for s in group for h in s.hosts}
         if not candidates:
             del self._candidates[key]
-        for host in service.hosts:
-            keys = self._by_host.get(host)
-            if keys is None:
-                continue
-            # whoever shared this host may have been withheld because of this service
-            self._dirty.update(keys)
-            if host not in still:
-                keys.discard(key)
-                if not keys:
-                    del self._by_host[host]
+        for service in old:
+            for host in service.hosts:
+                keys = self._by_host.get(host)
+                if keys is None:
+                    continue
+                # whoever shared this host may have been withheld because of this service
+                self._dirty.update(keys)
+                if host not in still:
+                    keys.discard(key)
+                    if not keys:
+                        del self._by_host[host]
+        for service in services:
+            for host in service.hosts:
+                self._by_host.setdefault(host, set()).add(key)
 
     def problems(self) -> list[Problem]:
         return [p for found in self._problems.values() for p in found]
 
     def settle(self) -> dict[str, tuple[Service | None, Service | None]]:
         """Re-merge what changed since the last call; returns key -> (before, after) for each
-        served name whose service changed (identity: a union is a new object each time)."""
+        served name whose service is another object now (a union is a new one each time;
+        the builder compares by value before converting again)."""
         if len(self._dirty) * 2 > len(self._candidates):
             return self._settle_all()  # a first listing or a mass change: merge once
         changed: dict[str, tuple[Service | None, Service | None]] = {}
@@ -184,7 +190,12 @@ class MergeIndex:
                 continue
             component = self._component(start)
             seen |= component
-            candidates = [c for key in component for c in self._candidates.get(key, {}).values()]
+            candidates = [
+                (rank, s)
+                for key in component
+                for rank, group in self._candidates.get(key, {}).items()
+                for s in group
+            ]
             reported: dict[str, list[Problem]] = {}
             if len(candidates) <= 1:  # nearly always: nothing shares its name or hosts
                 after = {s.key: s for _, s in candidates}
@@ -210,7 +221,12 @@ class MergeIndex:
         return changed
 
     def _settle_all(self) -> dict[str, tuple[Service | None, Service | None]]:
-        ranks = _in_order(c for found in self._candidates.values() for c in found.values())
+        ranks = _in_order(
+            (rank, s)
+            for found in self._candidates.values()
+            for rank, group in found.items()
+            for s in group
+        )
         winners, problems = merge([ranks[r] for r in sorted(ranks)], self._policy)
         before, self.merged = self.merged, {s.key: s for s in winners}
         self._problems = {}
@@ -233,8 +249,8 @@ class MergeIndex:
         queue = [start]
         while queue:
             key = queue.pop()
-            for _, service in self._candidates.get(key, {}).values():
-                for host in service.hosts:
+            for group in self._candidates.get(key, {}).values():
+                for host in (h for s in group for h in s.hosts):
                     for other in self._by_host.get(host, ()):
                         if other not in found:
                             found.add(other)

@@ -1,9 +1,11 @@
-"""What every registry kind shares: the immutable View it publishes, its status, problems
-logged once, and a supervisor that keeps its watcher tasks alive.
+"""What every registry kind shares: its service table, the View it publishes from it, its
+status, problems logged once, and a supervisor that keeps its watcher tasks alive.
 
-A registry watches its source and keeps a current View. Its change callback carries no data:
-it only tells the debouncer "something changed"; the pipeline then reads every registry's
-View. A View is replaced whole, never mutated, so the pipeline can read it from any task.
+A registry watches its source and keeps its services in a ServiceTable (table.py), part by
+part; `flush()` turns what changed into a new View (view.py). Its change callback carries no
+data: it only tells the debouncer "something changed"; the pipeline then reads every
+registry's View. A View is replaced whole, never mutated, so the pipeline can read it from
+any task.
 
 No registry may die silently: every watcher task runs under `spawn()`, which logs an
 unexpected exception with its traceback, turns the registry DEGRADED with the error as its
@@ -17,135 +19,29 @@ import abc
 import asyncio
 import contextlib
 import logging
-import random
 import time
-from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping
-from dataclasses import dataclass, field, replace
-from enum import Enum
-from typing import Generic, Self, TypeVar
+from collections.abc import Awaitable, Callable, Hashable, Iterable
+from dataclasses import replace
 
-from mcpserver.config import RegistrySettings
+from mcpserver.backoff import backoff
 from mcpserver.failure import describe
 from mcpserver.metrics import Metrics
-from mcpserver.model import Problem, Service, identity_changes
-
-# re-exported (explicitly, for mypy): every kind publishes a Change from here
-from mcpserver.registry.ledger import Change as Change  # noqa: PLC0414
+from mcpserver.model import Problem, Service
+from mcpserver.registry.table import ServiceTable
+from mcpserver.registry.view import Recovery, Status, View
 
 log = logging.getLogger("mcpserver.registry")
-
-
-class Status(Enum):
-    STARTING = "starting"  # no complete listing yet
-    READY = "ready"  # watching, view is current
-    DEGRADED = "degraded"  # source unreachable or unreadable; serving the last known view
-
-
-Ids = Mapping[int, Service]
-"""Services by id(): identity sets that keep their members alive (so ids stay unique)."""
-
-DELTA_LIMIT = 4096
-"""Changes a delta's log may hold before the next view starts a new base."""
-DELTA_MIN = 64
-"""Changes a delta's log may always hold, however few services its view has."""
-
-
-@dataclass(frozen=True, slots=True)
-class Delta:
-    """How a view's services came from an earlier services tuple `base` of the same
-    registry: the first `length` entries of `log`, each (added, service) with added False
-    for a removal. Registries that know what they changed say so (`publish(...,
-    change=...)`); successive views share one append-only log (nothing is copied per
-    publish) until it holds more entries than the view has services (at least DELTA_MIN, at
-    most DELTA_LIMIT), then start again from the current tuple. The pipeline, which may skip
-    views, then finds what changed since the view it built by replaying the entries in
-    between (`View.changes_since`). The log keeps every service it names alive, so their
-    ids stay unique while anyone holds it."""
-
-    base: tuple[Service, ...]
-    log: list[tuple[bool, Service]]
-    length: int
-
-
-@dataclass(frozen=True, slots=True)
-class Recovery:
-    """The registry's source came back: reconnected after an outage, a server restarted, a
-    session re-established (each kind says which of its events mean this). Its clients may
-    not all have registered again yet (a restarted Nacos or Eureka lost its ephemeral
-    registrations; providers re-create ZooKeeper nodes their expired sessions took), so
-    protection holds removals for the kind's `recovery_grace` from `at`."""
-
-    at: float
-    """time.monotonic() when it came back."""
-    why: str
-    """For people: "reconnected to Nacos (a new gRPC connection)"."""
-
 
 RECOVERY_REPEAT = 1.0
 """Seconds within which a second recovery of the same kind is the same one (every watch
 loop of a registry comes back at once)."""
 
-
-@dataclass(frozen=True, slots=True)
-class View:
-    """A registry's services at one moment, and whether they are a complete listing."""
-
-    registry: str
-    services: tuple[Service, ...] = ()
-    synced: bool = False
-    status: Status = Status.STARTING
-    detail: str = ""
-    problems: tuple[Problem, ...] = ()
-    delta: Delta | None = field(default=None, repr=False, compare=False)
-    recovered: Recovery | None = None
-    """The source's last recovery, if any (kept in every later view)."""
-
-    def with_services(self, services: tuple[Service, ...]) -> Self:
-        """The same view with other services and no delta log (protection's held view)."""
-        return replace(self, services=services, delta=None)
-
-    def changes_since(self, earlier: View) -> tuple[Ids, Ids]:
-        """(removed, added): the services of `earlier` not in this view and those of this
-        view not in `earlier`, by identity. From the delta log when `earlier` is on it (the
-        work is what changed); otherwise by comparing ids of everything, in C."""
-        if self.services is earlier.services:
-            return {}, {}
-        mine, theirs = self.delta, earlier.delta
-        if mine is not None:
-            start: int | None = None
-            if mine.base is earlier.services:
-                start = 0
-            elif theirs is not None and theirs.log is mine.log and theirs.length <= mine.length:
-                start = theirs.length
-            if start is not None:
-                removed: dict[int, Service] = {}
-                added: dict[int, Service] = {}
-                for came, service in mine.log[start : mine.length]:
-                    key = id(service)
-                    if came:
-                        if removed.pop(key, None) is None:
-                            added[key] = service
-                    elif added.pop(key, None) is None:
-                        removed[key] = service
-                return removed, added
-        return identity_changes(earlier.services, self.services)
-
+LISTING_BATCH = 0.1
+"""Seconds between views while a first listing arrives (`flush(batch=True)`)."""
 
 OnChange = Callable[[], None]
-
-
-@dataclass(frozen=True, slots=True)
-class RegistryContext:
-    """What every registry is built with besides its own settings."""
-
-    metrics: Metrics
-    env: Mapping[str, str]
-
-
-def backoff(attempt: int, first: float = 0.5, cap: float = 30.0) -> float:
-    """Jittered exponential backoff: `first` doubling up to `cap`, +-25 %."""
-    # jitter spreads retries out; nothing secret depends on it
-    return float(min(cap, first * 2.0**attempt) * random.uniform(0.75, 1.25))  # noqa: S311
+WHOLE = "(whole)"
+"""The part `publish()` replaces: a registry that lists everything at once."""
 
 
 RESTART_RESET = 60.0
@@ -154,12 +50,16 @@ RESTART_RESET = 60.0
 
 class Registry(abc.ABC):
     """One configured registry. Kinds implement `open()` (and `close()` if they hold
-    connections) and report through `publish()`, `set_status()` and `degrade()`."""
+    connections) and report through `table` and `flush()` (or `publish()` of everything),
+    `set_status()` and `degrade()`."""
 
-    def __init__(self, name: str, metrics: Metrics) -> None:
+    def __init__(self, name: str, metrics: Metrics, *, keep_when_empty: bool = False) -> None:
         self.name = name
         self._metrics = metrics
+        self.table = ServiceTable(keep_when_empty)
+        """The registry's services by part and key: kinds `replace()` parts, then `flush()`."""
         self._view = View(name, detail="starting")
+        self._batch: asyncio.TimerHandle | None = None
         self._on_change: OnChange = lambda: None
         self._tasks: list[asyncio.Task[None]] = []
         self._reported: set[tuple[str, str]] = set()
@@ -188,6 +88,9 @@ class Registry(abc.ABC):
         """Stop watching and release connections. Never raises: a registry that fails to
         stop must not keep the server (or the other registries) from stopping."""
         self._stopping = True
+        if self._batch is not None:
+            self._batch.cancel()
+            self._batch = None
         tasks, self._tasks = self._tasks, []
         for task in tasks:
             task.cancel()
@@ -246,33 +149,51 @@ class Registry(abc.ABC):
         problems: Iterable[Problem] = (),
         *,
         synced: bool | None = None,
-        change: Change | None = None,
     ) -> None:
-        """Replace the view's services (and problems, which are logged and counted once
-        when first seen), keeping the current status. `change`, when the registry knows it,
-        says which services it removed and added: rebuilds then cost what changed."""
+        """Replace everything the registry shows (one part, `WHOLE`), then `flush()`: for a
+        registry that lists everything at once (a file). Unchanged Services cost a
+        comparison each, and rebuilds then cost what changed."""
+        self.table.replace(WHOLE, services, problems, listed=False)
+        self.flush(synced)
+
+    def flush(self, synced: bool | None = None, *, batch: bool = False) -> None:
+        """Publish what the table changed as a new view (none if nothing changed and
+        `synced` is unchanged), keeping the current status; problems are logged and counted
+        once, when first seen. `synced` None keeps it. `batch`: while the first listing
+        arrives (neither the view nor `synced` is), at most one view per LISTING_BATCH
+        seconds, so a listing of N parts costs O(N) view builds N/batch times at most."""
         old = self._view
+        if batch and not (old.synced or synced):
+            if self._batch is None:
+                self._batch = asyncio.get_running_loop().call_later(LISTING_BATCH, self._flushed)
+            return
+        if self._batch is not None:
+            self._batch.cancel()
+            self._batch = None
         now_synced = old.synced if synced is None else synced
+        if not self.table.pending() and now_synced == old.synced and old.table:
+            return
+        shown = self.table.commit()
         status = old.status
         if status is Status.STARTING and now_synced:
             status = Status.READY
-        problems = tuple(problems)
-        self._report(problems)
-        services = tuple(services)
+        if shown.problems is not old.problems:
+            self._report(shown.problems)
+        detail = "" if status is Status.READY and old.status is Status.STARTING else old.detail
         self._set_view(
-            View(
+            replace(
+                shown,
                 registry=self.name,
-                services=services,
                 synced=now_synced,
                 status=status,
-                detail=""
-                if status is Status.READY and old.status is Status.STARTING
-                else old.detail,
-                problems=problems,
-                delta=_compose(old, services, change),
+                detail=detail,
                 recovered=old.recovered,
             )
         )
+
+    def _flushed(self) -> None:
+        self._batch = None
+        self.flush()
 
     def set_status(self, status: Status, detail: str = "") -> None:
         """Change status and detail; a registry that has not listed everything yet stays
@@ -377,56 +298,3 @@ class Troubles:
             self._registry.degrade(next(reversed(self._scopes.values()))[1])
         else:
             self._registry.recover()
-
-
-def _compose(old: View, services: tuple[Service, ...], change: Change | None) -> Delta:
-    """The new view's delta: `change` appended to the old view's log (its base kept), or a
-    new base (this tuple) when the change is unknown, not relative to what the old view
-    shows, or the log is full."""
-    if services is old.services and old.delta is not None:
-        return old.delta
-    if change is None or change.since is not old.services:
-        return Delta(services, [], 0)
-    delta = old.delta if old.delta is not None else Delta(old.services, [], 0)
-    log = delta.log
-    # The log keeps every Service it names alive, removed ones too, so it is bounded by the
-    # view's size as well: replaying more entries than the view has services costs more
-    # than comparing the views' ids (one pass in C), and under the soak's churn two logs of
-    # ~4k entries kept ~3.7k dead copies of ~25 services (~6 MiB of Python objects, RSS
-    # growing for the 20 minutes they took to fill).
-    if delta.length != len(log) or len(log) > min(DELTA_LIMIT, max(DELTA_MIN, len(services))):
-        return Delta(services, [], 0)
-    log.extend((False, s) for s in change.removed)
-    log.extend((True, s) for s in change.added)
-    return Delta(delta.base, log, len(log))
-
-
-@dataclass(frozen=True, slots=True)
-class OfflineView:
-    """What `check-config` can learn about a registry without its live source: a view to
-    convert and validate exactly as `serve` would, where each service came from (for
-    messages), and problems that make the whole source unusable."""
-
-    view: View | None = None
-    locations: Mapping[str, str] | None = None  # service key -> where it is defined
-    origin: str = ""  # where the registry's records come from (a file), for other problems
-    errors: tuple[str, ...] = ()
-
-
-S = TypeVar("S", bound=RegistrySettings)
-
-
-@dataclass(frozen=True, slots=True)
-class Kind(Generic[S]):
-    """One registry kind, as registered in the kind table (registry/kinds.py): its settings
-    model (whose `kind` literal names it), how to build a running registry from them, and
-    optionally what check-config can learn about it without a live source."""
-
-    name: str
-    settings: type[S]
-    build: Callable[[S, RegistryContext], Registry]
-    offline: Callable[[S, RegistryContext], OfflineView] | None = None
-    recovery_grace: float = 0.0
-    """Seconds protection holds removals after the source came back (`Recovery`) by
-    default: how long this kind's clients take to register again (docs/operations.md "What mcpserver
-    does when things go wrong" says why each kind's is what it is)."""

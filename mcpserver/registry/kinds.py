@@ -11,7 +11,7 @@ from typing import Any
 
 from mcpserver.config import RegistrySettings
 from mcpserver.registry import cloudmap, consul, eureka, nacos, static, zookeeper
-from mcpserver.registry.base import Kind
+from mcpserver.registry.kind import Kind
 
 KINDS: dict[str, Kind[Any]] = {}
 

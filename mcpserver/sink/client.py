@@ -21,7 +21,7 @@ from typing import Any
 
 import aiohttp
 
-from mcpserver.registry.base import backoff
+from mcpserver.backoff import backoff
 from mcpserver.sink.config import KubernetesSinkSettings
 
 RETRIES = 5

@@ -22,9 +22,9 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
+from mcpserver.backoff import backoff
 from mcpserver.failure import describe
 from mcpserver.metrics import Metrics
-from mcpserver.registry.base import backoff
 from mcpserver.sink.client import ApiError, KubeClient
 from mcpserver.sink.config import KubernetesSinkSettings
 from mcpserver.sink.lease import Lease, LeaseLostError

@@ -17,9 +17,10 @@ from envoy.service.discovery.v3 import discovery_pb2
 from mcpserver.app import App
 from mcpserver.metrics import Metrics
 from mcpserver.model import Instance, Port, Service
-from mcpserver.registry.base import Registry, Status
+from mcpserver.registry.base import Registry
 from mcpserver.registry.static.config import StaticRegistrySettings
 from mcpserver.registry.static.watcher import StaticRegistry
+from mcpserver.registry.view import Status
 from mcpserver.settings import Settings
 from mcpserver.xds.callbacks import KNOWN_TYPE_URLS, OTHER_TYPE_URL
 from mcpserver.xds.client import ADS_METHOD, IstiodLikeClient

@@ -16,8 +16,9 @@ import pytest
 
 from mcpserver.app import App
 from mcpserver.metrics import Metrics
-from mcpserver.registry.base import Registry, Status
+from mcpserver.registry.base import Registry
 from mcpserver.registry.kinds import KINDS, register
+from mcpserver.registry.view import Status
 from mcpserver.settings import load_settings
 from testbed.process import wait_ready
 from tests.conftest import AppFactory, eventually, free_port

@@ -19,7 +19,7 @@ from envoy.service.discovery.v3 import discovery_pb2
 
 import mcpserver.pipeline
 from mcpserver.app import App
-from mcpserver.registry.base import Status
+from mcpserver.registry.view import Status
 from mcpserver.xds.client import ADS_METHOD
 from tests.component.test_ads import ControlledRegistry, static_registry, svc
 from tests.conftest import (

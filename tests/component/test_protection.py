@@ -14,11 +14,11 @@ import aiohttp
 import pytest
 from grpc_health.v1 import health_pb2
 
+import mcpserver.builder
 import mcpserver.convert.vip
-import mcpserver.pipeline
 from mcpserver.app import App
 from mcpserver.model import Service
-from mcpserver.registry.base import Status
+from mcpserver.registry.view import Status
 from mcpserver.xds.client import IstiodLikeClient
 from tests.component.test_ads import ControlledRegistry, se_url, static_registry, svc
 from tests.conftest import (
@@ -68,14 +68,14 @@ async def test_a_watching_client_never_sees_a_smaller_set_from_a_broken_static_f
     # one arrives, the poisoned one is withheld alone and named, nothing else moves
     # (both conversion paths: whole spec, and inline endpoint by endpoint)
     for path in ("_convert_service", "_convert_inline"):
-        real = getattr(mcpserver.pipeline, path)
+        real = getattr(mcpserver.builder, path)
 
         def poisoned(target: Service, *args: Any, real: Any = real) -> Any:
             if target.name == "poison":
                 raise OverflowError("value out of range")
             return real(target, *args)
 
-        monkeypatch.setattr(mcpserver.pipeline, path, poisoned)
+        monkeypatch.setattr(mcpserver.builder, path, poisoned)
     write_services(
         static_file,
         [

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from mcpserver.app import App
-from mcpserver.registry.base import Status
 from mcpserver.registry.cloudmap.watcher import CloudMapRegistry
+from mcpserver.registry.view import Status
 from mcpserver.xds.client import DecodedResource, IstiodLikeClient
 from testbed.cloudmap import REGION, SECRET_KEY, SESSION_TOKEN, CloudMap, Moto, aws_env
 from testbed.xdsprobe import endpoints

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from mcpserver.registry.base import Status
+from mcpserver.registry.view import Status
 from mcpserver.xds.client import DecodedResource, IstiodLikeClient
 from testbed.consulagent import ConsulAgent, Health
 from testbed.ports import free_port

@@ -20,8 +20,8 @@ from typing import Any
 import pytest
 
 from mcpserver.app import App
-from mcpserver.registry.base import Status
 from mcpserver.registry.eureka.watcher import EurekaRegistry
+from mcpserver.registry.view import Status
 from mcpserver.xds.client import DecodedResource, IstiodLikeClient, decode_resource
 from mcpserver.xds.typeurls import served_kind
 from testbed.eureka import USER, EurekaServer, eureka_server_jar

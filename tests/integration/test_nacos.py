@@ -20,7 +20,8 @@ from typing import Any
 
 import pytest
 
-from mcpserver.registry.base import Registry, Status
+from mcpserver.registry.base import Registry
+from mcpserver.registry.view import Status
 from mcpserver.xds.client import DecodedResource, IstiodLikeClient, decode_resource
 from testbed.nacos import (
     ADMIN,

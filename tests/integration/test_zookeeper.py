@@ -14,7 +14,7 @@ from kazoo.client import KazooClient
 from kazoo.security import OPEN_ACL_UNSAFE, make_digest_acl
 
 from mcpserver.app import App
-from mcpserver.registry.base import Status
+from mcpserver.registry.view import Status
 from mcpserver.registry.zookeeper import assembly, watcher
 from mcpserver.xds.client import DecodedResource, IstiodLikeClient
 from testbed.zookeeper import ZooKeeper

@@ -25,7 +25,7 @@ import pytest
 from kazoo.client import KazooClient
 
 from mcpserver.app import App
-from mcpserver.registry.base import Status
+from mcpserver.registry.view import Status
 from mcpserver.registry.zookeeper.connection import (
     CONNECTED,
     LOST,

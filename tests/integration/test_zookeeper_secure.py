@@ -22,7 +22,7 @@ from kazoo.client import KazooClient
 from kazoo.security import ACL, Id, Permissions
 
 from mcpserver.app import App
-from mcpserver.registry.base import Status
+from mcpserver.registry.view import Status
 from mcpserver.registry.zookeeper.connection import Connection, ConnectTimeoutError, Credentials
 from mcpserver.xds.client import IstiodLikeClient
 from testbed.zookeeper import (

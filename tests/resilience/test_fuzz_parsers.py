@@ -26,10 +26,9 @@ import yaml
 from hypothesis import example, given
 from hypothesis import strategies as st
 
+from mcpserver.builder import BuildInputs, build
 from mcpserver.convert.validate import PROTOCOLS as ISTIO_PROTOCOLS
 from mcpserver.model import Problem, Service
-from mcpserver.pipeline import BuildInputs, build
-from mcpserver.registry.base import Status, View
 from mcpserver.registry.cloudmap.parser import CloudMapOptions
 from mcpserver.registry.cloudmap.parser import RecordError as CloudMapRecordError
 from mcpserver.registry.cloudmap.parser import ServiceKey as CloudMapKey
@@ -55,6 +54,7 @@ from mcpserver.registry.static.parser import (
     entry_texts,
     parse_static,
 )
+from mcpserver.registry.view import Status, View
 from mcpserver.registry.zookeeper.assembly import (
     EMPTY,
     AppRecord,

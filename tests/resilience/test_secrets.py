@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
-from mcpserver.registry.base import Status
+from mcpserver.registry.view import Status
 from mcpserver.settings import load_settings
 from testbed.ports import free_port
 from tests.conftest import AppFactory, admin_get, eventually

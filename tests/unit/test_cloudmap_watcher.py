@@ -14,7 +14,6 @@ import botocore.exceptions
 import pytest
 
 from mcpserver.metrics import Metrics
-from mcpserver.registry.base import Status
 from mcpserver.registry.cloudmap import parser as cloudmap_parser
 from mcpserver.registry.cloudmap import watcher as watcher_module
 from mcpserver.registry.cloudmap.client import (
@@ -27,6 +26,7 @@ from mcpserver.registry.cloudmap.client import (
 )
 from mcpserver.registry.cloudmap.config import CloudMapRegistrySettings
 from mcpserver.registry.cloudmap.watcher import CloudMapRegistry
+from mcpserver.registry.view import Status
 from tests.conftest import eventually
 
 pytestmark = pytest.mark.unit

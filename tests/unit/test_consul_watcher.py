@@ -16,11 +16,11 @@ import mcpserver.registry.base
 import mcpserver.registry.consul.client
 import mcpserver.registry.consul.watcher
 from mcpserver.metrics import Metrics
-from mcpserver.registry.base import Status
 from mcpserver.registry.consul.client import FILTERED, INDEX, KNOWN_LEADER, HTTPResponse
 from mcpserver.registry.consul.config import ConsulRegistrySettings
 from mcpserver.registry.consul.parser import parse_health
 from mcpserver.registry.consul.watcher import ConsulRegistry
+from mcpserver.registry.view import Status
 from tests.conftest import eventually
 
 pytestmark = pytest.mark.unit
@@ -329,7 +329,7 @@ async def test_a_removed_service_takes_its_trouble_with_it(
     await eventually(lambda: registry.view().status is Status.READY)
     assert addresses(registry) == ["10.0.0.1"]
     # nothing of it is kept either: a registry whose services come and go must not grow
-    assert all("api" not in table for table in (registry._dcs, registry._services))
+    assert all("api" not in table for table in (registry._dcs, registry.table.parts()))
 
 
 @pytest.mark.parametrize(

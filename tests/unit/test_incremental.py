@@ -16,11 +16,13 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from mcpserver.builder import Builder, BuildInputs, build
 from mcpserver.convert.merge import MergeIndex, merge
 from mcpserver.metrics import Metrics
 from mcpserver.model import Instance, Port, Service
-from mcpserver.pipeline import Builder, BuildInputs, build
-from mcpserver.registry.base import DELTA_MIN, Change, Registry, Status, View
+from mcpserver.registry.base import Registry
+from mcpserver.registry.table import LOG_MIN
+from mcpserver.registry.view import Status, View
 from mcpserver.xds.resources import encode_response, pack
 from mcpserver.xds.snapshot import SetChange, TypeIndex, TypeSet
 
@@ -140,13 +142,14 @@ def test_merge_index_equals_merge(seed: int) -> None:
     live: list[tuple[int, Service]] = []
     for _ in range(80):
         if live and rng.random() < 0.4:
-            rank, gone = live.pop(rng.randrange(len(live)))
-            index.remove(rank, gone)
+            rank, service = live.pop(rng.randrange(len(live)))
         else:
             rank = rng.randrange(3)
             service = random_service(rng, REGISTRIES[rank])
             live.append((rank, service))
-            index.add(rank, service)
+        # the registry of `rank` shows these under the key now
+        shown = tuple(s for r, s in live if r == rank and s.key == service.key)
+        index.put(rank, service.key, shown)
         index.settle()
         ordered = sorted(live, key=lambda c: (c[0], c[1].key, c[1].hosts, repr(c[1])))
         winners, problems = merge(
@@ -192,37 +195,53 @@ class _Source(Registry):
         pass
 
 
+def _differing(now: View, earlier: View) -> set[str]:
+    """Keys whose Services differ by value between two views (compared whole)."""
+    keys = now.by_key.keys() | earlier.by_key.keys()
+    return {
+        k
+        for k in keys
+        if sorted(map(repr, now.candidates(k))) != sorted(map(repr, earlier.candidates(k)))
+    }
+
+
 @pytest.mark.parametrize("seed", range(6))
-def test_view_changes_since_any_earlier_view_equal_the_identity_difference(seed: int) -> None:
-    """Registries publish what they changed; the base composes it onto one base tuple. From
-    whichever earlier view a reader built last, changes_since gives exactly what differs."""
+def test_view_changed_since_any_earlier_view_covers_the_difference(seed: int) -> None:
+    """Registries replace parts of their table; each flush is one revision. From whichever
+    earlier view a reader built last, changed_since names every key that differs, and
+    through the log only keys that were touched in between."""
     rng = random.Random(seed)
     source = _Source("r", Metrics())
-    services: list[Service] = []
+    parts: dict[int, list[Service]] = {}
     kept: list[View] = [source.view()]
+    touched: list[set[str]] = [set()]
     for _ in range(200):
-        before = source.view().services
-        gone = [
-            services.pop(rng.randrange(len(services)))
-            for _ in range(min(len(services), rng.randrange(3)))
-        ]
-        came = [random_service(rng, "r") for _ in range(rng.randrange(3))]
-        if gone and rng.random() < 0.3:
-            came.append(gone[0])  # a service back as the very same object
-        services.extend(came)
-        honest = rng.random() < 0.9  # sometimes a registry does not say what changed
-        change = Change(before, gone, came) if honest else None
-        source.publish(services, change=change)
+        keys: set[str] = set()
+        for _ in range(rng.randrange(4)):
+            part = rng.randrange(12)
+            old = parts.pop(part, [])
+            new = [random_service(rng, "r") for _ in range(rng.randrange(3))]
+            if old and rng.random() < 0.3:
+                new.append(replace(old[0]))  # equal by value, another object: no change
+            if new:
+                parts[part] = new
+            keys |= {s.key for s in old} | {s.key for s in new}
+            source.table.replace(part, new)
+        source.flush(synced=True)
         if rng.random() < 0.2:
-            source.degrade("flaky")  # status changes keep the services (and delta)
+            source.degrade("flaky")  # status changes keep the services (and revision)
         now = source.view()
-        for earlier in rng.sample(kept, min(3, len(kept))):
-            removed, added = now.changes_since(earlier)
-            old_ids = {id(s) for s in earlier.services}
-            new_ids = {id(s) for s in now.services}
-            assert removed.keys() == old_ids - new_ids
-            assert added.keys() == new_ids - old_ids
+        assert sorted(map(repr, now.services)) == sorted(
+            repr(s) for ss in parts.values() for s in ss
+        )
+        touched = [t | keys for t in touched]
+        for n in rng.sample(range(len(kept)), min(3, len(kept))):
+            earlier = kept[n]
+            changed = set(now.changed_since(earlier))
+            assert _differing(now, earlier) <= changed
+            assert changed <= touched[n] | _differing(now, earlier)
         kept.append(now)
+        touched.append(set())
 
 
 def live_services() -> int:
@@ -231,9 +250,9 @@ def live_services() -> int:
 
 
 def test_a_small_registry_under_churn_keeps_few_removed_services_alive() -> None:
-    """The delta log keeps every Service it names alive: bounded by a count alone (4096
-    entries), 16 services changing one at a time kept ~950 of their old copies here, and
-    the soak's RSS grew until its logs were full. It is bounded by the view's size too."""
+    """The table's log names keys, never Services: a registry whose 16 services change one
+    at a time keeps no old copy alive (a log of Services kept ~950 here, and the soak's RSS
+    grew until its logs were full)."""
     rng = random.Random(7)
     source = _Source("r", Metrics())
     services = [replace(random_service(rng, "r"), name=f"s{i}") for i in range(16)]
@@ -243,19 +262,20 @@ def test_a_small_registry_under_churn_keeps_few_removed_services_alive() -> None
         at = n % len(services)
         old = services[at]
         services[at] = replace(old, instances=random_service(rng, "r").instances)
-        source.publish(services, change=Change(source.view().services, [old], [services[at]]))
+        source.publish(services)
     kept = live_services() - before
-    assert kept <= 4 * DELTA_MIN, f"{kept} Services alive for a view of {len(services)}"
+    assert kept <= 4 * LOG_MIN, f"{kept} Services alive for a view of {len(services)}"
 
 
-def test_a_change_not_relative_to_the_current_view_is_ignored() -> None:
+def test_a_whole_publish_logs_only_the_keys_that_changed() -> None:
     source = _Source("r", Metrics())
     a, b = random_service(random.Random(1), "r"), random_service(random.Random(2), "r")
     source.publish([a])
     first = source.view()
-    # claims to be relative to an older tuple: must not be taken as the delta
-    source.publish([a, b], change=Change((), [], [a, b]))
-    assert source.view().changes_since(first) == ({}, {id(b): b})
+    # the same service again, as another object, and a new one
+    source.publish([replace(a), b])
+    assert source.view().changed_since(first) == {b.key}
+    assert source.view().by_key[a.key] is a  # equal: the table keeps the object it had
 
 
 def varied_service(rng: random.Random) -> Service:
@@ -300,7 +320,7 @@ def varied_service(rng: random.Random) -> Service:
 def test_inline_conversion_equals_converting_the_whole_spec(seed: int) -> None:
     """The endpoint-by-endpoint path (with and without endpoints reused from the last
     conversion) gives the bytes and the errors of converting and checking the whole spec."""
-    from mcpserver.pipeline import _convert_service, convert_service
+    from mcpserver.builder import _convert_service, convert_service
 
     rng = random.Random(seed)
     previous = None

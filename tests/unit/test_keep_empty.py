@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from mcpserver.model import Instance, Port, Service
-from mcpserver.registry.ledger import keep_empty
+from mcpserver.registry.table import keep_empty
 
 pytestmark = pytest.mark.unit
 

@@ -12,7 +12,8 @@ from mcpserver.codec import GraceRecord, HeldRecord, Point, Record
 from mcpserver.memory import CHECKPOINTS_PER_WINDOW, Memory
 from mcpserver.model import Instance, Port, Service
 from mcpserver.protection import ProtectionPolicy
-from mcpserver.registry.base import Delta, Recovery, Status, View
+from mcpserver.registry.table import ServiceTable
+from mcpserver.registry.view import Recovery, Status, View
 from mcpserver.settings import ProtectionSettings
 
 pytestmark = pytest.mark.unit
@@ -309,25 +310,27 @@ def test_export_then_adopt_decides_alike() -> None:
 def test_a_decision_over_10k_services_with_one_changed_is_cheap() -> None:
     """Under churn (one service changed per rebuild, a window's checkpoints kept), a decision
     at 10k services costs what changed: the view accepted last and the window's start are
-    both on the registry's delta log (View.changes_since), nothing walks the 10k."""
+    both on the registry's table log (View.changed_since), nothing walks the 10k."""
     services = tuple(
         Service("zk", "dubbo", f"s{i}", (f"s{i}",), (Port("tcp", 1),), (Instance(f"10.{i}.0.1"),))
         for i in range(10_000)
     )
-    log: list[tuple[bool, Service]] = []
+    table = ServiceTable()
+    for service in services:
+        table.replace(service.key, (service,))
+
+    def view() -> View:
+        return replace(table.commit(), registry="zk", synced=True, status=Status.READY)
+
     mind = memory()
-    current = View("zk", services, True, Status.READY, delta=Delta(services, log, 0))
+    current = view()
     mind.decide(current, 0.0)
     took = []
     for tick in range(1, 400):
-        changed = list(current.services)
         n = tick % 10_000
-        old = changed[n]
-        changed[n] = replace(old, instances=(Instance(f"10.{n}.1.{tick % 250}"),))
-        log.extend([(False, old), (True, changed[n])])
-        current = View(
-            "zk", tuple(changed), True, Status.READY, delta=Delta(services, log, len(log))
-        )
+        old = services[n]
+        table.replace(old.key, (replace(old, instances=(Instance(f"10.{n}.1.{tick % 250}"),)),))
+        current = view()
         started = time.perf_counter()
         decision = mind.decide(current, tick * 0.5)
         took.append(time.perf_counter() - started)

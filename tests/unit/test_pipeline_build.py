@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
+from mcpserver.builder import Builder, BuildInputs, build
 from mcpserver.model import Instance, Port, Service
-from mcpserver.pipeline import Builder, BuildInputs, build
-from mcpserver.registry.base import Status, View
+from mcpserver.registry.view import Status, View
 from mcpserver.xds.client import decode_resource
 
 pytestmark = pytest.mark.unit

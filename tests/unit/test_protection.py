@@ -19,7 +19,7 @@ from mcpserver.protection import (
     next_deadline,
     release_message,
 )
-from mcpserver.registry.base import Status, View
+from mcpserver.registry.view import Status, View
 from mcpserver.settings import ProtectionSettings
 
 pytestmark = pytest.mark.unit

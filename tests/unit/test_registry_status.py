@@ -8,7 +8,8 @@ import logging
 import pytest
 
 from mcpserver.metrics import Metrics
-from mcpserver.registry.base import Registry, Status
+from mcpserver.registry.base import Registry
+from mcpserver.registry.view import Status
 
 pytestmark = pytest.mark.unit
 

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import yaml
 
-from mcpserver.pipeline import Builder, BuildInputs
+from mcpserver.builder import Builder, BuildInputs
 from mcpserver.settings import ConfigError, load_settings
 from mcpserver.xds.shards import (
     MAX_SHARDS,

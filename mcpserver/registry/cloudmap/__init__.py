@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from mcpserver.registry.base import Kind, RegistryContext
 from mcpserver.registry.cloudmap.config import CloudMapRegistrySettings
+from mcpserver.registry.kind import Kind, RegistryContext
 
 if TYPE_CHECKING:
     from mcpserver.registry.cloudmap.watcher import CloudMapRegistry

@@ -24,9 +24,9 @@ import fnmatch
 import logging
 from typing import Any
 
+from mcpserver.backoff import backoff
 from mcpserver.metrics import Metrics
-from mcpserver.model import Problem, Service
-from mcpserver.registry.base import Registry, Troubles, backoff
+from mcpserver.registry.base import Registry, Troubles
 from mcpserver.registry.cloudmap.client import CloudMapClient, CloudMapError, ServiceInfo
 from mcpserver.registry.cloudmap.config import CloudMapRegistrySettings
 from mcpserver.registry.cloudmap.parser import (
@@ -36,7 +36,6 @@ from mcpserver.registry.cloudmap.parser import (
     health_filter,
 )
 from mcpserver.registry.labels import LabelFilter
-from mcpserver.registry.ledger import Ledger, keep_empty
 
 log = logging.getLogger("mcpserver.registry.cloudmap")
 
@@ -53,7 +52,7 @@ class CloudMapRegistry(Registry):
         metrics: Metrics,
         client: CloudMapClient | None = None,
     ) -> None:
-        super().__init__(settings.name, metrics)
+        super().__init__(settings.name, metrics, keep_when_empty=settings.keep_when_empty)
         self._settings = settings
         self._client = client if client is not None else CloudMapClient(settings)
         self._labels = LabelFilter(settings.name, settings.labels, metrics)
@@ -64,10 +63,6 @@ class CloudMapRegistry(Registry):
         self._namespace_ids: dict[str, str] = {}  # watched namespaces: name -> id
         self._revisions: dict[ServiceKey, int] = {}
         self._raw: dict[ServiceKey, list[dict[str, Any]]] = {}  # the last DiscoverInstances answer
-        self._built: dict[ServiceKey, list[Service]] = {}
-        self._problems: dict[ServiceKey, list[Problem]] = {}
-        self._ledger = Ledger()  # the view's services, and what changed since the last one
-        self._dirty = True
         # what is wrong, per scope (LISTING or a service), newest last: (kind, detail)
         self._troubles = Troubles(self)
         self.rounds = 0
@@ -208,7 +203,7 @@ class CloudMapRegistry(Registry):
             return False  # dropped while we asked
         self._revisions[key] = revision
         self._troubles.clear(str(key))
-        if self._raw.get(key) == found.instances and key in self._built:
+        if key in self._raw and self._raw[key] == found.instances:
             return False
         # converted in a thread, as the static registry parses: a service of 1,000
         # instances must not stall every gRPC stream on the loop while it is built
@@ -218,13 +213,9 @@ class CloudMapRegistry(Registry):
         if self._listed.get(key) is not info:
             return False  # dropped while we converted
         self._raw[key] = found.instances
-        if self._settings.keep_when_empty:
-            # listed, but no instance served: keep its host, ports and address for istiod
-            services = keep_empty(self._built.get(key, []), services)
-        if problems != self._problems.get(key, []):
-            self._problems[key] = problems
-            self._dirty = True
-        self._replace(key, services)
+        # listed: with keep_when_empty, a service without served instances keeps its host,
+        # ports and address for istiod
+        self.table.replace(key, services, problems)
         return False
 
     # ------------------------------------------------------------- the services
@@ -232,38 +223,14 @@ class CloudMapRegistry(Registry):
     def _drop(self, key: ServiceKey) -> None:
         self._revisions.pop(key, None)
         self._raw.pop(key, None)
-        if self._problems.pop(key, None):
-            self._dirty = True
         self._troubles.clear(str(key))
-        self._replace(key, [])
-        self._built.pop(key, None)
-
-    def _replace(self, key: ServiceKey, new: list[Service]) -> None:
-        """One service's Services again, noting what was removed and added (work for this
-        service only)."""
-        old = self._built.get(key, [])
-        if old == new:
-            self._built[key] = old  # equal: keep the old objects, nothing to publish
-            return
-        self._built[key] = new
-        self._ledger.replace(old, new)
-        self._dirty = True
+        self.table.drop(key)
 
     def _synced(self) -> bool:
         return self._listed_once and all(k in self._revisions for k in self._listed)
 
     def _publish(self) -> None:
-        synced = self.view().synced or self._synced()
-        if not self._dirty and synced == self.view().synced:
-            return
-        self._dirty = False
-        change = self._ledger.take(self.view().services)
-        self.publish(
-            self._ledger.services(),
-            [p for ps in self._problems.values() for p in ps],
-            synced=synced,
-            change=change,
-        )
+        self.flush(synced=self.view().synced or self._synced())
 
     # ------------------------------------------------------------------ status
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from mcpserver.registry.base import Kind, RegistryContext
 from mcpserver.registry.consul.config import ConsulRegistrySettings
+from mcpserver.registry.kind import Kind, RegistryContext
 
 if TYPE_CHECKING:
     from mcpserver.registry.consul.watcher import ConsulRegistry

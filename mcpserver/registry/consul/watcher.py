@@ -30,10 +30,11 @@ from typing import TypeVar
 import aiohttp
 import consul
 
+from mcpserver.backoff import backoff
 from mcpserver.failure import describe
 from mcpserver.metrics import Metrics
-from mcpserver.model import Problem, Service
-from mcpserver.registry.base import Registry, Troubles, backoff
+from mcpserver.model import Problem
+from mcpserver.registry.base import Registry, Troubles
 from mcpserver.registry.consul.client import (
     FILTERED,
     ConsulClient,
@@ -53,7 +54,6 @@ from mcpserver.registry.consul.parser import (
     service_host,
 )
 from mcpserver.registry.labels import LabelFilter
-from mcpserver.registry.ledger import Ledger, keep_empty
 
 log = logging.getLogger("mcpserver.registry.consul")
 
@@ -64,7 +64,6 @@ Key = tuple[str, str]
 ("", "") is the agent, asked once for its datacenter."""
 
 AGENT: Key = ("", "")
-LISTING_BATCH = 0.1  # seconds between views while the first listing arrives
 ERROR_BACKOFF_CAP = 10.0  # a Consul that comes back is noticed within ~10 s
 # What a failed call can raise; anything else is a bug, left to the supervisor.
 ERRORS = (
@@ -132,7 +131,7 @@ class ConsulRegistry(Registry):
         client: ConsulClient | None = None,
     ) -> None:
         """`client` replaces the py-consul client (tests); by default open() connects."""
-        super().__init__(settings.name, metrics)
+        super().__init__(settings.name, metrics, keep_when_empty=settings.keep_when_empty)
         self._settings = settings
         self._env = env
         self._options = ConsulOptions(
@@ -150,14 +149,11 @@ class ConsulRegistry(Registry):
         self._watches: dict[Key, asyncio.Task[None]] = {}  # per-service loops
         self._instances: dict[Key, list[ConsulInstance]] = {}
         self._dcs: dict[str, set[str]] = {}  # service name -> datacenters with instances
-        self._ledger = Ledger()  # the view's services, and what changed since the last one
         self._problems: dict[Key, list[Problem]] = {}
-        self._services: dict[str, list[Service]] = {}
         self._listed: set[str] = set()  # datacenters whose service list arrived
         # what is wrong, per loop, newest last: (kind, detail); the registry is DEGRADED
         # while any loop has trouble, and says the newest
         self._troubles = Troubles(self)
-        self._batch: asyncio.TimerHandle | None = None
         self._warned_limit = False
         self.timeouts = 0
 
@@ -172,9 +168,6 @@ class ConsulRegistry(Registry):
             self.spawn("datacenter discovery", self._discover)
 
     async def close(self) -> None:
-        if self._batch is not None:
-            self._batch.cancel()
-            self._batch = None
         if self._client is not None:
             await self._client.close()
 
@@ -346,18 +339,17 @@ class ConsulRegistry(Registry):
         self._publish()
 
     def _rebuild(self, name: str) -> None:
-        """One service's Services again, noting what was removed and added (work for this
-        service only: an update of one of 10k services must not walk the others)."""
-        per_dc = {dc: self._instances[(dc, name)] for dc in sorted(self._dcs.get(name, ()))}
-        old = self._services.pop(name, [])
+        """One service's Services again (work for this service only: an update of one of
+        10k services must not walk the others)."""
+        dcs = sorted(self._dcs.get(name, ()))
+        per_dc = {dc: self._instances[(dc, name)] for dc in dcs}
         new = build_services(self._options, name, per_dc) if per_dc else []
-        if self._settings.keep_when_empty and per_dc:
-            # a host whose instances are all unhealthy stays, without endpoints, while a
-            # datacenter's catalog still lists the service (deregistered: it is gone)
-            new = keep_empty(old, new, {service_host(self._options, name, dc) for dc in per_dc})
-        if new:
-            self._services[name] = new
-        self._ledger.replace(old, new)
+        problems = [p for dc in dcs for p in self._problems.get((dc, name), ())]
+        # with keep_when_empty, a host whose instances are all unhealthy stays, without
+        # endpoints, while a datacenter's catalog still lists the service (deregistered:
+        # it is gone)
+        listed = {service_host(self._options, name, dc) for dc in per_dc}
+        self.table.replace(name, new, problems, listed=listed or False)
 
     # ------------------------------------------------------------------ status
 
@@ -398,22 +390,5 @@ class ConsulRegistry(Registry):
 
     def _publish(self) -> None:
         """Publish a new view. While the first listing is still arriving (one health answer
-        per service), views are coalesced to one per LISTING_BATCH seconds, so syncing N
-        services costs O(N) view builds at most N/batch times, not N times."""
-        if self.view().synced or self._synced():
-            self._publish_now()
-        elif self._batch is None:
-            loop = asyncio.get_running_loop()
-            self._batch = loop.call_later(LISTING_BATCH, self._publish_now)
-
-    def _publish_now(self) -> None:
-        if self._batch is not None:
-            self._batch.cancel()
-            self._batch = None
-        change = self._ledger.take(self.view().services)
-        self.publish(
-            self._ledger.services(),
-            [p for ps in self._problems.values() for p in ps],
-            synced=self.view().synced or self._synced(),
-            change=change,
-        )
+        per service), views are coalesced (`flush(batch=True)`)."""
+        self.flush(synced=self.view().synced or self._synced(), batch=True)

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from mcpserver.registry.base import Kind, RegistryContext
 from mcpserver.registry.eureka.config import EurekaRegistrySettings
+from mcpserver.registry.kind import Kind, RegistryContext
 
 if TYPE_CHECKING:
     from mcpserver.registry.eureka.watcher import EurekaRegistry

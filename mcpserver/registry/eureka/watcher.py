@@ -29,9 +29,10 @@ import logging
 import ssl
 from collections.abc import Mapping
 
+from mcpserver.backoff import backoff
 from mcpserver.metrics import Metrics
-from mcpserver.model import Problem, Service
-from mcpserver.registry.base import Registry, backoff
+from mcpserver.model import Problem
+from mcpserver.registry.base import Registry
 from mcpserver.registry.eureka.client import (
     EurekaClient,
     EurekaHTTPError,
@@ -50,15 +51,23 @@ from mcpserver.registry.eureka.parser import (
     reconcile_hash,
 )
 from mcpserver.registry.labels import LabelFilter
-from mcpserver.registry.ledger import Ledger, keep_empty
 
 log = logging.getLogger("mcpserver.registry.eureka")
 
 ERROR_BACKOFF_CAP = 10.0  # a server that comes back is noticed within ~10 s
 ERRORS = (EurekaHTTPError, EurekaUnavailableError, DocumentError)
-
-Held = tuple[dict[str, EurekaInstance], list[Service], list[Problem]]
-"""What one app contributes: the instances it was converted from, its Services, Problems."""
+BAD_RECORDS = "(unreadable records)"  # the table part of records that could not be read
+RECOVERY_CHECK = 180.0
+"""Seconds after the server came back during which a delta that changed something is
+checked by a full fetch in the next round. Eureka answers reads from a response cache that
+every write invalidates, but a read racing a write can store an answer computed before it
+(the cache keeps a load that an invalidation overtook) until the next write or its expiry,
+180 s (`responseCacheAutoExpirationInSeconds`). A delta cached so agrees with its own hash:
+the hash check cannot see it. A restarted server is refilled by a burst of registrations,
+and when the burst's last one is lost so, a live instance would be missing for minutes and
+withdrawn once the recovery grace is over. /apps is another cache entry, read after the
+burst: one full fetch brings what the delta lacks, and the deltas after it then disagree
+with the hash until the stale one expires (each such round fetches everything)."""
 
 
 class EurekaRegistry(Registry):
@@ -67,7 +76,7 @@ class EurekaRegistry(Registry):
     def __init__(
         self, settings: EurekaRegistrySettings, metrics: Metrics, env: Mapping[str, str]
     ) -> None:
-        super().__init__(settings.name, metrics)
+        super().__init__(settings.name, metrics, keep_when_empty=settings.keep_when_empty)
         self._settings = settings
         self._env = env
         self._options = EurekaOptions(
@@ -85,10 +94,11 @@ class EurekaRegistry(Registry):
         # records that could not be read at all, by subject and message (a delta repeats
         # its records for minutes); replaced by each full fetch
         self._bad: dict[tuple[str, str], Problem] = {}
-        self._held: dict[str, Held] = {}
-        self._ledger = Ledger()  # what left and came since the last view
+        # each app's instances as last converted (its Services are in the table)
+        self._converted: dict[str, dict[str, EurekaInstance]] = {}
         self._resync_at = 0.0  # loop time of the next full fetch, whatever the hash says
         self._outage = False  # the last round failed: the next answer is a recovery
+        self._recovered_at: float | None = None  # loop time the server last came back
         self.full_fetches = 0
         self.delta_fetches = 0
         self.mismatches = 0
@@ -169,7 +179,14 @@ class EurekaRegistry(Registry):
             self._mirror = None  # if the full fetch fails, the next round starts with one
             await self._fetch_all()
             return
-        self._convert(touched)
+        if self._convert(touched) and self._recovering():
+            self._resync_at = 0.0  # check it against /apps in the next round
+
+    def _recovering(self) -> bool:
+        """Within RECOVERY_CHECK seconds of the server coming back."""
+        since = self._recovered_at
+        now = asyncio.get_running_loop().time()
+        return since is not None and now - since < RECOVERY_CHECK
 
     async def _fetch_all(self) -> None:
         assert self._client is not None
@@ -178,7 +195,7 @@ class EurekaRegistry(Registry):
         self._resync_at = asyncio.get_running_loop().time() + self._settings.resync_interval
         self._mirror = mirror_of(document)
         self._bad = {(p.subject, p.message): p for p in document.problems}
-        self._convert(set(self._mirror) | set(self._held))
+        self._convert(set(self._mirror) | set(self._converted))
 
     # --------------------------------------------------------------- conversion
 
@@ -186,48 +203,39 @@ class EurekaRegistry(Registry):
         name = app.lower()
         return any(fnmatch.fnmatchcase(name, p.lower()) for p in self._settings.apps)
 
-    def _convert(self, apps: set[str]) -> None:
+    def _convert(self, apps: set[str]) -> bool:
         """Convert again each of these apps whose instances differ from what it was last
-        converted from; publish if anything changed (or this is the first listing)."""
+        converted from; publish if anything changed (or this is the first listing). Returns
+        whether any app's instances changed."""
         assert self._mirror is not None
+        changed = False
         for app in sorted(apps):
             instances = self._mirror.get(app, {}) if self._wanted(app) else {}
-            old = self._held.get(app)
-            if old is not None and old[0] == instances:
+            if self._converted.get(app) == instances and app in self._converted:
                 continue
+            changed = True
+            if not instances:
+                self._converted.pop(app, None)
+                self.table.drop(app)
+                continue
+            # while Eureka lists the app (every instance DOWN, STARTING...), keep_when_empty
+            # keeps its hosts, without endpoints, until the app itself is gone
             services, problems = convert_app(self._options, app, instances.values())
-            if self._settings.keep_when_empty and instances and old is not None:
-                # Eureka still lists the app (every instance DOWN, STARTING...): its hosts
-                # stay, without endpoints, until the app itself is gone
-                services = keep_empty(old[1], services)
-            if old is not None and old[1] == services:
-                services = old[1]  # equal: the same objects, so the pipeline reuses them
-            self._hold(app, (dict(instances), services, problems) if instances else None)
+            self._converted[app] = dict(instances)
+            self.table.replace(app, services, problems)
         self._publish()
-
-    def _hold(self, app: str, entry: Held | None) -> None:
-        old = self._held.pop(app, None)
-        if entry is not None:
-            self._held[app] = entry
-        self._ledger.replace(old[1] if old is not None else (), entry[1] if entry else ())
+        return changed
 
     def _publish(self) -> None:
         view = self.view()
-        problems = list(self._bad.values())
-        services: list[Service] = []
-        for app in sorted(self._held):
-            services.extend(self._held[app][1])
-            problems.extend(self._held[app][2])
         if self._outage and view.synced:
             # the first answer after an outage: a restarted server lists only the
             # instances that renewed (and registered again) since
             self.came_back("Eureka answers again after an outage")
             self._outage = False
-            view = self.view()
-        if view.synced and not self._ledger.pending() and tuple(problems) == view.problems:
-            return
-        change = self._ledger.take(view.services)
-        self.publish(services, problems, synced=True, change=change)
+            self._recovered_at = asyncio.get_running_loop().time()
+        self.table.replace(BAD_RECORDS, (), self._bad.values())
+        self.flush(synced=True)
 
     # ------------------------------------------------------------------ status
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from mcpserver.registry.base import Kind, RegistryContext
+from mcpserver.registry.kind import Kind, RegistryContext
 from mcpserver.registry.nacos.config import NacosRegistrySettings
 
 if TYPE_CHECKING:

@@ -42,13 +42,13 @@ from typing import Any
 import aiohttp
 import grpc
 
+from mcpserver.backoff import backoff
 from mcpserver.failure import describe
 from mcpserver.metrics import Metrics
-from mcpserver.model import Problem, Service
-from mcpserver.registry.base import Registry, Troubles, backoff
+from mcpserver.model import Problem
+from mcpserver.registry.base import Registry, Troubles
 from mcpserver.registry.dubbo.mapping import DubboOptions
 from mcpserver.registry.labels import LabelFilter
-from mcpserver.registry.ledger import Ledger, keep_empty
 from mcpserver.registry.nacos.auth import LoginError, TokenKeeper
 from mcpserver.registry.nacos.client import (
     Connection,
@@ -71,7 +71,6 @@ from mcpserver.registry.nacos.servers import Servers, server_failed
 
 log = logging.getLogger("mcpserver.registry.nacos")
 
-LISTING_BATCH = 0.1  # seconds between views while the first listing arrives
 ALL_NAMESPACES = "*"
 DISCOVERY = "(namespace list)"  # the trouble key of namespace discovery
 ERROR_BACKOFF_CAP = 10.0  # a Nacos that comes back is noticed within ~10 s
@@ -92,9 +91,9 @@ ERRORS = (
 
 ALL = "*"  # groups: every group
 
-Held = tuple[int, bytes, list[Service], list[Problem]]
-"""What one Nacos service contributes: its lastRefTime, a digest of its instance list (an
-identical one changes nothing), its Services and its Problems."""
+Seen = tuple[int, bytes]
+"""What one Nacos service's Services were converted from: its lastRefTime and a digest of
+its instance list (an identical one changes nothing); the Services are in the table."""
 
 Fetch = Callable[[str, str, int], Awaitable[Mapping[str, Any]]]
 """(namespace, group, page number) -> one page of the service list."""
@@ -106,7 +105,7 @@ class NacosRegistry(Registry):
     def __init__(
         self, settings: NacosRegistrySettings, metrics: Metrics, env: Mapping[str, str]
     ) -> None:
-        super().__init__(settings.name, metrics)
+        super().__init__(settings.name, metrics, keep_when_empty=settings.keep_when_empty)
         self._settings = settings
         self._env = env
         labels = LabelFilter(settings.name, settings.labels, metrics)
@@ -134,16 +133,12 @@ class NacosRegistry(Registry):
         self._keeper: TokenKeeper | None = None
         self._ssl: ssl.SSLContext | None = None
         self._http: NacosHTTP | None = None  # made in open(), with the login and TLS
-        self._held: dict[ServiceKey, Held] = {}
-        # Service objects that left and came since the last view (its `Change`)
-        self._ledger = Ledger()
+        self._seen: dict[ServiceKey, Seen] = {}
         self._subscribed: dict[str, set[ServiceKey]] = {}
         self._listed: set[str] = set()  # namespaces listed (and their services read) once
         self._namespaces: dict[str, asyncio.Task[None]] = {}  # followed namespace -> task
         self._discovered = False  # namespaces: ["*"] has listed the namespaces once
         self._troubles = Troubles(self)  # by namespace
-        self._batch: asyncio.TimerHandle | None = None
-        self._dirty = False  # something changed since the last view
         self.pushes = 0
         self.applied = 0
 
@@ -218,9 +213,6 @@ class NacosRegistry(Registry):
             self._publish()
 
     async def close(self) -> None:
-        if self._batch is not None:
-            self._batch.cancel()
-            self._batch = None
         if self._http is not None:
             await self._http.close()
 
@@ -462,7 +454,8 @@ class NacosRegistry(Registry):
             hosts = hosts_of(info)
         except ValueError as err:
             problem = Problem(self.name, str(key), str(err), "bad-service-info")
-            self._hold(key, (0, b"", [], [problem]))
+            self._seen[key] = (0, b"")
+            self.table.replace(key, (), [problem], listed=False)
             return True
         assert isinstance(info, Mapping)
         ref = info.get("lastRefTime")
@@ -470,31 +463,21 @@ class NacosRegistry(Registry):
         digest = hashlib.blake2b(
             json.dumps(hosts, sort_keys=True, default=str).encode(), digest_size=16
         ).digest()
-        old = self._held.get(key)
+        old = self._seen.get(key)
         if old is not None and (old[1] == digest or (ref_time and ref_time < old[0])):
             return False
         services, problems = convert(self._options, key, info)
-        if self._settings.keep_when_empty and old is not None:
-            # listed, but no instance served: keep its hosts, ports and addresses for istiod
-            services = keep_empty(old[2], services)
-        if old is not None and old[2] == services:
-            services = old[2]  # equal: the same objects, so the pipeline reuses their work
-        self._hold(key, (ref_time, digest, services, problems))
+        # listed: with keep_when_empty, a service without served instances keeps its
+        # hosts, ports and addresses for istiod
+        self._seen[key] = (ref_time, digest)
+        self.table.replace(key, services, problems)
         self.applied += 1
         return True
 
-    def _hold(self, key: ServiceKey, entry: Held | None) -> None:
-        """Replace (or drop) what one service contributes, noting which Service objects
-        left and came for the next view's `Change`."""
-        old = self._held.pop(key, None)
-        if entry is not None:
-            self._held[key] = entry
-        self._ledger.replace(old[2] if old is not None else (), entry[2] if entry else ())
-        self._dirty = True
-
     def _reconcile(self, namespace: str, keys: set[ServiceKey]) -> None:
-        for key in [k for k in self._held if k.namespace == namespace and k not in keys]:
-            self._hold(key, None)
+        for key in [k for k in self._seen if k.namespace == namespace and k not in keys]:
+            del self._seen[key]
+            self.table.drop(key)
 
     # ------------------------------------------------------------------ status
 
@@ -545,32 +528,13 @@ class NacosRegistry(Registry):
     def _publish(self) -> None:
         """Publish a new view; while the first listing arrives, at most one per
         LISTING_BATCH seconds."""
-        if self.view().synced or self._synced():
-            self._publish_now()
-        elif self._batch is None:
-            loop = asyncio.get_running_loop()
-            self._batch = loop.call_later(LISTING_BATCH, self._publish_now)
+        self.flush(synced=self.view().synced or self._synced(), batch=True)
 
     def _publish_if_changed(self) -> None:
         """After a listing: a new view only if something changed (or the first listing
         just completed), not one per `list_interval`."""
-        if self._dirty or not self.view().synced:
+        if self.table.pending() or not self.view().synced:
             self._publish()
-
-    def _publish_now(self) -> None:
-        self._dirty = False
-        if self._batch is not None:
-            self._batch.cancel()
-            self._batch = None
-        services: list[Service] = []
-        problems: list[Problem] = []
-        for key in sorted(self._held):
-            _, _, held_services, held_problems = self._held[key]
-            services.extend(held_services)
-            problems.extend(held_problems)
-        # what changed, relative to what the view shows: rebuilds cost what changed
-        change = self._ledger.take(self.view().services)
-        self.publish(services, problems, synced=self.view().synced or self._synced(), change=change)
 
 
 def _subscription(key: ServiceKey) -> dict[str, Any]:

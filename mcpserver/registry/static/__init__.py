@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from mcpserver.registry.base import Kind, OfflineView, RegistryContext, View
+from mcpserver.registry.kind import Kind, OfflineView, RegistryContext
 from mcpserver.registry.static.config import StaticRegistrySettings
 from mcpserver.registry.static.parser import StaticFileError
 from mcpserver.registry.static.watcher import StaticRegistry, options_of, read_static
+from mcpserver.registry.view import View
 
 
 def _build(settings: StaticRegistrySettings, context: RegistryContext) -> StaticRegistry:

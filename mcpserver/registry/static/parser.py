@@ -163,7 +163,7 @@ def parse_static(
     `known` and `texts` are the previous parse's: an entry whose text did not change is
     neither parsed nor validated again and keeps its Service object, so an edit of one
     service in a YAML file of 10k parses one entry (not 10k: libyaml takes about 12 s for
-    them), validates one, and the pipeline's identity check skips the rest."""
+    them), validates one, and the service table compares the rest in one `is` each."""
     known = known or {}
     texts = texts or {}
     entries = _entries(text, texts, known)

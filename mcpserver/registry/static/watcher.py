@@ -16,7 +16,7 @@ from pathlib import Path
 
 from mcpserver.failure import describe
 from mcpserver.metrics import Metrics
-from mcpserver.registry.base import Registry, Status
+from mcpserver.registry.base import Registry
 from mcpserver.registry.static.config import StaticRegistrySettings
 from mcpserver.registry.static.parser import (
     StaticFile,
@@ -24,6 +24,7 @@ from mcpserver.registry.static.parser import (
     StaticOptions,
     parse_static,
 )
+from mcpserver.registry.view import Status
 
 log = logging.getLogger("mcpserver.registry.static")
 

@@ -18,11 +18,11 @@ rebuilt Service equal to the one before keeps the old object. A mapping is rebui
 record changes or one of the applications it names changed (an index says which).
 
 What is not per key is kept cheap too: the per-key service and problem tuples live in dicts
-copied (in C) only when a key of their kind changed, and the registry's full `services`
-tuple is one C-level concatenation of them (`itertools.chain`). Before, each change ran three
-Python loops over every result (10 ms at 10k interfaces); the O(all) part left is a dict copy
-and a tuple join, both in C. An assembly whose dirty keys all turn out unchanged is the
-previous object itself, so the watcher publishes nothing.
+copied (in C) only when a key of their kind changed. An assembly says which of the
+registry's parts it changed (`parts`: an interface key, an application key, the mapped
+services), with what each shows now; the watcher hands those to its service table
+(registry/table.py), which works out what changed by key. An assembly whose dirty keys all
+turn out unchanged is the previous object itself, so the watcher publishes nothing.
 
 No I/O, no threads, no event loop: the watcher calls `assemble()` on the loop, tests call it
 with hand-made records.
@@ -46,12 +46,18 @@ from mcpserver.registry.dubbo.mapping import (
     member,
     member_services,
 )
-from mcpserver.registry.ledger import Ledger, keep_empty
+from mcpserver.registry.table import keep_empty
 from mcpserver.registry.zookeeper.curator import parse_instance
 from mcpserver.registry.zookeeper.dubbo import Provider, RecordError, parse_provider
 
 Key = tuple[str, str]
 """(root path, child name): `("/dubbo", "com.example.Greeter")`, `("/services", "shop")`."""
+
+Part = tuple[str, ...]
+"""A part of the registry's service table: ("interface", root, name), ("application", root,
+name) or MAPPED."""
+MAPPED: Part = ("mapped",)
+PartContents = tuple[tuple[Service, ...], tuple[Problem, ...]]
 
 SUBJECT_CHARS = 200  # a problem names its node; a 9,000-character node name is cut
 
@@ -129,16 +135,12 @@ class Assembly:
     reuses. Never mutated: the next assembly is a new object (only an assembly handed over
     to the next one, see `assemble()`, has its tables taken over and changed).
 
-    Besides the per-key results it keeps what makes the whole set cheap to rebuild when one
-    key changed: the non-empty service and problem tuples per key, and the indexes below;
-    the full `services` tuple is then one C-level concatenation of tuples already built (a
-    Python loop over 10k results for each change was 10 ms of every change's latency)."""
+    Besides the per-key results it keeps the non-empty service and problem tuples per key
+    and the indexes below, and says which table parts it changed (`parts`)."""
 
     interfaces: Mapping[Key, InterfaceResult] = field(default_factory=dict)
     apps: Mapping[Key, AppResult] = field(default_factory=dict)
     mappings: Mapping[Key, MappedResult] = field(default_factory=dict)
-    services: tuple[Service, ...] = ()
-    problems: tuple[Problem, ...] = ()
     # interface key -> its services / problems, only the non-empty ones
     interface_services: Mapping[Key, tuple[Service, ...]] = field(default_factory=dict)
     interface_problems: Mapping[Key, tuple[Problem, ...]] = field(default_factory=dict)
@@ -155,11 +157,29 @@ class Assembly:
     mapped_by_app: Mapping[str, frozenset[Key]] = field(default_factory=dict)
     # the mapped services not shadowed by an interface-level service of the same name
     shown_mapped: tuple[Service, ...] = ()
-    # how `services` differs from the previous assembly's, by identity (for View deltas)
-    removed: tuple[Service, ...] = ()
-    added: tuple[Service, ...] = ()
-    # `services` by id (what the next assembly's tuple is copied from)
-    flat: Mapping[int, Service] = field(default_factory=dict)
+    # the table parts this assembly changed, with what each shows now
+    parts: Mapping[Part, PartContents] = field(default_factory=dict)
+
+    @property
+    def services(self) -> tuple[Service, ...]:
+        """Every Service (O(all): for tests and tools; the watcher reads `parts`)."""
+        return tuple(
+            itertools.chain(
+                itertools.chain.from_iterable(self.interface_services.values()),
+                self.app_services.values(),
+                self.shown_mapped,
+            )
+        )
+
+    @property
+    def problems(self) -> tuple[Problem, ...]:
+        """Every Problem (O(all), as `services`)."""
+        return tuple(
+            itertools.chain(
+                itertools.chain.from_iterable(self.interface_problems.values()),
+                itertools.chain.from_iterable(self.app_problems.values()),
+            )
+        )
 
 
 EMPTY = Assembly()
@@ -178,14 +198,12 @@ def assemble(
     the loop's time at 10k interfaces under churn."""
     if not changes:
         return previous
-    # services removed and added by this assembly, by identity; a service removed in one
-    # place and added in another (moved between tables) is neither
-    delta = Ledger()
-    interfaces = _Interfaces(previous, handover, delta)
+    parts: dict[Part, PartContents] = {}
+    interfaces = _Interfaces(previous, handover, parts)
     for key, record in changes.interfaces.items():
         old = previous.interfaces.get(key)
         interfaces.set(key, None if record is None else _interface(options, key, record, old))
-    apps = _Apps(previous, handover, delta)
+    apps = _Apps(previous, handover, parts)
     for key, app_record in changes.apps.items():
         app_old = previous.apps.get(key)
         apps.set(key, None if app_record is None else _app(options, key, app_record, app_old))
@@ -199,29 +217,12 @@ def assemble(
         # (Dubbo's register-mode=all writes both): the mapped host yields to it
         direct = interfaces.direct
         shown_mapped = tuple([s for s in mappings.services.values() if s.name not in direct])
-        delta.replace(previous.shown_mapped, shown_mapped)
-    # every service by id, kept current from the delta: the full tuple is then one copy
-    # of a dict's values in C (chaining 10k per-interface tuples on every change was half
-    # the loop's time under churn)
-    change = delta.take(previous.services)
-    flat = _CopyOnWrite(previous.flat, handover)
-    for service in change.removed:
-        flat.put(id(service), None)
-    for service in change.added:
-        flat.put(id(service), service)
-    services = tuple(flat.value.values())
-    problems = tuple(
-        itertools.chain(
-            itertools.chain.from_iterable(interfaces.problems.values()),
-            itertools.chain.from_iterable(apps.problems.values()),
-        )
-    )
+        if shown_mapped != previous.shown_mapped:
+            parts[MAPPED] = (shown_mapped, ())
     return Assembly(
         interfaces=interfaces.results,
         apps=apps.results,
         mappings=mappings.results,
-        services=services,
-        problems=problems,
         interface_services=interfaces.services,
         interface_problems=interfaces.problems,
         direct=interfaces.direct,
@@ -231,9 +232,7 @@ def assemble(
         mapped_services=mappings.services,
         mapped_by_app=mappings.by_app,
         shown_mapped=shown_mapped,
-        removed=tuple(change.removed),
-        added=tuple(change.added),
-        flat=flat.value,
+        parts=parts,
     )
 
 
@@ -278,8 +277,8 @@ class _CopyOnWrite(Generic[R, V]):
 class _Interfaces:
     """The interface results of the assembly being made, and what follows from them."""
 
-    def __init__(self, previous: Assembly, handover: bool, delta: Ledger) -> None:
-        self._delta = delta
+    def __init__(self, previous: Assembly, handover: bool, parts: dict[Part, PartContents]) -> None:
+        self._parts = parts
         self._results = _CopyOnWrite(previous.interfaces, handover)
         self._services = _CopyOnWrite(previous.interface_services, handover)
         self._problems = _CopyOnWrite(previous.interface_problems, handover)
@@ -310,9 +309,10 @@ class _Interfaces:
         self.changed = True
         self._results.put(key, result)
         services = result.services if result is not None else ()
-        self._delta.replace(old.services if old is not None else (), services)
+        problems = result.problems if result is not None else ()
+        self._parts[("interface", *key)] = (services, problems)
         self._services.put(key, services or None)
-        self._problems.put(key, (result.problems if result is not None else ()) or None)
+        self._problems.put(key, problems or None)
         before = {s.name for s in old.services} if old is not None else set()
         after = {s.name for s in services}
         for name in before - after:
@@ -328,8 +328,8 @@ class _Interfaces:
 class _Apps:
     """The application results of the assembly being made."""
 
-    def __init__(self, previous: Assembly, handover: bool, delta: Ledger) -> None:
-        self._delta = delta
+    def __init__(self, previous: Assembly, handover: bool, parts: dict[Part, PartContents]) -> None:
+        self._parts = parts
         self._results = _CopyOnWrite(previous.apps, handover)
         self._services = _CopyOnWrite(previous.app_services, handover)
         self._problems = _CopyOnWrite(previous.app_problems, handover)
@@ -367,8 +367,9 @@ class _Apps:
             self._keys.put(key[1], tuple(sorted(keys)) or None)
         before = old.service if old is not None else None
         after = result.service if result is not None else None
+        problems = result.problems if result is not None else ()
+        self._parts[("application", *key)] = ((after,) if after else (), problems)
         if before is not after:
-            self._delta.replace((before,) if before else (), (after,) if after else ())
             self.changed_names.add(key[1])
 
     def service(self, name: str) -> Service | None:

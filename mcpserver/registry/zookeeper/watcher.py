@@ -42,11 +42,13 @@ import contextlib
 import logging
 from collections.abc import Mapping
 
+from mcpserver.backoff import backoff
 from mcpserver.config import format_duration
 from mcpserver.metrics import Metrics
-from mcpserver.registry.base import Change, Registry, Status, backoff
+from mcpserver.registry.base import Registry
 from mcpserver.registry.dubbo.mapping import DubboOptions
 from mcpserver.registry.labels import LabelFilter
+from mcpserver.registry.view import Status
 from mcpserver.registry.zookeeper.assembly import EMPTY, Assembly, assemble
 from mcpserver.registry.zookeeper.config import ZooKeeperRegistrySettings
 from mcpserver.registry.zookeeper.credentials import SettingsCredentials
@@ -118,6 +120,7 @@ class ZooKeeperRegistry(Registry):
         self._wakeup = asyncio.Event()  # the mirror has changes, or a retry is due now
         self._states: asyncio.Queue[str] = asyncio.Queue()  # from the client's thread
         self._assembly: Assembly = EMPTY
+        self._relisting = True  # the next full listing replaces every part of the table
         self._synced = False
         self._connection_problem = ""  # from the client's state
         self._start_problem = ""  # the first connection has not come yet
@@ -243,6 +246,7 @@ class ZooKeeperRegistry(Registry):
         self._crashed = False
         await self._connect()
         self._assembly = EMPTY
+        self._relisting = True
         self._mirror.redo()
         # only queues the roots' reads (the client sends them); the mirror wakes us when the
         # walk has read everything, and take() hands over nothing before that
@@ -337,18 +341,20 @@ class ZooKeeperRegistry(Registry):
             assembly = await asyncio.to_thread(assemble, self._options, changes, previous, True)
         changed = assembly is not previous or newly_synced
         self._assembly = assembly
+        if self._relisting and (assembly is not previous or taken.listed):
+            # a restart of this task assembled from an empty assembly: what the table held
+            # of parts not listed again is gone
+            self._relisting = False
+            self.table.retain(assembly.parts)
+        if assembly is not previous:
+            # keep_when_empty is the assembly's (a kept application feeds its mappings)
+            for part, (services, problems) in assembly.parts.items():
+                self.table.replace(part, services, problems, listed=False)
         # status first: a registry that lists for the first time while a path is
         # unreadable goes straight to DEGRADED, never READY in between
         self._update_status()
         if changed:
-            # what changed, if the view still shows the previous assembly (not after a
-            # restart of this task, which starts again from an empty assembly)
-            change = (
-                Change(previous.services, assembly.removed, assembly.added)
-                if assembly is not previous
-                else None
-            )
-            self.publish(assembly.services, assembly.problems, synced=self._synced, change=change)
+            self.flush(synced=self._synced)
         return len(changes.interfaces) + len(changes.apps) + len(changes.mappings)
 
     def _update_status(self) -> None:
