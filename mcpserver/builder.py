@@ -25,6 +25,7 @@ from types import MappingProxyType
 
 from mcpserver_protos.istio.networking.v1alpha3 import service_entry_pb2, workload_entry_pb2
 
+from mcpserver.convert.endpoints import inline_endpoint_bytes, validate_inline_endpoint
 from mcpserver.convert.merge import MergeIndex
 from mcpserver.convert.serviceentry import (
     IstioResource,
@@ -163,9 +164,16 @@ def _convert_inline(
         if n is not None:
             parts.append(old_body[spans[2 * n] : spans[2 * n + 1]])
             continue
-        message = inline_endpoint(instance, subject.registry)
-        parts.append(message.SerializeToString(deterministic=True))
-        errors += validate_workload_entry(message, set(names), allow_fqdn=False)
+        body = inline_endpoint_bytes(instance, subject.registry)
+        found = (
+            None if body is None else validate_inline_endpoint(instance, subject.registry, names)
+        )
+        if body is None or found is None:  # what only the message says (convert/endpoints.py)
+            message = inline_endpoint(instance, subject.registry)
+            body = message.SerializeToString(deterministic=True)
+            found = validate_workload_entry(message, names, allow_fqdn=False)
+        parts.append(body)
+        errors += found
     if errors:
         problem = Problem(
             service.registry, f"ServiceEntry {subject.key}", "; ".join(errors), "invalid"

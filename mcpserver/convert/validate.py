@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Set
 from functools import lru_cache
 
 from mcpserver_protos.istio.networking.v1alpha3 import service_entry_pb2, workload_entry_pb2
@@ -141,8 +141,22 @@ def check_subnet(value: str) -> str | None:
     return None if is_ip(value) else f"{value} is not a valid IP"
 
 
+def check_endpoint_ports(ports: Mapping[str, int], service_ports: Set[str] | None) -> list[str]:
+    """An endpoint's ports, by name: each names a port of the service (when its names are
+    given), with a valid name and number."""
+    errors: list[str] = []
+    for name, number in sorted(ports.items()):
+        if service_ports is not None and name not in service_ports:
+            errors.append(f"endpoint port {number} is not defined by the service entry")
+        if not is_dns1123_label(name):
+            errors.append(f"invalid port name: {name}")
+        if err := check_port(number):
+            errors.append(err)
+    return errors
+
+
 def validate_workload_entry(
-    entry: WorkloadEntry, service_ports: set[str] | None, allow_fqdn: bool
+    entry: WorkloadEntry, service_ports: Set[str] | None, allow_fqdn: bool
 ) -> list[str]:
     """validateWorkloadEntry: address, ports naming service ports, labels."""
     errors: list[str] = []
@@ -160,13 +174,7 @@ def validate_workload_entry(
             errors.append(f"endpoint address {address!r} is not a valid IP address")
         elif check_fqdn(address):
             errors.append(f"endpoint address {address!r} is not a valid FQDN or an IP address")
-    for name, number in sorted(entry.ports.items()):
-        if service_ports is not None and name not in service_ports:
-            errors.append(f"endpoint port {number} is not defined by the service entry")
-        if not is_dns1123_label(name):
-            errors.append(f"invalid port name: {name}")
-        if err := check_port(number):
-            errors.append(err)
+    errors += check_endpoint_ports(entry.ports, service_ports)
     errors += check_labels(entry.labels, f"endpoint {address}")
     if unix and service_ports is not None and len(service_ports) != 1:
         errors.append("exactly 1 service port required for unix endpoints")
@@ -250,13 +258,7 @@ def validate_service_entry(entry: ServiceEntry, namespace: str) -> list[str]:
                     f"endpoint address {endpoint.address!r} is not a valid FQDN or an IP address"
                 )
             errors += check_labels(endpoint.labels, f"endpoint {endpoint.address}")
-            for name, number in sorted(endpoint.ports.items()):
-                if name not in names:
-                    errors.append(f"endpoint port {number} is not defined by the service entry")
-                if not is_dns1123_label(name):
-                    errors.append(f"invalid port name: {name}")
-                if err := check_port(number):
-                    errors.append(err)
+            errors += check_endpoint_ports(endpoint.ports, names)
     elif resolution == ServiceEntry.DYNAMIC_DNS:
         errors.append("resolution DYNAMIC_DNS is not served by mcpserver (ambient only)")
     else:

@@ -23,17 +23,14 @@ from google.protobuf import any_pb2
 from google.protobuf.message import Message
 from mcpserver_protos.istio.mcp.v1alpha1 import resource_pb2
 
-from mcpserver.wire import decode_varint, encode_varint
+from mcpserver.wire import decode_varint, encode_varint, string_map
+from mcpserver.wire import field as _field
 from mcpserver.xds.typeurls import BODY_TYPE, RESOURCE_TYPE
 
 _RESOURCES_FIELD = b"\x12"  # DiscoveryResponse.resources = 2, length-delimited
 _VERSION_FIELD = b"\x0a"  # version_info = 1
 _TYPE_URL_FIELD = b"\x22"  # type_url = 4
 _NONCE_FIELD = b"\x2a"  # nonce = 5
-
-
-def _field(tag: bytes, payload: bytes) -> bytes:
-    return tag + encode_varint(len(payload)) + payload
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,8 +155,8 @@ def _encode_any(
             _text(b"\x0a", name),
             _field(b"\x12", timestamp),
             _text(b"\x1a", version),
-            *_map_entries(b"\x22", labels),
-            *_map_entries(b"\x2a", annotations),
+            *string_map(b"\x22", labels),
+            *string_map(b"\x2a", annotations),
         )
     )
     inner = _text(b"\x0a", BODY_TYPE[kind]) + (_field(b"\x12", body) if body else b"")
@@ -169,21 +166,6 @@ def _encode_any(
 
 def _text(tag: bytes, text: str) -> bytes:
     return _field(tag, text.encode()) if text else b""
-
-
-def _map_entries(tag: bytes, pairs: Iterable[tuple[str, str]]) -> list[bytes]:
-    """A map<string, string>: one entry message {1: key, 2: value} per key, both always
-    written, in upb's deterministic order: by key bytes, and of two keys where one is a
-    prefix of the other, the longer first (a 0xff, which UTF-8 never holds, after each key
-    sorts exactly so)."""
-    return [
-        _field(tag, _field(b"\x0a", key) + _field(b"\x12", value.encode()))
-        for key, value in sorted(((k.encode(), v) for k, v in dict(pairs).items()), key=_upb_order)
-    ]
-
-
-def _upb_order(pair: tuple[bytes, str]) -> bytes:
-    return pair[0] + b"\xff"
 
 
 def encode_response(
