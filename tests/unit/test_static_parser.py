@@ -463,9 +463,9 @@ def test_an_edit_of_a_json_file_reads_again_only_the_entry_that_changed(
     read: list[object] = []
     real = parser_module.direct_service
 
-    def counting(raw: object, options: StaticOptions) -> Service | None:
+    def counting(raw: object, options: StaticOptions, *shared: Any) -> Service | None:
         read.append(raw)
-        return real(raw, options)
+        return real(raw, options, *shared)
 
     monkeypatch.setattr(parser_module, "direct_service", counting)
     services[6]["instances"] = [{"address": "10.0.7.7"}]
@@ -475,3 +475,16 @@ def test_an_edit_of_a_json_file_reads_again_only_the_entry_that_changed(
         i != 6 for i in range(20)
     ]
     assert second.services[6].instances[0].address == "10.0.7.7"
+
+
+def test_instances_with_the_same_labels_share_one_tuple() -> None:
+    """One label tuple per label set in the file, not one per instance (100k at 10k x 10)."""
+    entry = {
+        "name": "a",
+        "ports": [],
+        "instances": [{"address": "10.0.0.1", "labels": {"v": "1", "z": "a"}}],
+    }
+    text = json.dumps({"services": [entry, {**entry, "name": "b"}]})
+    a, b = parse_static(text, OPTIONS).services
+    assert a.instances[0].labels == (("v", "1"), ("z", "a"))
+    assert a.instances[0].labels is b.instances[0].labels

@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from mcpserver.convert.naming import render_host
 from mcpserver.failure import describe
-from mcpserver.model import EPOCH_2000, Instance, Port, Problem, Service, labels_of
+from mcpserver.model import EPOCH_2000, Instance, Labels, Port, Problem, Service, labels_of
 
 
 class StaticFileError(Exception):
@@ -172,14 +172,17 @@ _NO_LIST: list[str] = []
 _NO_MAP: dict[str, str] = {}
 
 
-def direct_service(raw: object, options: StaticOptions) -> Service | None:
+def direct_service(
+    raw: object, options: StaticOptions, shared: dict[object, Labels] | None = None
+) -> Service | None:
     """to_service(StaticService.model_validate(raw), options) for an entry of the plain
     shape: each field of the type it is declared with exactly (str, int but not bool, list,
     dict), numbers within their bounds, no `created` (dates are pydantic's to read). None
     for anything else, which goes through pydantic (what it converts or refuses, and how it
     says why, stays its own). pydantic's validation of every entry was the larger part of
     parsing a 10k-service JSON file; tests/unit/test_static_parser.py holds the two paths
-    equal over generated entries."""
+    equal over generated entries. `shared`: label sets already read (`_labels`), kept
+    across the entries of one file."""
     if type(raw) is not dict or not raw.keys() <= _SERVICE_KEYS:
         return None
     get = raw.get
@@ -200,7 +203,7 @@ def direct_service(raw: object, options: StaticOptions) -> Service | None:
     ):
         return None
     ports = _ports(get("ports"))
-    instances = _instances(get("instances", _NO_LIST))
+    instances = _instances(get("instances", _NO_LIST), {} if shared is None else shared)
     if ports is None or instances is None:
         return None
     return _service(
@@ -256,7 +259,7 @@ def _ports(value: object) -> tuple[Port, ...] | None:
     return tuple(ports)
 
 
-def _instances(value: object) -> tuple[Instance, ...] | None:
+def _instances(value: object, shared: dict[object, Labels]) -> tuple[Instance, ...] | None:
     if type(value) is not list:
         return None
     instances = []
@@ -264,14 +267,17 @@ def _instances(value: object) -> tuple[Instance, ...] | None:
         if type(item) is not dict or not item.keys() <= _INSTANCE_KEYS:
             return None
         get = item.get
-        address, ports, labels = get("address"), get("ports", _NO_MAP), get("labels", _NO_MAP)
-        weight = get("weight", 0)
+        address, labels = get("address"), _labels(get("labels", _NO_MAP), shared)
+        if type(address) is not str or labels is None:
+            return None
+        if len(item) == 1 + ("labels" in item):  # the usual shape: an address and labels
+            instances.append(Instance(address, (), labels))
+            continue
+        ports, weight = get("ports", _NO_MAP), get("weight", 0)
         locality, network = get("locality", ""), get("network", "")
         account = get("service_account", "")
         if (
-            type(address) is not str
-            or not _port_map(ports)
-            or not _text_map(labels)
+            not _port_map(ports)
             or type(weight) is not int
             or not 0 <= weight <= UINT32_MAX
             or type(locality) is not str
@@ -279,18 +285,30 @@ def _instances(value: object) -> tuple[Instance, ...] | None:
             or type(account) is not str
         ):
             return None
-        instances.append(
-            Instance(
-                address,
-                tuple(sorted(ports.items())) if ports else (),
-                tuple(sorted(labels.items())) if labels else (),
-                weight,
-                locality,
-                network,
-                account,
-            )
-        )
+        ports = tuple(sorted(ports.items())) if ports else ()
+        instances.append(Instance(address, ports, labels, weight, locality, network, account))
     return tuple(instances)
+
+
+def _labels(value: object, shared: dict[object, Labels]) -> Labels | None:
+    """An instance's labels, sorted, the same tuple for every instance with the same labels
+    (written in the same order) in the file: one check per label set, one tuple in memory.
+    None if not a map of strings."""
+    if type(value) is not dict:
+        return None
+    if not value:
+        return ()
+    try:
+        return shared[tuple(value.items())]
+    except KeyError:
+        pass
+    except TypeError:  # an unhashable value: not a string
+        return None
+    if not _text_map(value):
+        return None
+    items = tuple(value.items())
+    labels = shared[items] = tuple(sorted(items))
+    return labels
 
 
 @dataclass(frozen=True, slots=True)
@@ -335,6 +353,7 @@ def parse_static(
     locations: dict[str, str] = {}
     now_known: dict[str, Service] = {}
     now_texts: dict[str, str] = {}
+    shared: dict[object, Labels] = {}
     for index, (raw, source, unchanged) in enumerate(entries):
         key = unchanged if unchanged is not None else _entry_key(raw)
         service = known.get(key) or now_known.get(key)
@@ -347,7 +366,7 @@ def parse_static(
             continue
         label = raw.get("name", f"#{index}") if isinstance(raw, dict) else f"#{index}"
         subject = f"services[{index}] ({label})"
-        service = direct_service(raw, options)
+        service = direct_service(raw, options, shared)
         if service is None:
             try:
                 entry = StaticService.model_validate(raw)
