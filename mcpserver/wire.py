@@ -4,7 +4,7 @@ hand.
 Four places write protobuf bytes without the protobuf runtime: the xDS responses (framed
 resources are joined as bytes, xds/resources.py), a ServiceEntry's endpoints (spliced into
 its serialized spec, convert/serviceentry.py, and each written from its Instance,
-convert/endpoints.py) and Nacos' one gRPC message (registry/nacos/payload.py). They share
+convert/inline.py) and Nacos' one gRPC message (registry/nacos/payload.py). They share
 this one encoding of varints (tags and lengths) and of maps in upb's deterministic order,
 low in the layers so that none of them needs another for it. Pure: no I/O.
 """

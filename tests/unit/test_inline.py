@@ -1,4 +1,4 @@
-"""Inline endpoints written and checked from the Instance (mcpserver/convert/endpoints.py)
+"""Inline endpoints written and checked from the Instance (mcpserver.convert.inline.py)
 say exactly what the WorkloadEntry message path says: the same bytes, the same errors in
 the same order, and nothing (None: the caller takes the message path) where they could
 differ. And the common shape does take the direct path."""
@@ -9,10 +9,19 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mcpserver.convert.endpoints import inline_endpoint_bytes, validate_inline_endpoint
-from mcpserver.convert.serviceentry import inline_endpoint
-from mcpserver.convert.validate import validate_workload_entry
-from mcpserver.model import Instance
+from mcpserver.convert.inline import (
+    inline_endpoint_bytes,
+    inline_spec,
+    validate_inline_endpoint,
+    validate_inline_spec,
+)
+from mcpserver.convert.serviceentry import inline_endpoint, inline_parts
+from mcpserver.convert.validate import (
+    validate_name,
+    validate_service_entry,
+    validate_workload_entry,
+)
+from mcpserver.model import Instance, Port, Service
 
 pytestmark = pytest.mark.unit
 
@@ -116,3 +125,72 @@ def test_labels_that_istio_refuses_go_the_message_path() -> None:
     assert (
         inline_endpoint_bytes(instance, "files") == message_path(instance, "files", frozenset())[0]
     )
+
+
+hosts = st.one_of(
+    st.sampled_from(["a.mesh", "*.b.mesh", "*", "bad host", "a..b", "x" * 70 + ".mesh", "1.2"]),
+    texts,
+)
+spec_ports = st.builds(
+    Port,
+    name=port_names,
+    number=numbers,
+    protocol=st.one_of(
+        st.sampled_from(["TCP", "HTTP", "http2", "GRPC", "TLS", "", "bogus"]), texts
+    ),
+    target_port=st.one_of(st.just(0), numbers),
+)
+services = st.builds(
+    Service,
+    registry=registries,
+    namespace=st.sampled_from(["ns", "Bad_NS", "", "\ud800"]),
+    name=st.sampled_from(["s", "a.b", "Bad Name", "", "\ud800"]),
+    hosts=st.lists(hosts, max_size=3).map(tuple),
+    ports=st.lists(spec_ports, max_size=3).map(tuple),
+    addresses=st.lists(
+        st.sampled_from(["240.0.0.7", "10.9.0.0/16", "10.9.0.0/33", "::1", "bad", "a/b/c"]),
+        max_size=2,
+    ).map(tuple),
+    export_to=st.lists(st.sampled_from([".", "*", "~", "ns", "other", "Bad_NS"]), max_size=3).map(
+        tuple
+    ),
+    location=st.sampled_from(["MESH_INTERNAL", "MESH_EXTERNAL", "", "nowhere"]),
+    resolution=st.sampled_from(["STATIC", "STATIC", "NONE", "DNS", "DNS_ROUND_ROBIN", "bogus"]),
+)
+
+
+@PROPERTY
+@given(services)
+def test_the_spec_written_directly_is_the_messages(service: Service) -> None:
+    written = inline_spec(service)
+    checked = validate_inline_spec(service)
+    try:
+        bare, head, tail = inline_parts(service)
+    except (ValueError, TypeError):
+        assert written is None  # the message refuses it: the caller fails as it always did
+        return
+    if written is not None:
+        assert written == (head, tail)
+    if checked is not None:
+        assert checked == validate_name(service.namespace, service.name) + validate_service_entry(
+            bare, service.namespace
+        )
+
+
+def test_a_usual_spec_is_written_and_checked_directly() -> None:
+    service = Service(
+        "files",
+        "bench",
+        "svc-1",
+        ("svc-1.bench.svc.mesh", "alias.mesh"),
+        (Port("http", 8080, "HTTP", 9090), Port("grpc", 9000, "GRPC")),
+        addresses=("240.0.0.9",),
+        export_to=(".", "other"),
+    )
+    _, head, tail = inline_parts(service)
+    assert inline_spec(service) == (head, tail)
+    assert validate_inline_spec(service) == []
+    bad = Service("files", "Bad_NS", "s", ("a.mesh", "*"), (Port("x", 1, "TCP"), Port("x", 1)))
+    errors = validate_name("Bad_NS", "s") + validate_service_entry(inline_parts(bad)[0], "Bad_NS")
+    assert len(errors) >= 4
+    assert validate_inline_spec(bad) == errors
