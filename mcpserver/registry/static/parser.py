@@ -34,7 +34,7 @@ class StaticFileError(Exception):
 
 
 class _Entry(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
 
 
 PortNumber = Annotated[int, Field(ge=1, le=65535)]
