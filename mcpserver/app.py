@@ -282,9 +282,16 @@ class App:
         def changed() -> None:
             self.changes.registry_changed(name)
             self.pipeline.count_status(name)  # /metrics says a new status at once
-            self.debouncer.trigger()
+            self._wake()
 
         return changed
+
+    def _wake(self) -> None:
+        """A rebuild after the debounce; the first snapshot at once when nothing is waited
+        for any more: istiod has nothing yet, and every registry has listed (the debounce
+        coalesces changes into few pushes, and before the first there is none)."""
+        first = self.store.snapshot is None and not self.pipeline.waiting_for()
+        self.debouncer.trigger(at_once=first)
 
     async def _serving(self, serving: bool) -> None:
         if serving:
@@ -311,7 +318,7 @@ class App:
         for registry in self.registries:
             await registry.start(self._registry_changed(registry.name))
         self._waiter = asyncio.create_task(self._first_snapshot(), name="first-snapshot")
-        self.debouncer.trigger()
+        self._wake()
         if self.sink is not None:
             await self.sink.start()  # it writes nothing before the first snapshot
 

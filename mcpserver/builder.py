@@ -25,6 +25,12 @@ from types import MappingProxyType
 
 from mcpserver_protos.istio.networking.v1alpha3 import service_entry_pb2, workload_entry_pb2
 
+from mcpserver.convert.inline import (
+    inline_endpoint_bytes,
+    inline_spec,
+    validate_inline_endpoint,
+    validate_inline_spec,
+)
 from mcpserver.convert.merge import MergeIndex
 from mcpserver.convert.serviceentry import (
     IstioResource,
@@ -137,10 +143,14 @@ def _convert_inline(
     if previous is not None and previous.spec is not None and previous.spec[0] == spec_key:
         _, head, tail, spec_errors = previous.spec  # only endpoints changed, as usual
     else:
-        bare, head, tail = inline_parts(subject)
-        spec_errors = tuple(validate_name(subject.namespace, subject.name)) + tuple(
-            validate_service_entry(bare, subject.namespace)
-        )
+        written, checked = inline_spec(subject), validate_inline_spec(subject)
+        if written is not None and checked is not None:
+            (head, tail), spec_errors = written, tuple(checked)
+        else:  # what only the messages say (convert/inline.py)
+            bare, head, tail = inline_parts(subject)
+            spec_errors = tuple(validate_name(subject.namespace, subject.name)) + tuple(
+                validate_service_entry(bare, subject.namespace)
+            )
     errors = list(spec_errors)
     names = frozenset(p.name for p in subject.ports)
     context = (subject.registry, names)
@@ -163,9 +173,16 @@ def _convert_inline(
         if n is not None:
             parts.append(old_body[spans[2 * n] : spans[2 * n + 1]])
             continue
-        message = inline_endpoint(instance, subject.registry)
-        parts.append(message.SerializeToString(deterministic=True))
-        errors += validate_workload_entry(message, set(names), allow_fqdn=False)
+        body = inline_endpoint_bytes(instance, subject.registry)
+        found = (
+            None if body is None else validate_inline_endpoint(instance, subject.registry, names)
+        )
+        if body is None or found is None:  # what only the message says (convert/inline.py)
+            message = inline_endpoint(instance, subject.registry)
+            body = message.SerializeToString(deterministic=True)
+            found = validate_workload_entry(message, names, allow_fqdn=False)
+        parts.append(body)
+        errors += found
     if errors:
         problem = Problem(
             service.registry, f"ServiceEntry {subject.key}", "; ".join(errors), "invalid"
