@@ -51,7 +51,11 @@ The first walk: every node found is "unsettled" until its first read answers (or
 good); `take()` hands over nothing until the first walk has settled, and `listed` is true
 only while every root has been read and nothing is unsettled, so a view is never called
 complete with part of the tree unread (a connection lost mid-walk leaves nodes unsettled
-until the re-list reads them).
+until the re-list reads them). The loop may assemble ahead meanwhile: `take(ahead=True)`
+hands over what the walk has read so far, marked `walking` (to be assembled, never
+published: the loop publishes once, after the take that ends the walk), and every
+`WALK_BATCH` keys read wake the loop for it. Assembling 100k providers took as long as the
+walk itself; ahead, it runs while the walk waits for ZooKeeper.
 
 Lock rule: ONE lock, `Mirror._lock`, guards every mutable thing here: every node's fields
 (`seq`, `reading`, `settled`, `missing`, `wanted`, and the copied data: `children`,
@@ -104,6 +108,11 @@ WINDOW = 1000
 """Reads in flight at most. Enough to keep ZooKeeper busy (its own default limit of
 outstanding requests is 1,000), small enough that a walk of 100k nodes does not queue 100k
 requests in the client at once."""
+
+WALK_BATCH = 256
+"""During the first walk, the loop is woken to assemble ahead (`take(ahead=True)`) each time
+this many keys were read since its last take: small enough that little is left to assemble
+once the walk ends, large enough that a batch's thread hop costs nothing beside its work."""
 
 Op = Literal["list", "get", "exists", "parent"]
 
@@ -254,6 +263,7 @@ class Taken:
     unreadable: tuple[ReadFailure, ...]  # paths whose read failed, waiting for retry()
     failures: tuple[ReadFailure, ...]  # every failed read since the last take()
     lost: bool = False  # reads cut off by a lost connection wait for a re-read
+    walking: bool = False  # the first walk has not settled: `changes` are part of it only
 
 
 class Mirror:
@@ -288,7 +298,7 @@ class Mirror:
         self._lost: set[_Node] = set()  # its read was cut off by a lost connection
         self._new_failures: list[ReadFailure] = []
         self._open = True
-        self._walking = True  # the first walk has not settled: take() hands over nothing
+        self._walking = True  # the first walk has not settled: take() hands over nothing yet
         self._changed = False  # something for take() since the last one
         self._pending = False  # a wake is on its way to the loop
 
@@ -335,13 +345,15 @@ class Mirror:
             self._lost.clear()
         self._pump()
 
-    def take(self) -> Taken:
-        """Immutable records of everything that changed since the last take() (nothing
-        while the first walk runs: the loop assembles the whole tree once, after it)."""
+    def take(self, ahead: bool = False) -> Taken:
+        """Immutable records of everything that changed since the last take(). While the
+        first walk runs: nothing, or with `ahead` the records of what it has read so far
+        (`walking` says so: part of the tree, to assemble ahead and never publish)."""
         with self._lock:
             self._pending = False
             self._changed = False
-            if self._walking:
+            walking = self._walking
+            if walking and not ahead:
                 changes = Changes()
             else:
                 changes = Changes(
@@ -356,7 +368,7 @@ class Mirror:
             failures = tuple(self._new_failures)
             self._new_failures.clear()
             listed = not self._unsettled and all(r.listed for r in self._roots.values())
-            return Taken(changes, listed, unreadable, failures, bool(self._lost))
+            return Taken(changes, listed, unreadable, failures, bool(self._lost), walking)
 
     def redo(self) -> None:
         """Mark every key dirty: the next take() hands over the whole tree. For the loop
@@ -747,9 +759,15 @@ class Mirror:
     def _owe_wake(self) -> bool:
         """Whether the caller must wake the loop once it has released the lock: something
         changed, no wake is on its way already, and the first walk is done (until then
-        only its end wakes the loop)."""
-        if self._pending or self._walking or not self._open:
+        its end wakes the loop, and every WALK_BATCH keys it read, to assemble ahead)."""
+        if self._pending or not self._open:
             return False
+        if self._walking:
+            dirty = len(self._dirty_interfaces) + len(self._dirty_apps) + len(self._dirty_mappings)
+            if dirty < WALK_BATCH:
+                return False
+            self._pending = True
+            return True
         if not (
             self._changed or self._dirty_interfaces or self._dirty_apps or self._dirty_mappings
         ):
