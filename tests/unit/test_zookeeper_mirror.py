@@ -10,17 +10,25 @@ paths involved, once each (one-shot), with the client's event types.
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from types import ModuleType
 from typing import Any, Generic, TypeVar
 
 import pytest
 
 from mcpserver.metrics import Metrics
+from mcpserver.registry.dubbo.mapping import DubboOptions
 from mcpserver.registry.view import Status, View
 from mcpserver.registry.zookeeper import mirror as mirror_module
 from mcpserver.registry.zookeeper import watcher as watcher_module
-from mcpserver.registry.zookeeper.assembly import AppRecord, InterfaceRecord, MappingRecord
+from mcpserver.registry.zookeeper.assembly import (
+    AppRecord,
+    InterfaceRecord,
+    MappingRecord,
+    assemble,
+)
 from mcpserver.registry.zookeeper.config import ZooKeeperRegistrySettings
 from mcpserver.registry.zookeeper.connection import (
     CONNECTED,
@@ -647,3 +655,63 @@ async def test_a_first_walk_cut_off_midway_publishes_nothing_until_it_is_read_wh
         assert [hosts_of(v) for v in views if v.services] == [expected]
     finally:
         await registry.stop()
+
+
+# ----------------------------------------------------- provider names are not kept
+
+
+def strings_reachable(*roots: object) -> set[str]:
+    """Every str reachable from `roots` through the objects they refer to."""
+    seen: set[int] = set()
+    found: set[str] = set()
+    todo = list(roots)
+    while todo:
+        item = todo.pop()
+        if id(item) in seen or isinstance(item, type | ModuleType):
+            continue
+        seen.add(id(item))
+        if isinstance(item, str):
+            found.add(item)
+            continue
+        if isinstance(item, dict):
+            todo.extend(item)  # a dict of str keys does not show its keys to the collector
+        todo.extend(gc.get_referents(item))
+    return found
+
+
+def test_neither_the_mirror_nor_the_assembly_keeps_provider_names() -> None:
+    zk = dubbo_tree(5, providers=3)
+    setup = walked(zk)
+    options = DubboOptions("zk", "dubbo", "{interface}", "{application}.dubbo", (), "inline")
+    assembly = assemble(options, setup.mirror.take().changes)
+    assert len(assembly.services) == 5  # what the names said is there ...
+    names = {p.rsplit("/", 1)[1] for p in zk.nodes if "/providers/" in p}
+    assert len(names) == 15
+    # ... and no name itself (a URL of hundreds of characters each) is held any more
+    assert not names & strings_reachable(setup.mirror, assembly)
+    # a change is still told apart, and reuses the parses of the providers it kept
+    zk.create(f"/dubbo/com.example.S0/providers/{provider('com.example.S0', '10.7.7.7')}")
+    zk.answer()
+    again = assemble(options, setup.mirror.take().changes, assembly)
+    s0 = ("/dubbo", "com.example.S0")
+    assert len(again.interfaces[s0].parsed) == 4
+    kept = {id(m) for m in assembly.interfaces[s0].parsed.values()}
+    assert len(kept & {id(m) for m in again.interfaces[s0].parsed.values()}) == 3
+
+
+def test_redo_reads_every_listing_again_and_hands_the_whole_tree_over_once_read() -> None:
+    zk = dubbo_tree(6)
+    setup = walked(zk)
+    first = setup.mirror.take().changes.interfaces
+    assert len(first) == 6
+    setup.mirror.redo()
+    # the names were handed over and not kept: the listings are read again, as a walk
+    assert sorted(path for _, path in zk.sent[-6:]) == sorted(
+        f"/dubbo/{key[1]}/providers" for key in first
+    )
+    taken = setup.mirror.take(ahead=True)
+    assert taken.walking and not taken.listed and not taken.changes.interfaces
+    zk.answer()
+    taken = setup.mirror.take()
+    assert taken.listed and not taken.walking
+    assert taken.changes.interfaces == first  # unchanged listings are handed over again

@@ -254,7 +254,7 @@ class ZooKeeperRegistry(Registry):
         self._assembly = EMPTY
         self._ahead = {}
         self._relisting = True
-        self._mirror.redo()
+        await asyncio.to_thread(self._mirror.redo)
         # only queues the roots' reads (the client sends them); the mirror wakes us when the
         # walk has read everything, and take() hands over nothing before that
         await asyncio.to_thread(self._mirror.watch_roots)
