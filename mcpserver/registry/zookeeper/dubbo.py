@@ -117,34 +117,29 @@ def _unquote(name: str) -> str:
     return unquote(name)
 
 
-_PAIRS: dict[tuple[str, str], tuple[str, str]] = {}
+_FIELDS: dict[str, tuple[str, str]] = {}
 MAX_SHARED_PAIRS = 1 << 16
-"""Distinct (key, value) parameters shared between providers, at most (about 10 MB)."""
+"""Distinct query fields (`key=value`) whose parse is kept, at most (a few MB)."""
 
 
-def _shared(pair: tuple[str, str]) -> tuple[str, str]:
-    """The one copy of a parameter many providers carry (side=provider, dubbo=2.0.2, the
-    application, ...): at 100k providers of 14 parameters, a copy each was 3 KB per
-    provider, most of the ZooKeeper registry's memory."""
-    found = _PAIRS.get(pair)
-    if found is not None:
-        return found
-    if len(_PAIRS) < MAX_SHARED_PAIRS:
-        _PAIRS[pair] = pair
+def _field(text: str) -> tuple[str, str]:
+    """A `key=value` field (nothing to unquote) as its pair, kept for the next provider."""
+    key, _, value = text.partition("=")
+    pair = (key, value)
+    if len(_FIELDS) < MAX_SHARED_PAIRS:
+        _FIELDS[text] = pair
     return pair
 
 
 def _query(query: str) -> tuple[tuple[str, str], ...]:
     """`parse_qsl(query, keep_blank_values=True)`: with nothing to unquote (no %, no +) a
-    split does; otherwise parse_qsl."""
+    split does, each field looked up by its text (most fields are shared by many providers:
+    side=provider, dubbo=2.0.2, the application; a lookup is a third of a partition and a
+    new pair); otherwise parse_qsl."""
     if "%" in query or "+" in query:
-        return tuple(map(_shared, parse_qsl(query, keep_blank_values=True)))
-    params = []
-    for field_ in query.split("&"):
-        if field_:
-            key, _, value = field_.partition("=")
-            params.append(_shared((key, value)))
-    return tuple(params)
+        return tuple(parse_qsl(query, keep_blank_values=True))
+    known = _FIELDS.get
+    return tuple([known(field_) or _field(field_) for field_ in query.split("&") if field_])
 
 
 def _parse_general(text: str) -> Provider:
