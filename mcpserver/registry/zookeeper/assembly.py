@@ -13,7 +13,7 @@ Three kinds of key, each `(root path, child name)`:
 
 Reuse is at two levels: a key whose record is unchanged keeps its whole result; within a key
 that changed, a provider node name (or an instance whose bytes are unchanged) keeps its parse
-result (a `Member`: the parsed provider and what it contributes to its service), and a
+result (a `Member`: what the provider contributes to its service), and a
 rebuilt Service equal to the one before keeps the old object. Provider node names are not
 kept: a result keeps a 128-bit digest of its listing and of each name (`listing_digest`,
 `name_digest`). A name is a URL of ~400 characters; at 100k providers the names were a third
@@ -38,7 +38,6 @@ import hashlib
 import itertools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from types import MappingProxyType
 from typing import Generic, TypeVar
 
 from mcpserver.model import Problem, Service
@@ -53,7 +52,7 @@ from mcpserver.registry.dubbo.mapping import (
 )
 from mcpserver.registry.table import keep_empty
 from mcpserver.registry.zookeeper.curator import parse_instance
-from mcpserver.registry.zookeeper.dubbo import Provider, RecordError, parse_provider
+from mcpserver.registry.zookeeper.dubbo import RecordError, parse_provider
 
 Key = tuple[str, str]
 """(root path, child name): `("/dubbo", "com.example.Greeter")`, `("/services", "shop")`."""
@@ -456,25 +455,6 @@ class _Mappings:
             self._by_app.put(name, frozenset(keys) or None)
 
 
-_NO_LOOKUP: Mapping[str, str] = MappingProxyType({})
-
-
-def _kept(made: Member) -> Member:
-    """A Member as the assembly keeps it, one per provider node for as long as the node
-    lives: without its provider's parameters (member() has read what it needs of them),
-    half of a provider's memory."""
-    p = made.provider  # built directly: dataclasses.replace() costs 5x a constructor call
-    provider = Provider(
-        protocol=p.protocol,
-        host=p.host,
-        port=p.port,
-        interface=p.interface,
-        params=(),
-        lookup=_NO_LOOKUP,
-    )
-    return Member(provider=provider, host=made.host, instance=made.instance)
-
-
 def _problem(options: DubboOptions, subject: str, err: RecordError) -> Problem:
     return Problem(options.registry, subject, str(err), err.reason)
 
@@ -519,7 +499,7 @@ def _interface(
         item = seen.get(digest)
         if item is None:
             try:
-                item = _kept(member(options, parse_provider(name)))
+                item = member(options, parse_provider(name))
             except RecordError as err:
                 subject = f"{key[0]}/{key[1]}/providers/{name[:SUBJECT_CHARS]}"
                 item = _problem(options, subject, err)
