@@ -128,7 +128,13 @@ async def serve_pass(bench: Bench, debounce: str) -> Pass:
         server_cpu = serving.server.cpu()
         written = await write(bench, serving.root, estate, directory)
         ops: list[list[Any]] = written["ops"]
-        expected = await read_endpoints(bench.zookeeper.admin, serving.root)
+        # ZooKeeper's tree, read on a loop of its own: issuing 10k reads and parsing them
+        # holds a loop for seconds, and the probe stamps each response when this loop runs
+        # it, so the pushes that carry the last writes were stamped seconds late whenever
+        # they arrived during the read (the "end-of-stream tail", issue 24)
+        expected = await asyncio.to_thread(
+            asyncio.run, read_endpoints(bench.zookeeper.admin, serving.root)
+        )
         last_ack = max(op[4] if op[4] is not None else op[3] for op in ops)
         try:
             converged = await serving.probe.until(lambda: view.endpoints == expected, deadline)

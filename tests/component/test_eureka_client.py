@@ -245,3 +245,53 @@ async def test_a_change_the_hash_cannot_see_is_caught_by_the_resync(
         assert registry.mismatches == 0 and registry.delta_fetches > 0
     finally:
         await registry.stop()
+
+
+async def test_a_stale_delta_after_a_restart_is_caught_by_a_full_fetch(
+    fakes: Callable[[Answer], Awaitable[Fake]],
+) -> None:
+    """A restarted Eureka is refilled by a burst of registrations, and a delta read that
+    raced the burst's last one can stay in its response cache (up to 180 s): it lacks that
+    instance, and its hash agrees with what it lists. After the server came back, a delta
+    that changed something is checked by a full fetch (another cache entry) in the next
+    round, so the instance is not missing for minutes (nor withdrawn when protection's
+    recovery grace ends). Found in test_faults' Eureka restart under load."""
+    two = (instance("ORDERS", "10.0.0.1"), instance("ORDERS", "10.0.0.2"))
+    state: dict[str, Any] = {
+        "down": False,
+        "/apps": apps_document("UP_2_", *two),
+        "/apps/delta": apps_document("UP_2_"),
+    }
+
+    def answer(path: str) -> tuple[int, Any]:
+        return (503, {"error": "restarting"}) if state["down"] else (200, state[path])
+
+    server = await fakes(answer)
+    settings = EurekaRegistrySettings.model_validate(
+        {"kind": "eureka", "name": "eu", "servers": [server.url], "poll_interval": "50ms"}
+    )
+    registry = EurekaRegistry(settings, Metrics(), {})
+
+    def addresses() -> list[str]:
+        return sorted(i.address for s in registry.view().services for i in s.instances)
+
+    await registry.start(lambda: None)
+    try:
+        await eventually(lambda: addresses() == ["10.0.0.1", "10.0.0.2"], within=10)
+        state["down"] = True
+        await eventually(lambda: registry.view().status is Status.DEGRADED, within=10)
+        # restarted, empty
+        state.update({"/apps": apps_document(""), "/apps/delta": apps_document("")})
+        state["down"] = False
+        await eventually(lambda: registry.view().recovered is not None, within=10)
+        await eventually(lambda: addresses() == [], within=10)
+        # both registered again; the cached delta is from between the two registrations
+        state["/apps"] = apps_document("UP_2_", *two)
+        state["/apps/delta"] = apps_document("UP_1_", two[0])
+        await eventually(lambda: addresses() == ["10.0.0.1", "10.0.0.2"], within=10)
+        deltas = registry.delta_fetches
+        await eventually(lambda: registry.delta_fetches >= deltas + 3, within=10)
+        assert addresses() == ["10.0.0.1", "10.0.0.2"]  # the stale delta takes nothing back
+        assert registry.view().status is Status.READY
+    finally:
+        await registry.stop()

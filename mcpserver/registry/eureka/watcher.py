@@ -57,6 +57,17 @@ log = logging.getLogger("mcpserver.registry.eureka")
 ERROR_BACKOFF_CAP = 10.0  # a server that comes back is noticed within ~10 s
 ERRORS = (EurekaHTTPError, EurekaUnavailableError, DocumentError)
 BAD_RECORDS = "(unreadable records)"  # the table part of records that could not be read
+RECOVERY_CHECK = 180.0
+"""Seconds after the server came back during which a delta that changed something is
+checked by a full fetch in the next round. Eureka answers reads from a response cache that
+every write invalidates, but a read racing a write can store an answer computed before it
+(the cache keeps a load that an invalidation overtook) until the next write or its expiry,
+180 s (`responseCacheAutoExpirationInSeconds`). A delta cached so agrees with its own hash:
+the hash check cannot see it. A restarted server is refilled by a burst of registrations,
+and when the burst's last one is lost so, a live instance would be missing for minutes and
+withdrawn once the recovery grace is over. /apps is another cache entry, read after the
+burst: one full fetch brings what the delta lacks, and the deltas after it then disagree
+with the hash until the stale one expires (each such round fetches everything)."""
 
 
 class EurekaRegistry(Registry):
@@ -87,6 +98,7 @@ class EurekaRegistry(Registry):
         self._converted: dict[str, dict[str, EurekaInstance]] = {}
         self._resync_at = 0.0  # loop time of the next full fetch, whatever the hash says
         self._outage = False  # the last round failed: the next answer is a recovery
+        self._recovered_at: float | None = None  # loop time the server last came back
         self.full_fetches = 0
         self.delta_fetches = 0
         self.mismatches = 0
@@ -167,7 +179,14 @@ class EurekaRegistry(Registry):
             self._mirror = None  # if the full fetch fails, the next round starts with one
             await self._fetch_all()
             return
-        self._convert(touched)
+        if self._convert(touched) and self._recovering():
+            self._resync_at = 0.0  # check it against /apps in the next round
+
+    def _recovering(self) -> bool:
+        """Within RECOVERY_CHECK seconds of the server coming back."""
+        since = self._recovered_at
+        now = asyncio.get_running_loop().time()
+        return since is not None and now - since < RECOVERY_CHECK
 
     async def _fetch_all(self) -> None:
         assert self._client is not None
@@ -184,14 +203,17 @@ class EurekaRegistry(Registry):
         name = app.lower()
         return any(fnmatch.fnmatchcase(name, p.lower()) for p in self._settings.apps)
 
-    def _convert(self, apps: set[str]) -> None:
+    def _convert(self, apps: set[str]) -> bool:
         """Convert again each of these apps whose instances differ from what it was last
-        converted from; publish if anything changed (or this is the first listing)."""
+        converted from; publish if anything changed (or this is the first listing). Returns
+        whether any app's instances changed."""
         assert self._mirror is not None
+        changed = False
         for app in sorted(apps):
             instances = self._mirror.get(app, {}) if self._wanted(app) else {}
             if self._converted.get(app) == instances and app in self._converted:
                 continue
+            changed = True
             if not instances:
                 self._converted.pop(app, None)
                 self.table.drop(app)
@@ -202,6 +224,7 @@ class EurekaRegistry(Registry):
             self._converted[app] = dict(instances)
             self.table.replace(app, services, problems)
         self._publish()
+        return changed
 
     def _publish(self) -> None:
         view = self.view()
@@ -210,6 +233,7 @@ class EurekaRegistry(Registry):
             # instances that renewed (and registered again) since
             self.came_back("Eureka answers again after an outage")
             self._outage = False
+            self._recovered_at = asyncio.get_running_loop().time()
         self.table.replace(BAD_RECORDS, (), self._bad.values())
         self.flush(synced=True)
 
