@@ -52,7 +52,7 @@ from bench.scrape import Samples, scrape
 from bench.sidecar import Sidecar
 from bench.stats import cdf_points, summary
 from bench.workload import Estate, zk_endpoints, zk_host
-from bench.zk import read_endpoints
+from bench.zk import read_endpoints_aside
 from testbed.istiod import Istiod
 from testbed.kube import ControlPlane
 
@@ -315,7 +315,7 @@ async def churn_pass(bench: Bench, layout: Layout, pattern: str, rate: float) ->
         written = await write(bench, layout.root, layout.estate, directory, seconds, pattern, rate)
         after_writer = resource.getrusage(resource.RUSAGE_CHILDREN)
         ops: list[list[Any]] = written["ops"]
-        expected = await read_endpoints(bench.zookeeper.admin, layout.root)
+        expected = await read_endpoints_aside(bench.zookeeper.admin, layout.root)
         try:
             converged = await sidecar.until(lambda: layout.held() == expected, deadline)
             equal = True

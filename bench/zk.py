@@ -83,6 +83,14 @@ async def populate(client: KazooClient, root: str, estate: Estate) -> None:
                 raise RuntimeError(f"writing the estate to ZooKeeper failed: {failed!r}")
 
 
+async def read_endpoints_aside(client: KazooClient, root: str) -> dict[str, frozenset[str]]:
+    """`read_endpoints` on an event loop of its own, in a thread: issuing 10k reads and
+    parsing them holds a loop for seconds, and the probes stamp each response when the
+    caller's loop runs it, so pushes arriving during the read were stamped seconds late
+    (the churn's "end-of-stream tail", issue 24)."""
+    return await asyncio.to_thread(asyncio.run, read_endpoints(client, root))
+
+
 async def read_endpoints(client: KazooClient, root: str) -> dict[str, frozenset[str]]:
     """host -> provider addresses under `root`, as ZooKeeper holds them now (every read in
     flight at once)."""
