@@ -377,3 +377,32 @@ def test_a_set_nobody_takes_stops_being_encoded_ahead() -> None:
     index.put(resource("z", 1))  # type: ignore[arg-type]
     again, _ = index.commit()
     assert list(again._responses) == [url]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_resources_served_from_responses_keep_their_packed_bytes(seed: int) -> None:
+    """Once a set's response is joined, its resources keep their bytes as views of it
+    (xds/resources.py, `PackedResource.rehome`): across rebuilds that reuse them (and splice
+    endpoints out of them), every resource and every response still holds the bytes a
+    fresh build packs, and a response already sent never changes."""
+    rng = random.Random(seed)
+    inputs = BuildInputs({"c": True}, CIDR, "first")
+    builder = Builder(inputs)
+    state: dict[str, list[Service]] = {r: [] for r in REGISTRIES}
+    url = "networking.istio.io/v1/ServiceEntry"
+    sent: list[tuple[TypeSet, bytes]] = []
+    for _ in range(40):
+        registry = rng.choice(REGISTRIES)
+        state[registry] = step(rng, state[registry], registry)
+        views = views_of(state)
+        have = builder.build(views).snapshot.sets["ServiceEntry"]
+        want = build(views, inputs).snapshot.sets["ServiceEntry"]
+        payload = have.response(url)  # as a stream takes it: rehomes the resources
+        assert payload == encode_response(want.version, url, want.version, want.blob)
+        assert [(r.name, r.framed) for r in have.resources] == [
+            (r.name, r.framed) for r in want.resources
+        ]
+        assert all(isinstance(r.piece, memoryview) for r in have.resources)
+        sent.append((have, bytes(payload)))
+        for type_set, before in sent:
+            assert type_set.response(url) == before
