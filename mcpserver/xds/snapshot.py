@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from operator import attrgetter
 from types import MappingProxyType
 
+from mcpserver.heap import release
 from mcpserver.xds.resources import PackedResource, encode_response, response_head
 from mcpserver.xds.typeurls import SERVED_KINDS, served_kind
 
@@ -100,10 +101,16 @@ def _rehome(resources: Iterable[PackedResource], payload: bytes, at: int) -> Non
     it leaves stays as long as its set keeps it cached). A view per resource, ~200 bytes,
     against its own bytes, ~1.4 KB at 10 endpoints."""
     whole = memoryview(payload)
+    owned = 0  # bytes freed: resources that held their own until now
     for resource in resources:
-        end = at + len(resource.piece)
+        piece = resource.piece
+        end = at + len(piece)
+        if isinstance(piece, bytes):
+            owned += end - at
+        del piece
         resource.rehome(whole[at:end])
         at = end
+    release(owned)
 
 
 EMPTY = TypeSet.of("", ())

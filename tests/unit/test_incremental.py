@@ -23,7 +23,7 @@ from mcpserver.model import Instance, Port, Service
 from mcpserver.registry.base import Registry
 from mcpserver.registry.table import LOG_MIN
 from mcpserver.registry.view import Status, View
-from mcpserver.xds.resources import encode_response, pack
+from mcpserver.xds.resources import encode_response, pack, pack_bytes
 from mcpserver.xds.snapshot import SetChange, TypeIndex, TypeSet
 
 pytestmark = pytest.mark.unit
@@ -406,3 +406,23 @@ def test_resources_served_from_responses_keep_their_packed_bytes(seed: int) -> N
         sent.append((have, bytes(payload)))
         for type_set, before in sent:
             assert type_set.response(url) == before
+
+
+def test_the_heap_is_trimmed_for_what_a_first_response_frees_not_for_each_rebuild(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A response re-homes its set's resources (mcpserver/heap.py says why it then trims):
+    what it reports freed is the bytes of the resources that still held their own, all of
+    them for a cold start's set, only the changed ones on a rebuild."""
+    freed: list[int] = []
+    monkeypatch.setattr("mcpserver.xds.snapshot.release", freed.append)
+    url = "networking.istio.io/v1/ServiceEntry"
+    index = TypeIndex("ServiceEntry")
+    first = [pack_bytes("ServiceEntry", "ns", f"s{n}", b"x" * n, T0) for n in range(5)]
+    for packed in first:
+        index.put(packed)
+    index.commit()[0].response(url)
+    changed = pack_bytes("ServiceEntry", "ns", "s2", b"y", T0)
+    index.put(changed)
+    index.commit()  # encoded ahead under the URL the first set was taken under
+    assert freed == [sum(len(p.framed) for p in first), len(changed.framed)]
