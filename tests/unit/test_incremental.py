@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from mcpserver.builder import Builder, BuildInputs, build
+from mcpserver.builder import Builder, BuildInputs, build, convert_service
 from mcpserver.convert.merge import MergeIndex, merge
 from mcpserver.metrics import Metrics
 from mcpserver.model import Instance, Port, Service
@@ -426,3 +426,25 @@ def test_the_heap_is_trimmed_for_what_a_first_response_frees_not_for_each_rebuil
     index.put(changed)
     index.commit()  # encoded ahead under the URL the first set was taken under
     assert freed == [sum(len(p.framed) for p in first), len(changed.framed)]
+
+
+def test_services_with_equal_ports_share_one_endpoint_context() -> None:
+    """Every inline conversion keeps its (registry, port names); equal ones are one object,
+    not one per service (10k services, one port set)."""
+    ports = (Port("http", 80, "HTTP"),)
+    a, b = (
+        convert_service(
+            Service(
+                registry="a",
+                namespace="ns",
+                name=name,
+                hosts=(f"{name}.mesh",),
+                ports=tuple(replace(p) for p in ports),
+                instances=(Instance("10.0.0.1"),),
+            )
+        )
+        for name in ("s1", "s2")
+    )
+    assert a.packed and b.packed
+    assert a.endpoint_context == ("a", frozenset({"http"}))
+    assert a.endpoint_context is b.endpoint_context
