@@ -33,7 +33,7 @@ from bench.context import Bench
 from bench.serving import zookeeper_serving
 from bench.stats import cdf_points, summary
 from bench.workload import Estate, provider_url, providers_path, zk_endpoints, zk_host
-from bench.zk import read_endpoints, settle
+from bench.zk import read_endpoints, read_endpoints_aside, settle
 
 Event = tuple[float, str, str, int]
 
@@ -128,13 +128,7 @@ async def serve_pass(bench: Bench, debounce: str) -> Pass:
         server_cpu = serving.server.cpu()
         written = await write(bench, serving.root, estate, directory)
         ops: list[list[Any]] = written["ops"]
-        # ZooKeeper's tree, read on a loop of its own: issuing 10k reads and parsing them
-        # holds a loop for seconds, and the probe stamps each response when this loop runs
-        # it, so the pushes that carry the last writes were stamped seconds late whenever
-        # they arrived during the read (the "end-of-stream tail", issue 24)
-        expected = await asyncio.to_thread(
-            asyncio.run, read_endpoints(bench.zookeeper.admin, serving.root)
-        )
+        expected = await read_endpoints_aside(bench.zookeeper.admin, serving.root)
         last_ack = max(op[4] if op[4] is not None else op[3] for op in ops)
         try:
             converged = await serving.probe.until(lambda: view.endpoints == expected, deadline)

@@ -31,8 +31,6 @@ import contextlib
 import math
 import os
 import resource
-import shutil
-import subprocess
 import time
 import urllib.request
 from dataclasses import dataclass, field
@@ -41,6 +39,7 @@ from typing import Any
 
 from bench.churn import first_seen, lags_of, restore, write
 from bench.context import Bench
+from bench.istiodcost import WINDOW, collections_in, gc_traced, profile_top, shares, spread
 from bench.process import (
     ServerProcess,
     bench_settings,
@@ -50,12 +49,10 @@ from bench.process import (
     status_kib,
 )
 from bench.scrape import Samples, scrape
-from bench.shardpush import collections_in, gc_traced
 from bench.sidecar import Sidecar
 from bench.stats import cdf_points, summary
-from bench.workload import ZK_NAMESPACE, Estate, zk_endpoints, zk_host
-from bench.zk import read_endpoints
-from mcpserver.xds.shards import shard_of
+from bench.workload import Estate, zk_endpoints, zk_host
+from bench.zk import read_endpoints_aside
 from testbed.istiod import Istiod
 from testbed.kube import ControlPlane
 
@@ -74,11 +71,6 @@ ISTIOD_FAMILIES = (
 )
 """istiod's metric families whose change over a pass is reported (counters, and the _sum and
 _count of histograms)."""
-
-
-WINDOW = 0.5
-"""The default debounce's longest wait (debounce.max): under steady churn a snapshot carries
-about this long of writes."""
 
 
 @dataclass
@@ -174,45 +166,6 @@ def entry_responses(after: Samples, before: Samples) -> dict[str, float]:
     return out
 
 
-PROFILED = {
-    "adsc.handleMCP (config sources: every resource of each response)": "adsc.(*ADSC).handleMCP",
-    "memory store updates": "memory.(*Store).Update",
-    "Go garbage collection (background marking)": "runtime.gcBgMarkWorker",
-    "xDS pushes to the sidecar": "xds.(*DiscoveryServer).pushXds",
-}
-"""Where istiod's CPU goes: functions whose cumulative share a profile reports (nested:
-the store updates run inside handleMCP)."""
-
-
-def profile_top(path: Path, lines: int = 45) -> list[str]:
-    """`go tool pprof -top -cum` of a CPU profile (the profile carries its symbols)."""
-    go = shutil.which("go")
-    if go is None:
-        return ["go not found: no summary"]
-    done = subprocess.run(
-        [go, "tool", "pprof", "-top", "-cum", f"-nodecount={lines}", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    return (done.stdout or done.stderr).splitlines()
-
-
-def shares(top: list[str]) -> dict[str, float]:
-    """The cumulative share (0..1) of each PROFILED function in a `-top -cum` listing
-    (columns: flat, flat%, sum%, cum, cum%, name)."""
-    found: dict[str, float] = {}
-    for line in top:
-        fields = line.split()
-        if len(fields) < 6 or not fields[4].endswith("%"):
-            continue
-        for what, function in PROFILED.items():
-            if fields[5].endswith(function) and what not in found:
-                found[what] = float(fields[4].rstrip("%")) / 100
-    return found
-
-
 async def profile(istiod: Istiod, delay: float, seconds: float, path: Path) -> list[str]:
     """A CPU profile of istiod `seconds` long, starting `delay` seconds from now."""
     await asyncio.sleep(delay)
@@ -249,23 +202,6 @@ async def sample(
         if stop.is_set():
             readings.append(read())
             return
-
-
-def spread(ops: list[list[Any]], shards: int) -> dict[str, float]:
-    """How the writes fell on services and shards: per WINDOW of writes (by issue time), the
-    mean number of distinct services written, and of distinct shards of `shards` they are
-    in (what a snapshot changes at most, and so what istiod re-reads)."""
-    windows: dict[int, tuple[set[int], set[int]]] = {}
-    first = min(op[3] for op in ops)
-    for _kind, service, _address, issued, _acked, _error in ops:
-        services, parts = windows.setdefault(int((issued - first) / WINDOW), (set(), set()))
-        services.add(service)
-        parts.add(shard_of(f"{ZK_NAMESPACE}/{zk_host(service)}", shards))
-    return {
-        "window_seconds": WINDOW,
-        "services_per_window": sum(len(v[0]) for v in windows.values()) / len(windows),
-        "shards_per_window": sum(len(v[1]) for v in windows.values()) / len(windows),
-    }
 
 
 async def start_layout(
@@ -379,7 +315,7 @@ async def churn_pass(bench: Bench, layout: Layout, pattern: str, rate: float) ->
         written = await write(bench, layout.root, layout.estate, directory, seconds, pattern, rate)
         after_writer = resource.getrusage(resource.RUSAGE_CHILDREN)
         ops: list[list[Any]] = written["ops"]
-        expected = await read_endpoints(bench.zookeeper.admin, layout.root)
+        expected = await read_endpoints_aside(bench.zookeeper.admin, layout.root)
         try:
             converged = await sidecar.until(lambda: layout.held() == expected, deadline)
             equal = True

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import grpc
@@ -20,7 +20,7 @@ from envoy.service.discovery.v3 import discovery_pb2
 from mcpserver_protos.istio.mcp.v1alpha1 import resource_pb2
 from mcpserver_protos.istio.networking.v1alpha3 import service_entry_pb2
 
-from mcpserver.xds.client import ADS_METHOD, ack, initial_request
+from mcpserver.xds.client import ADS_METHOD, Outbox, ack, initial_request
 from mcpserver.xds.typeurls import ISTIO_1_29, MESH_CONFIG
 
 SERVICE_ENTRY_URL = "networking.istio.io/v1/ServiceEntry"
@@ -59,9 +59,7 @@ class AdsStream:
     port: int
     arrived_at: float = 0.0  # time.perf_counter() when the last response was handed over
     _checks: list[Callable[[], None]] = field(default_factory=list)
-    _outbox: asyncio.Queue[discovery_pb2.DiscoveryRequest | None] = field(
-        default_factory=asyncio.Queue
-    )
+    _outbox: Outbox[discovery_pb2.DiscoveryRequest] = field(default_factory=Outbox)
     _task: asyncio.Task[None] | None = None
     _channel: grpc.aio.Channel | None = None
 
@@ -71,7 +69,7 @@ class AdsStream:
         self._task = asyncio.create_task(self._run(), name=name)
 
     async def stop(self) -> None:
-        self._outbox.put_nowait(None)
+        self._outbox.close()
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
@@ -79,11 +77,7 @@ class AdsStream:
             await self._channel.close()
 
     def send(self, request: discovery_pb2.DiscoveryRequest) -> None:
-        self._outbox.put_nowait(request)
-
-    async def _requests(self) -> AsyncIterator[discovery_pb2.DiscoveryRequest]:
-        while (request := await self._outbox.get()) is not None:
-            yield request
+        self._outbox.send(request)
 
     def call(self) -> grpc.aio.StreamStreamCall[discovery_pb2.DiscoveryRequest, bytes]:
         """The stream, its responses as raw bytes (stamped before any parsing)."""
@@ -94,7 +88,7 @@ class AdsStream:
             request_serializer=discovery_pb2.DiscoveryRequest.SerializeToString,
             response_deserializer=None,
         )
-        return stream(self._requests(), wait_for_ready=True)
+        return stream(self._outbox.requests(), wait_for_ready=True)
 
     async def _run(self) -> None:
         raise NotImplementedError

@@ -26,16 +26,13 @@ ServiceEntry controller and an EDS update with nobody to push to), not proxy pus
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
-import re
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from bench.context import Bench
 from bench.inprocess import InProcessServer, service, services
+from bench.istiodcost import collections_in, gc_traced
 from bench.process import QUIET_WINDOW, cpu_seconds, quiet
 from bench.stats import median, percentile
 from bench.workload import STATIC_NAMESPACE, Estate, address, static_name
@@ -47,31 +44,6 @@ from testbed.kube import ControlPlane
 
 SETTLE_WINDOW = 0.3
 """Seconds of idle after a push's ACK that end the push (istiod's own debounce is 100 ms)."""
-GC_LINE = re.compile(r"^gc (\d+) @[\d.]+s \d+%: .*?, ([\d.+/]+) ms cpu", re.MULTILINE)
-
-
-@contextlib.contextmanager
-def gc_traced() -> Iterator[None]:
-    """Processes started inside print a line per Go garbage collection (GODEBUG=gctrace=1):
-    a log line per collection, no change to when or how it collects."""
-    previous = os.environ.get("GODEBUG")
-    os.environ["GODEBUG"] = "gctrace=1"
-    try:
-        yield
-    finally:
-        if previous is None:
-            del os.environ["GODEBUG"]
-        else:
-            os.environ["GODEBUG"] = previous
-
-
-def collections_in(log: str) -> dict[int, float]:
-    """Go's collections in a gctrace log: number -> CPU milliseconds (every phase)."""
-    found: dict[int, float] = {}
-    for match in GC_LINE.finditer(log):
-        parts = re.split(r"[+/]", match.group(2))
-        found[int(match.group(1))] = sum(float(p) for p in parts)
-    return found
 
 
 def by_shard(metrics: Metrics, counter: str) -> dict[str, float]:

@@ -77,9 +77,7 @@ class Sidecar(AdsStream):
         if names != self._watched:
             self._watched = names
             self.clusters = len(names)
-            self._outbox.put_nowait(
-                discovery_pb2.DiscoveryRequest(type_url=EDS, resource_names=names)
-            )
+            self._outbox.send(discovery_pb2.DiscoveryRequest(type_url=EDS, resource_names=names))
 
     def _assignments(self, at: float, response: discovery_pb2.DiscoveryResponse) -> None:
         for wrapped in response.resources:

@@ -1,32 +1,22 @@
-"""One real ZooKeeper for the whole suite, each scale's estate written once under a root of
-its own (`/dubbo<N>`), so parts can run alone or in any order and share what is written.
+"""Reading and writing an estate in ZooKeeper with kazoo: each scale's estate is written
+once under a root of its own (`/dubbo<N>`), so parts can run alone or in any order and share
+what is written (bench/zkserver.py keeps the one server they share).
 
 Writing the tree is the slow part of the suite (about 10k znodes/s from kazoo), hence the
 sharing. A part that changes an estate (churn) restores it before it returns.
-
-The server is the tests' ZooKeeper (Debian's jar, tests/integration/zookeeper.py) with a
-larger heap: 600k znodes do not fit the tests' 256 MB. The JVM reads `_JAVA_OPTIONS` after
-its command line, so it overrides the -Xmx there without editing the tests' launcher.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
-import os
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from kazoo.client import KazooClient
 
-from bench.workload import Estate, address, interface, provider_node, providers_path, zk_root
-from testbed.zookeeper import ZooKeeper
-
-JAVA_OPTIONS = "-Xmx3g -Djute.maxbuffer=67108864"
+from bench.workload import Estate, address, interface, provider_node, providers_path
 
 
 def settle(result: Any) -> asyncio.Future[Any]:
@@ -93,6 +83,14 @@ async def populate(client: KazooClient, root: str, estate: Estate) -> None:
                 raise RuntimeError(f"writing the estate to ZooKeeper failed: {failed!r}")
 
 
+async def read_endpoints_aside(client: KazooClient, root: str) -> dict[str, frozenset[str]]:
+    """`read_endpoints` on an event loop of its own, in a thread: issuing 10k reads and
+    parsing them holds a loop for seconds, and the probes stamp each response when the
+    caller's loop runs it, so pushes arriving during the read were stamped seconds late
+    (the churn's "end-of-stream tail", issue 24)."""
+    return await asyncio.to_thread(asyncio.run, read_endpoints(client, root))
+
+
 async def read_endpoints(client: KazooClient, root: str) -> dict[str, frozenset[str]]:
     """host -> provider addresses under `root`, as ZooKeeper holds them now (every read in
     flight at once)."""
@@ -108,73 +106,3 @@ async def read_endpoints(client: KazooClient, root: str) -> dict[str, frozenset[
         if hosts:
             state[iface.lower()] = hosts
     return state
-
-
-@dataclass
-class BenchZooKeeper:
-    workdir: Path
-    server: ZooKeeper | None = None
-    client: KazooClient | None = None
-    written: dict[int, Estate] = field(default_factory=dict)
-    fill_seconds: dict[str, float] = field(default_factory=dict)
-
-    @property
-    def address(self) -> str:
-        assert self.server is not None
-        return self.server.address
-
-    @property
-    def admin(self) -> KazooClient:
-        """The suite's own session: writes the estates and plays the providers."""
-        assert self.client is not None
-        return self.client
-
-    def start(self) -> None:
-        self.server = ZooKeeper(self.workdir / "zookeeper")
-        previous = os.environ.get("_JAVA_OPTIONS")
-        os.environ["_JAVA_OPTIONS"] = JAVA_OPTIONS
-        try:
-            self.server.start()
-        finally:
-            if previous is None:
-                del os.environ["_JAVA_OPTIONS"]
-            else:
-                os.environ["_JAVA_OPTIONS"] = previous
-        self.client = KazooClient(hosts=self.address, timeout=30)
-        self.client.start(30)
-
-    async def estate(self, estate: Estate) -> str:
-        """The root holding this estate, written first if needed."""
-        if self.server is None:
-            self.start()
-        root = zk_root(estate.services)
-        known = self.written.get(estate.services)
-        if known is not None:
-            if known != estate:
-                raise ValueError(f"{root} already holds {known}")
-            return root
-        started = time.perf_counter()
-        await populate(self.admin, root, estate)
-        self.fill_seconds[root] = time.perf_counter() - started
-        self.written[estate.services] = estate
-        return root
-
-    def registry(self, root: str, name: str = "zk") -> dict[str, object]:
-        """The registry entry of a server config that watches one estate."""
-        return {
-            "kind": "zookeeper",
-            "name": name,
-            "hosts": self.address,
-            "namespace": "dubbo",
-            "roots": [root],
-        }
-
-    def stop(self) -> None:
-        if self.client is not None:
-            with contextlib.suppress(Exception):
-                self.client.stop()
-                self.client.close()
-            self.client = None
-        if self.server is not None:
-            self.server.stop()
-            self.server = None

@@ -1,7 +1,9 @@
 """Composition root: builds every part from Settings, starts them in order, stops them in reverse.
 
 Start order matters to istiod: the gRPC port opens first (istiod exits if it cannot open its
-stream), but streams get nothing until the first complete snapshot; registries start next.
+stream), but streams get nothing until the first complete snapshot; registries start next,
+then the admin port (its code is imported while the registries read; start() returns with
+it listening).
 Stop order is the reverse, and every step runs even when an earlier one fails: a registry
 that cannot stop must not keep the ports open.
 
@@ -22,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import importlib
 import itertools
 import logging
 import os
@@ -31,22 +34,18 @@ import threading
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from mcpserver import failure, runtime
-from mcpserver.admin import Admin
 from mcpserver.changes import ChangeTracker
 from mcpserver.codec import Record
 from mcpserver.debounce import Debouncer
 from mcpserver.metrics import Metrics
-from mcpserver.peers import Peers, describe, pick
 from mcpserver.pipeline import Pipeline, PipelineOptions
 from mcpserver.registry.base import Registry
 from mcpserver.registry.kind import RegistryContext
 from mcpserver.registry.kinds import kind_of
 from mcpserver.settings import Settings
-from mcpserver.sink.client import ApiError
-from mcpserver.sink.writer import KubernetesSink
 from mcpserver.statefiles import StateWriter, check_writable, read_states
 from mcpserver.xds.callbacks import DefaultCallbacks
 from mcpserver.xds.server import ServerOptions, TLSError, XdsServer
@@ -59,6 +58,13 @@ from mcpserver.xds.shards import (
 )
 from mcpserver.xds.sotw import AdsHandler, Clients
 from mcpserver.xds.store import ShardStore, SnapshotSource, SnapshotStore
+
+if TYPE_CHECKING:
+    # Imported where used: the admin port's by App.start, while the registries read (see
+    # there); peers and the Kubernetes sink when configured. All three bring aiohttp.
+    from mcpserver.admin import Admin
+    from mcpserver.peers import Peers
+    from mcpserver.sink.writer import KubernetesSink
 
 log = logging.getLogger("mcpserver")
 
@@ -145,11 +151,11 @@ class App:
         self.store = SnapshotStore()
         self.clients = Clients()
         self.replica = uuid.uuid4().hex  # tells this process apart among its peers
-        self.peers = (
-            Peers(s.peers.addresses, s.peers.wait, self.replica, token)
-            if s.peers is not None
-            else None
-        )
+        self.peers: Peers | None = None
+        if s.peers is not None:
+            from mcpserver.peers import Peers
+
+            self.peers = Peers(s.peers.addresses, s.peers.wait, self.replica, token)
         self.registries = (
             list(registries) if registries is not None else build_registries(s, self.metrics)
         )
@@ -229,6 +235,9 @@ class App:
             self.pipeline.on_decided = self.state.changed
         self.sink: KubernetesSink | None = None
         if "kubernetes" in s.sink:
+            from mcpserver.sink.client import ApiError
+            from mcpserver.sink.writer import KubernetesSink
+
             identity = f"{os.environ.get('HOSTNAME') or socket.gethostname()}-{self.replica[:8]}"
             try:
                 self.sink = KubernetesSink(
@@ -236,22 +245,34 @@ class App:
                 )
             except ApiError as err:
                 raise StartError(str(err)) from None
-        self.admin = Admin(
+        self._token = token
+        self._admin: Admin | None = None
+        self._waiter: asyncio.Task[None] | None = None
+        self._taking_over: asyncio.Task[None] | None = None
+
+    @property
+    def admin(self) -> Admin:
+        """The admin port's server, built by start()."""
+        if self._admin is None:
+            raise RuntimeError("the admin server is built by App.start()")
+        return self._admin
+
+    def _build_admin(self, admin: type[Admin]) -> Admin:
+        s = self.settings
+        return admin(
             s.server.admin,
             self.store,
             self.pipeline,
             self.clients,
             self.metrics,
             s.registries,
-            token=token,
+            token=self._token,
             activity=self.changes.activity,
             shard_ports={n: self.shard_ports(n) for n in self.layouts},
             replica=self.replica,
             forward=self.peers.forward_confirm if self.peers is not None else None,
             sink=self.sink.status if self.sink is not None else None,
         )
-        self._waiter: asyncio.Task[None] | None = None
-        self._taking_over: asyncio.Task[None] | None = None
 
     @property
     def port(self) -> int:
@@ -282,9 +303,16 @@ class App:
         def changed() -> None:
             self.changes.registry_changed(name)
             self.pipeline.count_status(name)  # /metrics says a new status at once
-            self.debouncer.trigger()
+            self._wake()
 
         return changed
+
+    def _wake(self) -> None:
+        """A rebuild after the debounce; the first snapshot at once when nothing is waited
+        for any more: istiod has nothing yet, and every registry has listed (the debounce
+        coalesces changes into few pushes, and before the first there is none)."""
+        first = self.store.snapshot is None and not self.pipeline.waiting_for()
+        self.debouncer.trigger(at_once=first)
 
     async def _serving(self, serving: bool) -> None:
         if serving:
@@ -296,13 +324,6 @@ class App:
         if not self.registries:
             log.warning("no registries configured: istiod will receive empty sets")
         await self.xds.start()
-        try:
-            await self.admin.start()
-        except OSError as err:
-            raise StartError(
-                f"cannot listen on server.admin {self.settings.server.admin}: "
-                f"{failure.describe(err)}"
-            ) from None
         self.debouncer.start()
         if self.peers is not None or self.state is not None:
             # read while the registries list: the first snapshot waits for both
@@ -310,8 +331,21 @@ class App:
             self._taking_over = asyncio.create_task(self._take_over(), name="take-over")
         for registry in self.registries:
             await registry.start(self._registry_changed(registry.name))
+        # The admin port's code (aiohttp, the status page: a third of the start's imports)
+        # is imported once the registries read, in a thread so the loop keeps taking their
+        # reads over. /healthz answers once start() returns, as before; /readyz says ready
+        # only once the first snapshot is served.
+        module = await asyncio.to_thread(importlib.import_module, "mcpserver.admin")
+        self._admin = self._build_admin(module.Admin)
+        try:
+            await self._admin.start()
+        except OSError as err:
+            raise StartError(
+                f"cannot listen on server.admin {self.settings.server.admin}: "
+                f"{failure.describe(err)}"
+            ) from None
         self._waiter = asyncio.create_task(self._first_snapshot(), name="first-snapshot")
-        self.debouncer.trigger()
+        self._wake()
         if self.sink is not None:
             await self.sink.start()  # it writes nothing before the first snapshot
 
@@ -334,6 +368,8 @@ class App:
                         phrase,
                     )
             if self.peers is not None:
+                from mcpserver.peers import describe, pick
+
                 chosen = pick(await self.peers.accepted())
                 for line in describe(chosen, names):
                     log.info("taking over what a peer accepted: %s", line)
@@ -381,7 +417,8 @@ class App:
         port. Every step runs even if an earlier one failed; with `grace`, all of it after
         the drain is bounded by that many seconds. True when everything stopped in time."""
         loop = asyncio.get_running_loop()
-        self.admin.shutting_down = True
+        if self._admin is not None:
+            self._admin.shutting_down = True
         clean = True
         try:
             # final: a rebuild finishing while registries stop must not flip health back
@@ -412,7 +449,7 @@ class App:
             *((f"registry {r.name}", r.stop) for r in reversed(self.registries)),
             ("debouncer", self.debouncer.stop),
             *((("state_dir", self.state.stop),) if self.state is not None else ()),
-            ("admin", self.admin.stop),
+            *((("admin", self._admin.stop),) if self._admin is not None else ()),
         ]
         deadline = None if grace is None else loop.time() + grace
         for what, step in steps:

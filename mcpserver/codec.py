@@ -5,8 +5,8 @@ A replica that starts takes its peers' (or its own last run's) accepted views as
 reference, so it must get back exactly the Services the other side accepted: equal values
 convert to the same bytes, and only then do replicas serve byte-identical resources. Every
 field of `model.Service` and `model.Instance` is written; a field at its default is left
-out (most are), and a Service shared by several views (checkpoints share nearly all of
-theirs) is written once and named by its index.
+out (most are), and equal Services in several views (checkpoints share nearly all of
+theirs) are written once and named by their index.
 
 Times cross processes and restarts, so they are wall-clock seconds here (the caller turns
 its monotonic times into these and back). Decoding trusts nothing: anything malformed is a
@@ -99,16 +99,24 @@ def encode_records(records: Mapping[str, Record]) -> dict[str, Any]:
 
 
 def _encode_record(record: Record) -> dict[str, Any]:
-    table: dict[int, int] = {}
+    # equal Services are written once. Most are the very same object in every checkpoint,
+    # so each object is hashed by value once and then found by id() (every one stays alive
+    # in `record` for this call): hashing 10k Services per checkpoint cost more than
+    # encoding them
+    by_value: dict[Service, int] = {}
+    seen: dict[int, int] = {}
     services: list[dict[str, Any]] = []
 
     def point(p: Point) -> dict[str, Any]:
         indexes = []
         for service in p.services:
-            index = table.get(id(service))
+            index = seen.get(id(service))
             if index is None:
-                index = table[id(service)] = len(services)
-                services.append(encode_service(service))
+                index = by_value.get(service)
+                if index is None:
+                    index = by_value[service] = len(services)
+                    services.append(encode_service(service))
+                seen[id(service)] = index
             indexes.append(index)
         out: dict[str, Any] = {"at": p.at, "services": indexes}
         if p.origin:

@@ -60,6 +60,7 @@ class Debouncer:
         self._last = 0.0
         self._task: asyncio.Task[None] | None = None
         self._running = False
+        self._at_once = False
         self.runs = 0
 
     @property
@@ -67,12 +68,15 @@ class Debouncer:
         """A burst is pending or its action is running."""
         return self._running or self._first is not None
 
-    def trigger(self) -> None:
-        """Note a change; cheap and non-blocking (call on the loop)."""
+    def trigger(self, at_once: bool = False) -> None:
+        """Note a change; cheap and non-blocking (call on the loop). `at_once`: act on the
+        burst now, without waiting for quiet (when there is nothing to coalesce for: the
+        first snapshot once every registry has listed)."""
         now = self._clock.now()
         if self._first is None:
             self._first = now
         self._last = now
+        self._at_once = self._at_once or at_once
         self._event.set()
 
     def start(self) -> None:
@@ -87,7 +91,7 @@ class Debouncer:
     async def _run(self) -> None:
         while True:
             await self._event.wait()
-            while self._first is not None:
+            while self._first is not None and not self._at_once:
                 delay = fire_at(self._first, self._last, self._after, self._max)
                 delay -= self._clock.now()
                 if delay <= 0:
@@ -96,6 +100,7 @@ class Debouncer:
                 await self._clock.wait(self._event, delay)
             self._event.clear()
             self._first = None
+            self._at_once = False
             self.runs += 1
             self._running = True
             try:

@@ -1,13 +1,17 @@
-"""Protobuf's base-128 varints, written and read by hand.
+"""Protobuf's base-128 varints, length-delimited fields and map entries, written and read by
+hand.
 
-Three places write protobuf bytes without the protobuf runtime: the xDS responses (framed
+Four places write protobuf bytes without the protobuf runtime: the xDS responses (framed
 resources are joined as bytes, xds/resources.py), a ServiceEntry's endpoints (spliced into
-its serialized spec, convert/serviceentry.py) and Nacos' one gRPC message (registry/nacos/
-payload.py). They share this one encoding of varints (tags and lengths), low in the layers
-so that none of them needs another for it. Pure: no I/O, no imports.
+its serialized spec, convert/serviceentry.py, and each written from its Instance,
+convert/inline.py) and Nacos' one gRPC message (registry/nacos/payload.py). They share
+this one encoding of varints (tags and lengths) and of maps in upb's deterministic order,
+low in the layers so that none of them needs another for it. Pure: no I/O.
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 _SHORT_VARINTS: tuple[bytes, ...] = tuple(
     bytes([v]) if v < 0x80 else bytes([(v & 0x7F) | 0x80, v >> 7]) for v in range(1 << 14)
@@ -47,3 +51,33 @@ def decode_varint(data: bytes, at: int) -> tuple[int, int]:
         shift += 7
         if not byte & 0x80:
             return value, at
+
+
+def field(tag: bytes, payload: bytes) -> bytes:
+    """A length-delimited field: its tag, the payload's length, the payload."""
+    return tag + encode_varint(len(payload)) + payload
+
+
+def string_map(tag: bytes, pairs: Iterable[tuple[str, str]]) -> list[bytes]:
+    """A map<string, string> field as protobuf's deterministic serializer writes it: one
+    entry message {1: key, 2: value} per key (the last of repeated keys wins), both always
+    written, in upb's order (`upb_order`)."""
+    return [
+        field(tag, field(b"\x0a", key) + field(b"\x12", value.encode()))
+        for key, value in sorted(((k.encode(), v) for k, v in dict(pairs).items()), key=upb_order)
+    ]
+
+
+def uint_map(tag: bytes, pairs: Iterable[tuple[str, int]]) -> list[bytes]:
+    """A map<string, uint32> field likewise: entries {1: key, 2: varint value}."""
+    return [
+        field(tag, field(b"\x0a", key) + b"\x10" + encode_varint(value))
+        for key, value in sorted(((k.encode(), v) for k, v in dict(pairs).items()), key=upb_order)
+    ]
+
+
+def upb_order(pair: tuple[bytes, object]) -> bytes:
+    """upb's deterministic order of map entries: by key bytes, and of two keys where one is
+    a prefix of the other, the longer first (a 0xff, which UTF-8 never holds, after each key
+    sorts exactly so)."""
+    return pair[0] + b"\xff"

@@ -7,7 +7,7 @@ tests can check that istiod turned our ServiceEntries into clusters and endpoint
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 
 import grpc
 from envoy.config.cluster.v3 import cluster_pb2
@@ -16,7 +16,7 @@ from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf import struct_pb2
 
-from mcpserver.xds.client import ADS_METHOD
+from mcpserver.xds.client import ADS_METHOD, Outbox
 
 CDS = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 EDS = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
@@ -34,24 +34,20 @@ def sidecar_node() -> base_pb2.Node:
 
 async def endpoints(port: int, cluster: str, within: float = 10.0) -> tuple[list[str], list[str]]:
     """(cluster names from CDS, `address:port` of the cluster's endpoints from EDS)."""
-    outbox: asyncio.Queue[discovery_pb2.DiscoveryRequest | None] = asyncio.Queue()
-
-    async def requests() -> AsyncIterator[discovery_pb2.DiscoveryRequest]:
-        while (request := await outbox.get()) is not None:
-            yield request
+    outbox: Outbox[discovery_pb2.DiscoveryRequest] = Outbox()
 
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
         call = channel.stream_stream(
             ADS_METHOD,
             request_serializer=discovery_pb2.DiscoveryRequest.SerializeToString,
             response_deserializer=discovery_pb2.DiscoveryResponse.FromString,
-        )(requests())
-        outbox.put_nowait(discovery_pb2.DiscoveryRequest(type_url=CDS, node=sidecar_node()))
+        )(outbox.requests())
+        outbox.send(discovery_pb2.DiscoveryRequest(type_url=CDS, node=sidecar_node()))
         names: list[str] = []
         found: list[str] = []
         async with asyncio.timeout(within):
             async for response in call:
-                outbox.put_nowait(
+                outbox.send(
                     discovery_pb2.DiscoveryRequest(
                         type_url=response.type_url,
                         version_info=response.version_info,
@@ -64,7 +60,7 @@ async def endpoints(port: int, cluster: str, within: float = 10.0) -> tuple[list
                         decoded = cluster_pb2.Cluster()
                         any_cluster.Unpack(decoded)
                         names.append(decoded.name)
-                    outbox.put_nowait(
+                    outbox.send(
                         discovery_pb2.DiscoveryRequest(type_url=EDS, resource_names=[cluster])
                     )
                 elif response.type_url == EDS:
@@ -77,7 +73,7 @@ async def endpoints(port: int, cluster: str, within: float = 10.0) -> tuple[list
                             for lb in locality.lb_endpoints:
                                 sock = lb.endpoint.address.socket_address
                                 found.append(f"{sock.address}:{sock.port_value}")
-                        outbox.put_nowait(None)
+                        outbox.close()
                         call.cancel()
                         return names, sorted(found)
     return names, sorted(found)
@@ -105,11 +101,7 @@ async def workload_addresses(
     """The names of the `istio.workload.Address` resources istiod's WDS gives a ztunnel-like
     delta xDS client (ztunnel's wildcard subscription), once `wanted(names)` holds; names are
     `namespace/hostname` for services and a uid for workloads."""
-    outbox: asyncio.Queue[discovery_pb2.DeltaDiscoveryRequest | None] = asyncio.Queue()
-
-    async def requests() -> AsyncIterator[discovery_pb2.DeltaDiscoveryRequest]:
-        while (request := await outbox.get()) is not None:
-            yield request
+    outbox: Outbox[discovery_pb2.DeltaDiscoveryRequest] = Outbox()
 
     names: set[str] = set()
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
@@ -117,16 +109,14 @@ async def workload_addresses(
             DELTA_ADS_METHOD,
             request_serializer=discovery_pb2.DeltaDiscoveryRequest.SerializeToString,
             response_deserializer=discovery_pb2.DeltaDiscoveryResponse.FromString,
-        )(requests())
-        outbox.put_nowait(
-            discovery_pb2.DeltaDiscoveryRequest(type_url=ADDRESS, node=ztunnel_node())
-        )
+        )(outbox.requests())
+        outbox.send(discovery_pb2.DeltaDiscoveryRequest(type_url=ADDRESS, node=ztunnel_node()))
         try:
             async with asyncio.timeout(within):
                 async for response in call:
                     names |= {r.name for r in response.resources}
                     names -= set(response.removed_resources)
-                    outbox.put_nowait(
+                    outbox.send(
                         discovery_pb2.DeltaDiscoveryRequest(
                             type_url=response.type_url, response_nonce=response.nonce
                         )
@@ -138,5 +128,5 @@ async def workload_addresses(
                 f"WDS never gave what was wanted; it gave {sorted(names)}"
             ) from None
         finally:
-            outbox.put_nowait(None)
+            outbox.close()
     return names

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 from array import array
 from collections.abc import Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime
 
 from google.protobuf.message import Message
@@ -76,7 +76,19 @@ def workload_entry(
 
 def service_entry(service: Service) -> service_entry_pb2.ServiceEntry:
     """The ServiceEntry spec for one service."""
-    entry = service_entry_pb2.ServiceEntry(
+    entry = _without_endpoints(service)
+    if service.endpoints_mode == "workloadentry":
+        entry.workload_selector.CopyFrom(
+            workload_selector_pb2.WorkloadSelector(labels=selector_labels(service))
+        )
+    else:
+        entry.endpoints.extend(inline_endpoint(i, service.registry) for i in service.instances)
+    return entry
+
+
+def _without_endpoints(service: Service) -> service_entry_pb2.ServiceEntry:
+    """The spec without endpoints or workload selector."""
+    return service_entry_pb2.ServiceEntry(
         hosts=list(service.hosts),
         addresses=list(service.addresses),
         ports=[
@@ -89,13 +101,6 @@ def service_entry(service: Service) -> service_entry_pb2.ServiceEntry:
         resolution=service.resolution,
         export_to=list(service.export_to),
     )
-    if service.endpoints_mode == "workloadentry":
-        entry.workload_selector.CopyFrom(
-            workload_selector_pb2.WorkloadSelector(labels=selector_labels(service))
-        )
-    else:
-        entry.endpoints.extend(inline_endpoint(i, service.registry) for i in service.instances)
-    return entry
 
 
 _ENDPOINTS_FIELD = b"\x32"  # ServiceEntry.endpoints = 6, length-delimited
@@ -112,7 +117,7 @@ def inline_parts(service: Service) -> tuple[service_entry_pb2.ServiceEntry, byte
     so the spec's bytes are `head`, each endpoint framed as field 6, then `tail` (export_to,
     field 7; nothing later is set in inline mode). Lets a rebuild reuse the bytes of the
     endpoints that did not change instead of building and validating each again."""
-    bare = service_entry(replace(service, instances=()))
+    bare = _without_endpoints(service)  # what service_entry() writes for no instances
     export_to = list(bare.export_to)
     del bare.export_to[:]
     head = bare.SerializeToString(deterministic=True)

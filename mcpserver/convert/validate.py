@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence, Set
 from functools import lru_cache
 
 from mcpserver_protos.istio.networking.v1alpha3 import service_entry_pb2, workload_entry_pb2
@@ -141,8 +141,22 @@ def check_subnet(value: str) -> str | None:
     return None if is_ip(value) else f"{value} is not a valid IP"
 
 
+def check_endpoint_ports(ports: Mapping[str, int], service_ports: Set[str] | None) -> list[str]:
+    """An endpoint's ports, by name: each names a port of the service (when its names are
+    given), with a valid name and number."""
+    errors: list[str] = []
+    for name, number in sorted(ports.items()):
+        if service_ports is not None and name not in service_ports:
+            errors.append(f"endpoint port {number} is not defined by the service entry")
+        if not is_dns1123_label(name):
+            errors.append(f"invalid port name: {name}")
+        if err := check_port(number):
+            errors.append(err)
+    return errors
+
+
 def validate_workload_entry(
-    entry: WorkloadEntry, service_ports: set[str] | None, allow_fqdn: bool
+    entry: WorkloadEntry, service_ports: Set[str] | None, allow_fqdn: bool
 ) -> list[str]:
     """validateWorkloadEntry: address, ports naming service ports, labels."""
     errors: list[str] = []
@@ -160,20 +174,14 @@ def validate_workload_entry(
             errors.append(f"endpoint address {address!r} is not a valid IP address")
         elif check_fqdn(address):
             errors.append(f"endpoint address {address!r} is not a valid FQDN or an IP address")
-    for name, number in sorted(entry.ports.items()):
-        if service_ports is not None and name not in service_ports:
-            errors.append(f"endpoint port {number} is not defined by the service entry")
-        if not is_dns1123_label(name):
-            errors.append(f"invalid port name: {name}")
-        if err := check_port(number):
-            errors.append(err)
+    errors += check_endpoint_ports(entry.ports, service_ports)
     errors += check_labels(entry.labels, f"endpoint {address}")
     if unix and service_ports is not None and len(service_ports) != 1:
         errors.append("exactly 1 service port required for unix endpoints")
     return errors
 
 
-def _check_export_to(namespace: str, export_to: list[str]) -> list[str]:
+def check_export_to(namespace: str, export_to: Sequence[str]) -> list[str]:
     errors: list[str] = []
     seen: set[str] = set()
     for entry in export_to:
@@ -196,13 +204,7 @@ def validate_service_entry(entry: ServiceEntry, namespace: str) -> list[str]:
         errors += check_labels(entry.workload_selector.labels, "workloadSelector")
         if len(entry.endpoints):
             errors.append("only one of WorkloadSelector or Endpoints is allowed in Service Entry")
-    if not entry.hosts:
-        errors.append("service entry must have at least one host")
-    for host in entry.hosts:
-        if host == "*":
-            errors.append(f"invalid host {host}")
-        elif err := check_wildcard_domain(host):
-            errors.append(err)
+    errors += check_hosts(entry.hosts)
     cidr = False
     for address in entry.addresses:
         cidr = cidr or "/" in address
@@ -210,23 +212,9 @@ def validate_service_entry(entry: ServiceEntry, namespace: str) -> list[str]:
             errors.append(err)
     if cidr and resolution not in (ServiceEntry.NONE, ServiceEntry.STATIC):
         errors.append("CIDR addresses are allowed only for NONE/STATIC resolution types")
-    names: set[str] = set()
-    numbers: set[int] = set()
-    for port in entry.ports:
-        if port.name in names:
-            errors.append(f"service entry port name {port.name!r} already defined")
-        if port.number in numbers:
-            errors.append(f"service entry port {port.number} already defined")
-        names.add(port.name)
-        numbers.add(port.number)
-        if port.target_port and (err := check_port(port.target_port)):
-            errors.append(err)
-        if not is_dns1123_label(port.name):
-            errors.append(f"invalid port name: {port.name}")
-        if port.protocol and port.protocol.lower() not in PROTOCOLS:
-            errors.append(f"unsupported protocol: {port.protocol}")
-        if err := check_port(port.number):
-            errors.append(err)
+    ports = [(p.name, p.number, p.protocol, p.target_port) for p in entry.ports]
+    errors += check_service_ports(ports)
+    names = {name for name, _, _, _ in ports}
     if resolution == ServiceEntry.NONE:
         if len(entry.endpoints):
             errors.append("no endpoints should be provided for resolution type none")
@@ -250,25 +238,59 @@ def validate_service_entry(entry: ServiceEntry, namespace: str) -> list[str]:
                     f"endpoint address {endpoint.address!r} is not a valid FQDN or an IP address"
                 )
             errors += check_labels(endpoint.labels, f"endpoint {endpoint.address}")
-            for name, number in sorted(endpoint.ports.items()):
-                if name not in names:
-                    errors.append(f"endpoint port {number} is not defined by the service entry")
-                if not is_dns1123_label(name):
-                    errors.append(f"invalid port name: {name}")
-                if err := check_port(number):
-                    errors.append(err)
+            errors += check_endpoint_ports(endpoint.ports, names)
     elif resolution == ServiceEntry.DYNAMIC_DNS:
         errors.append("resolution DYNAMIC_DNS is not served by mcpserver (ambient only)")
     else:
         errors.append(f"unsupported resolution type {resolution}")
     if resolution != ServiceEntry.NONE and len(entry.hosts) > 1:
-        for port in entry.ports:
-            protocol = port.protocol.lower()
-            if protocol not in _HTTP and protocol not in _TLS:
-                errors.append("multiple hosts provided with non-HTTP, non-TLS ports")
-                break
-    errors += _check_export_to(namespace, list(entry.export_to))
+        errors += check_several_hosts([protocol for _, _, protocol, _ in ports])
+    errors += check_export_to(namespace, list(entry.export_to))
     return errors
+
+
+def check_hosts(hosts: Sequence[str]) -> list[str]:
+    """A ServiceEntry's hosts: at least one, each a domain with wildcards in front only."""
+    errors = [] if hosts else ["service entry must have at least one host"]
+    for host in hosts:
+        if host == "*":
+            errors.append(f"invalid host {host}")
+        elif err := check_wildcard_domain(host):
+            errors.append(err)
+    return errors
+
+
+def check_service_ports(ports: Sequence[tuple[str, int, str, int]]) -> list[str]:
+    """A ServiceEntry's ports as (name, number, protocol, target_port): unique names and
+    numbers, each valid."""
+    errors: list[str] = []
+    names: set[str] = set()
+    numbers: set[int] = set()
+    for name, number, protocol, target_port in ports:
+        if name in names:
+            errors.append(f"service entry port name {name!r} already defined")
+        if number in numbers:
+            errors.append(f"service entry port {number} already defined")
+        names.add(name)
+        numbers.add(number)
+        if target_port and (err := check_port(target_port)):
+            errors.append(err)
+        if not is_dns1123_label(name):
+            errors.append(f"invalid port name: {name}")
+        if protocol and protocol.lower() not in PROTOCOLS:
+            errors.append(f"unsupported protocol: {protocol}")
+        if err := check_port(number):
+            errors.append(err)
+    return errors
+
+
+def check_several_hosts(protocols: Sequence[str]) -> list[str]:
+    """Several hosts (resolution other than NONE) need HTTP or TLS ports only."""
+    for protocol in protocols:
+        lowered = protocol.lower()
+        if lowered not in _HTTP and lowered not in _TLS:
+            return ["multiple hosts provided with non-HTTP, non-TLS ports"]
+    return []
 
 
 def validate_name(namespace: str, name: str) -> list[str]:

@@ -10,6 +10,7 @@ would write is reported and left alone.
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -73,6 +74,33 @@ def desired(snapshot: Snapshot) -> dict[Key, PackedResource]:
             namespace, _, name = resource.name.partition("/")
             found[(kind, namespace, name)] = resource
     return found
+
+
+def desired_among(
+    snapshot: Snapshot, names: Mapping[str, Collection[str]]
+) -> tuple[dict[Key, PackedResource], list[Key]]:
+    """Of the `names` of each kind (what changed since a snapshot the apiserver holds), the
+    resources the snapshot serves, and the keys of every name asked: the part of `desired`
+    a plan needs when only those names can differ. A bisect each in the sorted set."""
+    found: dict[Key, PackedResource] = {}
+    asked: list[Key] = []
+    for kind, kind_names in names.items():
+        if kind not in KINDS:
+            continue
+        type_set = snapshot.sets.get(kind)
+        resources = type_set.resources if type_set is not None else ()
+        for name in kind_names:
+            namespace, _, short = name.partition("/")
+            key = (kind, namespace, short)
+            asked.append(key)
+            at = bisect.bisect_left(resources, name, key=_name)
+            if at < len(resources) and resources[at].name == name:
+                found[key] = resources[at]
+    return found, asked
+
+
+def _name(resource: PackedResource) -> str:
+    return resource.name
 
 
 def to_object(resource: PackedResource, owner: str) -> dict[str, Any]:

@@ -33,6 +33,7 @@ from mcpserver.sink.objects import (
     KINDS,
     Key,
     desired,
+    desired_among,
     plan,
     read_listed,
     to_object,
@@ -97,18 +98,26 @@ class KubernetesSink:
         self._taken: tuple[Key, ...] = ()  # served names others hold, at the last sync
         self._failed: dict[Key, str] = {}  # key -> why its last write failed
         self._said: dict[Key, str] = {}  # what was logged of each key's failure
-        self._listed = False  # ours and foreign are exact (a list just ran)
+        self._known = False  # ours and foreign were listed since we lead (then kept up)
+        self._listed = False  # ours and foreign are exact (a list just ran, no sync since)
         self._listed_at = 0.0
         self.synced = ""  # the snapshot version the apiserver holds, "" while behind
         self.synced_at = 0.0  # time.time() of the last complete sync
         self.error = ""  # why the last sync did not complete
         self.writes = 0
         self.first_sync_seconds: float | None = None
+        # the names each snapshot changed since the one a sync last started from (from
+        # Snapshot.changes, followed snapshot by snapshot): while the apiserver holds that
+        # one exactly, a sync plans over these alone; None when a step was missed
+        self._seen = ""  # the version of the last snapshot the store announced
+        self._touched: dict[str, set[str]] | None = None
+        self.plans = {"full": 0, "changed": 0}
+        self.lists = 0  # full lists of what we own (on leading, after errors, each resync)
 
     # ----------------------------------------------------------------- lifecycle
 
     async def start(self) -> None:
-        self._unsubscribe = self._store.subscribe(self._wake.set)
+        self._unsubscribe = self._store.subscribe(self._published)
         self._task = asyncio.create_task(self._run(), name="kubernetes-sink")
         log.info(
             "kubernetes sink: writing to %s as owner %s once leading (lease %s/%s)",
@@ -151,10 +160,25 @@ class KubernetesSink:
             "failed": {"/".join(k): why for k, why in sorted(self._failed.items())[:100]},
             "foreign": ["/".join(k) for k in self._taken[:100]],
             "writes": self.writes,
+            "plans": dict(self.plans),
+            "lists": self.lists,
             "requests": self.client.requests,
         }
 
     # --------------------------------------------------------------------- loop
+
+    def _published(self) -> None:
+        """Each snapshot as the store publishes it: note what it changed, wake the loop."""
+        snapshot = self._store.snapshot
+        if snapshot is not None:
+            if self._touched is not None and snapshot.base and snapshot.base == self._seen:
+                for kind, change in snapshot.changes.items():
+                    names = self._touched.setdefault(kind, set())
+                    names.update(change.added, change.removed, change.changed)
+            else:
+                self._touched = None
+            self._seen = snapshot.version
+        self._wake.set()
 
     async def _run(self) -> None:
         attempt = 0
@@ -162,7 +186,7 @@ class KubernetesSink:
             try:
                 await self.lease.acquire()
                 self._metrics.sink_leader.set(1)
-                self._listed = False
+                self._known = self._listed = False
                 try:
                     async with asyncio.TaskGroup() as group:
                         group.create_task(self.lease.hold())
@@ -186,7 +210,7 @@ class KubernetesSink:
             resync_due = time.monotonic() - self._listed_at >= self._settings.resync
             if snapshot is not None:
                 try:
-                    if not self._listed or resync_due:
+                    if not self._known or resync_due:
                         await self._list()
                     if self.synced != snapshot.version or self._failed:
                         await self._sync(snapshot)
@@ -194,7 +218,7 @@ class KubernetesSink:
                 except ApiError as err:
                     failures += 1
                     self.error = str(err)
-                    self._listed = False
+                    self._known = self._listed = False
                     log.warning("kubernetes sink: sync failed (retrying): %s", err)
             delay = self._settings.resync
             if failures or self._failed:
@@ -214,17 +238,52 @@ class KubernetesSink:
                 else:
                     foreign.add(listed.key)
         self._ours, self._foreign = ours, foreign
-        self._listed, self._listed_at = True, time.monotonic()
+        self._known = self._listed = True
+        self._listed_at = time.monotonic()
+        self.lists += 1
         self._metrics.sink_objects.set(len(ours))
 
     async def _sync(self, snapshot: Snapshot) -> None:
         began = time.monotonic()
-        resources = desired(snapshot)
+        # before any await: the names changed since the last sync's snapshot, if known and
+        # relative to `snapshot`; from here on they accumulate for the next sync
+        touched = self._touched if snapshot.version == self._seen else None
+        self._touched = {} if snapshot.version == self._seen else None
+        asked: list[Key] | None = None
+        if touched is not None and self.synced and not self._listed and not self._failed:
+            # the apiserver holds the last synced snapshot exactly: only these can differ
+            resources, asked = desired_among(snapshot, touched)
+            self.plans["changed"] += 1
+        else:
+            resources = desired(snapshot)
+            self.plans["full"] += 1
+        try:
+            await self._write(snapshot, resources, asked, began)
+        except BaseException:
+            self._touched = None  # what the apiserver holds is unknown: plan over all
+            raise
+        if self.synced != snapshot.version:
+            self._touched = None
+
+    async def _write(
+        self,
+        snapshot: Snapshot,
+        resources: Mapping[Key, PackedResource],
+        asked: list[Key] | None,
+        began: float,
+    ) -> None:
+        """Apply and delete what differs among `asked` (every key when None)."""
+
+        def ours() -> Mapping[Key, str]:
+            if asked is None:
+                return self._ours
+            return {key: self._ours[key] for key in asked if key in self._ours}
+
         wanted = {key: r.version for key, r in resources.items()}
-        todo = plan(wanted, self._ours, self._foreign)
+        todo = plan(wanted, ours(), self._foreign)
         if not self._listed:
             await self._check_new(todo.apply)
-            todo = plan(wanted, self._ours, self._foreign)
+            todo = plan(wanted, ours(), self._foreign)
         self._listed = False  # names created by others from now on are found by a GET
         self._failed = {}
         semaphore = asyncio.Semaphore(self._settings.concurrency)

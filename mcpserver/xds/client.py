@@ -13,6 +13,7 @@ import datetime as dt
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
 import grpc
 from envoy.config.core.v3 import base_pb2
@@ -28,6 +29,28 @@ BODIES = {
     "type.googleapis.com/istio.networking.v1alpha3.ServiceEntry": service_entry_pb2.ServiceEntry,
     "type.googleapis.com/istio.networking.v1alpha3.WorkloadEntry": workload_entry_pb2.WorkloadEntry,
 }
+
+
+RequestT = TypeVar("RequestT")
+
+
+class Outbox(Generic[RequestT]):
+    """The requests of one bidirectional stream, in the order sent: `send` queues one,
+    `close` ends the request side, and the outbox is the request iterator a gRPC
+    stream_stream call takes (an ADS client writes ACKs while it reads responses)."""
+
+    def __init__(self) -> None:
+        self._queue: asyncio.Queue[RequestT | None] = asyncio.Queue()
+
+    def send(self, request: RequestT) -> None:
+        self._queue.put_nowait(request)
+
+    def close(self) -> None:
+        self._queue.put_nowait(None)
+
+    async def requests(self) -> AsyncIterator[RequestT]:
+        while (request := await self._queue.get()) is not None:
+            yield request
 
 
 def go_timestamp() -> str:
@@ -151,9 +174,7 @@ class IstiodLikeClient:
     type_urls: tuple[str, ...]
     responses: dict[str, list[discovery_pb2.DiscoveryResponse]] = field(default_factory=dict)
     acks_sent: int = 0
-    _outbox: asyncio.Queue[discovery_pb2.DiscoveryRequest | None] = field(
-        default_factory=asyncio.Queue
-    )
+    _outbox: Outbox[discovery_pb2.DiscoveryRequest] = field(default_factory=Outbox)
     _call: (
         grpc.aio.StreamStreamCall[discovery_pb2.DiscoveryRequest, discovery_pb2.DiscoveryResponse]
         | None
@@ -165,20 +186,16 @@ class IstiodLikeClient:
     """The stream's initial metadata (mcpserver says which shard it serves and where the
     others are)."""
 
-    async def _requests(self) -> AsyncIterator[discovery_pb2.DiscoveryRequest]:
-        while (request := await self._outbox.get()) is not None:
-            yield request
-
     async def run(self) -> None:
         """Send the initial burst, then read and ACK until the stream ends."""
         for i, type_url in enumerate(self.type_urls):
-            self._outbox.put_nowait(initial_request(type_url, first=i == 0, node=self.node))
+            self._outbox.send(initial_request(type_url, first=i == 0, node=self.node))
         stream = self.channel.stream_stream(
             ADS_METHOD,
             request_serializer=discovery_pb2.DiscoveryRequest.SerializeToString,
             response_deserializer=discovery_pb2.DiscoveryResponse.FromString,
         )
-        call = stream(self._requests())
+        call = stream(self._outbox.requests())
         self._call = call
         self.metadata = {
             key: value if isinstance(value, str) else value.decode()
@@ -189,17 +206,17 @@ class IstiodLikeClient:
                 self.responses.setdefault(response.type_url, []).append(response)
                 self._changed.notify_all()
             if response.type_url != MESH_CONFIG:  # adsc does not ACK MeshConfig
-                self._outbox.put_nowait(ack(response, self.node))
+                self._outbox.send(ack(response, self.node))
                 self.acks_sent += 1
 
     def close(self) -> None:
-        self._outbox.put_nowait(None)
+        self._outbox.close()
         if self._call is not None:
             self._call.cancel()
 
     def send(self, request: discovery_pb2.DiscoveryRequest) -> None:
         """Send an arbitrary request on the stream (tests of protocol edge cases)."""
-        self._outbox.put_nowait(request)
+        self._outbox.send(request)
 
     async def wait_for(self, predicate: object, within: float) -> None:
         """Wait until predicate(self) is true, or raise TimeoutError."""

@@ -18,12 +18,14 @@ import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import lru_cache
 
 from google.protobuf import any_pb2
 from google.protobuf.message import Message
 from mcpserver_protos.istio.mcp.v1alpha1 import resource_pb2
 
-from mcpserver.wire import decode_varint, encode_varint
+from mcpserver.wire import decode_varint, encode_varint, string_map
+from mcpserver.wire import field as _field
 from mcpserver.xds.typeurls import BODY_TYPE, RESOURCE_TYPE
 
 _RESOURCES_FIELD = b"\x12"  # DiscoveryResponse.resources = 2, length-delimited
@@ -32,18 +34,23 @@ _TYPE_URL_FIELD = b"\x22"  # type_url = 4
 _NONCE_FIELD = b"\x2a"  # nonce = 5
 
 
-def _field(tag: bytes, payload: bytes) -> bytes:
-    return tag + encode_varint(len(payload)) + payload
-
-
 @dataclass(frozen=True, slots=True)
 class PackedResource:
-    """One resource ready for the wire: name, content-hash version and framed bytes."""
+    """One resource ready for the wire: name, content-hash version and framed bytes.
+
+    The bytes are kept once. Packed, a resource owns them (`piece` is a bytes object); once
+    a response of a set holding it has been joined (snapshot.py, `TypeSet.response`), `piece`
+    becomes a view of its span in that response, and its own bytes are freed: at 10k
+    services the resources' bytes are as large as a response (13 MiB), and holding them
+    twice, plus gRPC's copy of the response while it sends, made the peak of a cold start.
+    Only where the bytes are stored moves (`rehome`), never what they are: a reader sees the
+    same bytes before and after, in any thread."""
 
     kind: str
     name: str
     version: str
-    framed: bytes
+    piece: bytes | memoryview = field(repr=False)
+    """The framed bytes: its own, or a read-only view of a joined response holding them."""
     digest: int = field(default=0, repr=False, compare=False)
     """A 128-bit hash of name and version: set versions are sums of these (snapshot.py)."""
 
@@ -52,6 +59,18 @@ class PackedResource:
         object.__setattr__(
             self, "digest", int.from_bytes(hashlib.blake2b(ident, digest_size=16).digest())
         )
+
+    @property
+    def framed(self) -> bytes:
+        """The framed bytes as a bytes object (a copy when they live in a response)."""
+        piece = self.piece
+        return piece if isinstance(piece, bytes) else piece.tobytes()
+
+    def rehome(self, view: memoryview) -> None:
+        """Keep the framed bytes as `view` (the same bytes, inside a joined response) from
+        now on, dropping the resource's own copy. One attribute store: a reader in another
+        thread sees the old or the new storage, both holding these bytes."""
+        object.__setattr__(self, "piece", view)
 
     def to_any(self) -> any_pb2.Any:
         """The Any as it travels in DiscoveryResponse.resources."""
@@ -131,7 +150,7 @@ def pack_bytes(
         _RESOURCES_FIELD,
         _encode_any(kind, full_name, version, body_bytes, create_time, labels, annotations),
     )
-    return PackedResource(kind=kind, name=full_name, version=version, framed=framed)
+    return PackedResource(kind=kind, name=full_name, version=version, piece=framed)
 
 
 def _encode_any(
@@ -148,53 +167,62 @@ def _encode_any(
     building the three wrapper messages: this runs for every changed resource, and the
     messages cost 4x the bytes. tests/unit/test_resources.py checks it byte for byte against
     the message classes."""
+    metadata = b"".join(
+        (
+            _text(b"\x0a", name),
+            _timestamp(create_time),
+            _text(b"\x1a", version),
+            _maps(labels, annotations),
+        )
+    )
+    inner = _text(b"\x0a", BODY_TYPE[kind]) + (_field(b"\x12", body) if body else b"")
+    resource = _field(b"\x0a", metadata) + _field(b"\x12", inner)
+    return _RESOURCE_TYPE_FIELD + _field(b"\x12", resource)
+
+
+_RESOURCE_TYPE_FIELD = _field(b"\x0a", RESOURCE_TYPE.encode())
+
+
+# Both made once per distinct value: most resources of a registry share their create time
+# (a static file's default) and their labels (the registry's), and a cold start packs 10k.
+@lru_cache(maxsize=1 << 12)
+def _timestamp(create_time: datetime) -> bytes:
+    """Metadata.create_time (field 2) as a google.protobuf.Timestamp."""
     seconds = calendar.timegm(create_time.utctimetuple())
     nanos = create_time.microsecond * 1000
     timestamp = (b"\x08" + encode_varint(seconds % (1 << 64)) if seconds else b"") + (
         b"\x10" + encode_varint(nanos) if nanos else b""
     )
-    metadata = b"".join(
-        (
-            _text(b"\x0a", name),
-            _field(b"\x12", timestamp),
-            _text(b"\x1a", version),
-            *_map_entries(b"\x22", labels),
-            *_map_entries(b"\x2a", annotations),
-        )
-    )
-    inner = _text(b"\x0a", BODY_TYPE[kind]) + (_field(b"\x12", body) if body else b"")
-    resource = _field(b"\x0a", metadata) + _field(b"\x12", inner)
-    return _text(b"\x0a", RESOURCE_TYPE) + _field(b"\x12", resource)
+    return _field(b"\x12", timestamp)
+
+
+@lru_cache(maxsize=1 << 12)
+def _maps(labels: tuple[tuple[str, str], ...], annotations: tuple[tuple[str, str], ...]) -> bytes:
+    """Metadata.labels (field 4) and annotations (field 5)."""
+    return b"".join((*string_map(b"\x22", labels), *string_map(b"\x2a", annotations)))
 
 
 def _text(tag: bytes, text: str) -> bytes:
     return _field(tag, text.encode()) if text else b""
 
 
-def _map_entries(tag: bytes, pairs: Iterable[tuple[str, str]]) -> list[bytes]:
-    """A map<string, string>: one entry message {1: key, 2: value} per key, both always
-    written, in upb's deterministic order: by key bytes, and of two keys where one is a
-    prefix of the other, the longer first (a 0xff, which UTF-8 never holds, after each key
-    sorts exactly so)."""
-    return [
-        _field(tag, _field(b"\x0a", key) + _field(b"\x12", value.encode()))
-        for key, value in sorted(((k.encode(), v) for k, v in dict(pairs).items()), key=_upb_order)
-    ]
-
-
-def _upb_order(pair: tuple[bytes, str]) -> bytes:
-    return pair[0] + b"\xff"
+def response_head(version_info: str) -> bytes:
+    """What precedes the resources in encode_response()'s bytes."""
+    return _field(_VERSION_FIELD, version_info.encode())
 
 
 def encode_response(
-    version_info: str, type_url: str, nonce: str, resources: bytes | Iterable[bytes]
+    version_info: str,
+    type_url: str,
+    nonce: str,
+    resources: bytes | Iterable[bytes | memoryview],
 ) -> bytes:
     """A serialized envoy DiscoveryResponse around resources already framed by pack() (their
     bytes joined, or each resource's own)."""
     parts = [resources] if isinstance(resources, bytes) else resources
     return b"".join(
         itertools.chain(
-            (_field(_VERSION_FIELD, version_info.encode()),),
+            (response_head(version_info),),
             parts,
             (
                 _field(_TYPE_URL_FIELD, type_url.encode()),

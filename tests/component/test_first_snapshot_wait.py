@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.component.test_ads import ControlledRegistry, svc
+from tests.component.test_ads import ControlledRegistry, static_registry, svc
 from tests.conftest import AppFactory, eventually, make_settings
 
 pytestmark = pytest.mark.component
@@ -30,3 +30,23 @@ async def test_the_first_snapshot_waiter_ends_with_the_first_snapshot(
     late.sync(svc("late", "10.9.0.1"))
     await eventually(lambda: app.store.snapshot is not None)
     await eventually(lambda: not waiting(), within=2.0)  # the wait logs every 30 s
+
+
+@pytest.mark.parametrize("late_registry", [False, True])
+async def test_the_first_snapshot_is_built_once_every_registry_listed_not_after_the_debounce(
+    static_file: Path, start_app: AppFactory, late_registry: bool
+) -> None:
+    """Before the first snapshot there is nothing to coalesce for: once every registry has
+    listed (at start, or when the last one lists later) it is built at once, however long
+    the debounce. Later changes wait for it again."""
+    late = ControlledRegistry("late")
+    settings = make_settings(static_file, debounce={"after": "60s", "max": "120s"})
+    app = await start_app(settings, [static_registry(settings), late] if late_registry else None)
+    if late_registry:
+        assert app.store.snapshot is None  # the static file listed, "late" did not
+        late.sync(svc("late", "10.9.0.1"))
+    await eventually(lambda: app.store.snapshot is not None, within=10.0)
+    first = app.store.snapshot
+    static_file.write_text(static_file.read_text().replace("10.1.0.1", "10.1.0.7"))
+    await eventually(lambda: app.debouncer.busy)  # the edit was seen: now it waits
+    assert app.store.snapshot is first

@@ -146,7 +146,9 @@ async def test_writes_what_mcp_serves_and_deletes_what_left(
     workloads = objects(kubectl, namespace, "workloadentries")
     assert [w["spec"]["address"] for w in workloads.values()] == ["10.2.0.1"]
 
-    # one service changes: one write
+    # one service changes: one write, planned over what the snapshot changed alone
+    assert app.sink is not None
+    plans, lists = dict(app.sink.plans), app.sink.lists
     mark = control_plane.audit_mark()
     write_services(
         inline,
@@ -161,11 +163,15 @@ async def test_writes_what_mcp_serves_and_deletes_what_left(
     await synced(app)
     writes = istio_writes(control_plane, mark)
     assert [(w["verb"], w["objectRef"]["name"]) for w in writes] == [("patch", "cart")]
+    assert app.sink.plans["changed"] > plans["changed"]
+    assert app.sink.plans["full"] == plans["full"]
+    assert app.sink.lists == lists  # what we own is known: not listed again per change
 
     # a service that left is deleted
     write_services(inline, [service("cart", "10.1.0.1", namespace=namespace)])
     await eventually(lambda: "pay" not in objects(kubectl, namespace), within=30)
     assert "cart" in objects(kubectl, namespace)
+    assert app.sink.plans["full"] == plans["full"]
 
 
 async def test_a_held_removal_is_not_deleted(

@@ -33,7 +33,7 @@ from envoy.service.discovery.v3 import discovery_pb2
 from kazoo.client import KazooClient
 from kazoo.exceptions import NoNodeError
 
-from mcpserver.xds.client import ADS_METHOD, ack, decode_resource, initial_request
+from mcpserver.xds.client import ADS_METHOD, Outbox, ack, decode_resource, initial_request
 from mcpserver.xds.typeurls import ISTIO_1_30, MESH_CONFIG, served_kind
 from testbed.consulagent import ConsulAgent
 from testbed.eureka import EurekaServer
@@ -282,14 +282,14 @@ class Watch:
         self.sets: list[tuple[float, set[Endpoint]]] = []
         self.streams = 0  # streams mcpserver answered on
         self._task: asyncio.Task[None] | None = None
-        self._outbox: asyncio.Queue[discovery_pb2.DiscoveryRequest | None] | None = None
+        self._outbox: Outbox[discovery_pb2.DiscoveryRequest] | None = None
 
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run())
 
     async def stop(self) -> None:
         if self._outbox is not None:
-            self._outbox.put_nowait(None)  # ends the request stream before the call goes
+            self._outbox.close()  # ends the request stream before the call goes
         if self._task is not None:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
@@ -305,22 +305,19 @@ class Watch:
             await asyncio.sleep(0.1)  # istiod's own retry is slower; this is a backoff
 
     async def _stream(self, channel: grpc.aio.Channel) -> None:
-        outbox: asyncio.Queue[discovery_pb2.DiscoveryRequest | None] = asyncio.Queue()
+        outbox: Outbox[discovery_pb2.DiscoveryRequest] = Outbox()
         self._outbox = outbox
         for i, type_url in enumerate(ISTIO_1_30):
-            outbox.put_nowait(initial_request(type_url, first=i == 0))
-
-        async def requests() -> AsyncIterator[discovery_pb2.DiscoveryRequest]:
-            while (request := await outbox.get()) is not None:
-                if request.HasField("node"):
-                    request.node.id = WATCH_NODE
-                yield request
+            request = initial_request(type_url, first=i == 0)
+            if request.HasField("node"):
+                request.node.id = WATCH_NODE
+            outbox.send(request)
 
         call = channel.stream_stream(
             ADS_METHOD,
             request_serializer=discovery_pb2.DiscoveryRequest.SerializeToString,
             response_deserializer=discovery_pb2.DiscoveryResponse.FromString,
-        )(requests())
+        )(outbox.requests())
         answered = False
         try:
             async for response in call:
@@ -330,9 +327,9 @@ class Watch:
                 if served_kind(response.type_url) == "ServiceEntry":
                     self.sets.append((time.monotonic(), response_endpoints(response)))
                 if response.type_url != MESH_CONFIG:
-                    outbox.put_nowait(ack(response))
+                    outbox.send(ack(response))
         finally:
-            outbox.put_nowait(None)  # the request stream ends with the call
+            outbox.close()  # the request stream ends with the call
 
 
 class IstiodSampler:
@@ -384,11 +381,7 @@ def withdrawals(
 async def istiod_xds(istiod: Istiod, within: float = 10.0) -> set[Endpoint]:
     """Our endpoints as a sidecar gets them from istiod's 15010: CDS (every cluster), then EDS
     for each `outbound|PORT||HOST` cluster of ours."""
-    outbox: asyncio.Queue[discovery_pb2.DiscoveryRequest | None] = asyncio.Queue()
-
-    async def requests() -> AsyncIterator[discovery_pb2.DiscoveryRequest]:
-        while (request := await outbox.get()) is not None:
-            yield request
+    outbox: Outbox[discovery_pb2.DiscoveryRequest] = Outbox()
 
     clusters: dict[str, tuple[str, int]] = {}  # cluster name -> (host, port)
     found: dict[str, set[Endpoint]] = {}
@@ -397,13 +390,13 @@ async def istiod_xds(istiod: Istiod, within: float = 10.0) -> set[Endpoint]:
             ADS_METHOD,
             request_serializer=discovery_pb2.DiscoveryRequest.SerializeToString,
             response_deserializer=discovery_pb2.DiscoveryResponse.FromString,
-        )(requests())
-        outbox.put_nowait(discovery_pb2.DiscoveryRequest(type_url=CDS, node=sidecar_node()))
+        )(outbox.requests())
+        outbox.send(discovery_pb2.DiscoveryRequest(type_url=CDS, node=sidecar_node()))
         try:
             async with asyncio.timeout(within):
                 async for response in call:
                     names = sorted(clusters) if response.type_url == EDS else []
-                    outbox.put_nowait(
+                    outbox.send(
                         discovery_pb2.DiscoveryRequest(
                             type_url=response.type_url,
                             version_info=response.version_info,
@@ -420,7 +413,7 @@ async def istiod_xds(istiod: Istiod, within: float = 10.0) -> set[Endpoint]:
                                 clusters[cluster.name] = (host, int(port))
                         if not clusters:
                             return set()
-                        outbox.put_nowait(
+                        outbox.send(
                             discovery_pb2.DiscoveryRequest(
                                 type_url=EDS, resource_names=sorted(clusters)
                             )
@@ -444,7 +437,7 @@ async def istiod_xds(istiod: Istiod, within: float = 10.0) -> set[Endpoint]:
                         if set(found) >= set(clusters):
                             break
         finally:
-            outbox.put_nowait(None)
+            outbox.close()
             call.cancel()
     return set().union(*found.values()) if found else set()
 

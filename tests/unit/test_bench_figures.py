@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from bench import suite
+from bench import findings
 from bench.churn import Pass, lags_of, report
 from bench.latency import Sample
 from bench.latency import summarize as latency_summary
@@ -100,8 +100,8 @@ def results_of(samples: list[Sample], ops: list[list[Any]], seen: dict[Any, floa
                "grpcio": "1", "protobuf": "7", "kazoo": "2", "pyyaml": "6",
                "load_average_start": [1.0], "git_head": "0" * 12, "git_dirty": False}  # fmt: skip
     results: dict[str, Any] = {"machine": machine, "runs": [], "parts": parts}
-    results["summary"] = suite.summarize(parts)
-    return json.loads(json.dumps(suite._clean(results)))
+    results["summary"] = findings.summarize(parts)
+    return json.loads(json.dumps(findings.clean(results)))
 
 
 @pytest.mark.parametrize("kind", ["missing", "empty"])
@@ -118,8 +118,8 @@ def test_the_table_and_every_plot_take_missing_figures(tmp_path: Path, kind: str
     results["parts"]["change_latency"]["cdf"]["ours"].append([None, 1.0])
     results["parts"]["change_latency"]["all"]["ours"]["p99"] = None
     results["parts"]["churn"]["runs"]["0"]["cdf"]["kazoo_watch"] = [[None, None], [-0.1, 0.5]]
-    results["summary"] = suite.summarize(results["parts"])
-    table = suite.markdown(results, draw(results, tmp_path))
+    results["summary"] = findings.summarize(results["parts"])
+    table = findings.markdown(results, draw(results, tmp_path))
     assert "n/a" in table
     for png in ("cold_start", "memory", "change_latency_cdf", "churn_lag", "fanout"):
         assert (tmp_path / f"{png}.png").stat().st_size > 1000, png

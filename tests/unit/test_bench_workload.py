@@ -10,8 +10,7 @@ from collections import Counter
 
 import pytest
 
-from bench.istiodchurn import shares, spread
-from bench.shardpush import collections_in
+from bench.istiodcost import collections_in, shares, spread
 from bench.workload import ZK_NAMESPACE, address, fresh_address, zk_host
 from bench.zkwriter import Rolling
 from mcpserver.xds.shards import shard_of

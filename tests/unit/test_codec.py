@@ -3,6 +3,7 @@ once, and malformed documents refused naming where."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from datetime import UTC, datetime
 from typing import Any
@@ -73,6 +74,17 @@ def test_every_field_survives_and_shared_services_are_written_once() -> None:
     (got,) = back.records.values()
     assert got.checkpoints[0].services[0] == FULL
     assert got.checkpoints[0].services[0] is got.checkpoints[1].services[0]  # shared again
+
+
+def test_equal_services_are_written_once_whichever_objects_they_are() -> None:
+    """A Service converted again to the same value (another object) is the same record:
+    what is written depends on values only."""
+    again = dataclasses.replace(FULL)
+    assert again == FULL and again is not FULL
+    record = Record((Point(1.0, (FULL, PLAIN)), Point(2.0, (again, PLAIN))))
+    encoded = encode_document(Document("r", 3.0, True, {"zk": record}))
+    assert len(encoded["registries"]["zk"]["services"]) == 2
+    assert encoded["registries"]["zk"]["checkpoints"][1]["services"] == [0, 1]
 
 
 def test_defaults_are_left_out() -> None:

@@ -131,3 +131,28 @@ async def test_a_run_starts_after_the_quiet_period_or_at_the_maximum_wait() -> N
     assert started == [0.5, 3.5]
     assert debouncer.runs == 2
     await debouncer.stop()
+
+
+async def test_a_burst_marked_at_once_runs_without_waiting_for_quiet() -> None:
+    """The first snapshot, once every registry listed, is built at once (app.py `_wake`);
+    triggers after it wait for quiet again."""
+    done = asyncio.Event()
+
+    async def action() -> None:
+        done.set()
+
+    clock = FakeClock()
+    debouncer = Debouncer(action, after=0.05, max_wait=0.5, clock=clock)
+    debouncer.start()
+    debouncer.trigger()
+    debouncer.trigger(at_once=True)
+    await asyncio.wait_for(done.wait(), 5)  # the clock has not moved
+    assert debouncer.runs == 1
+    done.clear()
+    debouncer.trigger()
+    await clock.advance(0.01)
+    assert not done.is_set()
+    await clock.advance(0.05)
+    await asyncio.wait_for(done.wait(), 5)
+    await debouncer.stop()
+    assert debouncer.runs == 2

@@ -16,14 +16,14 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from mcpserver.builder import Builder, BuildInputs, build
+from mcpserver.builder import Builder, BuildInputs, build, convert_service
 from mcpserver.convert.merge import MergeIndex, merge
 from mcpserver.metrics import Metrics
 from mcpserver.model import Instance, Port, Service
 from mcpserver.registry.base import Registry
 from mcpserver.registry.table import LOG_MIN
 from mcpserver.registry.view import Status, View
-from mcpserver.xds.resources import encode_response, pack
+from mcpserver.xds.resources import encode_response, pack, pack_bytes
 from mcpserver.xds.snapshot import SetChange, TypeIndex, TypeSet
 
 pytestmark = pytest.mark.unit
@@ -377,3 +377,74 @@ def test_a_set_nobody_takes_stops_being_encoded_ahead() -> None:
     index.put(resource("z", 1))  # type: ignore[arg-type]
     again, _ = index.commit()
     assert list(again._responses) == [url]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_resources_served_from_responses_keep_their_packed_bytes(seed: int) -> None:
+    """Once a set's response is joined, its resources keep their bytes as views of it
+    (xds/resources.py, `PackedResource.rehome`): across rebuilds that reuse them (and splice
+    endpoints out of them), every resource and every response still holds the bytes a
+    fresh build packs, and a response already sent never changes."""
+    rng = random.Random(seed)
+    inputs = BuildInputs({"c": True}, CIDR, "first")
+    builder = Builder(inputs)
+    state: dict[str, list[Service]] = {r: [] for r in REGISTRIES}
+    url = "networking.istio.io/v1/ServiceEntry"
+    sent: list[tuple[TypeSet, bytes]] = []
+    for _ in range(40):
+        registry = rng.choice(REGISTRIES)
+        state[registry] = step(rng, state[registry], registry)
+        views = views_of(state)
+        have = builder.build(views).snapshot.sets["ServiceEntry"]
+        want = build(views, inputs).snapshot.sets["ServiceEntry"]
+        payload = have.response(url)  # as a stream takes it: rehomes the resources
+        assert payload == encode_response(want.version, url, want.version, want.blob)
+        assert [(r.name, r.framed) for r in have.resources] == [
+            (r.name, r.framed) for r in want.resources
+        ]
+        assert all(isinstance(r.piece, memoryview) for r in have.resources)
+        sent.append((have, bytes(payload)))
+        for type_set, before in sent:
+            assert type_set.response(url) == before
+
+
+def test_the_heap_is_trimmed_for_what_a_first_response_frees_not_for_each_rebuild(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A response re-homes its set's resources (mcpserver/heap.py says why it then trims):
+    what it reports freed is the bytes of the resources that still held their own, all of
+    them for a cold start's set, only the changed ones on a rebuild."""
+    freed: list[int] = []
+    monkeypatch.setattr("mcpserver.xds.snapshot.release", freed.append)
+    url = "networking.istio.io/v1/ServiceEntry"
+    index = TypeIndex("ServiceEntry")
+    first = [pack_bytes("ServiceEntry", "ns", f"s{n}", b"x" * n, T0) for n in range(5)]
+    for packed in first:
+        index.put(packed)
+    index.commit()[0].response(url)
+    changed = pack_bytes("ServiceEntry", "ns", "s2", b"y", T0)
+    index.put(changed)
+    index.commit()  # encoded ahead under the URL the first set was taken under
+    assert freed == [sum(len(p.framed) for p in first), len(changed.framed)]
+
+
+def test_services_with_equal_ports_share_one_endpoint_context() -> None:
+    """Every inline conversion keeps its (registry, port names); equal ones are one object,
+    not one per service (10k services, one port set)."""
+    ports = (Port("http", 80, "HTTP"),)
+    a, b = (
+        convert_service(
+            Service(
+                registry="a",
+                namespace="ns",
+                name=name,
+                hosts=(f"{name}.mesh",),
+                ports=tuple(replace(p) for p in ports),
+                instances=(Instance("10.0.0.1"),),
+            )
+        )
+        for name in ("s1", "s2")
+    )
+    assert a.packed and b.packed
+    assert a.endpoint_context == ("a", frozenset({"http"}))
+    assert a.endpoint_context is b.endpoint_context

@@ -1,6 +1,6 @@
 """The interpreter settings of `mcpserver serve` (mcpserver/runtime.py): the GIL switch
-interval set at start, one freeze once the first snapshot is out, never before it and never
-again."""
+interval set at start, the collector paused until the first snapshot (or a time limit), one
+freeze once the first snapshot is out, never before it and never again."""
 
 from __future__ import annotations
 
@@ -23,17 +23,48 @@ pytestmark = pytest.mark.unit
 @pytest.fixture
 def restored() -> Iterator[None]:
     """The test process's own collector settings, back after the test."""
-    thresholds, switch = gc.get_threshold(), sys.getswitchinterval()
+    thresholds, switch, enabled = gc.get_threshold(), sys.getswitchinterval(), gc.isenabled()
     yield
     gc.set_threshold(*thresholds)
     sys.setswitchinterval(switch)
     gc.unfreeze()
+    if enabled:
+        gc.enable()
 
 
 def test_tune_sets_the_switch_interval(restored: None) -> None:
     mcpserver.runtime.tune()
     assert sys.getswitchinterval() == pytest.approx(mcpserver.runtime.SWITCH_INTERVAL)
     assert mcpserver.runtime.SWITCH_INTERVAL < 0.005  # CPython's default
+
+
+async def test_the_collector_pauses_from_start_to_the_first_snapshot(
+    restored: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Startup builds the estate with the collector paused; the first snapshot freezes what
+    it built (no scan of it later) and collections resume, before the settle's delay."""
+    monkeypatch.setattr(mcpserver.runtime, "settle", lambda _: None)
+    gc.unfreeze()
+    mcpserver.runtime.tune()
+    assert not gc.isenabled()
+    store = SnapshotStore()
+    mcpserver.runtime.settle_after_first(store, Metrics(), delay=60.0)
+    assert not gc.isenabled()
+    assert gc.get_freeze_count() == 0
+    store.publish(build_snapshot(()))
+    assert gc.isenabled()
+    assert gc.get_freeze_count() > 0
+
+
+async def test_a_start_that_waits_long_resumes_the_collector(
+    restored: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A registry that never lists does not keep the collector paused past the limit."""
+    monkeypatch.setattr(mcpserver.runtime, "STARTUP_PAUSE_LIMIT", 0.05)
+    mcpserver.runtime.tune()
+    mcpserver.runtime.settle_after_first(SnapshotStore(), Metrics())
+    assert not gc.isenabled()
+    await eventually(gc.isenabled)
 
 
 async def test_the_heap_settles_once_after_the_first_snapshot(

@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
+import copy
+import json
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from pydantic import ValidationError
 
 import mcpserver.registry.static.parser as parser_module
-from mcpserver.model import EPOCH_2000
+from mcpserver.model import EPOCH_2000, Service
 from mcpserver.registry.static.parser import (
     StaticFileError,
     StaticOptions,
+    StaticService,
+    direct_service,
     entry_texts,
     parse_static,
+    to_service,
 )
 
 pytestmark = pytest.mark.unit
@@ -238,3 +247,244 @@ def test_an_edit_parses_only_the_entry_that_changed(monkeypatch: pytest.MonkeyPa
         i != 6 for i in range(20)
     ]
     assert second.services[6].instances[0].address == "10.0.7.7"
+
+
+# Well-formed entries (every field, optional ones sometimes, values on their bounds), then
+# one or two faults put anywhere in them: a value of another type (bool for int, int or
+# None for str, a float, a container), out of bounds, a key removed or one added. So each
+# check of the direct path meets entries whose every other field is fine.
+_WORD = st.sampled_from(["", "reviews", "ns", "a.b.mesh", "HTTP", "v1", "\ud800", "é"])
+_PORT_NUMBER = st.sampled_from([1, 80, 9080, 65535])
+_GOOD_PORT = st.fixed_dictionaries(
+    {"name": _WORD, "number": _PORT_NUMBER},
+    optional={"protocol": _WORD, "target_port": st.sampled_from([0, 1, 8080, 65535])},
+)
+_GOOD_INSTANCE = st.fixed_dictionaries(
+    {"address": st.sampled_from(["10.0.0.1", "::1", "", "not-an-ip"])},
+    optional={
+        "ports": st.dictionaries(_WORD, _PORT_NUMBER, max_size=2),
+        "labels": st.dictionaries(_WORD, _WORD, max_size=3),
+        "weight": st.sampled_from([0, 1, 2**32 - 1]),
+        "locality": _WORD,
+        "network": _WORD,
+        "service_account": _WORD,
+    },
+)
+_GOOD_ENTRY = st.fixed_dictionaries(
+    {"name": _WORD, "ports": st.lists(_GOOD_PORT, max_size=2)},
+    optional={
+        "namespace": st.one_of(st.none(), _WORD),
+        "host": st.one_of(st.none(), _WORD),
+        "hosts": st.lists(_WORD, max_size=2),
+        "addresses": st.lists(_WORD, max_size=2),
+        "instances": st.lists(_GOOD_INSTANCE, max_size=3),
+        "labels": st.dictionaries(_WORD, _WORD, max_size=2),
+        "export_to": st.lists(_WORD, max_size=2),
+        "location": st.sampled_from(["MESH_INTERNAL", "MESH_EXTERNAL"]),
+        "resolution": st.sampled_from(["STATIC", "DNS", "DNS_ROUND_ROBIN", "NONE"]),
+        "created": st.datetimes(),
+    },
+)
+ODD = [None, True, False, 0, -1, 65536, 2**32, 1.5, 80.0, "80", "", "MESH", [], {}, ["a"], {"a": 1}]
+_ODD = st.sampled_from(ODD)
+FULL_ENTRY: dict[str, Any] = {
+    "name": "reviews",
+    "namespace": "bookinfo",
+    "host": "reviews.mesh",
+    "hosts": ["a.mesh"],
+    "addresses": ["240.0.0.1"],
+    "ports": [{"name": "http", "number": 9080, "protocol": "HTTP", "target_port": 8080}],
+    "instances": [
+        {
+            "address": "10.0.0.12",
+            "ports": {"http": 9081},
+            "labels": {"version": "v2"},
+            "weight": 3,
+            "locality": "us-east/zone-a",
+            "network": "n1",
+            "service_account": "sa",
+        }
+    ],
+    "labels": {"team": "x"},
+    "export_to": ["."],
+    "location": "MESH_EXTERNAL",
+    "resolution": "DNS",
+}
+
+
+def _places(value: object) -> list[tuple[Any, Any]]:
+    """Every (container, key or index) in an entry, nested ones included."""
+    found: list[tuple[Any, Any]] = []
+    items = value.items() if isinstance(value, dict) else enumerate(value)  # type: ignore[arg-type]
+    for key, item in list(items):
+        found.append((value, key))
+        if isinstance(item, dict | list):
+            found += _places(item)
+    return found
+
+
+def _fault(raw: dict[str, Any], data: st.DataObject) -> None:
+    """One fault somewhere in `raw`: a value replaced, a key removed, or a key added."""
+    container, key = data.draw(st.sampled_from(_places(raw) or [(raw, "name")]))
+    action = data.draw(st.sampled_from(["replace", "replace", "remove", "add"]))
+    if action == "replace" or not isinstance(container, dict):
+        container[key] = data.draw(_ODD)
+    elif action == "remove":
+        del container[key]
+    else:
+        container[data.draw(st.sampled_from(["colour", 1, None]))] = "x"
+
+
+def check_both_paths(raw: object) -> Service | None:
+    """An entry the direct path reads is one pydantic accepts, and becomes the same Service
+    with values of the same types (repr tells 1 from True); one pydantic refuses, the
+    direct path leaves to it (so its problems keep pydantic's words). The direct one."""
+    direct = direct_service(raw, OPTIONS)
+    try:
+        entry = StaticService.model_validate(raw)
+    except ValidationError:
+        assert direct is None, raw
+        return None
+    if direct is not None:
+        want = to_service(entry, OPTIONS)
+        assert direct == want, raw
+        assert repr(direct) == repr(want), raw
+    return direct
+
+
+@settings(derandomize=True, database=None, deadline=None, max_examples=500)
+@given(st.data())
+def test_the_direct_path_accepts_only_what_pydantic_reads_the_same(data: st.DataObject) -> None:
+    raw = data.draw(_GOOD_ENTRY)
+    faults = data.draw(st.integers(0, 2))
+    for _ in range(faults):
+        _fault(raw, data)
+    direct = check_both_paths(raw)
+    if not faults and "created" not in raw:
+        assert direct is not None  # a well-formed entry is read directly
+
+
+def test_every_single_fault_is_read_as_pydantic_reads_it() -> None:
+    """Each place of an entry with every field, given each odd value, removed, or beside
+    an unknown key: exhaustively, so that every check of the direct path meets its case."""
+    places = len(_places(copy.deepcopy(FULL_ENTRY)))
+    for n in range(places):
+        for fault in [*ODD, "remove", "add"]:
+            raw = copy.deepcopy(FULL_ENTRY)
+            container, key = _places(raw)[n]
+            if fault == "remove" and isinstance(container, dict):
+                del container[key]
+            elif fault == "add" and isinstance(container, dict):
+                container["colour"] = "blue"
+            else:
+                container[key] = fault
+            check_both_paths(raw)
+
+
+def test_the_plain_shape_takes_the_direct_path() -> None:
+    """What generators write (the bench's estate, the README's examples) is read directly."""
+    raw = FULL_ENTRY
+    direct = direct_service(raw, OPTIONS)
+    assert direct is not None
+    assert repr(direct) == repr(to_service(StaticService.model_validate(raw), OPTIONS))
+    assert direct_service({"name": "a", "ports": []}, OPTIONS) is not None
+
+
+def test_parsing_validates_with_pydantic_only_what_is_not_plain(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The direct path is what a file of plain entries goes through; pydantic sees only the
+    entries that are not plain, and says what is wrong with them as before."""
+    seen: list[object] = []
+    real = StaticService.model_validate
+
+    def counting(raw: object) -> StaticService:
+        seen.append(raw)
+        return real(raw)
+
+    monkeypatch.setattr(parser_module.StaticService, "model_validate", counting)
+    bad = {"name": "bad", "ports": [{"name": "http", "number": "eighty"}]}
+    text = json.dumps({"services": [FULL_ENTRY, bad, {"name": "a", "ports": []}]})
+    parsed = parse_static(text, OPTIONS)
+    assert [s.name for s in parsed.services] == ["reviews", "a"]
+    assert seen == [bad]
+    assert [p.message for p in parsed.problems] == [
+        "ports[0].number: Input should be a valid integer, unable to parse string as an integer"
+    ]
+
+
+@pytest.mark.parametrize(
+    "dump",
+    [
+        json.dumps,
+        lambda d: json.dumps(d, indent=2),
+        lambda d: "\n \t" + json.dumps(d, separators=(",", ":")) + "\r\n",
+    ],
+)
+def test_a_json_file_is_read_entry_by_entry(dump: Any) -> None:
+    """Each entry of a plain JSON file read on its own is what json.loads reads of it, and
+    its key is its text."""
+    services = [FULL_ENTRY, {"name": "a", "ports": [], "note": [1.5, None, True]}, "text", 7]
+    text = dump({"services": services})
+    cut = parser_module.json_entries(text)
+    assert cut is not None
+    assert [raw for raw, _, _ in cut] == json.loads(text)["services"]
+    for raw, _, key in cut:
+        assert key is not None and key.startswith(parser_module.JSON_KEY)
+        piece = key.removeprefix(parser_module.JSON_KEY)
+        assert piece in text and json.loads(piece) == raw
+    assert parser_module.json_entries(dump({"services": []})) == []
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        '{"services": [], "other": 1}',  # another key: the whole file says what is wrong
+        '{"other": 1, "services": []}',
+        '{"services": [{"name": "a"}], "services": []}',  # json.loads keeps the last
+        '{"services": [{"name": "a"},]}',  # not JSON
+        '{"services": [{"name": "a"}]} x',
+        '{"services": {"name": "a"}}',
+        '{"services": [{"name": "a"}]\u00a0}',  # not JSON's whitespace
+        '{"services": [{"name": "a"}',
+    ],
+)
+def test_any_other_json_is_parsed_whole(text: str) -> None:
+    assert parser_module.json_entries(text) is None
+
+
+def test_an_edit_of_a_json_file_reads_again_only_the_entry_that_changed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    services = [
+        {"name": f"s{i}", "ports": [], "instances": [{"address": f"10.0.0.{i}"}]} for i in range(20)
+    ]
+    first = parse_static(json.dumps({"services": services}), OPTIONS)
+    read: list[object] = []
+    real = parser_module.direct_service
+
+    def counting(raw: object, options: StaticOptions, *shared: Any) -> Service | None:
+        read.append(raw)
+        return real(raw, options, *shared)
+
+    monkeypatch.setattr(parser_module, "direct_service", counting)
+    services[6]["instances"] = [{"address": "10.0.7.7"}]
+    second = parse_static(json.dumps({"services": services}), OPTIONS, first.known, first.texts)
+    assert read == [services[6]]
+    assert [a is b for a, b in zip(first.services, second.services, strict=True)] == [
+        i != 6 for i in range(20)
+    ]
+    assert second.services[6].instances[0].address == "10.0.7.7"
+
+
+def test_instances_with_the_same_labels_share_one_tuple() -> None:
+    """One label tuple per label set in the file, not one per instance (100k at 10k x 10)."""
+    entry = {
+        "name": "a",
+        "ports": [],
+        "instances": [{"address": "10.0.0.1", "labels": {"v": "1", "z": "a"}}],
+    }
+    text = json.dumps({"services": [entry, {**entry, "name": "b"}]})
+    a, b = parse_static(text, OPTIONS).services
+    assert a.instances[0].labels == (("v", "1"), ("z", "a"))
+    assert a.instances[0].labels is b.instances[0].labels

@@ -14,7 +14,7 @@ from urllib.parse import quote
 import pytest
 
 from mcpserver.model import Service
-from mcpserver.registry.dubbo.mapping import DubboOptions
+from mcpserver.registry.dubbo.mapping import DubboOptions, Member
 from mcpserver.registry.table import ServiceTable
 from mcpserver.registry.zookeeper import assembly as assembly_module
 from mcpserver.registry.zookeeper.assembly import (
@@ -578,3 +578,20 @@ def test_keep_when_empty_keeps_a_registered_interface_and_application_without_en
         else:
             assert empty.services == ()
         assert assemble(options, gone, empty).services == ()
+
+
+def test_one_endpoint_of_two_providers_on_one_address_is_chosen_by_what_it_serves() -> None:
+    # two registrations of one address and port (one endpoint): the first by listing
+    # order (and by parameters) says version 2.0.0, the other 1.0.0
+    first = provider("10.0.0.5", anyhost="true", version="2.0.0")
+    other = provider("10.0.0.5", version="1.0.0")
+    record = providers(first, other)
+    assert record.providers == (first, other)
+    result = assemble(OPTIONS, Changes(interfaces={DEMO_KEY: record}))
+    (service,) = result.services
+    (endpoint,) = service.instances
+    assert dict(endpoint.labels)["version"] == "1.0.0"
+    # the kept parses hold no parameters: what the endpoint needed of them is in it
+    parsed = list(result.interfaces[DEMO_KEY].parsed.values())
+    assert len(parsed) == 2 and all(isinstance(m, Member) for m in parsed)
+    assert "anyhost" not in repr(parsed)

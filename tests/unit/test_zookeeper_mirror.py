@@ -10,21 +10,37 @@ paths involved, once each (one-shot), with the client's event types.
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from types import ModuleType
 from typing import Any, Generic, TypeVar
 
 import pytest
 
+from mcpserver.metrics import Metrics
+from mcpserver.registry.dubbo.mapping import DubboOptions
+from mcpserver.registry.view import Status, View
 from mcpserver.registry.zookeeper import mirror as mirror_module
-from mcpserver.registry.zookeeper.assembly import AppRecord, InterfaceRecord, MappingRecord
+from mcpserver.registry.zookeeper import watcher as watcher_module
+from mcpserver.registry.zookeeper.assembly import (
+    AppRecord,
+    InterfaceRecord,
+    MappingRecord,
+    assemble,
+)
+from mcpserver.registry.zookeeper.config import ZooKeeperRegistrySettings
 from mcpserver.registry.zookeeper.connection import (
+    CONNECTED,
+    SUSPENDED,
     ConnectionLossError,
     NoAuthError,
     NoNodeError,
 )
 from mcpserver.registry.zookeeper.interface import Pending, Watch, ZkClient, ZnodeStat
 from mcpserver.registry.zookeeper.mirror import Mirror, ReadFailure
+from mcpserver.registry.zookeeper.watcher import ZooKeeperRegistry
+from tests.conftest import eventually
 
 pytestmark = pytest.mark.unit
 
@@ -518,3 +534,184 @@ def test_interfaces_that_come_and_go_leave_no_watch_behind() -> None:
     interfaces = setup.mirror.take().changes.interfaces
     assert all(interfaces.get(("/dubbo", f"com.example.Gone{n}")) is None for n in range(20))
     assert watches() == before
+
+
+# ------------------------------------------------------- assembling ahead of the walk
+
+
+def test_the_walk_read_so_far_is_handed_over_ahead_and_a_later_change_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(mirror_module, "WALK_BATCH", 4)
+    zk = dubbo_tree(10)
+    setup = mirror_of(zk)
+    setup.mirror.watch_roots()
+    zk.answer(1 + 3)
+    assert setup.wakes == []  # fewer than WALK_BATCH keys read
+    zk.answer(1)
+    assert setup.wakes == [1]  # a batch to assemble ahead
+    assert not setup.mirror.take().changes  # a plain take still hands over nothing
+    taken = setup.mirror.take(ahead=True)
+    assert taken.walking and not taken.listed
+    assert sorted(k[1] for k in taken.changes.interfaces) == [f"com.example.S{i}" for i in range(4)]
+    # S0, handed over ahead, loses a provider before the walk ends
+    zk.delete(f"/dubbo/com.example.S0/providers/{provider('com.example.S0', '10.0.0.1')}")
+    zk.answer()
+    taken = setup.mirror.take(ahead=True)
+    assert not taken.walking and taken.listed
+    assert sorted(k[1] for k in taken.changes.interfaces) == [
+        f"com.example.S{i}" for i in [0, *range(4, 10)]
+    ]
+    assert taken.changes.interfaces[("/dubbo", "com.example.S0")] == InterfaceRecord(
+        (provider("com.example.S0", "10.0.0.2"),), zk.nodes["/dubbo/com.example.S0/providers"][1]
+    )
+
+
+class ListeningZooKeeper(FakeZooKeeper):
+    """The fake, telling the registry its connection states as the client does."""
+
+    def __init__(self, tree: FakeZooKeeper) -> None:
+        super().__init__(nodes=tree.nodes, clock=tree.clock)
+        self.listeners: list[Callable[[str], object]] = []
+
+    def add_listener(self, listener: Callable[[str], object]) -> None:
+        self.listeners.append(listener)
+
+    def tell(self, state: str) -> None:
+        for listener in self.listeners:
+            listener(state)
+
+
+def hosts_of(view: View) -> dict[str, int]:
+    return {s.name: len(s.instances) for s in view.services}
+
+
+async def registry_on(
+    zk: FakeZooKeeper, monkeypatch: pytest.MonkeyPatch, views: list[View]
+) -> ZooKeeperRegistry:
+    monkeypatch.setattr(mirror_module, "WALK_BATCH", 4)
+    monkeypatch.setattr(watcher_module, "new_client", lambda *args, **kwargs: zk)
+    settings = ZooKeeperRegistrySettings(
+        kind="zookeeper",
+        name="zk",
+        hosts="fake:2181",
+        roots=["/dubbo"],
+        services_roots=[],
+        keep_when_empty=True,
+    )
+    registry = ZooKeeperRegistry(settings, Metrics(), {})
+    await registry.start(lambda: views.append(registry.view()))
+    await eventually(lambda: zk.outstanding)  # the root's read
+    return registry
+
+
+async def test_the_first_walk_is_assembled_ahead_and_published_once_whole_and_exact(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    zk = dubbo_tree(20)
+    views: list[View] = []
+    registry = await registry_on(zk, monkeypatch, views)
+    try:
+        zk.answer(1 + 10)
+        # the ten interfaces read are assembled while the walk goes on, and not published
+        await eventually(lambda: len(registry._assembly.interfaces) == 10)
+        assert registry.view().services == () and not registry.view().synced
+        # S0 (assembled ahead) loses both providers, S5 (not read yet) gains one
+        for j in (1, 2):
+            zk.delete(
+                f"/dubbo/com.example.S0/providers/{provider('com.example.S0', f'10.0.0.{j}')}"
+            )
+        zk.create(f"/dubbo/com.example.S5/providers/{provider('com.example.S5', '10.9.9.9')}")
+        zk.answer()
+        await eventually(lambda: registry.view().synced)
+        # one view, the whole walk as it ended: S0 is not kept empty (nothing was shown)
+        expected = {f"com.example.s{i}": 2 for i in range(1, 20)} | {"com.example.s5": 3}
+        assert [hosts_of(v) for v in views if v.services] == [expected]
+    finally:
+        await registry.stop()
+
+
+async def test_a_first_walk_cut_off_midway_publishes_nothing_until_it_is_read_whole(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    zk = ListeningZooKeeper(dubbo_tree(20))
+    views: list[View] = []
+    registry = await registry_on(zk, monkeypatch, views)
+    try:
+        zk.answer(1 + 10)
+        await eventually(lambda: len(registry._assembly.interfaces) == 10)
+        zk.drop_connection()  # the other ten reads fail
+        zk.tell(SUSPENDED)
+        await eventually(lambda: registry.view().status is Status.DEGRADED)
+        registry._wakeup.set()  # a refresh while the walk is cut off: still nothing shown
+        await eventually(lambda: not registry._wakeup.is_set())
+        assert all(not v.services for v in views) and not registry.view().synced
+        zk.create(f"/dubbo/com.example.S19/providers/{provider('com.example.S19', '10.9.9.9')}")
+        zk.tell(CONNECTED)  # the re-list reads the whole tree
+        await eventually(lambda: zk.outstanding)
+        zk.answer()
+        await eventually(lambda: registry.view().synced)
+        expected = {f"com.example.s{i}": 2 for i in range(19)} | {"com.example.s19": 3}
+        assert [hosts_of(v) for v in views if v.services] == [expected]
+    finally:
+        await registry.stop()
+
+
+# ----------------------------------------------------- provider names are not kept
+
+
+def strings_reachable(*roots: object) -> set[str]:
+    """Every str reachable from `roots` through the objects they refer to."""
+    seen: set[int] = set()
+    found: set[str] = set()
+    todo = list(roots)
+    while todo:
+        item = todo.pop()
+        if id(item) in seen or isinstance(item, type | ModuleType):
+            continue
+        seen.add(id(item))
+        if isinstance(item, str):
+            found.add(item)
+            continue
+        if isinstance(item, dict):
+            todo.extend(item)  # a dict of str keys does not show its keys to the collector
+        todo.extend(gc.get_referents(item))
+    return found
+
+
+def test_neither_the_mirror_nor_the_assembly_keeps_provider_names() -> None:
+    zk = dubbo_tree(5, providers=3)
+    setup = walked(zk)
+    options = DubboOptions("zk", "dubbo", "{interface}", "{application}.dubbo", (), "inline")
+    assembly = assemble(options, setup.mirror.take().changes)
+    assert len(assembly.services) == 5  # what the names said is there ...
+    names = {p.rsplit("/", 1)[1] for p in zk.nodes if "/providers/" in p}
+    assert len(names) == 15
+    # ... and no name itself (a URL of hundreds of characters each) is held any more
+    assert not names & strings_reachable(setup.mirror, assembly)
+    # a change is still told apart, and reuses the parses of the providers it kept
+    zk.create(f"/dubbo/com.example.S0/providers/{provider('com.example.S0', '10.7.7.7')}")
+    zk.answer()
+    again = assemble(options, setup.mirror.take().changes, assembly)
+    s0 = ("/dubbo", "com.example.S0")
+    assert len(again.interfaces[s0].parsed) == 4
+    kept = {id(m) for m in assembly.interfaces[s0].parsed.values()}
+    assert len(kept & {id(m) for m in again.interfaces[s0].parsed.values()}) == 3
+
+
+def test_redo_reads_every_listing_again_and_hands_the_whole_tree_over_once_read() -> None:
+    zk = dubbo_tree(6)
+    setup = walked(zk)
+    first = setup.mirror.take().changes.interfaces
+    assert len(first) == 6
+    setup.mirror.redo()
+    # the names were handed over and not kept: the listings are read again, as a walk
+    assert sorted(path for _, path in zk.sent[-6:]) == sorted(
+        f"/dubbo/{key[1]}/providers" for key in first
+    )
+    taken = setup.mirror.take(ahead=True)
+    assert taken.walking and not taken.listed and not taken.changes.interfaces
+    zk.answer()
+    taken = setup.mirror.take()
+    assert taken.listed and not taken.walking
+    assert taken.changes.interfaces == first  # unchanged listings are handed over again

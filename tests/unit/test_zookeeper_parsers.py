@@ -320,3 +320,12 @@ def test_the_fast_path_is_taken_for_what_dubbo_writes() -> None:
     ):
         provider = parse_provider(name)
     assert provider.host == "10.0.0.5" and provider.param("methods") == "a,b"
+
+
+def test_providers_share_one_copy_of_their_protocol_and_port() -> None:
+    one, other = (
+        parse_provider(quote(f"dubbo://10.0.0.{n}:20880/com.example.S?side=provider", safe=""))
+        for n in (1, 2)
+    )
+    assert one.protocol == "dubbo" and one.port == 20880
+    assert one.protocol is other.protocol and one.port is other.port

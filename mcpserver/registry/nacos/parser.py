@@ -351,8 +351,9 @@ def dubbo_interface_services(
     without Dubbo's own `weight` parameter gets its Nacos weight."""
     members = []
     for instance in instances:
-        one = member(options.dubbo, provider_of(key, instance))
-        if "weight" not in one.provider.lookup:
+        provider = provider_of(key, instance)
+        one = member(options.dubbo, provider)
+        if "weight" not in provider.lookup:
             one = replace(one, instance=replace(one.instance, weight=instance.weight))
         members.append(one)
     return member_services(options.dubbo, members, EPOCH_2000_MS)

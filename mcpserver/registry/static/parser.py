@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from mcpserver.convert.naming import render_host
 from mcpserver.failure import describe
-from mcpserver.model import EPOCH_2000, Instance, Port, Problem, Service, labels_of
+from mcpserver.model import EPOCH_2000, Instance, Labels, Port, Problem, Service, labels_of
 
 
 class StaticFileError(Exception):
@@ -34,7 +34,7 @@ class StaticFileError(Exception):
 
 
 class _Entry(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
 
 
 PortNumber = Annotated[int, Field(ge=1, le=65535)]
@@ -95,20 +95,15 @@ def entry_errors(error: ValidationError) -> list[str]:
 
 
 def to_service(entry: StaticService, options: StaticOptions) -> Service:
-    namespace = entry.namespace or options.namespace
-    hosts = [entry.host] if entry.host else list(entry.hosts)
-    if not hosts:
-        hosts = [render_host(options.host_template, entry.name, namespace, options.registry)]
-    created = entry.created or EPOCH_2000
-    if created.tzinfo is None:
-        created = created.replace(tzinfo=UTC)
-    return Service(
-        registry=options.registry,
-        namespace=namespace,
-        name=entry.name,
-        hosts=tuple(hosts),
-        ports=tuple(Port(p.name, p.number, p.protocol, p.target_port) for p in entry.ports),
-        instances=tuple(
+    return _service(
+        options,
+        entry.name,
+        entry.namespace,
+        entry.host,
+        entry.hosts,
+        entry.addresses,
+        tuple(Port(p.name, p.number, p.protocol, p.target_port) for p in entry.ports),
+        tuple(
             Instance(
                 address=i.address,
                 ports=tuple(sorted(i.ports.items())),
@@ -120,14 +115,200 @@ def to_service(entry: StaticService, options: StaticOptions) -> Service:
             )
             for i in entry.instances
         ),
-        addresses=tuple(entry.addresses),
-        labels=labels_of(entry.labels),
-        export_to=tuple(entry.export_to),
-        location=entry.location,
-        resolution=entry.resolution,
+        entry.labels,
+        entry.export_to,
+        entry.location,
+        entry.resolution,
+        entry.created,
+    )
+
+
+def _service(
+    options: StaticOptions,
+    name: str,
+    namespace: str | None,
+    host: str | None,
+    hosts: list[str],
+    addresses: list[str],
+    ports: tuple[Port, ...],
+    instances: tuple[Instance, ...],
+    labels: dict[str, str],
+    export_to: list[str],
+    location: str,
+    resolution: str,
+    created: datetime | None,
+) -> Service:
+    """The Service of one entry's values, with the file's defaults filled in."""
+    namespace = namespace or options.namespace
+    hosts = [host] if host else list(hosts)
+    if not hosts:
+        hosts = [render_host(options.host_template, name, namespace, options.registry)]
+    created = created or EPOCH_2000
+    if created.tzinfo is None:
+        created = created.replace(tzinfo=UTC)
+    return Service(
+        registry=options.registry,
+        namespace=namespace,
+        name=name,
+        hosts=tuple(hosts),
+        ports=ports,
+        instances=instances,
+        addresses=tuple(addresses),
+        labels=labels_of(labels),
+        export_to=tuple(export_to),
+        location=location,
+        resolution=resolution,
         endpoints_mode=options.endpoints_mode,
         create_time=created,
     )
+
+
+_SERVICE_KEYS = frozenset(StaticService.model_fields) - {"created"}
+_PORT_KEYS = frozenset(StaticPort.model_fields)
+_INSTANCE_KEYS = frozenset(StaticInstance.model_fields)
+_LOCATIONS = frozenset(["MESH_INTERNAL", "MESH_EXTERNAL"])
+_RESOLUTIONS = frozenset(["STATIC", "DNS", "DNS_ROUND_ROBIN", "NONE"])
+_NO_LIST: list[str] = []
+_NO_MAP: dict[str, str] = {}
+
+
+def direct_service(
+    raw: object, options: StaticOptions, shared: dict[object, Labels] | None = None
+) -> Service | None:
+    """to_service(StaticService.model_validate(raw), options) for an entry of the plain
+    shape: each field of the type it is declared with exactly (str, int but not bool, list,
+    dict), numbers within their bounds, no `created` (dates are pydantic's to read). None
+    for anything else, which goes through pydantic (what it converts or refuses, and how it
+    says why, stays its own). pydantic's validation of every entry was the larger part of
+    parsing a 10k-service JSON file; tests/unit/test_static_parser.py holds the two paths
+    equal over generated entries. `shared`: label sets already read (`_labels`), kept
+    across the entries of one file."""
+    if type(raw) is not dict or not raw.keys() <= _SERVICE_KEYS:
+        return None
+    get = raw.get
+    name, namespace, host = get("name"), get("namespace"), get("host")
+    hosts, addresses = get("hosts", _NO_LIST), get("addresses", _NO_LIST)
+    labels, export_to = get("labels", _NO_MAP), get("export_to", _NO_LIST)
+    location, resolution = get("location", "MESH_INTERNAL"), get("resolution", "STATIC")
+    if (
+        type(name) is not str
+        or not (namespace is None or type(namespace) is str)
+        or not (host is None or type(host) is str)
+        or not (_texts(hosts) and _texts(addresses) and _texts(export_to))
+        or not _text_map(labels)
+        or type(location) is not str
+        or location not in _LOCATIONS
+        or type(resolution) is not str
+        or resolution not in _RESOLUTIONS
+    ):
+        return None
+    ports = _ports(get("ports"))
+    instances = _instances(get("instances", _NO_LIST), {} if shared is None else shared)
+    if ports is None or instances is None:
+        return None
+    return _service(
+        options,
+        name,
+        namespace,
+        host,
+        hosts,
+        addresses,
+        ports,
+        instances,
+        labels,
+        export_to,
+        location,
+        resolution,
+        None,
+    )
+
+
+def _texts(value: object) -> bool:
+    return type(value) is list and all(type(item) is str for item in value)
+
+
+def _text_map(value: object) -> bool:
+    return type(value) is dict and all(type(k) is str and type(v) is str for k, v in value.items())
+
+
+def _port_map(value: object) -> bool:
+    return type(value) is dict and all(
+        type(k) is str and type(v) is int and 1 <= v <= 65535 for k, v in value.items()
+    )
+
+
+def _ports(value: object) -> tuple[Port, ...] | None:
+    if type(value) is not list:
+        return None
+    ports = []
+    for port in value:
+        if type(port) is not dict or not port.keys() <= _PORT_KEYS:
+            return None
+        name, number = port.get("name"), port.get("number")
+        protocol, target = port.get("protocol", "TCP"), port.get("target_port", 0)
+        if (
+            type(name) is not str
+            or type(number) is not int
+            or not 1 <= number <= 65535
+            or type(protocol) is not str
+            or type(target) is not int
+            or not 0 <= target <= 65535
+        ):
+            return None
+        ports.append(Port(name, number, protocol, target))
+    return tuple(ports)
+
+
+def _instances(value: object, shared: dict[object, Labels]) -> tuple[Instance, ...] | None:
+    if type(value) is not list:
+        return None
+    instances = []
+    for item in value:
+        if type(item) is not dict or not item.keys() <= _INSTANCE_KEYS:
+            return None
+        get = item.get
+        address, labels = get("address"), _labels(get("labels", _NO_MAP), shared)
+        if type(address) is not str or labels is None:
+            return None
+        if len(item) == 1 + ("labels" in item):  # the usual shape: an address and labels
+            instances.append(Instance(address, (), labels))
+            continue
+        ports, weight = get("ports", _NO_MAP), get("weight", 0)
+        locality, network = get("locality", ""), get("network", "")
+        account = get("service_account", "")
+        if (
+            not _port_map(ports)
+            or type(weight) is not int
+            or not 0 <= weight <= UINT32_MAX
+            or type(locality) is not str
+            or type(network) is not str
+            or type(account) is not str
+        ):
+            return None
+        ports = tuple(sorted(ports.items())) if ports else ()
+        instances.append(Instance(address, ports, labels, weight, locality, network, account))
+    return tuple(instances)
+
+
+def _labels(value: object, shared: dict[object, Labels]) -> Labels | None:
+    """An instance's labels, sorted, the same tuple for every instance with the same labels
+    (written in the same order) in the file: one check per label set, one tuple in memory.
+    None if not a map of strings."""
+    if type(value) is not dict:
+        return None
+    if not value:
+        return ()
+    try:
+        return shared[tuple(value.items())]
+    except KeyError:
+        pass
+    except TypeError:  # an unhashable value: not a string
+        return None
+    if not _text_map(value):
+        return None
+    items = tuple(value.items())
+    labels = shared[items] = tuple(sorted(items))
+    return labels
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,6 +353,7 @@ def parse_static(
     locations: dict[str, str] = {}
     now_known: dict[str, Service] = {}
     now_texts: dict[str, str] = {}
+    shared: dict[object, Labels] = {}
     for index, (raw, source, unchanged) in enumerate(entries):
         key = unchanged if unchanged is not None else _entry_key(raw)
         service = known.get(key) or now_known.get(key)
@@ -184,6 +366,7 @@ def parse_static(
             continue
         label = raw.get("name", f"#{index}") if isinstance(raw, dict) else f"#{index}"
         subject = f"services[{index}] ({label})"
+        service = direct_service(raw, options, shared)
         if service is None:
             try:
                 entry = StaticService.model_validate(raw)
@@ -203,13 +386,19 @@ def parse_static(
 
 
 Entry = tuple[object, str | None, str | None]
-"""One raw entry: what YAML or JSON made of it, its text in the file (None when the file was
-parsed whole), and its repr if already known (an unchanged text: `raw` is then None)."""
+"""One raw entry: what YAML or JSON made of it, its YAML text in the file (None when the file
+was parsed whole or is JSON), and its key if already known (an unchanged YAML text: `raw` is
+then None) or made from its JSON text."""
 
 
 def _entries(text: str, texts: Mapping[str, str], known: Mapping[str, Service]) -> list[Entry]:
     """The file's entries, each parsed on its own when the file has the plain shape
-    (`entry_texts`) and only if its text changed; the whole file parsed at once otherwise."""
+    (`entry_texts`, `json_entries`) and, for YAML, only if its text changed; the whole file
+    parsed at once otherwise."""
+    if text.lstrip().startswith("{"):
+        cut = json_entries(text)
+        if cut is not None:
+            return cut
     pieces = None if text.lstrip().startswith("{") else entry_texts(text)
     if pieces is not None:
         entries: list[Entry] = []
@@ -237,6 +426,44 @@ def _entries(text: str, texts: Mapping[str, str], known: Mapping[str, Service]) 
     if not isinstance(data["services"], list):
         raise StaticFileError("`services` must be a list")
     return [(raw, None, None) for raw in data["services"]]
+
+
+# JSON's whitespace is these four (RFC 8259), not all that \s matches
+_JSON_HEAD = re.compile(r'[ \t\n\r]*\{[ \t\n\r]*"services"[ \t\n\r]*:[ \t\n\r]*\[[ \t\n\r]*')
+_JSON_NEXT = re.compile(r"[ \t\n\r]*(,|\])[ \t\n\r]*")
+_JSON_END = re.compile(r"[ \t\n\r]*\}[ \t\n\r]*\Z")
+_JSON = json.JSONDecoder()
+JSON_KEY = "json:"
+"""What starts the key of an entry read from its JSON text: no repr starts so."""
+
+
+def json_entries(text: str) -> list[Entry] | None:
+    """A JSON file of the plain shape (`{"services": [...]}`, nothing else) read entry by
+    entry, each keyed by its own text (JSON_KEY + the text: equal texts are equal entries)
+    instead of its repr: at 10k services the repr of every entry cost more than parsing the
+    file. None for anything else (other keys, a broken file): the caller parses the file
+    whole, which also says what is wrong with it."""
+    head = _JSON_HEAD.match(text)
+    if head is None:
+        return None
+    entries: list[Entry] = []
+    at = head.end()
+    if text.startswith("]", at):
+        at += 1
+    else:
+        while True:
+            try:
+                raw, end = _JSON.raw_decode(text, at)
+            except json.JSONDecodeError:
+                return None
+            entries.append((raw, None, JSON_KEY + text[at:end]))
+            step = _JSON_NEXT.match(text, end)
+            if step is None:
+                return None
+            at = step.end()
+            if step.group(1) == "]":
+                break
+    return entries if _JSON_END.match(text, at) else None
 
 
 _NOT_ONE: object = object()

@@ -13,9 +13,13 @@ Three kinds of key, each `(root path, child name)`:
 
 Reuse is at two levels: a key whose record is unchanged keeps its whole result; within a key
 that changed, a provider node name (or an instance whose bytes are unchanged) keeps its parse
-result (a `Member`: the parsed provider and what it contributes to its service), and a
-rebuilt Service equal to the one before keeps the old object. A mapping is rebuilt when its
-record changes or one of the applications it names changed (an index says which).
+result (a `Member`: what the provider contributes to its service), and a
+rebuilt Service equal to the one before keeps the old object. Provider node names are not
+kept: a result keeps a 128-bit digest of its listing and of each name (`listing_digest`,
+`name_digest`). A name is a URL of ~400 characters; at 100k providers the names were a third
+of the registry's memory, kept only to recognise a listing or a provider seen before. A
+mapping is rebuilt when its record changes or one of the applications it names changed (an
+index says which).
 
 What is not per key is kept cheap too: the per-key service and problem tuples live in dicts
 copied (in C) only when a key of their kind changed. An assembly says which of the
@@ -30,10 +34,10 @@ with hand-made records.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from types import MappingProxyType
 from typing import Generic, TypeVar
 
 from mcpserver.model import Problem, Service
@@ -48,7 +52,7 @@ from mcpserver.registry.dubbo.mapping import (
 )
 from mcpserver.registry.table import keep_empty
 from mcpserver.registry.zookeeper.curator import parse_instance
-from mcpserver.registry.zookeeper.dubbo import Provider, RecordError, parse_provider
+from mcpserver.registry.zookeeper.dubbo import RecordError, parse_provider
 
 Key = tuple[str, str]
 """(root path, child name): `("/dubbo", "com.example.Greeter")`, `("/services", "shop")`."""
@@ -107,8 +111,9 @@ class Changes:
 
 @dataclass(frozen=True, slots=True)
 class InterfaceResult:
-    record: InterfaceRecord
-    parsed: Mapping[str, Member | Problem]  # provider node name -> what it parsed to
+    listing: bytes  # listing_digest() of the record's providers
+    ctime: int  # the record's
+    parsed: Mapping[bytes, Member | Problem]  # name_digest() of a provider -> its parse
     services: tuple[Service, ...]
     problems: tuple[Problem, ...]
 
@@ -450,25 +455,6 @@ class _Mappings:
             self._by_app.put(name, frozenset(keys) or None)
 
 
-_NO_LOOKUP: Mapping[str, str] = MappingProxyType({})
-
-
-def _kept(made: Member) -> Member:
-    """A Member as the assembly keeps it, one per provider node for as long as the node
-    lives: without its provider's parameter dict (member() has read what it needs; the
-    parameters stay as their tuple), a third of a provider's memory."""
-    p = made.provider  # built directly: dataclasses.replace() costs 5x a constructor call
-    provider = Provider(
-        protocol=p.protocol,
-        host=p.host,
-        port=p.port,
-        interface=p.interface,
-        params=p.params,
-        lookup=_NO_LOOKUP,
-    )
-    return Member(provider=provider, host=made.host, order=made.order, instance=made.instance)
-
-
 def _problem(options: DubboOptions, subject: str, err: RecordError) -> Problem:
     return Problem(options.registry, subject, str(err), err.reason)
 
@@ -488,22 +474,36 @@ def _same_or_new(old: Service | None, new: Service) -> Service:
     return old
 
 
+def listing_digest(providers: tuple[str, ...]) -> bytes:
+    """What tells one listing of provider node names (sorted) from another: a 128-bit
+    BLAKE2b digest of the names, `/`-separated (no node name contains one)."""
+    text = "/".join(providers).encode("utf-8", "surrogatepass")
+    return hashlib.blake2b(text, digest_size=16).digest()
+
+
+def name_digest(name: str) -> bytes:
+    """What a provider's parse is kept by: a 128-bit BLAKE2b digest of its node name."""
+    return hashlib.blake2b(name.encode("utf-8", "surrogatepass"), digest_size=16).digest()
+
+
 def _interface(
     options: DubboOptions, key: Key, record: InterfaceRecord, old: InterfaceResult | None
 ) -> InterfaceResult:
-    if old is not None and old.record == record:
+    listing = listing_digest(record.providers)
+    if old is not None and old.listing == listing and old.ctime == record.ctime:
         return old
     seen = old.parsed if old is not None else {}
-    parsed: dict[str, Member | Problem] = {}
+    parsed: dict[bytes, Member | Problem] = {}
     for name in record.providers:
-        item = seen.get(name)
+        digest = name_digest(name)
+        item = seen.get(digest)
         if item is None:
             try:
-                item = _kept(member(options, parse_provider(name)))
+                item = member(options, parse_provider(name))
             except RecordError as err:
                 subject = f"{key[0]}/{key[1]}/providers/{name[:SUBJECT_CHARS]}"
                 item = _problem(options, subject, err)
-        parsed[name] = item
+        parsed[digest] = item
     members: list[Member] = []
     problems: list[Problem] = []
     for item in parsed.values():
@@ -517,7 +517,8 @@ def _interface(
         # last provider left stays, without endpoints, until the interface goes
         built = keep_empty(old.services, built)
     return InterfaceResult(
-        record=record,
+        listing=listing,
+        ctime=record.ctime,
         parsed=parsed,
         services=_keep_identity(old.services if old else (), built),
         problems=tuple(problems),

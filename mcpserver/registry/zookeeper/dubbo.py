@@ -37,7 +37,7 @@ def parse_provider(node_name: str) -> Provider:
     if match is None:
         return _parse_general(text)
     scheme, host, number = match.groups()
-    port = int(number)
+    port = _port(number)
     if not 0 < port < 65536:
         return _parse_general(text)  # its message for a port out of range
     path, _, query = text[match.end() :].partition("?")
@@ -48,7 +48,7 @@ def parse_provider(node_name: str) -> Provider:
     interface = last.get("interface") or path.strip("/")
     if not interface:
         raise RecordError("no-interface", repr(text[:80]))
-    return Provider(scheme.lower(), _ipv4(host), port, interface, params, lookup)
+    return Provider(_protocol(scheme), _ipv4(host), port, interface, params, lookup)
 
 
 # scheme://IPv4:port, then the path, the query or the end: the groups are urlsplit's scheme,
@@ -58,6 +58,34 @@ _COMMON = re.compile(
     r"(?=[/?]|\Z)",
     re.ASCII,
 )
+
+
+_PROTOCOLS: dict[str, str] = {}
+_PORTS: dict[str, int] = {}
+MAX_SHARED_WORDS = 4096
+"""Distinct protocols, and port numbers, shared between providers, at most each."""
+
+
+def _protocol(scheme: str) -> str:
+    """The scheme lower-cased, one copy per protocol: a provider keeps it for as long as it
+    lives, and 100k copies of "dubbo" were 5 MB."""
+    found = _PROTOCOLS.get(scheme)
+    if found is None:
+        found = scheme.lower()
+        if len(_PROTOCOLS) < MAX_SHARED_WORDS:
+            _PROTOCOLS[scheme] = found
+    return found
+
+
+def _port(number: str) -> int:
+    """`int(number)`, one object per port number (an int past 256 is a new object each
+    time: 100k providers on port 20880 held 100k of them)."""
+    found = _PORTS.get(number)
+    if found is None:
+        found = int(number)
+        if len(_PORTS) < MAX_SHARED_WORDS:
+            _PORTS[number] = found
+    return found
 
 
 def _ipv4(host: str) -> str:
@@ -89,34 +117,29 @@ def _unquote(name: str) -> str:
     return unquote(name)
 
 
-_PAIRS: dict[tuple[str, str], tuple[str, str]] = {}
+_FIELDS: dict[str, tuple[str, str]] = {}
 MAX_SHARED_PAIRS = 1 << 16
-"""Distinct (key, value) parameters shared between providers, at most (about 10 MB)."""
+"""Distinct query fields (`key=value`) whose parse is kept, at most (a few MB)."""
 
 
-def _shared(pair: tuple[str, str]) -> tuple[str, str]:
-    """The one copy of a parameter many providers carry (side=provider, dubbo=2.0.2, the
-    application, ...): at 100k providers of 14 parameters, a copy each was 3 KB per
-    provider, most of the ZooKeeper registry's memory."""
-    found = _PAIRS.get(pair)
-    if found is not None:
-        return found
-    if len(_PAIRS) < MAX_SHARED_PAIRS:
-        _PAIRS[pair] = pair
+def _field(text: str) -> tuple[str, str]:
+    """A `key=value` field (nothing to unquote) as its pair, kept for the next provider."""
+    key, _, value = text.partition("=")
+    pair = (key, value)
+    if len(_FIELDS) < MAX_SHARED_PAIRS:
+        _FIELDS[text] = pair
     return pair
 
 
 def _query(query: str) -> tuple[tuple[str, str], ...]:
     """`parse_qsl(query, keep_blank_values=True)`: with nothing to unquote (no %, no +) a
-    split does; otherwise parse_qsl."""
+    split does, each field looked up by its text (most fields are shared by many providers:
+    side=provider, dubbo=2.0.2, the application; a lookup is a third of a partition and a
+    new pair); otherwise parse_qsl."""
     if "%" in query or "+" in query:
-        return tuple(map(_shared, parse_qsl(query, keep_blank_values=True)))
-    params = []
-    for field_ in query.split("&"):
-        if field_:
-            key, _, value = field_.partition("=")
-            params.append(_shared((key, value)))
-    return tuple(params)
+        return tuple(parse_qsl(query, keep_blank_values=True))
+    known = _FIELDS.get
+    return tuple([known(field_) or _field(field_) for field_ in query.split("&") if field_])
 
 
 def _parse_general(text: str) -> Provider:

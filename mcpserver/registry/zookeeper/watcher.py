@@ -11,7 +11,9 @@ Three parts, split where the threads are:
   `spawn()`) that connects, starts the first walk, then takes changes from the mirror,
   assembles them and publishes, re-reads the tree after a reconnect, and retries unreadable
   paths with backoff. Any unexpected exception in it is the supervisor's: logged, DEGRADED,
-  restarted.
+  restarted. During the first walk it assembles what the walk has read so far in a worker
+  thread (the mirror's `take(ahead=True)`), so parsing 100k providers overlaps the walk;
+  nothing of it is published before the take that ends the walk, which publishes it all.
 
 Failure policy (docs/configuration.md "ZooKeeper registry"): a suspended connection or lost
 session keeps the last view (DEGRADED); after the reconnect (same session or a new one) the
@@ -39,6 +41,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Mapping
 
@@ -49,7 +52,7 @@ from mcpserver.registry.base import Registry
 from mcpserver.registry.dubbo.mapping import DubboOptions
 from mcpserver.registry.labels import LabelFilter
 from mcpserver.registry.view import Status
-from mcpserver.registry.zookeeper.assembly import EMPTY, Assembly, assemble
+from mcpserver.registry.zookeeper.assembly import EMPTY, Assembly, Part, PartContents, assemble
 from mcpserver.registry.zookeeper.config import ZooKeeperRegistrySettings
 from mcpserver.registry.zookeeper.credentials import SettingsCredentials
 from mcpserver.registry.zookeeper.interface import (
@@ -100,6 +103,7 @@ class ZooKeeperRegistry(Registry):
             keep_when_empty=settings.keep_when_empty,
             labels=LabelFilter(settings.name, settings.labels, metrics),
         )
+        self._walk_options = dataclasses.replace(self._options, keep_when_empty=False)
         self._client = new_client(
             settings.hosts,
             settings.session_timeout,
@@ -120,6 +124,8 @@ class ZooKeeperRegistry(Registry):
         self._wakeup = asyncio.Event()  # the mirror has changes, or a retry is due now
         self._states: asyncio.Queue[str] = asyncio.Queue()  # from the client's thread
         self._assembly: Assembly = EMPTY
+        # the first walk's parts assembled ahead, published with the take that ends it
+        self._ahead: dict[Part, PartContents] | None = {}
         self._relisting = True  # the next full listing replaces every part of the table
         self._synced = False
         self._connection_problem = ""  # from the client's state
@@ -246,8 +252,9 @@ class ZooKeeperRegistry(Registry):
         self._crashed = False
         await self._connect()
         self._assembly = EMPTY
+        self._ahead = {}
         self._relisting = True
-        self._mirror.redo()
+        await asyncio.to_thread(self._mirror.redo)
         # only queues the roots' reads (the client sends them); the mirror wakes us when the
         # walk has read everything, and take() hands over nothing before that
         await asyncio.to_thread(self._mirror.watch_roots)
@@ -309,7 +316,7 @@ class ZooKeeperRegistry(Registry):
         changed. A batch of more than INLINE_KEYS is assembled in a worker thread: under
         churn a thousand changed interfaces are a tenth of a second of work, which would
         stall every stream on the loop."""
-        taken = self._mirror.take()
+        taken = self._mirror.take(ahead=self._ahead is not None)
         for failure in taken.failures:
             kind = "noauth" if failure.no_auth else "error"
             self._metrics.registry_errors.labels(self.name, kind).inc()
@@ -333,29 +340,50 @@ class ZooKeeperRegistry(Registry):
         # handed over: only the latest assembly is kept, so it is updated, not copied
         previous = self._assembly
         changes = taken.changes
-        if len(changes.interfaces) + len(changes.apps) + len(changes.mappings) <= INLINE_KEYS:
+        keys = len(changes.interfaces) + len(changes.apps) + len(changes.mappings)
+        ahead = self._ahead
+        # Until the walk's end is published nothing was: no service was ever shown, so none
+        # is kept empty (an interface assembled ahead whose providers then left is absent,
+        # as if the walk had been assembled at once).
+        options = self._options if ahead is None else self._walk_options
+        if ahead is None and keys <= INLINE_KEYS:
             # a few keys (the usual single change): the thread hop would cost more latency
             # than the work itself takes on the loop
-            assembly = assemble(self._options, changes, previous, True)
+            assembly = assemble(options, changes, previous, True)
+        elif keys:
+            assembly = await asyncio.to_thread(assemble, options, changes, previous, True)
         else:
-            assembly = await asyncio.to_thread(assemble, self._options, changes, previous, True)
-        changed = assembly is not previous or newly_synced
+            assembly = previous
         self._assembly = assembly
-        if self._relisting and (assembly is not previous or taken.listed):
+        if taken.walking:
+            # part of the first walk, assembled while the rest is read: held, not published
+            assert ahead is not None
+            if assembly is not previous:
+                ahead.update(assembly.parts)
+            self._update_status()
+            return 0
+        fresh = assembly is not previous
+        parts = assembly.parts if fresh else {}
+        if ahead is not None:
+            self._ahead = None
+            if ahead:  # the walk's end: what was assembled ahead is published with it
+                fresh, parts = True, {**ahead, **parts}
+        changed = fresh or newly_synced
+        if self._relisting and (fresh or taken.listed):
             # a restart of this task assembled from an empty assembly: what the table held
             # of parts not listed again is gone
             self._relisting = False
-            self.table.retain(assembly.parts)
-        if assembly is not previous:
+            self.table.retain(parts)
+        if fresh:
             # keep_when_empty is the assembly's (a kept application feeds its mappings)
-            for part, (services, problems) in assembly.parts.items():
+            for part, (services, problems) in parts.items():
                 self.table.replace(part, services, problems, listed=False)
         # status first: a registry that lists for the first time while a path is
         # unreadable goes straight to DEGRADED, never READY in between
         self._update_status()
         if changed:
             self.flush(synced=self._synced)
-        return len(changes.interfaces) + len(changes.apps) + len(changes.mappings)
+        return keys
 
     def _update_status(self) -> None:
         if self._crashed:
