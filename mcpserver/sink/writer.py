@@ -131,6 +131,9 @@ class KubernetesSink:
     # ----------------------------------------------------------------- lifecycle
 
     async def start(self) -> None:
+        # a snapshot published before we subscribed is where the changes we follow start
+        current = self._store.snapshot
+        self._seen = current.version if current is not None else ""
         self._unsubscribe = self._store.subscribe(self._published)
         self._task = asyncio.create_task(self._run(), name="kubernetes-sink")
         log.info(
