@@ -45,6 +45,20 @@ from mcpserver.xds.store import SnapshotStore
 log = logging.getLogger("mcpserver.sink")
 
 
+STOP_WAIT = 10.0
+"""Seconds stop() waits for the loop to end once cancelled."""
+
+
+def _raise_if_cancelled() -> None:
+    """Re-raise a cancellation of this task that an exception group swallowed: when a child
+    of a TaskGroup fails while the parent is being cancelled, Python 3.11's TaskGroup raises
+    the group of errors, not CancelledError, and `except*` or `except Exception` around it
+    would keep the loop running for good (stop() then waited forever)."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 class Bucket:
     """A token bucket: `rate` per second, up to `burst` at once."""
 
@@ -117,6 +131,9 @@ class KubernetesSink:
     # ----------------------------------------------------------------- lifecycle
 
     async def start(self) -> None:
+        # a snapshot published before we subscribed is where the changes we follow start
+        current = self._store.snapshot
+        self._seen = current.version if current is not None else ""
         self._unsubscribe = self._store.subscribe(self._published)
         self._task = asyncio.create_task(self._run(), name="kubernetes-sink")
         log.info(
@@ -133,8 +150,12 @@ class KubernetesSink:
             self._unsubscribe()
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
+            # bounded: a stop must end whatever the loop is in the middle of
+            done, _ = await asyncio.wait({self._task}, timeout=STOP_WAIT)
+            if not done:
+                log.warning("kubernetes sink: its loop did not stop in %gs", STOP_WAIT)
+            elif not self._task.cancelled() and self._task.exception() is not None:
+                log.warning("kubernetes sink: its loop ended with %r", self._task.exception())
         await self.lease.release()
         await self.client.close()
         self._metrics.sink_leader.set(0)
@@ -193,8 +214,10 @@ class KubernetesSink:
                         group.create_task(self._lead())
                 except* LeaseLostError:
                     pass
+                _raise_if_cancelled()
                 attempt = 0
             except Exception as err:  # a bug must not end the sink for good: said, retried
+                _raise_if_cancelled()
                 log.exception("kubernetes sink: failed; retrying")
                 self.error = describe(err)
                 await asyncio.sleep(backoff(attempt, 1.0, 30.0))
