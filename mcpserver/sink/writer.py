@@ -270,8 +270,8 @@ class KubernetesSink:
         began = time.monotonic()
         # before any await: the names changed since the last sync's snapshot, if known and
         # relative to `snapshot`; from here on they accumulate for the next sync
-        touched = self._touched if snapshot.version == self._seen else None
-        self._touched = {} if snapshot.version == self._seen else None
+        following = snapshot.version == self._seen
+        touched, self._touched = (self._touched, {}) if following else (None, None)
         asked: list[Key] | None = None
         if touched is not None and self.synced and not self._listed and not self._failed:
             # the apiserver holds the last synced snapshot exactly: only these can differ
