@@ -145,6 +145,26 @@ class Member:
     interface: str
 
 
+MEMBER_PARAMS = frozenset(
+    {"side", "enabled", "disabled", "group", "version", "application", "weight", "interface"}
+)
+"""The provider parameters `member()` reads, besides the options' `label_params` (and
+`interface`, which the provider's parse reads)."""
+
+PER_PROCESS_PARAMS = ("pid", "timestamp", "bind.ip", "bind.port")
+"""Parameters Dubbo writes that tell the processes of one interface apart (with the
+address): the providers of an interface usually differ in nothing else."""
+
+
+def unread_params(options: DubboOptions) -> tuple[str, ...]:
+    """Of PER_PROCESS_PARAMS, those a Member does not depend on under these options (all of
+    them unless `label_params` names one): providers that differ only in these and their
+    address have the same Member but for the address (`moved`)."""
+    return tuple(
+        k for k in PER_PROCESS_PARAMS if k not in MEMBER_PARAMS and k not in options.label_params
+    )
+
+
 def member(options: DubboOptions, provider: Provider) -> Member:
     """A provider's Member under these options."""
     params = provider.lookup  # Provider.param() without a method call per parameter
@@ -174,6 +194,16 @@ def member(options: DubboOptions, provider: Provider) -> Member:
         port=provider.port,
         interface=provider.interface,
     )
+
+
+def moved(one: Member, address: str) -> Member:
+    """`one` as the Member of a provider at `address` that is otherwise the same (its
+    parameters equal but for `unread_params`): only the Instance's address differs."""
+    i = one.instance
+    instance = Instance(
+        address, i.ports, i.labels, i.weight, i.locality, i.network, i.service_account
+    )
+    return Member(one.host, instance, one.protocol, one.port, one.interface)
 
 
 def interface_services(
