@@ -80,6 +80,9 @@ class InterfaceRecord:
 
     providers: tuple[str, ...] = ()  # child node names of <interface>/providers, sorted
     ctime: int = 0  # the providers node's ctime in ms (its create_time); 0: no such node
+    # listing_digest(providers) where the reader made it already (b"": not made); derived
+    # from the providers, so not compared
+    listing: bytes = field(default=b"", compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -494,7 +497,7 @@ def name_digest(name: str) -> bytes:
 def _interface(
     options: DubboOptions, key: Key, record: InterfaceRecord, old: InterfaceResult | None
 ) -> InterfaceResult:
-    listing = listing_digest(record.providers)
+    listing = record.listing or listing_digest(record.providers)
     if old is not None and old.listing == listing and old.ctime == record.ctime:
         return old
     seen = old.parsed if old is not None else {}
