@@ -213,9 +213,11 @@ def assemble(
         return previous
     parts: dict[Part, PartContents] = {}
     interfaces = _Interfaces(previous, handover, parts)
+    cut = cut_fields(unread_params(options))
     for key, record in changes.interfaces.items():
         old = previous.interfaces.get(key)
-        interfaces.set(key, None if record is None else _interface(options, key, record, old))
+        result = None if record is None else _interface(options, key, record, old, cut)
+        interfaces.set(key, result)
     apps = _Apps(previous, handover, parts)
     for key, app_record in changes.apps.items():
         app_old = previous.apps.get(key)
@@ -495,15 +497,19 @@ def name_digest(name: str) -> bytes:
 
 
 def _interface(
-    options: DubboOptions, key: Key, record: InterfaceRecord, old: InterfaceResult | None
+    options: DubboOptions,
+    key: Key,
+    record: InterfaceRecord,
+    old: InterfaceResult | None,
+    cut: re.Pattern[str] | None,
 ) -> InterfaceResult:
+    """`cut`: `cut_fields(unread_params(options))`, made once per assembly."""
     listing = record.listing or listing_digest(record.providers)
     if old is not None and old.listing == listing and old.ctime == record.ctime:
         return old
     seen = old.parsed if old is not None else {}
     parsed: dict[bytes, Member | Problem] = {}
     shapes: dict[str, Member | None] = {}
-    cut = cut_fields(unread_params(options))
     for name in record.providers:
         digest = name_digest(name)
         item = seen.get(digest)
