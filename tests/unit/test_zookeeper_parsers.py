@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import json
 import random
@@ -170,6 +171,20 @@ def test_usual_hosts_make_what_every_host_makes(monkeypatch: pytest.MonkeyPatch)
             full = interface_services(OPTIONS, providers, 0)
         assert fast == full, providers
     assert usual > 1_000
+
+
+def test_a_moved_member_differs_in_its_address_alone() -> None:
+    """`moved` builds the Instance field by field: every field but the address is kept,
+    whatever fields Instance has (each set here to something other than its default)."""
+    values: dict[str, object] = {"address": "10.0.0.1"}
+    for f in dataclasses.fields(Instance):
+        if f.name != "address":  # model.py's annotations are strings (postponed)
+            values[f.name] = {"int": 7, "str": f"{f.name}-x"}.get(str(f.type), ((f.name, "v"),))
+    instance = Instance(**values)  # type: ignore[arg-type]
+    assert all(getattr(instance, f.name) != f.default for f in dataclasses.fields(Instance))
+    one = Member("h.example", instance, "dubbo", 20880, "com.example.Api")
+    expected = dataclasses.replace(one, instance=dataclasses.replace(instance, address="10.0.0.2"))
+    assert mapping.moved(one, "10.0.0.2") == expected
 
 
 def test_host_template_with_version_splits_services() -> None:
