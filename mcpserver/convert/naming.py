@@ -42,9 +42,26 @@ def sanitize_label(value: str) -> str:
     return _shorten(label, DNS1123_LABEL_MAX).strip("-") or "x"
 
 
+# lower-case labels of letters and digits, single hyphens between them, joined by dots: what
+# sanitize_host leaves as it is (when no label is longer than 63 and the host not than 253)
+_CLEAN_HOST = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*(?:\.[a-z0-9]+(?:-[a-z0-9]+)*)*")
+
+
 def sanitize_host(value: str) -> str:
-    """Any text to a DNS-1123 host name: each dot-separated part becomes a valid label."""
-    parts = [sanitize_label(part) for part in value.lower().split(".") if part.strip("-_ ")]
+    """Any text to a DNS-1123 host name: each dot-separated part becomes a valid label.
+    A Dubbo interface (`com.example.Greeter`) is a clean host once lower-cased: returned
+    without sanitizing each label (a cold start renders 10k of them)."""
+    lowered = value.lower()
+    if (
+        len(lowered) <= DNS1123_SUBDOMAIN_MAX
+        and _CLEAN_HOST.fullmatch(lowered)
+        and (
+            len(lowered) <= DNS1123_LABEL_MAX
+            or max(map(len, lowered.split("."))) <= DNS1123_LABEL_MAX
+        )
+    ):
+        return lowered
+    parts = [sanitize_label(part) for part in lowered.split(".") if part.strip("-_ ")]
     host = ".".join(parts) or "x"
     return _shorten(host, DNS1123_SUBDOMAIN_MAX)
 

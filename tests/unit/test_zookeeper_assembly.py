@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
+import re
 from collections.abc import Mapping
 from dataclasses import replace
 from datetime import UTC, datetime
@@ -14,7 +15,7 @@ from urllib.parse import quote
 import pytest
 
 from mcpserver.model import Service
-from mcpserver.registry.dubbo.mapping import DubboOptions, Member
+from mcpserver.registry.dubbo.mapping import DubboOptions, Member, moved
 from mcpserver.registry.table import ServiceTable
 from mcpserver.registry.zookeeper import assembly as assembly_module
 from mcpserver.registry.zookeeper.assembly import (
@@ -595,3 +596,205 @@ def test_one_endpoint_of_two_providers_on_one_address_is_chosen_by_what_it_serve
     parsed = list(result.interfaces[DEMO_KEY].parsed.values())
     assert len(parsed) == 2 and all(isinstance(m, Member) for m in parsed)
     assert "anyhost" not in repr(parsed)
+
+
+# ------------------------------- providers that differ only in address, pid, timestamp
+
+
+def dubbo_provider(address: str, pid: int, timestamp: int) -> str:
+    """A provider node name as Dubbo 3.2 writes it (parameters abridged)."""
+    url = (
+        f"dubbo://{address}:20880/{DEMO}?anyhost=true&application=demo&deprecated=false"
+        f"&dubbo=2.0.2&interface={DEMO}&methods=a,b&pid={pid}&release=3.2.10"
+        f"&side=provider&timestamp={timestamp}&version=1.0.0"
+    )
+    return quote(url, safe="")
+
+
+def test_providers_differing_in_address_pid_and_timestamp_are_parsed_once(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The usual listing (one interface, its processes differing in address, pid and
+    timestamp): one parse, the others the first one's Member at their own address; unless
+    label_params makes a label of pid, which then tells each provider apart."""
+    parsed: list[str] = []
+
+    def counting_parse(name: str) -> Provider:
+        parsed.append(name)
+        return parse_provider(name)
+
+    monkeypatch.setattr(assembly_module, "parse_provider", counting_parse)
+    names = [dubbo_provider(f"10.0.0.{n}", 4000 + n, CTIME + n) for n in range(1, 11)]
+    result = assemble(OPTIONS, Changes(interfaces={DEMO_KEY: providers(*names)}))
+    assert len(parsed) == 1
+    (service,) = result.services
+    assert [i.address for i in service.instances] == sorted(f"10.0.0.{n}" for n in range(1, 11))
+    assert {i.labels for i in service.instances} == {
+        (("application", "demo"), ("version", "1.0.0"))
+    }
+    parsed.clear()
+    labelled = replace(OPTIONS, label_params=("pid",))
+    (service,) = assemble(labelled, Changes(interfaces={DEMO_KEY: providers(*names)})).services
+    assert len(parsed) == 10
+    assert sorted(dict(i.labels)["pid"] for i in service.instances) == [
+        str(4000 + n) for n in range(1, 11)
+    ]
+
+
+# what a provider's URL is made of, each the usual (first) or an odd one (second): hosts
+# not canonical (or the one the userinfo names), ports, paths (some with a pid field in
+# them), values of the per-process fields that end the query or the field early or carry
+# escapes; noise put beside those fields, in the URL or in the node name as stored
+SHAPE_SCHEMES = (["dubbo", "tri"], ["DUBBO", "x+y"])
+SHAPE_HOSTS = (["10.0.0.1", "10.0.0.2", "10.0.0.3", "1.2.3.4", "255.255.255.255", "0.0.0.0"],
+               ["010.0.0.1", "10.0.0.256", "1.2.3", "[::1]", "host.example"])  # fmt: skip
+SHAPE_PORTS = ([":20880"], [":1", ":65536", ":0020880", "", ":20880@10.0.0.1:7", ":20880#"])
+SHAPE_PATHS = (["/com.x.Api"], ["", "/a&pid={v}&b", "/a?pid={v}&b=1", "/%41pi", "/a#pid={v}"])
+SHAPE_PARAMS = ["interface=com.x.Api", "side=provider", "side=consumer", "version=1",
+                "version={v}", "group=g", "application=demo", "weight=7", "enabled=false",
+                "methods=a,b", "a=%C3%A9", "a=x+y", "a=%zz", "release=3.2", "interface="]  # fmt: skip
+SHAPE_FIELDS = ["pid={v}", "timestamp={v}", "bind.ip={v}", "bind.port={v}", "pid={v}"]
+SHAPE_VALUES = (["4242", "17", "", "10.0.0.9"],
+                ["1#x", "1%23x", "1&version=9", "1%26b=2", "1+2", "1%2B2", "1%", "%C3", "%A9",
+                 "é", "1\t2", "1%09", "a=b", "1?2", "9" * 8200])  # fmt: skip
+SHAPE_NOISE = ["%", "%2", "%25", "%26", "%3D", "%3F", "?", "&", "#", "%23", "=", "+", "+2",
+               "%C3", "%A9", "é", "\t", "%0A", " ", "%20", "@", "/", "&version=2", "&pid=5"]  # fmt: skip
+STORED_NOISE = ["#", "&", "%", "%23", "%26", "%2B2", "%C3", "é", "\t", " ", "?", "="]
+ASPECTS = ["scheme", "host", "port", "path", "fields", "encoding"]
+
+
+def shaped_listing(rng: random.Random) -> list[str]:
+    """Provider node names of one interface made from one drawn URL, as a Dubbo
+    interface's processes make them: per provider a host and values of the per-process
+    fields. All usual but for one aspect drawn for the listing, if any: odd for the
+    listing (scheme, port, path, encoding) or for about half of its providers (host;
+    fields: their values, and noise beside them)."""
+    odd = rng.choice([None, *ASPECTS])
+
+    def pick(choices: tuple[list[str], list[str]], aspect: str) -> str:
+        return rng.choice(choices[aspect == odd and rng.random() < 0.5])
+
+    scheme, port, path = pick(SHAPE_SCHEMES, "scheme"), pick(SHAPE_PORTS, "port"), ""
+    while "{v}" not in path and rng.random() < 0.9:  # odd paths with a pid field, mostly
+        path = pick(SHAPE_PATHS, "path")
+        if odd != "path":
+            break
+    fields = rng.sample(SHAPE_PARAMS, rng.randrange(0, 5)) + rng.sample(
+        SHAPE_FIELDS, rng.randrange(1, 4)
+    )
+    rng.shuffle(fields)
+    query = "&".join(fields)
+    encoding = rng.choice(["raw", "partly", "lower"]) if odd == "encoding" else "dubbo"
+    names = []
+    for _ in range(rng.randrange(2, 9)):
+        text = f"{scheme}://{pick(SHAPE_HOSTS, 'host')}{port}{path}?{query}"
+        while "{v}" in text:
+            text = text.replace("{v}", pick(SHAPE_VALUES, "fields"), 1)
+        noise = odd == "fields" and rng.random() < 0.5
+        raw = noise and rng.random() < 0.5  # put in the URL, or in the name once encoded
+        if noise and not raw:
+            text = near_a_field(rng, text, "&", "=", SHAPE_NOISE)
+        if encoding == "dubbo":
+            name = quote(text, safe="")
+        elif encoding == "raw":
+            name = text
+        elif encoding == "partly":
+            name = quote(text, safe=":/?&=")
+        else:
+            name = re.sub(r"%[0-9A-F]{2}", lambda m: m[0].lower(), quote(text, safe=""))
+        names.append(near_a_field(rng, name, "%26", "%3D", STORED_NOISE) if raw else name)
+    return names
+
+
+def near_a_field(rng: random.Random, text: str, amp: str, equals: str, noise: list[str]) -> str:
+    """`text` with a piece of noise put before, in or after a per-process field."""
+    key = rng.choice(["pid", "timestamp", "bind.ip", "bind.port"])
+    field = text.find(f"{amp}{key}{equals}")
+    if field < 0:
+        at = rng.randrange(len(text) + 1)
+    else:
+        end = text.find(amp, field + 1)
+        value = field + len(amp) + len(key) + len(equals)
+        at = rng.choice([field, value, end if end >= 0 else len(text)])
+    return text[:at] + rng.choice(noise) + text[at:]
+
+
+def encoded(url: str) -> str:
+    return quote(url, safe="")
+
+
+API = "dubbo://{}:20880/com.x.Api?side=provider"
+
+
+@pytest.mark.parametrize(
+    ("one", "other"),
+    [
+        # a raw # in the pid's value: the weight after it is in the fragment
+        (encoded(API.format("10.0.0.1") + "&pid=1") + "#" + encoded("&weight=7"),
+         encoded(API.format("10.0.0.2") + "&pid=2&weight=7")),
+        # a raw & in the pid's value: the weight after it is a field of its own
+        (encoded(API.format("10.0.0.1") + "&pid=1") + "&weight=7" + encoded("&version=1"),
+         encoded(API.format("10.0.0.2") + "&pid=2&version=1")),
+        # a pid field in the path, not in the query: the interface
+        (encoded("dubbo://10.0.0.1:20880/a&pid=1&b?side=provider"),
+         encoded("dubbo://10.0.0.2:20880/a&pid=2&b?side=provider")),
+        # the pid's value goes on past the escape (+2): not the weight's
+        (encoded(API.format("10.0.0.1") + "&weight=1&pid=17+2&version=1"),
+         encoded(API.format("10.0.0.2") + "&weight=1+2&pid=4242&version=1")),
+        # an address not in its canonical form: not an address
+        (encoded(API.format("10.0.0.1")), encoded(API.format("10.0.0.256"))),
+        # userinfo: the address is the one after the @
+        (encoded("dubbo://10.0.0.1:20880@10.0.0.1:7/com.x.Api?side=provider"),
+         encoded("dubbo://10.0.0.2:20880@10.0.0.1:7/com.x.Api?side=provider")),
+        # a pid that makes the name too long
+        (encoded(API.format("10.0.0.1") + "&pid=1"),
+         encoded(API.format("10.0.0.2") + "&pid=" + "9" * 8200)),
+    ],
+    ids=["hash", "ampersand", "path", "escape", "address", "userinfo", "too-long"],
+)  # fmt: skip
+def test_names_alike_but_for_one_field_boundary_are_parsed_each(
+    one: str, other: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pairs of names that a cut of their per-process fields (or of their address) made
+    without care would take for one shape: each provider is what its own parse makes."""
+    options = replace(OPTIONS, label_params=("version",))
+    changes = Changes(interfaces={DEMO_KEY: providers(one, other)})
+    fast = assemble(options, changes)
+    monkeypatch.setattr(assembly_module, "split_name", lambda name, cut: None)
+    slow = assemble(options, changes)
+    assert fast.services == slow.services and fast.problems == slow.problems
+    assert dict(fast.interfaces[DEMO_KEY].parsed) == dict(slow.interfaces[DEMO_KEY].parsed)
+
+
+def test_providers_of_one_shape_make_what_their_own_parses_make(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Seeded random listings of providers made from one URL (hosts canonical or not,
+    per-process fields with values that end the query or the field early or carry escapes,
+    noise beside them, every encoding): the assembly that reuses a Member across the names
+    of one shape makes exactly the Services, Problems and per-provider results that parsing
+    and mapping every name on its own makes, with the per-process fields read as labels or
+    not."""
+    rng = random.Random(29)
+    reused = 0
+
+    def counted(one: Member, address: str) -> Member:
+        nonlocal reused
+        reused += 1
+        return moved(one, address)
+
+    for round_ in range(6000):
+        names = shaped_listing(rng)
+        labels = rng.choice([(), ("version", "application"), ("pid",), ("timestamp", "version")])
+        options = replace(OPTIONS, label_params=labels)
+        changes = Changes(interfaces={DEMO_KEY: providers(*set(names))})
+        with monkeypatch.context() as patch:
+            patch.setattr(assembly_module, "moved", counted)
+            fast = assemble(options, changes)
+        with monkeypatch.context() as patch:
+            patch.setattr(assembly_module, "split_name", lambda name, cut: None)
+            slow = assemble(options, changes)
+        assert fast.services == slow.services, (round_, names)
+        assert fast.problems == slow.problems, (round_, names)
+        assert dict(fast.interfaces[DEMO_KEY].parsed) == dict(slow.interfaces[DEMO_KEY].parsed)
+    assert reused > 1_500  # the shared path was taken

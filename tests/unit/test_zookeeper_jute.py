@@ -3,7 +3,9 @@ reads what the server answers (records as in ZooKeeper's zookeeper.jute)."""
 
 from __future__ import annotations
 
+import random
 import struct
+from collections.abc import Callable
 
 import pytest
 
@@ -109,6 +111,47 @@ def test_a_reader_stops_at_its_packet_end() -> None:
     data = ustring(b"abcd") + ustring(b"next packet")
     with pytest.raises(jute.ProtocolError):
         jute.Reader(data, 0, 6).string()
+
+
+def string_by_string(reader: jute.Reader) -> list[str]:
+    """`Reader.strings` as ZooKeeper's vector<ustring> reads: a count (-1: none), then
+    each string as `string()` reads it."""
+    count = reader.int()
+    return [reader.string() for _ in range(count)]
+
+
+def read(how: Callable[[jute.Reader], list[str]], data: bytes, end: int) -> tuple[object, ...]:
+    reader = jute.Reader(bytearray(data), 0, end)
+    try:
+        strings = how(reader)
+    except jute.ProtocolError as err:
+        return ("error", str(err).split(":")[0])
+    try:
+        after = reader.buffer()  # the next field starts where the listing ends
+    except jute.ProtocolError:
+        after = None
+    return ("ok", strings, after)
+
+
+def test_a_listing_reads_as_string_after_string() -> None:
+    """Seeded random vectors of strings (ASCII, UTF-8, null, not UTF-8, empty), cut short
+    or not, and ending before the data does: what a listing reads, and where the next
+    field starts, are what reading one string after the other gives, errors included."""
+    rng = random.Random(5)
+    pieces = [b"dubbo%3A%2F%2F10.0.0.1", "é€".encode(), b"", None, b"\xff\xfe", b"a" * 300]
+    for _ in range(3000):
+        items = [rng.choice(pieces) for _ in range(rng.randrange(0, 6))]
+        count = len(items) if rng.random() < 0.9 else rng.choice([-1, len(items) + 1])
+        data = struct.pack(">i", count) + b"".join(
+            struct.pack(">i", -1) if item is None else ustring(item) for item in items
+        )
+        data += ustring(b"next")
+        end = len(data) if rng.random() < 0.6 else rng.randrange(len(data) + 1)
+        assert read(jute.Reader.strings, data, end) == read(string_by_string, data, end), (
+            items,
+            count,
+            end,
+        )
 
 
 def test_packets_are_cut_at_their_length_prefix() -> None:

@@ -28,6 +28,7 @@ from mcpserver.registry.zookeeper.assembly import (
     InterfaceRecord,
     MappingRecord,
     assemble,
+    listing_digest,
 )
 from mcpserver.registry.zookeeper.config import ZooKeeperRegistrySettings
 from mcpserver.registry.zookeeper.connection import (
@@ -336,6 +337,7 @@ def test_a_burst_of_events_on_one_node_is_one_re_read() -> None:
     zk.answer()
     record = setup.mirror.take().changes.interfaces[("/dubbo", "com.example.S1")]
     assert record is not None and len(record.providers) == 3
+    assert record.listing == listing_digest(record.providers)  # the assembly's, made once
 
 
 def test_an_event_before_the_answer_of_its_read_is_processed_still_re_reads() -> None:

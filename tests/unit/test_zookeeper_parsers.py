@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import json
 import random
@@ -14,8 +15,11 @@ from mcpserver_protos.istio.networking.v1alpha3 import service_entry_pb2
 
 from mcpserver.convert.serviceentry import convert
 from mcpserver.convert.validate import validate_service_entry
+from mcpserver.model import Instance, Port
+from mcpserver.registry.dubbo import mapping
 from mcpserver.registry.dubbo.mapping import (
     DubboOptions,
+    Member,
     application_service,
     interface_services,
     mapped_service,
@@ -127,6 +131,60 @@ def test_two_protocols_on_one_port_number_share_one_service_port() -> None:
     (entry,) = convert(service)
     assert isinstance(entry.spec, service_entry_pb2.ServiceEntry)
     assert validate_service_entry(entry.spec, entry.namespace) == []
+
+
+def test_usual_hosts_make_what_every_host_makes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Seeded random providers of one interface (addresses shared or not, protocols and
+    ports mixed or not, labels and weights that decide which of an address's providers is
+    its endpoint, in any order): the Services made where the usual shape is taken for
+    what it is (one protocol on one port, an address per provider) are exactly those made
+    by sorting out endpoints and ports in full."""
+    rng = random.Random(11)
+    usual = 0
+    shortcut = mapping._usual
+
+    def counted(group: list[Member]) -> tuple[tuple[Port, ...], tuple[Instance, ...]] | None:
+        nonlocal usual
+        found = shortcut(group)
+        usual += found is not None
+        return found
+
+    for _ in range(3000):
+        protocols = rng.choice([["dubbo"], ["dubbo"], ["dubbo", "tri"]])
+        numbers = rng.choice([[20880], [20880], [20880, 20881]])
+        addresses = [f"10.0.0.{n}" for n in range(1, 12)]
+        rng.shuffle(addresses)
+        shared = rng.random() < 0.3  # some addresses with more than one provider
+        providers = []
+        for n in range(rng.randrange(1, 10)):
+            address = rng.choice(addresses[:3]) if shared else addresses[n]
+            version = rng.choice(["1", "2"])
+            url = f"{rng.choice(protocols)}://{address}:{rng.choice(numbers)}/com.example.Api"
+            url += f"?application=a&version={version}&weight={rng.choice(['1', '5'])}"
+            providers.append(parse_provider(node(url)))
+        rng.shuffle(providers)
+        with monkeypatch.context() as patch:
+            patch.setattr(mapping, "_usual", counted)
+            fast = interface_services(OPTIONS, providers, 0)
+        with monkeypatch.context() as patch:
+            patch.setattr(mapping, "_usual", lambda group: None)
+            full = interface_services(OPTIONS, providers, 0)
+        assert fast == full, providers
+    assert usual > 1_000
+
+
+def test_a_moved_member_differs_in_its_address_alone() -> None:
+    """`moved` builds the Instance field by field: every field but the address is kept,
+    whatever fields Instance has (each set here to something other than its default)."""
+    values: dict[str, object] = {"address": "10.0.0.1"}
+    for f in dataclasses.fields(Instance):
+        if f.name != "address":  # model.py's annotations are strings (postponed)
+            values[f.name] = {"int": 7, "str": f"{f.name}-x"}.get(str(f.type), ((f.name, "v"),))
+    instance = Instance(**values)  # type: ignore[arg-type]
+    assert all(getattr(instance, f.name) != f.default for f in dataclasses.fields(Instance))
+    one = Member("h.example", instance, "dubbo", 20880, "com.example.Api")
+    expected = dataclasses.replace(one, instance=dataclasses.replace(instance, address="10.0.0.2"))
+    assert mapping.moved(one, "10.0.0.2") == expected
 
 
 def test_host_template_with_version_splits_services() -> None:

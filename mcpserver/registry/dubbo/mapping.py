@@ -145,6 +145,26 @@ class Member:
     interface: str
 
 
+MEMBER_PARAMS = frozenset(
+    {"side", "enabled", "disabled", "group", "version", "application", "weight", "interface"}
+)
+"""The provider parameters `member()` reads, besides the options' `label_params` (and
+`interface`, which the provider's parse reads)."""
+
+PER_PROCESS_PARAMS = ("pid", "timestamp", "bind.ip", "bind.port")
+"""Parameters Dubbo writes that tell the processes of one interface apart (with the
+address): the providers of an interface usually differ in nothing else."""
+
+
+def unread_params(options: DubboOptions) -> tuple[str, ...]:
+    """Of PER_PROCESS_PARAMS, those a Member does not depend on under these options (all of
+    them unless `label_params` names one): providers that differ only in these and their
+    address have the same Member but for the address (`moved`)."""
+    return tuple(
+        k for k in PER_PROCESS_PARAMS if k not in MEMBER_PARAMS and k not in options.label_params
+    )
+
+
 def member(options: DubboOptions, provider: Provider) -> Member:
     """A provider's Member under these options."""
     params = provider.lookup  # Provider.param() without a method call per parameter
@@ -176,6 +196,16 @@ def member(options: DubboOptions, provider: Provider) -> Member:
     )
 
 
+def moved(one: Member, address: str) -> Member:
+    """`one` as the Member of a provider at `address` that is otherwise the same (its
+    parameters equal but for `unread_params`): only the Instance's address differs."""
+    i = one.instance
+    instance = Instance(
+        address, i.ports, i.labels, i.weight, i.locality, i.network, i.service_account
+    )
+    return Member(one.host, instance, one.protocol, one.port, one.interface)
+
+
 def interface_services(
     options: DubboOptions, providers: Sequence[Provider], ctime_ms: int
 ) -> list[Service]:
@@ -193,17 +223,7 @@ def member_services(
             groups.setdefault(one.host, []).append(one)
     services = []
     for host, group in sorted(groups.items()):
-        group.sort(key=_order)
-        ports, names = _ports([(m.protocol, m.port) for m in group])
-        numbers = {p.name: p.number for p in ports}
-        per_address: dict[str, tuple[dict[str, int], Member]] = {}
-        for one in group:
-            served, first = per_address.setdefault(one.instance.address, ({}, one))
-            served.setdefault(names[one.protocol], one.port)
-        instances = []
-        for _, (served, first) in sorted(per_address.items()):
-            own = tuple(sorted((n, v) for n, v in served.items() if numbers[n] != v))
-            instances.append(replace(first.instance, ports=own) if own else first.instance)
+        ports, instances = _usual(group) or _endpoints(group)
         interface = group[0].interface
         services.append(
             Service(
@@ -212,7 +232,7 @@ def member_services(
                 name=host,
                 hosts=(host,),
                 ports=ports,
-                instances=tuple(instances),
+                instances=instances,
                 labels=_labels([("dubbo-interface", interface[:63])]),
                 annotations=(("mcpserver.io/dubbo-interface", interface),),
                 endpoints_mode=options.endpoints_mode,
@@ -220,6 +240,42 @@ def member_services(
             )
         )
     return services
+
+
+def _usual(group: list[Member]) -> tuple[tuple[Port, ...], tuple[Instance, ...]] | None:
+    """`_endpoints(group)` where it is simple, None elsewhere: every provider serves one
+    protocol on one port, each from an address of its own (a host's providers are usually
+    that), so there is one service port, no endpoint with ports of its own, and each
+    provider is the one endpoint of its address. Without the sorting and the per-address
+    tables `_endpoints` needs for the rest (they were a tenth of a cold start)."""
+    first = group[0]
+    protocol, number = first.protocol, first.port
+    by_address: dict[str, Instance] = {}
+    for one in group:
+        if one.port != number or one.protocol != protocol:
+            return None
+        by_address[one.instance.address] = one.instance
+    if len(by_address) != len(group):
+        return None
+    return (_port(protocol, number),), tuple([by_address[a] for a in sorted(by_address)])
+
+
+def _endpoints(group: list[Member]) -> tuple[tuple[Port, ...], tuple[Instance, ...]]:
+    """The service ports and endpoints of one host's providers: one endpoint per address,
+    the first provider of it by `_order`, with the ports it serves where they differ from
+    the service's."""
+    group.sort(key=_order)
+    ports, names = _ports([(m.protocol, m.port) for m in group])
+    numbers = {p.name: p.number for p in ports}
+    per_address: dict[str, tuple[dict[str, int], Member]] = {}
+    for one in group:
+        served, first = per_address.setdefault(one.instance.address, ({}, one))
+        served.setdefault(names[one.protocol], one.port)
+    instances = []
+    for _, (served, first) in sorted(per_address.items()):
+        own = tuple(sorted((n, v) for n, v in served.items() if numbers[n] != v))
+        instances.append(replace(first.instance, ports=own) if own else first.instance)
+    return ports, tuple(instances)
 
 
 def _order(one: Member) -> tuple[str, str, int, tuple[tuple[str, str], ...], int]:

@@ -13,13 +13,15 @@ Three kinds of key, each `(root path, child name)`:
 
 Reuse is at two levels: a key whose record is unchanged keeps its whole result; within a key
 that changed, a provider node name (or an instance whose bytes are unchanged) keeps its parse
-result (a `Member`: what the provider contributes to its service), and a
-rebuilt Service equal to the one before keeps the old object. Provider node names are not
-kept: a result keeps a 128-bit digest of its listing and of each name (`listing_digest`,
-`name_digest`). A name is a URL of ~400 characters; at 100k providers the names were a third
-of the registry's memory, kept only to recognise a listing or a provider seen before. A
-mapping is rebuilt when its record changes or one of the applications it names changed (an
-index says which).
+result (a `Member`: what the provider contributes to its service), and a rebuilt Service
+equal to the one before keeps the old object. Within a listing, a provider whose name differs
+from one met before only in its address and per-process fields (pid, timestamp:
+dubbo.split_name) takes that one's Member at its own address, without a parse. Provider node
+names are not kept: a result keeps a 128-bit digest of its listing and of each name
+(`listing_digest`, `name_digest`). A name is a URL of ~400 characters; at 100k providers the
+names were a third of the registry's memory, kept only to recognise a listing or a provider
+seen before. A mapping is rebuilt when its record changes or one of the applications it
+names changed (an index says which).
 
 What is not per key is kept cheap too: the per-key service and problem tuples live in dicts
 copied (in C) only when a key of their kind changed. An assembly says which of the
@@ -36,6 +38,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
@@ -49,10 +52,12 @@ from mcpserver.registry.dubbo.mapping import (
     mapped_service,
     member,
     member_services,
+    moved,
+    unread_params,
 )
 from mcpserver.registry.table import keep_empty
 from mcpserver.registry.zookeeper.curator import parse_instance
-from mcpserver.registry.zookeeper.dubbo import RecordError, parse_provider
+from mcpserver.registry.zookeeper.dubbo import RecordError, cut_fields, parse_provider, split_name
 
 Key = tuple[str, str]
 """(root path, child name): `("/dubbo", "com.example.Greeter")`, `("/services", "shop")`."""
@@ -75,6 +80,9 @@ class InterfaceRecord:
 
     providers: tuple[str, ...] = ()  # child node names of <interface>/providers, sorted
     ctime: int = 0  # the providers node's ctime in ms (its create_time); 0: no such node
+    # listing_digest(providers) where the reader made it already (b"": not made); derived
+    # from the providers, so not compared
+    listing: bytes = field(default=b"", compare=False)
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,9 +213,11 @@ def assemble(
         return previous
     parts: dict[Part, PartContents] = {}
     interfaces = _Interfaces(previous, handover, parts)
+    cut = cut_fields(unread_params(options))
     for key, record in changes.interfaces.items():
         old = previous.interfaces.get(key)
-        interfaces.set(key, None if record is None else _interface(options, key, record, old))
+        result = None if record is None else _interface(options, key, record, old, cut)
+        interfaces.set(key, result)
     apps = _Apps(previous, handover, parts)
     for key, app_record in changes.apps.items():
         app_old = previous.apps.get(key)
@@ -487,22 +497,24 @@ def name_digest(name: str) -> bytes:
 
 
 def _interface(
-    options: DubboOptions, key: Key, record: InterfaceRecord, old: InterfaceResult | None
+    options: DubboOptions,
+    key: Key,
+    record: InterfaceRecord,
+    old: InterfaceResult | None,
+    cut: re.Pattern[str] | None,
 ) -> InterfaceResult:
-    listing = listing_digest(record.providers)
+    """`cut`: `cut_fields(unread_params(options))`, made once per assembly."""
+    listing = record.listing or listing_digest(record.providers)
     if old is not None and old.listing == listing and old.ctime == record.ctime:
         return old
     seen = old.parsed if old is not None else {}
     parsed: dict[bytes, Member | Problem] = {}
+    shapes: dict[str, Member | None] = {}
     for name in record.providers:
         digest = name_digest(name)
         item = seen.get(digest)
         if item is None:
-            try:
-                item = member(options, parse_provider(name))
-            except RecordError as err:
-                subject = f"{key[0]}/{key[1]}/providers/{name[:SUBJECT_CHARS]}"
-                item = _problem(options, subject, err)
+            item = _member(options, key, name, cut, shapes)
         parsed[digest] = item
     members: list[Member] = []
     problems: list[Problem] = []
@@ -523,6 +535,39 @@ def _interface(
         services=_keep_identity(old.services if old else (), built),
         problems=tuple(problems),
     )
+
+
+def _member(
+    options: DubboOptions,
+    key: Key,
+    name: str,
+    cut: re.Pattern[str] | None,
+    shapes: dict[str, Member | None],
+) -> Member | Problem:
+    """A provider node's Member, or its Problem. The providers of an interface usually
+    differ only in their address and the fields `cut` names (pid, timestamp): a name of a
+    shape met before in this listing (dubbo.split_name) is the Member of the first one,
+    moved to its own address, instead of a parse and a mapping of its own (they were
+    three quarters of the assembly's time). `shapes`: shape -> the Member of the first
+    name of that shape, or None where that name made a Problem (each such name is parsed,
+    so that its Problem names it)."""
+    split = split_name(name, cut)
+    if split is not None:
+        like = shapes.get(split[1])
+        if like is not None:
+            return moved(like, split[0])
+    try:
+        one = member(options, parse_provider(name))
+    except RecordError as err:
+        subject = f"{key[0]}/{key[1]}/providers/{name[:SUBJECT_CHARS]}"
+        if split is not None:
+            shapes[split[1]] = None
+        return _problem(options, subject, err)
+    if split is not None:
+        # the address is the name's own (the shape's form says so): checked anyway, a
+        # shape that keeps no Member is parsed name by name
+        shapes[split[1]] = one if one.instance.address == split[0] else None
+    return one
 
 
 def _app(options: DubboOptions, key: Key, record: AppRecord, old: AppResult | None) -> AppResult:

@@ -11,16 +11,30 @@ the common shape (an ASCII name whose escapes are ASCII, an IPv4 host, a valid p
 with nothing left to unquote) takes a fast path of `str.split`s that yields exactly what the
 general path yields; anything else takes the general path (`_parse_general`), which is also
 the reference the unit tests compare the fast path with.
+
+Faster still is not parsing: the providers of one interface are its processes, whose URLs
+usually differ only in the address, pid and timestamp. `split_name` tells, from the node name
+as stored, the address and the rest without those fields (its shape), so that the assembly
+parses one name per shape and moves its result to the other addresses.
 """
 
 from __future__ import annotations
 
+import functools
 import re
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 from mcpserver.registry.dubbo.provider import Provider, RecordError, check_host, istio_port
 
-__all__ = ["MAX_NODE_NAME", "Provider", "RecordError", "istio_port", "parse_provider"]
+__all__ = [
+    "MAX_NODE_NAME",
+    "Provider",
+    "RecordError",
+    "cut_fields",
+    "istio_port",
+    "parse_provider",
+    "split_name",
+]
 
 MAX_NODE_NAME = 8192  # a provider URL is a few hundred bytes; ZooKeeper allows much more
 
@@ -140,6 +154,56 @@ def _query(query: str) -> tuple[tuple[str, str], ...]:
         return tuple(parse_qsl(query, keep_blank_values=True))
     known = _FIELDS.get
     return tuple([known(field_) or _field(field_) for field_ in query.split("&") if field_])
+
+
+# ------------------------------------------------- providers that differ only in address
+
+# A node name as Dubbo writes it (URL-encoded, upper-case escapes) that starts
+# scheme://IPv4:port, the IPv4 address in its canonical form (what `check_host` returns for
+# it), the port followed by the path, the query or the end: its netloc is exactly
+# address:port whatever the rest of the name is, so the rest alone decides everything else
+# its parse and its Member have. Group 1: the address.
+_OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+_ENCODED = re.compile(
+    rf"[A-Za-z][A-Za-z0-9+.\-]*%3A%2F%2F((?:{_OCTET}\.){{3}}{_OCTET})%3A[0-9]{{1,5}}"
+    r"(?=%2F|%3F|/|\?|\Z)",
+    re.ASCII,
+)
+
+
+@functools.lru_cache(maxsize=64)
+def cut_fields(keys: tuple[str, ...]) -> re.Pattern[str] | None:
+    """What `split_name` cuts from a name's query: the fields of these keys (plain keys,
+    as Dubbo's are, which `quote` leaves as they are), each `%26key%3D` (`&key=`), a value
+    without `%`, `&` or `#`, then `%26` or the end: a field that is whole after unquoting,
+    and whose value unquoting leaves as it is. None: no keys."""
+    if not keys:
+        return None
+    alternatives = "|".join(re.escape(key) for key in keys)
+    return re.compile(rf"%26(?:{alternatives})%3D[^%&#]*(?=%26|\Z)")
+
+
+def split_name(name: str, cut: re.Pattern[str] | None) -> tuple[str, str] | None:
+    """(address, shape) of a provider node name in the usual form, None for any other.
+
+    The shape is the name without its address and, past the first `%3F` (`?`), without
+    the fields `cut` matches (`cut_fields`): two names of one shape parse to the same
+    provider but for its address and those fields, so for keys the Member does not read
+    (mapping.unread_params) they have the same Member at their own addresses. Checked on
+    the encoded name, without unquoting it. Cutting such a field changes nothing else of
+    the parse: it is after the query's `?` (the first `%3F` is at or after the first `?`
+    unquoting makes), whole (the query is split at `&` before its fields are unquoted
+    again, and the value holds no `&`, no `#` and no escape); the bytes on either side
+    stay next to an `&`, so UTF-8 decoding on either side is unchanged; and urlsplit
+    strips only the start, removing tabs and newlines wherever they are."""
+    match = _ENCODED.match(name) if len(name) <= MAX_NODE_NAME else None
+    if match is None:
+        return None
+    start, end = match.span(1)
+    path, mark, query = name[end:].partition("%3F")
+    if cut is not None and query:
+        query = cut.sub("", query)
+    return match[1], name[:start] + path + mark + query
 
 
 def _parse_general(text: str) -> Provider:

@@ -423,7 +423,7 @@ class Mirror:
         names, node.names = node.names, None  # handed over: the digest is what stays
         if names is None:  # dirty without a new listing (never: see _Interface.names)
             raise RuntimeError(f"no listing to hand over for {node.path}")
-        return InterfaceRecord(names, node.ctime)
+        return InterfaceRecord(names, node.ctime, node.listing)
 
     def _app_record(self, key: Key) -> AppRecord | None:
         root = self._roots.get(key[0])
