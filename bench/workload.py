@@ -11,6 +11,7 @@ a client-side check say "this write is held" without ambiguity.
 from __future__ import annotations
 
 import json
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
@@ -76,13 +77,19 @@ def providers_path(root: str, service: int) -> str:
 
 
 def provider_url(service: int, host: str) -> str:
-    """A provider URL shaped like what Dubbo 3.2 registers (parameters abridged)."""
+    """A provider URL shaped like what Dubbo 3.2 registers (parameters abridged). Each
+    provider is a process of its own, so its pid and start timestamp are its own, as in a
+    real estate (derived from the name, so that a writer can name the node again to delete
+    it): a server that parsed one provider per interface and copied it would be measured
+    on an estate that flatters it."""
     iface = interface(service)
+    own = zlib.crc32(f"{service}/{host}".encode())
     return (
         f"dubbo://{host}:{DUBBO_PORT}/{iface}?anyhost=true&application=bench-app-{service % 500}"
         f"&deprecated=false&dubbo=2.0.2&dynamic=true&generic=false&interface={iface}"
-        "&methods=get,list,put,remove&pid=4242&release=3.2.10&service-name-mapping=true"
-        "&side=provider&timestamp=1700000000000&version=1.0.0"
+        f"&methods=get,list,put,remove&pid={1000 + own % 64000}&release=3.2.10"
+        f"&service-name-mapping=true&side=provider&timestamp={1700000000000 + own % 86400000}"
+        "&version=1.0.0"
     )
 
 
