@@ -173,6 +173,9 @@ async def one_scale(bench: Bench, source: str, services: int, repeats: int) -> d
     entry["runs"] = {
         "ours": [o["seconds"] for o in ours],
         "baseline": [b["seconds"] for b in candidates],
+        # the fastest run's CPU alone says little on a shared machine: every run's, in order
+        "ours_cpu_seconds": [o["cpu_seconds"] for o in ours],
+        "ours_peak_rss_mib": [o["peak_rss_mib"] for o in ours],
     }
     if previous:
         entry["runs"]["baseline_walks"] = [
