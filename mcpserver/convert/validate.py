@@ -53,7 +53,7 @@ _DNS1123_ANY_CASE = re.compile(r"^[a-zA-Z0-9]([-a-zA-Z0-9]*[a-zA-Z0-9])?$")
 UNIX_PREFIX = "unix://"
 
 
-_IPV4 = re.compile(
+IPV4 = re.compile(
     r"(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
 )
 """Dotted-quad IPv4 without leading zeros: exactly what ipaddress (and Go's netip) accept
@@ -61,7 +61,7 @@ in that form, matched in C. No cache: one per endpoint cost ~15 MB at 100k."""
 
 
 def is_ip(value: str) -> bool:
-    if _IPV4.fullmatch(value):
+    if IPV4.fullmatch(value):
         return True
     try:
         ipaddress.ip_address(value)
