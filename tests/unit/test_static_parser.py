@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import json
+from dataclasses import FrozenInstanceError
 from datetime import UTC, datetime
 from typing import Any
 
@@ -13,7 +14,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 import mcpserver.registry.static.parser as parser_module
-from mcpserver.model import EPOCH_2000, Service
+from mcpserver.model import EPOCH_2000, Instance, Service
 from mcpserver.registry.static.parser import (
     StaticFileError,
     StaticOptions,
@@ -488,3 +489,14 @@ def test_instances_with_the_same_labels_share_one_tuple() -> None:
     a, b = parse_static(text, OPTIONS).services
     assert a.instances[0].labels == (("v", "1"), ("z", "a"))
     assert a.instances[0].labels is b.instances[0].labels
+
+
+def test_a_plain_instance_is_the_one_its_init_makes() -> None:
+    """The usual instance, made without Instance.__init__ (parser._plain_maker): equal,
+    with the same repr and hash, and as frozen."""
+    labels = (("v", "1"), ("z", "a"))
+    made = parser_module._plain_instance("10.0.0.1", labels)
+    want = Instance("10.0.0.1", (), labels)
+    assert (made, repr(made), hash(made)) == (want, repr(want), hash(want))
+    with pytest.raises(FrozenInstanceError):
+        made.address = "10.0.0.2"  # type: ignore[misc]

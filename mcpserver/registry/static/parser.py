@@ -16,8 +16,8 @@ from __future__ import annotations
 import itertools
 import json
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import MISSING, dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 
@@ -263,16 +263,19 @@ def _instances(value: object, shared: dict[object, Labels]) -> tuple[Instance, .
     if type(value) is not list:
         return None
     instances = []
+    plain = _plain_instance
     for item in value:
-        if type(item) is not dict or not item.keys() <= _INSTANCE_KEYS:
+        if type(item) is not dict:
             return None
         get = item.get
         address, labels = get("address"), _labels(get("labels", _NO_MAP), shared)
         if type(address) is not str or labels is None:
             return None
         if len(item) == 1 + ("labels" in item):  # the usual shape: an address and labels
-            instances.append(Instance(address, (), labels))
+            instances.append(plain(address, labels))
             continue
+        if not item.keys() <= _INSTANCE_KEYS:
+            return None
         ports, weight = get("ports", _NO_MAP), get("weight", 0)
         locality, network = get("locality", ""), get("network", "")
         account = get("service_account", "")
@@ -288,6 +291,44 @@ def _instances(value: object, shared: dict[object, Labels]) -> tuple[Instance, .
         ports = tuple(sorted(ports.items())) if ports else ()
         instances.append(Instance(address, ports, labels, weight, locality, network, account))
     return tuple(instances)
+
+
+def _plain_maker() -> Callable[[str, Labels], Instance]:
+    """Instance(address, (), labels) for the usual instance, at half the cost: a frozen
+    dataclass's __init__ sets each of its seven fields through object.__setattr__, and a
+    10k-service file has 100k instances. This sets the slots through their descriptors,
+    each field as __init__ would (the others to their defaults). Instance(...) itself if
+    its fields are not the ones this knows, or it gains a __post_init__ or a default
+    factory."""
+    known = ("address", "ports", "labels", "weight", "locality", "network", "service_account")
+    declared = fields(Instance)
+    if (
+        tuple(f.name for f in declared) != known
+        or hasattr(Instance, "__post_init__")
+        or any(f.default is MISSING for f in declared[1:])
+    ):
+        return lambda address, labels: Instance(address, (), labels)
+    set_address, set_ports, set_labels, set_weight, set_locality, set_network, set_account = (
+        getattr(Instance, name).__set__ for name in known
+    )
+    weight, locality, network, account = (f.default for f in declared[3:])
+    new = object.__new__
+
+    def plain(address: str, labels: Labels) -> Instance:
+        instance: Instance = new(Instance)
+        set_address(instance, address)
+        set_ports(instance, ())
+        set_labels(instance, labels)
+        set_weight(instance, weight)
+        set_locality(instance, locality)
+        set_network(instance, network)
+        set_account(instance, account)
+        return instance
+
+    return plain
+
+
+_plain_instance = _plain_maker()
 
 
 def _labels(value: object, shared: dict[object, Labels]) -> Labels | None:
