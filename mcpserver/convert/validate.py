@@ -104,7 +104,12 @@ def check_wildcard_domain(domain: str) -> str | None:
     first, _, rest = domain.partition(".")
     if len(first) > DNS1123_LABEL_MAX or not _WILDCARD_LABEL.match(first):
         return f"domain name {domain!r} invalid (label {first!r} invalid)"
-    return _domain_labels(rest) if rest else None
+    return _suffix_labels(rest) if rest else None
+
+
+@lru_cache(maxsize=1 << 12)  # hosts share what follows their first label (namespace, domain)
+def _suffix_labels(domain: str) -> str | None:
+    return _domain_labels(domain)
 
 
 def check_port(number: int) -> str | None:
