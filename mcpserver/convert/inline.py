@@ -120,6 +120,9 @@ def _labels_valid(labels: Labels, registry: str) -> bool:
 
 
 _ENDPOINTS = b"\x32"  # ServiceEntry.endpoints = 6, length-delimited
+# an address's tag and an endpoint's frame, by length: both nearly always shorter than 128
+_TAGGED = tuple(_ADDRESS + bytes([n]) for n in range(0x80))
+_FRAMED = tuple(_ENDPOINTS + bytes([n]) for n in range(0x80))
 
 
 def plain_endpoints(
@@ -171,9 +174,10 @@ def plain_endpoints(
             raw = address.encode()
         except UnicodeEncodeError:
             return None
-        tagged = _ADDRESS + varint(len(raw))
-        length = len(tagged) + len(raw) + len(labelled)
-        frame = _ENDPOINTS + varint(length)
+        size = len(raw)
+        tagged = _TAGGED[size] if size < 0x80 else _ADDRESS + varint(size)
+        length = len(tagged) + size + len(labelled)
+        frame = _FRAMED[length] if length < 0x80 else _ENDPOINTS + varint(length)
         at += len(frame)
         spans.append(at)
         at += length

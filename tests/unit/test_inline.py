@@ -201,7 +201,7 @@ plain_instances = st.builds(
     Instance,
     address=st.one_of(
         st.sampled_from(["10.0.0.1", "10.0.0.02", "::1", "", "unix:///x.sock", "a.b", "\ud800"]),
-        st.sampled_from(["\uff11.2.3.4", "1.2.3.4\x00", "1.2.3.4%eth0", "fe80::1%eth0"]),
+        st.sampled_from(["\uff11.2.3.4", "1.2.3.4\x00", "1.2.3.4%eth0", "fe80::1%eth0", "h" * 130]),
         st.ip_addresses().map(str),
     ),
     labels=st.one_of(
