@@ -16,7 +16,12 @@ from mcpserver.convert.inline import (
     validate_inline_endpoint,
     validate_inline_spec,
 )
-from mcpserver.convert.serviceentry import inline_endpoint, inline_parts, join_inline
+from mcpserver.convert.serviceentry import (
+    inline_endpoint,
+    inline_parts,
+    join_inline,
+    resource_labels,
+)
 from mcpserver.convert.validate import (
     validate_name,
     validate_service_entry,
@@ -259,3 +264,13 @@ def test_a_usual_service_takes_the_plain_path() -> None:
         b"head", instances, "files", frozenset()
     )
     assert plain[2] == ["endpoint address '300.0.0.1' is not a valid IP address"]
+
+
+def test_resources_carry_their_services_labels_and_the_registrys() -> None:
+    """The registry label on every resource, over a service label of the same name; the
+    same for every service with the same labels (made once per distinct value)."""
+    labelled = Service("files", "ns", "a", ("a.mesh",), (), labels=(("team", "x"),))
+    clash = Service("files", "ns", "b", ("b.mesh",), (), labels=(("registry", "z"), ("a", "1")))
+    assert resource_labels(labelled) == (("registry", "files"), ("team", "x"))
+    assert resource_labels(clash) == (("a", "1"), ("registry", "files"))
+    assert resource_labels(Service("zk", "ns", "c", ("c.mesh",), ())) == (("registry", "zk"),)
