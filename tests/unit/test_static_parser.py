@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import json
+import tracemalloc
+from collections.abc import Callable
 from dataclasses import FrozenInstanceError
 from datetime import UTC, datetime
 from typing import Any
@@ -500,3 +502,47 @@ def test_a_plain_instance_is_the_one_its_init_makes() -> None:
     assert (made, repr(made), hash(made)) == (want, repr(want), hash(want))
     with pytest.raises(FrozenInstanceError):
         made.address = "10.0.0.2"  # type: ignore[misc]
+
+
+def traced_peak(work: Callable[[], object]) -> int:
+    tracemalloc.start()
+    try:
+        work()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_a_json_file_is_never_held_whole_as_parsed_json() -> None:
+    """Each entry's parsed JSON is freed once its Service is made: parsing the file peaks
+    below what its parsed entries alone take (at 10k services x 10, 73 MiB)."""
+    entries = [
+        {
+            "name": f"s{i}",
+            "ports": [{"name": "http", "number": 80}],
+            "instances": [
+                {"address": f"10.0.{i % 250}.{n}", "labels": {"version": "v1", "zone": f"z{n}"}}
+                for n in range(10)
+            ],
+        }
+        for i in range(500)
+    ]
+    text = json.dumps({"services": entries})
+    held = traced_peak(lambda: parser_module.json_entries(text))
+    assert traced_peak(lambda: parse_static(text, OPTIONS)) < held / 2
+    assert traced_peak(lambda: sum(1 for _ in parser_module.json_stream(text))) < held / 20
+
+
+@pytest.mark.parametrize(
+    ("tail", "why"),
+    [
+        ('], "extra": 1}', "unknown top-level key 'extra'"),
+        ("] x", "not valid YAML"),  # not JSON: read as YAML, which refuses it
+    ],
+)
+def test_a_json_file_that_turns_out_not_plain_is_parsed_whole(tail: str, why: str) -> None:
+    """Its entries were read one by one before the end showed otherwise: the file is then
+    parsed whole, and refused with the reason a whole parse gives."""
+    text = json.dumps({"services": [{"name": "a", "ports": []}]})[: -len("]}")] + tail
+    with pytest.raises(StaticFileError, match=why):
+        parse_static(text, OPTIONS)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import itertools
 import json
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import MISSING, dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Annotated, Literal
@@ -385,10 +385,25 @@ def parse_static(
     `known` and `texts` are the previous parse's: an entry whose text did not change is
     neither parsed nor validated again and keeps its Service object, so an edit of one
     service in a YAML file of 10k parses one entry (not 10k: libyaml takes about 12 s for
-    them), validates one, and the service table compares the rest in one `is` each."""
+    them), validates one, and the service table compares the rest in one `is` each.
+
+    A JSON file of the plain shape is read one entry at a time, each made a Service before
+    the next is read (`json_stream`): what json makes of an entry (its dicts, lists and
+    strings: ~73 MiB at 10k services x 10) is freed as soon as it is read, and the next
+    entry's reuses its memory, instead of the whole file's being built, held and freed at
+    once. Anything else is cut or parsed as `_entries` says."""
     known = known or {}
-    texts = texts or {}
-    entries = _entries(text, texts, known)
+    if _JSON_HEAD.match(text):
+        try:
+            return _parse_entries(json_stream(text), options, known)
+        except _NotPlainError:
+            pass  # parsed whole (`_entries`), which also says what is wrong with it
+    return _parse_entries(_entries(text, texts or {}, known), options, known)
+
+
+def _parse_entries(
+    entries: Iterable[Entry], options: StaticOptions, known: Mapping[str, Service]
+) -> StaticFile:
     services: list[Service] = []
     problems: list[Problem] = []
     locations: dict[str, str] = {}
@@ -433,13 +448,9 @@ then None) or made from its JSON text."""
 
 
 def _entries(text: str, texts: Mapping[str, str], known: Mapping[str, Service]) -> list[Entry]:
-    """The file's entries, each parsed on its own when the file has the plain shape
-    (`entry_texts`, `json_entries`) and, for YAML, only if its text changed; the whole file
-    parsed at once otherwise."""
-    if text.lstrip().startswith("{"):
-        cut = json_entries(text)
-        if cut is not None:
-            return cut
+    """The file's entries, each parsed on its own when the YAML file has the plain shape
+    (`entry_texts`), only if its text changed; the whole file parsed at once otherwise (a
+    JSON file whose shape `json_stream` does not take)."""
     pieces = None if text.lstrip().startswith("{") else entry_texts(text)
     if pieces is not None:
         entries: list[Entry] = []
@@ -478,16 +489,20 @@ JSON_KEY = "json:"
 """What starts the key of an entry read from its JSON text: no repr starts so."""
 
 
-def json_entries(text: str) -> list[Entry] | None:
+class _NotPlainError(Exception):
+    """The JSON file is not of the plain shape (`json_stream`)."""
+
+
+def json_stream(text: str) -> Iterator[Entry]:
     """A JSON file of the plain shape (`{"services": [...]}`, nothing else) read entry by
     entry, each keyed by its own text (JSON_KEY + the text: equal texts are equal entries)
     instead of its repr: at 10k services the repr of every entry cost more than parsing the
-    file. None for anything else (other keys, a broken file): the caller parses the file
+    file. Each entry is read when the previous one has been taken. _NotPlainError, when it
+    comes to it, for anything else (other keys, a broken file): the caller parses the file
     whole, which also says what is wrong with it."""
     head = _JSON_HEAD.match(text)
     if head is None:
-        return None
-    entries: list[Entry] = []
+        raise _NotPlainError
     at = head.end()
     if text.startswith("]", at):
         at += 1
@@ -496,15 +511,25 @@ def json_entries(text: str) -> list[Entry] | None:
             try:
                 raw, end = _JSON.raw_decode(text, at)
             except json.JSONDecodeError:
-                return None
-            entries.append((raw, None, JSON_KEY + text[at:end]))
+                raise _NotPlainError from None
+            yield raw, None, JSON_KEY + text[at:end]
+            del raw  # not held while the caller reads the next entry
             step = _JSON_NEXT.match(text, end)
             if step is None:
-                return None
+                raise _NotPlainError
             at = step.end()
             if step.group(1) == "]":
                 break
-    return entries if _JSON_END.match(text, at) else None
+    if not _JSON_END.match(text, at):
+        raise _NotPlainError
+
+
+def json_entries(text: str) -> list[Entry] | None:
+    """Every entry of `json_stream`, or None for a file not of the plain shape."""
+    try:
+        return list(json_stream(text))
+    except _NotPlainError:
+        return None
 
 
 _NOT_ONE: object = object()
