@@ -161,7 +161,7 @@ def pack_bytes(
         _RESOURCES_FIELD,
         _encode_any(kind, full_name, version, body_bytes, create_time, labels, annotations),
     )
-    return PackedResource(kind=kind, name=full_name, version=version, piece=framed)
+    return PackedResource(kind, full_name, version, framed)  # by position: keywords cost 1 us
 
 
 def _encode_any(

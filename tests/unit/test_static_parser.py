@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 import mcpserver.registry.static.parser as parser_module
-from mcpserver.model import EPOCH_2000, Instance, Service
+from mcpserver.model import EPOCH_2000, Instance, Port, Service
 from mcpserver.registry.static.parser import (
     StaticFileError,
     StaticOptions,
@@ -546,3 +546,34 @@ def test_a_json_file_that_turns_out_not_plain_is_parsed_whole(tail: str, why: st
     text = json.dumps({"services": [{"name": "a", "ports": []}]})[: -len("]}")] + tail
     with pytest.raises(StaticFileError, match=why):
         parse_static(text, OPTIONS)
+
+
+def test_every_field_of_an_entry_lands_in_its_place() -> None:
+    """Each value of an entry with every field becomes the Service field it names (both
+    paths make Services through one function, so holding them equal cannot say this)."""
+    want = Service(
+        registry=OPTIONS.registry,
+        namespace="bookinfo",
+        name="reviews",
+        hosts=("reviews.mesh",),
+        ports=(Port(name="http", number=9080, protocol="HTTP", target_port=8080),),
+        instances=(
+            Instance(
+                address="10.0.0.12",
+                ports=(("http", 9081),),
+                labels=(("version", "v2"),),
+                weight=3,
+                locality="us-east/zone-a",
+                network="n1",
+                service_account="sa",
+            ),
+        ),
+        addresses=("240.0.0.1",),
+        labels=(("team", "x"),),
+        export_to=(".",),
+        location="MESH_EXTERNAL",
+        resolution="DNS",
+        endpoints_mode=OPTIONS.endpoints_mode,
+        create_time=EPOCH_2000,
+    )
+    assert direct_service(copy.deepcopy(FULL_ENTRY), OPTIONS) == want

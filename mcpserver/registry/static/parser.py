@@ -146,21 +146,30 @@ def _service(
     created = created or EPOCH_2000
     if created.tzinfo is None:
         created = created.replace(tzinfo=UTC)
-    return Service(
-        registry=options.registry,
-        namespace=namespace,
-        name=name,
-        hosts=tuple(hosts),
-        ports=ports,
-        instances=instances,
-        addresses=tuple(addresses),
-        labels=labels_of(labels),
-        export_to=tuple(export_to),
-        location=location,
-        resolution=resolution,
-        endpoints_mode=options.endpoints_mode,
-        create_time=created,
+    return Service(  # by position (_SERVICE_ORDER): 14 keywords cost 1 us more per entry
+        options.registry,
+        namespace,
+        name,
+        tuple(hosts),
+        ports,
+        instances,
+        tuple(addresses),
+        labels_of(labels),
+        (),  # annotations
+        tuple(export_to),
+        location,
+        resolution,
+        options.endpoints_mode,
+        created,
     )
+
+
+_SERVICE_ORDER = (
+    *("registry", "namespace", "name", "hosts", "ports", "instances", "addresses", "labels"),
+    *("annotations", "export_to", "location", "resolution", "endpoints_mode", "create_time"),
+)
+if tuple(f.name for f in fields(Service) if f.init)[: len(_SERVICE_ORDER)] != _SERVICE_ORDER:
+    raise ImportError("mcpserver.model.Service's fields moved: update _service's arguments")
 
 
 _SERVICE_KEYS = frozenset(StaticService.model_fields) - {"created"}
