@@ -232,12 +232,16 @@ def direct_service(
     )
 
 
+# `not value or`: most entries leave these out (an empty default), and a generator for
+# all() costs more than the rest of the check
 def _texts(value: object) -> bool:
-    return type(value) is list and all(type(item) is str for item in value)
+    return type(value) is list and (not value or all(type(item) is str for item in value))
 
 
 def _text_map(value: object) -> bool:
-    return type(value) is dict and all(type(k) is str and type(v) is str for k, v in value.items())
+    return type(value) is dict and (
+        not value or all(type(k) is str and type(v) is str for k, v in value.items())
+    )
 
 
 def _port_map(value: object) -> bool:
