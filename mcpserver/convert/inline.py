@@ -219,20 +219,23 @@ def inline_spec(service: Service) -> tuple[bytes, bytes] | None:
     resolution = _RESOLUTIONS.get(service.resolution)
     if location is None or resolution is None:
         return None
-    try:
-        head = b"".join(
-            (
-                *(field(_HOSTS, host.encode()) for host in service.hosts),
-                *(field(_ADDRESSES, address.encode()) for address in service.addresses),
-                _ports_bytes(service.ports),
-                _LOCATION + encode_varint(location) if location else b"",
-                _RESOLUTION + encode_varint(resolution) if resolution else b"",
-            )
-        )
-        tail = b"".join(field(_EXPORT_TO, name.encode()) for name in service.export_to)
+    try:  # lists, not generators: most services have one host and no addresses
+        parts = [field(_HOSTS, host.encode()) for host in service.hosts]
+        if service.addresses:
+            parts += [field(_ADDRESSES, address.encode()) for address in service.addresses]
+        parts.append(_ports_bytes(service.ports))
+        parts.append(_enums_bytes(location, resolution))
+        tail = b"".join([field(_EXPORT_TO, name.encode()) for name in service.export_to])
     except (UnicodeEncodeError, _UnwritableError):
         return None
-    return head, tail
+    return b"".join(parts), tail
+
+
+@lru_cache(maxsize=64)
+def _enums_bytes(location: int, resolution: int) -> bytes:
+    return (_LOCATION + encode_varint(location) if location else b"") + (
+        _RESOLUTION + encode_varint(resolution) if resolution else b""
+    )
 
 
 @lru_cache(maxsize=1 << 12)  # services of a registry mostly share their ports
