@@ -29,6 +29,7 @@ from mcpserver_protos.istio.networking.v1alpha3 import service_entry_pb2, worklo
 from mcpserver.convert.inline import (
     inline_endpoint_bytes,
     inline_spec,
+    plain_endpoints,
     validate_inline_endpoint,
     validate_inline_spec,
 )
@@ -168,8 +169,12 @@ def _convert_inline(
         framed = previous.packed[0].framed
         old_body = framed[len(framed) - previous.body_length :]
         spans = previous.spans
+    # a first conversion of the usual shape goes in one pass (convert/inline.py)
+    plain = None if old_index else plain_endpoints(head, subject.instances, subject.registry)
+    if plain is not None:
+        errors += plain[2]
     parts: list[bytes] = []
-    for instance in subject.instances:
+    for instance in subject.instances if plain is None else ():
         n = old_index.get(id(instance))
         if n is not None:
             parts.append(old_body[spans[2 * n] : spans[2 * n + 1]])
@@ -189,7 +194,12 @@ def _convert_inline(
             service.registry, f"ServiceEntry {subject.key}", "; ".join(errors), "invalid"
         )
         return Converted(service, (), (problem,), vip, wants_vip)
-    body, body_spans = join_inline(head, parts, tail)
+    if plain is not None:
+        pieces, body_spans, _ = plain
+        pieces.append(tail)
+        body = b"".join(pieces)
+    else:
+        body, body_spans = join_inline(head, parts, tail)
     packed = pack_bytes(
         "ServiceEntry",
         subject.namespace,

@@ -16,6 +16,7 @@ from mcpserver import failure, logs, runtime
 # isort: on
 import argparse
 import asyncio
+import gc
 import json
 import logging
 import os
@@ -535,6 +536,8 @@ def _serve(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command != "serve":
+        gc.enable()  # paused for the imports (__main__.py); serve's stays paused (runtime.py)
     try:
         if args.command == "check-config":
             code = check_config(args.file, args.offline)

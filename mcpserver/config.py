@@ -150,7 +150,7 @@ the config is checked offline."""
 class Frozen(BaseModel):
     """Immutable, and a typo is an error rather than a silently ignored option."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", defer_build=True)
 
 
 class ClientTLSSettings(Frozen):

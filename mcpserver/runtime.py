@@ -33,7 +33,8 @@ the pause: what startup built is frozen (as `settle` does, without a collection)
 collector resumes; so does a start that takes longer than STARTUP_PAUSE_LIMIT (a registry
 that does not list), so that what a long wait drops is collected as usual. The cost is the
 cyclic garbage startup itself dropped, frozen with the rest: once, and small (60 objects at
-10k services).
+10k services; ~1,900 objects, 0.8 MiB, since the pause begins before the CLI's imports,
+__main__.py).
 """
 
 from __future__ import annotations

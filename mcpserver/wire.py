@@ -55,7 +55,8 @@ def decode_varint(data: bytes, at: int) -> tuple[int, int]:
 
 def field(tag: bytes, payload: bytes) -> bytes:
     """A length-delimited field: its tag, the payload's length, the payload."""
-    return tag + encode_varint(len(payload)) + payload
+    size = len(payload)  # encode_varint's short case without its call: a field per value
+    return tag + (_SHORT_VARINTS[size] if size < 0x4000 else encode_varint(size)) + payload
 
 
 def string_map(tag: bytes, pairs: Iterable[tuple[str, str]]) -> list[bytes]:

@@ -12,6 +12,7 @@ from array import array
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
+from functools import lru_cache
 
 from google.protobuf.message import Message
 from mcpserver_protos.istio.networking.v1alpha3 import (
@@ -21,7 +22,7 @@ from mcpserver_protos.istio.networking.v1alpha3 import (
 )
 
 from mcpserver.convert.naming import sanitize_label
-from mcpserver.model import Instance, Service
+from mcpserver.model import Instance, Labels, Service
 from mcpserver.wire import encode_varint
 
 REGISTRY_LABEL = "registry"
@@ -157,7 +158,12 @@ def workload_entry_name(service: Service, instance: Instance) -> str:
 
 def resource_labels(service: Service) -> tuple[tuple[str, str], ...]:
     """The labels on every resource a service becomes."""
-    return tuple(sorted({**dict(service.labels), REGISTRY_LABEL: service.registry}.items()))
+    return _resource_labels(service.labels, service.registry)
+
+
+@lru_cache(maxsize=1 << 12)  # a registry's services mostly share their labels
+def _resource_labels(labels: Labels, registry: str) -> tuple[tuple[str, str], ...]:
+    return tuple(sorted({**dict(labels), REGISTRY_LABEL: registry}.items()))
 
 
 def convert(service: Service) -> list[IstioResource]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import socket
 from collections.abc import Mapping, Sequence, Set
 from functools import lru_cache
 
@@ -53,15 +54,24 @@ _DNS1123_ANY_CASE = re.compile(r"^[a-zA-Z0-9]([-a-zA-Z0-9]*[a-zA-Z0-9])?$")
 UNIX_PREFIX = "unix://"
 
 
-_IPV4 = re.compile(
-    r"(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
-)
-"""Dotted-quad IPv4 without leading zeros: exactly what ipaddress (and Go's netip) accept
-in that form, matched in C. No cache: one per endpoint cost ~15 MB at 100k."""
+def is_ipv4(value: str) -> bool:
+    """A dotted quad without leading zeros, ASCII digits only: exactly the IPv4 form that
+    ipaddress and Go's netip accept, checked by the C library's inet_pton (a quarter of a
+    regular expression's cost: one per endpoint). No cache: one per endpoint cost ~15 MB
+    at 100k."""
+    try:
+        _inet_pton(_AF_INET, value)
+    except (OSError, ValueError):  # not one (ValueError: a NUL, or not encodable)
+        return False
+    return True
+
+
+_inet_pton = socket.inet_pton
+_AF_INET = socket.AF_INET
 
 
 def is_ip(value: str) -> bool:
-    if _IPV4.fullmatch(value):
+    if is_ipv4(value):
         return True
     try:
         ipaddress.ip_address(value)
@@ -104,7 +114,12 @@ def check_wildcard_domain(domain: str) -> str | None:
     first, _, rest = domain.partition(".")
     if len(first) > DNS1123_LABEL_MAX or not _WILDCARD_LABEL.match(first):
         return f"domain name {domain!r} invalid (label {first!r} invalid)"
-    return _domain_labels(rest) if rest else None
+    return _suffix_labels(rest) if rest else None
+
+
+@lru_cache(maxsize=1 << 12)  # hosts share what follows their first label (namespace, domain)
+def _suffix_labels(domain: str) -> str | None:
+    return _domain_labels(domain)
 
 
 def check_port(number: int) -> str | None:

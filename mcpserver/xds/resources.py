@@ -99,16 +99,27 @@ def content_version(
     annotations: Iterable[tuple[str, str]],
 ) -> str:
     """A short, stable hash of everything istiod stores for the resource except create_time."""
-    digest = hashlib.blake2b(digest_size=10)
-    for part in (kind, name):
-        digest.update(part.encode())
-        digest.update(b"\0")
-    digest.update(body)
-    for key, value in sorted(labels):
-        digest.update(f"\0l{key}={value}".encode())
-    for key, value in sorted(annotations):
-        digest.update(f"\0a{key}={value}".encode())
-    return digest.hexdigest()
+    return _version(kind, name, body, _hashed_maps(tuple(labels), tuple(annotations)))
+
+
+def _version(kind: str, name: str, body: bytes, maps: bytes) -> str:
+    """content_version's hash: of its parts one after the other, hashed at once (one call,
+    not one per part: pack_bytes runs for every service of a cold start)."""
+    joined = b"".join((kind.encode(), b"\0", name.encode(), b"\0", body, maps))
+    return hashlib.blake2b(joined, digest_size=10).hexdigest()
+
+
+@lru_cache(maxsize=1 << 12)  # most resources of a registry share their labels
+def _hashed_maps(
+    labels: tuple[tuple[str, str], ...], annotations: tuple[tuple[str, str], ...]
+) -> bytes:
+    """What content_version hashes of the labels and annotations, after the body."""
+    return b"".join(
+        (
+            *(f"\0l{key}={value}".encode() for key, value in sorted(labels)),
+            *(f"\0a{key}={value}".encode() for key, value in sorted(annotations)),
+        )
+    )
 
 
 def pack(
@@ -145,12 +156,12 @@ def pack_bytes(
     labels = tuple(labels)
     annotations = tuple(annotations)
     full_name = f"{namespace}/{name}"
-    version = content_version(kind, full_name, body_bytes, labels, annotations)
+    version = _version(kind, full_name, body_bytes, _hashed_maps(labels, annotations))
     framed = _field(
         _RESOURCES_FIELD,
         _encode_any(kind, full_name, version, body_bytes, create_time, labels, annotations),
     )
-    return PackedResource(kind=kind, name=full_name, version=version, piece=framed)
+    return PackedResource(kind, full_name, version, framed)  # by position: keywords cost 1 us
 
 
 def _encode_any(

@@ -68,3 +68,36 @@ def test_the_admin_port_is_imported_after_the_registries_start(tmp_path: Path) -
     assert seen["imported"] == []
     assert seen["at_registry_start"] == []
     assert seen["healthz"] == 200
+
+
+COLLECTOR = """
+import gc, sys
+import mcpserver.__main__  # the entry point: what runs before the CLI's imports
+paused = not gc.isenabled()
+code = mcpserver.__main__.main(sys.argv[1:])
+print(paused, gc.isenabled(), code)
+"""
+
+
+def test_the_collector_is_paused_for_the_imports_and_resumed_but_for_serve(
+    tmp_path: Path,
+) -> None:
+    """The entry point pauses the collector before the CLI's imports (a cold start's CPU);
+    every command but serve resumes it (serve's waits for the first snapshot: runtime.py),
+    and importing the CLI alone, as the tests do, leaves it alone."""
+    config = tmp_path / "mcpserver.yaml"
+    config.write_text("server: {listen: '127.0.0.1:0', admin: '127.0.0.1:0'}\nregistries: []\n")
+
+    def run(script: str, *args: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "-c", script, *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stdout.splitlines()[-1]
+
+    assert run(COLLECTOR, "check-config", "--offline", str(config)) == "True True 0"
+    assert run("import gc, mcpserver.cli; print(gc.isenabled())") == "True"

@@ -12,10 +12,16 @@ from hypothesis import strategies as st
 from mcpserver.convert.inline import (
     inline_endpoint_bytes,
     inline_spec,
+    plain_endpoints,
     validate_inline_endpoint,
     validate_inline_spec,
 )
-from mcpserver.convert.serviceentry import inline_endpoint, inline_parts
+from mcpserver.convert.serviceentry import (
+    inline_endpoint,
+    inline_parts,
+    join_inline,
+    resource_labels,
+)
 from mcpserver.convert.validate import (
     validate_name,
     validate_service_entry,
@@ -194,3 +200,77 @@ def test_a_usual_spec_is_written_and_checked_directly() -> None:
     errors = validate_name("Bad_NS", "s") + validate_service_entry(inline_parts(bad)[0], "Bad_NS")
     assert len(errors) >= 4
     assert validate_inline_spec(bad) == errors
+
+
+plain_instances = st.builds(
+    Instance,
+    address=st.one_of(
+        st.sampled_from(["10.0.0.1", "10.0.0.02", "::1", "", "unix:///x.sock", "a.b", "\ud800"]),
+        st.sampled_from(["\uff11.2.3.4", "1.2.3.4\x00", "1.2.3.4%eth0", "fe80::1%eth0", "h" * 130]),
+        st.ip_addresses().map(str),
+    ),
+    labels=st.one_of(
+        st.sampled_from([(), (("version", "v1"),), (("version", "v1"), ("zone", "z0"))]),
+        st.dictionaries(texts, texts, max_size=3).map(lambda d: tuple(sorted(d.items()))),
+    ),
+    weight=st.sampled_from([0, 0, 0, 1]),
+    locality=st.sampled_from(["", "", "", "r1/z1"]),
+)
+
+
+def endpoint_by_endpoint(
+    head: bytes, instances: list[Instance], registry: str, names: frozenset[str]
+) -> tuple[bytes, list[int], list[str]] | None:
+    """What the builder does one endpoint at a time (the direct path, or None where it
+    takes the message path), joined as join_inline joins them, without the tail."""
+    bodies: list[bytes] = []
+    errors: list[str] = []
+    for instance in instances:
+        body = inline_endpoint_bytes(instance, registry)
+        found = validate_inline_endpoint(instance, registry, names)
+        if body is None or found is None:
+            return None
+        bodies.append(body)
+        errors += found
+    joined, spans = join_inline(head, bodies, b"")
+    return joined, list(spans), errors
+
+
+@PROPERTY
+@given(st.lists(plain_instances, max_size=6), registries, st.sampled_from([b"", b"\x0a\x03a.b"]))
+def test_plain_endpoints_say_what_each_endpoint_says(
+    instances: list[Instance], registry: str, head: bytes
+) -> None:
+    """All at once or one by one: the same bytes, spans and errors in the same order; and
+    None only where some endpoint is not plain or leaves the direct path."""
+    plain = plain_endpoints(head, instances, registry)
+    each = endpoint_by_endpoint(head, instances, registry, frozenset({"http"}))
+    if plain is None:
+        assert each is None or any(
+            i.weight or i.locality or i.ports or i.network or i.service_account for i in instances
+        )
+        return
+    pieces, spans, errors = plain
+    assert (b"".join(pieces), list(spans), errors) == each
+
+
+def test_a_usual_service_takes_the_plain_path() -> None:
+    labels = (("version", "v1"), ("zone", "z0"))
+    instances = [Instance(f"10.0.0.{n}", (), labels) for n in range(1, 4)]
+    instances.append(Instance("300.0.0.1", (), labels))
+    plain = plain_endpoints(b"head", instances, "files")
+    assert plain is not None
+    assert (b"".join(plain[0]), list(plain[1]), plain[2]) == endpoint_by_endpoint(
+        b"head", instances, "files", frozenset()
+    )
+    assert plain[2] == ["endpoint address '300.0.0.1' is not a valid IP address"]
+
+
+def test_resources_carry_their_services_labels_and_the_registrys() -> None:
+    """The registry label on every resource, over a service label of the same name; the
+    same for every service with the same labels (made once per distinct value)."""
+    labelled = Service("files", "ns", "a", ("a.mesh",), (), labels=(("team", "x"),))
+    clash = Service("files", "ns", "b", ("b.mesh",), (), labels=(("registry", "z"), ("a", "1")))
+    assert resource_labels(labelled) == (("registry", "files"), ("team", "x"))
+    assert resource_labels(clash) == (("a", "1"), ("registry", "files"))
+    assert resource_labels(Service("zk", "ns", "c", ("c.mesh",), ())) == (("registry", "zk"),)

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import ipaddress
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from mcpserver_protos.istio.networking.v1alpha3 import service_entry_pb2, workload_entry_pb2
 
 from mcpserver.convert.validate import (
+    is_ip,
+    is_ipv4,
     validate_name,
     validate_service_entry,
     validate_workload_entry,
@@ -117,3 +122,40 @@ def test_names() -> None:
     assert validate_name("shop", "cart-v1.x") == []
     assert validate_name("Shop", "cart")
     assert validate_name("shop", "Cart_1")
+
+
+def ipaddress_accepts(value: str) -> bool:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return True
+
+
+octets = st.one_of(
+    st.integers(0, 300).map(str),
+    st.sampled_from(["00", "01", "007", "", " 1", "1 ", "+1", "0x1", "\uff11", "\u0661", "a"]),
+)
+
+
+@settings(derandomize=True, database=None, deadline=None, max_examples=500)
+@given(
+    st.one_of(
+        st.lists(octets, min_size=3, max_size=5).map(".".join),
+        st.ip_addresses().map(str),
+        st.sampled_from(["", "::1", "fe80::1%eth0", "1.2.3.4%eth0", "1.2.3.4\x00", "\ud800"]),
+        st.text(max_size=8),
+    )
+)
+def test_an_ip_is_what_ipaddress_reads_as_one(value: str) -> None:
+    """Go's netip and ipaddress agree on these forms (no leading zeros, ASCII digits: a
+    fullwidth or Arabic-Indic digit is not one, though a regular expression's \\d takes
+    it), and istiod drops a WorkloadEntry whose address is not an IP."""
+    assert is_ip(value) == ipaddress_accepts(value)
+    assert is_ipv4(value) == (ipaddress_accepts(value) and ":" not in value)
+
+
+def test_digits_other_than_ascii_make_no_address() -> None:
+    assert not is_ip("\uff11.2.3.4")
+    assert is_ip("10.0.0.1")
+    assert is_ip("::1")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mcpserver.wire import WireError, decode_varint, encode_varint
+from mcpserver.wire import WireError, decode_varint, encode_varint, field
 
 pytestmark = pytest.mark.unit
 
@@ -44,3 +44,12 @@ def test_decoded_varint_matches_protobuf(value: int) -> None:
 def test_a_cut_or_overlong_varint_is_a_wire_error(data: bytes) -> None:
     with pytest.raises(WireError):
         decode_varint(data, 0)
+
+
+@pytest.mark.parametrize("size", [0, 1, 127, 128, 16383, 16384, 70000])
+def test_a_field_is_its_tag_its_length_and_its_payload(size: int) -> None:
+    payload = b"x" * size
+    framed = field(b"\x0a", payload)
+    assert framed[:1] == b"\x0a"
+    assert decode_varint(framed, 1) == (size, len(framed) - size)
+    assert framed.endswith(payload)

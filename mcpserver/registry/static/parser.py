@@ -16,8 +16,8 @@ from __future__ import annotations
 import itertools
 import json
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import MISSING, dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Annotated, Literal
 
@@ -146,21 +146,30 @@ def _service(
     created = created or EPOCH_2000
     if created.tzinfo is None:
         created = created.replace(tzinfo=UTC)
-    return Service(
-        registry=options.registry,
-        namespace=namespace,
-        name=name,
-        hosts=tuple(hosts),
-        ports=ports,
-        instances=instances,
-        addresses=tuple(addresses),
-        labels=labels_of(labels),
-        export_to=tuple(export_to),
-        location=location,
-        resolution=resolution,
-        endpoints_mode=options.endpoints_mode,
-        create_time=created,
+    return Service(  # by position (_SERVICE_ORDER): 14 keywords cost 1 us more per entry
+        options.registry,
+        namespace,
+        name,
+        tuple(hosts),
+        ports,
+        instances,
+        tuple(addresses),
+        labels_of(labels),
+        (),  # annotations
+        tuple(export_to),
+        location,
+        resolution,
+        options.endpoints_mode,
+        created,
     )
+
+
+_SERVICE_ORDER = (
+    *("registry", "namespace", "name", "hosts", "ports", "instances", "addresses", "labels"),
+    *("annotations", "export_to", "location", "resolution", "endpoints_mode", "create_time"),
+)
+if tuple(f.name for f in fields(Service) if f.init)[: len(_SERVICE_ORDER)] != _SERVICE_ORDER:
+    raise ImportError("mcpserver.model.Service's fields moved: update _service's arguments")
 
 
 _SERVICE_KEYS = frozenset(StaticService.model_fields) - {"created"}
@@ -223,12 +232,16 @@ def direct_service(
     )
 
 
+# `not value or`: most entries leave these out (an empty default), and a generator for
+# all() costs more than the rest of the check
 def _texts(value: object) -> bool:
-    return type(value) is list and all(type(item) is str for item in value)
+    return type(value) is list and (not value or all(type(item) is str for item in value))
 
 
 def _text_map(value: object) -> bool:
-    return type(value) is dict and all(type(k) is str and type(v) is str for k, v in value.items())
+    return type(value) is dict and (
+        not value or all(type(k) is str and type(v) is str for k, v in value.items())
+    )
 
 
 def _port_map(value: object) -> bool:
@@ -263,16 +276,19 @@ def _instances(value: object, shared: dict[object, Labels]) -> tuple[Instance, .
     if type(value) is not list:
         return None
     instances = []
+    plain = _plain_instance
     for item in value:
-        if type(item) is not dict or not item.keys() <= _INSTANCE_KEYS:
+        if type(item) is not dict:
             return None
         get = item.get
         address, labels = get("address"), _labels(get("labels", _NO_MAP), shared)
         if type(address) is not str or labels is None:
             return None
         if len(item) == 1 + ("labels" in item):  # the usual shape: an address and labels
-            instances.append(Instance(address, (), labels))
+            instances.append(plain(address, labels))
             continue
+        if not item.keys() <= _INSTANCE_KEYS:
+            return None
         ports, weight = get("ports", _NO_MAP), get("weight", 0)
         locality, network = get("locality", ""), get("network", "")
         account = get("service_account", "")
@@ -288,6 +304,44 @@ def _instances(value: object, shared: dict[object, Labels]) -> tuple[Instance, .
         ports = tuple(sorted(ports.items())) if ports else ()
         instances.append(Instance(address, ports, labels, weight, locality, network, account))
     return tuple(instances)
+
+
+def _plain_maker() -> Callable[[str, Labels], Instance]:
+    """Instance(address, (), labels) for the usual instance, at half the cost: a frozen
+    dataclass's __init__ sets each of its seven fields through object.__setattr__, and a
+    10k-service file has 100k instances. This sets the slots through their descriptors,
+    each field as __init__ would (the others to their defaults). Instance(...) itself if
+    its fields are not the ones this knows, or it gains a __post_init__ or a default
+    factory."""
+    known = ("address", "ports", "labels", "weight", "locality", "network", "service_account")
+    declared = fields(Instance)
+    if (
+        tuple(f.name for f in declared) != known
+        or hasattr(Instance, "__post_init__")
+        or any(f.default is MISSING for f in declared[1:])
+    ):
+        return lambda address, labels: Instance(address, (), labels)
+    set_address, set_ports, set_labels, set_weight, set_locality, set_network, set_account = (
+        getattr(Instance, name).__set__ for name in known
+    )
+    weight, locality, network, account = (f.default for f in declared[3:])
+    new = object.__new__
+
+    def plain(address: str, labels: Labels) -> Instance:
+        instance: Instance = new(Instance)
+        set_address(instance, address)
+        set_ports(instance, ())
+        set_labels(instance, labels)
+        set_weight(instance, weight)
+        set_locality(instance, locality)
+        set_network(instance, network)
+        set_account(instance, account)
+        return instance
+
+    return plain
+
+
+_plain_instance = _plain_maker()
 
 
 def _labels(value: object, shared: dict[object, Labels]) -> Labels | None:
@@ -344,10 +398,25 @@ def parse_static(
     `known` and `texts` are the previous parse's: an entry whose text did not change is
     neither parsed nor validated again and keeps its Service object, so an edit of one
     service in a YAML file of 10k parses one entry (not 10k: libyaml takes about 12 s for
-    them), validates one, and the service table compares the rest in one `is` each."""
+    them), validates one, and the service table compares the rest in one `is` each.
+
+    A JSON file of the plain shape is read one entry at a time, each made a Service before
+    the next is read (`json_stream`): what json makes of an entry (its dicts, lists and
+    strings: ~73 MiB at 10k services x 10) is freed as soon as it is read, and the next
+    entry's reuses its memory, instead of the whole file's being built, held and freed at
+    once. Anything else is cut or parsed as `_entries` says."""
     known = known or {}
-    texts = texts or {}
-    entries = _entries(text, texts, known)
+    if _JSON_HEAD.match(text):
+        try:
+            return _parse_entries(json_stream(text), options, known)
+        except _NotPlainError:
+            pass  # parsed whole (`_entries`), which also says what is wrong with it
+    return _parse_entries(_entries(text, texts or {}, known), options, known)
+
+
+def _parse_entries(
+    entries: Iterable[Entry], options: StaticOptions, known: Mapping[str, Service]
+) -> StaticFile:
     services: list[Service] = []
     problems: list[Problem] = []
     locations: dict[str, str] = {}
@@ -392,13 +461,9 @@ then None) or made from its JSON text."""
 
 
 def _entries(text: str, texts: Mapping[str, str], known: Mapping[str, Service]) -> list[Entry]:
-    """The file's entries, each parsed on its own when the file has the plain shape
-    (`entry_texts`, `json_entries`) and, for YAML, only if its text changed; the whole file
-    parsed at once otherwise."""
-    if text.lstrip().startswith("{"):
-        cut = json_entries(text)
-        if cut is not None:
-            return cut
+    """The file's entries, each parsed on its own when the YAML file has the plain shape
+    (`entry_texts`), only if its text changed; the whole file parsed at once otherwise (a
+    JSON file whose shape `json_stream` does not take)."""
     pieces = None if text.lstrip().startswith("{") else entry_texts(text)
     if pieces is not None:
         entries: list[Entry] = []
@@ -437,16 +502,20 @@ JSON_KEY = "json:"
 """What starts the key of an entry read from its JSON text: no repr starts so."""
 
 
-def json_entries(text: str) -> list[Entry] | None:
+class _NotPlainError(Exception):
+    """The JSON file is not of the plain shape (`json_stream`)."""
+
+
+def json_stream(text: str) -> Iterator[Entry]:
     """A JSON file of the plain shape (`{"services": [...]}`, nothing else) read entry by
     entry, each keyed by its own text (JSON_KEY + the text: equal texts are equal entries)
     instead of its repr: at 10k services the repr of every entry cost more than parsing the
-    file. None for anything else (other keys, a broken file): the caller parses the file
+    file. Each entry is read when the previous one has been taken. _NotPlainError, when it
+    comes to it, for anything else (other keys, a broken file): the caller parses the file
     whole, which also says what is wrong with it."""
     head = _JSON_HEAD.match(text)
     if head is None:
-        return None
-    entries: list[Entry] = []
+        raise _NotPlainError
     at = head.end()
     if text.startswith("]", at):
         at += 1
@@ -455,15 +524,25 @@ def json_entries(text: str) -> list[Entry] | None:
             try:
                 raw, end = _JSON.raw_decode(text, at)
             except json.JSONDecodeError:
-                return None
-            entries.append((raw, None, JSON_KEY + text[at:end]))
+                raise _NotPlainError from None
+            yield raw, None, JSON_KEY + text[at:end]
+            del raw  # not held while the caller reads the next entry
             step = _JSON_NEXT.match(text, end)
             if step is None:
-                return None
+                raise _NotPlainError
             at = step.end()
             if step.group(1) == "]":
                 break
-    return entries if _JSON_END.match(text, at) else None
+    if not _JSON_END.match(text, at):
+        raise _NotPlainError
+
+
+def json_entries(text: str) -> list[Entry] | None:
+    """Every entry of `json_stream`, or None for a file not of the plain shape."""
+    try:
+        return list(json_stream(text))
+    except _NotPlainError:
+        return None
 
 
 _NOT_ONE: object = object()
