@@ -161,7 +161,7 @@ def resource_labels(service: Service) -> tuple[tuple[str, str], ...]:
     return _resource_labels(service.labels, service.registry)
 
 
-@lru_cache(maxsize=1 << 12)  # a registry's services mostly share their labels
+@lru_cache(maxsize=256)  # a registry's services mostly share their labels (a Dubbo one, not)
 def _resource_labels(labels: Labels, registry: str) -> tuple[tuple[str, str], ...]:
     return tuple(sorted({**dict(labels), REGISTRY_LABEL: registry}.items()))
 
