@@ -129,20 +129,21 @@ def inline_parts(service: Service) -> tuple[service_entry_pb2.ServiceEntry, byte
 
 def join_inline(head: bytes, endpoints: Iterable[bytes], tail: bytes) -> tuple[bytes, array[int]]:
     """The spec's bytes from inline_parts() and each endpoint's own serialized bytes, and
-    where each endpoint's bytes lie in them: (start, end) pairs, flat."""
+    where each endpoint's bytes lie in them: (start, end) pairs, flat (kept per service:
+    sized exactly, two bytes a position where the spec is shorter than 64 KiB)."""
     parts = [head]
-    spans = array("I")
+    positions: list[int] = []
     at = len(head)
     for endpoint in endpoints:
         frame = _ENDPOINTS_FIELD + encode_varint(len(endpoint))
         parts.append(frame)
         parts.append(endpoint)
         at += len(frame)
-        spans.append(at)
+        positions.append(at)
         at += len(endpoint)
-        spans.append(at)
+        positions.append(at)
     parts.append(tail)
-    return b"".join(parts), spans
+    return b"".join(parts), array("H" if at <= 0xFFFF else "I", positions)
 
 
 def selector_labels(service: Service) -> dict[str, str]:

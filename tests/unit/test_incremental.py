@@ -345,6 +345,26 @@ def test_inline_conversion_equals_converting_the_whole_spec(seed: int) -> None:
         previous = reused
 
 
+def test_a_spec_past_64_kib_reuses_its_endpoints_as_a_short_one_does() -> None:
+    """Endpoint positions are kept in two bytes while the spec is shorter than 64 KiB: a
+    longer one (thousands of endpoints) keeps wider ones, and reusing them gives the bytes
+    of converting it afresh."""
+    from mcpserver.builder import _convert_service
+
+    instances = tuple(
+        Instance(f"10.{n // 250}.{n % 250}.1", labels=(("zone", "z1"),)) for n in range(3000)
+    )
+    service = Service("a", "ns", "big", ("big.mesh",), (Port("http", 80, "HTTP"),), instances)
+    first = convert_service(service)
+    assert first.packed and first.spans is not None and first.body_length > 0xFFFF
+    kept = list(instances)
+    kept[-1] = Instance("10.99.0.1")
+    changed = replace(service, instances=tuple(kept))
+    again = convert_service(changed, previous=first)
+    want = _convert_service(changed, None)
+    assert [p.framed for p in again.packed] == [p.framed for p in want.packed]
+
+
 def test_a_new_set_comes_with_the_responses_streams_asked_its_predecessor_for() -> None:
     index = TypeIndex("ServiceEntry")
     index.put(resource("a", 1))  # type: ignore[arg-type]
