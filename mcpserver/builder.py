@@ -206,6 +206,7 @@ def _convert_inline(
         subject.create_time,
         resource_labels(subject),
         subject.annotations,
+        service.key,  # the served Service's own string (`subject` may be a copy with a VIP)
     )
     return Converted(
         service,

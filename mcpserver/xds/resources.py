@@ -111,7 +111,7 @@ def _version(kind: str, name: str, body: bytes, maps: bytes) -> str:
     return hashlib.blake2b(joined, digest_size=10).hexdigest()
 
 
-@lru_cache(maxsize=1 << 12)  # most resources of a registry share their labels
+@lru_cache(maxsize=SHARED_VALUES)  # most resources of a registry share their labels
 def _hashed_maps(
     labels: tuple[tuple[str, str], ...], annotations: tuple[tuple[str, str], ...]
 ) -> bytes:
@@ -153,11 +153,14 @@ def pack_bytes(
     create_time: datetime,
     labels: Iterable[tuple[str, str]] = (),
     annotations: Iterable[tuple[str, str]] = (),
+    full_name: str = "",
 ) -> PackedResource:
-    """pack() for a spec already serialized (deterministically)."""
+    """pack() for a spec already serialized (deterministically). `full_name`: the
+    `namespace/name` string if the caller holds one already (a Service's key), so that the
+    resource shares it instead of keeping its own copy."""
     labels = tuple(labels)
     annotations = tuple(annotations)
-    full_name = f"{namespace}/{name}"
+    full_name = full_name or f"{namespace}/{name}"
     version = _version(kind, full_name, body_bytes, _hashed_maps(labels, annotations))
     framed = _field(
         _RESOURCES_FIELD,

@@ -365,6 +365,21 @@ def test_a_spec_past_64_kib_reuses_its_endpoints_as_a_short_one_does() -> None:
     assert [p.framed for p in again.packed] == [p.framed for p in want.packed]
 
 
+def test_a_packed_service_entry_shares_its_services_key() -> None:
+    """The resource's name is the Service's own key string, not a copy per resource (10k
+    of them at 10k services), also when the ServiceEntry carries a VIP."""
+    from mcpserver.builder import _convert_service
+
+    service = Service(
+        "a", "ns", "tcp", ("tcp.mesh",), (Port("tcp", 20880, "TCP"),), (Instance("10.0.0.1"),)
+    )
+    for vip in (None, "240.0.0.9"):
+        converted = convert_service(service, vip, wants_vip=vip is not None)
+        assert converted.packed[0].name is service.key
+        want = _convert_service(service, vip)
+        assert [p.framed for p in converted.packed] == [p.framed for p in want.packed]
+
+
 def test_a_new_set_comes_with_the_responses_streams_asked_its_predecessor_for() -> None:
     index = TypeIndex("ServiceEntry")
     index.put(resource("a", 1))  # type: ignore[arg-type]
