@@ -16,7 +16,6 @@ thread; check-config and the tests call `build()` directly.
 from __future__ import annotations
 
 import logging
-from array import array
 from collections import Counter
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -37,6 +36,7 @@ from mcpserver.convert.merge import MergeIndex
 from mcpserver.convert.serviceentry import (
     IstioResource,
     convert,
+    endpoint_spans,
     inline_endpoint,
     inline_parts,
     join_inline,
@@ -71,14 +71,14 @@ class Converted:
     problems: tuple[Problem, ...]
     vip: str | None = None
     needs_vip: bool = False
-    spans: array[int] | None = field(default=None, repr=False, compare=False)
-    """Inline endpoints: where each instance's endpoint bytes lie in the spec's bytes (the
-    end of the packed resource), as flat (start, end) pairs in `service.instances` order.
-    The next conversion of this service reuses them for every Instance object it still has
-    (usually all but the one that changed); 4 bytes per endpoint, nothing copied."""
     body_length: int = 0
+    """Inline services: the length of the spec's bytes, the end of the packed resource. The
+    next conversion of this service reuses each endpoint's bytes in them for every Instance
+    object it still has (usually all but the one that changed), found by its position
+    among the spec's endpoints (`endpoint_spans`, in `service.instances` order)."""
     endpoint_context: tuple[str, frozenset[str]] | None = None
-    """(registry, port names): what the endpoints' bytes and validation depended on."""
+    """(registry, port names): what the endpoints' bytes and validation depended on; set
+    for inline conversions that are served (the ones with bytes to reuse)."""
     head_length: int = 0
     tail_length: int = 0
     """Inline services: how many bytes of the spec come before the endpoints and after
@@ -134,8 +134,8 @@ def _convert_inline(
     (a test holds them equal), but an endpoint whose Instance object is unchanged since the
     last conversion is neither built, validated nor serialized again."""
     # the last conversion's spec bytes, if it was inline and valid (one with errors keeps
-    # no spans, and nothing to reuse)
-    last = previous if previous is not None and previous.spans is not None else None
+    # nothing to reuse)
+    last = previous if previous is not None and previous.endpoint_context is not None else None
     old_body = b""
     if last is not None:
         framed = last.packed[0].framed
@@ -163,14 +163,14 @@ def _convert_inline(
     # whole lookup (10 endpoints: ~55 us against ~10), and watchers keep unchanged
     # Instance objects anyway.
     old_index: dict[int, int] = {}
-    spans = array("I")
-    if last is not None and last.spans is not None and last.endpoint_context == context:
+    spans: list[int] = []
+    if last is not None and last.endpoint_context == context:
         old_index = {id(i): n for n, i in enumerate(last.service.instances)}
-        spans = last.spans
+        spans = endpoint_spans(old_body)
     # a first conversion of the usual shape goes in one pass (convert/inline.py)
     plain = None if old_index else plain_endpoints(head, subject.instances, subject.registry)
     if plain is not None:
-        errors += plain[2]
+        errors += plain[1]
     parts: list[bytes] = []
     for instance in subject.instances if plain is None else ():
         n = old_index.get(id(instance))
@@ -193,11 +193,11 @@ def _convert_inline(
         )
         return Converted(service, (), (problem,), vip, wants_vip)
     if plain is not None:
-        pieces, body_spans, _ = plain
+        pieces = plain[0]
         pieces.append(tail)
         body = b"".join(pieces)
     else:
-        body, body_spans = join_inline(head, parts, tail)
+        body = join_inline(head, parts, tail)
     packed = pack_bytes(
         "ServiceEntry",
         subject.namespace,
@@ -214,7 +214,6 @@ def _convert_inline(
         (),
         vip,
         wants_vip,
-        body_spans,
         len(body),
         context,
         len(head),

@@ -346,9 +346,9 @@ def test_inline_conversion_equals_converting_the_whole_spec(seed: int) -> None:
 
 
 def test_a_spec_past_64_kib_reuses_its_endpoints_as_a_short_one_does() -> None:
-    """Endpoint positions are kept in two bytes while the spec is shorter than 64 KiB: a
-    longer one (thousands of endpoints) keeps wider ones, and reusing them gives the bytes
-    of converting it afresh."""
+    """Thousands of endpoints, lengths past two-byte varints: the endpoints found again in
+    the spec's bytes (`endpoint_spans`) are its own, and reusing them gives the bytes of
+    converting it afresh."""
     from mcpserver.builder import _convert_service
 
     instances = tuple(
@@ -356,7 +356,7 @@ def test_a_spec_past_64_kib_reuses_its_endpoints_as_a_short_one_does() -> None:
     )
     service = Service("a", "ns", "big", ("big.mesh",), (Port("http", 80, "HTTP"),), instances)
     first = convert_service(service)
-    assert first.packed and first.spans is not None and first.body_length > 0xFFFF
+    assert first.packed and first.body_length > 0xFFFF
     kept = list(instances)
     kept[-1] = Instance("10.99.0.1")
     changed = replace(service, instances=tuple(kept))
