@@ -199,6 +199,18 @@ def test_host_template_with_version_splits_services() -> None:
     assert names == ["1.0.com.example.api", "2.0.com.example.api"]
 
 
+def test_the_mappings_caches_keep_the_recent_interfaces_only() -> None:
+    """What is one interface's own (its create time, label, host) is cached for the recent
+    interfaces, not for every one ever mapped (5 MiB at 10k interfaces)."""
+    from mcpserver.registry.dubbo import mapping
+
+    for n in range(mapping.PER_INTERFACE + 100):
+        url = f"dubbo://10.0.0.1:20880/com.example.Cached{n}?application=app&side=provider"
+        interface_services(OPTIONS, [parse_provider(node(url))], 1_700_000_000_000 + n)
+    for cache in (mapping.from_millis, mapping._clean_labels, mapping._interface_host):
+        assert cache.cache_info().currsize <= mapping.PER_INTERFACE
+
+
 def curator(**doc: object) -> bytes:
     return json.dumps(doc).encode()
 
