@@ -16,7 +16,6 @@ thread; check-config and the tests call `build()` directly.
 from __future__ import annotations
 
 import logging
-from array import array
 from collections import Counter
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -37,6 +36,7 @@ from mcpserver.convert.merge import MergeIndex
 from mcpserver.convert.serviceentry import (
     IstioResource,
     convert,
+    endpoint_spans,
     inline_endpoint,
     inline_parts,
     join_inline,
@@ -71,19 +71,20 @@ class Converted:
     problems: tuple[Problem, ...]
     vip: str | None = None
     needs_vip: bool = False
-    spans: array[int] | None = field(default=None, repr=False, compare=False)
-    """Inline endpoints: where each instance's endpoint bytes lie in the spec's bytes (the
-    end of the packed resource), as flat (start, end) pairs in `service.instances` order.
-    The next conversion of this service reuses them for every Instance object it still has
-    (usually all but the one that changed); 4 bytes per endpoint, nothing copied."""
     body_length: int = 0
+    """Inline services: the length of the spec's bytes, the end of the packed resource. The
+    next conversion of this service reuses each endpoint's bytes in them for every Instance
+    object it still has (usually all but the one that changed), found by its position
+    among the spec's endpoints (`endpoint_spans`, in `service.instances` order)."""
     endpoint_context: tuple[str, frozenset[str]] | None = None
-    """(registry, port names): what the endpoints' bytes and validation depended on."""
-    spec: tuple[tuple[object, ...], bytes, bytes, tuple[str, ...]] | None = field(
-        default=None, repr=False, compare=False
-    )
-    """Inline services: (what the spec without endpoints is made of, the bytes before and
-    after the endpoints, its errors), reused while those fields are unchanged."""
+    """(registry, port names): what the endpoints' bytes and validation depended on; set
+    for inline conversions that are served (the ones with bytes to reuse)."""
+    head_length: int = 0
+    tail_length: int = 0
+    """Inline services: how many bytes of the spec come before the endpoints and after
+    them, reused (sliced from the packed bytes) while the fields they encode are unchanged
+    (`_spec_fields`). Kept as lengths: the bytes and the fields held apart were 2.7 MiB at
+    10k services, live at the peak of a cold start."""
 
 
 def check(resource: IstioResource) -> list[str]:
@@ -132,18 +133,18 @@ def _convert_inline(
     same bytes and the same validation as service_entry() and check() of the whole spec
     (a test holds them equal), but an endpoint whose Instance object is unchanged since the
     last conversion is neither built, validated nor serialized again."""
-    spec_key = (
-        subject.namespace,
-        subject.name,
-        subject.hosts,
-        subject.addresses,
-        subject.ports,
-        subject.location,
-        subject.resolution,
-        subject.export_to,
-    )
-    if previous is not None and previous.spec is not None and previous.spec[0] == spec_key:
-        _, head, tail, spec_errors = previous.spec  # only endpoints changed, as usual
+    # the last conversion's spec bytes, if it was inline and valid (one with errors keeps
+    # nothing to reuse)
+    last = previous if previous is not None and previous.endpoint_context is not None else None
+    old_body = b""
+    if last is not None:
+        framed = last.packed[0].framed
+        old_body = framed[len(framed) - last.body_length :]
+    spec_errors: tuple[str, ...] = ()
+    if last is not None and _spec_fields(subject) == _spec_fields(_subject(last)):
+        # only endpoints changed, as usual
+        head = old_body[: last.head_length]
+        tail = old_body[len(old_body) - last.tail_length :]
     else:
         written, checked = inline_spec(subject), validate_inline_spec(subject)
         if written is not None and checked is not None:
@@ -162,17 +163,14 @@ def _convert_inline(
     # whole lookup (10 endpoints: ~55 us against ~10), and watchers keep unchanged
     # Instance objects anyway.
     old_index: dict[int, int] = {}
-    old_body = b""
-    spans = array("I")
-    if previous is not None and previous.spans is not None and previous.endpoint_context == context:
-        old_index = {id(i): n for n, i in enumerate(previous.service.instances)}
-        framed = previous.packed[0].framed
-        old_body = framed[len(framed) - previous.body_length :]
-        spans = previous.spans
+    spans: list[int] = []
+    if last is not None and last.endpoint_context == context:
+        old_index = {id(i): n for n, i in enumerate(last.service.instances)}
+        spans = endpoint_spans(old_body)
     # a first conversion of the usual shape goes in one pass (convert/inline.py)
     plain = None if old_index else plain_endpoints(head, subject.instances, subject.registry)
     if plain is not None:
-        errors += plain[2]
+        errors += plain[1]
     parts: list[bytes] = []
     for instance in subject.instances if plain is None else ():
         n = old_index.get(id(instance))
@@ -195,11 +193,11 @@ def _convert_inline(
         )
         return Converted(service, (), (problem,), vip, wants_vip)
     if plain is not None:
-        pieces, body_spans, _ = plain
+        pieces = plain[0]
         pieces.append(tail)
         body = b"".join(pieces)
     else:
-        body, body_spans = join_inline(head, parts, tail)
+        body = join_inline(head, parts, tail)
     packed = pack_bytes(
         "ServiceEntry",
         subject.namespace,
@@ -208,6 +206,7 @@ def _convert_inline(
         subject.create_time,
         resource_labels(subject),
         subject.annotations,
+        service.key,  # the served Service's own string (`subject` may be a copy with a VIP)
     )
     return Converted(
         service,
@@ -215,10 +214,30 @@ def _convert_inline(
         (),
         vip,
         wants_vip,
-        body_spans,
         len(body),
         context,
-        (spec_key, head, tail, spec_errors),
+        len(head),
+        len(tail),
+    )
+
+
+def _subject(converted: Converted) -> Service:
+    """The service a conversion converted: its own, with its VIP if it got one."""
+    service, vip = converted.service, converted.vip
+    return replace(service, addresses=(vip,)) if vip else service
+
+
+def _spec_fields(subject: Service) -> tuple[object, ...]:
+    """What an inline ServiceEntry's bytes before and after its endpoints are made of."""
+    return (
+        subject.namespace,
+        subject.name,
+        subject.hosts,
+        subject.addresses,
+        subject.ports,
+        subject.location,
+        subject.resolution,
+        subject.export_to,
     )
 
 

@@ -1,5 +1,6 @@
 """The interpreter settings of `mcpserver serve`: what the cyclic garbage collector walks,
-and how long one thread may hold the GIL while another waits for it.
+and how long one thread may hold the GIL while another waits for it (and, through heap.py,
+the allocator's settings).
 
 Collector. The estate's model (Services, Instances, their tuples and strings: a few million
 objects at 100k instances) lives as long as the process and holds no reference cycles
@@ -46,6 +47,7 @@ import sys
 import time
 from typing import Final
 
+from mcpserver import heap
 from mcpserver.metrics import Metrics
 from mcpserver.xds.store import SnapshotStore
 
@@ -62,9 +64,10 @@ SETTLE_AFTER: Final = 2.0
 
 
 def tune() -> None:
-    """Set the process's GIL switch interval and pause the collector until the first
-    snapshot (once, at start)."""
+    """Set the process's GIL switch interval and the allocator's settings (heap.py), and
+    pause the collector until the first snapshot (once, at start)."""
     sys.setswitchinterval(SWITCH_INTERVAL)
+    heap.configure()
     gc.disable()
 
 

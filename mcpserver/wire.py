@@ -6,7 +6,8 @@ resources are joined as bytes, xds/resources.py), a ServiceEntry's endpoints (sp
 its serialized spec, convert/serviceentry.py, and each written from its Instance,
 convert/inline.py) and Nacos' one gRPC message (registry/nacos/payload.py). They share
 this one encoding of varints (tags and lengths) and of maps in upb's deterministic order,
-low in the layers so that none of them needs another for it. Pure: no I/O.
+low in the layers so that none of them needs another for it; and the builder finds a
+ServiceEntry's endpoints in its bytes again (`spans_of`). Pure: no I/O.
 """
 
 from __future__ import annotations
@@ -51,6 +52,31 @@ def decode_varint(data: bytes, at: int) -> tuple[int, int]:
         shift += 7
         if not byte & 0x80:
             return value, at
+
+
+def spans_of(data: bytes, number: int) -> list[int]:
+    """Where the payloads of the top-level length-delimited fields `number` of one message
+    lie in its bytes, in order, as flat (start, end) pairs; the other fields skipped.
+    WireError if the bytes are not a message's."""
+    found: list[int] = []
+    at, end = 0, len(data)
+    while at < end:
+        tag, at = decode_varint(data, at)
+        wire = tag & 7
+        if wire == 2:
+            size, at = decode_varint(data, at)
+            if tag >> 3 == number:
+                found += (at, at + size)
+            at += size
+        elif wire == 0:
+            _, at = decode_varint(data, at)
+        elif wire in (1, 5):
+            at += 8 if wire == 1 else 4
+        else:
+            raise WireError(f"wire type {wire} in a message's fields")
+    if at != end:
+        raise WireError("truncated field")
+    return found
 
 
 def field(tag: bytes, payload: bytes) -> bytes:

@@ -20,7 +20,6 @@ tests/unit/test_inline.py holds both paths equal.
 
 from __future__ import annotations
 
-from array import array
 from collections.abc import Sequence, Set
 from functools import lru_cache
 from socket import AF_INET, inet_pton
@@ -127,10 +126,9 @@ _FRAMED = tuple(_ENDPOINTS + bytes([n]) for n in range(0x80))
 
 def plain_endpoints(
     head: bytes, instances: Sequence[Instance], registry: str
-) -> tuple[list[bytes], array[int], list[str]] | None:
+) -> tuple[list[bytes], list[str]] | None:
     """The spec's bytes up to its tail as pieces (`head`, then each endpoint framed as field
-    6), where each endpoint's bytes lie in them (serviceentry.join_inline's spans) and the
-    endpoints' errors in order, when every instance has the plain shape: an address and
+    6) and the endpoints' errors in order, when every instance has the plain shape: an address and
     labels, nothing else. What inline_endpoint_bytes and validate_inline_endpoint say of
     each, for about a third of their cost: a cold start writes 100k such endpoints, and
     per endpoint they set up what the plain shape does not need; the labels' bytes and
@@ -139,9 +137,7 @@ def plain_endpoints(
     fail or do not encode): the caller then goes endpoint by endpoint.
     tests/unit/test_inline.py holds the two equal."""
     pieces = [head]
-    spans = array("I")
     errors: list[str] = []
-    at = len(head)
     written: dict[int, bytes | None] = {}  # id of a label set (alive in `instances`) -> bytes
     pton = inet_pton
     varint = encode_varint
@@ -178,12 +174,8 @@ def plain_endpoints(
         tagged = _TAGGED[size] if size < 0x80 else _ADDRESS + varint(size)
         length = len(tagged) + size + len(labelled)
         frame = _FRAMED[length] if length < 0x80 else _ENDPOINTS + varint(length)
-        at += len(frame)
-        spans.append(at)
-        at += length
-        spans.append(at)
         pieces += (frame, tagged, raw, labelled)
-    return pieces, spans, errors
+    return pieces, errors
 
 
 @lru_cache(maxsize=1 << 14)

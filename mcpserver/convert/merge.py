@@ -102,6 +102,9 @@ def merge(
 Candidate = tuple[int, Service]
 """A registry's service with the registry's rank (its place in the config)."""
 
+Ranked = tuple[tuple[int, tuple[Service, ...]], ...]
+"""What each registry shows under one key, as (rank, services) pairs in rank order."""
+
 
 def _order(candidate: Candidate) -> tuple[int, str, tuple[str, ...]]:
     rank, service = candidate
@@ -135,8 +138,12 @@ class MergeIndex:
 
     def __init__(self, policy: str = "first") -> None:
         self._policy = policy
-        self._candidates: dict[str, dict[int, tuple[Service, ...]]] = {}  # key -> rank -> them
-        self._by_host: dict[str, set[str]] = {}  # host -> keys with a candidate serving it
+        # Both kept small, one entry per served name and host at 10k services: a key's
+        # candidates as (rank, them) pairs in rank order, not a dict; a host's keys as the
+        # key itself while it has one (nearly always), a set only when shared. Dicts and
+        # one-key sets were 4.6 MiB at 10k services, live at the peak of a cold start.
+        self._candidates: dict[str, Ranked] = {}  # key -> (rank, them) by rank
+        self._by_host: dict[str, str | set[str]] = {}  # host -> keys with a candidate serving it
         self._dirty: set[str] = set()
         self._problems: dict[str, tuple[Problem, ...]] = {}  # key -> clashes reported for it
         self.merged: dict[str, Service] = {}
@@ -145,34 +152,53 @@ class MergeIndex:
     def put(self, rank: int, key: str, services: tuple[Service, ...]) -> None:
         """The registry of `rank` shows `services` under `key` now (usually one; none:
         it shows nothing there any more)."""
-        candidates = self._candidates.get(key)
-        old = candidates.get(rank, ()) if candidates is not None else ()
+        ranked = self._candidates.get(key, ())
+        old = next((group for r, group in ranked if r == rank), ())
         if old == services:
             return
-        if candidates is None:
-            candidates = self._candidates[key] = {}
-        if services:
-            candidates[rank] = services
+        others = [(r, group) for r, group in ranked if r != rank]
+        candidates = tuple(sorted([*others, (rank, services)] if services else others))
+        if candidates:
+            self._candidates[key] = candidates
         else:
-            candidates.pop(rank, None)
+            self._candidates.pop(key, None)
         self._dirty.add(key)
-        still = {h for group in candidates.values() for s in group for h in s.hosts}
-        if not candidates:
-            del self._candidates[key]
+        still = {h for _, group in candidates for s in group for h in s.hosts}
         for service in old:
             for host in service.hosts:
-                keys = self._by_host.get(host)
-                if keys is None:
-                    continue
+                keys = self._host_keys(host)
                 # whoever shared this host may have been withheld because of this service
                 self._dirty.update(keys)
-                if host not in still:
-                    keys.discard(key)
-                    if not keys:
-                        del self._by_host[host]
+                if keys and host not in still:
+                    self._forget_host(host, key)
         for service in services:
             for host in service.hosts:
-                self._by_host.setdefault(host, set()).add(key)
+                self._note_host(host, key)
+
+    def _host_keys(self, host: str) -> Iterable[str]:
+        """The keys with a candidate serving `host`."""
+        keys = self._by_host.get(host, ())
+        return (keys,) if isinstance(keys, str) else keys
+
+    def _note_host(self, host: str, key: str) -> None:
+        keys = self._by_host.get(host)
+        if keys is None:
+            self._by_host[host] = key
+        elif isinstance(keys, str):
+            if keys != key:
+                self._by_host[host] = {keys, key}
+        else:
+            keys.add(key)
+
+    def _forget_host(self, host: str, key: str) -> None:
+        keys = self._by_host.get(host)
+        if isinstance(keys, str):
+            if keys == key:
+                del self._by_host[host]
+        elif keys is not None:
+            keys.discard(key)
+            if len(keys) == 1:
+                self._by_host[host] = next(iter(keys))
 
     def problems(self) -> list[Problem]:
         return [p for found in self._problems.values() for p in found]
@@ -193,7 +219,7 @@ class MergeIndex:
             candidates = [
                 (rank, s)
                 for key in component
-                for rank, group in self._candidates.get(key, {}).items()
+                for rank, group in self._candidates.get(key, ())
                 for s in group
             ]
             reported: dict[str, list[Problem]] = {}
@@ -222,10 +248,7 @@ class MergeIndex:
 
     def _settle_all(self) -> dict[str, tuple[Service | None, Service | None]]:
         ranks = _in_order(
-            (rank, s)
-            for found in self._candidates.values()
-            for rank, group in found.items()
-            for s in group
+            (rank, s) for found in self._candidates.values() for rank, group in found for s in group
         )
         winners, problems = merge([ranks[r] for r in sorted(ranks)], self._policy)
         before, self.merged = self.merged, {s.key: s for s in winners}
@@ -249,9 +272,9 @@ class MergeIndex:
         queue = [start]
         while queue:
             key = queue.pop()
-            for group in self._candidates.get(key, {}).values():
+            for _, group in self._candidates.get(key, ()):
                 for host in (h for s in group for h in s.hosts):
-                    for other in self._by_host.get(host, ()):
+                    for other in self._host_keys(host):
                         if other not in found:
                             found.add(other)
                             queue.append(other)

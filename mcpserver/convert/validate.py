@@ -117,7 +117,7 @@ def check_wildcard_domain(domain: str) -> str | None:
     return _suffix_labels(rest) if rest else None
 
 
-@lru_cache(maxsize=1 << 12)  # hosts share what follows their first label (namespace, domain)
+@lru_cache(maxsize=256)  # hosts share what follows their first label (not Dubbo's)
 def _suffix_labels(domain: str) -> str | None:
     return _domain_labels(domain)
 

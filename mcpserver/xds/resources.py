@@ -32,6 +32,8 @@ _RESOURCES_FIELD = b"\x12"  # DiscoveryResponse.resources = 2, length-delimited
 _VERSION_FIELD = b"\x0a"  # version_info = 1
 _TYPE_URL_FIELD = b"\x22"  # type_url = 4
 _NONCE_FIELD = b"\x2a"  # nonce = 5
+SHARED_VALUES = 256
+"""Distinct create times, and label sets, whose encodings are kept for reuse."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,7 +111,7 @@ def _version(kind: str, name: str, body: bytes, maps: bytes) -> str:
     return hashlib.blake2b(joined, digest_size=10).hexdigest()
 
 
-@lru_cache(maxsize=1 << 12)  # most resources of a registry share their labels
+@lru_cache(maxsize=SHARED_VALUES)  # most resources of a registry share their labels
 def _hashed_maps(
     labels: tuple[tuple[str, str], ...], annotations: tuple[tuple[str, str], ...]
 ) -> bytes:
@@ -151,11 +153,14 @@ def pack_bytes(
     create_time: datetime,
     labels: Iterable[tuple[str, str]] = (),
     annotations: Iterable[tuple[str, str]] = (),
+    full_name: str = "",
 ) -> PackedResource:
-    """pack() for a spec already serialized (deterministically)."""
+    """pack() for a spec already serialized (deterministically). `full_name`: the
+    `namespace/name` string if the caller holds one already (a Service's key), so that the
+    resource shares it instead of keeping its own copy."""
     labels = tuple(labels)
     annotations = tuple(annotations)
-    full_name = f"{namespace}/{name}"
+    full_name = full_name or f"{namespace}/{name}"
     version = _version(kind, full_name, body_bytes, _hashed_maps(labels, annotations))
     framed = _field(
         _RESOURCES_FIELD,
@@ -196,7 +201,10 @@ _RESOURCE_TYPE_FIELD = _field(b"\x0a", RESOURCE_TYPE.encode())
 
 # Both made once per distinct value: most resources of a registry share their create time
 # (a static file's default) and their labels (the registry's), and a cold start packs 10k.
-@lru_cache(maxsize=1 << 12)
+# Few entries: where the values are all distinct (a Dubbo service's create time and its
+# interface label are its own) a cache hits nothing and only holds what it saw, 2 MiB at
+# 4,096 entries, live at the peak of a cold start.
+@lru_cache(maxsize=SHARED_VALUES)
 def _timestamp(create_time: datetime) -> bytes:
     """Metadata.create_time (field 2) as a google.protobuf.Timestamp."""
     seconds = calendar.timegm(create_time.utctimetuple())
@@ -207,7 +215,7 @@ def _timestamp(create_time: datetime) -> bytes:
     return _field(b"\x12", timestamp)
 
 
-@lru_cache(maxsize=1 << 12)
+@lru_cache(maxsize=SHARED_VALUES)
 def _maps(labels: tuple[tuple[str, str], ...], annotations: tuple[tuple[str, str], ...]) -> bytes:
     """Metadata.labels (field 4) and annotations (field 5)."""
     return b"".join((*string_map(b"\x22", labels), *string_map(b"\x2a", annotations)))

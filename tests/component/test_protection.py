@@ -15,7 +15,6 @@ import pytest
 from grpc_health.v1 import health_pb2
 
 import mcpserver.builder
-import mcpserver.convert.vip
 from mcpserver.app import App
 from mcpserver.model import Service
 from mcpserver.registry.view import Status
@@ -181,10 +180,6 @@ async def test_grpc_health_is_not_serving_before_the_first_snapshot(
         assert await status(ads) == health_pb2.HealthCheckResponse.SERVING
 
 
-def forget_allocations() -> None:
-    mcpserver.convert.vip._allocate.cache_clear()
-
-
 def tcp_services(names: list[str]) -> list[dict[str, Any]]:
     """TCP services (they need VIPs), each with its own creation time."""
     born = datetime(2024, 1, 1, tzinfo=UTC)
@@ -218,7 +213,6 @@ async def test_replicas_that_saw_different_histories_serve_byte_identical_resour
     write_services(a_file, tcp_services(names))
     await a.wait_for(lambda c: len(c.latest("ServiceEntry")) == 10, 10)
     shuffled = names[::-1]
-    forget_allocations()  # each replica is its own process: share no memo
     write_services(b_file, tcp_services(shuffled[:3]))
     second = await start_app(make_settings(b_file, **top))
     b = await connect(second.port)
@@ -233,7 +227,6 @@ async def test_replicas_that_saw_different_histories_serve_byte_identical_resour
     assert len(set(vips.values())) == 10  # all distinct, all allocated
     # a restart (nothing remembered) serves the same addresses
     await first.stop()
-    forget_allocations()
     again = await start_app(make_settings(a_file, **top))
     c = await connect(again.port)
     await c.wait_for(lambda c: c.synced(), 10)

@@ -345,6 +345,41 @@ def test_inline_conversion_equals_converting_the_whole_spec(seed: int) -> None:
         previous = reused
 
 
+def test_a_spec_past_64_kib_reuses_its_endpoints_as_a_short_one_does() -> None:
+    """Thousands of endpoints, lengths past two-byte varints: the endpoints found again in
+    the spec's bytes (`endpoint_spans`) are its own, and reusing them gives the bytes of
+    converting it afresh."""
+    from mcpserver.builder import _convert_service
+
+    instances = tuple(
+        Instance(f"10.{n // 250}.{n % 250}.1", labels=(("zone", "z1"),)) for n in range(3000)
+    )
+    service = Service("a", "ns", "big", ("big.mesh",), (Port("http", 80, "HTTP"),), instances)
+    first = convert_service(service)
+    assert first.packed and first.body_length > 0xFFFF
+    kept = list(instances)
+    kept[-1] = Instance("10.99.0.1")
+    changed = replace(service, instances=tuple(kept))
+    again = convert_service(changed, previous=first)
+    want = _convert_service(changed, None)
+    assert [p.framed for p in again.packed] == [p.framed for p in want.packed]
+
+
+def test_a_packed_service_entry_shares_its_services_key() -> None:
+    """The resource's name is the Service's own key string, not a copy per resource (10k
+    of them at 10k services), also when the ServiceEntry carries a VIP."""
+    from mcpserver.builder import _convert_service
+
+    service = Service(
+        "a", "ns", "tcp", ("tcp.mesh",), (Port("tcp", 20880, "TCP"),), (Instance("10.0.0.1"),)
+    )
+    for vip in (None, "240.0.0.9"):
+        converted = convert_service(service, vip, wants_vip=vip is not None)
+        assert converted.packed[0].name is service.key
+        want = _convert_service(service, vip)
+        assert [p.framed for p in converted.packed] == [p.framed for p in want.packed]
+
+
 def test_a_new_set_comes_with_the_responses_streams_asked_its_predecessor_for() -> None:
     index = TypeIndex("ServiceEntry")
     index.put(resource("a", 1))  # type: ignore[arg-type]

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
+import mcpserver.heap
 import mcpserver.runtime
 from mcpserver.metrics import Metrics
 from mcpserver.xds.snapshot import build_snapshot
@@ -32,10 +33,20 @@ def restored() -> Iterator[None]:
         gc.enable()
 
 
-def test_tune_sets_the_switch_interval(restored: None) -> None:
+def test_tune_sets_the_switch_interval_and_the_allocator(
+    restored: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    configured: list[bool] = []
+
+    def configure() -> bool:
+        configured.append(True)
+        return True
+
+    monkeypatch.setattr(mcpserver.heap, "configure", configure)
     mcpserver.runtime.tune()
     assert sys.getswitchinterval() == pytest.approx(mcpserver.runtime.SWITCH_INTERVAL)
     assert mcpserver.runtime.SWITCH_INTERVAL < 0.005  # CPython's default
+    assert configured == [True]  # heap.py's settings, once (tests/unit/test_heap.py)
 
 
 async def test_the_collector_pauses_from_start_to_the_first_snapshot(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mcpserver.wire import WireError, decode_varint, encode_varint, field
+from mcpserver.wire import WireError, decode_varint, encode_varint, field, spans_of
 
 pytestmark = pytest.mark.unit
 
@@ -53,3 +53,32 @@ def test_a_field_is_its_tag_its_length_and_its_payload(size: int) -> None:
     assert framed[:1] == b"\x0a"
     assert decode_varint(framed, 1) == (size, len(framed) - size)
     assert framed.endswith(payload)
+
+
+def test_spans_of_finds_one_fields_payloads_past_every_wire_type() -> None:
+    from mcpserver_protos.istio.networking.v1alpha3 import service_entry_pb2
+
+    spec = service_entry_pb2.ServiceEntry(
+        hosts=["a.mesh"],
+        ports=[service_entry_pb2.ServicePort(number=80, protocol="HTTP", name="http")],
+        location=service_entry_pb2.ServiceEntry.MESH_INTERNAL,
+        resolution=service_entry_pb2.ServiceEntry.STATIC,
+        endpoints=[
+            {"address": "10.0.0.1", "weight": 3},
+            {"address": "10.0.0.2", "labels": {"zone": "z1"}},
+        ],
+        export_to=["."],
+    )
+    data = spec.SerializeToString(deterministic=True)
+    spans = spans_of(data, 6)
+    found = [data[spans[n] : spans[n + 1]] for n in range(0, len(spans), 2)]
+    assert found == [e.SerializeToString(deterministic=True) for e in spec.endpoints]
+    # fixed 32- and 64-bit fields are skipped by their width (a float, a double)
+    mixed = b"\x0d" + b"\x00" * 4 + b"\x11" + b"\x00" * 8 + b"\x32\x02ab"
+    assert spans_of(mixed, 6) == [16, 18]
+
+
+@pytest.mark.parametrize("data", [b"\x32\x05ab", b"\x32", b"\x0b"])
+def test_spans_of_a_cut_or_foreign_message_is_a_wire_error(data: bytes) -> None:
+    with pytest.raises(WireError):
+        spans_of(data, 6)

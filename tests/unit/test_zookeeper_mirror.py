@@ -569,6 +569,51 @@ def test_the_walk_read_so_far_is_handed_over_ahead_and_a_later_change_again(
     )
 
 
+def small_walk(monkeypatch: pytest.MonkeyPatch) -> tuple[FakeZooKeeper, Setup]:
+    """A walk of 40 interfaces begun, 4 reads in flight at most, woken every 4 keys read,
+    reading ahead of the takes by 8 keys."""
+    monkeypatch.setattr(mirror_module, "WINDOW", 4)
+    monkeypatch.setattr(mirror_module, "WALK_BATCH", 4)
+    monkeypatch.setattr(mirror_module, "WALK_BACKLOG", 8)
+    zk = dubbo_tree(40)
+    setup = mirror_of(zk)
+    setup.mirror.watch_roots()
+    return zk, setup
+
+
+def test_a_walk_taken_ahead_reads_no_further_than_the_backlog_ahead_of_the_takes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    zk, setup = small_walk(monkeypatch)
+    zk.answer(1 + 4)  # the root, then the first 4 listings
+    assert setup.wakes == [1]
+    handed: list[str] = []
+    taken = setup.mirror.take(ahead=True)
+    handed += [k[1] for k in taken.changes.interfaces]
+    most = 0
+    while not taken.listed:
+        zk.answer()  # everything in flight: the walk then waits for the loop
+        assert not zk.outstanding
+        wakes = len(setup.wakes)
+        taken = setup.mirror.take(ahead=True)  # the loop, woken, takes: the reads go on
+        assert wakes > 0 and (zk.outstanding or taken.listed)
+        most = max(most, len(taken.changes.interfaces))
+        handed += [k[1] for k in taken.changes.interfaces]
+    assert most <= 8 + 4  # the backlog, and the reads in flight (WINDOW) when it was reached
+    assert sorted(handed) == sorted(f"com.example.S{i}" for i in range(40))
+
+
+def test_a_walk_not_taken_ahead_reads_on_whatever_it_holds(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A taker that does not assemble ahead takes the walk whole once read: its reads
+    never wait for a take (none comes before the walk settles)."""
+    zk, setup = small_walk(monkeypatch)
+    zk.answer()
+    taken = setup.mirror.take()
+    assert taken.listed and len(taken.changes.interfaces) == 40
+
+
 class ListeningZooKeeper(FakeZooKeeper):
     """The fake, telling the registry its connection states as the client does."""
 

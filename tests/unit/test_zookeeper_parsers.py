@@ -199,6 +199,34 @@ def test_host_template_with_version_splits_services() -> None:
     assert names == ["1.0.com.example.api", "2.0.com.example.api"]
 
 
+def test_the_mappings_caches_keep_the_recent_interfaces_only() -> None:
+    """What is one interface's own (its create time, label, host) is cached for the recent
+    interfaces, not for every one ever mapped (5 MiB at 10k interfaces)."""
+    from mcpserver.registry.dubbo import mapping
+
+    for n in range(mapping.PER_INTERFACE + 100):
+        url = f"dubbo://10.0.0.1:20880/com.example.Cached{n}?application=app&side=provider"
+        interface_services(OPTIONS, [parse_provider(node(url))], 1_700_000_000_000 + n)
+    for cache in (mapping.from_millis, mapping._clean_labels, mapping._interface_host):
+        assert cache.cache_info().currsize <= mapping.PER_INTERFACE
+
+
+def test_the_shared_query_fields_stay_few_and_parse_alike(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Fields of one provider each (a timestamp) fill the table of shared fields: it starts
+    over when full instead of growing, and a provider parses the same either way."""
+    monkeypatch.setattr(dubbo, "MAX_SHARED_PAIRS", 8)
+    monkeypatch.setattr(dubbo, "_FIELDS", {})
+    parsed = []
+    for n in range(50):
+        url = f"dubbo://10.0.0.1:20880/com.example.S?side=provider&timestamp={n}&version=1"
+        parsed.append(parse_provider(node(url)))
+        assert len(dubbo._FIELDS) <= 8
+    assert [p.lookup["timestamp"] for p in parsed] == [str(n) for n in range(50)]
+    assert all(p.lookup["side"] == "provider" and p.lookup["version"] == "1" for p in parsed)
+
+
 def curator(**doc: object) -> bytes:
     return json.dumps(doc).encode()
 

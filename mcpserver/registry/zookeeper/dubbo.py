@@ -132,16 +132,20 @@ def _unquote(name: str) -> str:
 
 
 _FIELDS: dict[str, tuple[str, str]] = {}
-MAX_SHARED_PAIRS = 1 << 16
-"""Distinct query fields (`key=value`) whose parse is kept, at most (a few MB)."""
+MAX_SHARED_PAIRS = 1 << 12
+"""Distinct query fields (`key=value`) whose parse is kept, at most; when full the table
+starts over (the shared fields come back at once). Fields of one interface or one provider
+(interface=, timestamp=, pid=) fill it as well: kept up to 65,536 they were 2.2 MiB at 10k
+interfaces, up to ~18 MiB where every provider has its own timestamp (issue 29)."""
 
 
 def _field(text: str) -> tuple[str, str]:
     """A `key=value` field (nothing to unquote) as its pair, kept for the next provider."""
     key, _, value = text.partition("=")
     pair = (key, value)
-    if len(_FIELDS) < MAX_SHARED_PAIRS:
-        _FIELDS[text] = pair
+    if len(_FIELDS) >= MAX_SHARED_PAIRS:
+        _FIELDS.clear()
+    _FIELDS[text] = pair
     return pair
 
 
