@@ -3,14 +3,15 @@
 Built once by the CLI and passed down; nothing imports a global settings object. A bad file
 must stop the process with exit code 2 and messages that name each bad field, so every model
 forbids unknown keys (a typo is an error, not a silently ignored option). The registry list
-is a union of the models in the kind table (registry/kinds.py): this module names no kind.
+is a union of the models in the kind table (registry/kinds.py): this module names no kind,
+and loads the models of the kinds a config uses, no other.
 """
 
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Mapping
-from functools import lru_cache
+from collections.abc import Iterable, Mapping
+from functools import cache, lru_cache
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
@@ -388,13 +389,46 @@ class Settings(Frozen):
         return value
 
 
-def settings_model() -> type[Settings]:
-    """Settings whose registry entries are validated by the kind table's models."""
-    return _model_for(tuple(kind.settings for kind in KINDS.values()))
+def settings_model(kinds: Iterable[str] | None = None) -> type[Settings]:
+    """Settings whose registry entries are validated by the kind table's models: every
+    kind's, or those of `kinds` only. The other kinds then take part by their tag alone, so
+    their packages stay unimported while every message reads as with all of them (an unknown
+    kind's lists every kind; an entry's fields are named under its index)."""
+    wanted = set(KINDS if kinds is None else kinds)
+    return _model_for(tuple(KINDS[k].settings if k in wanted else _tag_only(k) for k in KINDS))
+
+
+def _kinds_used(data: Mapping[str, Any]) -> set[str]:
+    """The table's kinds that the config's registry entries name."""
+    entries = data.get("registries")
+    if not isinstance(entries, list):
+        return set()
+    named = (entry.get("kind") for entry in entries if isinstance(entry, dict))
+    return {kind for kind in named if isinstance(kind, str) and kind in KINDS}
+
+
+class _TagOnly(Frozen):
+    """A kind no entry names stands in the union as its tag alone; nothing reaches it."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _unreachable(cls, data: Any) -> Any:
+        raise RuntimeError(f"{cls.__name__}: validated without its kind's model")
+
+
+@cache
+def _tag_only(kind: str) -> type[Frozen]:
+    """The stand-in of `kind`: its `kind` literal, for the union to list."""
+    model: type[Frozen] = create_model(
+        f"Unloaded_{kind}",
+        __base__=_TagOnly,
+        kind=(Literal[kind], ...),  # type: ignore[arg-type]  # the tag, known at run time
+    )
+    return model
 
 
 @lru_cache(maxsize=8)
-def _model_for(models: tuple[type[RegistrySettings], ...]) -> type[Settings]:
+def _model_for(models: tuple[type[Frozen], ...]) -> type[Settings]:
     entry = Annotated[Union[models], Field(discriminator="kind")]  # type: ignore[valid-type]  # built from the table at run time  # noqa: UP007
     model: type[Settings] = create_model(
         "Settings",
@@ -520,7 +554,8 @@ def load_settings(
         raise ConfigError([str(err)]) from None
     try:
         context = {BASE_CONTEXT: base, OFFLINE_CONTEXT: offline}
-        return settings_model().model_validate(data, context=context)
+        model = settings_model(_kinds_used(data))
+        return model.model_validate(data, context=context)
     except ValidationError as err:
         problems = [
             REGISTRIES_REQUIRED if line == "registries: Field required" else line
