@@ -222,6 +222,13 @@ async def test_malformed_request_ends_only_that_stream(
     await healthy.wait_for(lambda c: len(c.responses[se_url(c)]) == 2, 10)
 
 
+async def delta_requests() -> AsyncIterator[discovery_pb2.DeltaDiscoveryRequest]:
+    """One request, then the stream held open as istiod's would be (an iterator that ended
+    would half-close the stream, racing the server's refusal)."""
+    yield discovery_pb2.DeltaDiscoveryRequest(type_url="networking.istio.io/v1/ServiceEntry")
+    await asyncio.Event().wait()
+
+
 async def test_delta_is_unimplemented_with_a_clear_message(
     static_file: Path, start_app: AppFactory
 ) -> None:
@@ -231,15 +238,7 @@ async def test_delta_is_unimplemented_with_a_clear_message(
             "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources",
             request_serializer=discovery_pb2.DeltaDiscoveryRequest.SerializeToString,
             response_deserializer=discovery_pb2.DeltaDiscoveryResponse.FromString,
-        )(
-            iter(
-                [
-                    discovery_pb2.DeltaDiscoveryRequest(
-                        type_url="networking.istio.io/v1/ServiceEntry"
-                    )
-                ]
-            )
-        )
+        )(delta_requests())
         with pytest.raises(grpc.aio.AioRpcError) as err:
             async for _ in call:
                 pass
