@@ -24,6 +24,7 @@ from mcpserver.metrics import Metrics
 from mcpserver.model import Instance, Port, Service
 from mcpserver.registry.base import Registry
 from mcpserver.settings import load_settings
+from mcpserver.xds.snapshot import Snapshot
 
 REGISTRY = "fixed"
 
@@ -68,8 +69,9 @@ class FixedRegistry(Registry):
 
 
 class InProcessServer:
-    """App + FixedRegistry; `published` is stamped by a store listener at every publish
-    (and `published_cpu` with the CPU time of process `watched` at that moment, if set).
+    """App + FixedRegistry; `published` is stamped as the pipeline hands each new snapshot
+    to the store, before any of the store's listeners runs (and `published_cpu` with the CPU
+    time of process `watched` at that moment, if set).
 
     `layouts` are the shard counts served besides the whole set (server.shards and
     previous_shards: at most two), each on ephemeral ports (`app.shard_ports(N)`)."""
@@ -102,7 +104,16 @@ class InProcessServer:
         return self.app.port
 
     async def start(self) -> None:
-        self.app.store.subscribe(self._published)
+        store = self.app.store
+        publish = store.publish
+
+        def stamped(snapshot: Snapshot) -> None:
+            self._published()
+            publish(snapshot)
+
+        # Stamped at the call, not by a listener: the app's own listeners (the change
+        # tracker, subscribed when the app was made) run first and are part of the fan-out.
+        store.publish = stamped  # type: ignore[method-assign]  # the bench's clock, see above
         await self.app.start()
 
     def _published(self) -> None:

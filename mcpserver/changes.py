@@ -12,6 +12,7 @@ The descriptions are pure (`describe_change`); the tracker runs on the event loo
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import logging
 import math
@@ -160,8 +161,17 @@ def describe_change(
                 others[kind] = found
             continue
         for what, names in zip(_VERBS, _names(found), strict=True):
-            for name in names:
-                registry = new.owners.get(name)
+            if not names:
+                continue
+            # This runs on the loop between a publish and the streams' writes: a set where
+            # every service changed (10k names) is grouped in C when one registry owns all.
+            registries = list(map(new.owners.get, names))
+            first = registries[0]
+            if first is not None and registries.count(first) == len(registries):
+                services.setdefault(first, {})[what] = list(names)
+                continue
+            for name, known in zip(names, registries, strict=True):
+                registry = known
                 if registry is None:
                     resource = _find(type_set, name) or (
                         _find(old.sets.get(kind), name) if old is not None else None
@@ -267,9 +277,21 @@ class ChangeTracker:
             kept = ORIGINS_KEPT * (1 + sum(snapshot.layouts))
             while len(self._origins) > kept:
                 del self._origins[next(iter(self._origins))]
-        change = describe_change(self._previous, snapshot, self._owner_lookup())
-        self._previous = snapshot
+        previous, self._previous = self._previous, snapshot
         self.activity.published_at = time.time()
         self._metrics.last_publish.set(self.activity.published_at)
+        # Described two loop turns from now: this runs inside the publish, before any stream
+        # has been woken, and comparing a whole new set (10k names) takes milliseconds that
+        # istiod would wait for. A callback scheduled now runs before the streams' wake-ups
+        # (they are scheduled after this listener returns); the one it schedules runs after
+        # them, once each woken stream has started writing the new set. In publish order.
+        loop = asyncio.get_running_loop()
+        loop.call_soon(loop.call_soon, self._describe, previous, snapshot, self._owner_lookup())
+
+    def _describe(
+        self, previous: Snapshot | None, snapshot: Snapshot, owner: Callable[[PackedResource], str]
+    ) -> None:
+        """Log what a publish changed, and show it on the status page."""
+        change = describe_change(previous, snapshot, owner)
         self.activity.last_change = change
         changes_log.info(change.summary(), extra=change.fields())

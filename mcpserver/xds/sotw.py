@@ -224,13 +224,20 @@ class AdsHandler:
                     event: Request | SnapshotChanged = SnapshotChanged(self._store.snapshot)
                 else:
                     event = request_event(item)
+                # The set this stream held is kept until its responses are written: it may
+                # be the last reference to a whole snapshot, whose release (10k resources:
+                # milliseconds) must not come between a new set and the client.
+                previous = state
                 state, effects = reduce(state, event)
                 for effect in effects:
                     if isinstance(effect, Send):
                         payload = effect.type_set.response(effect.type_url)
                         callbacks.on_response(state, effect, len(payload))
                         try:
-                            await asyncio.wait_for(context.write(payload), self._send_timeout)
+                            # a timeout scope, not wait_for: the write starts in this step
+                            # instead of in a task of its own one loop turn later
+                            async with asyncio.timeout(self._send_timeout):
+                                await context.write(payload)
                         except TimeoutError:
                             # Not context.abort(): gRPC sends the status only after the
                             # message it is still writing, which waits on this very client;
@@ -256,6 +263,7 @@ class AdsHandler:
                         callbacks.on_request(state, effect)
                         if isinstance(effect, Nacked):
                             callbacks.on_nack(state, effect)
+                del previous
         finally:
             unsubscribe()
             reader.cancel()
