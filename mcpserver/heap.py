@@ -43,26 +43,17 @@ RELEASE_AT: Final = 8 << 20
 trim walks every arena's free blocks, a few milliseconds at 10k services)."""
 
 
-def _malloc_trim() -> Callable[[int], int] | None:
+def _glibc(name: str) -> Callable[..., int] | None:
+    """The C library's function `name`, None where it has none (not glibc)."""
     try:
-        trim: Callable[[int], int] = ctypes.CDLL(None).malloc_trim
+        function: Callable[..., int] = getattr(ctypes.CDLL(None), name)
     except (AttributeError, OSError):
         return None
-    return trim
+    return function
 
 
-_TRIM: Final = _malloc_trim()
-
-
-def _mallopt() -> Callable[[int, int], int] | None:
-    try:
-        mallopt: Callable[[int, int], int] = ctypes.CDLL(None).mallopt
-    except (AttributeError, OSError):
-        return None
-    return mallopt
-
-
-_MALLOPT: Final = _mallopt()
+_TRIM: Final = _glibc("malloc_trim")
+_MALLOPT: Final = _glibc("mallopt")
 
 
 def configure() -> bool:

@@ -26,7 +26,7 @@ from socket import AF_INET, inet_pton
 
 from mcpserver_protos.istio.networking.v1alpha3 import service_entry_pb2
 
-from mcpserver.convert.serviceentry import REGISTRY_LABEL
+from mcpserver.convert.serviceentry import ENDPOINTS_TAG, REGISTRY_LABEL
 from mcpserver.convert.validate import (
     UNIX_PREFIX,
     check_endpoint_ports,
@@ -118,10 +118,9 @@ def _labels_valid(labels: Labels, registry: str) -> bool:
     return not check_labels(dict(_with_registry(labels, registry)), "")
 
 
-_ENDPOINTS = b"\x32"  # ServiceEntry.endpoints = 6, length-delimited
 # an address's tag and an endpoint's frame, by length: both nearly always shorter than 128
 _TAGGED = tuple(_ADDRESS + bytes([n]) for n in range(0x80))
-_FRAMED = tuple(_ENDPOINTS + bytes([n]) for n in range(0x80))
+_FRAMED = tuple(ENDPOINTS_TAG + bytes([n]) for n in range(0x80))
 
 
 def plain_endpoints(
@@ -173,7 +172,7 @@ def plain_endpoints(
         size = len(raw)
         tagged = _TAGGED[size] if size < 0x80 else _ADDRESS + varint(size)
         length = len(tagged) + size + len(labelled)
-        frame = _FRAMED[length] if length < 0x80 else _ENDPOINTS + varint(length)
+        frame = _FRAMED[length] if length < 0x80 else ENDPOINTS_TAG + varint(length)
         pieces += (frame, tagged, raw, labelled)
     return pieces, errors
 

@@ -104,7 +104,7 @@ def _without_endpoints(service: Service) -> service_entry_pb2.ServiceEntry:
 
 
 ENDPOINTS = 6  # ServiceEntry.endpoints
-_ENDPOINTS_FIELD = b"\x32"  # its tag: field 6, length-delimited
+ENDPOINTS_TAG = b"\x32"  # its tag: field 6, length-delimited
 
 
 def inline_endpoint(instance: Instance, registry: str) -> workload_entry_pb2.WorkloadEntry:
@@ -131,7 +131,7 @@ def join_inline(head: bytes, endpoints: Iterable[bytes], tail: bytes) -> bytes:
     """The spec's bytes from inline_parts() and each endpoint's own serialized bytes."""
     parts = [head]
     for endpoint in endpoints:
-        parts.append(_ENDPOINTS_FIELD + encode_varint(len(endpoint)))
+        parts.append(ENDPOINTS_TAG + encode_varint(len(endpoint)))
         parts.append(endpoint)
     parts.append(tail)
     return b"".join(parts)
