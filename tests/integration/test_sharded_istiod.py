@@ -109,8 +109,18 @@ async def test_four_shards_give_istiod_what_the_whole_set_gives(
     names = served()
     assert len({shard_of(n, 4) for n in names}) == 4, "every shard serves something"
 
+    def web_endpoints(istiod: Istiod) -> int:
+        spec = held(istiod).get(("ServiceEntry", "consul/web.service.consul"), {}).get("spec", {})
+        return len(spec.get("endpoints", []))
+
+    # Consul serves an instance once its own first health check passes (interval 1 s): wait
+    # for both web instances, or web-2's first pass is a change on web's shard in the middle
+    # of the one-change count below
     def both_hold_all() -> bool:
-        return all({("ServiceEntry", n) for n in names} <= held(i).keys() for i in (whole, sharded))
+        return all(
+            {("ServiceEntry", n) for n in names} <= held(i).keys() and web_endpoints(i) == 2
+            for i in (whole, sharded)
+        )
 
     assert await until(both_hold_all, 60)
     expected = held(whole)
