@@ -20,12 +20,13 @@ import os
 import re
 import signal
 import sys
+import time
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import grpc
 import pytest
@@ -44,6 +45,8 @@ from tests.conftest import eventually, service, write_services
 from tests.integration.conftest import IstiodFactory
 from tests.integration.test_istiod import until
 from tests.integration.test_zookeeper import add_provider, provider_url
+
+T = TypeVar("T")
 
 INTERFACES = [f"org.example.failover.Service{i}" for i in range(3)]
 
@@ -183,6 +186,19 @@ def envoy_updates(envoy: Envoy) -> dict[str, int]:
     return {name: stats.get(name, 0) for name in ("cluster_manager.cds.update_attempt",)}
 
 
+def still_for(read: Callable[[], T], seconds: float) -> Callable[[], bool]:
+    """A check for `until`: true once `read()` has returned the same value for `seconds`."""
+    last: list[tuple[T, float]] = []
+
+    def check() -> bool:
+        value, now = read(), time.monotonic()
+        if not last or last[0][0] != value:
+            last[:] = [(value, now)]
+        return now - last[0][1] >= seconds
+
+    return check
+
+
 def delta(after: Mapping[str, float], before: Mapping[str, float]) -> dict[str, float]:
     return {k: after.get(k, 0) - before.get(k, 0) for k in after.keys() | before.keys()}
 
@@ -257,8 +273,14 @@ async def test_istiod_fails_over_to_another_replica_without_an_update_or_a_push(
         await until(lambda: all(has_cluster(h) for h in hosts), within=60)
         assert forwarder.connections == [a.port]
 
+        # istiod may still push what it learned at start (its debounce holds a push up to
+        # 1 s): counts are taken once both have been still for two debounce maxima
+        def counts() -> tuple[dict[str, float], dict[str, int]]:
+            return inbound_updates(istiod), envoy_updates(envoy)
+
+        await until(still_for(counts, 2.0), within=60)
         # control: what one new provider costs istiod and Envoy
-        before_in, before_envoy = inbound_updates(istiod), envoy_updates(envoy)
+        before_in, before_envoy = counts()
         register(zk_writer, "org.example.failover.Sentinel1", "10.30.1.1")
         await until(lambda: has_cluster("org.example.failover.sentinel1"), within=60)
         await until(
@@ -271,8 +293,9 @@ async def test_istiod_fails_over_to_another_replica_without_an_update_or_a_push(
         assert await _eventually_identical(a, b, expected=len(INTERFACES) + 3)
 
         # the failover: new connections to B, then A dies
+        await until(still_for(counts, 2.0), within=60)
         held = ours(istiod)
-        before_in, before_envoy = inbound_updates(istiod), envoy_updates(envoy)
+        before_in, before_envoy = counts()
         forwarder.point_at(b.port)
         await asyncio.to_thread(a.kill)
         # istiod reconnected to B, and acknowledged every type B sent it
