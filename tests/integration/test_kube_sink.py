@@ -64,8 +64,11 @@ def sink_settings(
         "ca_file": str(control_plane.server.cert),
         "owner": namespace,
         "lease_namespace": namespace,
-        "lease_duration": "3s",
-        "renew_deadline": "2s",
+        # long enough that a slow apiserver on a loaded machine never costs the leader its
+        # lease mid-test (a re-list and a full plan in the middle of a count); a leader
+        # change in these tests is a handover, which does not wait for expiry
+        "lease_duration": "15s",
+        "renew_deadline": "10s",
         "retry_period": "200ms",
         **top.pop("kubernetes", {}),
     }
