@@ -85,6 +85,7 @@ def settle(metrics: Metrics) -> None:
     freed, reference cycles startup dropped before this instant, stays: once, and small."""
     began = time.perf_counter()
     gc.freeze()
+    heap.serve_large_blocks()
     metrics.heap_frozen.set(gc.get_freeze_count())
     log.info(
         "heap settled after the first snapshot: %d objects frozen in %.1f ms",

@@ -1,6 +1,7 @@
 """The interpreter settings of `mcpserver serve` (mcpserver/runtime.py): the GIL switch
 interval set at start, the collector paused until the first snapshot (or a time limit), one
-freeze once the first snapshot is out, never before it and never again."""
+freeze (and the allocator's serving settings) once the first snapshot is out, never before
+it and never again."""
 
 from __future__ import annotations
 
@@ -95,10 +96,16 @@ async def test_the_heap_settles_once_after_the_first_snapshot(
     assert len(settled) == 1
 
 
-def test_settle_freezes_what_is_alive_and_says_how_much(restored: None) -> None:
+def test_settle_freezes_what_is_alive_and_says_how_much(
+    restored: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    serving: list[bool] = []
+    # not this process's allocator: the settings last (tests/unit/test_heap.py checks them)
+    monkeypatch.setattr(mcpserver.heap, "serve_large_blocks", lambda: serving.append(True))
     gc.unfreeze()
     metrics = Metrics()
     mcpserver.runtime.settle(metrics)
+    assert serving == [True]  # large blocks from the heap once serving, set once
     assert gc.get_freeze_count() > 0
     frozen = metrics.registry.get_sample_value("mcpserver_heap_frozen_objects")
     assert frozen == gc.get_freeze_count()
