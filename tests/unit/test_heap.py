@@ -33,11 +33,17 @@ libc.free(block)
 """
 
 
-def probe(mode: str) -> tuple[str, int]:
+def run(script: str, mode: str) -> tuple[str, int]:
+    """`script` in a fresh interpreter (allocator settings last a process): what it printed,
+    whether the settings took and a count."""
     out = subprocess.run(
-        [sys.executable, "-c", PROBE, mode], check=True, capture_output=True, text=True
+        [sys.executable, "-c", script, mode], check=True, capture_output=True, text=True
     ).stdout.split()
     return out[0], int(out[1])
+
+
+def probe(mode: str) -> tuple[str, int]:
+    return run(PROBE, mode)
 
 
 def test_a_freed_large_block_leaves_the_mmap_threshold_where_it_was() -> None:
@@ -75,10 +81,7 @@ print(serving, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 
 def second_copy(mode: str) -> tuple[str, int]:
     """Page faults of the second 8 MB block written after a first was freed."""
-    out = subprocess.run(
-        [sys.executable, "-c", SECOND_COPY, mode], check=True, capture_output=True, text=True
-    ).stdout.split()
-    return out[0], int(out[1])
+    return run(SECOND_COPY, mode)
 
 
 def test_once_serving_a_large_block_reuses_the_pages_of_the_one_freed_before() -> None:
