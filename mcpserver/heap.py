@@ -15,14 +15,12 @@ client's, the workers') paid nothing measurable (178.6 against 178.9 MiB), so it
 Once serving (`serve_large_blocks`, with the collector's settle in runtime.py, after the
 first pushes). What a fixed threshold keeps out of the heap at start then costs every large
 write: gRPC copies each response it sends (8 MB at 10k services), and as a fresh mapping
-that copy faults in each of its 2,048 pages, on the event loop, per stream. Measured on one
-client taking a new 10k set (15 rounds, alternated, with serve's settings): the stream's
-write step took 5.5-6.1 ms against 3.1-3.6 ms once blocks up to 32 MiB came from the heap
-and up to 32 MiB free was kept at its top (so the freed copy's pages are there for the
-next); publish to client 14.0-14.6 -> 10.6-11.8 ms. The cost, in the same runs: peak RSS
-over the rounds +3-4 MiB, RSS after them +11 MiB. The cold start's peak, where fixing
-the threshold paid, is over by then. Responses above 32 MiB (glibc's largest threshold,
-~40k services in one set) keep their own mappings.
+that copy faults in each of its 2,048 pages, on the event loop, per stream and per new set.
+From then on blocks up to 32 MiB come from the heap and up to 32 MiB free is kept at its
+top, so each copy finds the resident pages of the one before. The price is that much more
+RSS held between sets, after the cold start's peak, where fixing the threshold paid
+(figures in docs/performance.md, on fan-out). Responses above 32 MiB (about 40k services
+in one set) keep their own mappings.
 
 Trims.
 
