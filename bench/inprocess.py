@@ -19,6 +19,7 @@ import yaml
 
 from bench.process import cpu_seconds
 from bench.workload import STATIC_NAMESPACE, STATIC_PORT, Estate, address, static_host, static_name
+from mcpserver import runtime
 from mcpserver.app import App
 from mcpserver.metrics import Metrics
 from mcpserver.model import Instance, Port, Service
@@ -104,6 +105,13 @@ class InProcessServer:
         return self.app.port
 
     async def start(self) -> None:
+        """Start the App with the interpreter's and allocator's settings `mcpserver serve`
+        runs with (runtime.py, heap.py), settled as serve settles 2 s after its first
+        snapshot: the suite measures the server as deployed, in its steady state. They last
+        the process, as they do in serve; a baseline measured here afterwards runs with the
+        allocator's serving settings, under which a large block is reused as under glibc's
+        own moving threshold."""
+        runtime.tune()
         store = self.app.store
         publish = store.publish
 
@@ -115,6 +123,12 @@ class InProcessServer:
         # tracker, subscribed when the app was made) run first and are part of the fan-out.
         store.publish = stamped  # type: ignore[method-assign]  # the bench's clock, see above
         await self.app.start()
+        async with asyncio.timeout(60):
+            while store.snapshot is None:
+                self.publish_seen.clear()
+                await self.publish_seen.wait()
+        runtime.resume_collector()
+        runtime.settle(self.app.metrics)
 
     def _published(self) -> None:
         # on the loop, before any stream task can send the new set: what the watched
