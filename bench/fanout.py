@@ -5,9 +5,9 @@ very same bytes (captured from our server's responses) to as many clients.
 The clock starts at the publish: for mcpserver, a listener on its snapshot store stamps it;
 for the bare server, the call that hands the bytes to every stream. What comes before (the
 rebuild of 10k services) is not fan-out and is measured elsewhere. The clients live in one
-subprocess (bench/swarm.py), the same for both servers. Ours runs with serve's settings
-(bench/inprocess.py); the bare server runs after it in the same process, so under the same
-ones: a 1 ms switch interval, and large blocks reused from the heap.
+subprocess (bench/swarm.py), the same for both servers. Ours runs in the suite's process
+with serve's settings (bench/inprocess.py); the bare server in a process of its own
+(bench/bareads.py) with CPython's and glibc's defaults, as anyone would run it.
 """
 
 from __future__ import annotations
@@ -15,14 +15,11 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
-import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
-from bench.bare import BareAdsServer
 from bench.context import Bench
 from bench.inprocess import InProcessServer, services
-from bench.probe import SERVICE_ENTRY_URL
 from bench.stats import median, summary
 from bench.workload import Estate, address
 
@@ -30,11 +27,45 @@ SETS = (12, 14)
 """First octets of the two sets the server alternates between (every endpoint changes)."""
 
 
-class SwarmProcess:
-    """The swarm subprocess and its line protocol."""
+class LineProcess:
+    """A helper subprocess that speaks JSON lines on stdout and takes commands on stdin."""
+
+    name = "helper"
 
     def __init__(self, process: asyncio.subprocess.Process) -> None:
         self.process = process
+
+    @classmethod
+    async def spawn(cls, command: list[str]) -> Self:
+        process = await asyncio.create_subprocess_exec(
+            *command, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
+        )
+        return cls(process)
+
+    async def _expect_event(self, name: str) -> dict[str, Any]:
+        assert self.process.stdout is not None
+        line = await self.process.stdout.readline()
+        if not line:
+            raise RuntimeError(f"{self.name} exited (status {await self.process.wait()})")
+        event: dict[str, Any] = json.loads(line)
+        if event.get("event") != name:
+            raise RuntimeError(f"{self.name} said {event}, expected {name}")
+        return event
+
+    async def _send(self, line: str) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.write(line.encode() + b"\n")
+        await self.process.stdin.drain()
+
+    async def quit(self) -> None:
+        await self._send("quit")
+        await self.process.wait()
+
+
+class SwarmProcess(LineProcess):
+    """The swarm subprocess (bench/swarm.py)."""
+
+    name = "swarm"
 
     @classmethod
     async def start(
@@ -44,27 +75,9 @@ class SwarmProcess:
         command += ["--clients", str(clients), "--marker", first, "--within", str(within)]
         if dump is not None:
             command += ["--dump", str(dump)]
-        process = await asyncio.create_subprocess_exec(
-            *command, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
-        )
-        swarm = cls(process)
+        swarm = await cls.spawn(command)
         await swarm._expect_event("ready")
         return swarm
-
-    async def _expect_event(self, name: str) -> dict[str, Any]:
-        assert self.process.stdout is not None
-        line = await self.process.stdout.readline()
-        if not line:
-            raise RuntimeError(f"swarm exited (status {await self.process.wait()})")
-        event: dict[str, Any] = json.loads(line)
-        if event.get("event") != name:
-            raise RuntimeError(f"swarm said {event}, expected {name}")
-        return event
-
-    async def _send(self, line: str) -> None:
-        assert self.process.stdin is not None
-        self.process.stdin.write(line.encode() + b"\n")
-        await self.process.stdin.drain()
 
     async def arm(self, marker: str, dump: Path | None) -> None:
         await self._send(f"expect {marker}" + (f" {dump}" if dump else ""))
@@ -74,9 +87,31 @@ class SwarmProcess:
         arrivals: list[float] = (await self._expect_event("held"))["arrivals"]
         return arrivals
 
-    async def quit(self) -> None:
-        await self._send("quit")
-        await self.process.wait()
+
+class BareProcess(LineProcess):
+    """The bare server's subprocess (bench/bareads.py), serving the sets in `payloads`."""
+
+    name = "bare server"
+
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        super().__init__(process)
+        self.port = 0
+        self.octets: list[int] = []
+
+    @classmethod
+    async def start(cls, payloads: dict[int, Path], first: int) -> BareProcess:
+        octets = [first, *(octet for octet in payloads if octet != first)]
+        command = [sys.executable, "-m", "bench.bareads", *(str(payloads[o]) for o in octets)]
+        bare = await cls.spawn(command)
+        bare.octets = octets
+        bare.port = (await bare._expect_event("ready"))["port"]
+        return bare
+
+    async def publish(self, octet: int) -> float:
+        """Hand set `octet` to every stream; when that call was made, in its process."""
+        await self._send(f"publish {self.octets.index(octet)}")
+        at: float = (await self._expect_event("published"))["at"]
+        return at
 
 
 async def rounds(
@@ -145,19 +180,11 @@ async def run(bench: Bench) -> dict[str, Any]:
             )
     finally:
         await server.stop()
-    payloads = {octet: path.read_bytes() for octet, path in dumps.items()}
-    bare = BareAdsServer(payloads[SETS[0]], SERVICE_ENTRY_URL)
-    await bare.start()
+    bare = await BareProcess.start(dumps, SETS[0])
     current = SETS[0]
-
-    async def publish_bare(octet: int) -> float:
-        at = time.perf_counter()
-        bare.publish(payloads[octet])
-        return at
-
     try:
         for clients in config.fanout_clients:
-            times, current = await rounds(bench, bare.port, clients, current, publish_bare, dumps)
+            times, current = await rounds(bench, bare.port, clients, current, bare.publish, dumps)
             ours_all = [t["all"] for t in ours[clients]]
             bare_all = [t["all"] for t in times]
             result["clients"][str(clients)] = {
@@ -169,6 +196,6 @@ async def run(bench: Bench) -> dict[str, Any]:
             }
             bench.log(f"fan-out bare {clients} clients: {[round(t, 3) for t in bare_all]}")
     finally:
-        await bare.stop()
-    result["response_bytes"] = len(payloads[SETS[0]])
+        await bare.quit()
+    result["response_bytes"] = dumps[SETS[0]].stat().st_size
     return result
