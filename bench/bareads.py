@@ -5,11 +5,11 @@ settings (bench/inprocess.py), which last the process; a baseline run there afte
 would run under them too. Here it runs as anyone would run a bare grpc.aio server:
 CPython's and glibc's defaults.
 
-Line protocol: prints `{"event": "ready", "port": N}` once serving the first file given;
-then reads commands from stdin: `publish K` sends the K-th file given (0-based) to every
-open stream and answers `{"event": "published", "at": T}`, T the time.perf_counter() of
-the call that handed it over (CLOCK_MONOTONIC on Linux: comparable with the swarm's
-stamps); `quit` ends.
+Line protocol (bench/lines.py): prints `{"event": "ready", "port": N}` once serving the
+first file given; then reads commands from stdin: `publish K` sends the K-th file given
+(0-based) to every open stream and answers `{"event": "published", "at": T}`, T the
+time.perf_counter() of the call that handed it over (CLOCK_MONOTONIC on Linux: comparable
+with the swarm's stamps); `quit` ends.
 """
 
 from __future__ import annotations
@@ -17,17 +17,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import functools
-import json
 import sys
 import time
 from pathlib import Path
 
 from bench.bare import BareAdsServer
+from bench.lines import commands, say
 from bench.probe import SERVICE_ENTRY_URL
-
-
-def say(event: str, **fields: object) -> None:
-    print(json.dumps({"event": event, **fields}), flush=True)
 
 
 async def serve(payloads: list[bytes]) -> None:
@@ -36,9 +32,7 @@ async def serve(payloads: list[bytes]) -> None:
     say("ready", port=server.port)
     loop = asyncio.get_running_loop()
     try:
-        while line := (await loop.run_in_executor(None, sys.stdin.readline)).split():
-            if line[0] == "quit":
-                break
+        async for line in commands():
             payload = payloads[int(line[1])]
             at = time.perf_counter()
             server.publish(payload)

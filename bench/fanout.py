@@ -13,53 +13,18 @@ with serve's settings (bench/inprocess.py); the bare server in a process of its 
 from __future__ import annotations
 
 import asyncio
-import json
 import sys
 from pathlib import Path
-from typing import Any, Self
+from typing import Any
 
 from bench.context import Bench
 from bench.inprocess import InProcessServer, services
+from bench.lines import LineProcess
 from bench.stats import median, summary
 from bench.workload import Estate, address
 
 SETS = (12, 14)
 """First octets of the two sets the server alternates between (every endpoint changes)."""
-
-
-class LineProcess:
-    """A helper subprocess that speaks JSON lines on stdout and takes commands on stdin."""
-
-    name = "helper"
-
-    def __init__(self, process: asyncio.subprocess.Process) -> None:
-        self.process = process
-
-    @classmethod
-    async def spawn(cls, command: list[str]) -> Self:
-        process = await asyncio.create_subprocess_exec(
-            *command, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE
-        )
-        return cls(process)
-
-    async def _expect_event(self, name: str) -> dict[str, Any]:
-        assert self.process.stdout is not None
-        line = await self.process.stdout.readline()
-        if not line:
-            raise RuntimeError(f"{self.name} exited (status {await self.process.wait()})")
-        event: dict[str, Any] = json.loads(line)
-        if event.get("event") != name:
-            raise RuntimeError(f"{self.name} said {event}, expected {name}")
-        return event
-
-    async def _send(self, line: str) -> None:
-        assert self.process.stdin is not None
-        self.process.stdin.write(line.encode() + b"\n")
-        await self.process.stdin.drain()
-
-    async def quit(self) -> None:
-        await self._send("quit")
-        await self.process.wait()
 
 
 class SwarmProcess(LineProcess):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 
 import yaml
@@ -123,10 +123,7 @@ class InProcessServer:
         # tracker, subscribed when the app was made) run first and are part of the fan-out.
         store.publish = stamped  # type: ignore[method-assign]  # the bench's clock, see above
         await self.app.start()
-        async with asyncio.timeout(60):
-            while store.snapshot is None:
-                self.publish_seen.clear()
-                await self.publish_seen.wait()
+        await self._until_published(lambda: store.snapshot is not None, 60.0)
         runtime.resume_collector()
         runtime.settle(self.app.metrics)
 
@@ -141,11 +138,15 @@ class InProcessServer:
         """Replace the registry's view; the time the store publishes the result."""
         mark = len(self.published)
         self.registry.replace(replace)
+        await self._until_published(lambda: len(self.published) > mark, within)
+        return self.published[mark]
+
+    async def _until_published(self, done: Callable[[], bool], within: float) -> None:
+        """Wait, publish after publish, until `done()`."""
         async with asyncio.timeout(within):
-            while len(self.published) <= mark:
+            while not done():
                 self.publish_seen.clear()
                 await self.publish_seen.wait()
-        return self.published[mark]
 
     async def stop(self) -> None:
         await self.app.stop()

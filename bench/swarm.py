@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from bench.lines import commands, say
 from bench.probe import Arrival, Probe
 
 
@@ -63,10 +63,6 @@ class Swarm:
         return [h for h in self.held if h is not None]
 
 
-def say(event: str, **fields: object) -> None:
-    print(json.dumps({"event": event, **fields}), flush=True)
-
-
 async def main_async(port: int, clients: int, first: str, within: float, dump: Path | None) -> None:
     swarm = Swarm(port, clients)
     swarm.expect(first)
@@ -79,10 +75,7 @@ async def main_async(port: int, clients: int, first: str, within: float, dump: P
             assert latest is not None
             await asyncio.to_thread(dump.write_bytes, latest.raw)
         say("ready")
-        loop = asyncio.get_running_loop()
-        while line := (await loop.run_in_executor(None, sys.stdin.readline)).split():
-            if line[0] == "quit":
-                break
+        async for line in commands():
             swarm.expect(line[1])
             say("armed")
             arrivals = await swarm.all_held(within)
