@@ -111,17 +111,16 @@ async def test_four_shards_give_istiod_what_the_whole_set_gives(
     names = served()
     assert len({shard_of(n, 4) for n in names}) == 4, "every shard serves something"
 
-    def web_endpoints(istiod: Istiod) -> int:
-        spec = held(istiod).get(("ServiceEntry", "consul/web.service.consul"), {}).get("spec", {})
-        return len(spec.get("endpoints", []))
+    def holds_all(istiod: Istiod) -> bool:
+        store = held(istiod)
+        web = store.get(("ServiceEntry", "consul/web.service.consul"), {}).get("spec", {})
+        # both web instances, or the second one's arrival is a change on web's shard in the
+        # middle of the one-change count below
+        every_name = {("ServiceEntry", n) for n in names} <= store.keys()
+        return every_name and len(web.get("endpoints", [])) == 2
 
-    # both web instances, or the second one's arrival is a change on web's shard in the
-    # middle of the one-change count below
     def both_hold_all() -> bool:
-        return all(
-            {("ServiceEntry", n) for n in names} <= held(i).keys() and web_endpoints(i) == 2
-            for i in (whole, sharded)
-        )
+        return all(holds_all(i) for i in (whole, sharded))
 
     assert await until(both_hold_all, 60)
     expected = held(whole)
